@@ -1,0 +1,1 @@
+"""Storage layer: raw readers, Zarr/OME-Zarr writing, tables, fsspec URLs."""

@@ -1,0 +1,186 @@
+"""OME-Zarr (NGFF 0.5, zarr v3) images and labels written plane by plane.
+
+Arrays are created up front with their final shape, then each plane (one
+physical slice / optical section) is written independently, with its pyramid
+levels, as soon as it is ready. Chunks never span two planes, so workers can
+write different planes concurrently without coordination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+from skimage.transform import downscale_local_mean
+
+from .rawzarr import COMPRESSOR
+from .urls import Location
+
+NGFF_VERSION = "0.5"
+_COLOURS = ("00FFFF", "FF00FF", "FFFF00", "FFFFFF", "00FF00", "FF0000", "0000FF")
+
+
+@dataclass(frozen=True)
+class OmeImage:
+    """A multiscale NGFF image (axes c, z, y, x, or z, y, x for labels) in a store.
+
+    Only a location and a group path are held, so instances pickle cheaply and
+    can be sent to Dask workers, which reopen the arrays they write.
+    """
+
+    location: Location
+    path: str
+    levels: int
+    is_label: bool = False
+
+    def group(self, mode: str = "r+") -> zarr.Group:
+        return zarr.open_group(self.location.zarr_store(read_only=mode == "r"), path=self.path, mode=mode)
+
+    def array(self, level: int = 0, mode: str = "r+") -> zarr.Array:
+        return self.group(mode)[str(level)]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array(0, mode="r").shape)
+
+    def write_plane(self, z: int, data: np.ndarray) -> None:
+        """Write plane ``z`` (``(c, y, x)``, or ``(y, x)`` for labels) and its pyramid."""
+        group = self.group()
+        level_data = np.asarray(data)
+        for level in range(self.levels):
+            arr = group[str(level)]
+            if level:
+                level_data = _downsample(level_data, label=self.is_label)
+            target = arr.shape[-2:]
+            plane = _fit(level_data, target)
+            if self.is_label:
+                arr[z] = plane.astype(arr.dtype, copy=False)
+            else:
+                arr[:, z] = _cast(plane, arr.dtype)
+
+    def read_plane(self, z: int, level: int = 0) -> np.ndarray:
+        arr = self.array(level, mode="r")
+        return np.asarray(arr[z] if self.is_label else arr[:, z])
+
+    def to_dask(self, level: int = 0) -> Any:
+        import dask.array as da
+
+        return da.from_zarr(self.array(level, mode="r"))
+
+
+def create_image(
+    location: Location,
+    path: str,
+    *,
+    shape_czyx: Sequence[int],
+    scale_zyx_um: Sequence[float],
+    channel_names: Sequence[str],
+    dtype: str | np.dtype = "uint16",
+    levels: int = 3,
+    chunks_yx: tuple[int, int] = (512, 512),
+    name: str | None = None,
+    window: tuple[float, float] | None = None,
+) -> OmeImage:
+    """Create (or overwrite) an NGFF multiscale image with empty arrays."""
+    c, z, y, x = (int(v) for v in shape_czyx)
+    if len(channel_names) != c:
+        raise ValueError(f"channel_names has {len(channel_names)} names for {c} channels")
+    root = zarr.open_group(location.zarr_store(), mode="a")
+    group = root.create_group(path, overwrite=True)
+    datasets = []
+    for level in range(levels):
+        f = 2**level
+        shp = (c, z, -(-y // f), -(-x // f))
+        group.create_array(str(level), shape=shp, chunks=(1, 1, *_chunks(shp[2:], chunks_yx)), dtype=dtype,
+                           compressors=[COMPRESSOR], fill_value=0, dimension_names=("c", "z", "y", "x"))
+        datasets.append(_dataset(level, (1.0, scale_zyx_um[0], scale_zyx_um[1] * f, scale_zyx_um[2] * f)))
+    vmax = float(window[1]) if window else float(np.iinfo(dtype).max if np.dtype(dtype).kind in "ui" else 1.0)
+    group.attrs["ome"] = {
+        "version": NGFF_VERSION,
+        "multiscales": [{"name": name or path, "axes": _axes(("c", "z", "y", "x")), "datasets": datasets,
+                         "type": "mean", "metadata": {"method": "skimage.transform.downscale_local_mean"}}],
+        "omero": {"channels": [
+            {"label": n, "color": _COLOURS[i % len(_COLOURS)], "active": True,
+             "window": {"min": 0.0, "max": vmax, "start": float(window[0]) if window else 0.0, "end": vmax}}
+            for i, n in enumerate(channel_names)], "rdefs": {"model": "color"}},
+    }
+    return OmeImage(location, path, levels)
+
+
+def create_labels(
+    image: OmeImage,
+    name: str,
+    *,
+    dtype: str = "uint32",
+    chunks_yx: tuple[int, int] = (512, 512),
+) -> OmeImage:
+    """Create an NGFF label image ``<image>/labels/<name>`` matching ``image``'s grid."""
+    root = image.group()
+    labels = root.require_group("labels")
+    ome = dict(labels.attrs.get("ome", {"version": NGFF_VERSION}))
+    names = list(ome.get("labels", []))
+    if name not in names:
+        names.append(name)
+    labels.attrs["ome"] = {**ome, "version": NGFF_VERSION, "labels": names}
+    group = labels.create_group(name, overwrite=True)
+    src = root.attrs["ome"]["multiscales"][0]
+    datasets = []
+    for level in range(image.levels):
+        c, z, y, x = root[str(level)].shape
+        group.create_array(str(level), shape=(z, y, x), chunks=(1, *_chunks((y, x), chunks_yx)), dtype=dtype,
+                           compressors=[COMPRESSOR], fill_value=0, dimension_names=("z", "y", "x"))
+        scale = src["datasets"][level]["coordinateTransformations"][0]["scale"][1:]
+        datasets.append(_dataset(level, scale))
+    group.attrs["ome"] = {
+        "version": NGFF_VERSION,
+        "multiscales": [{"name": name, "axes": _axes(("z", "y", "x")), "datasets": datasets,
+                         "type": "nearest"}],
+        "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}, "colors": []},
+    }
+    return OmeImage(image.location, f"{image.path}/labels/{name}", image.levels, is_label=True)
+
+
+def open_image(location: Location, path: str) -> OmeImage:
+    group = zarr.open_group(location.zarr_store(read_only=True), path=path, mode="r")
+    ome = group.attrs["ome"]
+    levels = len(ome["multiscales"][0]["datasets"])
+    return OmeImage(location, path, levels, is_label="image-label" in ome)
+
+
+def _axes(names: Sequence[str]) -> list[dict[str, str]]:
+    out = []
+    for n in names:
+        out.append({"name": n, "type": "channel"} if n == "c" else {"name": n, "type": "space", "unit": "micrometer"})
+    return out
+
+
+def _dataset(level: int, scale: Sequence[float]) -> dict[str, Any]:
+    return {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}
+
+
+def _chunks(shape_yx: Sequence[int], chunks_yx: tuple[int, int]) -> tuple[int, int]:
+    return (max(1, min(chunks_yx[0], shape_yx[0])), max(1, min(chunks_yx[1], shape_yx[1])))
+
+
+def _downsample(data: np.ndarray, *, label: bool) -> np.ndarray:
+    if label:
+        return data[..., ::2, ::2]
+    factors = (1,) * (data.ndim - 2) + (2, 2)
+    return downscale_local_mean(data.astype(np.float32), factors)
+
+
+def _fit(data: np.ndarray, target: Sequence[int]) -> np.ndarray:
+    """Crop or zero-pad the trailing two axes to ``target`` (odd sizes after halving)."""
+    ty, tx = target
+    out = data[..., :ty, :tx]
+    pad = [(0, 0)] * (data.ndim - 2) + [(0, ty - out.shape[-2]), (0, tx - out.shape[-1])]
+    return np.pad(out, pad) if any(p[1] for p in pad) else out
+
+
+def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.dtype(dtype).kind in "ui" and data.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(data), info.min, info.max).astype(dtype)
+    return data.astype(dtype, copy=False)

@@ -1,0 +1,148 @@
+"""The processed output store of one sample (results contract in ``spec/``).
+
+Layout::
+
+    <out>/zarr.json            root group; attrs["imaxt"] = {"stitch": ..., "register": ...,
+                               "provenance": [...], "complete": bool}
+    <out>/mosaic/              NGFF image (c, z, y, x): stitched slices
+    <out>/cube/                NGFF image (c, z, y, x): registered cube (+ labels/)
+    <out>/tables/<name>.parquet
+    <out>/qc/<name>.png
+
+Only the process driving the run (the Dask client) writes root attributes;
+workers write array chunks and files of their own.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from .ome import OmeImage, create_image, create_labels, open_image
+from .urls import Location
+
+
+class OutputStore:
+    """Read/write access to a processed sample store.
+
+    Parameters
+    ----------
+    url : str
+        Output store location (local path or fsspec URL).
+    storage_options : dict, optional
+        fsspec options.
+    mode : {"a", "r"}
+        ``"a"`` creates the store when missing; ``"r"`` only reads.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, mode: str = "a") -> None:
+        self.location = Location(url, storage_options)
+        self.mode = mode
+        self.root = zarr.open_group(self.location.zarr_store(read_only=mode == "r"), mode=mode)
+        if mode != "r" and "imaxt" not in self.root.attrs:
+            self.root.attrs["imaxt"] = {"provenance": [], "complete": False}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (self.location.url, self.location.storage_options, self.mode))
+
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    # -- root attributes ---------------------------------------------------
+    def imaxt_attrs(self) -> dict[str, Any]:
+        """A fresh copy of ``attrs["imaxt"]`` as stored."""
+        fresh = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
+        return dict(fresh.attrs.get("imaxt", {}))
+
+    def update_imaxt_attrs(self, dotted: str, value: Any) -> None:
+        """Set ``attrs["imaxt"][a][b]... = value`` for ``dotted = "a.b..."``."""
+        meta = self.imaxt_attrs()
+        node = meta
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = _jsonable(value)
+        self.root.attrs["imaxt"] = meta
+
+    def append_provenance(self, entry: dict[str, Any]) -> None:
+        meta = self.imaxt_attrs()
+        meta["provenance"] = [*meta.get("provenance", []), _jsonable(entry)]
+        self.root.attrs["imaxt"] = meta
+
+    # -- images ------------------------------------------------------------
+    def create_image(self, name: str, *, channel_names: Sequence[str], shape_czyx: Sequence[int],
+                     scale_zyx_um: Sequence[float], dtype: str = "uint16", levels: int = 3,
+                     chunks_yx: tuple[int, int] = (512, 512), window: tuple[float, float] | None = None) -> OmeImage:
+        return create_image(self.location, name, shape_czyx=shape_czyx, scale_zyx_um=scale_zyx_um,
+                            channel_names=channel_names, dtype=dtype, levels=levels, chunks_yx=chunks_yx,
+                            window=window)
+
+    def open_image(self, name: str) -> OmeImage:
+        return open_image(self.location, name)
+
+    def has(self, path: str) -> bool:
+        return self.location.exists(path, "zarr.json")
+
+    def create_labels(self, image_name: str, label_name: str, *, dtype: str = "uint32") -> OmeImage:
+        return create_labels(self.open_image(image_name), label_name, dtype=dtype)
+
+    # -- tables and figures -------------------------------------------------
+    def write_table(self, name: str, df: pd.DataFrame) -> str:
+        """Write ``tables/<name>.parquet`` atomically; return its path in the store."""
+        rel = f"tables/{name}.parquet"
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        self._write_bytes(rel, buf.getvalue())
+        return rel
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        with self.location.fs.open(self.location.path(f"tables/{name}.parquet"), "rb") as fh:
+            return pd.read_parquet(fh)
+
+    def has_table(self, name: str) -> bool:
+        return self.location.exists(f"tables/{name}.parquet")
+
+    def write_png(self, name: str, figure: Any) -> str:
+        """Save a matplotlib figure (or PNG bytes) as ``qc/<name>.png``."""
+        rel = f"qc/{name}.png"
+        if isinstance(figure, (bytes, bytearray)):
+            data = bytes(figure)
+        else:
+            buf = io.BytesIO()
+            figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+            data = buf.getvalue()
+        self._write_bytes(rel, data)
+        return rel
+
+    def _write_bytes(self, rel: str, data: bytes) -> None:
+        # Write next to the target, then move: readers never see a partial file.
+        fs, final = self.location.fs, self.location.path(rel)
+        tmp = f"{final}.tmp-{np.random.default_rng().integers(1 << 62):x}"
+        fs.makedirs(self.location.path(rel.rsplit("/", 1)[0]), exist_ok=True)
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, final)
+
+
+def _reopen(url: str, storage_options: dict[str, Any], mode: str) -> OutputStore:
+    return OutputStore(url, storage_options, mode=mode)
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples so zarr's JSON attrs accept them."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,1 @@
+"""Dask layer: thin wrappers mapping algorithms over tiles, chunks and slices."""

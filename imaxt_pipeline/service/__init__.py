@@ -1,0 +1,1 @@
+"""Service layer: CLI, watcher, launchers (LocalCluster, Dask, Kubernetes)."""

@@ -1,0 +1,36 @@
+"""Pipeline steps, in the order the runner calls them.
+
+Each step is a module with a pydantic ``Params`` (subclass of
+:class:`StepParams`) and ``run(ctx: StepContext, params) -> StepResult``.
+Step modules import heavy dependencies (torch, cellpose) inside ``run`` so
+that loading the configuration stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ._base import StepContext, StepParams, StepResult
+
+STEP_ORDER: tuple[str, ...] = (
+    "calibrate",
+    "stitch",
+    "mosaic",
+    "beads",
+    "register",
+    "cube",
+    "segment",
+    "catalogue",
+    "crops",
+)
+
+
+def step_module(name: str) -> ModuleType:
+    """Import the module implementing step ``name``."""
+    if name not in STEP_ORDER:
+        raise KeyError(f"unknown step {name!r}; known: {', '.join(STEP_ORDER)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+__all__ = ["STEP_ORDER", "StepContext", "StepParams", "StepResult", "step_module"]

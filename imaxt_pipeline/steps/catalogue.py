@@ -1,0 +1,13 @@
+"""Placeholder for the `catalogue` step (being implemented; disabled by default)."""
+
+from __future__ import annotations
+
+from ._base import StepContext, StepParams, StepResult
+
+
+class Params(StepParams):
+    enabled: bool = False
+
+
+def run(ctx: StepContext, params: Params) -> StepResult:
+    raise NotImplementedError("step 'catalogue' is not implemented yet")

@@ -1,0 +1,23 @@
+"""A real S3 endpoint over HTTP for tests: moto's server mode on loopback."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """Start ``moto.server.ThreadedMotoServer`` on 127.0.0.1 (free port); yield its URL."""
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(key, value)
+    os.environ.pop("AWS_PROFILE", None)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
