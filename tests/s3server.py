@@ -21,3 +21,14 @@ def s3_endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+def create_bucket(endpoint_url: str, name: str | None = None) -> str:
+    """Create a bucket on ``endpoint_url`` (a fresh unique name when not given); return its name."""
+    import uuid
+
+    import boto3
+
+    name = name or f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1").create_bucket(Bucket=name)
+    return name

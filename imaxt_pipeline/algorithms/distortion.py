@@ -82,12 +82,50 @@ def undistort(tile: np.ndarray, model: DistortionModel, *, order: int = 1, itera
         return tile.astype(np.float64, copy=True)
     shape = tile.shape
     yy, xx = np.indices(shape, dtype=np.float64)
-    # Find detector p with p + D(p) = q for every undistorted q.
-    py, px = yy.copy(), xx.copy()
+    py, px = detector_coordinates(yy, xx, shape, model, iterations=iterations)
+    return ndi.map_coordinates(tile.astype(np.float64), [py, px], order=order, mode="nearest")
+
+
+def detector_coordinates(y: np.ndarray, x: np.ndarray, shape: tuple[int, int], model: DistortionModel, *,
+                         iterations: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Detector pixel ``p`` that sees undistorted tile position ``q = (y, x)``.
+
+    Solves ``p + D(p) = q`` by fixed-point iteration (the inverse of the
+    polynomial map; a few steps suffice for displacements of a few px).
+
+    Parameters
+    ----------
+    y, x : ndarray
+        Undistorted positions in the tile frame (any matching shapes).
+    shape : (int, int)
+        Tile height and width (the model is defined relative to its centre).
+    model : DistortionModel
+        Distortion coefficients.
+    iterations : int
+        Fixed-point iterations.
+
+    Returns
+    -------
+    py, px : ndarray of float64
+    """
+    y = np.asarray(y, np.float64)
+    x = np.asarray(x, np.float64)
+    if model.is_identity:
+        return y.copy(), x.copy()
+    py, px = y.copy(), x.copy()
     for _ in range(iterations):
         dy, dx = _displacement_at(py, px, shape, model)
-        py, px = yy - dy, xx - dx
-    return ndi.map_coordinates(tile.astype(np.float64), [py, px], order=order, mode="nearest")
+        py, px = y - dy, x - dx
+    return py, px
+
+
+def max_displacement(shape: tuple[int, int], model: DistortionModel) -> float:
+    """Largest |D| over the tile (reached at the corners), in px."""
+    h, w = shape
+    corners_y = np.array([0.0, 0.0, h - 1.0, h - 1.0])
+    corners_x = np.array([0.0, w - 1.0, 0.0, w - 1.0])
+    dy, dx = _displacement_at(corners_y, corners_x, shape, model)
+    return float(np.max(np.hypot(dy, dx)))
 
 
 def _displacement_at(y: np.ndarray, x: np.ndarray, shape: tuple[int, int], model: DistortionModel) -> tuple[np.ndarray, np.ndarray]:

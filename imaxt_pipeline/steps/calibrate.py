@@ -1,13 +1,160 @@
-"""Placeholder for the `calibrate` step (being implemented; disabled by default)."""
+"""Step `calibrate`: dark offset, flat field and border trim of every channel.
+
+Estimated from the tiles themselves (a sample of tiles from the slices
+processed so far, so the estimate is refined as slices land), or loaded from
+a calibration file. Results go to the output store for every later step:
+
+- ``attrs["imaxt"]["calibrate"]``: dark per channel, trim, distortion
+  coefficients (from the file, else identity until `stitch` fits them), and
+  where each came from;
+- ``calibration/flat``: float32 array (C, H, W), the flat field.
+
+Calibration file (``.npz``, any subset of keys): ``dark`` (C,) or scalar,
+``flat`` (C, H, W), ``trim`` (top, bottom, left, right), ``distortion``
+(mag_y, mag_x, k_y, k_x).
+"""
 
 from __future__ import annotations
 
+import io
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..algorithms.calibration import Calibration, estimate_calibration
+from ..algorithms.distortion import DistortionModel
+from ..algorithms.flatfield import Trim
 from ._base import StepContext, StepParams, StepResult
+
+if TYPE_CHECKING:
+    from ..io.output import OutputStore
+
+FLAT_PATH = "calibration/flat"
 
 
 class Params(StepParams):
-    enabled: bool = False
+    calibration_file: str | None = Field(default=None, description="npz with dark/flat/trim/distortion (fsspec URL)")
+    dark: float | list[float] | None = Field(default=None, description="dark offset(s); None = estimate")
+    flat: Literal["estimate", "none"] = "estimate"
+    statistic: Literal["median", "trimmed_mean"] = "median"
+    trim: bool = Field(default=True, description="detect stray-light borders")
+    trim_threshold: float = Field(default=0.2, gt=0, description="relative deviation marking a border line")
+    max_tiles: int = Field(default=64, ge=1, description="tiles per channel sampled for the estimate")
+    seed: int = 0
+
+
+def load_calibration(output: "OutputStore", n_channels: int) -> Calibration:
+    """The calibration stored by this step (identity when it has not run)."""
+    attrs = output.imaxt_attrs().get("calibrate")
+    if not attrs:
+        return Calibration.identity(n_channels)
+    flat = None
+    if attrs.get("has_flat"):
+        import zarr
+
+        root = zarr.open_group(output.location.zarr_store(read_only=True), mode="r")
+        flat = np.asarray(root[FLAT_PATH][...], np.float32)
+    return Calibration.from_attrs(attrs, flat)
+
+
+def save_calibration(output: "OutputStore", cal: Calibration, **extra: object) -> list[str]:
+    """Store ``cal`` (attrs + flat array); return the paths written."""
+    written = []
+    if cal.flat is not None:
+        group = output.root.require_group("calibration")
+        arr = group.create_array("flat", shape=cal.flat.shape, dtype="float32", overwrite=True,
+                                 chunks=(1, *cal.flat.shape[1:]))
+        arr[...] = cal.flat.astype(np.float32)
+        written.append(FLAT_PATH)
+    output.update_imaxt_attrs("calibrate", {**cal.to_attrs(), **extra})
+    return written
+
+
+def read_calibration_file(url: str, storage_options: dict | None, *, n_channels: int,
+                          tile_shape: tuple[int, int]) -> dict[str, object]:
+    """Parse a calibration ``.npz``; returns the terms it holds, validated."""
+    import fsspec
+
+    from ..errors import InputError
+
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as fh:
+            data = np.load(io.BytesIO(fh.read()))
+    except FileNotFoundError:
+        raise InputError(url, "calibration file is missing") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(url, f"not a readable .npz calibration file ({exc})") from None
+    out: dict[str, object] = {}
+    if "dark" in data:
+        out["dark"] = np.broadcast_to(np.asarray(data["dark"], float), (n_channels,)).copy()
+    if "flat" in data:
+        flat = np.asarray(data["flat"], np.float32)
+        flat = flat[None] if flat.ndim == 2 else flat
+        if flat.shape[-2:] != tuple(tile_shape) or flat.shape[0] not in (1, n_channels):
+            raise InputError(url, f"flat has shape {flat.shape}, expected ({n_channels}, {tile_shape[0]}, {tile_shape[1]})")
+        out["flat"] = np.broadcast_to(flat, (n_channels, *tile_shape)).copy()
+    if "trim" in data:
+        t = [int(v) for v in np.asarray(data["trim"]).ravel()]
+        if len(t) != 4 or min(t) < 0:
+            raise InputError(url, f"trim must be 4 non-negative ints (top, bottom, left, right), got {t}")
+        out["trim"] = Trim(*t)
+    if "distortion" in data:
+        d = [float(v) for v in np.asarray(data["distortion"]).ravel()]
+        if len(d) != 4:
+            raise InputError(url, f"distortion must be (mag_y, mag_x, k_y, k_x), got {d}")
+        out["distortion"] = DistortionModel(*d)
+    return out
+
+
+def sample_tiles(ctx: StepContext, slices: list[int], max_tiles: int, seed: int) -> np.ndarray:
+    """Up to ``max_tiles`` raw tiles (C, T, H, W) drawn evenly from ``slices`` (z = 0)."""
+    acq = ctx.raw.acquisition
+    pool = [(s, t) for s in slices for t in range(acq.n_tiles)]
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(pool), size=min(max_tiles, len(pool)), replace=False))
+    tiles = [np.asarray(ctx.raw.tiles[pool[i][0], 0, :, pool[i][1]]) for i in pick]
+    return np.stack(tiles, axis=1)
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
-    raise NotImplementedError("step 'calibrate' is not implemented yet")
+    acq = ctx.raw.acquisition
+    n_ch = len(acq.channels)
+    previous = ctx.output.imaxt_attrs().get("calibrate", {})
+    slices = sorted(set(ctx.slices) | set(previous.get("slices_used", [])))
+    from_file: dict[str, object] = {}
+    inputs = []
+    if params.calibration_file:
+        from_file = read_calibration_file(params.calibration_file, ctx.config.storage_options, n_channels=n_ch,
+                                          tile_shape=tuple(acq.tile_shape))
+        inputs.append(params.calibration_file)
+    dark = from_file.get("dark", params.dark)
+    need_data = "flat" not in from_file and params.flat == "estimate" or dark is None or (
+        params.trim and "trim" not in from_file)
+    if need_data:
+        tiles = sample_tiles(ctx, slices, params.max_tiles, params.seed)
+        cal = estimate_calibration(tiles, dark=dark, flat=params.flat == "estimate" and "flat" not in from_file,
+                                   trim=params.trim and "trim" not in from_file, statistic=params.statistic,
+                                   trim_threshold=params.trim_threshold)
+    else:
+        cal = Calibration(dark=np.broadcast_to(np.asarray(dark, float), (n_ch,)).copy(),
+                          source={"dark": "given", "flat": "none", "trim": "none", "distortion": "none"})
+    src = dict(cal.source)
+    for key in ("flat", "trim", "distortion"):
+        if key in from_file:
+            src[key] = "file"
+    if "dark" in from_file:
+        src["dark"] = "file"
+    prev_dist = previous.get("distortion")
+    distortion = from_file.get("distortion")
+    if distortion is None and prev_dist and previous.get("source", {}).get("distortion") not in (None, "none"):
+        # Keep the distortion fitted by an earlier `stitch` run; it refines it again.
+        distortion = DistortionModel(**prev_dist)
+        src["distortion"] = previous["source"]["distortion"]
+    cal = Calibration(dark=cal.dark, flat=from_file.get("flat", cal.flat), trim=from_file.get("trim", cal.trim),
+                      distortion=distortion or DistortionModel(), source=src)
+    outputs = save_calibration(ctx.output, cal, slices_used=slices,
+                               **{k: previous[k] for k in ("distortion_points",) if k in previous})
+    ctx.log.info("calibrate: dark %s, trim %s, sources %s", np.round(cal.dark, 2).tolist(), cal.trim, src)
+    return StepResult(inputs=inputs, outputs=outputs + ["attrs:imaxt.calibrate"],
+                      metrics={"dark": [float(d) for d in cal.dark], "trim": cal.trim.as_dict(), "source": src})

@@ -1,0 +1,89 @@
+"""Segmentation throughput (megapixels per second) and accuracy (object F1) per backend and block size.
+
+For each backend (watershed, cellpose with the shipped model) and block size,
+a rendered two-channel plane with known nuclei is segmented
+
+* in one piece in this process (kernel throughput), and
+* blockwise on a LocalCluster (the pipeline path: overlapping blocks, IoU
+  merge across margins, global relabelling),
+
+and the object-wise F1 at IoU > 0.5 against the truth nuclei is reported.
+cellpose uses the GPU when torch sees one (the ``device`` column).
+
+Usage::
+
+    python benchmarks/segmentation.py --quick      # 512 x 512 plane, ~1-2 min on 2 cores
+    python benchmarks/segmentation.py              # 2048 x 2048 plane
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+
+def _segmenter(backend: str, image: np.ndarray, threads: int):
+    from imaxt_pipeline.algorithms.segmentation import WatershedSegmenter, plane_thresholds
+
+    t_nuc, t_cell = plane_thresholds(image)
+    if backend == "watershed":
+        return WatershedSegmenter(nuclear_threshold=t_nuc, cell_threshold=t_cell)
+    from imaxt_pipeline.algorithms.segmentation_cellpose import CellposeSegmenter
+
+    lo, hi = np.percentile(image[0], [1.0, 99.9])
+    return CellposeSegmenter(model="shipped", normalize_lowhigh=(float(lo), float(hi)), cell_threshold=t_cell,
+                             threads=threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small plane, one block size")
+    parser.add_argument("--backends", default="watershed,cellpose")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per cellpose task")
+    args = parser.parse_args(argv)
+
+    from distributed import Client, LocalCluster
+
+    from imaxt_pipeline.algorithms.label_merge import object_f1
+    from imaxt_pipeline.parallel.segmentation import segment_blockwise
+    from imaxt_pipeline.training.train_cellpose import render_cells
+
+    size = 512 if args.quick else 2048
+    blocks = [256] if args.quick else [512, 1024]
+    image, truth, _ = render_cells((size, size), density=0.35, seed=123)
+    mpx = size * size / 1e6
+    rows = []
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit="3GiB") as cluster, Client(cluster) as client:
+        for backend in args.backends.split(","):
+            seg = _segmenter(backend, image, args.threads)
+            device = "gpu" if backend == "cellpose" and seg.use_gpu() else "cpu"
+            seg.segment(image[:, :64, :64])  # warm-up: imports, model load
+            t0 = time.perf_counter()
+            whole = seg.segment(image)
+            dt = time.perf_counter() - t0
+            rows.append((backend, device, "whole", 1, mpx / dt, object_f1(truth, whole.nuclei).f1, dt))
+            client.run(lambda s=seg: s.segment(np.zeros((2, 32, 32), np.float32)))  # warm the workers
+            for block in blocks:
+                lab = segment_blockwise(image, seg, block=block)
+                t0 = time.perf_counter()
+                out = client.compute(lab, optimize_graph=False).result()
+                dt = time.perf_counter() - t0
+                rows.append((backend, device, str(block), args.workers, mpx / dt, object_f1(truth, out[0]).f1, dt))
+    print(f"plane {size} x {size} px ({mpx:.2f} Mpx), {int(truth.max())} truth nuclei, "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (client)")
+    print(f"{'backend':<10} {'device':<6} {'block':>6} {'workers':>7} {'Mpx/s':>8} {'F1@0.5':>7} {'seconds':>8}")
+    for backend, device, block, workers, rate, f1, dt in rows:
+        print(f"{backend:<10} {device:<6} {block:>6} {workers:>7} {rate:>8.3f} {f1:>7.3f} {dt:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

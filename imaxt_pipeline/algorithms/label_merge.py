@@ -1,0 +1,182 @@
+"""Matching labels by overlap: block-margin merging and object-wise scores.
+
+Blocks of a large plane are segmented independently with overlapping
+margins. Two blocks then hold their own labels of every object in the region
+they share; objects whose labels overlap there with an IoU above a threshold
+are the same object. :func:`merge_tables` joins those matches with a
+union-find into one global, consecutive numbering.
+
+The same IoU machinery scores a segmentation against truth
+(:func:`object_f1`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["LabelMatch", "MatchScore", "iou_pairs", "match_labels", "merge_tables", "object_f1"]
+
+
+@dataclass(frozen=True)
+class LabelMatch:
+    """Label pairs of two label images that overlap with IoU above a threshold.
+
+    Attributes
+    ----------
+    a, b : ndarray of int64
+        Matched labels in the first and second image (same length).
+    iou : ndarray of float64
+        IoU of each pair.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    iou: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+@dataclass(frozen=True)
+class MatchScore:
+    """Object-wise detection score at an IoU threshold."""
+
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    mean_iou: float
+
+    @property
+    def precision(self) -> float:
+        return self.true_positives / max(1, self.true_positives + self.false_positives)
+
+    @property
+    def recall(self) -> float:
+        return self.true_positives / max(1, self.true_positives + self.false_negatives)
+
+    @property
+    def f1(self) -> float:
+        tp = self.true_positives
+        return 2 * tp / max(1, 2 * tp + self.false_positives + self.false_negatives)
+
+
+def iou_pairs(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU of every pair of overlapping non-zero labels.
+
+    Parameters
+    ----------
+    labels_a, labels_b : ndarray of int
+        Label images of the same shape (0 = background).
+
+    Returns
+    -------
+    a, b, iou : ndarray
+        One entry per overlapping pair (a > 0, b > 0).
+    """
+    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
+    if labels_a.shape != labels_b.shape:
+        raise ValueError(f"label images differ in shape: {labels_a.shape} vs {labels_b.shape}")
+    a, b = labels_a.ravel().astype(np.int64), labels_b.ravel().astype(np.int64)
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0)
+    pairs, inter = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    ua, area_a = np.unique(a[a > 0], return_counts=True)
+    ub, area_b = np.unique(b[b > 0], return_counts=True)
+    sa = area_a[np.searchsorted(ua, pairs[0])]
+    sb = area_b[np.searchsorted(ub, pairs[1])]
+    iou = inter / (sa + sb - inter)
+    return pairs[0], pairs[1], iou
+
+
+def match_labels(labels_a: np.ndarray, labels_b: np.ndarray, *, min_iou: float = 0.5) -> LabelMatch:
+    """One-to-one matches of labels with IoU above ``min_iou``.
+
+    With ``min_iou >= 0.5`` a label can overlap at most one other label that
+    much, so the matching is unique without an assignment solver.
+    """
+    if not 0 < min_iou <= 1:
+        raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
+    a, b, iou = iou_pairs(labels_a, labels_b)
+    keep = iou > min_iou
+    a, b, iou = a[keep], b[keep], iou[keep]
+    if min_iou < 0.5 and len(a):
+        order = np.argsort(-iou)
+        _, first_a = np.unique(a[order], return_index=True)
+        sel = order[first_a]
+        _, first_b = np.unique(b[sel], return_index=True)
+        sel = sel[first_b]
+        a, b, iou = a[sel], b[sel], iou[sel]
+    return LabelMatch(a=a, b=b, iou=iou)
+
+
+def object_f1(truth: np.ndarray, predicted: np.ndarray, *, min_iou: float = 0.5) -> MatchScore:
+    """Object-wise detection score of ``predicted`` against ``truth`` labels.
+
+    A true positive is a (truth, predicted) pair with IoU > ``min_iou``.
+    """
+    m = match_labels(truth, predicted, min_iou=min_iou)
+    n_true = len(np.unique(truth[truth > 0]))
+    n_pred = len(np.unique(predicted[predicted > 0]))
+    tp = len(m)
+    return MatchScore(true_positives=tp, false_positives=n_pred - tp, false_negatives=n_true - tp,
+                      mean_iou=float(m.iou.mean()) if tp else 0.0)
+
+
+def merge_tables(counts: Sequence[int], matches: Iterable[tuple[int, int, LabelMatch]], *,
+                 present: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Global, consecutive labels for per-block labels joined by margin matches.
+
+    Parameters
+    ----------
+    counts : sequence of int
+        ``counts[k]`` is the largest local label of block ``k`` (labels 1..n).
+    matches : iterable of (int, int, LabelMatch)
+        ``(k, l, match)``: labels ``match.a`` of block ``k`` are the same
+        objects as labels ``match.b`` of block ``l``.
+
+    Returns
+    -------
+    tables : list of ndarray of int64
+        ``tables[k][local]`` is the global label of local label ``local`` of
+        block ``k`` (``tables[k][0] == 0``). Global labels are 1..N with no
+        gaps, numbered in block order.
+    """
+    counts = [int(c) for c in counts]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    parent = np.arange(int(offsets[-1]) + 1, dtype=np.int64)  # index 0 unused (background)
+
+    def find(i: int) -> int:
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    for k, l_, match in matches:
+        for la, lb in zip(match.a.tolist(), match.b.tolist()):
+            if not (0 < la <= counts[k] and 0 < lb <= counts[l_]):
+                raise ValueError(f"match ({k}:{la}, {l_}:{lb}) outside the block label ranges {counts}")
+            ra, rb = find(int(offsets[k] + la)), find(int(offsets[l_] + lb))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([find(i) for i in range(len(parent))], np.int64)
+    if present is None:
+        used = np.unique(roots[1:])
+    else:
+        flat = [offsets[k] + np.asarray(p, np.int64)[np.asarray(p) > 0] for k, p in enumerate(present)]
+        used = np.unique(roots[np.concatenate(flat)]) if flat else np.zeros(0, np.int64)
+    compact = np.zeros(len(parent), np.int64)
+    compact[used] = np.arange(1, len(used) + 1)
+    glob = compact[roots]
+    tables = []
+    for k, n in enumerate(counts):
+        t = np.zeros(n + 1, np.int64)
+        t[1:] = glob[offsets[k] + 1: offsets[k] + n + 1]
+        tables.append(t)
+    return tables

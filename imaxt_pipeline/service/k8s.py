@@ -1,0 +1,236 @@
+"""Kubernetes objects for a pipeline run, generated as plain data (dicts).
+
+The dask-kubernetes operator turns a ``DaskJob`` into a ``DaskCluster``
+(scheduler + CPU workers, named after the job) plus a job-runner pod whose
+environment holds ``DASK_SCHEDULER_ADDRESS``; the runner executes
+``imaxt process`` which uploads the raw sample and runs the pipeline on that
+cluster. An optional ``DaskWorkerGroup`` adds GPU workers (``nvidia.com/gpu``,
+tolerating the usual GPU-node taint, advertising the Dask resource ``GPU=1``)
+to the same cluster. S3 credentials come from a Secret (``envFrom``) and the
+run configuration from a ConfigMap mounted at ``/etc/imaxt``.
+
+Nothing here talks to a cluster, so everything is testable offline;
+``imaxt submit --backend kubernetes --dry-run`` prints these objects as YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+DASK_API = "kubernetes.dask.org/v1"
+CONFIG_DIR = "/etc/imaxt"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """Cluster-side settings of a run (the chart's ``values.yaml`` mirrors them)."""
+
+    image: str = "ghcr.io/imaxt/imaxt-pipeline:0.1.0"
+    gpu_image: str | None = None
+    namespace: str = "imaxt"
+    service_account: str | None = None
+    s3_secret: str = "imaxt-s3"
+    endpoint_url: str | None = None
+    workers: int = 2
+    worker_resources: dict[str, Any] = field(default_factory=lambda: {
+        "requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}})
+    worker_threads: int = 1
+    gpu_workers: int = 0
+    gpu_resources: dict[str, Any] = field(default_factory=lambda: {
+        "requests": {"cpu": "2", "memory": "16Gi"},
+        "limits": {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"}})
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
+    scheduler_resources: dict[str, Any] = field(default_factory=lambda: {
+        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}})
+    job_resources: dict[str, Any] = field(default_factory=lambda: {
+        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}})
+    image_pull_policy: str = "IfNotPresent"
+
+
+def k8s_name(text: str, *, max_len: int = 40) -> str:
+    """A DNS-1123 label derived from ``text`` (lower case, ``[a-z0-9-]``, short enough
+    that the operator's ``-scheduler`` / ``-runner`` / worker suffixes still fit)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "sample"
+    if len(name) > max_len or name != text:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:6]
+        name = f"{name[: max_len - 7].rstrip('-')}-{digest}"
+    return name
+
+
+def _security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _env(settings: KubeSettings) -> list[dict[str, Any]]:
+    env = [{"name": "OMP_NUM_THREADS", "value": str(settings.worker_threads)}]
+    if settings.endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.endpoint_url})
+    return env
+
+
+def _env_from(settings: KubeSettings) -> list[dict[str, Any]]:
+    return [{"secretRef": {"name": settings.s3_secret}}]
+
+
+def _pod_spec(settings: KubeSettings, container: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [container], **extra}
+    if settings.service_account:
+        spec["serviceAccountName"] = settings.service_account
+    return spec
+
+
+def worker_spec(settings: KubeSettings, *, gpu: bool = False) -> dict[str, Any]:
+    """The ``spec`` of a worker group: ``{"replicas": n, "spec": PodSpec}``."""
+    args = ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads",
+            str(settings.worker_threads), "--dashboard", "--dashboard-address", "8788"]
+    if gpu:
+        args += ["--resources", "GPU=1"]
+    container = {
+        "name": "worker",
+        "image": (settings.gpu_image or settings.image) if gpu else settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": args,
+        "env": _env(settings),
+        "envFrom": _env_from(settings),
+        "resources": settings.gpu_resources if gpu else settings.worker_resources,
+        "ports": [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
+        "securityContext": _security(),
+    }
+    extra: dict[str, Any] = {}
+    if gpu:
+        extra["tolerations"] = [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+        if settings.gpu_node_selector:
+            extra["nodeSelector"] = dict(settings.gpu_node_selector)
+    return {"replicas": settings.gpu_workers if gpu else settings.workers,
+            "spec": _pod_spec(settings, container, **extra)}
+
+
+def scheduler_spec(settings: KubeSettings, cluster_name: str) -> dict[str, Any]:
+    """The ``spec.scheduler`` of DaskCluster ``cluster_name``: scheduler pod plus its Service."""
+    container = {
+        "name": "scheduler",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": ["dask", "scheduler", "--host", "0.0.0.0"],
+        "resources": settings.scheduler_resources,
+        "ports": [{"name": "tcp-comm", "containerPort": 8786, "protocol": "TCP"},
+                  {"name": "http-dashboard", "containerPort": 8787, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"port": "http-dashboard", "path": "/health"},
+                           "initialDelaySeconds": 5, "periodSeconds": 10},
+        "securityContext": _security(),
+    }
+    service = {"type": "ClusterIP",
+               "selector": {"dask.org/cluster-name": cluster_name,
+                            "dask.org/component": "scheduler"},
+               "ports": [{"name": "tcp-comm", "protocol": "TCP", "port": 8786, "targetPort": "tcp-comm"},
+                         {"name": "http-dashboard", "protocol": "TCP", "port": 8787,
+                          "targetPort": "http-dashboard"}]}
+    return {"spec": _pod_spec(settings, container), "service": service}
+
+
+def _labels(sample: str | None = None) -> dict[str, str]:
+    labels = {"app.kubernetes.io/name": "imaxt-pipeline", "app.kubernetes.io/part-of": "imaxt"}
+    if sample:
+        labels["imaxt.org/sample"] = k8s_name(sample, max_len=63)
+    return labels
+
+
+def config_map(name: str, config_yaml: str, *, namespace: str,
+               sample: str | None = None) -> dict[str, Any]:
+    """ConfigMap holding the run configuration as ``config.yaml``."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "labels": _labels(sample)},
+            "data": {"config.yaml": config_yaml}}
+
+
+def secret_template(name: str = "imaxt-s3", *, namespace: str = "imaxt") -> dict[str, Any]:
+    """Secret with the S3 credentials read by every pod (fill in the values)."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace, "labels": _labels()},
+            "stringData": {"AWS_ACCESS_KEY_ID": "CHANGE-ME", "AWS_SECRET_ACCESS_KEY": "CHANGE-ME"}}
+
+
+def dask_cluster_spec(settings: KubeSettings, cluster_name: str) -> dict[str, Any]:
+    """``{"worker": ..., "scheduler": ...}``: the spec of a DaskCluster."""
+    return {"worker": worker_spec(settings), "scheduler": scheduler_spec(settings, cluster_name)}
+
+
+def dask_cluster(name: str, settings: KubeSettings) -> dict[str, Any]:
+    """A standalone DaskCluster (what ``KubeCluster(name=...)`` creates) for notebooks."""
+    return {"apiVersion": DASK_API, "kind": "DaskCluster",
+            "metadata": {"name": name, "namespace": settings.namespace, "labels": _labels()},
+            "spec": dask_cluster_spec(settings, name)}
+
+
+def gpu_worker_group(cluster_name: str, settings: KubeSettings) -> dict[str, Any]:
+    """A DaskWorkerGroup of GPU workers attached to ``cluster_name``."""
+    return {"apiVersion": DASK_API, "kind": "DaskWorkerGroup",
+            "metadata": {"name": f"{cluster_name}-gpu", "namespace": settings.namespace,
+                         "labels": _labels()},
+            "spec": {"cluster": cluster_name, "worker": worker_spec(settings, gpu=True)}}
+
+
+def dask_job(name: str, settings: KubeSettings, *, args: list[str], config_map_name: str,
+             sample: str | None = None) -> dict[str, Any]:
+    """A DaskJob whose runner executes ``args`` against its own DaskCluster."""
+    container = {
+        "name": "job",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": args,
+        "env": _env(settings),
+        "envFrom": _env_from(settings),
+        "resources": settings.job_resources,
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "securityContext": _security(),
+    }
+    job_pod = _pod_spec(settings, container, restartPolicy="Never",
+                        volumes=[{"name": "config", "configMap": {"name": config_map_name}}])
+    return {"apiVersion": DASK_API, "kind": "DaskJob",
+            "metadata": {"name": name, "namespace": settings.namespace, "labels": _labels(sample)},
+            "spec": {"job": {"spec": job_pod},
+                     "cluster": {"spec": dask_cluster_spec(settings, name)}}}
+
+
+def process_args(raw_url: str, output_url: str, raw_store_url: str) -> list[str]:
+    """Command line of the job runner: upload + run on ``$DASK_SCHEDULER_ADDRESS``."""
+    return ["imaxt", "process", raw_url, "--out", output_url, "--raw-store", raw_store_url,
+            "--config", f"{CONFIG_DIR}/config.yaml"]
+
+
+def job_objects(sample: str, settings: KubeSettings, *, raw_url: str, output_url: str,
+                raw_store_url: str, config_yaml: str) -> list[dict[str, Any]]:
+    """Everything to ``kubectl apply`` for one sample: ConfigMap, DaskJob, GPU group."""
+    name = k8s_name(f"imaxt-{sample}")
+    cm = f"{name}-config"
+    objects = [config_map(cm, config_yaml, namespace=settings.namespace, sample=sample),
+               dask_job(name, settings, args=process_args(raw_url, output_url, raw_store_url),
+                        config_map_name=cm, sample=sample)]
+    if settings.gpu_workers > 0:
+        # The operator names the job's DaskCluster after the job.
+        objects.append(gpu_worker_group(name, settings))
+    return objects
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    """Multi-document YAML, ready for ``kubectl apply -f -`` (multi-line strings as blocks)."""
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False)

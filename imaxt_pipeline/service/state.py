@@ -1,0 +1,354 @@
+"""Durable per-sample state with leases, kept next to the data.
+
+Design
+------
+Each sample has one small JSON record, ``<state root>/<sample>.json`` (by default
+``<bucket>/_imaxt/state/``), holding its status (``pending``, ``running``,
+``done``, ``failed``), the number of attempts, the last error, the checksum of
+the inputs it was run on and, while running, a *lease*: an owner id and an
+expiry time. Every change is a compare-and-swap on the whole record:
+
+* on S3 the version is the object's ETag and writes are conditional
+  (``If-Match: <etag>``, or ``If-None-Match: *`` to create), so two watchers on
+  different hosts can never both move a record from one version to the next;
+* on a local folder the version is a content hash and the read-compare-write
+  runs under an exclusive ``fcntl`` lock, followed by an atomic rename.
+
+A watcher *claims* a sample by swapping it to ``running`` with its own lease;
+it renews the lease while it works, and a record whose lease has expired
+(crashed or killed watcher) can be claimed again. The host clocks of the
+watchers must agree to within a small fraction of the lease time (NTP).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+
+from ..errors import ImaxtError
+
+STATUSES = ("pending", "running", "done", "failed")
+
+
+class StateConflict(ImaxtError):
+    """A compare-and-swap lost against a concurrent writer."""
+
+
+@dataclass(frozen=True)
+class SampleState:
+    """The durable record of one sample."""
+
+    sample: str
+    status: str = "pending"
+    attempts: int = 0
+    last_error: str | None = None
+    input_checksum: str | None = None
+    lease_owner: str | None = None
+    lease_expires: float = 0.0
+    next_attempt_at: float = 0.0
+    updated: float = 0.0
+    runs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "SampleState":
+        raw = json.loads(data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def lease_active(self, now: float) -> bool:
+        return self.status == "running" and self.lease_expires > now
+
+
+class StateStore(abc.ABC):
+    """Versioned key-value store of :class:`SampleState` records."""
+
+    @abc.abstractmethod
+    def get(self, sample: str) -> tuple[SampleState | None, str | None]:
+        """Return the record and its version (both ``None`` when absent)."""
+
+    @abc.abstractmethod
+    def put(self, state: SampleState, *, version: str | None) -> None:
+        """Write ``state`` if the stored version is still ``version`` (``None``: absent).
+
+        Raises
+        ------
+        StateConflict
+            If another writer changed the record first.
+        """
+
+    @abc.abstractmethod
+    def samples(self) -> list[str]:
+        """Names of all samples with a record."""
+
+    def all(self) -> list[SampleState]:
+        out = []
+        for name in self.samples():
+            state, _ = self.get(name)
+            if state is not None:
+                out.append(state)
+        return out
+
+
+class LocalStateStore(StateStore):
+    """Records in a local folder; CAS under an exclusive ``fcntl`` lock."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sample: str) -> Path:
+        return self.root / f"{sample}.json"
+
+    @contextlib.contextmanager
+    def _locked(self, sample: str) -> Iterator[None]:
+        fd = os.open(self.root / f".{sample}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _read(self, sample: str) -> tuple[SampleState | None, str | None]:
+        try:
+            data = self._path(sample).read_bytes()
+        except FileNotFoundError:
+            return None, None
+        return SampleState.from_json(data), hashlib.sha256(data).hexdigest()
+
+    def get(self, sample: str) -> tuple[SampleState | None, str | None]:
+        with self._locked(sample):
+            return self._read(sample)
+
+    def put(self, state: SampleState, *, version: str | None) -> None:
+        with self._locked(state.sample):
+            _, current = self._read(state.sample)
+            if current != version:
+                raise StateConflict(f"{state.sample}: state changed concurrently")
+            tmp = self.root / f".{state.sample}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(state.to_json())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._path(state.sample))
+
+    def samples(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*.json"))
+
+
+class S3StateStore(StateStore):
+    """Records as S3 objects; CAS with conditional PUT (``If-Match`` / ``If-None-Match``)."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        if "s3" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            raise TypeError(f"S3StateStore needs an s3:// URL, got {url!r}")
+        self.fs = fs
+        self.bucket, _, prefix = path.partition("/")
+        self.prefix = prefix.strip("/")
+
+    def _key(self, sample: str) -> str:
+        return f"{self.prefix}/{sample}.json" if self.prefix else f"{sample}.json"
+
+    def get(self, sample: str) -> tuple[SampleState | None, str | None]:
+        from fsspec.asyn import sync
+
+        async def _get() -> tuple[bytes, str]:
+            resp = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self._key(sample))
+            body = resp["Body"]
+            try:
+                data = await body.read()
+            finally:
+                body.close()
+            return data, resp["ETag"]
+
+        try:
+            data, etag = sync(self.fs.loop, _get)
+        except FileNotFoundError:
+            return None, None
+        return SampleState.from_json(data), etag
+
+    def put(self, state: SampleState, *, version: str | None) -> None:
+        cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            self.fs.call_s3("put_object", Bucket=self.bucket, Key=self._key(state.sample),
+                            Body=state.to_json(), ContentType="application/json", **cond)
+        except (FileExistsError, FileNotFoundError, OSError) as exc:
+            text = f"{exc} {exc.__cause__}"
+            if any(code in text for code in ("PreconditionFailed", "ConditionalRequestConflict",
+                                              "NoSuchKey", "does not exist")):
+                raise StateConflict(f"{state.sample}: state changed concurrently") from None
+            raise
+
+    def samples(self) -> list[str]:
+        root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+        self.fs.invalidate_cache(root)
+        try:
+            names = self.fs.ls(root, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(n.rsplit("/", 1)[-1][:-5] for n in names if n.endswith(".json"))
+
+
+def open_state_store(url: str, storage_options: dict[str, Any] | None = None) -> StateStore:
+    """A :class:`StateStore` for a local folder or an ``s3://`` prefix.
+
+    Raises
+    ------
+    ValueError
+        For other protocols, which offer no atomic conditional write.
+    """
+    if url.startswith("s3://") or url.startswith("s3a://"):
+        return S3StateStore(url, storage_options)
+    if "://" not in url or url.startswith("file://"):
+        return LocalStateStore(url.removeprefix("file://"))
+    raise ValueError(f"state store URL must be a local folder or s3://, got {url!r}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how soon a failed sample is tried again."""
+
+    max_attempts: int = 3
+    backoff_s: float = 60.0
+    backoff_max_s: float = 3600.0
+
+    def delay(self, attempts: int) -> float:
+        """Exponential back-off after ``attempts`` failed attempts (1, 2, 4, ... x ``backoff_s``)."""
+        return float(min(self.backoff_max_s, self.backoff_s * 2 ** max(0, attempts - 1)))
+
+
+class Ledger:
+    """Sample life cycle on top of a :class:`StateStore`: observe, claim, renew, finish.
+
+    Every transition is one compare-and-swap; a lost race returns ``None`` or
+    ``False`` instead of raising, so callers simply move on to the next sample.
+    """
+
+    def __init__(self, store: StateStore, *, retry: RetryPolicy | None = None,
+                 clock: Any = time.time) -> None:
+        self.store = store
+        self.retry = retry or RetryPolicy()
+        self.clock = clock
+
+    def observe(self, sample: str, checksum: str) -> SampleState:
+        """Record that ``sample`` has landed with inputs ``checksum``.
+
+        A new sample becomes ``pending``; a finished sample (done or failed)
+        whose inputs changed is reset to ``pending`` with zero attempts.
+        """
+        for _ in range(5):
+            state, version = self.store.get(sample)
+            now = self.clock()
+            if state is None:
+                new = SampleState(sample=sample, input_checksum=checksum, updated=now)
+            elif state.status in ("done", "failed") and state.input_checksum != checksum:
+                new = dataclasses.replace(state, status="pending", attempts=0, last_error=None,
+                                          input_checksum=checksum, next_attempt_at=0.0, updated=now)
+            elif state.status == "pending" and state.input_checksum != checksum:
+                new = dataclasses.replace(state, input_checksum=checksum, updated=now)
+            else:
+                return state
+            try:
+                self.store.put(new, version=version)
+                return new
+            except StateConflict:
+                continue
+        state, _ = self.store.get(sample)
+        assert state is not None
+        return state
+
+    def claimable(self, state: SampleState, now: float | None = None) -> bool:
+        now = self.clock() if now is None else now
+        if state.status == "pending":
+            return now >= state.next_attempt_at
+        return state.status == "running" and state.lease_expires <= now
+
+    def claim(self, sample: str, owner: str, *, ttl: float) -> SampleState | None:
+        """Take the lease on ``sample`` if it is due; return the claimed record or ``None``.
+
+        A ``running`` record whose lease expired counts as a failed attempt of
+        its crashed owner; when that exhausts the attempts the sample is marked
+        ``failed`` instead of claimed.
+        """
+        state, version = self.store.get(sample)
+        now = self.clock()
+        if state is None or not self.claimable(state, now):
+            return None
+        if state.status == "running" and state.attempts >= self.retry.max_attempts:
+            failed = dataclasses.replace(
+                state, status="failed", lease_owner=None, lease_expires=0.0, updated=now,
+                last_error=state.last_error or f"lease of {state.lease_owner} expired (run lost)")
+            with contextlib.suppress(StateConflict):
+                self.store.put(failed, version=version)
+            return None
+        error = state.last_error
+        if state.status == "running":
+            error = f"lease of {state.lease_owner} expired (run lost)"
+        new = dataclasses.replace(state, status="running", attempts=state.attempts + 1,
+                                  lease_owner=owner, lease_expires=now + ttl, updated=now,
+                                  last_error=error)
+        try:
+            self.store.put(new, version=version)
+        except StateConflict:
+            return None
+        # Read back: guards against stores whose conditional write is not atomic.
+        check, _ = self.store.get(sample)
+        return new if check is not None and check.lease_owner == owner else None
+
+    def renew(self, sample: str, owner: str, *, ttl: float) -> bool:
+        """Extend the lease; ``False`` if ``owner`` no longer holds it."""
+        for _ in range(3):
+            state, version = self.store.get(sample)
+            if state is None or state.status != "running" or state.lease_owner != owner:
+                return False
+            now = self.clock()
+            try:
+                self.store.put(dataclasses.replace(state, lease_expires=now + ttl, updated=now),
+                               version=version)
+                return True
+            except StateConflict:
+                continue
+        return False
+
+    def finish(self, sample: str, owner: str, *, error: str | None = None) -> SampleState | None:
+        """Record the outcome of ``owner``'s run: done, pending again (back-off) or failed."""
+        for _ in range(5):
+            state, version = self.store.get(sample)
+            if state is None or state.status != "running" or state.lease_owner != owner:
+                return None
+            now = self.clock()
+            common: dict[str, Any] = dict(lease_owner=None, lease_expires=0.0, updated=now)
+            if error is None:
+                new = dataclasses.replace(state, status="done", last_error=None,
+                                          runs=state.runs + 1, **common)
+            elif state.attempts >= self.retry.max_attempts:
+                new = dataclasses.replace(state, status="failed", last_error=error, **common)
+            else:
+                new = dataclasses.replace(state, status="pending", last_error=error,
+                                          next_attempt_at=now + self.retry.delay(state.attempts),
+                                          **common)
+            try:
+                self.store.put(new, version=version)
+                return new
+            except StateConflict:
+                continue
+        return None

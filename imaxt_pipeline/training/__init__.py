@@ -1,0 +1,1 @@
+"""Scripts that train the small models shipped with the package."""

@@ -1,0 +1,80 @@
+"""Poisson ML profile fit of beads against rendered discs with known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imaxt_pipeline.algorithms.bead_fit import BeadFit, disc_model, fit_bead, fit_beads, radius_outliers
+
+
+def _render(rng, n=30, size=81, amp=20.0, bg=10.0):
+    yy, xx = np.indices((size, size), dtype=float)
+    truth, images = [], []
+    for _ in range(n):
+        p = np.array([size / 2 + rng.uniform(-2, 2), size / 2 + rng.uniform(-2, 2), rng.uniform(6, 30), 1.5, amp, bg])
+        truth.append(p)
+        images.append(rng.poisson(disc_model(p, yy, xx)).astype(float))
+    return np.array(truth), images
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_centre_radius_and_errors_match_truth(dtype):
+    rng = np.random.default_rng(1)
+    truth, images = _render(rng)
+    fits = [fit_bead(img.astype(dtype), y0=40, x0=40, r0=p[2] * 1.2) for p, img in zip(truth, images)]
+    assert all(fits)
+    dy = np.array([f.y for f in fits]) - truth[:, 0]
+    dx = np.array([f.x for f in fits]) - truth[:, 1]
+    err = np.hypot(dy, dx)
+    assert np.median(err) < 0.3
+    assert np.median(np.abs([f.radius for f in fits] - truth[:, 2])) < 0.3
+    # Reported errors are honest: pulls have unit spread.
+    pulls = np.concatenate([dy / [f.y_err for f in fits], dx / [f.x_err for f in fits]])
+    assert 0.6 < np.std(pulls) < 1.5
+    assert 0.7 < np.median([f.chi2 for f in fits]) < 1.3
+
+
+def test_errors_scale_with_gain():
+    """Data in arbitrary units (gain 4): same centres, same errors in px."""
+    rng = np.random.default_rng(2)
+    truth, images = _render(rng, n=5)
+    for p, img in zip(truth, images):
+        a = fit_bead(img, y0=40, x0=40, r0=p[2])
+        b = fit_bead(img * 4.0, y0=40, x0=40, r0=p[2])
+        assert abs(a.y - b.y) < 1e-3 and abs(a.x - b.x) < 1e-3
+        assert abs(a.y_err / b.y_err - 1) < 0.05
+
+
+def test_origin_and_touching_neighbours_with_labels():
+    rng = np.random.default_rng(3)
+    yy, xx = np.indices((120, 160), dtype=float)
+    p1 = np.array([60.3, 50.6, 22.0, 1.5, 30.0, 5.0])
+    p2 = np.array([58.8, 93.1, 20.0, 1.5, 30.0, 0.0])
+    img = rng.poisson(disc_model(p1, yy, xx) + disc_model(p2, yy, xx)).astype(float)
+    labels = np.where(np.hypot(yy - p1[0], xx - p1[1]) < 23, 1, 0)
+    labels[np.hypot(yy - p2[0], xx - p2[1]) < 21] = 2
+    fits = fit_beads(img, np.array([[60, 50], [59, 93]]), np.array([21.0, 19.0]), labels=labels)
+    for f, p in zip(fits, (p1, p2)):
+        assert f and np.hypot(f.y - p[0], f.x - p[1]) < 0.3 and abs(f.radius - p[2]) < 0.5
+
+
+def test_blank_cutout_fails_falsy_and_bad_input_raises():
+    rng = np.random.default_rng(4)
+    blank = rng.poisson(10.0, (61, 61)).astype(float)
+    fit = fit_bead(blank, y0=30, x0=30, r0=10)
+    assert isinstance(fit, BeadFit)
+    assert not fit or fit.snr < 3
+    with pytest.raises(ValueError, match="2-D"):
+        fit_bead(np.zeros((3, 10, 10)), y0=5, x0=5, r0=3)
+    with pytest.raises(ValueError, match="usable pixels"):
+        fit_bead(np.zeros((3, 3)), y0=1, x0=1, r0=1)
+
+
+def test_radius_outliers():
+    rng = np.random.default_rng(5)
+    r = rng.normal(20, 1, 200)
+    r[[3, 50]] = [60, 1]
+    flags = radius_outliers(r, nsigma=5)
+    assert flags[3] and flags[50] and flags.sum() <= 4
+    assert radius_outliers(np.array([np.nan, 10, 10, 10]))[0]
