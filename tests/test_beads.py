@@ -89,3 +89,25 @@ def test_bad_inputs_and_channel_pick():
         find_beads(da.zeros((2, 8, 8)))
     assert pick_bead_channel(np.array([1.0, 7.0, 3.0])) == 1
     assert len(find_beads_numpy(np.zeros((64, 64)))) == 0
+
+
+def test_on_synth_truth_planes():
+    """Seeded synthetic sample (imaxt_pipeline.synth): clean truth planes + Poisson noise."""
+    import tempfile
+
+    from imaxt_pipeline.synth import SynthParams, synthesize
+
+    truth = synthesize(tempfile.mkdtemp(), SynthParams(slices=2, rows=2, cols=2, seed=0, tile_shape=(256, 256)))
+    rng = np.random.default_rng(0)
+    errs, recalls, precisions = [], [], []
+    for s in range(truth.clean.shape[0]):
+        img = rng.poisson(np.clip(truth.clean[s, 1], 0, None)).astype(np.float32)
+        df = find_beads_numpy(img)
+        df["good"] = df["fit_ok"] & (df["snr"] > 3)
+        det = truth.bead_detections[truth.bead_detections["slice"] == s]
+        recall, precision, err = score(df, det[["y_px", "x_px", "radius_px"]].to_numpy())
+        errs.append(err)
+        recalls.append(recall)
+        precisions.append(precision)
+    assert min(recalls) >= 0.9 and min(precisions) >= 0.95
+    assert np.median(errs) <= 0.3

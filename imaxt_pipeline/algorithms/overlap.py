@@ -260,7 +260,7 @@ def refine_shift(reference_image: np.ndarray, moving_image: np.ndarray, shift: t
 
 def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shift: tuple[float, float], *,
                reference_weights: np.ndarray | None = None, moving_weights: np.ndarray | None = None,
-               reference: int = 0, moving: int = 1, max_shift: int = 15, block_size: int = 64,
+               reference: int = 0, moving: int = 1, max_shift: int = 15, block_size: int = 32,
                min_ncc: float = 0.5, smooth: float = 1.0, sigma_floor: float = 0.05) -> PairMatch:
     """Register two neighbouring tiles and return point correspondences.
 
@@ -320,12 +320,13 @@ def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shi
         return PairMatch(reference, moving, expected, expected, max(ncc0, overall.ncc), False)
     pref, pmov, pw = [], [], []
     box = _overlap_box(a.shape, b.shape, overall.shift)
-    horizontal = (box[0].stop - box[0].start) >= (box[1].stop - box[1].start)
-    along = box[0] if horizontal else box[1]
-    n_blocks = max(1, int(round((along.stop - along.start) / block_size)))
-    edges = np.linspace(along.start, along.stop, n_blocks + 1).astype(int)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        reg = (slice(lo, hi), box[1]) if horizontal else (box[0], slice(lo, hi))
+    # A grid of blocks over the overlap (long seams: one row of blocks; wide overlaps: several),
+    # each small enough that the distortion is nearly linear across it.
+    edges = [np.linspace(sl.start, sl.stop, max(1, int(round((sl.stop - sl.start) / block_size))) + 1).astype(int)
+             for sl in box]
+    regions = [(slice(y0, y1), slice(x0, x1)) for y0, y1 in zip(edges[0][:-1], edges[0][1:])
+               for x0, x1 in zip(edges[1][:-1], edges[1][1:])]
+    for reg in regions:
         est = refine_shift(a, b, overall.shift, reference_weights=wa, moving_weights=wb, region=reg, max_step=4.0)
         if not est or est.ncc < min_ncc:
             continue

@@ -150,8 +150,13 @@ def segment_nuclei_watershed(image: np.ndarray, *, sigma: float = 1.0, threshold
     if not mask.any():
         return labels
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(mask), 1.0)
-    blobs, _ = ndi.label(mask)
-    peaks = peak_local_max(dist, min_distance=max(1, int(min_distance)), labels=blobs, exclude_border=False)
+    blobs, n_blobs = ndi.label(mask)
+    # one global peak search (per-blob searches are ~10x slower), then a seed for any blob left without one
+    peaks = peak_local_max(dist, min_distance=max(1, int(min_distance)), threshold_abs=1e-6, exclude_border=False)
+    missing = np.setdiff1d(np.arange(1, n_blobs + 1), blobs[tuple(peaks.T)])
+    if len(missing):
+        extra = np.array(ndi.maximum_position(dist, blobs, missing), dtype=np.intp).reshape(-1, 2)
+        peaks = np.concatenate([peaks.reshape(-1, 2), extra])
     markers = np.zeros(image.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
@@ -249,7 +254,7 @@ class WatershedSegmenter:
         d = self.diameter
         nuclei = segment_nuclei_watershed(
             image[self.nuclear_channel], sigma=self.sigma, threshold=self.nuclear_threshold,
-            min_distance=max(2, int(round(d * 0.4))), min_area=max(4, int(np.pi * (d / 4) ** 2)),
+            min_distance=max(2, int(round(d * 0.3))), min_area=max(4, int(np.pi * (d / 4) ** 2)),
             max_area=int(np.pi * d**2))
         return Segmentation(nuclei=nuclei, cells=grow_cells(self, image, nuclei))
 

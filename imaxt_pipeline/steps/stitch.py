@@ -35,7 +35,7 @@ from .calibrate import load_calibration, save_calibration
 class Params(StepParams):
     z: int = Field(default=0, ge=0, description="optical section used for matching")
     max_shift_px: int = Field(default=15, ge=1, description="search radius around the stage prediction")
-    block_px: int = Field(default=64, ge=8, description="seam length per correspondence")
+    block_px: int = Field(default=32, ge=8, description="seam length per correspondence")
     min_ncc: float = Field(default=0.5, description="pairs below carry no information")
     estimate_distortion: bool = Field(default=True, description="fit distortion unless a file gave it")
     fit_magnification: bool = Field(default=False, description="also fit mag_x/mag_y (needs many tiles)")

@@ -89,8 +89,8 @@ def render_scene(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.n
     spots = ndi.gaussian_filter((rng.random(shape) < 0.004).astype(np.float64), 2.5) * 60
     img += tissue * (rng.uniform(0.2, 1.5) * bg + spots * rng.uniform(0.5, 3) * bg)
     centres, radii = [], []
-    for _ in range(rng.integers(3, 16)):
-        r = rng.uniform(3, 50)
+    for _ in range(rng.integers(5, 25)):
+        r = rng.uniform(3, 12) if rng.random() < 0.5 else rng.uniform(12, 50)  # many small caps
         c = rng.uniform(0, 1, 2) * shape
         if any(np.hypot(*(c - c2)) < r + r2 - 4 for c2, r2 in zip(centres, radii)):
             continue

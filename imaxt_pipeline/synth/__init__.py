@@ -1,0 +1,22 @@
+"""Synthetic STPT samples with ground truth.
+
+:func:`synthesize` simulates a serial-section acquisition of a 3-D specimen
+(agarose block, an irregular tissue blob with nuclei, fluorescent beads) by a
+tiling microscope with stage error, slice drift, distortion, vignetting, stray
+light, dark offset and shot/read noise. It writes the raw layout of
+``spec/raw-layout.md`` and the truth under ``<sample>/truth/``.
+
+Examples
+--------
+>>> from imaxt_pipeline.synth import SynthParams, synthesize, load_truth
+>>> truth = synthesize("/tmp/s", SynthParams(slices=3, rows=2, cols=2, seed=0))  # doctest: +SKIP
+>>> load_truth("/tmp/s").slice_offsets_px.shape  # doctest: +SKIP
+(3, 2)
+"""
+
+from __future__ import annotations
+
+from ._params import SynthParams, demo_params
+from ._writer import Truth, load_truth, synthesize
+
+__all__ = ["SynthParams", "Truth", "demo_params", "load_truth", "synthesize"]
