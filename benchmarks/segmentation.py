@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 def _segmenter(backend: str, image: np.ndarray, threads: int):
     from imaxt_pipeline.algorithms.segmentation import WatershedSegmenter, plane_thresholds
 
-    t_nuc, t_cell = plane_thresholds(image)
+    t_nuc, t_cell = plane_thresholds(image, max_area=int(np.pi * 10**2))
     if backend == "watershed":
         return WatershedSegmenter(nuclear_threshold=t_nuc, cell_threshold=t_cell)
     from imaxt_pipeline.algorithms.segmentation_cellpose import CellposeSegmenter

@@ -34,6 +34,7 @@ __all__ = [
     "segment_cells_watershed",
     "segment_nuclei_watershed",
     "plane_thresholds",
+    "robust_otsu",
 ]
 
 
@@ -74,8 +75,48 @@ def _check_plane(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
+def robust_otsu(smooth: np.ndarray, *, max_area: int | None = None, max_fraction: float = 0.35) -> float:
+    """Otsu's threshold that ignores a few large, very bright objects (e.g. beads).
+
+    Otsu's threshold is computed once; connected regions above it that are
+    larger than ``max_area`` pixels and together cover less than
+    ``max_fraction`` of the image are outliers (fiducial beads are ~100x the
+    area of a nucleus and brighter), so they are masked out (with a 2-px
+    rim) and the threshold is computed again on the remaining pixels.
+
+    Parameters
+    ----------
+    smooth : ndarray
+        Smoothed intensities.
+    max_area : int, optional
+        Largest expected object area in px; no outlier removal when ``None``.
+    max_fraction : float
+        Large regions covering more than this fraction are foreground (e.g.
+        tissue in a cytoplasm channel), not outliers.
+
+    Returns
+    -------
+    float
+        The threshold (``inf`` for a constant image).
+    """
+    if np.ptp(smooth) == 0:
+        return float("inf")
+    t = float(threshold_otsu(smooth))
+    if max_area is None:
+        return t
+    blobs, _ = ndi.label(smooth > t)
+    areas = np.bincount(blobs.ravel())
+    areas[0] = 0
+    big = np.flatnonzero(areas > max_area)
+    if not len(big) or areas[big].sum() > max_fraction * smooth.size:
+        return t
+    keep = ~ndi.binary_dilation(np.isin(blobs, big), iterations=2)
+    rest = smooth[keep]
+    return float(threshold_otsu(rest)) if rest.size and np.ptp(rest) > 0 else t
+
+
 def plane_thresholds(image: np.ndarray, *, nuclear_channel: int = 0, cyto_channel: int | None = 1,
-                     sigma: float = 1.0) -> tuple[float, float | None]:
+                     sigma: float = 1.0, max_area: int | None = None) -> tuple[float, float | None]:
     """Otsu thresholds of the smoothed nuclear and combined cell signals.
 
     Blocks of a large plane are segmented independently; computing the
@@ -90,6 +131,9 @@ def plane_thresholds(image: np.ndarray, *, nuclear_channel: int = 0, cyto_channe
         Channel indices; ``cyto_channel=None`` skips the cell threshold.
     sigma : float
         Gaussian smoothing in px, as used by the segmenter.
+    max_area : int, optional
+        Largest nucleus area in px of ``image``; larger bright objects (beads)
+        are left out of the thresholds (:func:`robust_otsu`).
 
     Returns
     -------
@@ -99,11 +143,11 @@ def plane_thresholds(image: np.ndarray, *, nuclear_channel: int = 0, cyto_channe
     """
     image = np.asarray(image, np.float32)
     nuc = ndi.gaussian_filter(image[nuclear_channel], sigma)
-    t_nuc = float(threshold_otsu(nuc)) if np.ptp(nuc) > 0 else float(nuc.max())
+    t_nuc = robust_otsu(nuc, max_area=max_area)
     if cyto_channel is None:
         return t_nuc, None
     cyto = ndi.gaussian_filter(image[cyto_channel], sigma)
-    t_cell = float(threshold_otsu(cyto)) if np.ptp(cyto) > 0 else float(cyto.max())
+    t_cell = robust_otsu(cyto, max_area=max_area)
     return t_nuc, t_cell
 
 
@@ -119,7 +163,8 @@ def segment_nuclei_watershed(image: np.ndarray, *, sigma: float = 1.0, threshold
     sigma : float
         Gaussian smoothing in px before thresholding.
     threshold : float, optional
-        Foreground threshold on the smoothed image; Otsu's when ``None``.
+        Foreground threshold on the smoothed image; when ``None``,
+        :func:`robust_otsu` with ``max_area`` (Otsu's without bright outliers).
     min_distance : int
         Minimum separation of two nucleus centres in px (distance-transform
         peaks closer than this merge).
@@ -143,7 +188,7 @@ def segment_nuclei_watershed(image: np.ndarray, *, sigma: float = 1.0, threshold
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     smooth = ndi.gaussian_filter(image, sigma) if sigma > 0 else image
     if threshold is None:
-        threshold = float(threshold_otsu(smooth)) if np.ptp(smooth) > 0 else np.inf
+        threshold = robust_otsu(smooth, max_area=max_area)
     mask = ndi.binary_fill_holes(smooth > threshold)
     mask = ndi.binary_opening(mask, iterations=1)
     labels = np.zeros(image.shape, np.int32)
@@ -194,7 +239,7 @@ def segment_cells_watershed(nuclear: np.ndarray, cyto: np.ndarray, nuclei: np.nd
         return np.zeros(nuclei.shape, np.int32)
     cyto_s = ndi.gaussian_filter(cyto, sigma) if sigma > 0 else cyto
     if threshold is None:
-        threshold = float(threshold_otsu(cyto_s)) if np.ptp(cyto_s) > 0 else np.inf
+        threshold = robust_otsu(cyto_s, max_area=int(np.pi * (max_expansion + 10) ** 2))
     signal = (ndi.gaussian_filter(nuclear, sigma) if sigma > 0 else nuclear) + cyto_s
     near = ndi.distance_transform_edt(nuclei == 0) <= max_expansion
     mask = ((cyto_s > threshold) & near) | (nuclei > 0)

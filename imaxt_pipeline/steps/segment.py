@@ -68,7 +68,8 @@ def make_segmenter(params: Params, *, pixel_um: float, plane_sample: np.ndarray,
     diameter = params.diameter_um / pixel_um
     expansion = params.max_expansion_um / pixel_um
     t_nuc, t_cell = plane_thresholds(plane_sample, nuclear_channel=params.nuclear_channel,
-                                     cyto_channel=params.cyto_channel, sigma=params.sigma_px / sample_scale)
+                                     cyto_channel=params.cyto_channel, sigma=params.sigma_px / sample_scale,
+                                     max_area=int(np.pi * (diameter / sample_scale) ** 2))
     if params.backend == "watershed":
         return WatershedSegmenter(nuclear_channel=params.nuclear_channel, cyto_channel=params.cyto_channel,
                                   diameter=diameter, sigma=params.sigma_px, nuclear_threshold=t_nuc,
