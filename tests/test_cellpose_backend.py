@@ -64,3 +64,14 @@ def test_fixed_normalisation_keeps_empty_blocks_empty(segmenter):
     background = (0.05 + 0.02 * rng.standard_normal((2, 96, 96))).astype(np.float32)
     fixed = replace(segmenter, normalize_lowhigh=(0.0, 1.5))
     assert fixed.segment(background).nuclei.max() == 0
+
+
+def test_shipped_model_on_simulated_sample(tmp_path, segmenter):
+    from .segdata import synth_plane
+
+    image, nuclei, _ = synth_plane(tmp_path / "s", seed=2)
+    region = (slice(100, 356), slice(100, 356))
+    crop, truth = image[:, region[0], region[1]], nuclei[region]
+    seg = segmenter.segment(crop)
+    score = object_f1(truth, seg.nuclei)
+    assert truth.max() > 0 and score.f1 >= 0.85, score

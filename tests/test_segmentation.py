@@ -92,3 +92,25 @@ def test_bad_inputs_raise_value_errors():
         segment_cells_watershed(np.zeros((8, 8)), np.zeros((8, 9)), np.zeros((8, 8), int))
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         WatershedSegmenter().segment(np.zeros((8, 8)))
+
+
+def test_watershed_on_simulated_sample_with_beads(tmp_path):
+    from .segdata import synth_plane
+
+    image, nuclei, truth = synth_plane(tmp_path / "s", seed=1)
+    t_nuc, t_cell = plane_thresholds(image, max_area=int(np.pi * 10**2))
+    seg = WatershedSegmenter(nuclear_threshold=t_nuc, cell_threshold=t_cell).segment(image)
+    score = object_f1(nuclei, seg.nuclei)
+    assert score.f1 >= 0.85, score
+    beads = truth.bead_detections
+    beads = beads[beads["slice"] == 0]
+    assert len(beads) > 0
+    for row in beads.itertuples():  # beads are much brighter than nuclei but never become nuclei
+        y, x = int(round(row.y_px)), int(round(row.x_px))
+        if 0 <= y < image.shape[1] and 0 <= x < image.shape[2]:
+            assert seg.nuclei[y, x] == 0
+    # plain Otsu would have thresholded between nuclei and beads
+    from skimage.filters import threshold_otsu
+    from scipy import ndimage as ndi
+
+    assert t_nuc < threshold_otsu(ndi.gaussian_filter(image[0], 1.0))
