@@ -53,8 +53,10 @@ class SynthParams:
         Fraction of the mosaic width, on the right, left as empty agarose
         without tissue or beads.
     n_beads : int or None
-        Number of beads to place; ``None`` picks a density giving at least
-        about eight beads per slice where the agarose leaves room for them.
+        Number of beads to place (fewer if they do not fit); ``None`` aims at
+        about ten beads cut by every slice. The agarose caps the count: 3 x 3
+        tiles of 256² hold 8-13, 2 x 2 tiles of 256² only 4-5 at the default
+        tissue fraction (8-9 with ``tissue_fraction=0.35``).
     bead_radius_um, bead_intensity : (float, float), float
         Uniform range of the bead sphere radius; bead brightness in counts.
     nucleus_radius_um, nuclei_per_mm2 : (float, float), float

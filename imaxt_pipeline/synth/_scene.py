@@ -88,7 +88,7 @@ class Scene:
         self._x_empty = w * (1.0 - params.empty_fraction)
         # the blob envelope: centred in the non-empty part of the frame
         self._centre = (h / 2.0, self._x_empty / 2.0)
-        self._sigma = (0.5 * h, 0.5 * self._x_empty)
+        self._half_axes = (0.5 * h, 0.5 * self._x_empty)
         self._threshold, self._ramp, union = self._calibrate_outline()
         self.beads = place_beads(params, union, _COARSE, pad, self._x_empty, rng)
 
@@ -110,7 +110,7 @@ class Scene:
 
     def _envelope(self, yy: np.ndarray, xx: np.ndarray, dy: float, dx: float) -> np.ndarray:
         """Cone ``-rho`` (rho = 1 on the ellipse inscribed in the non-empty field) centred on the blob."""
-        (cy, cx), (sy, sx) = self._centre, self._sigma
+        (cy, cx), (sy, sx) = self._centre, self._half_axes
         env = -np.hypot(((yy - cy - dy) / sy)[:, None], ((xx - cx - dx) / sx)[None, :])
         if self.params.empty_fraction > 0:
             env -= 10.0 * np.clip((xx - dx - self._x_empty + 8.0) / 4.0, 0, 1)[None, :]

@@ -108,7 +108,8 @@ def synthesize(out_dir: str | os.PathLike[str], params: SynthParams | None = Non
     Parameters
     ----------
     out_dir : str or PathLike
-        The sample folder (created if needed). Files of an earlier run are overwritten.
+        The sample folder (created if needed). The files of an earlier run
+        (including its ``tiles/S###_ch#_r##_c##.tif``) are replaced.
     params : SynthParams, optional
         Defaults to ``SynthParams()``.
 
@@ -127,7 +128,9 @@ def synthesize(out_dir: str | os.PathLike[str], params: SynthParams | None = Non
     root = Path(out_dir)
     (root / "tiles").mkdir(parents=True, exist_ok=True)
     (root / "truth").mkdir(exist_ok=True)
-    (root / "acquisition.json").unlink(missing_ok=True)
+    (root / "acquisition.json").unlink(missing_ok=True)  # not "landed" while being rewritten
+    for stale in (root / "tiles").glob("S[0-9][0-9][0-9]_ch*_r*_c*.tif"):
+        stale.unlink()  # tiles of an earlier run (this module's naming only)
     streams = np.random.SeedSequence(params.seed).spawn(4)
     pad = render_pad(params)
     scene = Scene(params, np.random.default_rng(streams[0]), pad=pad)
@@ -231,7 +234,7 @@ def _write_truth(base: Path, t: Truth, pad: int) -> None:
         "slice_offsets_px": t.slice_offsets_px.tolist(),
         "beads": t.beads.to_dict(orient="records"),
         "bead_detections": t.bead_detections.to_dict(orient="records"),
-        "n_nuclei": [int(len(np.unique(t.nuclei[k])) - 1) for k in range(p.slices)],
+        "n_nuclei": [int(np.count_nonzero(np.bincount(t.nuclei[k].ravel())[1:])) for k in range(p.slices)],
         "flat": {"model": "1 - vignetting * (u**2 + w**2) / 2, u, w in [-1, 1] across the tile",
                  "vignetting": p.flat_vignetting},
         "stray": {"model": "amplitude * exp(-x / scale_px), additive, every row alike",
