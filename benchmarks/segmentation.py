@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small plane, one block size")
     parser.add_argument("--backends", default="watershed,cellpose")
+    parser.add_argument("--size", type=int, default=None, help="plane edge in px (512 quick, else 2048)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per cellpose task")
     args = parser.parse_args(argv)
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from imaxt_pipeline.parallel.segmentation import segment_blockwise
     from imaxt_pipeline.training.train_cellpose import render_cells
 
-    size = 512 if args.quick else 2048
+    size = args.size or (512 if args.quick else 2048)
     blocks = [256] if args.quick else [512, 1024]
     image, truth, _ = render_cells((size, size), density=0.35, seed=123)
     mpx = size * size / 1e6

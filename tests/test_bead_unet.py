@@ -12,7 +12,7 @@ from imaxt_pipeline.algorithms.bead_unet import (DEFAULT_WEIGHTS, BeadUNet, dete
                                                  predict_bead_probability)
 from imaxt_pipeline.parallel.beads import find_beads_numpy
 
-from .test_beads import bead_scene, score
+from .test_beads import bead_scene, synth_score
 
 
 def test_forward_shape_and_size():
@@ -26,7 +26,8 @@ def test_shipped_weights_exist_with_metadata():
     assert DEFAULT_WEIGHTS.exists()
     assert DEFAULT_WEIGHTS.stat().st_size < 5 * 2**20
     meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
-    assert meta["config"]["downsample"] >= 1 and meta["steps"] > 0 and meta["val_dice"] > 0.6
+    assert meta["config"]["downsample"] >= 1 and meta["steps"] > 0 and meta["val_dice"] > 0.9
+    assert meta["source"] == "synth"  # trained on imaxt_pipeline.synth mosaics
 
 
 def test_load_from_path_and_url_round_trip(tmp_path):
@@ -54,12 +55,11 @@ def test_tiled_inference_is_independent_of_patching():
 
 
 def test_unet_detector_accuracy():
-    """Shipped weights (163 CPU steps): precise, but recall of small caps is below the classical detector's."""
-    model, config = load_bead_unet(device="cpu")
-    img, truth = bead_scene(0)
-    cands = detect_beads_unet(img, model, downsample=config["downsample"])
-    assert len(cands) >= 0.8 * (truth[:, 2] >= 5).sum()
-    df = find_beads_numpy(img, detector="unet")
-    df["good"] = df["fit_ok"] & (df["snr"] > 3)
-    recall, precision, err = score(df, truth)
-    assert recall >= 0.8 and precision >= 0.95 and err <= 0.3
+    """Shipped weights on held-out synth planes (seed 0; training used seeds 100-103): the issue's targets."""
+    def detect(plane):
+        df = find_beads_numpy(plane, detector="unet", device="cpu")
+        df["good"] = df["fit_ok"] & (df["snr"] > 3)
+        return df
+
+    recall, precision, err = synth_score(detect)
+    assert recall >= 0.9 and precision >= 0.95 and err <= 0.3

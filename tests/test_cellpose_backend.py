@@ -75,3 +75,18 @@ def test_shipped_model_on_simulated_sample(tmp_path, segmenter):
     seg = segmenter.segment(crop)
     score = object_f1(truth, seg.nuclei)
     assert truth.max() > 0 and score.f1 >= 0.85, score
+
+
+def test_training_script_writes_a_loadable_half_precision_model(tmp_path):
+    import torch
+    from cellpose import models
+
+    from imaxt_pipeline.training.train_cellpose import main
+
+    out = tmp_path / "tiny"
+    assert main(["--out", str(out), "--images", "4", "--epochs", "2", "--per-epoch", "4", "--bsize", "64"]) == 0
+    state = torch.load(out, map_location="cpu", weights_only=True)
+    assert state["output.2.weight"].dtype == torch.float16
+    assert not any(p.name.startswith(".train-") for p in tmp_path.iterdir())  # scratch folder removed
+    model = models.CellposeModel(gpu=False, pretrained_model=str(out))
+    assert float(model.diam_mean) == pytest.approx(10.0)

@@ -58,6 +58,50 @@ def test_register_table_and_fill_offsets():
     assert missing.tolist() == [2, 4] and np.isnan(err[2]).all()
 
 
+def _register_ctx(tmp_path, df, slices):
+    from imaxt_pipeline.io.output import OutputStore
+    from imaxt_pipeline.steps._base import StepContext
+
+    store = OutputStore(str(tmp_path / "out.zarr"))
+    store.write_table("beads", df)
+    return StepContext(config=None, raw=None, output=store, client=None, slices=slices)
+
+
+def test_register_without_beads_gives_zero_offsets_and_warns(tmp_path):
+    from imaxt_pipeline.errors import DataWarning
+    from imaxt_pipeline.parallel.beads import BEAD_COLUMNS
+
+    cols = {c: pd.Series(dtype=bool if c == "fit_ok" else float) for c in BEAD_COLUMNS}
+    empty = pd.DataFrame({"slice": pd.Series(dtype=int), **cols, "good": pd.Series(dtype=bool),
+                          "bead_id": pd.Series(dtype=int)})
+    ctx = _register_ctx(tmp_path, empty, [0, 1, 2])
+    with pytest.warns(DataWarning, match=r"slices \[1, 2\]"):
+        result = register.run(ctx, register.Params())
+    meta = ctx.output.imaxt_attrs()["register"]
+    np.testing.assert_array_equal(meta["slice_offsets_px"], np.zeros((3, 2)))
+    assert meta["unconstrained"] == [1, 2] and result.metrics["tracks"] == 0
+    assert ctx.output.location.exists("qc/register.png")
+
+
+def test_register_flags_a_slice_without_beads(tmp_path):
+    from imaxt_pipeline.errors import DataWarning
+
+    rng = np.random.default_rng(4)
+    df, drift = _bead_table(rng, n_slices=6)
+    df = df[df["slice"] != 3].reset_index(drop=True)  # slice 3 lost its beads (e.g. a blank section)
+    df["slice"] = df["slice"].astype(int)
+    ctx = _register_ctx(tmp_path, df, list(range(6)))
+    for mode, expected in (("interpolate", 0.5 * (drift[2] + drift[4])), ("zero", np.zeros(2))):
+        with pytest.warns(DataWarning, match=r"slices \[3\]"):
+            register.run(ctx, register.Params(unconstrained=mode, max_gap=1))
+        meta = ctx.output.imaxt_attrs()["register"]
+        off = np.array(meta["slice_offsets_px"])
+        assert meta["unconstrained"] == [3] and meta["slice_offsets_err_px"][3][0] is None  # NaN -> null
+        np.testing.assert_allclose(off[3], expected, atol=0.3)
+        keep = [0, 1, 2, 4, 5]
+        assert np.abs(off[keep] - drift[keep]).max() < 0.3  # the gap is bridged by tracks skipping slice 3
+
+
 def test_qc_figure_has_offset_bands_and_radius_histogram():
     fig = register.qc_figure(np.array([[0, 0], [1, 2.0]]), np.array([[0, 0], [0.1, 0.2]]), np.array([20.0, 21]))
     axes = fig.get_axes()
@@ -163,3 +207,93 @@ def test_pipeline_writes_offsets_table_cube_and_qc(pipeline_run):
     # Flux is preserved by the shift (nothing cut off by the canvas).
     k = 3
     np.testing.assert_allclose(cube.read_plane(k)[1].sum(), mosaic.read_plane(k)[1].sum(), rtol=1e-3)
+
+
+def _frame_shifts(stitched, truth_positions, n_slices):
+    """Per slice: mean (stitched - true) tile position, i.e. the translation of that slice's mosaic frame.
+
+    Stitching fixes the tiles of a slice relative to each other; the slice as a
+    whole stays anchored to the recorded stage positions (error ~3 px per
+    tile), so each slice's mosaic frame is offset from the truth frame by its
+    own ~1-2 px. The register step measures bead motion in the mosaic frames,
+    i.e. drift plus this frame offset (which is exactly what the cube must undo).
+    """
+    out = np.zeros((n_slices, 2))
+    for k in range(n_slices):
+        out[k] = np.mean([np.subtract(v, truth_positions[key]) for key, v in stitched.items()
+                          if key.split("/")[0] == str(k)], axis=0)
+    return out
+
+
+def _in_mosaic(yx, k, meta, truth):
+    """Truth positions of slice ``k`` moved like the tiles that hold them (mean stitched - true tile shift).
+
+    Removes the stitch step's own errors (a few tenths of a px per tile) so that
+    the centre error measures the beads step.
+    """
+    stitched = meta["stitch"]["tile_positions_px"]
+    th, tw = meta["acquisition"]["tile_shape"]
+    out = np.array(yx, float)
+    for i, p in enumerate(yx):
+        moves = [np.subtract(v, truth.tile_positions_px[key]) for key, v in stitched.items()
+                 if key.split("/")[0] == str(k) and 0 <= p[0] - truth.tile_positions_px[key][0] < th
+                 and 0 <= p[1] - truth.tile_positions_px[key][1] < tw]
+        out[i] += np.mean(moves, axis=0) if moves else 0.0
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory, dask_client):
+    from imaxt_pipeline.config import load_config
+    from imaxt_pipeline.io.upload import upload
+    from imaxt_pipeline.pipeline import run_pipeline
+    from imaxt_pipeline.synth import SynthParams, synthesize
+
+    root = tmp_path_factory.mktemp("synthbeads")
+    truth = synthesize(root / "raw", SynthParams(slices=6, rows=2, cols=2, tile_shape=(256, 256),
+                                                 tissue_fraction=0.35, seed=3))
+    store, out = str(root / "raw.zarr"), str(root / "out.zarr")
+    upload(str(root / "raw"), store, progress=False)
+    off = {f"steps.{s}.enabled": False for s in ("segment", "catalogue", "crops")}
+    on = {f"steps.{s}.enabled": True for s in ("calibrate", "stitch", "mosaic", "beads", "register", "cube")}
+    config = load_config(None, input_url=store, output_url=out, **off, **on)
+    run_pipeline(config, client=dask_client)
+    return out, truth
+
+
+def test_synth_end_to_end_beads_and_offsets(synth_run):
+    """calibrate -> stitch -> mosaic -> beads -> register -> cube on a seeded synthetic sample with nuclei."""
+    from scipy.spatial import cKDTree
+
+    from imaxt_pipeline.io.output import OutputStore
+
+    out, truth = synth_run
+    store = OutputStore(out, mode="r")
+    meta = store.imaxt_attrs()
+    assert meta["beads"]["channel"] == 1  # the nuclear channel 0 also shows the beads, but its nuclei lose
+    n = len(truth.slice_offsets_px)
+    frames = _frame_shifts(meta["stitch"]["tile_positions_px"], truth.tile_positions_px, n)
+    table = store.read_table("beads")
+    good = table[table["good"]]
+    det = truth.bead_detections
+    found_big = n_big = hits = relevant = 0
+    errs = []
+    for k in range(n):
+        t, f = det[det["slice"] == k], good[good["slice"] == k]
+        big = t["radius_px"].to_numpy() >= 5
+        dist, idx = cKDTree(_in_mosaic(t[["y_px", "x_px"]].to_numpy(), k, meta, truth)).query(
+            f[["y_px", "x_px"]].to_numpy().reshape(-1, 2), distance_upper_bound=3.0)
+        hit = np.isfinite(dist)
+        found_big += np.isin(np.flatnonzero(big), idx[hit]).sum()
+        n_big += big.sum()
+        rel = ~hit | big[np.minimum(idx, len(t) - 1)]  # a find of a < 5 px cap is not a false positive
+        hits, relevant = hits + hit[rel].sum(), relevant + rel.sum()
+        errs.extend(dist[hit])
+    assert n_big >= 25
+    assert found_big / n_big >= 0.9 and hits / relevant >= 0.95
+    assert np.median(errs) <= 0.3
+    offsets = np.array(meta["register"]["slice_offsets_px"])
+    expected = truth.slice_offsets_px + frames - frames[0]
+    assert (np.hypot(*(offsets - expected).T) <= 0.5).sum() >= 5
+    assert meta["register"]["unconstrained"] == []
+    assert store.open_image("cube").shape[1] == n

@@ -1,62 +1,33 @@
-"""calibrate -> stitch -> mosaic through the runner on a real multi-process cluster."""
+"""calibrate -> stitch -> mosaic through the runner on a real multi-process cluster (synthetic STPT data)."""
 
 from __future__ import annotations
 
-import csv
-import json
-
 import numpy as np
 import pytest
-import tifffile
 import zarr
 
-from imaxt_pipeline.algorithms.distortion import DistortionModel
 from imaxt_pipeline.config import load_config
 from imaxt_pipeline.io.output import OutputStore
 from imaxt_pipeline.io.upload import upload
 from imaxt_pipeline.pipeline import run_pipeline
-
-from .test_flatfield import TILE, _instrument
-from .test_overlap import grid_tiles
+from imaxt_pipeline.synth import SynthParams, synthesize
 
 ROWS = COLS = 3
 OTHERS = {f"steps.{s}.enabled": False for s in ("beads", "register", "cube", "segment", "catalogue", "crops")}
 ON = {f"steps.{s}.enabled": True for s in ("calibrate", "stitch", "mosaic")}
-MODEL = DistortionModel(k_y=0.006, k_x=0.006)
-
-
-def _write_sample(root, slices=2):
-    (root / "tiles").mkdir(parents=True)
-    acq = {"sample": "stitchy", "modality": "STPT", "pixel_size_um": 1.0, "slice_thickness_um": 15.0,
-           "tile_shape": [TILE, TILE], "overlap": 0.12, "channels": ["nuc", "cyto"], "rows": ROWS, "cols": COLS,
-           "slices": slices}
-    (root / "acquisition.json").write_text(json.dumps(acq))
-    truth = []
-    with open(root / "tiles.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["slice", "channel", "row", "col", "x_um", "y_um", "file"])
-        for s in range(slices):
-            tiles, true, stage = grid_tiles(20 + s, rows=ROWS, cols=COLS, tile=TILE, model=MODEL)
-            raw, _ = _instrument(tiles)
-            truth.append(true)
-            for ch, gain in enumerate((1.0, 0.5)):
-                for t in range(ROWS * COLS):
-                    name = f"tiles/s{s}_c{ch}_t{t}.tif"
-                    tifffile.imwrite(root / name, np.clip(100 + (raw[t] - 100) * gain, 0, 65535).astype(np.uint16))
-                    w.writerow([s, ch, t // COLS, t % COLS, f"{stage[t, 1]:.3f}", f"{stage[t, 0]:.3f}", name])
-    return truth
+PARAMS = SynthParams(slices=2, rows=ROWS, cols=COLS, seed=11, tile_shape=(256, 256))
 
 
 @pytest.fixture(scope="module")
 def stitched(tmp_path_factory, dask_client):
     root = tmp_path_factory.mktemp("stitch")
-    truth = _write_sample(root / "raw")
+    truth = synthesize(root / "raw", PARAMS)
     upload(str(root / "raw"), str(root / "raw.zarr"), progress=False)
     out = str(root / "out.zarr")
     # Live processing: slice 0 lands first, slice 1 later.
     for slices in ([0], [1]):
         cfg = load_config(None, input_url=str(root / "raw.zarr"), output_url=out, slices=slices,
-                          **{"steps.mosaic.levels": 2, "steps.mosaic.chunk": 64, "steps.calibrate.dark": 100.0}, **OTHERS, **ON)
+                          **{"steps.mosaic.levels": 2, "steps.mosaic.chunk": 64}, **OTHERS, **ON)
         run_pipeline(cfg, client=dask_client)
     return truth, out
 
@@ -66,16 +37,21 @@ def test_positions_match_truth(stitched):
     meta = OutputStore(out, mode="r").imaxt_attrs()
     pos = meta["stitch"]["tile_positions_px"]
     assert len(pos) == 2 * ROWS * COLS
-    for s, true in enumerate(truth):
-        p = np.array([pos[f"{s}/{t // COLS}/{t % COLS}"] for t in range(ROWS * COLS)])
+    for s in range(PARAMS.slices):
+        keys = [f"{s}/{t // COLS}/{t % COLS}" for t in range(ROWS * COLS)]
+        p = np.array([pos[k] for k in keys])
+        true = np.array([truth.tile_positions_px[k] for k in keys])
         err = p - true
         err = np.hypot(*(err - err.mean(axis=0)).T)
-        assert np.median(err) <= 0.5 and err.max() <= 2.0, (s, err)
+        # translation removed only: the simulated magnification (about 0.1 %) cannot be told from
+        # the tile spacing by overlaps and adds up to ~0.35 px (see test_stitch_synth.py)
+        assert np.median(err) <= 0.75 and err.max() <= 2.0, (s, err)
         res = meta["stitch"]["residuals"][str(s)]
         assert res["n_used"] >= 10 and res["median_px"] < 0.5
     cal = meta["calibrate"]
     assert cal["source"]["distortion"] == "estimated-from-overlaps"
-    assert cal["distortion"]["k_x"] == pytest.approx(MODEL.k_x, abs=0.0015)
+    assert cal["distortion"]["k_x"] == pytest.approx(truth.distortion.k_x, abs=0.002)
+    assert abs(cal["dark"][1] - truth.dark) < 40
     assert cal["trim"]["left"] >= 3 and cal["slices_used"] == [0, 1]
 
 
@@ -90,11 +66,14 @@ def test_mosaic_confidence_and_qc(stitched):
         img = mosaic[0, plane]
         assert (w > 0).mean() > 0.6
         assert img[w == 0].max() == 0
-        assert np.median(img[w > 0]) > 200  # dark removed, flat-corrected tissue + background
+        # dark removed, flat-corrected: agarose ~50 counts, cyto tissue ~550
+        cyto = mosaic[1, plane][w > 0]
+        assert 20 < np.percentile(cyto, 5) < 90 and 400 < np.percentile(cyto, 90) < 900
     ome = root["mosaic"].attrs["ome"]
-    assert [c["label"] for c in ome["omero"]["channels"]] == ["nuc", "cyto"]
+    assert [c["label"] for c in ome["omero"]["channels"]] == ["nuclear", "cyto"]
     assert ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][-1] == 1.0
     store = OutputStore(out, mode="r")
     pairs = store.read_table("stitch_pairs")
     assert set(pairs["slice"]) == {0, 1} and {"residual", "used", "ncc"} <= set(pairs.columns)
     assert store.location.exists("qc/stitch.png")
+    assert "tile_positions_px" in store.imaxt_attrs()["stitch"]

@@ -209,8 +209,10 @@ def fit_beads(
     radii: np.ndarray,
     *,
     labels: np.ndarray | None = None,
-    margin: float = 1.5,
+    margin: float = 1.25,
     min_margin: int = 8,
+    valid: np.ndarray | None = None,
+    grow: int = 4,
 ) -> list[BeadFit]:
     """Fit every candidate of an image (see :func:`fit_bead`).
 
@@ -224,11 +226,15 @@ def fit_beads(
         Starting radius of each candidate.
     labels : ndarray (H, W) of int, optional
         Label image of the candidates (label ``i + 1`` for candidate ``i``);
-        pixels of other candidates are masked out of each cutout.
+        pixels of other candidates, grown by ``grow`` px to cover their
+        blurred rims, are masked out of each cutout.
     margin : float, optional
         Cutout half-size as a multiple of the radius.
     min_margin : int, optional
         Minimum background border around the disc, in px.
+    valid : ndarray (H, W) of bool, optional
+        Pixels holding data (e.g. ``image != 0`` in a mosaic whose area
+        outside the tiles is 0); others are masked out of every cutout.
 
     Returns
     -------
@@ -236,6 +242,10 @@ def fit_beads(
         One per candidate, in input order, centres in image coordinates.
     """
     image = np.asarray(image)
+    if labels is not None and grow > 0:
+        from skimage.segmentation import expand_labels
+
+        labels = expand_labels(np.asarray(labels), distance=grow)
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
     radii = np.asarray(radii, dtype=np.float64).ravel()
     out = []
@@ -244,10 +254,11 @@ def fit_beads(
         y0, y1 = max(int(cy) - half, 0), min(int(cy) + half + 1, image.shape[0])
         x0, x1 = max(int(cx) - half, 0), min(int(cx) + half + 1, image.shape[1])
         cut = image[y0:y1, x0:x1]
-        mask = None
+        mask = None if valid is None else np.asarray(valid[y0:y1, x0:x1], bool)
         if labels is not None:
             lab = labels[y0:y1, x0:x1]
-            mask = (lab == 0) | (lab == i + 1)
+            own = (lab == 0) | (lab == i + 1)
+            mask = own if mask is None else mask & own
         try:
             fit = fit_bead(cut, y0=cy - y0, x0=cx - x0, r0=max(r, 1.0), origin=(y0, x0), mask=mask,
                            max_radius=2.0 * max(r, 2.0) + min_margin)

@@ -17,8 +17,8 @@ from skimage.feature import peak_local_max
 from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
-__all__ = ["BeadCandidates", "background_stats", "bead_mask", "candidates_from_labels", "detect_beads",
-           "pick_bead_channel", "split_beads"]
+__all__ = ["BeadCandidates", "background_stats", "bead_channel_scores", "bead_mask", "bead_threshold",
+           "candidates_from_labels", "detect_beads", "pick_bead_channel", "split_beads"]
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,47 @@ def background_stats(image: np.ndarray, *, valid: np.ndarray | None = None) -> t
     return med, max(1.4826 * mad, 1e-6)
 
 
-def bead_mask(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0) -> np.ndarray:
-    """Pixels brighter than the background by ``nsigma`` after smoothing.
+def bead_threshold(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
+                   peak: float | None = None) -> float:
+    """Intensity separating beads from background and tissue.
+
+    Beads are uniformly filled discs far brighter than the tissue, so the
+    threshold is the larger of ``bg + nsigma * noise`` and the level a
+    fraction ``rel`` of the way from the background to the bead plateau
+    (``peak``, by default the maximum of the smoothed image).
+
+    Parameters
+    ----------
+    image : ndarray (H, W)
+        Bead-channel image (may be a binned/pyramid level; zeros = outside
+        the tiles).
+    sigma : float, optional
+        Gaussian smoothing in px before the statistics.
+    nsigma : float, optional
+        Minimum threshold in units of the background noise.
+    rel : float, optional
+        Fraction of the way from background to ``peak`` (0 disables).
+    peak : float, optional
+        Bead plateau level (default: maximum of the smoothed image).
+
+    Returns
+    -------
+    float
+    """
+    img = np.asarray(image, dtype=np.float32)
+    valid = img != 0
+    smooth = ndi.gaussian_filter(img, sigma) if sigma > 0 else img
+    bg, noise = background_stats(smooth, valid=valid)
+    level = bg + nsigma * noise
+    if rel > 0:
+        top = float(smooth[valid].max()) if peak is None and valid.any() else (peak or bg)
+        level = max(level, bg + rel * (top - bg))
+    return float(level)
+
+
+def bead_mask(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
+              threshold: float | None = None) -> np.ndarray:
+    """Pixels above the bead threshold after smoothing.
 
     Parameters
     ----------
@@ -80,8 +119,11 @@ def bead_mask(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0) -> 
         Bead-channel image.
     sigma : float, optional
         Gaussian smoothing in px.
-    nsigma : float, optional
-        Threshold in units of the smoothed image's background noise.
+    nsigma, rel : float, optional
+        See :func:`bead_threshold` (used when ``threshold`` is None).
+    threshold : float, optional
+        Absolute threshold (e.g. computed once per slice on a pyramid level,
+        so that every block of the slice uses the same one).
 
     Returns
     -------
@@ -91,8 +133,9 @@ def bead_mask(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0) -> 
     img = np.asarray(image, dtype=np.float32)
     valid = img != 0
     smooth = ndi.gaussian_filter(img, sigma) if sigma > 0 else img
-    bg, noise = background_stats(smooth, valid=valid)
-    return ndi.binary_fill_holes((smooth > bg + nsigma * noise) & valid)
+    if threshold is None:
+        threshold = bead_threshold(img, sigma=sigma, nsigma=nsigma, rel=rel)
+    return ndi.binary_fill_holes((smooth > threshold) & valid)
 
 
 def split_beads(mask: np.ndarray, *, min_radius: float = 4.0) -> np.ndarray:
@@ -153,16 +196,17 @@ def candidates_from_labels(labels: np.ndarray, *, min_radius: float = 4.0, max_r
     return BeadCandidates(out, np.asarray(centres, float).reshape(-1, 2), np.asarray(radii, float))
 
 
-def detect_beads(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, min_radius: float = 4.0,
-                 max_radius: float = 80.0, min_solidity: float = 0.85) -> BeadCandidates:
+def detect_beads(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
+                 threshold: float | None = None, min_radius: float = 4.0, max_radius: float = 80.0,
+                 min_solidity: float = 0.85) -> BeadCandidates:
     """Classical detector: :func:`bead_mask`, :func:`split_beads`, :func:`candidates_from_labels`.
 
     Parameters
     ----------
     image : ndarray (H, W)
         Bead-channel image (background need not be subtracted).
-    sigma, nsigma : float, optional
-        See :func:`bead_mask`.
+    sigma, nsigma, rel, threshold : float, optional
+        See :func:`bead_mask` and :func:`bead_threshold`.
     min_radius, max_radius, min_solidity : float, optional
         See :func:`candidates_from_labels`.
 
@@ -186,24 +230,80 @@ def detect_beads(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, 
     img = np.asarray(image)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
-    labels = split_beads(bead_mask(img, sigma=sigma, nsigma=nsigma), min_radius=min_radius)
+    mask = bead_mask(img, sigma=sigma, nsigma=nsigma, rel=rel, threshold=threshold)
+    labels = split_beads(mask, min_radius=min_radius)
     return candidates_from_labels(labels, min_radius=min_radius, max_radius=max_radius, min_solidity=min_solidity)
 
 
-def pick_bead_channel(corner_means: np.ndarray) -> int:
-    """Index of the bead channel: the brightest in the agarose (as IMAXT did).
+def bead_channel_scores(planes: np.ndarray, *, scale: float = 1.0, sigma: float = 1.0, rel: float = 0.5,
+                        min_area: int = 3) -> np.ndarray:
+    """How bead-like the brightest compact objects of each channel are.
+
+    In each channel the objects brighter than half-way to the channel's
+    maximum (:func:`bead_threshold`) are labelled and the score is their
+    median equivalent radius, in full-resolution px. Beads are the largest
+    bright objects of a sample; a channel whose brightest objects include
+    many nuclei (a few px, thousands of them) scores low even though it
+    also shows the beads.
 
     Parameters
     ----------
-    corner_means : ndarray (C,)
-        Per channel, a high percentile of the image outside the tissue, or
-        simply each channel's 99.9th percentile.
+    planes : ndarray (C, H, W)
+        One plane per channel, full resolution or a pyramid level fine
+        enough to resolve nuclei (e.g. binned by 2).
+    scale : float, optional
+        Full-resolution px per pixel of ``planes``.
+    sigma, rel : float, optional
+        Smoothing (in ``planes`` px) and relative threshold
+        (see :func:`bead_threshold`).
+    min_area : int, optional
+        Smallest object counted, in ``planes`` px (drops noise specks).
+
+    Returns
+    -------
+    ndarray (C,)
+        Score per channel (0 when no object qualifies).
+
+    Raises
+    ------
+    ValueError
+        If ``planes`` is not 3-D.
+    """
+    planes = np.asarray(planes, dtype=np.float32)
+    if planes.ndim != 3:
+        raise ValueError(f"planes must be (C, H, W), got shape {planes.shape}")
+    scores = np.zeros(len(planes))
+    for c, plane in enumerate(planes):
+        if not np.any(plane != 0):
+            continue
+        labels, n = ndi.label(bead_mask(plane, sigma=sigma, rel=rel))
+        if n == 0:
+            continue
+        area = np.bincount(labels.ravel())[1:]
+        area = area[area >= min_area]
+        if area.size:
+            scores[c] = float(np.median(np.sqrt(area / np.pi))) * scale
+    return scores
+
+
+def pick_bead_channel(scores: np.ndarray) -> int:
+    """Index of the bead channel: the highest score (see :func:`bead_channel_scores`).
+
+    Parameters
+    ----------
+    scores : ndarray (C,)
+        Per-channel bead score.
 
     Returns
     -------
     int
+
+    Raises
+    ------
+    ValueError
+        If ``scores`` is not a non-empty 1-D array.
     """
-    vals = np.asarray(corner_means, dtype=np.float64)
+    vals = np.asarray(scores, dtype=np.float64)
     if vals.ndim != 1 or vals.size == 0:
-        raise ValueError(f"corner_means must be a non-empty 1-D array, got shape {vals.shape}")
+        raise ValueError(f"scores must be a non-empty 1-D array, got shape {vals.shape}")
     return int(np.nanargmax(vals))

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .distortion import DistortionModel
-from .flatfield import Trim, apply_flat, confidence_map, estimate_dark, estimate_flat, estimate_trim
+from .flatfield import Trim, apply_flat, confidence_map, estimate_tile_model
 from .overlap import PairMatch
 from .positions import solve_positions
 
@@ -23,7 +23,7 @@ __all__ = ["Calibration", "estimate_calibration", "fit_distortion"]
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per-channel dark offsets, flat fields, border trim and distortion model.
+    """Per-channel dark offsets, flat fields, stray light, border trim and distortion model.
 
     Attributes
     ----------
@@ -33,6 +33,8 @@ class Calibration:
         Flat field per channel (mean 1); None means no flat correction.
     trim : Trim
         Border excluded from matching and fusion.
+    stray : ndarray (C, H, W) or None
+        Additive stray light per channel (counts), subtracted with the dark.
     distortion : DistortionModel
         Optical distortion of every tile.
     source : dict
@@ -44,6 +46,7 @@ class Calibration:
     trim: Trim = field(default_factory=Trim)
     distortion: DistortionModel = field(default_factory=DistortionModel)
     source: dict[str, str] = field(default_factory=dict)
+    stray: np.ndarray | None = None
 
     @classmethod
     def identity(cls, n_channels: int) -> "Calibration":
@@ -51,15 +54,17 @@ class Calibration:
                                                      "distortion": "none"})
 
     def apply(self, tiles: np.ndarray) -> np.ndarray:
-        """Dark- and flat-correct tiles ``(C, H, W)`` or ``(C, T, H, W)`` (float32)."""
+        """Dark-, stray- and flat-correct tiles ``(C, H, W)`` or ``(C, T, H, W)`` (float32)."""
         arr = np.asarray(tiles, np.float32)
         c = arr.shape[0]
         extra = (1,) * (arr.ndim - 3)
         dark = np.asarray(self.dark, np.float32).reshape(c, *extra, 1, 1)
+        stray = None if self.stray is None else np.asarray(self.stray, np.float32).reshape(
+            c, *extra, *self.stray.shape[-2:])
         if self.flat is None:
-            return arr - dark
+            return arr - dark if stray is None else arr - dark - stray
         flat = np.asarray(self.flat, np.float32).reshape(c, *extra, *self.flat.shape[-2:])
-        return apply_flat(arr, flat, dark=dark)
+        return apply_flat(arr, flat, dark=dark, stray=stray)
 
     def confidence(self, shape: tuple[int, int], *, feather: float = 0.0) -> np.ndarray:
         """Tile weight map (0 on the trimmed border)."""
@@ -73,18 +78,20 @@ class Calibration:
         """JSON-able summary (the flat array is stored separately)."""
         return {"dark": [float(d) for d in self.dark], "trim": self.trim.as_dict(),
                 "distortion": {k: float(v) for k, v in self.distortion.as_dict().items()},
-                "has_flat": self.flat is not None, "source": dict(self.source)}
+                "has_flat": self.flat is not None, "has_stray": self.stray is not None, "source": dict(self.source)}
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any], flat: np.ndarray | None = None) -> "Calibration":
+    def from_attrs(cls, attrs: dict[str, Any], flat: np.ndarray | None = None,
+                   stray: np.ndarray | None = None) -> "Calibration":
         return cls(dark=np.asarray(attrs["dark"], float), flat=flat, trim=Trim(**attrs.get("trim", {})),
-                   distortion=DistortionModel(**attrs.get("distortion", {})), source=dict(attrs.get("source", {})))
+                   distortion=DistortionModel(**attrs.get("distortion", {})), source=dict(attrs.get("source", {})),
+                   stray=stray)
 
 
 def estimate_calibration(tiles: np.ndarray, *, dark: float | Sequence[float] | None = None, flat: bool = True,
-                         trim: bool = True, statistic: str = "median", flat_sigma: float | None = None,
-                         trim_threshold: float = 0.2) -> Calibration:
-    """Dark, flat and trim of every channel from the data.
+                         trim: bool = True, trim_threshold: float = 1.0, max_trim_px: int | None = None,
+                         degree: int = 2, shared_flat: bool = True) -> Calibration:
+    """Dark, flat, stray light and trim of every channel from the data.
 
     Parameters
     ----------
@@ -93,36 +100,50 @@ def estimate_calibration(tiles: np.ndarray, *, dark: float | Sequence[float] | N
     dark : float or sequence of float, optional
         Known dark offsets; estimated per channel when None.
     flat, trim : bool
-        Estimate the flat field / border trim (else none / no trim).
-    statistic : {"median", "trimmed_mean"}
-        See :func:`.flatfield.estimate_flat`.
-    flat_sigma : float, optional
-        Flat smoothing in px.
-    trim_threshold : float
-        See :func:`.flatfield.estimate_trim`.
+        Estimate the flat field and stray light / the border trim.
+    trim_threshold, max_trim_px, degree
+        See :func:`.flatfield.estimate_tile_model`; cap the trim at a
+        fraction of the tile overlap (a quarter, say) so matching keeps it.
+    shared_flat : bool
+        Use one flat field for all channels (the vignetting of the shared
+        optics), taken from the channel with the best tissue/agarose
+        contrast; the other channels' dark offsets are refitted with it.
 
     Returns
     -------
     Calibration
         With identity distortion (fit it with :func:`fit_distortion`).
+        ``source["dark"]`` tells whether the offset was separated from the
+        flat (``"estimated"``) or is only a low-percentile upper bound.
     """
     arr = np.asarray(tiles)
     if arr.ndim != 4:
         raise ValueError(f"tiles must be (C, T, H, W), got shape {arr.shape}")
     c = arr.shape[0]
-    if dark is None:
-        darks = np.array([estimate_dark(arr[i]) for i in range(c)])
-        dark_src = "estimated"
+    given = None if dark is None else np.broadcast_to(np.asarray(dark, float), (c,))
+    kw = dict(degree=degree, trim_threshold=trim_threshold, max_trim_px=max_trim_px)
+    models = [estimate_tile_model(arr[i], dark=None if given is None else float(given[i]), **kw) for i in range(c)]
+    if shared_flat and c > 1:
+        # Vignetting is a property of the shared optics: take the flat of the channel whose tissue
+        # stands out most from the agarose (best separated from the dark) and refit the others' dark.
+        score = [m.contrast if m.dark_source in ("two-level fit", "given") and np.isfinite(m.contrast) else 0.0
+                 for m in models]
+        ref = int(np.argmax(score))
+        models = [m if i == ref else estimate_tile_model(arr[i], dark=None if given is None else float(given[i]),
+                                                         flat=models[ref].flat, **kw) for i, m in enumerate(models)]
+    darks = np.array([m.dark for m in models])
+    if given is None:
+        kinds = {m.dark_source for m in models}
+        dark_src = "estimated" if kinds <= {"two-level fit", "flat + dim-class fit"} else "low-percentile (upper bound)"
     else:
-        darks = np.broadcast_to(np.asarray(dark, float), (c,)).copy()
         dark_src = "given"
-    trims = [estimate_trim(arr[i], dark=darks[i], threshold=trim_threshold) for i in range(c)] if trim else [Trim()]
-    tr = Trim(*(max(getattr(t, k) for t in trims) for k in ("top", "bottom", "left", "right")))
-    flats = None
-    if flat:
-        flats = np.stack([estimate_flat(arr[i], dark=darks[i], trim=tr, statistic=statistic, sigma=flat_sigma)
-                          for i in range(c)])
-    return Calibration(dark=darks, flat=flats, trim=tr,
+    tr = Trim(*(max(getattr(m.trim, k) for m in models) for k in ("top", "bottom", "left", "right"))) \
+        if trim else Trim()
+    flats = np.stack([m.flat for m in models]) if flat else None
+    strays = np.stack([m.stray for m in models]) if flat else None
+    if strays is not None and not np.any(strays):
+        strays = None
+    return Calibration(dark=darks, flat=flats, trim=tr, stray=strays,
                        source={"dark": dark_src, "flat": "estimated" if flat else "none",
                                "trim": "estimated" if trim else "none", "distortion": "none"})
 

@@ -1,9 +1,27 @@
-"""Tile calibration: dark offset, flat field, stray-light trimming, confidence.
+"""Tile calibration: dark offset, flat field, stray light, border trim, confidence.
 
-A detector tile is modelled as ``raw = dark + flat * scene`` where ``flat`` is
-a smooth vignetting profile with mean 1. Everything here estimates those
-terms from the tiles themselves (no calibration frames needed) and applies
-them; nothing reads or writes storage.
+A detector tile is modelled as::
+
+    raw(p) = dark + flat(p) * scene(p) + stray(p)
+
+with ``flat`` a smooth multiplicative vignetting profile (1 at its maximum
+region, mean 1 over the tile) and ``stray`` an additive profile that decays
+from one or more tile borders. :func:`estimate_tile_model` estimates all three
+from the tiles themselves, no calibration frames needed:
+
+1. tiles are reduced to blocks; blocks are split into a dim class (empty
+   agarose, constant scene level ``A``) and a bright class (tissue, level
+   ``S`` on average) by Otsu's threshold;
+2. per block position, the median of each class gives two images
+   ``B = dark + A f`` and ``T = dark + S f``; a smooth polynomial fitted to
+   ``T`` gives the shape, regressing ``B`` on it gives ``A / S`` and so the
+   dark offset (two scene levels seen through the same flat field separate
+   the additive and multiplicative terms);
+3. the flat is the polynomial fitted to both classes (dark removed);
+4. the stray light is what the dim class shows beyond ``dark + A f`` in the
+   lines next to each border.
+
+Nothing here reads or writes storage.
 """
 
 from __future__ import annotations
@@ -14,14 +32,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "TileModel",
     "Trim",
     "apply_flat",
     "confidence_map",
     "estimate_dark",
-    "estimate_flat",
-    "estimate_trim",
+    "estimate_tile_model",
     "overlap_mismatch",
 ]
+
+_SIDES = ("top", "bottom", "left", "right")
 
 
 @dataclass(frozen=True)
@@ -42,173 +62,169 @@ class Trim:
         return slice(self.top, h - self.bottom), slice(self.left, w - self.right)
 
 
+@dataclass(frozen=True)
+class TileModel:
+    """Result of :func:`estimate_tile_model` for one channel.
+
+    Attributes
+    ----------
+    dark : float
+        Additive offset (counts).
+    flat : ndarray (H, W) float32
+        Multiplicative flat field, mean 1.
+    stray : ndarray (H, W) float32
+        Additive stray light (counts, 0 away from the affected borders).
+    trim : Trim
+        Border lines where the stray light exceeds the background signal.
+    background : float
+        Scene level of the dim class (empty agarose) after flat correction.
+    dark_source : str
+        ``"two-level fit"`` when the dark offset was separated from the
+        flat, ``"given"``, or ``"low-percentile"`` (an upper bound) when the
+        data could not separate them (no bright or no dim class);
+        ``"flat + dim-class fit"`` when a known flat was given.
+    contrast : float
+        Median bright-class over median dim-class block level (raw counts):
+        how well this channel separates dark from flat.
+    """
+
+    dark: float
+    flat: np.ndarray
+    stray: np.ndarray
+    trim: Trim
+    background: float
+    dark_source: str
+    contrast: float = float("nan")
+
+
 def estimate_dark(tiles: np.ndarray, *, percentile: float = 0.5, smooth: float = 2.0) -> float:
-    """Dark offset from the faintest pixels of a tile stack.
+    """Low percentile of the smoothed tiles: an upper bound of the dark offset.
+
+    Exact only where some pixels see no light at all; when the faintest
+    scene (agarose) emits light the result is ``dark + flat * agarose``.
+    :func:`estimate_tile_model` separates the two.
 
     Parameters
     ----------
     tiles : ndarray (..., H, W)
-        Raw tiles of one channel (any leading axes).
-    percentile : float
-        Low percentile taken of the lightly smoothed tiles; smoothing first
-        suppresses read noise so the estimate sits on the offset rather than
-        below it.
-    smooth : float
-        Gaussian sigma in px applied per tile before taking the percentile.
+        Raw tiles of one channel.
+    percentile, smooth : float
+        Percentile taken of the tiles smoothed by a Gaussian of ``smooth`` px.
 
     Returns
     -------
     float
-        Estimated additive offset in counts.
-
-    Notes
-    -----
-    Empty agarose between tissue and beads is nearly dark, so its level is a
-    good (slightly high) estimate of the offset. Where a dark frame exists,
-    use it instead.
     """
     arr = np.asarray(tiles, dtype=np.float32)
     if arr.ndim < 2:
         raise ValueError(f"tiles must have at least 2 dimensions, got shape {arr.shape}")
     flat = arr.reshape(-1, *arr.shape[-2:])
-    sm = np.stack([ndi.gaussian_filter(t, smooth) for t in flat])
-    return float(np.percentile(sm, percentile))
+    return float(np.percentile(np.stack([ndi.gaussian_filter(t, smooth) for t in flat]), percentile))
 
 
-def estimate_flat(tiles: np.ndarray, *, dark: float = 0.0, statistic: str = "median", trim: Trim | None = None,
-                  sigma: float | None = None, degree: int = 4, edge_fraction: float = 0.1,
-                  informative_fraction: float = 0.5,
-                  min_value: float = 0.05) -> np.ndarray:
-    """Flat field of one channel from the tiles themselves.
-
-    Each tile is dark-subtracted and normalised by its own mean; the
-    ``informative_fraction`` brightest tiles (empty agarose tiles only add
-    noise) are combined pixel by pixel with a robust location statistic,
-    smoothed, and normalised to mean 1 over the untrimmed region.
+def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: np.ndarray | None = None, block: int | None = None,
+                        edge_px: int | None = None, degree: int = 2, stray_floor: float = 0.5,
+                        trim_threshold: float = 1.0, max_trim_px: int | None = None,
+                        bead_factor: float = 3.0) -> TileModel:
+    """Dark offset, flat field and stray light of one channel from its tiles.
 
     Parameters
     ----------
     tiles : ndarray (T, H, W)
-        Raw tiles of one channel, from one or many slices.
-    dark : float
-        Dark offset subtracted first.
-    statistic : {"median", "trimmed_mean"}
-        Per-pixel location statistic across tiles (trimmed mean drops the
-        lowest and highest 20 %).
-    trim : Trim, optional
-        Border to exclude; its pixels are filled from the nearest kept pixel
-        before smoothing so the border does not bias the flat.
-    sigma : float, optional
-        Gaussian smoothing in px; by default a 2-D polynomial of ``degree``
-        is fitted instead (vignetting is smooth, and a polynomial neither
-        follows residual scene texture nor flattens the corners).
+        Raw tiles of one channel (any slices); a few dozen suffice.
+    dark : float, optional
+        Known dark offset; estimated when None.
+    flat : ndarray (H, W), optional
+        Known flat field (e.g. another channel's, the optics being shared);
+        the dark then comes from a straight-line fit of the dim class.
+    block : int, optional
+        Block edge in px for the statistics (default ``min(H, W) // 32``, >= 4).
+    edge_px : int, optional
+        Border width excluded from the smooth fits and searched for stray
+        light (default 8 % of the tile, >= 2 blocks).
     degree : int
-        Total degree of the polynomial surface.
-    edge_fraction : float
-        Within this fraction of the tile from each border, a separable
-        row/column profile of what the smooth surface misses (stray light
-        that decays from an edge) is multiplied in; 0 disables it.
-    informative_fraction : float
-        Fraction of tiles (by mean signal) used; at least 1 tile.
-    min_value : float
-        Floor applied to the result, so division never explodes.
+        Total degree of the polynomial flat surface.
+    stray_floor : float
+        Stray light below this many counts is set to 0.
+    trim_threshold : float
+        Border lines whose stray light exceeds this multiple of the dim
+        class level are trimmed (the subtraction is exact in expectation,
+        but the shot noise there swamps the scene).
+    max_trim_px : int, optional
+        Cap of the trim per side (e.g. a quarter of the tile overlap);
+        default ``edge_px // 2``.
+    bead_factor : float
+        Bright blocks above this multiple of the median bright block (beads)
+        are left out of the tissue class.
 
     Returns
     -------
-    ndarray (H, W) float32
-        Flat field with mean 1 over the kept region.
+    TileModel
 
     Raises
     ------
     ValueError
-        If ``tiles`` is not 3-D or ``statistic`` is unknown.
+        If ``tiles`` is not 3-D or too small.
     """
     arr = np.asarray(tiles, dtype=np.float32)
     if arr.ndim != 3:
         raise ValueError(f"tiles must be (T, H, W), got shape {arr.shape}")
-    if statistic not in {"median", "trimmed_mean"}:
-        raise ValueError(f"statistic must be 'median' or 'trimmed_mean', got {statistic!r}")
     t, h, w = arr.shape
-    trim = trim or Trim()
-    sy, sx = trim.valid((h, w))
-    sub = arr - np.float32(dark)
-    means = np.array([max(float(np.mean(x[sy, sx])), 1e-6) for x in sub])
-    keep = max(1, int(round(informative_fraction * t)))
-    order = np.argsort(means)[::-1][:keep]
-    norm = sub[order] / means[order, None, None]
-    if statistic == "median":
-        loc = np.median(norm, axis=0)
+    b = block or max(4, min(h, w) // 32)
+    e = edge_px if edge_px is not None else max(2 * b, int(0.08 * min(h, w)))
+    if min(h, w) < 4 * b or min(h, w) <= 2 * e + 2 * b:
+        raise ValueError(f"tiles of shape {(h, w)} too small for block {b} and edge {e}")
+    hb, wb = h // b, w // b
+    blocks = arr[:, : hb * b, : wb * b].reshape(t, hb, b, wb, b).mean(axis=(2, 4))
+    cy, cx = (np.arange(hb) + 0.5) * b - 0.5, (np.arange(wb) + 0.5) * b - 0.5
+    inner = np.outer((cy - b / 2 >= e) & (cy + b / 2 <= h - e), (cx - b / 2 >= e) & (cx + b / 2 <= w - e))
+    vals = blocks[:, inner]
+    # Two classes on a log scale: dim (agarose) and bright (tissue); very bright outliers (beads,
+    # several times the typical tissue level) are left out of the bright class. A fixed upper cut
+    # inside the tissue distribution would truncate it and bias its per-position median.
+    from skimage.filters import threshold_otsu
+
+    lo_thr = float(np.exp(threshold_otsu(np.log(np.maximum(vals, 1.0)))))
+    dim = blocks < lo_thr
+    bright_vals = vals[vals >= lo_thr]
+    hi_cap = bead_factor * float(np.median(bright_vals)) if bright_vals.size else np.inf
+    # Statistics from blocks whose 8 neighbours share their class: blocks astride a tissue edge
+    # mix both levels and would bias the dim class up and the bright class down.
+    core = np.ones((1, 3, 3), bool)
+    dim_core = ndi.binary_erosion(dim, core, border_value=1)
+    bright_core = ndi.binary_erosion(~dim & (blocks < hi_cap), core, border_value=1)
+    low_b, n_b = _class_median(blocks, dim_core)
+    high_b, n_t = _class_median(blocks, bright_core)
+    basis = _poly_basis(cy, cx, (h, w), degree)
+    ok_t, ok_b = inner & (n_t >= 2), inner & (n_b >= 2)
+    source = "given" if dark is not None else "low-percentile"
+    contrast = float("nan")
+    if ok_t.any() and ok_b.any():
+        contrast = float(np.median(high_b[ok_t]) / max(np.median(low_b[ok_b]), 1e-6))
+    if flat is not None:
+        flat = np.asarray(flat, np.float64)
+        if flat.shape != (h, w):
+            raise ValueError(f"flat of shape {flat.shape} does not match the tiles' {(h, w)}")
+        flat = flat / flat.mean()
+        if dark is None:
+            dark = float(np.percentile(blocks, 0.5))
+            fb = _eval_at(flat, cy, cx, b)
+            if ok_b.sum() >= 3 and np.ptp(fb[ok_b]) > 0:
+                # dim class: B = dark + A f with the flat known, a straight-line fit
+                x, y, wt = fb[ok_b], low_b[ok_b], np.sqrt(n_b[ok_b])
+                design = np.stack([np.ones_like(x), x], axis=1) * wt[:, None]
+                (dark_fit, level), *_ = np.linalg.lstsq(design, y * wt, rcond=None)
+                if level > 0:
+                    dark, source = float(dark_fit), "flat + dim-class fit"
     else:
-        lo, hi = int(0.2 * len(order)), len(order) - int(0.2 * len(order))
-        loc = np.mean(np.sort(norm, axis=0)[lo:max(hi, lo + 1)], axis=0)
-    loc = _fill_border(loc, trim)
-    if sigma is None:
-        flat = _poly_fit(loc, (sy, sx), degree=degree)
-    else:
-        # Smooth at reduced resolution: the flat is low-frequency and this is ~50x faster.
-        f = max(1, int(sigma // 4))
-        small = loc[: h - h % f or h, : w - w % f or w]
-        if f > 1:
-            small = small.reshape(small.shape[0] // f, f, small.shape[1] // f, f).mean(axis=(1, 3))
-        small = ndi.gaussian_filter(small, sigma / f, mode="nearest")
-        flat = ndi.zoom(small, (h / small.shape[0], w / small.shape[1]), order=1, mode="nearest", grid_mode=True)
-        flat = flat[:h, :w]
-    if edge_fraction > 0:
-        flat = flat * _edge_profiles(loc / np.maximum(flat, 1e-6), edge_fraction)
-    flat = flat / np.mean(flat[sy, sx])
-    return np.maximum(flat, min_value).astype(np.float32)
-
-
-def estimate_trim(tiles: np.ndarray, *, dark: float = 0.0, threshold: float = 0.2, max_fraction: float = 0.1,
-                  grow: float = 2.0) -> Trim:
-    """Border rows/columns whose mean level departs from the tile interior.
-
-    The mean tile (dark-subtracted, all tiles) is collapsed to one profile per
-    side; a straight line is fitted to the lines between ``max_fraction`` and
-    ``2 * max_fraction`` of the tile from that side and extrapolated to the
-    border; border lines deviating from it by more than ``threshold``
-    (relative) are trimmed. Vignetting is smooth and follows the line;
-    stray light and scan turnarounds are sharp and do not.
-
-    Parameters
-    ----------
-    tiles : ndarray (T, H, W)
-        Raw tiles of one channel.
-    dark : float
-        Dark offset.
-    threshold : float
-        Relative deviation that marks a line as affected.
-    max_fraction : float
-        Maximum fraction of the tile trimmed per side.
-    grow : float
-        The run of affected lines at a border is multiplied by this factor
-        (stray light decays smoothly; its tail below ``threshold`` is still
-        an intensity bias).
-
-    Returns
-    -------
-    Trim
-    """
-    arr = np.asarray(tiles, dtype=np.float32)
-    if arr.ndim != 3:
-        raise ValueError(f"tiles must be (T, H, W), got shape {arr.shape}")
-    mean = np.median(arr, axis=0).astype(np.float64) - dark
-    out = {}
-    sides = {"top": mean.mean(axis=1), "bottom": mean.mean(axis=1)[::-1],
-             "left": mean.mean(axis=0), "right": mean.mean(axis=0)[::-1]}
-    for name, prof in sides.items():
-        n = prof.size
-        limit = max(1, int(max_fraction * n))
-        ref = np.arange(limit, min(n, 2 * limit))
-        if ref.size < 3:
-            out[name] = 0
-            continue
-        coef = np.polyfit(ref.astype(float), prof[ref], 1)
-        fit = np.polyval(coef, np.arange(limit, dtype=float))
-        dev = np.abs(prof[:limit] / np.maximum(np.abs(fit), 1e-6) - 1.0) > threshold
-        run = _edge_run(dev)
-        out[name] = min(limit, int(np.ceil(run * grow))) if run else 0
-    return Trim(**out)
+        dark, source, flat = _dark_and_flat(high_b, low_b, ok_t, ok_b, n_t, n_b, basis, blocks, dark, source,
+                                            cy, cx, (h, w), degree)
+    background = float(np.median((low_b[ok_b] - dark) / _eval_at(flat, cy, cx, b)[ok_b])) if ok_b.any() else 0.0
+    stray = _stray(arr, dim, b, dark, flat, background, e, stray_floor)
+    cap = e // 2 if max_trim_px is None else int(max_trim_px)
+    limit = max(trim_threshold * background, stray_floor)
+    trim = Trim(**{s: min(cap, _run(_side_profile(stray, s) > limit)) for s in _SIDES})
+    return TileModel(dark, flat.astype(np.float32), stray.astype(np.float32), trim, background, source, contrast)
 
 
 def confidence_map(shape: tuple[int, int], *, trim: Trim | None = None, feather: float = 0.0,
@@ -240,9 +256,13 @@ def confidence_map(shape: tuple[int, int], *, trim: Trim | None = None, feather:
     return conf
 
 
-def apply_flat(tile: np.ndarray, flat: np.ndarray, *, dark: float = 0.0) -> np.ndarray:
-    """``(tile - dark) / flat`` as float32 (works on (..., H, W) stacks)."""
-    return ((np.asarray(tile, np.float32) - np.asarray(dark, np.float32)) / np.asarray(flat, np.float32)).astype(np.float32)
+def apply_flat(tile: np.ndarray, flat: np.ndarray, *, dark: float | np.ndarray = 0.0,
+               stray: np.ndarray | None = None) -> np.ndarray:
+    """``(tile - dark - stray) / flat`` as float32 (works on (..., H, W) stacks)."""
+    out = np.asarray(tile, np.float32) - np.asarray(dark, np.float32)
+    if stray is not None:
+        out = out - np.asarray(stray, np.float32)
+    return (out / np.asarray(flat, np.float32)).astype(np.float32, copy=False)
 
 
 def overlap_mismatch(reference_image: np.ndarray, moving_image: np.ndarray, *, weights: np.ndarray | None = None) -> float:
@@ -260,49 +280,151 @@ def overlap_mismatch(reference_image: np.ndarray, moving_image: np.ndarray, *, w
     return float(2.0 * np.sum(w * np.abs(a - b)) / den) if den > 0 else 0.0
 
 
-def _poly_fit(image: np.ndarray, valid: tuple[slice, slice], *, degree: int, step: int = 4) -> np.ndarray:
-    """Least-squares 2-D polynomial surface fitted on a subsampled grid of the kept region."""
-    h, w = image.shape
-    yy, xx = np.mgrid[valid[0], valid[1]]
-    yy, xx = yy[::step, ::step].ravel(), xx[::step, ::step].ravel()
-    vals = image[yy, xx].astype(np.float64)
+def _dark_and_flat(high_b, low_b, ok_t, ok_b, n_t, n_b, basis, blocks, dark, source, cy, cx, shape, degree):
+    """Two-level separation of dark and flat (see :func:`estimate_tile_model`, steps 2-3)."""
+    h, w = shape
+    if dark is None:
+        d0 = float(np.percentile(blocks, 0.5))
+        dark = d0
+        if ok_t.sum() >= 3 * basis.shape[-1] and ok_b.sum() >= 3 * basis.shape[-1]:
+            fit_t = _fit(basis, high_b, ok_t, n_t)
+            # B = alpha + beta * T_hat  with  beta = A / S  and  alpha = dark * (1 - beta)
+            x, y, wt = fit_t[ok_b], low_b[ok_b], np.sqrt(n_b[ok_b])
+            design = np.stack([np.ones_like(x), x], axis=1) * wt[:, None]
+            (alpha, beta), *_ = np.linalg.lstsq(design, y * wt, rcond=None)
+            if 0.0 < beta < 0.9 and np.ptp(x) > 0:
+                dark = float(alpha / (1.0 - beta))
+                source = "two-level fit"
+    dark = float(dark)
+    # Flat: both classes, dark removed, each normalised to its own median, one polynomial.
+    samples, weights = [], []
+    for img, ok, n in ((high_b, ok_t, n_t), (low_b, ok_b, n_b)):
+        if ok.sum() >= basis.shape[-1]:
+            sig = img - dark
+            level = float(np.median(sig[ok]))
+            if level > 0:
+                samples.append(np.where(ok, sig / level, np.nan))
+                weights.append(np.where(ok, n * level, 0.0))
+    if samples:
+        num = sum(np.nan_to_num(s) * wgt for s, wgt in zip(samples, weights))
+        den = sum(weights)
+        rel = np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
+        coef = _fit_coef(basis, rel, den > 0, den)
+        gy = np.arange(h, dtype=np.float64)
+        gx = np.arange(w, dtype=np.float64)
+        flat = _eval_poly(coef, gy, gx, (h, w), degree)
+    else:
+        flat = np.ones((h, w))
+    flat = np.maximum(flat / flat.mean(), 0.05)
+    return float(dark), source, flat
 
-    def basis(y, x):
-        v, u = (y - (h - 1) / 2) / (h / 2), (x - (w - 1) / 2) / (w / 2)
-        return np.stack([u**i * v**j for i in range(degree + 1) for j in range(degree + 1 - i)], axis=-1)
 
-    coef, *_ = np.linalg.lstsq(basis(yy.astype(float), xx.astype(float)), vals, rcond=None)
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float64)
-    return (basis(gy, gx) @ coef).astype(np.float32)
+def _class_median(blocks: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sel = np.where(mask, blocks, np.nan)
+    n = np.sum(np.isfinite(sel), axis=0)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(sel, axis=0)
+    return med, n.astype(float)
 
 
-def _edge_profiles(ratio: np.ndarray, fraction: float, *, min_dev: float = 0.02) -> np.ndarray:
-    """Separable multiplicative correction of sharp border effects (1 away from the borders)."""
-    h, w = ratio.shape
-    out = np.ones((h, w), np.float64)
-    for axis, n in ((0, h), (1, w)):
-        prof = np.median(ratio, axis=1 - axis)
-        prof = prof / np.median(prof)
-        lim = max(1, int(fraction * n))
-        corr = np.ones(n)
-        for idx in (np.arange(lim), np.arange(n - lim, n)):
-            p = prof[idx]
-            corr[idx] = np.where(np.abs(p - 1) > min_dev, p, 1.0)
-        out *= corr[:, None] if axis == 0 else corr[None, :]
+def _terms(degree: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
+
+
+def _poly_basis(yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int], degree: int) -> np.ndarray:
+    h, w = shape
+    v = (yy - (h - 1) / 2) / (h / 2)
+    u = (xx - (w - 1) / 2) / (w / 2)
+    return np.stack([np.outer(v**j, u**i) for i, j in _terms(degree)], axis=-1)
+
+
+def _fit_coef(basis: np.ndarray, img: np.ndarray, ok: np.ndarray, n: np.ndarray) -> np.ndarray:
+    wt = np.sqrt(n[ok])
+    coef, *_ = np.linalg.lstsq(basis[ok] * wt[:, None], img[ok] * wt, rcond=None)
+    return coef
+
+
+def _fit(basis: np.ndarray, img: np.ndarray, ok: np.ndarray, n: np.ndarray) -> np.ndarray:
+    return basis @ _fit_coef(basis, img, ok, n)
+
+
+def _eval_poly(coef: np.ndarray, yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int], degree: int) -> np.ndarray:
+    h, w = shape
+    v = (yy - (h - 1) / 2) / (h / 2)
+    u = (xx - (w - 1) / 2) / (w / 2)
+    out = np.zeros((len(yy), len(xx)))
+    for c, (i, j) in zip(coef, _terms(degree)):
+        out += c * np.outer(v**j, u**i)
     return out
 
 
-def _edge_run(flags: np.ndarray) -> int:
+def _eval_at(flat: np.ndarray, cy: np.ndarray, cx: np.ndarray, b: int) -> np.ndarray:
+    iy = np.clip(np.rint(cy).astype(int), 0, flat.shape[0] - 1)
+    ix = np.clip(np.rint(cx).astype(int), 0, flat.shape[1] - 1)
+    return flat[np.ix_(iy, ix)]
+
+
+def _stray(arr: np.ndarray, dim: np.ndarray, b: int, dark: float, flat: np.ndarray, background: float, e: int,
+           floor: float) -> np.ndarray:
+    """Additive excess over ``dark + background * flat`` next to each border, from dim bands."""
+    t, h, w = arr.shape
+    hb, wb = dim.shape[1:]
+    k = int(np.ceil(e / b))  # first block row/column inside the fitted region
+    out = np.zeros((h, w))
+    if background <= 0:
+        return out
+    model = dark + background * flat
+    for side in _SIDES:
+        horizontal = side in ("left", "right")
+        n_band = hb if horizontal else wb
+        idx = k if side in ("left", "top") else (wb if horizontal else hb) - 1 - k
+        # A band (block row for left/right) is usable in tile i when its first inside block is dim
+        # and so is the block after it: the scene there is agarose, so is (very likely) the border.
+        # Every block of the band from the second one off the border (the first may be raised by
+        # the stray light itself) to one past ``idx`` must be dim: tissue reaching the border would
+        # otherwise pass for stray light.
+        span = slice(1, idx + 2) if side in ("left", "top") else slice(idx - 1, (wb if horizontal else hb) - 1)
+        ok = dim[:, :, span].all(axis=2) if horizontal else dim[:, span, :].all(axis=1)
+        profiles = []
+        for i, j in zip(*np.nonzero(ok)):
+            if horizontal:
+                seg = arr[i, j * b:(j + 1) * b, :] - model[j * b:(j + 1) * b, :]
+                profiles.append(seg.mean(axis=0))
+            else:
+                seg = arr[i, :, j * b:(j + 1) * b] - model[:, j * b:(j + 1) * b]
+                profiles.append(seg.mean(axis=1))
+        if len(profiles) < 3 or n_band == 0:
+            continue
+        prof = np.median(np.stack(profiles), axis=0)
+        n = prof.size
+        near = prof[:e] if side in ("left", "top") else prof[::-1][:e]
+        near = near - np.median(prof[e:2 * e] if side in ("left", "top") else prof[::-1][e:2 * e])
+        excess = np.where(near > floor, near, 0.0)
+        excess[_run(excess > 0):] = 0.0  # only the run touching the border
+        full = np.zeros(n)
+        if side in ("left", "top"):
+            full[:e] = excess
+        else:
+            full[n - e:] = excess[::-1]
+        out += full[None, :] if horizontal else full[:, None]
+    return out
+
+
+def _side_profile(stray: np.ndarray, side: str) -> np.ndarray:
+    if side == "left":
+        return stray.mean(axis=0)
+    if side == "right":
+        return stray.mean(axis=0)[::-1]
+    if side == "top":
+        return stray.mean(axis=1)
+    return stray.mean(axis=1)[::-1]
+
+
+def _run(flags: np.ndarray) -> int:
     """Length of the run of flagged lines starting at the border (0 if none)."""
     idx = np.flatnonzero(~np.asarray(flags, bool))
     return int(idx[0]) if idx.size else int(len(flags))
-
-
-def _fill_border(image: np.ndarray, trim: Trim) -> np.ndarray:
-    h, w = image.shape
-    sy, sx = trim.valid((h, w))
-    if (sy.start, sy.stop, sx.start, sx.stop) == (0, h, 0, w):
-        return image
-    yi = np.clip(np.arange(h), sy.start, sy.stop - 1)
-    xi = np.clip(np.arange(w), sx.start, sx.stop - 1)
-    return image[np.ix_(yi, xi)]

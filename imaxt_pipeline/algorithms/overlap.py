@@ -315,7 +315,13 @@ def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shi
     if ncc0 < min_ncc:
         return PairMatch(reference, moving, expected, expected, ncc0, False)
     s0 = (float(e[0] + d[0]), float(e[1] + d[1]))
-    overall = refine_shift(a, b, s0, reference_weights=wa, moving_weights=wb, region=_overlap_box(a.shape, b.shape, s0))
+    # The integer NCC peak can sit a few px off when one object (a bead) dominates the overlap:
+    # allow the refinement to travel, and fall back to the stage prediction as a start.
+    overall = refine_shift(a, b, s0, reference_weights=wa, moving_weights=wb, region=_overlap_box(a.shape, b.shape, s0),
+                           max_step=6.0)
+    if not overall:
+        overall = refine_shift(a, b, expected, reference_weights=wa, moving_weights=wb,
+                               region=_overlap_box(a.shape, b.shape, expected), max_step=float(max_shift))
     if not overall or overall.ncc < min_ncc:
         return PairMatch(reference, moving, expected, expected, max(ncc0, overall.ncc), False)
     pref, pmov, pw = [], [], []

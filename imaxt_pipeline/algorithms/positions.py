@@ -50,12 +50,16 @@ class PositionSolution:
         measured/predicted shift and residual (dy, dx, norm) in px.
     rejected : int
         Pairs dropped as inconsistent.
+    constrained : ndarray (T,) of bool
+        Tiles with at least one used pair; the others (e.g. tiles of empty
+        agarose) sit at their stage prior, as uncertain as the stage.
     """
 
     positions: np.ndarray
     distortion: DistortionModel
     pairs: pd.DataFrame
     rejected: int
+    constrained: np.ndarray | None = None
 
     def residual_stats(self) -> dict[str, float | int]:
         """Median / p95 / max of residual norms over used pairs (px)."""
@@ -180,7 +184,11 @@ def solve_positions(matches: Sequence[PairMatch], stage_px: np.ndarray, *, tile_
                      "residual_dy": float(r[keep_i, 0].mean()) if keep_i.any() else np.nan,
                      "residual_dx": float(r[keep_i, 1].mean()) if keep_i.any() else np.nan,
                      "residual": float(np.hypot(*r[keep_i].mean(axis=0))) if keep_i.any() else np.nan})
-    return PositionSolution(pos, model, pd.DataFrame(rows), rejected)
+    constrained = np.zeros(n_tiles, bool)
+    for i, m in enumerate(matches):
+        if active[i]:
+            constrained[[m.reference, m.moving]] = True
+    return PositionSolution(pos, model, pd.DataFrame(rows), rejected, constrained)
 
 
 def _solve(matches, active, point_keep, stage, tile_shape, fit, fixed, prior_sigma, dist_prior):

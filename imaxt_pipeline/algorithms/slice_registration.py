@@ -194,7 +194,7 @@ def solve_slice_offsets(
     Raises
     ------
     NotEnoughOverlapError
-        If no track spans two slices.
+        If there are no detections or no track spans two slices.
     ValueError
         If the array lengths differ.
     """
@@ -208,6 +208,8 @@ def solve_slice_offsets(
                           else np.asarray(sigma, dtype=np.float64), (n, 2)).copy()
     sig = np.where(np.isfinite(sig), np.maximum(sig, min_sigma), np.inf)
     uniq = np.unique(slices)
+    if n == 0:
+        raise NotEnoughOverlapError("no bead detections; cannot register slices")
     ref_slice = int(uniq[0]) if reference is None else int(reference)
     if ref_slice not in uniq:
         raise ValueError(f"reference slice {ref_slice} has no detections")

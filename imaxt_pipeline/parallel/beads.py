@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 
 __all__ = ["BEAD_COLUMNS", "find_beads", "find_beads_numpy"]
 
@@ -30,8 +31,9 @@ def _model(source: str | None, device: str | None):
 
 def find_beads_numpy(image: np.ndarray, *, detector: str = "classical", origin: tuple[int, int] = (0, 0),
                      core: tuple[int, int, int, int] | None = None, min_radius: float = 4.0,
-                     max_radius: float = 80.0, sigma: float = 2.0, nsigma: float = 5.0,
-                     model_source: str | None = None, device: str | None = None) -> pd.DataFrame:
+                     max_radius: float = 80.0, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
+                     threshold: float | None = None, model_source: str | None = None,
+                     device: str | None = None) -> pd.DataFrame:
     """Detect and fit the beads of one numpy region (the per-block kernel).
 
     Parameters
@@ -47,8 +49,12 @@ def find_beads_numpy(image: np.ndarray, *, detector: str = "classical", origin: 
         full-image coordinates; default everything.
     min_radius, max_radius : float, optional
         Radius range of candidates in px.
-    sigma, nsigma : float, optional
-        Classical detector smoothing and threshold.
+    sigma, nsigma, rel : float, optional
+        Classical detector smoothing and threshold rules
+        (:func:`~imaxt_pipeline.algorithms.beads.bead_threshold`).
+    threshold : float, optional
+        Absolute classical threshold shared by all blocks of a plane
+        (default: computed from ``image``).
     model_source : str, optional
         U-Net checkpoint path/URL (default: packaged weights).
     device : str, optional
@@ -64,7 +70,8 @@ def find_beads_numpy(image: np.ndarray, *, detector: str = "classical", origin: 
 
     img = np.asarray(image, dtype=np.float32)
     if detector == "classical":
-        cands = detect_beads(img, sigma=sigma, nsigma=nsigma, min_radius=min_radius, max_radius=max_radius)
+        cands = detect_beads(img, sigma=sigma, nsigma=nsigma, rel=rel, threshold=threshold, min_radius=min_radius,
+                             max_radius=max_radius)
     elif detector == "unet":
         from ..algorithms.bead_unet import detect_beads_unet
 
@@ -74,7 +81,14 @@ def find_beads_numpy(image: np.ndarray, *, detector: str = "classical", origin: 
                                   max_radius=max_radius)
     else:
         raise ValueError(f"detector must be 'classical' or 'unet', got {detector!r}")
-    fits = fit_beads(img, cands.centres, cands.radii, labels=cands.labels)
+    # Only the candidates whose centre lies in the core are fitted; pixels outside the tiles (exact 0) are masked.
+    if core is not None and len(cands):
+        cy, cx = cands.centres[:, 0] + origin[0], cands.centres[:, 1] + origin[1]
+        pad = 2.0
+        inner = (cy >= core[0] - pad) & (cy < core[1] + pad) & (cx >= core[2] - pad) & (cx < core[3] + pad)
+        cands = _subset(cands, inner)
+    valid = ndi.binary_erosion(img != 0, iterations=2, border_value=1)  # resampled data edges are partial
+    fits = fit_beads(img, cands.centres, cands.radii, labels=cands.labels, valid=valid)
     rows = []
     for (dy, dx), dr, f in zip(cands.centres, cands.radii, fits):
         rows.append((f.y + origin[0], f.x + origin[1], f.radius, f.y_err, f.x_err, f.radius_err, f.width,
@@ -88,6 +102,15 @@ def find_beads_numpy(image: np.ndarray, *, detector: str = "classical", origin: 
         keep = (y >= core[0]) & (y < core[1]) & (x >= core[2]) & (x < core[3])
         df = df[keep].reset_index(drop=True)
     return df
+
+
+def _subset(cands, keep: np.ndarray):
+    from ..algorithms.beads import BeadCandidates
+
+    idx = np.flatnonzero(keep)
+    lut = np.zeros(len(cands) + 1, np.int32)
+    lut[idx + 1] = np.arange(1, len(idx) + 1)
+    return BeadCandidates(lut[cands.labels], cands.centres[idx], cands.radii[idx])
 
 
 def find_beads(image: Any, *, block: int = 1024, depth: int | None = None, **options: Any) -> Any:

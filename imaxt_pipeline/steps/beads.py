@@ -1,7 +1,12 @@
 """Detect and fit the fiducial beads of each slice into the ``beads`` table.
 
-Works per slice on the ``mosaic`` image: the bead channel of one optical
-section is cut into overlapping blocks, each block is searched (classical
+Works per slice on the ``mosaic`` image. The bead channel is the one whose
+bright compact objects are largest (beads are ~40 px discs bright in every
+channel; a nuclear stain's brightest objects are thousands of ~5 px nuclei);
+``channel`` forces it. The classical threshold of each slice sits half-way
+between the background and the bead plateau (measured on the coarsest
+pyramid level), well above tissue and nuclei in the bead channel. The
+plane is cut into overlapping blocks, each block is searched (classical
 detector or U-Net) and its candidates are fitted by Poisson maximum
 likelihood on a Dask worker. Rows of the processed slices replace any
 earlier rows of those slices in ``tables/beads.parquet``; ``bead_id`` is
@@ -31,37 +36,79 @@ class Params(StepParams):
     max_radius_px: float = Field(default=80.0, gt=0)
     sigma: float = Field(default=2.0, ge=0, description="classical detector smoothing (px)")
     nsigma: float = Field(default=5.0, gt=0, description="classical detector threshold (background sigmas)")
+    rel_threshold: float = Field(default=0.5, ge=0, lt=1,
+                                 description="classical threshold: this fraction of the way to the bead plateau")
     min_snr: float = Field(default=3.0, description="reject fits with a lower amplitude/noise")
-    max_chi2_ratio: float = Field(default=3.0, gt=1, description="reject fits with chi2 above this x median")
+    max_chi2_ratio: float = Field(default=20.0, gt=1,
+                                  description="reject fits with chi2 above this x median (bright beads: model mismatch)")
+    min_amplitude_ratio: float = Field(default=0.3, ge=0, description="reject fits fainter than this x median")
 
 
-def pick_channel(ctx: StepContext, image) -> int:
-    """Bead channel: the largest bright-tail contrast, 99.9th percentile over median, at a coarse level."""
-    from ..algorithms.beads import pick_bead_channel
+def _coarse(image, plane: int, level: int | None = None):
+    """A pyramid level of a plane (C, h, w), default the coarsest, and its px size in full-resolution px."""
+    level = image.levels - 1 if level is None else min(level, image.levels - 1)
+    data = image.read_plane(plane, level=level)
+    full = image.shape[-1]
+    return data, full / max(data.shape[-1], 1)
 
+
+def pick_channel(ctx: StepContext, image, params: Params) -> int:
+    """Bead channel: the one whose bright compact objects are largest (see ``bead_channel_scores``).
+
+    A channel chosen by an earlier run (``imaxt.beads.channel``) is kept so
+    that live processing uses one channel for every slice.
+    """
+    from ..algorithms.beads import bead_channel_scores, pick_bead_channel
+
+    earlier = ctx.output.imaxt_attrs().get("beads", {})
+    based_on = earlier.get("channel_slices", [])
+    if earlier.get("channel") is not None and based_on and not set(based_on) & set(ctx.slices):
+        return int(earlier["channel"])
     acq = ctx.raw.acquisition
-    level = image.levels - 1
-    planes = [s * acq.optical_sections for s in ctx.slices[:3]]
-    contrast = []
-    for c in range(len(acq.channels)):
-        vals = np.concatenate([image.read_plane(p, level=level)[c].ravel() for p in planes])
-        vals = vals[vals != 0]
-        if vals.size == 0:
-            contrast.append(0.0)
-            continue
-        med = float(np.median(vals))
-        contrast.append((float(np.percentile(vals, 99.9)) - med) / max(abs(med), 1e-6))
-    return pick_bead_channel(np.asarray(contrast))
+    scores = np.zeros(len(acq.channels))
+    used = ctx.slices[:3]
+    for s in used:
+        data, scale = _coarse(image, s * acq.optical_sections + params.z, level=1)  # nuclei still resolved
+        scores += bead_channel_scores(data, scale=scale, sigma=1.0, rel=max(params.rel_threshold, 0.5))
+    ctx.log.info("beads: channel scores %s", np.round(scores / max(len(used), 1), 2).tolist())
+    ctx.output.update_imaxt_attrs("beads.channel_slices", [int(s) for s in used])
+    ctx.output.update_imaxt_attrs("beads.channel_scores", (scores / max(len(used), 1)).round(3).tolist())
+    return pick_bead_channel(scores)
 
 
-def flag_fits(df: pd.DataFrame, *, min_snr: float, max_chi2_ratio: float) -> np.ndarray:
-    """Good fits of one slice: converged, bright enough, chi2 not far above the slice median."""
+def slice_thresholds(image, planes: list[int], channel: int, params: Params, peak: float | None
+                     ) -> tuple[list[float], float]:
+    """Classical threshold of each plane from its coarsest level, with one bead plateau for all of them.
+
+    The plateau is the brightest smoothed coarse pixel over the planes (and
+    earlier runs' ``peak``): beads have the same brightness in every slice,
+    so a slice without beads does not lower the bar down to its tissue.
+    """
+    from scipy import ndimage as ndi
+
+    from ..algorithms.beads import bead_threshold
+
+    coarse = [_coarse(image, p)[0][channel] for p in planes]
+    tops = [float(ndi.gaussian_filter(c.astype(np.float32), 1.0)[c != 0].max()) if np.any(c != 0) else 0.0
+            for c in coarse]
+    top = max(tops + ([peak] if peak else []))
+    thr = [bead_threshold(c, sigma=1.0, nsigma=params.nsigma, rel=params.rel_threshold, peak=top) for c in coarse]
+    return thr, top
+
+
+def flag_fits(df: pd.DataFrame, *, min_snr: float, max_chi2_ratio: float, min_radius: float = 0.0,
+              max_radius: float = np.inf, min_amplitude_ratio: float = 0.0) -> np.ndarray:
+    """Good fits of one slice: converged, bright, radius in range, chi2 and amplitude close to the slice median."""
     ok = df["fit_ok"].to_numpy(bool) & np.isfinite(df["y_err"].to_numpy(float))
+    r = df["radius_px"].to_numpy(float)
+    ok &= (r >= min_radius) & (r <= max_radius)
     if not ok.any():
         return ok
     chi2 = df["chi2"].to_numpy(float)
-    med = float(np.median(chi2[ok]))
-    return ok & (df["snr"].to_numpy(float) >= min_snr) & (chi2 <= max_chi2_ratio * max(med, 1e-12))
+    amp = df["amplitude"].to_numpy(float)
+    med, med_amp = float(np.median(chi2[ok])), float(np.median(amp[ok]))
+    return (ok & (df["snr"].to_numpy(float) >= min_snr) & (chi2 <= max_chi2_ratio * max(med, 1e-12))
+            & (amp >= min_amplitude_ratio * med_amp))
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
@@ -71,20 +118,25 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     if params.z >= acq.optical_sections:
         raise ValueError(f"beads.z={params.z} but the sample has {acq.optical_sections} optical sections")
     image = ctx.output.open_image("mosaic")
-    channel = params.channel if params.channel is not None else pick_channel(ctx, image)
+    channel = params.channel if params.channel is not None else pick_channel(ctx, image, params)
     if channel >= len(acq.channels):
         raise ValueError(f"beads.channel={channel} but the sample has {len(acq.channels)} channels")
+    planes = [s * acq.optical_sections + params.z for s in ctx.slices]
+    earlier_peak = ctx.output.imaxt_attrs().get("beads", {}).get("peak")
+    thresholds, peak = slice_thresholds(image, planes, channel, params, earlier_peak)
     stack = image.to_dask(0)
-    lazy = [find_beads(stack[channel, s * acq.optical_sections + params.z], block=params.block,
-                       detector=params.detector, model_source=params.model, min_radius=params.min_radius_px,
-                       max_radius=params.max_radius_px, sigma=params.sigma, nsigma=params.nsigma)
-            for s in ctx.slices]
+    lazy = [find_beads(stack[channel, p], block=params.block, detector=params.detector, model_source=params.model,
+                       min_radius=params.min_radius_px, max_radius=params.max_radius_px, sigma=params.sigma,
+                       nsigma=params.nsigma, threshold=thr if params.detector == "classical" else None)
+            for p, thr in zip(planes, thresholds)]
     tables = ctx.client.gather(ctx.client.compute(lazy))
     parts = []
     for s, df in zip(ctx.slices, tables):
         df = df.copy()
         df.insert(0, "slice", s)
-        df["good"] = flag_fits(df, min_snr=params.min_snr, max_chi2_ratio=params.max_chi2_ratio)
+        df["good"] = flag_fits(df, min_snr=params.min_snr, max_chi2_ratio=params.max_chi2_ratio,
+                               min_radius=params.min_radius_px, max_radius=params.max_radius_px,
+                               min_amplitude_ratio=params.min_amplitude_ratio)
         df["bead_id"] = -1
         parts.append(df)
     new = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -95,6 +147,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     new = new.sort_values(["slice", "y_px", "x_px"], kind="stable").reset_index(drop=True)
     ctx.output.update_imaxt_attrs("beads.channel", int(channel))
     ctx.output.update_imaxt_attrs("beads.detector", params.detector)
+    ctx.output.update_imaxt_attrs("beads.peak", float(peak))
     path = ctx.output.write_table(TABLE, new)
     this = new[new["slice"].isin(ctx.slices)]
     good = this[this["good"]]

@@ -17,7 +17,7 @@ Calibration file (``.npz``, any subset of keys): ``dark`` (C,) or scalar,
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal  # noqa: F401
 
 import numpy as np
 from pydantic import Field
@@ -31,15 +31,16 @@ if TYPE_CHECKING:
     from ..io.output import OutputStore
 
 FLAT_PATH = "calibration/flat"
+STRAY_PATH = "calibration/stray"
 
 
 class Params(StepParams):
     calibration_file: str | None = Field(default=None, description="npz with dark/flat/trim/distortion (fsspec URL)")
     dark: float | list[float] | None = Field(default=None, description="dark offset(s); None = estimate")
     flat: Literal["estimate", "none"] = "estimate"
-    statistic: Literal["median", "trimmed_mean"] = "median"
-    trim: bool = Field(default=True, description="detect stray-light borders")
-    trim_threshold: float = Field(default=0.2, gt=0, description="relative deviation marking a border line")
+    trim: bool = Field(default=True, description="trim borders where stray light swamps the background")
+    trim_threshold: float = Field(default=1.0, gt=0, description="stray light / background level that is trimmed")
+    max_trim_fraction: float = Field(default=0.25, ge=0, le=1, description="trim cap as a fraction of the overlap")
     max_tiles: int = Field(default=64, ge=1, description="tiles per channel sampled for the estimate")
     seed: int = 0
 
@@ -55,7 +56,13 @@ def load_calibration(output: "OutputStore", n_channels: int) -> Calibration:
 
         root = zarr.open_group(output.location.zarr_store(read_only=True), mode="r")
         flat = np.asarray(root[FLAT_PATH][...], np.float32)
-    return Calibration.from_attrs(attrs, flat)
+    stray = None
+    if attrs.get("has_stray"):
+        import zarr
+
+        root = zarr.open_group(output.location.zarr_store(read_only=True), mode="r")
+        stray = np.asarray(root[STRAY_PATH][...], np.float32)
+    return Calibration.from_attrs(attrs, flat, stray)
 
 
 def save_calibration(output: "OutputStore", cal: Calibration, **extra: object) -> list[str]:
@@ -67,6 +74,12 @@ def save_calibration(output: "OutputStore", cal: Calibration, **extra: object) -
                                  chunks=(1, *cal.flat.shape[1:]))
         arr[...] = cal.flat.astype(np.float32)
         written.append(FLAT_PATH)
+    if cal.stray is not None:
+        group = output.root.require_group("calibration")
+        arr = group.create_array("stray", shape=cal.stray.shape, dtype="float32", overwrite=True,
+                                 chunks=(1, *cal.stray.shape[1:]))
+        arr[...] = cal.stray.astype(np.float32)
+        written.append(STRAY_PATH)
     output.update_imaxt_attrs("calibrate", {**cal.to_attrs(), **extra})
     return written
 
@@ -134,8 +147,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     if need_data:
         tiles = sample_tiles(ctx, slices, params.max_tiles, params.seed)
         cal = estimate_calibration(tiles, dark=dark, flat=params.flat == "estimate" and "flat" not in from_file,
-                                   trim=params.trim and "trim" not in from_file, statistic=params.statistic,
-                                   trim_threshold=params.trim_threshold)
+                                   trim=params.trim and "trim" not in from_file, trim_threshold=params.trim_threshold,
+                                   max_trim_px=int(params.max_trim_fraction * acq.overlap * min(acq.tile_shape)))
     else:
         cal = Calibration(dark=np.broadcast_to(np.asarray(dark, float), (n_ch,)).copy(),
                           source={"dark": "given", "flat": "none", "trim": "none", "distortion": "none"})
@@ -152,7 +165,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         distortion = DistortionModel(**prev_dist)
         src["distortion"] = previous["source"]["distortion"]
     cal = Calibration(dark=cal.dark, flat=from_file.get("flat", cal.flat), trim=from_file.get("trim", cal.trim),
-                      distortion=distortion or DistortionModel(), source=src)
+                      distortion=distortion or DistortionModel(), source=src,
+                      stray=None if "flat" in from_file else cal.stray)
     outputs = save_calibration(ctx.output, cal, slices_used=slices,
                                **{k: previous[k] for k in ("distortion_points",) if k in previous})
     ctx.log.info("calibrate: dark %s, trim %s, sources %s", np.round(cal.dark, 2).tolist(), cal.trim, src)

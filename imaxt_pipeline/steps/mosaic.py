@@ -15,6 +15,7 @@ tiles that touch it), so a slice never has to fit in memory.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -82,8 +83,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     n_ch = len(acq.channels)
     cal = load_calibration(ctx.output, n_ch)
     if cal.source.get("dark") == "none" and params.dark:
-        cal = type(cal)(dark=np.full(n_ch, params.dark), flat=cal.flat, trim=cal.trim, distortion=cal.distortion,
-                        source={**cal.source, "dark": "given"})
+        cal = replace(cal, dark=np.full(n_ch, params.dark), source={**cal.source, "dark": "given"})
     mosaic = _image(ctx, "mosaic", list(acq.channels), (n_ch, acq.n_planes, *geom.shape), params)
     confidence = _image(ctx, "confidence", ["confidence"], (1, acq.n_planes, *geom.shape), params)
     lazy = []

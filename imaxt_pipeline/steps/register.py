@@ -3,13 +3,17 @@
 Uses every slice present in the ``beads`` table, so the solution is refined
 as slices arrive. Writes ``imaxt.register.slice_offsets_px`` (one ``[dy, dx]``
 per slice from 0 to the last slice present; slices that no track connects
-are interpolated from their neighbours and listed in
-``register.unconstrained``), the bead table with ``bead_id`` filled in, and
+are interpolated from their neighbours, or set to zero, and listed in
+``register.unconstrained`` with a :class:`~imaxt_pipeline.errors.DataWarning`;
+an empty bead table gives zero offsets for every slice), the bead table with ``bead_id`` filled in, and
 ``qc/register.png`` (offsets with 1-sigma bands and the bead radius
 histogram).
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,6 +30,8 @@ class Params(StepParams):
     radius_nsigma: float = Field(default=5.0, gt=0, description="reject radii beyond this many robust sigmas")
     clip: float = Field(default=4.0, gt=0, description="outlier rejection threshold (normalised residual)")
     max_iter: int = Field(default=10, ge=1)
+    unconstrained: Literal["interpolate", "zero"] = Field(
+        default="interpolate", description="offset of slices no bead track constrains: from neighbours, or 0")
     qc: bool = True
 
 
@@ -34,7 +40,10 @@ def register_table(df: pd.DataFrame, params: Params):
     from ..algorithms.bead_fit import radius_outliers
     from ..algorithms.slice_registration import solve_slice_offsets
     from ..algorithms.tracks import build_tracks
+    from ..errors import NotEnoughOverlapError
 
+    if not len(df):
+        raise NotEnoughOverlapError("the bead table is empty; cannot register slices")
     df = df.copy()
     good = df["good"].to_numpy(bool)
     outlier = np.zeros(len(df), bool)
@@ -54,19 +63,27 @@ def register_table(df: pd.DataFrame, params: Params):
     return df, sol
 
 
-def fill_offsets(slices: np.ndarray, offsets: np.ndarray, errors: np.ndarray, n: int):
-    """Offsets for slices 0..n-1: solved ones as they are, others interpolated (error NaN)."""
+def fill_offsets(slices: np.ndarray, offsets: np.ndarray, errors: np.ndarray, n: int, *,
+                 mode: str = "interpolate"):
+    """Offsets for slices 0..n-1: solved ones as they are, others interpolated or zero (error NaN).
+
+    Returns ``(offsets, errors, missing)``; ``missing`` lists the slices
+    without a solved offset (interpolation holds the end values outside the
+    solved range; with no solved slice at all, or ``mode="zero"``, they get 0).
+    """
     full = np.full((n, 2), np.nan)
     err = np.full((n, 2), np.nan)
-    full[slices], err[slices] = offsets, errors
+    slices = np.asarray(slices, int)
+    inside = slices < n
+    full[slices[inside]], err[slices[inside]] = np.asarray(offsets)[inside], np.asarray(errors)[inside]
     known = np.all(np.isfinite(full), axis=1)
     missing = np.flatnonzero(~known)
-    if known.any() and len(missing):
+    if known.any() and len(missing) and mode == "interpolate":
         idx = np.flatnonzero(known)
         for ax in range(2):
             full[missing, ax] = np.interp(missing, idx, full[idx, ax])
-    elif not known.any():
-        full[:] = 0.0
+    else:
+        full[missing] = 0.0
     return full, err, missing
 
 
@@ -91,31 +108,46 @@ def qc_figure(offsets: np.ndarray, errors: np.ndarray, radii: np.ndarray):
     return fig
 
 
+def n_slices(ctx: StepContext, df: pd.DataFrame) -> int:
+    """Slices to report: up to the last one in the table, processed now or done earlier."""
+    present = df["slice"].to_numpy(int).tolist() if len(df) else []
+    done = ctx.output.imaxt_attrs().get("slices_done", [])
+    seen = [int(s) for s in (*present, *done, *ctx.slices)]
+    return max(seen) + 1 if seen else 0
+
+
 def run(ctx: StepContext, params: Params) -> StepResult:
-    from ..errors import NotEnoughOverlapError
+    from ..errors import DataWarning, NotEnoughOverlapError
 
     if not ctx.output.has_table(TABLE):
         raise FileNotFoundError(f"{ctx.output.url}: tables/{TABLE}.parquet missing; run the beads step first")
     df = ctx.output.read_table(TABLE)
-    present = np.unique(df["slice"].to_numpy(int)) if len(df) else np.zeros(0, int)
-    n = int(present.max()) + 1 if len(present) else 0
+    n = n_slices(ctx, df)
     try:
         df, sol = register_table(df, params)
-        offsets, errors, missing = fill_offsets(sol.slices, sol.offsets, sol.errors, n)
+        offsets, errors, missing = fill_offsets(sol.slices, sol.offsets, sol.errors, n, mode=params.unconstrained)
         chi2 = sol.chi2.tolist()
     except NotEnoughOverlapError as exc:
         ctx.log.warning("register: %s; offsets set to zero", exc)
-        df["bead_id"] = -1
+        for col, value in (("bead_id", -1), ("radius_outlier", False), ("inlier", False)):
+            df[col] = value
+        df["resid_y"], df["resid_x"] = np.nan, np.nan
         offsets, errors, missing = np.zeros((n, 2)), np.full((n, 2), np.nan), np.arange(n)
         chi2 = [None, None]
     missing = [int(m) for m in missing if m != 0]
+    if missing:
+        how = "set to 0" if params.unconstrained == "zero" or len(missing) >= n - 1 else "interpolated"
+        message = f"register: no bead track constrains slices {missing}; their offsets are {how}"
+        warnings.warn(message, DataWarning, stacklevel=2)
+        ctx.log.warning(message)
     outputs = [ctx.output.write_table(TABLE, df)]
     ctx.output.update_imaxt_attrs("register.slice_offsets_px", offsets.round(4).tolist())
     ctx.output.update_imaxt_attrs("register.slice_offsets_err_px", errors.round(4).tolist())
     ctx.output.update_imaxt_attrs("register.unconstrained", missing)
     ctx.output.update_imaxt_attrs("register.chi2", chi2)
     if params.qc and n:
-        outputs.append(ctx.output.write_png("register", qc_figure(offsets, errors, df["radius_px"].to_numpy(float))))
+        radii = df["radius_px"].to_numpy(float) if len(df) else np.zeros(0)
+        outputs.append(ctx.output.write_png("register", qc_figure(offsets, errors, radii)))
     n_tracks = int(df["bead_id"].max()) + 1 if len(df) else 0
     metrics = {"slices": n, "tracks": n_tracks, "unconstrained": missing, "chi2": chi2,
                "median_err_px": float(np.nanmedian(errors[1:])) if n > 1 and np.isfinite(errors[1:]).any()

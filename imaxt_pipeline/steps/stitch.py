@@ -12,6 +12,8 @@ Writes (results contract, ``spec/raw-layout.md``):
 - ``imaxt.stitch.tile_positions_px``: ``{"s/r/c": [y, x]}`` top-left of each
   calibrated (undistorted) tile in the slice's mosaic frame;
 - ``imaxt.stitch.residuals``: per-slice pair residual statistics (px);
+- ``imaxt.stitch.unconstrained``: ``{"s/r/c": true}`` for tiles no informative
+  pair ties to a neighbour (empty agarose): left at their stage position;
 - ``imaxt.calibrate.distortion`` (when estimated);
 - ``tables/stitch_pairs`` (one row per pair, with residuals) and
   ``tables/stitch_points`` (the correspondences).
@@ -78,6 +80,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     meta = ctx.output.imaxt_attrs().get("stitch", {})
     positions = dict(meta.get("tile_positions_px", {}))
     residuals = dict(meta.get("residuals", {}))
+    unconstrained = {k: v for k, v in meta.get("unconstrained", {}).items() if int(k.split("/")[0]) not in slices}
     pair_tab = sol.pairs.copy()
     pair_tab["slice"] = [slices[r // n_t] if r // n_t < len(slices) else old_slices[r // n_t - len(slices)]
                          for r in pair_tab["reference"]]
@@ -86,6 +89,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         for t in range(n_t):
             r, c = acq.tile_grid(t)
             positions[f"{s}/{r}/{c}"] = [float(pos[t, 0]), float(pos[t, 1])]
+            if not sol.constrained[k * n_t + t]:
+                unconstrained[f"{s}/{r}/{c}"] = True
         tab = pair_tab[pair_tab["slice"] == s]
         used = tab[tab["used"]]
         res = used["residual"].to_numpy(float)
@@ -95,7 +100,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
                              "p95_px": float(np.percentile(res, 95)) if res.size else None,
                              "max_px": float(res.max()) if res.size else None}
     ctx.output.update_imaxt_attrs("stitch", {**meta, "tile_positions_px": positions, "residuals": residuals,
-                                             "distortion": sol.distortion.as_dict(),
+                                             "unconstrained": unconstrained, "distortion": sol.distortion.as_dict(),
                                              "frame": {"origin_px": list(geom.origin_px), "margin": geom.margin,
                                                        "shape": list(geom.shape)}})
     outputs = ["attrs:imaxt.stitch"]

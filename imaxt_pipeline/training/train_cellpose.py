@@ -55,7 +55,6 @@ def render_nuclei(shape: tuple[int, int], *, n: int, rng: np.random.Generator,
     """
     h, w = shape
     labels = np.zeros(shape, np.int32)
-    yy, xx = np.mgrid[0:h, 0:w]
     signal = np.zeros(shape, np.float32)
     k = 0
     for _ in range(n * 4):
@@ -64,17 +63,22 @@ def render_nuclei(shape: tuple[int, int], *, n: int, rng: np.random.Generator,
         a, b = rng.uniform(*radius, size=2)
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         th = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
+        r = int(np.ceil(max(a, b))) + 1  # work in the nucleus's bounding box only
+        y0, y1, x0, x1 = max(0, int(cy) - r), min(h, int(cy) + r + 1), max(0, int(cx) - r), min(w, int(cx) + r + 1)
+        dy, dx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        dy -= cy
+        dx -= cx
         u = (dx * np.cos(th) + dy * np.sin(th)) / a
         v = (-dx * np.sin(th) + dy * np.cos(th)) / b
         inside = u * u + v * v <= 1.0
-        if not inside.any() or (labels[inside] > 0).mean() > 0.02:
+        box = labels[y0:y1, x0:x1]
+        if not inside.any() or (box[inside] > 0).mean() > 0.02:
             continue
         k += 1
-        inside &= labels == 0
-        labels[inside] = k
+        inside &= box == 0
+        box[inside] = k
         texture = 1.0 + 0.15 * rng.standard_normal(int(inside.sum()))
-        signal[inside] = rng.uniform(0.5, 1.5) * texture
+        signal[y0:y1, x0:x1][inside] = rng.uniform(0.5, 1.5) * texture
     background = rng.uniform(0.02, 0.15)
     image = ndi.gaussian_filter(signal, rng.uniform(0.7, 1.3)) + background
     scale = rng.uniform(50, 400)  # photons at intensity 1
@@ -168,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=90)
     parser.add_argument("--per-epoch", type=int, default=8, help="images per epoch")
+    parser.add_argument("--bsize", type=int, default=128, help="training patch edge, px")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.perf_counter()
-    path = train(args.out, n_images=args.images, n_epochs=args.epochs, nimg_per_epoch=args.per_epoch, threads=args.threads, seed=args.seed)
+    path = train(args.out, n_images=args.images, n_epochs=args.epochs, nimg_per_epoch=args.per_epoch, bsize=args.bsize,
+                 threads=args.threads, seed=args.seed)
     logging.getLogger(__name__).info("wrote %s (%.1f MB) in %.0f s", path, path.stat().st_size / 1e6,
                                      time.perf_counter() - t0)
     return 0

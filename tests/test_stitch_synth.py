@@ -1,0 +1,153 @@
+"""Calibration + stitching accuracy on the project's simulator (:mod:`imaxt_pipeline.synth`).
+
+No calibration is given: dark, flat, stray light and trim are estimated from
+the tiles, then pairs are matched and positions + distortion solved. Errors
+are measured against ``truth.tile_positions_px`` after removing the slice's
+common translation, over the tiles that an informative pair constrains
+(tiles of pure empty agarose carry no information and are flagged instead).
+
+The overlaps cannot tell a global magnification from the tile spacing (both
+scale the whole mosaic), so the simulated ``mag_y, mag_x`` (about 0.15 %)
+leave a scale error of about 0.35 px per tile step; it is checked separately
+(error after removing translation and per-axis scale).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from imaxt_pipeline.algorithms.calibration import estimate_calibration
+from imaxt_pipeline.algorithms.flatfield import overlap_mismatch
+from imaxt_pipeline.algorithms.overlap import adjacent_pairs
+from imaxt_pipeline.algorithms.positions import solve_positions
+from imaxt_pipeline.parallel.stitch import match_tiles
+from imaxt_pipeline.synth import SynthParams, synthesize
+
+SMOOTH = 2.0  # px, Gaussian applied to tiles before comparing overlaps
+
+CASES = {"seed0": dict(seed=0), "seed1": dict(seed=1), "seed2": dict(seed=2),
+         "empty": dict(seed=3, empty_fraction=0.4)}
+
+
+def _sample(root, **kw):
+    p = SynthParams(slices=1, rows=3, cols=3, tile_shape=(256, 256), **kw)
+    truth = synthesize(root, p)
+    import csv
+
+    rows = list(csv.DictReader(open(root / "tiles.csv")))
+    tiles = np.zeros((len(p.channels), 9, *p.tile_shape), np.uint16)
+    stage = np.zeros((9, 2))
+    for r in rows:
+        t = int(r["row"]) * 3 + int(r["col"])
+        tiles[int(r["channel"]), t] = tifffile.imread(root / r["file"])
+        stage[t] = float(r["y_um"]), float(r["x_um"])
+    true = np.array([truth.tile_positions_px[f"0/{t // 3}/{t % 3}"] for t in range(9)])
+    return p, truth, tiles, stage, true
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def stitched(request, tmp_path_factory):
+    p, truth, tiles, stage, true = _sample(tmp_path_factory.mktemp(request.param), **CASES[request.param])
+    cal = estimate_calibration(tiles, max_trim_px=int(p.overlap * p.tile_shape[1] / 4))
+    ms = [match_tiles(lambda i: tiles[:, i], a, b, tuple(stage[b] - stage[a]), cal) for a, b in adjacent_pairs(3, 3)]
+    sol = solve_positions(ms, stage, tile_shape=p.tile_shape, fit_magnification=False)
+    return request.param, p, truth, tiles, stage, true, cal, sol
+
+
+def _errors(pos, true, keep, *, scale=False):
+    d = pos[keep] - true[keep]
+    if scale:  # per-axis affine scale + translation
+        for ax in range(2):
+            design = np.stack([np.ones(keep.sum()), true[keep, ax] - true[keep, ax].mean()], axis=1)
+            coef, *_ = np.linalg.lstsq(design, d[:, ax], rcond=None)
+            d[:, ax] -= design @ coef
+    d -= d.mean(axis=0)
+    return np.hypot(d[:, 0], d[:, 1])
+
+
+def test_positions_match_truth(stitched):
+    name, p, truth, tiles, stage, true, cal, sol = stitched
+    keep = sol.constrained
+    assert keep.sum() >= 6  # the empty case loses one column of tiles at most
+    err = _errors(sol.positions, true, keep)
+    before = _errors(stage, true, keep)
+    assert np.max(err) <= 2.0, (name, err)
+    assert np.median(err) <= 0.75, (name, err)
+    assert np.median(err) < 0.3 * np.median(before)
+    err_s = _errors(sol.positions, true, keep, scale=True)
+    assert np.median(err_s) <= 0.2 and np.max(err_s) <= 1.0, (name, err_s)
+
+
+def test_unconstrained_tiles_are_empty(stitched):
+    name, p, truth, tiles, stage, true, cal, sol = stitched
+    if p.empty_fraction == 0:
+        assert sol.constrained.all()
+    else:  # tiles left unconstrained lie wholly in the empty agarose on the right
+        mosaic_w = truth.mosaic_shape[1]
+        for t in np.flatnonzero(~sol.constrained):
+            assert true[t, 1] > (1 - p.empty_fraction) * mosaic_w - 30
+
+
+def test_distortion_recovered(stitched):
+    name, p, truth, tiles, stage, true, cal, sol = stitched
+    if not sol.constrained.all():
+        pytest.xfail("not enough seams for the cubic terms")  # pragma: no cover
+    td = truth.distortion
+    assert sol.distortion.k_y == pytest.approx(td.k_y, abs=0.002)
+    assert sol.distortion.k_x == pytest.approx(td.k_x, abs=0.002)
+
+
+def test_calibration_terms(stitched):
+    name, p, truth, tiles, stage, true, cal, sol = stitched
+    cap = int(p.overlap * p.tile_shape[1] / 4)
+    assert max(cal.trim.as_dict().values()) <= cap
+    assert cal.trim.left >= 3  # the stray-light columns at x = 0
+    # additive stray light recovered at the x = 0 edge (beyond the trim)
+    x = cal.trim.left
+    assert np.median(cal.stray[:, :, x]) == pytest.approx(truth.stray[0, x], rel=0.35)
+    assert np.all(np.abs(cal.dark - truth.dark) < 40)
+    # the flat shape: corners darker than the centre by about the simulated vignetting
+    ratio = cal.flat[:, 8, 8] / cal.flat[:, 128, 128]
+    assert np.all(np.abs(ratio - truth.flat[8, 8] / truth.flat[128, 128]) < 0.1)
+
+
+def _overlap_mismatch(img, true, shape):
+    """Pooled ``mean |A - B| / mean (A + B) / 2`` over the full (untrimmed) overlaps of all neighbours.
+
+    Tiles are smoothed (sigma 2 px) first so that shot noise, the same before
+    and after calibration, does not swamp the systematic terms; the overlap is
+    taken at the true offsets rounded to whole pixels and keeps its borders,
+    so the stray light at x = 0 counts.
+    """
+    from scipy import ndimage as ndi
+
+    h, w = shape
+    num = den = 0.0
+    for a, b in adjacent_pairs(3, 3):
+        dy, dx = np.rint(true[b] - true[a]).astype(int)
+        ya, xa = slice(max(0, dy), min(h, h + dy)), slice(max(0, dx), min(w, w + dx))
+        yb, xb = slice(max(0, -dy), min(h, h - dy)), slice(max(0, -dx), min(w, w - dx))
+        for c in range(img.shape[0]):
+            ra = ndi.gaussian_filter(img[c, a], SMOOTH)[ya, xa]
+            rb = ndi.gaussian_filter(img[c, b], SMOOTH)[yb, xb]
+            num += np.abs(ra - rb).sum()
+            den += ((ra + rb) / 2).sum()
+    return num / den
+
+
+def test_flat_halves_overlap_mismatch(stitched):
+    """Calibration (dark, stray light, flat) halves the calibration-caused seam mismatch."""
+    name, p, truth, tiles, stage, true, cal, sol = stitched
+    raw = tiles.astype(np.float32) - cal.dark[:, None, None, None].astype(np.float32)
+    before = _overlap_mismatch(raw, true, p.tile_shape)
+    after = _overlap_mismatch(cal.apply(tiles), true, p.tile_shape)
+    ideal = _overlap_mismatch((tiles.astype(np.float32) - truth.dark - truth.stray) / truth.flat, true, p.tile_shape)
+    print(name, f"mismatch raw {before:.4f} calibrated {after:.4f} true calibration {ideal:.4f}")
+    # Even the true calibration leaves a floor (``ideal``, 4-13 %): sub-pixel and distortion
+    # misregistration of the texture (offsets are rounded, distortion reaches 2.5 px) and shot
+    # noise. The estimated calibration must remove at least half of the mismatch above that floor.
+    assert after < before
+    assert after - ideal <= 0.5 * (before - ideal), (before, after, ideal)
+
