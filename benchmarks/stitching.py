@@ -105,7 +105,7 @@ def _worker(name, args, q):
     try:
         t0 = time.perf_counter()
         pos = globals()[name](*args)
-        q.put((pos, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, None))
+        q.put((pos, time.perf_counter() - t0, _hwm_mb(), None))
     except Exception as exc:  # report, never crash the table
         q.put((None, 0.0, 0.0, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:90]
                or traceback.format_exc(limit=1)))
@@ -121,18 +121,27 @@ def run_isolated(name, *args):
     return out
 
 
+def _hwm_mb():
+    """Peak RSS of this process image (VmHWM; ru_maxrss would carry the parent's peak over exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def fuse_rss(path, true, model, tile):
     """Peak RSS (MB) of fusing one slice block by block (blocks of 256 px) from memory-mapped tiles."""
     from imaxt_pipeline.algorithms.calibration import Calibration
     from imaxt_pipeline.parallel.fusion import block_regions, fuse_block
 
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports only
+    rss0 = _hwm_mb()  # imports only
     mm = np.load(path, mmap_mode="r")
     shape = (int(true[:, 0].max() + tile + 20), int(true[:, 1].max() + tile + 20))
     cal = Calibration(dark=np.full(1, 100.0), distortion=model)
     for region in block_regions(shape, 256):
         fuse_block(lambda i: mm[i][None], lambda *a: None, true, (tile, tile), region, cal, levels=3)
-    return rss0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return rss0, _hwm_mb()
 
 
 def _rss_worker(args, q):
