@@ -92,8 +92,8 @@ def test_unconstrained_tiles_are_empty(stitched):
 
 def test_distortion_recovered(stitched):
     name, p, truth, tiles, stage, true, cal, sol = stitched
-    if not sol.constrained.all():
-        pytest.xfail("not enough seams for the cubic terms")  # pragma: no cover
+    # Every tile shares one model, so the seams of the constrained tiles alone pin it,
+    # including the case with an empty agarose column.
     td = truth.distortion
     assert sol.distortion.k_y == pytest.approx(td.k_y, abs=0.002)
     assert sol.distortion.k_x == pytest.approx(td.k_x, abs=0.002)

@@ -78,7 +78,8 @@ def make_segmenter(params: Params, *, pixel_um: float, plane_sample: np.ndarray,
 
     nuc = plane_sample[params.nuclear_channel]
     lo, hi = np.percentile(nuc, [1.0, 99.9])
-    return CellposeSegmenter(model=resolve_model(params.model), diameter=diameter,
+    resolve_model(params.model)  # fail here, not on a worker; workers resolve "shipped" in their own install
+    return CellposeSegmenter(model=params.model, diameter=diameter,
                              nuclear_channel=params.nuclear_channel, cyto_channel=params.cyto_channel,
                              flow_threshold=params.flow_threshold, cellprob_threshold=params.cellprob_threshold,
                              normalize_lowhigh=(float(lo), float(max(hi, lo + 1e-6))), threads=params.threads,
