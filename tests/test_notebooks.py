@@ -59,6 +59,8 @@ def test_watcher_default_action_processes_real_sample_once(processed):
 
 
 def run_notebook(name: str, tmp_path: Path, monkeypatch, **env: str) -> nbformat.NotebookNode:
+    # The kernel must draw figures inline even when the caller exports MPLBACKEND=Agg (as CI may).
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
