@@ -26,8 +26,8 @@ RUN if [ "$VARIANT" = "cuda" ]; then index="$TORCH_INDEX_CUDA"; else index="$TOR
 WORKDIR /opt/imaxt
 COPY pyproject.toml README.md ./
 COPY imaxt_pipeline ./imaxt_pipeline
-RUN extras="k8s"; if [ "$VARIANT" = "cuda" ]; then extras="k8s,gpu"; fi \
- && pip install ".[${extras}]" \
+# cellpose (the "gpu" extra) also runs on the CPU, so both variants carry it; only torch differs.
+RUN pip install ".[k8s,gpu]" \
  && imaxt --help > /dev/null
 
 RUN groupadd --gid 1000 imaxt && useradd --uid 1000 --gid 1000 --create-home imaxt
