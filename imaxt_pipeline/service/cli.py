@@ -124,7 +124,8 @@ def _service_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imaxt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="imaxt", description="Serial-section microscopy: raw tiles -> stitched, registered OME-Zarr cubes with cells.")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_synth, add_upload, add_run, add_demo, *_service_commands()):
