@@ -92,6 +92,9 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
             t0 = time.perf_counter()
             result = step_module(name).run(ctx, params)
             summary.steps[name] = time.perf_counter() - t0
+            extra = sorted(set(result.rewritten_slices) - set(ctx.slices))
+            if extra:
+                log.info("step %s rewrote slices %s: later steps redo them", name, extra)
             output.append_provenance({
                 "name": name,
                 "software": software_versions(),
@@ -100,11 +103,13 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
                 "inputs": {"raw": raw.url, "raw_sha256": checksum, "other": result.inputs},
                 "outputs": result.outputs,
                 "metrics": result.metrics,
-                "slices": slices,
+                "slices": ctx.slices,
                 "start": utcnow(start),
                 "end": utcnow(),
                 "host": socket.gethostname(),
             })
+            if extra:
+                ctx.slices = sorted(set(ctx.slices) | set(extra))
     done = set(output.imaxt_attrs().get("slices_done", [])) | set(slices)
     output.update_imaxt_attrs("slices_done", sorted(done))
     output.update_imaxt_attrs("complete", len(done) == acq.slices)

@@ -92,3 +92,33 @@ def test_config_rejects_unknown_keys_and_reads_yaml(tmp_path):
     path.write_text("input_url: a\noutput_url: b\nsteps:\n  mosaik: {}\n")
     with pytest.raises(ConfigError, match="steps.mosaik: Extra inputs are not permitted"):
         load_config(path)
+
+
+def test_slices_rewritten_by_a_step_are_redone_downstream(tmp_path, dask_client, monkeypatch):
+    """A refined registration moves earlier cube planes: segmentation etc. must redo those slices."""
+    import types
+
+    from imaxt_pipeline import pipeline
+    from imaxt_pipeline.steps import StepResult
+
+    sample = write_raw_sample(tmp_path / "raw", slices=3, rows=1, cols=1, tile=16)
+    store = str(tmp_path / "raw.zarr")
+    upload(str(sample), store, progress=False)
+    seen: dict[str, list[int]] = {}
+
+    def fake(name, rewritten=()):
+        def run(ctx, params):
+            seen[name] = list(ctx.slices)
+            return StepResult(rewritten_slices=list(rewritten))
+        return types.SimpleNamespace(run=run)
+
+    modules = {"cube": fake("cube", rewritten=[0, 2]), "segment": fake("segment"), "mosaic": fake("mosaic")}
+    monkeypatch.setattr(pipeline, "step_module", lambda name: modules[name])
+    enabled = {f"steps.{s}.enabled": s in modules for s in
+               ("calibrate", "stitch", "mosaic", "beads", "register", "cube", "segment", "catalogue", "crops")}
+    config = load_config(None, input_url=store, output_url=str(tmp_path / "o.zarr"), slices=[2], **enabled)
+    run_pipeline(config, client=dask_client)
+    assert seen == {"mosaic": [2], "cube": [2], "segment": [0, 2]}
+    meta = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["imaxt"]
+    assert [p["slices"] for p in meta["provenance"]] == [[2], [2], [0, 2]]
+    assert meta["slices_done"] == [2]

@@ -42,8 +42,12 @@ class StepResult:
 
     ``inputs`` are URLs or checksums read; ``outputs`` are paths written inside
     the output store; ``metrics`` are small JSON-able numbers (e.g. residuals).
+    ``rewritten_slices`` are slices outside ``ctx.slices`` whose outputs this
+    step changed (e.g. cube planes moved by a refined registration): the
+    runner hands them to every later step so that nothing downstream is stale.
     """
 
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    rewritten_slices: list[int] = field(default_factory=list)

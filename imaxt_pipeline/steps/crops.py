@@ -82,7 +82,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         plane, crops = fut.result()
         array[offsets[plane]:offsets[plane] + len(crops)] = crops
     index = new_index if rebuild else pd.concat([old_index, new_index], ignore_index=True)
-    index = index.reset_index(drop=True)
+    index = index.drop(columns="row", errors="ignore").reset_index(drop=True)
     index.insert(0, "row", np.arange(len(index), dtype=np.int64))
     ctx.output.write_table("crops", index)
 

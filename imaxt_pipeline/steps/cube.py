@@ -85,4 +85,5 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     ctx.log.info("cube: wrote %d planes of slices %s onto a %s canvas", len(tasks), todo, shape)
     return StepResult(inputs=["mosaic"], outputs=["cube"],
                       metrics={"planes_written": len(tasks), "slices_written": todo, "shape": list(shape),
-                               "pad_before": before.tolist()})
+                               "pad_before": before.tolist()},
+                      rewritten_slices=[int(s) for s in todo])
