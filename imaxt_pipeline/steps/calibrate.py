@@ -68,18 +68,14 @@ def load_calibration(output: "OutputStore", n_channels: int) -> Calibration:
 def save_calibration(output: "OutputStore", cal: Calibration, **extra: object) -> list[str]:
     """Store ``cal`` (attrs + flat array); return the paths written."""
     written = []
-    if cal.flat is not None:
+    for path, data in ((FLAT_PATH, cal.flat), (STRAY_PATH, cal.stray)):
+        if data is None:
+            continue
         group = output.root.require_group("calibration")
-        arr = group.create_array("flat", shape=cal.flat.shape, dtype="float32", overwrite=True,
-                                 chunks=(1, *cal.flat.shape[1:]))
-        arr[...] = cal.flat.astype(np.float32)
-        written.append(FLAT_PATH)
-    if cal.stray is not None:
-        group = output.root.require_group("calibration")
-        arr = group.create_array("stray", shape=cal.stray.shape, dtype="float32", overwrite=True,
-                                 chunks=(1, *cal.stray.shape[1:]))
-        arr[...] = cal.stray.astype(np.float32)
-        written.append(STRAY_PATH)
+        arr = group.create_array(path.rsplit("/", 1)[1], shape=data.shape, dtype="float32", overwrite=True,
+                                 chunks=(1, *data.shape[1:]))
+        arr[...] = data.astype(np.float32)
+        written.append(path)
     output.update_imaxt_attrs("calibrate", {**cal.to_attrs(), **extra})
     return written
 
