@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -136,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own progress (one line per step) at INFO; Dask's chatter only with -v.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("imaxt_pipeline").setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO)
+    if not args.verbose:
+        # distributed sets its loggers from dask config when first imported (also in worker processes).
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     handler: Handler = args.handler
     try:
         return handler(args)
