@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from numcodecs import Blosc  # noqa: F401  (documented choice; zarr 3 uses BloscCodec)
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from ..errors import StoreError
