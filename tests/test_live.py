@@ -9,8 +9,9 @@ from imaxt_pipeline.config import load_config
 from imaxt_pipeline.io.output import OutputStore
 from imaxt_pipeline.io.upload import upload
 from imaxt_pipeline.pipeline import run_pipeline
-from imaxt_pipeline.steps import STEP_ORDER
 from imaxt_pipeline.synth import SynthParams, synthesize
+
+from .steps import only_steps
 
 
 def test_slices_processed_one_by_one_give_a_complete_consistent_output(tmp_path, dask_client):
@@ -39,7 +40,7 @@ def test_slices_processed_one_by_one_give_a_complete_consistent_output(tmp_path,
 
     shutil.rmtree(tmp_path / "out.zarr" / "crops")
     (tmp_path / "out.zarr" / "tables" / "crops.parquet").unlink()
-    only_crops = {f"steps.{name}.enabled": name == "crops" for name in STEP_ORDER}
+    only_crops = only_steps("crops")
     for s in (0, 1):
         run_pipeline(load_config(None, input_url=store, output_url=out, slices=[s], **only_crops), client=dask_client)
     again = output.read_table("crops")

@@ -13,9 +13,9 @@ from imaxt_pipeline.io.upload import upload
 from imaxt_pipeline.pipeline import run_pipeline
 
 from .rawfactory import write_raw_sample
+from .steps import only_steps
 
-ONLY_MOSAIC = {f"steps.{s}.enabled": False for s in
-               ("calibrate", "stitch", "beads", "register", "cube", "segment", "catalogue", "crops")}
+ONLY_MOSAIC = only_steps("mosaic")
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,7 @@ def test_slices_rewritten_by_a_step_are_redone_downstream(tmp_path, dask_client,
 
     modules = {"cube": fake("cube", rewritten=[0, 2]), "segment": fake("segment"), "mosaic": fake("mosaic")}
     monkeypatch.setattr(pipeline, "step_module", lambda name: modules[name])
-    enabled = {f"steps.{s}.enabled": s in modules for s in
-               ("calibrate", "stitch", "mosaic", "beads", "register", "cube", "segment", "catalogue", "crops")}
+    enabled = only_steps(*modules)
     config = load_config(None, input_url=store, output_url=str(tmp_path / "o.zarr"), slices=[2], **enabled)
     run_pipeline(config, client=dask_client)
     assert seen == {"mosaic": [2], "cube": [2], "segment": [0, 2]}

@@ -11,6 +11,8 @@ from imaxt_pipeline.algorithms.slice_registration import apply_offset, canvas_pa
 from imaxt_pipeline.parallel.cube import align_stack
 from imaxt_pipeline.steps import register
 
+from .steps import only_steps
+
 
 def test_align_stack_equals_numpy_kernel_on_uneven_chunks(dask_client):
     rng = np.random.default_rng(0)
@@ -169,10 +171,9 @@ def pipeline_run(tmp_path_factory, dask_client):
     sample, drift = _write_bead_sample(root / "raw")
     store, out = str(root / "raw.zarr"), str(root / "out.zarr")
     upload(str(sample), store, progress=False)
-    off = {f"steps.{s}.enabled": False for s in ("calibrate", "stitch", "segment", "catalogue", "crops")}
-    on = {f"steps.{s}.enabled": True for s in ("beads", "register", "cube")}
+    on = only_steps("mosaic", "beads", "register", "cube")
     config = load_config(None, input_url=store, output_url=out, **{"steps.mosaic.levels": 2,
-                                                                    "steps.cube.levels": 2}, **off, **on)
+                                                                    "steps.cube.levels": 2}, **on)
     run_pipeline(config, client=dask_client)
     return out, drift
 
@@ -254,9 +255,8 @@ def synth_run(tmp_path_factory, dask_client):
                                                  tissue_fraction=0.35, seed=3))
     store, out = str(root / "raw.zarr"), str(root / "out.zarr")
     upload(str(root / "raw"), store, progress=False)
-    off = {f"steps.{s}.enabled": False for s in ("segment", "catalogue", "crops")}
-    on = {f"steps.{s}.enabled": True for s in ("calibrate", "stitch", "mosaic", "beads", "register", "cube")}
-    config = load_config(None, input_url=store, output_url=out, **off, **on)
+    on = only_steps("calibrate", "stitch", "mosaic", "beads", "register", "cube")
+    config = load_config(None, input_url=store, output_url=out, **on)
     run_pipeline(config, client=dask_client)
     return out, truth
 

@@ -12,9 +12,10 @@ from imaxt_pipeline.io.upload import upload
 from imaxt_pipeline.pipeline import run_pipeline
 from imaxt_pipeline.synth import SynthParams, synthesize
 
+from .steps import only_steps
+
 ROWS = COLS = 3
-OTHERS = {f"steps.{s}.enabled": False for s in ("beads", "register", "cube", "segment", "catalogue", "crops")}
-ON = {f"steps.{s}.enabled": True for s in ("calibrate", "stitch", "mosaic")}
+ON = only_steps("calibrate", "stitch", "mosaic")
 PARAMS = SynthParams(slices=2, rows=ROWS, cols=COLS, seed=11, tile_shape=(256, 256))
 
 
@@ -27,7 +28,7 @@ def stitched(tmp_path_factory, dask_client):
     # Live processing: slice 0 lands first, slice 1 later.
     for slices in ([0], [1]):
         cfg = load_config(None, input_url=str(root / "raw.zarr"), output_url=out, slices=slices,
-                          **{"steps.mosaic.levels": 2, "steps.mosaic.chunk": 64}, **OTHERS, **ON)
+                          **{"steps.mosaic.levels": 2, "steps.mosaic.chunk": 64}, **ON)
         run_pipeline(cfg, client=dask_client)
     return truth, out
 

@@ -1,0 +1,13 @@
+"""Config overrides that switch on exactly the named pipeline steps."""
+
+from __future__ import annotations
+
+from imaxt_pipeline.steps import STEP_ORDER
+
+
+def only_steps(*names: str) -> dict[str, bool]:
+    """Dotted ``steps.<name>.enabled`` overrides for ``load_config``: these steps on, every other step off."""
+    unknown = set(names) - set(STEP_ORDER)
+    if unknown:
+        raise KeyError(f"unknown steps {sorted(unknown)}")
+    return {f"steps.{step}.enabled": step in names for step in STEP_ORDER}
