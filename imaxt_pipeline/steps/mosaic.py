@@ -43,10 +43,11 @@ def geometry(ctx: StepContext) -> MosaicGeometry:
                            overlap=acq.overlap)
 
 
-def tile_positions(ctx: StepContext, geom: MosaicGeometry, slice_: int) -> np.ndarray:
-    """Mosaic-frame (y, x) of each tile of a slice: stitched if known, else nominal."""
+def tile_positions(ctx: StepContext, geom: MosaicGeometry, slice_: int, stitched: dict[str, list[float]]
+                   ) -> np.ndarray:
+    """Mosaic-frame (y, x) of each tile of a slice: from ``stitched`` (the
+    ``imaxt.stitch.tile_positions_px`` table) where known, else nominal."""
     acq = ctx.raw.acquisition
-    stitched = ctx.output.imaxt_attrs().get("stitch", {}).get("tile_positions_px", {})
     nominal = geom.to_mosaic(ctx.raw.stage_px(slice_, 0))
     out = nominal.copy()
     for t in range(acq.n_tiles):
@@ -87,8 +88,9 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     mosaic = _image(ctx, "mosaic", list(acq.channels), (n_ch, acq.n_planes, *geom.shape), params)
     confidence = _image(ctx, "confidence", ["confidence"], (1, acq.n_planes, *geom.shape), params)
     lazy = []
+    stitched = ctx.output.imaxt_attrs().get("stitch", {}).get("tile_positions_px", {})
     for s in ctx.slices:
-        positions = tile_positions(ctx, geom, s)
+        positions = tile_positions(ctx, geom, s, stitched)
         for z in range(acq.optical_sections):
             plane = s * acq.optical_sections + z
             lazy += fuse_blocks(partial(read_tile, ctx.raw, s, z), partial(write_block, mosaic, confidence, plane),
