@@ -102,3 +102,22 @@ def test_match_pair_empty_overlap_is_not_ok():
     assert not m
     assert m.shift == m.expected == (0.0, 112.0)
     assert (m.reference, m.moving) == (4, 5)
+
+
+def test_blocks_refined_together_match_one_by_one():
+    """The batched Gauss-Newton of a seam's blocks gives each block the fit it would get alone."""
+    from imaxt_pipeline.algorithms.subpixel import MovingSpline
+
+    rng = np.random.default_rng(5)
+    img = ndi.gaussian_filter(rng.uniform(0, 1000, (96, 160)), 2.0)
+    true = (1.3, -0.8)
+    moved = ndi.shift(img, (-true[0], -true[1]), order=3) + rng.normal(0, 2, img.shape)
+    regions = [(slice(10, 80), slice(x, x + 30)) for x in (10, 40, 70, 101)]  # last one a px wider
+    mov = MovingSpline(moved, None, (-10, 106, -10, 170))
+    together = mov.refine(img, None, regions, (1.0, -1.0))
+    for reg, est in zip(regions, together):
+        alone = refine_shift(img, moved, (1.0, -1.0), region=reg)
+        assert est and alone
+        np.testing.assert_allclose(est.shift, alone.shift, atol=1e-6)
+        np.testing.assert_allclose(est.sigma, alone.sigma, rtol=1e-3)
+        np.testing.assert_allclose(est.shift, true, atol=0.03)

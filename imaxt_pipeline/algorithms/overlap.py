@@ -12,7 +12,7 @@ Steps: masked (confidence-weighted) normalised cross-correlation over all
 integer shifts within ``max_shift`` of the stage prediction (FFT, Padfield
 2012), then Gauss-Newton minimisation of the weighted intensity residual
 ``Σ w (a(p) - g b(p - s) - o)^2`` for sub-pixel shift, gain and offset, on
-the whole overlap and then block by block.
+the whole overlap and then block by block (:mod:`.subpixel`).
 """
 
 from __future__ import annotations
@@ -23,21 +23,9 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
+from .subpixel import MovingSpline, ShiftEstimate, window_crop, refine_shift
+
 __all__ = ["PairMatch", "ShiftEstimate", "adjacent_pairs", "masked_ncc_shift", "match_pair", "refine_shift"]
-
-
-@dataclass(frozen=True)
-class ShiftEstimate:
-    """Sub-pixel shift of one region with its uncertainty and match quality."""
-
-    shift: tuple[float, float]
-    sigma: tuple[float, float]
-    ncc: float
-    n_pixels: int
-    converged: bool
-
-    def __bool__(self) -> bool:
-        return self.converged
 
 
 @dataclass(frozen=True)
@@ -152,112 +140,6 @@ def masked_ncc_shift(reference_image: np.ndarray, moving_image: np.ndarray, *, r
     return (int(iy) - max_shift, int(ix) - max_shift), float(ncc[iy, ix])
 
 
-def refine_shift(reference_image: np.ndarray, moving_image: np.ndarray, shift: tuple[float, float], *,
-                 reference_weights: np.ndarray | None = None, moving_weights: np.ndarray | None = None,
-                 region: tuple[slice, slice] | None = None, iterations: int = 15, tol: float = 1e-3,
-                 max_step: float = 3.0) -> ShiftEstimate:
-    """Sub-pixel shift minimising ``Σ w (ref(p) - g·mov(p - s) - o)^2`` by Gauss-Newton.
-
-    Parameters
-    ----------
-    reference_image, moving_image : ndarray (H, W)
-        Tiles (already smoothed if desired); they may differ in shape.
-    shift : (float, float)
-        Starting shift ``s`` (ref pixel ``p`` ↔ mov pixel ``p - s``).
-    reference_weights, moving_weights : ndarray, optional
-        Confidence maps (0 = ignore).
-    region : (slice, slice), optional
-        Pixels ``p`` of the reference taken into account (default all).
-    iterations, tol : int, float
-        Gauss-Newton stopping rule (shift update in px).
-    max_step : float
-        Largest accepted move from the starting shift; further means divergence.
-
-    Returns
-    -------
-    ShiftEstimate
-        Falsy when there are too few pixels, no texture or divergence.
-    """
-    a = np.asarray(reference_image, np.float64)
-    b = np.asarray(moving_image, np.float64)
-    wa = np.ones_like(a) if reference_weights is None else np.asarray(reference_weights, np.float64)
-    wb = np.ones_like(b) if moving_weights is None else np.asarray(moving_weights, np.float64)
-    region = region or (slice(0, a.shape[0]), slice(0, a.shape[1]))
-    ys = np.arange(a.shape[0])[region[0]]
-    xs = np.arange(a.shape[1])[region[1]]
-    py, px = np.meshgrid(ys.astype(np.float64), xs.astype(np.float64), indexing="ij")
-    av = a[region].ravel()
-    wav = wa[region].ravel()
-    py, px = py.ravel(), px.ravel()
-    s = np.array(shift, np.float64)
-    # Only the part of ``b`` the search can reach is interpolated: crop it (with a spline margin).
-    pad = int(np.ceil(max_step)) + 4
-    if py.size == 0:
-        return ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
-    by0 = max(0, int(np.floor(py.min() - s[0])) - pad)
-    by1 = min(b.shape[0], int(np.ceil(py.max() - s[0])) + pad + 1)
-    bx0 = max(0, int(np.floor(px.min() - s[1])) - pad)
-    bx1 = min(b.shape[1], int(np.ceil(px.max() - s[1])) + pad + 1)
-    if by1 - by0 < 4 or bx1 - bx0 < 4:
-        return ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
-    bcrop, wb = b[by0:by1, bx0:bx1], wb[by0:by1, bx0:bx1]
-    py, px = py - by0, px - bx0
-    s_off = np.array([by0, bx0], np.float64)
-    coef = ndi.spline_filter(bcrop, order=3, mode="mirror")
-    b = bcrop
-    start = s.copy()
-    g, o = 1.0, 0.0
-    fail = ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
-    converged = False
-    for _ in range(iterations):
-        qy, qx = py - s[0], px - s[1]
-        inside = (qy >= 0) & (qy <= b.shape[0] - 1) & (qx >= 0) & (qx <= b.shape[1] - 1)
-        wbq = ndi.map_coordinates(wb, [qy, qx], order=1, mode="constant", cval=0.0)
-        wt = wav * wbq * inside
-        sel = wt > 0
-        if sel.sum() < 32:
-            return fail
-        qy, qx, wt, av_s = qy[sel], qx[sel], wt[sel], av[sel]
-        bq = ndi.map_coordinates(coef, [qy, qx], order=3, mode="mirror", prefilter=False)
-        gy = 0.5 * (ndi.map_coordinates(coef, [qy + 0.5, qx], order=3, mode="mirror", prefilter=False)
-                    - ndi.map_coordinates(coef, [qy - 0.5, qx], order=3, mode="mirror", prefilter=False)) * 2
-        gx = 0.5 * (ndi.map_coordinates(coef, [qy, qx + 0.5], order=3, mode="mirror", prefilter=False)
-                    - ndi.map_coordinates(coef, [qy, qx - 0.5], order=3, mode="mirror", prefilter=False)) * 2
-        r = av_s - g * bq - o
-        # d r / d s = +g ∇b(q) (q = p - s); d r / d g = -b; d r / d o = -1
-        jac = np.stack([g * gy, g * gx, -bq, -np.ones_like(bq)], axis=1)
-        jw = jac * wt[:, None]
-        hess = jac.T @ jw
-        grad = jw.T @ r
-        try:
-            step = -np.linalg.solve(hess + 1e-9 * np.eye(4) * np.trace(hess), grad)
-        except np.linalg.LinAlgError:
-            return fail
-        s += step[:2]
-        g += step[2]
-        o += step[3]
-        if not np.all(np.isfinite(s)) or np.max(np.abs(s - start)) > max_step or g <= 0:
-            return fail
-        if np.max(np.abs(step[:2])) < tol:
-            converged = True
-            break
-    # Uncertainty from the final linearisation.
-    dof = max(float(wt.sum()) - 4.0, 1.0)
-    sigma2 = float(np.sum(wt * r * r)) / dof
-    try:
-        cov = np.linalg.inv(hess) * sigma2
-        sig = np.sqrt(np.maximum(np.diag(cov)[:2], 0.0))
-    except np.linalg.LinAlgError:
-        return fail
-    am = np.sum(wt * av_s) / wt.sum()
-    bm = np.sum(wt * bq) / wt.sum()
-    cov_ab = np.sum(wt * (av_s - am) * (bq - bm))
-    den = np.sqrt(np.sum(wt * (av_s - am) ** 2) * np.sum(wt * (bq - bm) ** 2))
-    ncc = float(cov_ab / den) if den > 0 else -1.0
-    return ShiftEstimate((float(s[0]), float(s[1])), (float(sig[0]), float(sig[1])), ncc, int(len(r)),
-                         converged and bool(np.all(np.isfinite(sig))))
-
-
 def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shift: tuple[float, float], *,
                reference_weights: np.ndarray | None = None, moving_weights: np.ndarray | None = None,
                reference: int = 0, moving: int = 1, max_shift: int = 15, block_size: int = 32,
@@ -293,37 +175,66 @@ def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shi
     PairMatch
         ``ok`` is False (and ``shift == expected``) when no reliable match exists.
     """
-    a = np.asarray(reference_tile, np.float64)
-    b = np.asarray(moving_tile, np.float64)
-    wa = np.ones_like(a) if reference_weights is None else np.asarray(reference_weights, np.float64)
-    wb = np.ones_like(b) if moving_weights is None else np.asarray(moving_weights, np.float64)
-    if smooth > 0:
-        a, b = ndi.gaussian_filter(a, smooth), ndi.gaussian_filter(b, smooth)
     expected = (float(expected_shift[0]), float(expected_shift[1]))
-    failed = PairMatch(reference, moving, expected, expected, -1.0, False)
+    e = np.rint(expected).astype(int)
+    # Work on the strips that can overlap (plus the search radius and the smoothing support):
+    # a seam is ~10 % of a tile, so this is most of the speed.
+    margin = max_shift + int(np.ceil(4 * smooth)) + 8
+    ha, wa_ = np.shape(reference_tile)
+    hb, wb_ = np.shape(moving_tile)
+    ya = (max(0, e[0] - margin), min(ha, hb + e[0] + margin))
+    xa = (max(0, e[1] - margin), min(wa_, wb_ + e[1] + margin))
+    yb = (max(0, -e[0] - margin), min(hb, ha - e[0] + margin))
+    xb = (max(0, -e[1] - margin), min(wb_, wa_ - e[1] + margin))
+    oa, ob = np.array([ya[0], xa[0]]), np.array([yb[0], xb[0]])
+
+    def strip(img, weights, ys, xs):
+        img = np.asarray(img[ys[0]:ys[1], xs[0]:xs[1]], np.float64)
+        wts = np.ones_like(img) if weights is None else np.asarray(weights[ys[0]:ys[1], xs[0]:xs[1]], np.float64)
+        return (ndi.gaussian_filter(img, smooth) if smooth > 0 else img), wts
+
+    a, wa = strip(reference_tile, reference_weights, ya, xa)
+    b, wb = strip(moving_tile, moving_weights, yb, xb)
+    to_strips = ob - oa  # shift in strip coordinates = shift - oa + ob
+    m = _match_strips(a, b, tuple(np.asarray(expected) + to_strips), wa, wb, max_shift=max_shift,
+                      block_size=block_size, min_ncc=min_ncc, sigma_floor=sigma_floor)
+    if m is None or not m[0]:
+        return PairMatch(reference, moving, expected, expected, -1.0 if m is None else m[1], False)
+    _, ncc, shift, pref, pmov, pw = m
+    return PairMatch(reference, moving, expected, tuple(float(v) for v in np.asarray(shift) - to_strips), ncc, True,
+                     pref + oa, pmov + ob, pw)
+
+
+def _match_strips(a, b, expected, wa, wb, *, max_shift, block_size, min_ncc, sigma_floor):
+    """:func:`match_pair` on smoothed strips: ``(ok, ncc, shift, points_a, points_b, weights)`` or None."""
     e = np.rint(expected).astype(int)
     h, w = a.shape
+    hb, wb_ = b.shape
     # Reference box = predicted overlap grown by max_shift, clipped to the tile.
-    y0, y1 = max(0, e[0] - max_shift), min(h, h + e[0] + max_shift)
-    x0, x1 = max(0, e[1] - max_shift), min(w, w + e[1] + max_shift)
+    y0, y1 = max(0, e[0] - max_shift), min(h, hb + e[0] + max_shift)
+    x0, x1 = max(0, e[1] - max_shift), min(w, wb_ + e[1] + max_shift)
     if y1 - y0 < 8 or x1 - x0 < 8:
-        return failed
+        return None
     box = (slice(y0, y1), slice(x0, x1))
     ca, cwa = a[box], wa[box]
-    cb, cwb = _crop(b, y0 - e[0], y1 - e[0], x0 - e[1], x1 - e[1]), _crop(wb, y0 - e[0], y1 - e[0], x0 - e[1], x1 - e[1])
+    cb, cwb = window_crop(b, y0 - e[0], y1 - e[0], x0 - e[1], x1 - e[1]), window_crop(wb, y0 - e[0], y1 - e[0], x0 - e[1], x1 - e[1])
     d, ncc0 = masked_ncc_shift(ca, cb, reference_mask=cwa, moving_mask=cwb, max_shift=max_shift)
     if ncc0 < min_ncc:
-        return PairMatch(reference, moving, expected, expected, ncc0, False)
+        return False, ncc0
     s0 = (float(e[0] + d[0]), float(e[1] + d[1]))
+    m = max(max_shift, 6) + 4
+    mov = MovingSpline(b, wb, (-m, hb + m, -m, wb_ + m))  # one spline serves every fit below
+
+    def fit(region, start, max_step):
+        return mov.refine(a, wa, [region], start, max_step=max_step, tol=1e-2)[0]
+
     # The integer NCC peak can sit a few px off when one object (a bead) dominates the overlap:
     # allow the refinement to travel, and fall back to the stage prediction as a start.
-    overall = refine_shift(a, b, s0, reference_weights=wa, moving_weights=wb, region=_overlap_box(a.shape, b.shape, s0),
-                           max_step=6.0)
+    overall = fit(_overlap_box(a.shape, b.shape, s0), s0, 6.0)
     if not overall:
-        overall = refine_shift(a, b, expected, reference_weights=wa, moving_weights=wb,
-                               region=_overlap_box(a.shape, b.shape, expected), max_step=float(max_shift))
+        overall = fit(_overlap_box(a.shape, b.shape, expected), expected, float(max_shift))
     if not overall or overall.ncc < min_ncc:
-        return PairMatch(reference, moving, expected, expected, max(ncc0, overall.ncc), False)
+        return False, max(ncc0, overall.ncc)
     pref, pmov, pw = [], [], []
     box = _overlap_box(a.shape, b.shape, overall.shift)
     # A grid of blocks over the overlap (long seams: one row of blocks; wide overlaps: several),
@@ -332,8 +243,8 @@ def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shi
              for sl in box]
     regions = [(slice(y0, y1), slice(x0, x1)) for y0, y1 in zip(edges[0][:-1], edges[0][1:])
                for x0, x1 in zip(edges[1][:-1], edges[1][1:])]
-    for reg in regions:
-        est = refine_shift(a, b, overall.shift, reference_weights=wa, moving_weights=wb, region=reg, max_step=4.0)
+    # The blocks only polish the seam-wide shift: a looser tolerance than its 1e-3 px is plenty.
+    for reg, est in zip(regions, mov.refine(a, wa, regions, overall.shift, max_step=4.0, tol=1e-2)):
         if not est or est.ncc < min_ncc:
             continue
         ww = wa[reg]
@@ -347,9 +258,8 @@ def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shi
         pmov.append((cy - est.shift[0], cx - est.shift[1]))
         pw.append(1.0 / var)
     if not pref:
-        return PairMatch(reference, moving, expected, expected, overall.ncc, False)
-    return PairMatch(reference, moving, expected, overall.shift, overall.ncc, True, np.array(pref), np.array(pmov),
-                     np.array(pw))
+        return False, overall.ncc
+    return True, overall.ncc, overall.shift, np.array(pref), np.array(pmov), np.array(pw)
 
 
 def _overlap_box(shape_a: tuple[int, int], shape_b: tuple[int, int], shift: tuple[float, float],
@@ -361,13 +271,3 @@ def _overlap_box(shape_a: tuple[int, int], shape_b: tuple[int, int], shift: tupl
     x0 = int(np.ceil(max(0.0, sx) + inset))
     x1 = int(np.floor(min(shape_a[1], shape_b[1] + sx) - inset))
     return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
-
-
-def _crop(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """``image[y0:y1, x0:x1]`` with zeros where the window leaves the image."""
-    out = np.zeros((y1 - y0, x1 - x0), image.dtype)
-    h, w = image.shape
-    sy0, sy1, sx0, sx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
-    if sy0 < sy1 and sx0 < sx1:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    return out

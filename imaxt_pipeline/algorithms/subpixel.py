@@ -1,0 +1,248 @@
+"""Sub-pixel shift of one image against another by Gauss-Newton on the intensity residual.
+
+Minimises ``Σ w (ref(p) - g·mov(p - s) - o)^2`` over the shift ``s``, a gain
+``g`` and an offset ``o``. ``mov`` is a cubic B-spline; because a region is a
+rectangle and its shift is the same over all of it, values and gradients at
+``p - s`` are separable 4-tap filters of the spline coefficients (no
+per-pixel coordinate arrays), and the blocks of one seam are iterated
+together as arrays, so one iteration for a whole seam is a few array
+operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["MovingSpline", "ShiftEstimate", "refine_shift", "window_crop"]
+
+
+@dataclass(frozen=True)
+class ShiftEstimate:
+    """Sub-pixel shift of one region with its uncertainty and match quality."""
+
+    shift: tuple[float, float]
+    sigma: tuple[float, float]
+    ncc: float
+    n_pixels: int
+    converged: bool
+
+    def __bool__(self) -> bool:
+        return self.converged
+
+
+def refine_shift(reference_image: np.ndarray, moving_image: np.ndarray, shift: tuple[float, float], *,
+                 reference_weights: np.ndarray | None = None, moving_weights: np.ndarray | None = None,
+                 region: tuple[slice, slice] | None = None, iterations: int = 15, tol: float = 1e-3,
+                 max_step: float = 3.0) -> ShiftEstimate:
+    """Sub-pixel shift minimising ``Σ w (ref(p) - g·mov(p - s) - o)^2`` by Gauss-Newton.
+
+    ``mov`` is a cubic B-spline; because the region is a rectangle and the
+    shift is the same for all of it, values and gradients at ``p - s`` are
+    separable 4-tap filters of the spline coefficients (no per-pixel
+    coordinate arrays), which keeps one iteration a few array operations.
+
+    Parameters
+    ----------
+    reference_image, moving_image : ndarray (H, W)
+        Tiles (already smoothed if desired); they may differ in shape.
+    shift : (float, float)
+        Starting shift ``s`` (ref pixel ``p`` ↔ mov pixel ``p - s``).
+    reference_weights, moving_weights : ndarray, optional
+        Confidence maps (0 = ignore).
+    region : (slice, slice), optional
+        Pixels ``p`` of the reference taken into account (default all).
+    iterations, tol : int, float
+        Gauss-Newton stopping rule (shift update in px).
+    max_step : float
+        Largest accepted move from the starting shift; further means divergence.
+
+    Returns
+    -------
+    ShiftEstimate
+        Falsy when there are too few pixels, no texture or divergence.
+    """
+    a = np.asarray(reference_image, np.float64)
+    region = region or (slice(0, a.shape[0]), slice(0, a.shape[1]))
+    ry0, ry1, _ = region[0].indices(a.shape[0])
+    rx0, rx1, _ = region[1].indices(a.shape[1])
+    # Only the part of ``mov`` the search can reach is interpolated (with margins for the spline taps).
+    m = int(np.ceil(max_step)) + 4
+    window = (int(np.floor(ry0 - shift[0])) - m, int(np.ceil(ry1 - shift[0])) + m,
+              int(np.floor(rx0 - shift[1])) - m, int(np.ceil(rx1 - shift[1])) + m)
+    mov = MovingSpline(moving_image, moving_weights, window)
+    return mov.refine(a, reference_weights, [(slice(ry0, ry1), slice(rx0, rx1))], shift, iterations=iterations,
+                      tol=tol, max_step=max_step)[0]
+
+
+class MovingSpline:
+    """Cubic B-spline of a window of the moving tile, with its confidence, ready for :meth:`refine`.
+
+    Built once per pair and shared by the whole-overlap and the block fits.
+    """
+
+    def __init__(self, image: np.ndarray, weights: np.ndarray | None, window: tuple[int, int, int, int]) -> None:
+        image = np.asarray(image, np.float64)
+        self.shape = image.shape
+        self.y0, self.y1, self.x0, self.x1 = window
+        self.coef = _padded_coefficients(image, *window)
+        wts = np.ones(image.shape) if weights is None else np.asarray(weights, np.float64)
+        self.weights = window_crop(wts, self.y0, self.y1 + 1, self.x0, self.x1 + 1)  # zero outside the tile
+
+    def refine(self, ref: np.ndarray, ref_weights: np.ndarray | None, regions: list[tuple[slice, slice]],
+               start: tuple[float, float], *, iterations: int = 15, tol: float = 1e-3,
+               max_step: float = 3.0) -> list[ShiftEstimate]:
+        """Gauss-Newton of :func:`refine_shift` for several regions of ``ref`` at once.
+
+        Each region gets its own shift, gain and offset; all are iterated
+        together as arrays (blocks of one seam differ by a pixel in size at
+        most: smaller ones are padded with zero weight).
+        """
+        n = len(regions)
+        ny = max(r[0].stop - r[0].start for r in regions)
+        nx = max(r[1].stop - r[1].start for r in regions)
+        if n == 0 or ny < 2 or nx < 2:
+            return [ShiftEstimate(tuple(map(float, start)), (np.inf, np.inf), -1.0, 0, False) for _ in regions]
+        refs = np.zeros((n, ny, nx))
+        wref = np.zeros((n, ny, nx))
+        for i, (ys, xs) in enumerate(regions):
+            h, w = ys.stop - ys.start, xs.stop - xs.start
+            refs[i, :h, :w] = ref[ys, xs]
+            wref[i, :h, :w] = 1.0 if ref_weights is None else ref_weights[ys, xs]
+        origin = np.array([(r[0].start, r[1].start) for r in regions], np.float64)
+        s = np.tile(np.asarray(start, np.float64), (n, 1))
+        gain, offset = np.ones(n), np.zeros(n)
+        active, ok = np.ones(n, bool), np.ones(n, bool)
+        for it in range(iterations + 1):
+            model = self._sample(refs, wref, origin - s)
+            ok &= model.valid
+            active &= ok
+            if not active.any() or it == iterations:
+                break
+            r = refs - gain[:, None, None] * model.value - offset[:, None, None]
+            jac = np.stack([gain[:, None, None] * model.grad_y, gain[:, None, None] * model.grad_x, -model.value,
+                            -np.ones_like(model.value)], axis=-1).reshape(n, -1, 4)
+            jw = jac * model.weight.reshape(n, -1, 1)
+            jwt = jw.transpose(0, 2, 1)
+            hess = jwt @ jac
+            grad = (jwt @ r.reshape(n, -1, 1))[..., 0]
+            trace = np.trace(hess, axis1=1, axis2=2)
+            good = active & ok & (trace > 0)
+            hess[~good] = np.eye(4)
+            step = -np.linalg.solve(hess + 1e-9 * trace[:, None, None] * np.eye(4), grad[..., None])[..., 0]
+            step[~good] = 0.0
+            s += step[:, :2]
+            gain += step[:, 2]
+            offset += step[:, 3]
+            diverged = ~np.all(np.isfinite(s), axis=1) | (np.max(np.abs(s - np.asarray(start)), axis=1) > max_step) \
+                | (gain <= 0)
+            ok &= ~(good & diverged)
+            done = np.max(np.abs(step[:, :2]), axis=1) < tol
+            active &= ok & ~done
+        converged = ok & ~active
+        return [self._estimate(i, s[i], model, refs[i], gain[i], offset[i], bool(converged[i])) for i in range(n)]
+
+    def _sample(self, refs: np.ndarray, wref: np.ndarray, first: np.ndarray) -> "_Samples":
+        """Spline value, gradient and combined weight at ``first + (i, j)`` for every block."""
+        n, ny, nx = refs.shape
+        y0, x0 = first[:, 0] - self.y0, first[:, 1] - self.x0  # window coordinates of each block's first sample
+        valid = (y0 >= 1) & (y0 + ny + 2 < self.coef.shape[0]) & (x0 >= 1) & (x0 + nx + 2 < self.coef.shape[1])
+        y0 = np.where(valid, y0, 1.0)
+        x0 = np.where(valid, x0, 1.0)
+        iy, ix = np.floor(y0).astype(int), np.floor(x0).astype(int)
+        ty, tx = y0 - iy, x0 - ix
+        rows = iy[:, None] - 1 + np.arange(ny + 3)
+        cols = ix[:, None] - 1 + np.arange(nx + 3)
+        win = self.coef[rows[:, :, None], cols[:, None, :]]
+        wy, dwy = _cubic_weights(ty)
+        wx, dwx = _cubic_weights(tx)
+        along_y, d_along_y = _taps(win, wy, ny, 1), _taps(win, dwy, ny, 1)
+        value, grad_x, grad_y = _taps(along_y, wx, nx, 2), _taps(along_y, dwx, nx, 2), _taps(d_along_y, wx, nx, 2)
+        lin = self.weights[rows[:, 1:ny + 2, None], cols[:, None, 1:nx + 2]]
+        wlin = _taps(_taps(lin, np.stack([1 - ty, ty], 1), ny, 1), np.stack([1 - tx, tx], 1), nx, 2)
+        qy = y0[:, None] + self.y0 + np.arange(ny)  # tile coordinates of the samples
+        qx = x0[:, None] + self.x0 + np.arange(nx)
+        inside = (((qy >= 0) & (qy <= self.shape[0] - 1))[:, :, None]
+                  & ((qx >= 0) & (qx <= self.shape[1] - 1))[:, None, :])
+        weight = wref * wlin * inside * valid[:, None, None]
+        valid &= np.count_nonzero(weight.reshape(n, -1), axis=1) >= 32
+        return _Samples(value, grad_y, grad_x, weight, valid)
+
+    @staticmethod
+    def _estimate(i: int, s: np.ndarray, model: "_Samples", ref: np.ndarray, gain: float, offset: float,
+                  converged: bool) -> ShiftEstimate:
+        """Shift, its uncertainty (final linearisation) and the NCC of block ``i``."""
+        fail = ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
+        wt, bq = model.weight[i], model.value[i]
+        wsum = float(wt.sum())
+        if not model.valid[i] or wsum <= 0:
+            return fail
+        r = ref - gain * bq - offset
+        jac = np.stack([gain * model.grad_y[i].ravel(), gain * model.grad_x[i].ravel(), -bq.ravel(),
+                        -np.ones(bq.size)], axis=1)
+        hess = jac.T @ (jac * wt.reshape(-1, 1))
+        sigma2 = float(np.sum(wt * r * r)) / max(wsum - 4.0, 1.0)
+        try:
+            sig = np.sqrt(np.maximum(np.diag(np.linalg.inv(hess) * sigma2)[:2], 0.0))
+        except np.linalg.LinAlgError:
+            return fail
+        am, bm = np.sum(wt * ref) / wsum, np.sum(wt * bq) / wsum
+        den = np.sqrt(np.sum(wt * (ref - am) ** 2) * np.sum(wt * (bq - bm) ** 2))
+        ncc = float(np.sum(wt * (ref - am) * (bq - bm)) / den) if den > 0 else -1.0
+        return ShiftEstimate((float(s[0]), float(s[1])), (float(sig[0]), float(sig[1])), ncc,
+                             int(np.count_nonzero(wt)), converged and bool(np.all(np.isfinite(sig))))
+
+
+@dataclass(frozen=True)
+class _Samples:
+    value: np.ndarray
+    grad_y: np.ndarray
+    grad_x: np.ndarray
+    weight: np.ndarray
+    valid: np.ndarray
+
+
+def _padded_coefficients(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Cubic B-spline coefficients of ``image[y0:y1, x0:x1]`` (mirror boundary), window may leave the image."""
+    h, w = image.shape
+    cy0, cy1, cx0, cx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+    coef = ndi.spline_filter(image[cy0:cy1, cx0:cx1], order=3, mode="mirror")
+    pads = ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1))
+    if any(p for pair in pads for p in pair):
+        # Outside the tile the samples get zero weight; mirrored values only keep the taps defined.
+        coef = np.pad(coef, pads, mode="reflect")
+    return coef
+
+
+def _cubic_weights(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cubic B-spline tap weights (B, 4) and their derivatives for samples ``t`` in [0, 1) past tap 1."""
+    u = 1.0 - t
+    w = np.stack([u**3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], axis=1) / 6.0
+    dw = np.stack([-(u**2), 3 * t**2 - 4 * t, -3 * t**2 + 2 * t + 1, t**2], axis=1) / 2.0
+    return w, dw
+
+
+def _taps(arr: np.ndarray, weights: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """``Σ_k weights[b, k] * arr[b, ..., k : k + n, ...]`` along ``axis``, per block ``b``."""
+    idx = [slice(None)] * arr.ndim
+    shape = [-1] + [1] * (arr.ndim - 1)
+    out = None
+    for k in range(weights.shape[1]):
+        idx[axis] = slice(k, k + n)
+        term = weights[:, k].reshape(shape) * arr[tuple(idx)]
+        out = term if out is None else out + term
+    return out
+
+
+def window_crop(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """``image[y0:y1, x0:x1]`` with zeros where the window leaves the image."""
+    out = np.zeros((y1 - y0, x1 - x0), image.dtype)
+    h, w = image.shape
+    sy0, sy1, sx0, sx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+    if sy0 < sy1 and sx0 < sx1:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
