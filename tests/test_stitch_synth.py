@@ -8,8 +8,11 @@ common translation, over the tiles that an informative pair constrains
 
 The overlaps cannot tell a global magnification from the tile spacing (both
 scale the whole mosaic), so the simulated ``mag_y, mag_x`` (about 0.15 %)
-leave a scale error of about 0.35 px per tile step; it is checked separately
-(error after removing translation and per-axis scale).
+leave a scale error of about 0.35 px per tile step; without a calibration the
+solver keeps the nominal pixel size (magnification 0). The error after
+removing translation and per-axis scale is checked separately: that is what
+the overlaps determine. With a distortion calibration (from a calibration
+acquisition) the scale is fixed too: ``tests/test_distortion_calibration.py``.
 """
 
 from __future__ import annotations
@@ -74,10 +77,11 @@ def test_positions_match_truth(stitched):
     err = _errors(sol.positions, true, keep)
     before = _errors(stage, true, keep)
     assert np.max(err) <= 2.0, (name, err)
-    assert np.median(err) <= 0.75, (name, err)
-    assert np.median(err) < 0.3 * np.median(before)
+    assert np.median(err) <= 0.5, (name, err)
+    assert np.median(err) < 0.2 * np.median(before)
+    # What the overlaps determine (all but the scale) reaches the 0.1 px target.
     err_s = _errors(sol.positions, true, keep, scale=True)
-    assert np.median(err_s) <= 0.2 and np.max(err_s) <= 1.0, (name, err_s)
+    assert np.median(err_s) <= 0.1 and np.max(err_s) <= 0.3, (name, err_s)
 
 
 def test_unconstrained_tiles_are_empty(stitched):
