@@ -106,8 +106,9 @@ def estimate_calibration(tiles: np.ndarray, *, dark: float | Sequence[float] | N
         fraction of the tile overlap (a quarter, say) so matching keeps it.
     shared_flat : bool
         Use one flat field for all channels (the vignetting of the shared
-        optics), taken from the channel with the best tissue/agarose
-        contrast; the other channels' dark offsets are refitted with it.
+        optics), taken from the channel that pins it best (most agarose
+        and tissue blocks, least scatter: ``TileModel.support``); the other
+        channels' dark offsets are refitted with it.
 
     Returns
     -------
@@ -124,10 +125,9 @@ def estimate_calibration(tiles: np.ndarray, *, dark: float | Sequence[float] | N
     kw = dict(degree=degree, trim_threshold=trim_threshold, max_trim_px=max_trim_px)
     models = [estimate_tile_model(arr[i], dark=None if given is None else float(given[i]), **kw) for i in range(c)]
     if shared_flat and c > 1:
-        # Vignetting is a property of the shared optics: take the flat of the channel whose tissue
-        # stands out most from the agarose (best separated from the dark) and refit the others' dark.
-        score = [m.contrast if m.dark_source in ("two-level fit", "given") and np.isfinite(m.contrast) else 0.0
-                 for m in models]
+        # Vignetting is a property of the shared optics: take the flat of the channel that pins it
+        # best (a speckled nuclear stain has few clean tissue blocks) and refit the others' dark.
+        score = [m.support for m in models]
         ref = int(np.argmax(score))
         models = [m if i == ref else estimate_tile_model(arr[i], dark=None if given is None else float(given[i]),
                                                          flat=models[ref].flat, **kw) for i, m in enumerate(models)]

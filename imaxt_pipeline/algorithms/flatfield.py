@@ -1,27 +1,34 @@
-"""Tile calibration: dark offset, flat field, stray light, border trim, confidence.
+"""Tile calibration: dark offset, flat field and stray light, estimated from the tiles themselves.
 
 A detector tile is modelled as::
 
     raw(p) = dark + flat(p) * scene(p) + stray(p)
 
-with ``flat`` a smooth multiplicative vignetting profile (1 at its maximum
-region, mean 1 over the tile) and ``stray`` an additive profile that decays
-from one or more tile borders. :func:`estimate_tile_model` estimates all three
-from the tiles themselves, no calibration frames needed:
+with ``flat`` a smooth multiplicative vignetting profile (mean 1 over the
+tile) and ``stray`` an additive profile that decays from one or more tile
+borders (:mod:`.seams`). :func:`estimate_tile_model` estimates all
+three, no calibration frames needed:
 
-1. tiles are reduced to blocks; blocks are split into a dim class (empty
-   agarose, constant scene level ``A``) and a bright class (tissue, level
-   ``S`` on average) by Otsu's threshold;
-2. per block position, the median of each class gives two images
-   ``B = dark + A f`` and ``T = dark + S f``; a smooth polynomial fitted to
-   ``T`` gives the shape, regressing ``B`` on it gives ``A / S`` and so the
-   dark offset (two scene levels seen through the same flat field separate
-   the additive and multiplicative terms);
-3. the flat is the polynomial fitted to both classes (dark removed);
-4. the stray light is what the dim class shows beyond ``dark + A f`` in the
-   lines next to each border.
+1. tiles are reduced to blocks; once the current dark and flat are removed,
+   blocks are split into a dim class (empty agarose) and a bright class
+   (tissue) by Otsu's threshold on a log scale; beads and blocks astride a
+   class edge are left out;
+2. every (tile, class) group has its own scene level ``L``, so a block at
+   position ``p`` is ``dark + flat(p) * L``, with the flat a low-degree
+   polynomial. Groups are weighted by the relative scatter of their class:
+   agarose is nearly uniform and, where a tile has much of it, pins the
+   flat, while textured tissue weighs less;
+3. for a given dark this is solved by alternating least squares; the dark
+   is where the residual is smallest (two scene levels seen through one
+   flat separate additive and multiplicative terms). Both classes are
+   treated alike, so the noisier one does not bias the dark, as a
+   regression of one class on a fit of the other would;
+4. the fit is repeated with the classes redrawn and outlying blocks
+   down-weighted; after the first pass the stray light is measured and the
+   border lines it does not dominate join the fit (the seams lie there).
 
-Nothing here reads or writes storage.
+:func:`.seams.overlap_mismatch` checks a calibration where it shows: the
+seams of the mosaic. Nothing here reads or writes storage.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
+from scipy import ndimage as ndi, optimize
+
+from .seams import Trim, confidence_map, estimate_stray, overlap_mismatch, trim_from_stray
 
 __all__ = [
     "TileModel",
@@ -40,26 +49,6 @@ __all__ = [
     "estimate_tile_model",
     "overlap_mismatch",
 ]
-
-_SIDES = ("top", "bottom", "left", "right")
-
-
-@dataclass(frozen=True)
-class Trim:
-    """Rows/columns to ignore at each tile border (stray light, scan turnarounds)."""
-
-    top: int = 0
-    bottom: int = 0
-    left: int = 0
-    right: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {"top": self.top, "bottom": self.bottom, "left": self.left, "right": self.right}
-
-    def valid(self, shape: tuple[int, int]) -> tuple[slice, slice]:
-        """Slices of the kept region of a tile of ``shape``."""
-        h, w = shape
-        return slice(self.top, h - self.bottom), slice(self.left, w - self.right)
 
 
 @dataclass(frozen=True)
@@ -84,8 +73,11 @@ class TileModel:
         data could not separate them (no bright or no dim class);
         ``"flat + dim-class fit"`` when a known flat was given.
     contrast : float
-        Median bright-class over median dim-class block level (raw counts):
-        how well this channel separates dark from flat.
+        Median bright-class over median dim-class block level (raw counts).
+    support : float
+        ``min(n / s²)`` over the two classes of the last fit that separated
+        the dark from the flat (``n`` blocks of relative scatter ``s``; 0 if
+        none did): how well this channel pins dark and flat.
     """
 
     dark: float
@@ -95,6 +87,7 @@ class TileModel:
     background: float
     dark_source: str
     contrast: float = float("nan")
+    support: float = 0.0
 
 
 def estimate_dark(tiles: np.ndarray, *, percentile: float = 0.5, smooth: float = 2.0) -> float:
@@ -122,10 +115,10 @@ def estimate_dark(tiles: np.ndarray, *, percentile: float = 0.5, smooth: float =
     return float(np.percentile(np.stack([ndi.gaussian_filter(t, smooth) for t in flat]), percentile))
 
 
-def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: np.ndarray | None = None, block: int | None = None,
-                        edge_px: int | None = None, degree: int = 2, stray_floor: float = 0.5,
-                        trim_threshold: float = 1.0, max_trim_px: int | None = None,
-                        bead_factor: float = 3.0) -> TileModel:
+def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: np.ndarray | None = None,
+                        block: int | None = None, edge_px: int | None = None, degree: int = 2,
+                        stray_floor: float = 0.5, trim_threshold: float = 1.0, max_trim_px: int | None = None,
+                        bead_factor: float = 3.0, passes: int = 3) -> TileModel:
     """Dark offset, flat field and stray light of one channel from its tiles.
 
     Parameters
@@ -136,12 +129,12 @@ def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: n
         Known dark offset; estimated when None.
     flat : ndarray (H, W), optional
         Known flat field (e.g. another channel's, the optics being shared);
-        the dark then comes from a straight-line fit of the dim class.
+        only the dark, levels and stray light are then fitted.
     block : int, optional
         Block edge in px for the statistics (default ``min(H, W) // 32``, >= 4).
     edge_px : int, optional
-        Border width excluded from the smooth fits and searched for stray
-        light (default 8 % of the tile, >= 2 blocks).
+        Border width left out of the first fit and searched for stray light
+        (default 8 % of the tile, >= 2 blocks).
     degree : int
         Total degree of the polynomial flat surface.
     stray_floor : float
@@ -156,6 +149,8 @@ def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: n
     bead_factor : float
         Bright blocks above this multiple of the median bright block (beads)
         are left out of the tissue class.
+    passes : int
+        Fits, each with the classes redrawn from the previous one.
 
     Returns
     -------
@@ -164,7 +159,7 @@ def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: n
     Raises
     ------
     ValueError
-        If ``tiles`` is not 3-D or too small.
+        If ``tiles`` is not 3-D or too small, or ``flat`` does not match.
     """
     arr = np.asarray(tiles, dtype=np.float32)
     if arr.ndim != 3:
@@ -174,86 +169,63 @@ def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: n
     e = edge_px if edge_px is not None else max(2 * b, int(0.08 * min(h, w)))
     if min(h, w) < 4 * b or min(h, w) <= 2 * e + 2 * b:
         raise ValueError(f"tiles of shape {(h, w)} too small for block {b} and edge {e}")
-    hb, wb = h // b, w // b
-    blocks = arr[:, : hb * b, : wb * b].reshape(t, hb, b, wb, b).mean(axis=(2, 4))
+    blocks = _block_means(arr, b)
+    hb, wb = blocks.shape[1:]
     cy, cx = (np.arange(hb) + 0.5) * b - 0.5, (np.arange(wb) + 0.5) * b - 0.5
-    inner = np.outer((cy - b / 2 >= e) & (cy + b / 2 <= h - e), (cx - b / 2 >= e) & (cx + b / 2 <= w - e))
-    vals = blocks[:, inner]
-    # Two classes on a log scale: dim (agarose) and bright (tissue); very bright outliers (beads,
-    # several times the typical tissue level) are left out of the bright class. A fixed upper cut
-    # inside the tissue distribution would truncate it and bias its per-position median.
-    from skimage.filters import threshold_otsu
-
-    lo_thr = float(np.exp(threshold_otsu(np.log(np.maximum(vals, 1.0)))))
-    dim = blocks < lo_thr
-    bright_vals = vals[vals >= lo_thr]
-    hi_cap = bead_factor * float(np.median(bright_vals)) if bright_vals.size else np.inf
-    # Statistics from blocks whose 8 neighbours share their class: blocks astride a tissue edge
-    # mix both levels and would bias the dim class up and the bright class down.
-    core = np.ones((1, 3, 3), bool)
-    dim_core = ndi.binary_erosion(dim, core, border_value=1)
-    bright_core = ndi.binary_erosion(~dim & (blocks < hi_cap), core, border_value=1)
-    low_b, n_b = _class_median(blocks, dim_core)
-    high_b, n_t = _class_median(blocks, bright_core)
     basis = _poly_basis(cy, cx, (h, w), degree)
-    ok_t, ok_b = inner & (n_t >= 2), inner & (n_b >= 2)
-    source = "given" if dark is not None else "low-percentile"
-    contrast = float("nan")
-    if ok_t.any() and ok_b.any():
-        contrast = float(np.median(high_b[ok_t]) / max(np.median(low_b[ok_b]), 1e-6))
+    region = np.outer((cy - b / 2 >= e) & (cy + b / 2 <= h - e), (cx - b / 2 >= e) & (cx + b / 2 <= w - e))
+    coef = None
     if flat is not None:
         flat = np.asarray(flat, np.float64)
         if flat.shape != (h, w):
             raise ValueError(f"flat of shape {flat.shape} does not match the tiles' {(h, w)}")
         flat = flat / flat.mean()
+        fb = _block_means(flat[None], b)[0]
+    else:
+        coef = np.zeros(basis.shape[-1])
+        coef[0] = 1.0
+        fb = basis @ coef
+        flat = np.ones((h, w))
+    d = float(np.percentile(blocks, 0.5)) if dark is None else float(dark)
+    source = "given" if dark is not None else "low-percentile"
+    robust = np.ones(blocks.shape)
+    stray = np.zeros((h, w))
+    stray_b = np.zeros((hb, wb))
+    background, contrast, support, dim = 0.0, float("nan"), 0.0, np.zeros(blocks.shape, bool)
+    for it in range(max(1, passes)):
+        data = blocks - stray_b
+        dim, cls = _classes(data, d, fb, bead_factor)
+        if (cls == 0).any() and (cls == 1).any():
+            contrast = float(np.median(blocks[cls == 1]) / max(np.median(blocks[cls == 0]), 1e-6))
+        fit = _LevelFit(data, cls, region, robust, basis, coef, fb, d)
+        if fit.n_groups == 0:
+            break
+        separated = dark is not None
         if dark is None:
-            dark = float(np.percentile(blocks, 0.5))
-            fb = _eval_at(flat, cy, cx, b)
-            if ok_b.sum() >= 3 and np.ptp(fb[ok_b]) > 0:
-                # dim class: B = dark + A f with the flat known, a straight-line fit
-                x, y, wt = fb[ok_b], low_b[ok_b], np.sqrt(n_b[ok_b])
-                design = np.stack([np.ones_like(x), x], axis=1) * wt[:, None]
-                (dark_fit, level), *_ = np.linalg.lstsq(design, y * wt, rcond=None)
-                if level > 0:
-                    dark, source = float(dark_fit), "flat + dim-class fit"
-    else:
-        dark, source, flat = _dark_and_flat(high_b, low_b, ok_t, ok_b, n_t, n_b, basis, blocks, dark, source,
-                                            cy, cx, (h, w), degree)
-    background = float(np.median((low_b[ok_b] - dark) / _eval_at(flat, cy, cx, b)[ok_b])) if ok_b.any() else 0.0
-    stray = _stray(arr, dim, b, dark, flat, background, e, stray_floor)
+            d_fit = fit.best_dark()
+            separated = d_fit is not None
+            if separated:
+                d, source = d_fit, "two-level fit" if coef is not None else "flat + dim-class fit"
+        support = fit.support() if separated else 0.0
+        # One scene level cannot tell the flat from a dark error: keep the flat (uniform at first) then.
+        new_coef, levels, _ = fit.solve(d, fit_flat=separated)
+        robust[fit.index] = fit.robust_weights(d, new_coef, levels)
+        if coef is not None and separated:
+            coef = new_coef
+            fb = basis @ coef
+            flat = _eval_poly(coef, np.arange(h, dtype=float), np.arange(w, dtype=float), (h, w), degree)
+            flat = np.maximum(flat / flat.mean(), 0.05)
+        dim_levels = levels[fit.group_class == 0]
+        background = float(np.median(dim_levels)) if dim_levels.size else 0.0
+        if it == 0 or it == passes - 1:
+            stray = estimate_stray(arr, dim, b, d, flat, background, e, stray_floor)
+            stray_b = _block_means(stray[None], b)[0]
+            # From now on the fit reaches the border lines, where the seams are, unless stray light rules them.
+            region = stray_b <= 0.1 * max(background, stray_floor)
     cap = e // 2 if max_trim_px is None else int(max_trim_px)
-    limit = max(trim_threshold * background, stray_floor)
-    trim = Trim(**{s: min(cap, _run(_side_profile(stray, s) > limit)) for s in _SIDES})
-    return TileModel(dark, flat.astype(np.float32), stray.astype(np.float32), trim, background, source, contrast)
-
-
-def confidence_map(shape: tuple[int, int], *, trim: Trim | None = None, feather: float = 0.0,
-                   flat: np.ndarray | None = None, min_flat: float = 0.3) -> np.ndarray:
-    """Per-pixel weight of a tile in fusion and matching.
-
-    0 on trimmed borders (and where ``flat < min_flat``: too vignetted to
-    trust); 1 elsewhere, or, with ``feather > 0``, a linear ramp from 0 at
-    the kept border to 1 at ``feather`` px inside it, which blends seams.
-
-    Returns
-    -------
-    ndarray (H, W) float32 in [0, 1]
-    """
-    h, w = shape
-    trim = trim or Trim()
-    sy, sx = trim.valid((h, w))
-    conf = np.zeros((h, w), np.float32)
-    if feather > 0:
-        yy = np.arange(h, dtype=np.float32)
-        xx = np.arange(w, dtype=np.float32)
-        ry = np.clip(np.minimum(yy - sy.start + 1, sy.stop - yy) / feather, 0, 1)
-        rx = np.clip(np.minimum(xx - sx.start + 1, sx.stop - xx) / feather, 0, 1)
-        conf[sy, sx] = (ry[:, None] * rx[None, :])[sy, sx]
-    else:
-        conf[sy, sx] = 1.0
-    if flat is not None:
-        conf[np.asarray(flat) < min_flat] = 0.0
-    return conf
+    trim = trim_from_stray(stray, max(trim_threshold * background, stray_floor), cap)
+    return TileModel(float(d), flat.astype(np.float32), stray.astype(np.float32), trim, background, source, contrast,
+                     support)
 
 
 def apply_flat(tile: np.ndarray, flat: np.ndarray, *, dark: float | np.ndarray = 0.0,
@@ -265,70 +237,131 @@ def apply_flat(tile: np.ndarray, flat: np.ndarray, *, dark: float | np.ndarray =
     return (out / np.asarray(flat, np.float32)).astype(np.float32, copy=False)
 
 
-def overlap_mismatch(reference_image: np.ndarray, moving_image: np.ndarray, *, weights: np.ndarray | None = None) -> float:
-    """Relative intensity mismatch of two co-registered overlap regions.
+class _LevelFit:
+    """Weighted least squares of ``block = dark + f(p) * L_g`` over (tile, class) groups ``g``.
 
-    ``Σ w |a - b| / Σ w (|a| + |b|) * 2``: 0 for identical regions; used to
-    check that flat-field correction makes neighbouring tiles agree.
+    ``f`` is the polynomial ``basis @ coef`` (mean 1 over the blocks), or
+    the given flat when ``coef`` is None. Each group is weighted by
+    ``1 / (s L)²`` with ``s`` the relative scatter of its class, frozen at
+    construction so that residuals at different darks compare. Per-group
+    sums make every step cost O(groups), not O(blocks).
     """
-    a = np.asarray(reference_image, np.float64)
-    b = np.asarray(moving_image, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"images must have the same shape, got {a.shape} and {b.shape}")
-    w = np.ones_like(a) if weights is None else np.asarray(weights, np.float64)
-    den = np.sum(w * (np.abs(a) + np.abs(b)))
-    return float(2.0 * np.sum(w * np.abs(a - b)) / den) if den > 0 else 0.0
+
+    def __init__(self, data, cls, region, robust, basis, coef, fb, dark, min_blocks: int = 3):
+        sel = (cls >= 0) & region[None]
+        ii, yy, xx = np.nonzero(sel)
+        key = ii * 2 + cls[sel]
+        _, g, counts = np.unique(key, return_inverse=True, return_counts=True)
+        keep = counts[g] >= min_blocks
+        uniq, g = np.unique(key[keep], return_inverse=True)
+        self.index = (ii[keep], yy[keep], xx[keep])
+        self.n_groups, self.g = len(uniq), g
+        self.group_class = (uniq % 2).astype(int)
+        self.cls_row = self.group_class[g]
+        self.y = data[self.index].astype(np.float64)
+        self.coef = None if coef is None else np.array(coef, float)
+        self.P = basis[self.index[1:]] if coef is not None else fb[self.index[1:]][:, None]
+        self.mean_basis = basis.reshape(-1, basis.shape[-1]).mean(axis=0)
+        if not self.n_groups:
+            return
+        rel = (self.y - dark) / np.maximum(self.P @ (self.coef if coef is not None else [1.0]), 1e-6)
+        level = np.array([np.median(rel[g == k]) for k in range(self.n_groups)])
+        self.scatter = np.ones(2)
+        for k in (0, 1):
+            r = rel[self.cls_row == k] / level[g[self.cls_row == k]] - 1
+            if r.size:
+                self.scatter[k] = max(1.4826 * np.median(np.abs(r - np.median(r))), 1e-3)
+        self.scale = self.scatter[self.group_class] * np.maximum(np.abs(level), 1e-3)
+        w = robust[self.index] / self.scale[g] ** 2
+        n, y, P = self.n_groups, self.y, self.P
+        self.s0, self.s1, self.s2 = (np.bincount(g, w * y**k, n) for k in range(3))
+        self.c = np.stack([np.bincount(g, w * p, n) for p in P.T], axis=1)
+        self.a = np.stack([np.bincount(g, w * y * p, n) for p in P.T], axis=1)
+        self.m = np.stack([np.stack([np.bincount(g, w * pi * pj, n) for pj in P.T], -1) for pi in P.T], -1)
+
+    def solve(self, dark: float, *, fit_flat: bool = True, iters: int = 100, tol: float = 1e-9):
+        """Flat coefficients (None when given), group levels and weighted residual sum at ``dark``."""
+        fixed = self.coef is None or not fit_flat
+        coef = np.ones(1) if self.coef is None else self.coef
+        ay = self.a - dark * self.c  # per group: sum w y p
+        yy = self.s2 - 2 * dark * self.s1 + dark * dark * self.s0
+        prev = np.inf
+        for _ in range(iters):
+            fy, ff = ay @ coef, np.einsum("i,gij,j->g", coef, self.m, coef)
+            levels = fy / np.maximum(ff, 1e-300)
+            obj = float(np.sum(yy - levels * fy))
+            if fixed or prev - obj <= tol * abs(obj):
+                break
+            prev = obj
+            coef = np.linalg.lstsq(np.einsum("g,gij->ij", levels**2, self.m), levels @ ay, rcond=None)[0]
+            coef = coef / max(float(self.mean_basis @ coef), 1e-12)
+        if not fixed:
+            self.coef = coef
+        return (None if self.coef is None else coef), levels, obj
+
+    def objective(self, dark: float) -> float:
+        return self.solve(dark)[2]
+
+    def best_dark(self, n_grid: int = 16, min_ratio: float = 1.5) -> float | None:
+        """Dark with the smallest residual, or None when the data cannot tell.
+
+        That is: one class only, a minimum at the end of the range searched,
+        or class levels less than ``min_ratio`` apart (one population split
+        in two, e.g. tiles of pure agarose).
+        """
+        counts = np.bincount(self.cls_row, minlength=2)
+        if counts.sum() < 3 or self.coef is not None and counts.min() < 3 * self.P.shape[1]:
+            return None
+        low = self.y[self.cls_row == (0 if counts[0] else 1)]
+        hi = float(np.percentile(low, 1.0))
+        lo = min(0.0, hi) - 2 * abs(float(np.median(low)) - hi)
+        grid = np.linspace(lo, hi, n_grid)
+        obj = [self.objective(x) for x in grid]
+        j = int(np.argmin(obj))
+        if j in (0, n_grid - 1):
+            return None
+        res = optimize.minimize_scalar(self.objective, bounds=(grid[j - 1], grid[j + 1]), method="bounded",
+                                       options={"xatol": 1e-3 * (hi - lo)})
+        levels = self.solve(res.x)[1]
+        if counts.min() and np.median(levels[self.group_class == 1]) < min_ratio * np.median(
+                levels[self.group_class == 0]):
+            return None
+        return float(res.x)
+
+    def support(self) -> float:
+        """``min(n / s²)`` over the classes: blocks ``n`` of relative scatter ``s``."""
+        return float(np.min(np.bincount(self.cls_row, minlength=2) / self.scatter ** 2))
+
+    def robust_weights(self, dark: float, coef: np.ndarray | None, levels: np.ndarray, c: float = 4.685) -> np.ndarray:
+        """Tukey biweights of the blocks' standardised residuals for a solution of :meth:`solve`."""
+        f = self.P @ (np.ones(1) if coef is None else coef)
+        z = (self.y - dark - f * levels[self.g]) / self.scale[self.g] / c
+        return np.where(np.abs(z) < 1, (1 - z * z) ** 2, 0.0)
 
 
-def _dark_and_flat(high_b, low_b, ok_t, ok_b, n_t, n_b, basis, blocks, dark, source, cy, cx, shape, degree):
-    """Two-level separation of dark and flat (see :func:`estimate_tile_model`, steps 2-3)."""
-    h, w = shape
-    if dark is None:
-        d0 = float(np.percentile(blocks, 0.5))
-        dark = d0
-        if ok_t.sum() >= 3 * basis.shape[-1] and ok_b.sum() >= 3 * basis.shape[-1]:
-            fit_t = _fit(basis, high_b, ok_t, n_t)
-            # B = alpha + beta * T_hat  with  beta = A / S  and  alpha = dark * (1 - beta)
-            x, y, wt = fit_t[ok_b], low_b[ok_b], np.sqrt(n_b[ok_b])
-            design = np.stack([np.ones_like(x), x], axis=1) * wt[:, None]
-            (alpha, beta), *_ = np.linalg.lstsq(design, y * wt, rcond=None)
-            if 0.0 < beta < 0.9 and np.ptp(x) > 0:
-                dark = float(alpha / (1.0 - beta))
-                source = "two-level fit"
-    dark = float(dark)
-    # Flat: both classes, dark removed, each normalised to its own median, one polynomial.
-    samples, weights = [], []
-    for img, ok, n in ((high_b, ok_t, n_t), (low_b, ok_b, n_b)):
-        if ok.sum() >= basis.shape[-1]:
-            sig = img - dark
-            level = float(np.median(sig[ok]))
-            if level > 0:
-                samples.append(np.where(ok, sig / level, np.nan))
-                weights.append(np.where(ok, n * level, 0.0))
-    if samples:
-        num = sum(np.nan_to_num(s) * wgt for s, wgt in zip(samples, weights))
-        den = sum(weights)
-        rel = np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
-        coef = _fit_coef(basis, rel, den > 0, den)
-        gy = np.arange(h, dtype=np.float64)
-        gx = np.arange(w, dtype=np.float64)
-        flat = _eval_poly(coef, gy, gx, (h, w), degree)
-    else:
-        flat = np.ones((h, w))
-    flat = np.maximum(flat / flat.mean(), 0.05)
-    return float(dark), source, flat
+def _classes(blocks: np.ndarray, dark: float, fb: np.ndarray, bead_factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Dim mask and class per block (0 dim core, 1 bright core, -1 left out) of the dark- and flat-corrected blocks."""
+    from skimage.filters import threshold_otsu
+
+    v = (blocks - dark) / np.maximum(fb, 1e-6)
+    lv = np.log(np.maximum(v, 1.0))
+    thr = float(np.exp(threshold_otsu(lv))) if np.ptp(lv) > 0 else np.inf
+    dim = v < thr
+    bright = v[~dim]
+    # Very bright outliers (beads, several times the typical tissue level) are left out of the bright class.
+    cap = bead_factor * float(np.median(bright)) if bright.size else np.inf
+    # Blocks astride a tissue edge mix both levels: keep blocks whose 8 neighbours share their class.
+    core = np.ones((1, 3, 3), bool)
+    cls = np.full(blocks.shape, -1, np.int8)
+    cls[ndi.binary_erosion(dim, core, border_value=1)] = 0
+    cls[ndi.binary_erosion(~dim & (v < cap), core, border_value=1)] = 1
+    return dim, cls
 
 
-def _class_median(blocks: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sel = np.where(mask, blocks, np.nan)
-    n = np.sum(np.isfinite(sel), axis=0)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(sel, axis=0)
-    return med, n.astype(float)
+def _block_means(arr: np.ndarray, b: int) -> np.ndarray:
+    t, h, w = arr.shape
+    hb, wb = h // b, w // b
+    return arr[:, : hb * b, : wb * b].reshape(t, hb, b, wb, b).mean(axis=(2, 4), dtype=np.float64)
 
 
 def _terms(degree: int) -> list[tuple[int, int]]:
@@ -342,89 +375,5 @@ def _poly_basis(yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int], degree: 
     return np.stack([np.outer(v**j, u**i) for i, j in _terms(degree)], axis=-1)
 
 
-def _fit_coef(basis: np.ndarray, img: np.ndarray, ok: np.ndarray, n: np.ndarray) -> np.ndarray:
-    wt = np.sqrt(n[ok])
-    coef, *_ = np.linalg.lstsq(basis[ok] * wt[:, None], img[ok] * wt, rcond=None)
-    return coef
-
-
-def _fit(basis: np.ndarray, img: np.ndarray, ok: np.ndarray, n: np.ndarray) -> np.ndarray:
-    return basis @ _fit_coef(basis, img, ok, n)
-
-
 def _eval_poly(coef: np.ndarray, yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int], degree: int) -> np.ndarray:
-    h, w = shape
-    v = (yy - (h - 1) / 2) / (h / 2)
-    u = (xx - (w - 1) / 2) / (w / 2)
-    out = np.zeros((len(yy), len(xx)))
-    for c, (i, j) in zip(coef, _terms(degree)):
-        out += c * np.outer(v**j, u**i)
-    return out
-
-
-def _eval_at(flat: np.ndarray, cy: np.ndarray, cx: np.ndarray, b: int) -> np.ndarray:
-    iy = np.clip(np.rint(cy).astype(int), 0, flat.shape[0] - 1)
-    ix = np.clip(np.rint(cx).astype(int), 0, flat.shape[1] - 1)
-    return flat[np.ix_(iy, ix)]
-
-
-def _stray(arr: np.ndarray, dim: np.ndarray, b: int, dark: float, flat: np.ndarray, background: float, e: int,
-           floor: float) -> np.ndarray:
-    """Additive excess over ``dark + background * flat`` next to each border, from dim bands."""
-    t, h, w = arr.shape
-    hb, wb = dim.shape[1:]
-    k = int(np.ceil(e / b))  # first block row/column inside the fitted region
-    out = np.zeros((h, w))
-    if background <= 0:
-        return out
-    model = dark + background * flat
-    for side in _SIDES:
-        horizontal = side in ("left", "right")
-        n_band = hb if horizontal else wb
-        idx = k if side in ("left", "top") else (wb if horizontal else hb) - 1 - k
-        # A band (block row for left/right) is usable in tile i when its first inside block is dim
-        # and so is the block after it: the scene there is agarose, so is (very likely) the border.
-        # Every block of the band from the second one off the border (the first may be raised by
-        # the stray light itself) to one past ``idx`` must be dim: tissue reaching the border would
-        # otherwise pass for stray light.
-        span = slice(1, idx + 2) if side in ("left", "top") else slice(idx - 1, (wb if horizontal else hb) - 1)
-        ok = dim[:, :, span].all(axis=2) if horizontal else dim[:, span, :].all(axis=1)
-        profiles = []
-        for i, j in zip(*np.nonzero(ok)):
-            if horizontal:
-                seg = arr[i, j * b:(j + 1) * b, :] - model[j * b:(j + 1) * b, :]
-                profiles.append(seg.mean(axis=0))
-            else:
-                seg = arr[i, :, j * b:(j + 1) * b] - model[:, j * b:(j + 1) * b]
-                profiles.append(seg.mean(axis=1))
-        if len(profiles) < 3 or n_band == 0:
-            continue
-        prof = np.median(np.stack(profiles), axis=0)
-        n = prof.size
-        near = prof[:e] if side in ("left", "top") else prof[::-1][:e]
-        near = near - np.median(prof[e:2 * e] if side in ("left", "top") else prof[::-1][e:2 * e])
-        excess = np.where(near > floor, near, 0.0)
-        excess[_run(excess > 0):] = 0.0  # only the run touching the border
-        full = np.zeros(n)
-        if side in ("left", "top"):
-            full[:e] = excess
-        else:
-            full[n - e:] = excess[::-1]
-        out += full[None, :] if horizontal else full[:, None]
-    return out
-
-
-def _side_profile(stray: np.ndarray, side: str) -> np.ndarray:
-    if side == "left":
-        return stray.mean(axis=0)
-    if side == "right":
-        return stray.mean(axis=0)[::-1]
-    if side == "top":
-        return stray.mean(axis=1)
-    return stray.mean(axis=1)[::-1]
-
-
-def _run(flags: np.ndarray) -> int:
-    """Length of the run of flagged lines starting at the border (0 if none)."""
-    idx = np.flatnonzero(~np.asarray(flags, bool))
-    return int(idx[0]) if idx.size else int(len(flags))
+    return _poly_basis(yy, xx, shape, degree) @ coef
