@@ -16,7 +16,7 @@ Examples
 
 from __future__ import annotations
 
-from ._params import SynthParams, demo_params
+from ._params import SynthParams, calibration_params, demo_params
 from ._writer import Truth, load_truth, synthesize
 
-__all__ = ["SynthParams", "Truth", "demo_params", "load_truth", "synthesize"]
+__all__ = ["SynthParams", "Truth", "calibration_params", "demo_params", "load_truth", "synthesize"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..algorithms.distortion import DistortionModel, max_displacement
 
-__all__ = ["BASE_DISTORTION", "SynthParams", "demo_params"]
+__all__ = ["BASE_DISTORTION", "SynthParams", "calibration_params", "demo_params"]
 
 #: Shape of the default distortion; it is rescaled to :attr:`SynthParams.corner_distortion_px`.
 BASE_DISTORTION = DistortionModel(mag_y=0.001, mag_x=-0.001, k_y=0.004, k_x=0.005)
@@ -192,3 +192,21 @@ def demo_params() -> SynthParams:
     SynthParams
     """
     return SynthParams(slices=6, rows=3, cols=3, tile_shape=(512, 512))
+
+
+def calibration_params(**overrides: Any) -> SynthParams:
+    """A distortion-calibration acquisition: 5 x 5 tiles, 45 % overlap, a 0.1 px stage, dense tissue.
+
+    One slice, tissue over most of the field and no beads, so that every
+    overlap is textured; the optics (tile shape, distortion, flat) are those
+    of :class:`SynthParams`' defaults unless overridden. The stage is the
+    ruler of the magnification: 0.1 px over this grid pins it to 1e-4, which
+    moves a tile 230 px from the centre of a normal sample by 0.02 px.
+
+    Returns
+    -------
+    SynthParams
+    """
+    kw: dict[str, Any] = dict(sample="calibration", slices=1, rows=5, cols=5, overlap=0.45, stage_error_px=0.1,
+                              tissue_fraction=0.9, n_beads=0)
+    return SynthParams(**{**kw, **overrides})
