@@ -97,7 +97,7 @@ def test_file_round_trips_through_the_calibrate_loader(calibration):
     params, truth, out = calibration
     data = np.load(out)
     terms = read_calibration_file(str(out), None, n_channels=len(params.channels), tile_shape=params.tile_shape)
-    assert set(terms) == {"dark", "flat", "trim", "distortion"}
+    assert set(terms) == {"dark", "flat", "trim", "distortion"} | ({"stray"} & set(data.files))
     assert terms["distortion"] == DistortionModel(*data["distortion"])
     assert terms["flat"].shape == (len(params.channels), *params.tile_shape)
     assert [terms["trim"].top, terms["trim"].bottom, terms["trim"].left, terms["trim"].right] == list(data["trim"])
@@ -116,3 +116,32 @@ def test_bad_input_is_one_line_error(calibration, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "does not exist" in err
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_pipeline_stitches_with_the_calibration_file(calibration, tmp_path, dask_client):
+    """``steps.calibrate.calibration_file`` through the runner: distortion from the file, fixed by `stitch`."""
+    import zarr
+
+    from imaxt_pipeline.config import load_config
+    from imaxt_pipeline.io.upload import upload
+    from imaxt_pipeline.pipeline import run_pipeline
+    from imaxt_pipeline.synth import SynthParams
+
+    from .steps import only_steps
+
+    params, truth, out = calibration
+    p = SynthParams(slices=1, rows=3, cols=3, seed=2, tile_shape=(256, 256))
+    strue = synthesize(tmp_path / "raw", p)
+    upload(str(tmp_path / "raw"), str(tmp_path / "raw.zarr"), progress=False)
+    cfg = load_config(None, input_url=str(tmp_path / "raw.zarr"), output_url=str(tmp_path / "out.zarr"),
+                      **{"steps.calibrate.calibration_file": str(out)}, **only_steps("calibrate", "stitch"))
+    run_pipeline(cfg, client=dask_client)
+    attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["imaxt"]
+    assert attrs["calibrate"]["source"]["distortion"] == "file"
+    assert attrs["stitch"]["distortion"] == pytest.approx(dict(zip(("mag_y", "mag_x", "k_y", "k_x"),
+                                                                   np.load(out)["distortion"])))
+    pos = attrs["stitch"]["tile_positions_px"]
+    keys = [k for k in pos if k not in attrs["stitch"]["unconstrained"]]
+    got = np.array([pos[k] for k in keys])
+    err = _errors(got, np.array([strue.tile_positions_px[k] for k in keys]), np.ones(len(keys), bool))
+    assert np.median(err) <= 0.1 and err.max() <= 0.5, err

@@ -247,12 +247,7 @@ def _match_strips(a, b, expected, wa, wb, *, max_shift, block_size, min_ncc, sig
     for reg, est in zip(regions, mov.refine(a, wa, regions, overall.shift, max_step=4.0, tol=1e-2)):
         if not est or est.ncc < min_ncc:
             continue
-        ww = wa[reg]
-        yy, xx = np.mgrid[reg]
-        tot = ww.sum()
-        if tot <= 0:
-            continue
-        cy, cx = float((yy * ww).sum() / tot), float((xx * ww).sum() / tot)
+        cy, cx = est.centroid
         var = max(est.sigma) ** 2 + sigma_floor**2
         pref.append((cy, cx))
         pmov.append((cy - est.shift[0], cx - est.shift[1]))

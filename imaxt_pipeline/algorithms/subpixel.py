@@ -28,6 +28,8 @@ class ShiftEstimate:
     ncc: float
     n_pixels: int
     converged: bool
+    #: weighted centre (y, x) of the reference pixels that took part: where the shift applies
+    centroid: tuple[float, float] = (float("nan"), float("nan"))
 
     def __bool__(self) -> bool:
         return self.converged
@@ -142,7 +144,8 @@ class MovingSpline:
             done = np.max(np.abs(step[:, :2]), axis=1) < tol
             active &= ok & ~done
         converged = ok & ~active
-        return [self._estimate(i, s[i], model, refs[i], gain[i], offset[i], bool(converged[i])) for i in range(n)]
+        return [self._estimate(i, s[i], model, refs[i], gain[i], offset[i], bool(converged[i]), origin[i])
+                for i in range(n)]
 
     def _sample(self, refs: np.ndarray, wref: np.ndarray, first: np.ndarray) -> "_Samples":
         """Spline value, gradient and combined weight at ``first + (i, j)`` for every block."""
@@ -172,7 +175,7 @@ class MovingSpline:
 
     @staticmethod
     def _estimate(i: int, s: np.ndarray, model: "_Samples", ref: np.ndarray, gain: float, offset: float,
-                  converged: bool) -> ShiftEstimate:
+                  converged: bool, origin: np.ndarray) -> ShiftEstimate:
         """Shift, its uncertainty (final linearisation) and the NCC of block ``i``."""
         fail = ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
         wt, bq = model.weight[i], model.value[i]
@@ -191,8 +194,11 @@ class MovingSpline:
         am, bm = np.sum(wt * ref) / wsum, np.sum(wt * bq) / wsum
         den = np.sqrt(np.sum(wt * (ref - am) ** 2) * np.sum(wt * (bq - bm) ** 2))
         ncc = float(np.sum(wt * (ref - am) * (bq - bm)) / den) if den > 0 else -1.0
+        # Both tiles' confidences shape the weights (a trimmed border of either tile drops out).
+        cy = origin[0] + float(np.sum(wt.sum(axis=1) * np.arange(wt.shape[0]))) / wsum
+        cx = origin[1] + float(np.sum(wt.sum(axis=0) * np.arange(wt.shape[1]))) / wsum
         return ShiftEstimate((float(s[0]), float(s[1])), (float(sig[0]), float(sig[1])), ncc,
-                             int(np.count_nonzero(wt)), converged and bool(np.all(np.isfinite(sig))))
+                             int(np.count_nonzero(wt)), converged and bool(np.all(np.isfinite(sig))), (cy, cx))
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ a calibration file. Results go to the output store for every later step:
   where each came from;
 - ``calibration/flat``: float32 array (C, H, W), the flat field.
 
-Calibration file (``.npz``, any subset of keys): ``dark`` (C,) or scalar,
-``flat`` (C, H, W), ``trim`` (top, bottom, left, right), ``distortion``
-(mag_y, mag_x, k_y, k_x).
+Calibration file (``.npz``, any subset of keys; ``imaxt calibrate-distortion``
+writes one from a calibration acquisition): ``dark`` (C,) or scalar, ``flat``
+(C, H, W), ``stray`` (C, H, W) additive stray light in counts, ``trim`` (top,
+bottom, left, right), ``distortion`` (mag_y, mag_x, k_y, k_x).
 """
 
 from __future__ import annotations
@@ -103,6 +104,13 @@ def read_calibration_file(url: str, storage_options: dict | None, *, n_channels:
         if flat.shape[-2:] != tuple(tile_shape) or flat.shape[0] not in (1, n_channels):
             raise InputError(url, f"flat has shape {flat.shape}, expected ({n_channels}, {tile_shape[0]}, {tile_shape[1]})")
         out["flat"] = np.broadcast_to(flat, (n_channels, *tile_shape)).copy()
+    if "stray" in data:
+        stray = np.asarray(data["stray"], np.float32)
+        stray = stray[None] if stray.ndim == 2 else stray
+        if stray.shape[-2:] != tuple(tile_shape) or stray.shape[0] not in (1, n_channels):
+            raise InputError(url, f"stray has shape {stray.shape}, expected ({n_channels}, {tile_shape[0]}, "
+                                  f"{tile_shape[1]})")
+        out["stray"] = np.broadcast_to(stray, (n_channels, *tile_shape)).copy()
     if "trim" in data:
         t = [int(v) for v in np.asarray(data["trim"]).ravel()]
         if len(t) != 4 or min(t) < 0:
@@ -149,7 +157,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         cal = Calibration(dark=np.broadcast_to(np.asarray(dark, float), (n_ch,)).copy(),
                           source={"dark": "given", "flat": "none", "trim": "none", "distortion": "none"})
     src = dict(cal.source)
-    for key in ("flat", "trim", "distortion"):
+    for key in ("flat", "trim", "distortion", "stray"):
         if key in from_file:
             src[key] = "file"
     if "dark" in from_file:
@@ -162,7 +170,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         src["distortion"] = previous["source"]["distortion"]
     cal = Calibration(dark=cal.dark, flat=from_file.get("flat", cal.flat), trim=from_file.get("trim", cal.trim),
                       distortion=distortion or DistortionModel(), source=src,
-                      stray=None if "flat" in from_file else cal.stray)
+                      # stray light estimated here belongs with the estimated flat, not with a file's flat
+                      stray=from_file.get("stray", None if "flat" in from_file else cal.stray))
     outputs = save_calibration(ctx.output, cal, slices_used=slices,
                                **{k: previous[k] for k in ("distortion_points",) if k in previous})
     ctx.log.info("calibrate: dark %s, trim %s, sources %s", np.round(cal.dark, 2).tolist(), cal.trim, src)
