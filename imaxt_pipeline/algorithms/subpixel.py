@@ -117,32 +117,32 @@ class MovingSpline:
         s = np.tile(np.asarray(start, np.float64), (n, 1))
         gain, offset = np.ones(n), np.zeros(n)
         active, ok = np.ones(n, bool), np.ones(n, bool)
-        for it in range(iterations + 1):
-            model = self._sample(refs, wref, origin - s)
-            ok &= model.valid
-            active &= ok
-            if not active.any() or it == iterations:
+        for _ in range(iterations):
+            idx = np.flatnonzero(active)  # converged blocks stop costing anything
+            if idx.size == 0:
                 break
-            r = refs - gain[:, None, None] * model.value - offset[:, None, None]
-            jac = np.stack([gain[:, None, None] * model.grad_y, gain[:, None, None] * model.grad_x, -model.value,
-                            -np.ones_like(model.value)], axis=-1).reshape(n, -1, 4)
-            jw = jac * model.weight.reshape(n, -1, 1)
-            jwt = jw.transpose(0, 2, 1)
+            model = self._sample(refs[idx], wref[idx], origin[idx] - s[idx])
+            g = gain[idx, None, None]
+            r = refs[idx] - g * model.value - offset[idx, None, None]
+            jac = np.stack([g * model.grad_y, g * model.grad_x, -model.value, -np.ones_like(model.value)],
+                           axis=-1).reshape(idx.size, -1, 4)
+            jwt = (jac * model.weight.reshape(idx.size, -1, 1)).transpose(0, 2, 1)
             hess = jwt @ jac
-            grad = (jwt @ r.reshape(n, -1, 1))[..., 0]
+            grad = (jwt @ r.reshape(idx.size, -1, 1))[..., 0]
             trace = np.trace(hess, axis1=1, axis2=2)
-            good = active & ok & (trace > 0)
+            good = model.valid & (trace > 0)
             hess[~good] = np.eye(4)
             step = -np.linalg.solve(hess + 1e-9 * trace[:, None, None] * np.eye(4), grad[..., None])[..., 0]
             step[~good] = 0.0
-            s += step[:, :2]
-            gain += step[:, 2]
-            offset += step[:, 3]
-            diverged = ~np.all(np.isfinite(s), axis=1) | (np.max(np.abs(s - np.asarray(start)), axis=1) > max_step) \
-                | (gain <= 0)
-            ok &= ~(good & diverged)
-            done = np.max(np.abs(step[:, :2]), axis=1) < tol
-            active &= ok & ~done
+            s[idx] += step[:, :2]
+            gain[idx] += step[:, 2]
+            offset[idx] += step[:, 3]
+            diverged = ~np.all(np.isfinite(s[idx]), axis=1) | (gain[idx] <= 0) \
+                | (np.max(np.abs(s[idx] - np.asarray(start)), axis=1) > max_step)
+            ok[idx] &= good & ~diverged
+            active[idx] = ok[idx] & (np.max(np.abs(step[:, :2]), axis=1) >= tol)
+        model = self._sample(refs, wref, origin - s)  # the final linearisation, for every block
+        ok &= model.valid
         converged = ok & ~active
         return [self._estimate(i, s[i], model, refs[i], gain[i], offset[i], bool(converged[i]), origin[i])
                 for i in range(n)]
