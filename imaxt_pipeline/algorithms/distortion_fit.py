@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from .distortion import DistortionModel
-from .overlap import PairMatch
+from .overlap import PairMatch, adjacent_pairs
 from .positions import solve_positions
 
 __all__ = ["DistortionFit", "calibration_pairs", "fit_calibration_distortion"]
@@ -40,20 +40,12 @@ def calibration_pairs(rows: int, cols: int, *, diagonal: bool = False) -> list[t
     With an overlap ``f`` a diagonal neighbour shares ``f**2`` of a tile, all
     of it in a corner where the cubic terms are largest.
     """
-    if rows < 1 or cols < 1:
-        raise ValueError(f"rows and cols must be positive, got {rows}x{cols}")
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            i = r * cols + c
-            if c + 1 < cols:
-                out.append((i, i + 1))
-            if r + 1 < rows:
-                out.append((i, i + cols))
-                if diagonal and c + 1 < cols:
-                    out.append((i, i + cols + 1))
-                if diagonal and c > 0:
-                    out.append((i, i + cols - 1))
+    out = adjacent_pairs(rows, cols)
+    if diagonal:
+        for r in range(rows - 1):
+            for c in range(cols):
+                i = r * cols + c
+                out += [(i, i + cols + d) for d in (1, -1) if 0 <= c + d < cols]
     return out
 
 

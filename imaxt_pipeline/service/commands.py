@@ -305,14 +305,12 @@ def calibrate_from_acquisition(raw_url: str, *, stage_sigma_px: float, storage_o
     InputError
         Bad raw layout, or too few matched pairs for a distortion fit.
     """
-    import dataclasses
     from functools import lru_cache
 
     import numpy as np
 
     from ..algorithms.calibration import estimate_calibration
     from ..algorithms.distortion_fit import calibration_pairs, fit_calibration_distortion
-    from ..algorithms.flatfield import Trim
     from ..errors import InputError
     from ..io.raw import read_raw_sample, read_tile
     from ..io.urls import Location
@@ -333,14 +331,9 @@ def calibrate_from_acquisition(raw_url: str, *, stage_sigma_px: float, storage_o
     cal = estimate_calibration(np.stack([tile(int(i)) for i in pick], axis=1),
                                max_trim_px=int(max_trim_fraction * acq.overlap * min(acq.tile_shape)))
     tile.cache_clear()
-    # Match without the border trim: the matcher places each block's point at the centroid of the
-    # reference tile's weights only, so a trimmed border of the moving tile inside the block moves
-    # the point off the region actually measured (k biased by ~3 % for a 10 px trim); the stray
-    # light that the trim guards against is subtracted by the estimated stray term.
-    match_cal = dataclasses.replace(cal, trim=Trim())
     pairs = calibration_pairs(acq.rows, acq.cols, diagonal=diagonal)
     stage = raw.stage_um[:, 0].reshape(-1, 2) / acq.pixel_size_um  # (slices * tiles, 2), z = 0
-    matches = [match_tiles(tile, a + s * n_t, b + s * n_t, tuple(stage[b + s * n_t] - stage[a + s * n_t]), match_cal,
+    matches = [match_tiles(tile, a + s * n_t, b + s * n_t, tuple(stage[b + s * n_t] - stage[a + s * n_t]), cal,
                            max_shift=max_shift, block_size=block_size)
                for s in range(acq.slices) for a, b in pairs]
     try:
