@@ -145,3 +145,14 @@ def test_pipeline_stitches_with_the_calibration_file(calibration, tmp_path, dask
     got = np.array([pos[k] for k in keys])
     err = _errors(got, np.array([strue.tile_positions_px[k] for k in keys]), np.ones(len(keys), bool))
     assert np.median(err) <= 0.1 and err.max() <= 0.5, err
+
+
+def test_synth_cli_writes_a_calibration_acquisition(tmp_path):
+    import json
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["synth", str(tmp_path / "cal"), "--calibration", "--tile-size", "128", "--seed", "4"]) == 0
+    acq = json.loads((tmp_path / "cal" / "acquisition.json").read_text())
+    expected = calibration_params(seed=4, tile_shape=(128, 128))
+    assert (acq["rows"], acq["cols"], acq["slices"]) == (expected.rows, expected.cols, 1)
+    assert acq["overlap"] == pytest.approx(expected.overlap) and acq["tile_shape"] == [128, 128]

@@ -40,14 +40,20 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample", default="synth")
+    p.add_argument("--calibration", action="store_true",
+                   help="a distortion-calibration acquisition instead (5x5 tiles, 45 %% overlap, 0.1 px stage, "
+                        "dense tissue; same optics), for `imaxt calibrate-distortion`")
     p.set_defaults(handler=_synth)
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from ..synth import SynthParams, synthesize
+    from ..synth import SynthParams, calibration_params, synthesize
 
-    params = SynthParams(sample=args.sample, slices=args.slices, rows=args.rows, cols=args.cols,
-                         seed=args.seed, tile_shape=(args.tile_size, args.tile_size))
+    if args.calibration:
+        params = calibration_params(seed=args.seed, tile_shape=(args.tile_size, args.tile_size))
+    else:
+        params = SynthParams(sample=args.sample, slices=args.slices, rows=args.rows, cols=args.cols,
+                             seed=args.seed, tile_shape=(args.tile_size, args.tile_size))
     synthesize(args.out, params)
     print(f"wrote synthetic sample {args.sample!r} to {args.out} (truth in {args.out / 'truth'})")
     return 0
