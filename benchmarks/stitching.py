@@ -111,7 +111,7 @@ def distortion_from_calibration_acquisition(tile):
     Same optics as the benchmark tiles (5 x 5 tiles, 45 % overlap, 0.1 px stage): the 'ours + calfile' row
     stitches with it fixed, as a lab with a distortion calibration would.
     """
-    from imaxt_pipeline.service.commands import calibrate_from_acquisition
+    from imaxt_pipeline.calibration_acquisition import calibrate_from_acquisition
     from imaxt_pipeline.synth import calibration_params, synthesize
 
     with tempfile.TemporaryDirectory() as tmp:

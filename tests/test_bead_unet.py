@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from imaxt_pipeline.algorithms.bead_unet import (DEFAULT_WEIGHTS, BeadUNet, detect_beads_unet, load_bead_unet,
+from imaxt_pipeline.algorithms.bead_unet import (DEFAULT_WEIGHTS, BeadUNet, load_bead_unet,
                                                  predict_bead_probability)
 from imaxt_pipeline.parallel.beads import find_beads_numpy
 

@@ -23,7 +23,7 @@ from imaxt_pipeline.algorithms.overlap import adjacent_pairs
 from imaxt_pipeline.algorithms.positions import solve_positions
 from imaxt_pipeline.parallel.stitch import match_tiles
 from imaxt_pipeline.service.cli import main
-from imaxt_pipeline.steps.calibrate import read_calibration_file
+from imaxt_pipeline.io.calibration_file import read_calibration_file
 from imaxt_pipeline.synth import calibration_params, synthesize
 
 from .test_stitch_synth import _errors, _sample

@@ -278,6 +278,9 @@ def _calibrate_distortion(args: argparse.Namespace) -> int:
         raise InputError(out, f"output folder {out.parent} does not exist")
     if not args.stage_sigma_px > 0:
         raise ConfigError(f"--stage-sigma-px must be > 0, got {args.stage_sigma_px}")
+    from ..calibration_acquisition import calibrate_from_acquisition
+    from ..io.calibration_file import write_calibration_file
+
     cal, fit = calibrate_from_acquisition(args.raw_dir, storage_options=_storage_options(args),
                                           stage_sigma_px=args.stage_sigma_px, diagonal=args.diagonal,
                                           max_shift=args.max_shift, block_size=args.block, max_tiles=args.max_tiles)
@@ -288,94 +291,6 @@ def _calibrate_distortion(args: argparse.Namespace) -> int:
     print(fit.describe())
     print(f"wrote {out}")
     return 0
-
-
-def calibrate_from_acquisition(raw_url: str, *, stage_sigma_px: float, storage_options: dict | None = None,
-                               diagonal: bool = False, max_shift: int = 15, block_size: int = 16,
-                               max_tiles: int = 64, max_trim_fraction: float = 0.25) -> tuple[Any, Any]:
-    """Dark, flat, trim and distortion of a raw calibration acquisition (all slices, z = 0).
-
-    Returns
-    -------
-    (Calibration, DistortionFit)
-        The calibration carries the fitted distortion.
-
-    Raises
-    ------
-    InputError
-        Bad raw layout, or too few matched pairs for a distortion fit.
-    """
-    from functools import lru_cache
-
-    import numpy as np
-
-    from ..algorithms.calibration import estimate_calibration
-    from ..algorithms.distortion_fit import calibration_pairs, fit_calibration_distortion
-    from ..errors import InputError
-    from ..io.raw import read_raw_sample, read_tile
-    from ..io.urls import Location
-    from ..parallel.stitch import match_tiles
-
-    raw = read_raw_sample(raw_url, storage_options=storage_options)
-    acq = raw.acquisition
-    loc = Location(raw.root, storage_options)
-    n_t = acq.n_tiles
-
-    @lru_cache(maxsize=acq.cols + 3)  # pairs run in row-major order: a window of about one row of tiles
-    def tile(i: int) -> np.ndarray:
-        s, t = divmod(i, n_t)
-        return np.stack([read_tile(loc, raw.record_for(s, 0, c, t), acq) for c in range(len(acq.channels))])
-
-    n_all = acq.slices * n_t
-    pick = np.unique(np.linspace(0, n_all - 1, min(max_tiles, n_all)).round().astype(int))
-    cal = estimate_calibration(np.stack([tile(int(i)) for i in pick], axis=1),
-                               max_trim_px=int(max_trim_fraction * acq.overlap * min(acq.tile_shape)))
-    tile.cache_clear()
-    pairs = calibration_pairs(acq.rows, acq.cols, diagonal=diagonal)
-    stage = raw.stage_um[:, 0].reshape(-1, 2) / acq.pixel_size_um  # (slices * tiles, 2), z = 0
-    matches = [match_tiles(tile, a + s * n_t, b + s * n_t, tuple(stage[b + s * n_t] - stage[a + s * n_t]), cal,
-                           max_shift=max_shift, block_size=block_size)
-               for s in range(acq.slices) for a, b in pairs]
-    try:
-        fit = fit_calibration_distortion(matches, stage, tile_shape=tuple(acq.tile_shape),
-                                         stage_sigma_px=stage_sigma_px)
-    except ValueError as exc:
-        raise InputError(raw.root, f"no distortion fit: {exc}") from None
-    return cal.with_distortion(fit.model, "calibration-acquisition"), fit
-
-
-def write_calibration_file(path: Any, cal: Any, fit: Any, *, distortion_only: bool = False) -> None:
-    """Write ``cal`` as the ``.npz`` that the calibrate step loads, atomically (temp file, then rename).
-
-    Keys: ``dark`` (C,), ``flat`` (C, H, W), ``trim`` (top, bottom, left, right),
-    ``distortion`` (mag_y, mag_x, k_y, k_x), ``distortion_sigma`` (same order)
-    and, when estimated, ``stray`` (C, H, W); only the last two with
-    ``distortion_only``.
-    """
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..errors import InputError
-
-    path = Path(path)
-    d = cal.distortion
-    t = cal.trim
-    arrays = {"distortion": np.array([d.mag_y, d.mag_x, d.k_y, d.k_x], float),
-              "distortion_sigma": np.asarray(fit.sigmas(), float)}
-    if not distortion_only:
-        arrays.update(dark=np.asarray(cal.dark, float), trim=np.array([t.top, t.bottom, t.left, t.right], int))
-        arrays.update({k: np.asarray(v, np.float32) for k, v in (("flat", cal.flat), ("stray", cal.stray))
-                       if v is not None})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(path, f"cannot write the calibration file ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 ADDERS: list = [add_watch, add_status, add_submit, add_process, add_calibrate_distortion]

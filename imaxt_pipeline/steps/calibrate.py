@@ -17,7 +17,6 @@ bottom, left, right), ``distortion`` (mag_y, mag_x, k_y, k_x).
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Literal  # noqa: F401
 
 import numpy as np
@@ -25,7 +24,7 @@ from pydantic import Field
 
 from ..algorithms.calibration import Calibration, estimate_calibration
 from ..algorithms.distortion import DistortionModel
-from ..algorithms.flatfield import Trim
+from ..io.calibration_file import read_calibration_file
 from ._base import StepContext, StepParams, StepResult
 
 if TYPE_CHECKING:
@@ -79,49 +78,6 @@ def save_calibration(output: "OutputStore", cal: Calibration, **extra: object) -
         written.append(path)
     output.update_imaxt_attrs("calibrate", {**cal.to_attrs(), **extra})
     return written
-
-
-def read_calibration_file(url: str, storage_options: dict | None, *, n_channels: int,
-                          tile_shape: tuple[int, int]) -> dict[str, object]:
-    """Parse a calibration ``.npz``; returns the terms it holds, validated."""
-    import fsspec
-
-    from ..errors import InputError
-
-    try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as fh:
-            data = np.load(io.BytesIO(fh.read()))
-    except FileNotFoundError:
-        raise InputError(url, "calibration file is missing") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(url, f"not a readable .npz calibration file ({exc})") from None
-    out: dict[str, object] = {}
-    if "dark" in data:
-        out["dark"] = np.broadcast_to(np.asarray(data["dark"], float), (n_channels,)).copy()
-    if "flat" in data:
-        flat = np.asarray(data["flat"], np.float32)
-        flat = flat[None] if flat.ndim == 2 else flat
-        if flat.shape[-2:] != tuple(tile_shape) or flat.shape[0] not in (1, n_channels):
-            raise InputError(url, f"flat has shape {flat.shape}, expected ({n_channels}, {tile_shape[0]}, {tile_shape[1]})")
-        out["flat"] = np.broadcast_to(flat, (n_channels, *tile_shape)).copy()
-    if "stray" in data:
-        stray = np.asarray(data["stray"], np.float32)
-        stray = stray[None] if stray.ndim == 2 else stray
-        if stray.shape[-2:] != tuple(tile_shape) or stray.shape[0] not in (1, n_channels):
-            raise InputError(url, f"stray has shape {stray.shape}, expected ({n_channels}, {tile_shape[0]}, "
-                                  f"{tile_shape[1]})")
-        out["stray"] = np.broadcast_to(stray, (n_channels, *tile_shape)).copy()
-    if "trim" in data:
-        t = [int(v) for v in np.asarray(data["trim"]).ravel()]
-        if len(t) != 4 or min(t) < 0:
-            raise InputError(url, f"trim must be 4 non-negative ints (top, bottom, left, right), got {t}")
-        out["trim"] = Trim(*t)
-    if "distortion" in data:
-        d = [float(v) for v in np.asarray(data["distortion"]).ravel()]
-        if len(d) != 4:
-            raise InputError(url, f"distortion must be (mag_y, mag_x, k_y, k_x), got {d}")
-        out["distortion"] = DistortionModel(*d)
-    return out
 
 
 def sample_tiles(ctx: StepContext, slices: list[int], max_tiles: int, seed: int) -> np.ndarray:
