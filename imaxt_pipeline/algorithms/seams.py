@@ -13,7 +13,7 @@ Nothing here reads or writes storage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -37,7 +37,7 @@ class Trim:
     right: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"top": self.top, "bottom": self.bottom, "left": self.left, "right": self.right}
+        return asdict(self)
 
     def valid(self, shape: tuple[int, int]) -> tuple[slice, slice]:
         """Slices of the kept region of a tile of ``shape``."""
