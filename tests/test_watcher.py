@@ -233,5 +233,7 @@ def test_notification_wakes_watcher_early(s3_endpoint, tmp_path):
             time.sleep(0.05)
         stop.set()
         watcher._wake.set()
+        thread.join(timeout=30)  # let its last poll finish while the S3 endpoint is still up
+    assert not thread.is_alive()
     assert read_log(log)["done"]["n1"] == 1
     assert time.monotonic() - t0 < 20                    # well before the 60 s poll
