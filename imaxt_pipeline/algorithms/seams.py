@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 from .distortion import DistortionModel
 from .fusion import fuse_region
 
-__all__ = ["SIDES", "Trim", "confidence_map", "estimate_stray", "overlap_mismatch", "trim_from_stray"]
+__all__ = ["SIDES", "Trim", "confidence_map", "estimate_stray", "masked_smooth", "overlap_mismatch", "trim_from_stray"]
 
 SIDES = ("top", "bottom", "left", "right")
 
@@ -212,7 +212,7 @@ def overlap_mismatch(tiles: np.ndarray, positions: np.ndarray, *, distortion: Di
         support = ndi.gaussian_filter(both, sigma, mode="constant") if sigma > 0 else both
         keep = (both > 0) & (support >= min_support)
         for ch in range(c):
-            sa, sb = (_masked_smooth(f.image[ch], both, support, sigma) for f in (fa, fb))
+            sa, sb = (masked_smooth(f.image[ch], both, support, sigma) for f in (fa, fb))
             num += float(np.abs(sa - sb)[keep].sum())
             den += float((np.abs(sa) + np.abs(sb))[keep].sum()) / 2
     if den <= 0:
@@ -220,7 +220,7 @@ def overlap_mismatch(tiles: np.ndarray, positions: np.ndarray, *, distortion: Di
     return num / den
 
 
-def _masked_smooth(img: np.ndarray, mask: np.ndarray, support: np.ndarray, sigma: float) -> np.ndarray:
+def masked_smooth(img: np.ndarray, mask: np.ndarray, support: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian average of ``img`` over ``mask`` only (normalised convolution)."""
     if sigma <= 0:
         return img.astype(np.float64)

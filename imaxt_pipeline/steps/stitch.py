@@ -21,12 +21,14 @@ Writes (results contract, ``spec/raw-layout.md``):
 
 from __future__ import annotations
 
-from functools import partial
+from dataclasses import replace
+from functools import lru_cache, partial
 
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from ..algorithms.flat_refine import refine_flat
 from ..algorithms.overlap import PairMatch, adjacent_pairs
 from ..algorithms.positions import solve_positions
 from ..parallel.stitch import match_pairs
@@ -37,12 +39,14 @@ from .calibrate import load_calibration, save_calibration
 class Params(StepParams):
     z: int = Field(default=0, ge=0, description="optical section used for matching")
     max_shift_px: int = Field(default=15, ge=1, description="search radius around the stage prediction")
-    block_px: int = Field(default=32, ge=8, description="seam length per correspondence")
+    block_px: int | None = Field(default=None, ge=8, description="seam length per correspondence (default tile/16)")
     min_ncc: float = Field(default=0.5, description="pairs below carry no information")
     estimate_distortion: bool = Field(default=True, description="fit distortion unless a file gave it")
     fit_magnification: bool = Field(default=False, description="also fit mag_x/mag_y (needs many tiles)")
     prior_sigma_px: float = Field(default=5.0, gt=0, description="stage position error (1 sigma)")
     reject_px: float = Field(default=1.0, gt=0, description="residual floor for outlier rejection")
+    refine_flat: bool = Field(default=True, description="refine an estimated flat field from the solved overlaps")
+    flat_pairs: int = Field(default=32, ge=1, description="most informative pairs used to refine the flat")
 
 
 def read_tile(raw, slice_: int, z: int, tile: int) -> np.ndarray:
@@ -104,20 +108,50 @@ def run(ctx: StepContext, params: Params) -> StepResult:
                                              "frame": {"origin_px": list(geom.origin_px), "margin": geom.margin,
                                                        "shape": list(geom.shape)}})
     outputs = ["attrs:imaxt.stitch"]
-    if estimate:
-        n_points = int(sum(len(m.point_weights) for m in matches if m.ok))
-        attrs = ctx.output.imaxt_attrs().get("calibrate", {})
-        save_calibration(ctx.output, cal.with_distortion(sol.distortion, "estimated-from-overlaps"),
-                         **{k: v for k, v in attrs.items() if k in ("slices_used",)}, distortion_points=n_points)
-        outputs.append("attrs:imaxt.calibrate.distortion")
     current = pair_tab[pair_tab["slice"].isin(slices)].copy()
     for col in ("reference", "moving"):
         current[col] = current[col] % n_t
     outputs.append(_merge_table(ctx, "stitch_pairs", current, slices))
     outputs.append(_merge_table(ctx, "stitch_points", _points_table(matches, slices, n_t), slices))
+    refine = params.refine_flat and cal.flat is not None and cal.source.get("flat") == "estimated"
+    if estimate or refine:
+        extra = {k: v for k, v in ctx.output.imaxt_attrs().get("calibrate", {}).items()
+                 if k in ("slices_used", "distortion_points")}
+        if estimate:
+            cal = cal.with_distortion(sol.distortion, "estimated-from-overlaps")
+            extra["distortion_points"] = int(sum(len(m.point_weights) for m in matches if m.ok))
+            outputs.append("attrs:imaxt.calibrate.distortion")
+        if refine:
+            cal = _refine_flat(ctx, cal, sol, matches, slices, z, params.flat_pairs)
+        outputs += save_calibration(ctx.output, cal, **extra)
     stats = sol.residual_stats()
     ctx.log.info("stitch: slices %s, %s, distortion %s", slices, stats, sol.distortion)
     return StepResult(outputs=outputs, metrics={**stats, "distortion": sol.distortion.as_dict()})
+
+
+def _refine_flat(ctx: StepContext, cal, sol, matches: list[PairMatch], slices: list[int], z: int, n_pairs: int):
+    """The calibration with its flat refined from the seams of this run's best-matched pairs.
+
+    The estimated flat cannot tell the scene's large-scale variation from vignetting; the
+    overlaps at the solved positions can (:func:`..algorithms.flat_refine.refine_flat`).
+    """
+    n_t = ctx.raw.acquisition.n_tiles
+    used = [m for m, ok in zip(matches, sol.pairs["used"]) if ok and m.reference < len(slices) * n_t]
+    used = sorted(used, key=lambda m: (-len(m.point_weights), -m.ncc))[:n_pairs]
+    if not used:
+        return cal
+
+    @lru_cache(maxsize=64)
+    def corrected(i: int) -> np.ndarray:
+        return cal.apply(read_tile(ctx.raw, slices[i // n_t], z, i % n_t))
+
+    shape = tuple(ctx.raw.acquisition.tile_shape)
+    gain = refine_flat(corrected, sol.positions, [(m.reference, m.moving) for m in used], distortion=sol.distortion,
+                       confidence=cal.confidence(shape))
+    flat = cal.flat * gain[None]
+    flat /= flat.mean(axis=(1, 2), keepdims=True)
+    ctx.log.info("stitch: flat refined from %d seams (gain %.4f-%.4f)", len(used), gain.min(), gain.max())
+    return replace(cal, flat=flat.astype(np.float32), source={**cal.source, "flat": "estimated+overlaps"})
 
 
 def _points_table(matches: list[PairMatch], slices: list[int], n_t: int) -> pd.DataFrame:

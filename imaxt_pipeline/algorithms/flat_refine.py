@@ -1,0 +1,193 @@
+"""Flat-field refinement from the tile overlaps: the seams pin what tile statistics cannot.
+
+A flat estimated from tile statistics (:mod:`.flatfield`) cannot tell the
+scene's large-scale variation from vignetting. The overlaps can: a scene
+point ``x`` seen by tile ``a`` at detector pixel ``p`` and by tile ``b`` at
+``q`` gives, after the current calibration, ``A = G(p) S(x)`` and
+``B = G(q) S(x)`` with ``G`` the flat's remaining error, so::
+
+    log G(p) - log G(q) = log A - log B
+
+:func:`refine_flat` fits ``log G`` as a low-degree Legendre polynomial in
+normalised detector coordinates (no constant: the overlaps see only
+differences) by weighted linear least squares over subsampled, smoothed
+overlap pixels, with a prior towards 0 so that what the overlaps do not see
+stays at the current flat. Each tile of a pair is resampled onto the mosaic
+by :func:`.fusion.fuse_region`, as :func:`.seams.overlap_mismatch` does, so
+the seams it fits are those that measure scores.
+
+The overlaps are narrow bands at the tile borders: they see a term's
+difference across the tile well, but a term symmetric about the tile
+centre (the vignetting bowl) only through its slope across the band, and
+the tile interior not at all. The prior on a term of total degree ``n`` therefore tightens as
+``1 / n**3``, scaled by the fit's own residual noise: precise overlaps fit
+high orders, noisy ones leave them at the current flat.
+
+Nothing here reads or writes storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from numpy.polynomial import legendre
+from scipy import ndimage as ndi
+
+from .distortion import DistortionModel, detector_coordinates
+from .fusion import fuse_region
+from .seams import masked_smooth
+
+__all__ = ["refine_flat"]
+
+
+def refine_flat(tiles: np.ndarray | Callable[[int], np.ndarray], positions: np.ndarray,
+                pairs: Sequence[tuple[int, int]] | None = None, *, distortion: DistortionModel | None = None,
+                confidence: np.ndarray | None = None, degree: int = 4, prior: float = 0.02, sigma: float = 4.0,
+                step: int = 2, min_signal: float = 0.2, min_support: float = 0.5) -> np.ndarray:
+    """Multiplicative correction ``G`` of the flat field that equalises the overlaps of the tiles.
+
+    Parameters
+    ----------
+    tiles : ndarray (C, T, H, W) or (T, H, W), or callable ``i -> (C, H, W)``
+        Tiles corrected by the current calibration (dark, stray light and
+        flat removed); a callable lets the caller read one pair at a time.
+    positions : ndarray (T, 2)
+        Top-left (y, x) of each undistorted tile in the mosaic frame.
+    pairs : sequence of (int, int), optional
+        Overlapping tiles to compare; default every pair whose footprints
+        overlap. Pairs of several slices (each in its own frame, indices
+        global) can be fitted together: only the pairs given are used.
+    distortion : DistortionModel, optional
+        Distortion of every tile.
+    confidence : ndarray (H, W), optional
+        Tile confidence; pixels of weight 0 (trimmed borders) are not used.
+    degree : int
+        Total degree of the Legendre polynomial ``log G``.
+    prior : float
+        Prior standard deviation of a first-degree coefficient of ``log G``
+        (a term of degree ``n``: ``prior / n**3``), against the residual
+        noise of the fit.
+    sigma : float
+        Gaussian smoothing of both resampled tiles, in px (averages out
+        shot noise and residual misregistration of the texture).
+    step : int
+        Subsampling of the smoothed overlap pixels.
+    min_signal : float
+        Pixels where either tile is dimmer than this fraction of the
+        channel's median overlap level are left out (residual dark and
+        stray light dominate the ratio there).
+    min_support : float
+        As in :func:`.seams.overlap_mismatch`.
+
+    Returns
+    -------
+    ndarray (H, W) float64
+        ``G`` with mean 1: use ``flat * G`` as the flat (equivalently,
+        divide the corrected tiles by ``G``). One ``G`` serves every
+        channel: vignetting belongs to the shared optics, and pooling the
+        channels' overlaps (each weighted by its signal relative to its
+        median) fits it better than any channel alone.
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes or when no overlap pixel is usable.
+
+    Examples
+    --------
+    Refine a :class:`.calibration.Calibration` ``cal`` from one slice's
+    raw tiles (C, T, H, W) at their stitched positions:
+
+    >>> gain = refine_flat(cal.apply(raw), positions, pairs, distortion=cal.distortion,
+    ...                    confidence=cal.confidence(raw.shape[-2:]))  # doctest: +SKIP
+    >>> cal = dataclasses.replace(cal, flat=cal.flat * gain)  # doctest: +SKIP
+    """
+    pos = np.asarray(positions, np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(f"positions must be (T, 2), got shape {pos.shape}")
+    if callable(tiles):
+        get = tiles
+    else:
+        arr = np.asarray(tiles, np.float32)
+        arr = arr[None] if arr.ndim == 3 else arr
+        if arr.ndim != 4 or arr.shape[1] != len(pos):
+            raise ValueError(f"tiles (C, T, H, W) and positions (T, 2) do not match: {arr.shape}, {pos.shape}")
+        get = list(np.moveaxis(arr, 1, 0)).__getitem__  # i -> (C, H, W) view
+    h, w = np.shape(confidence) if confidence is not None else np.shape(get(0))[-2:]
+    if pairs is None:
+        pairs = [(i, j) for i in range(len(pos)) for j in range(i + 1, len(pos))
+                 if abs(pos[i, 0] - pos[j, 0]) < h and abs(pos[i, 1] - pos[j, 1]) < w]
+    design, values, channel = _samples(get, pos, pairs, (h, w), distortion or DistortionModel(), confidence,
+                                       degree, sigma, step, min_support)
+    level = values.mean(axis=1)
+    med = np.array([np.median(level[channel == ch]) for ch in range(channel.max() + 1)])[channel]
+    ok = (values.min(axis=1) > min_signal * med) & (med > 0)
+    if ok.sum() < design.shape[1]:
+        raise ValueError(f"only {int(ok.sum())} overlap pixels above {min_signal} of the median level: nothing to fit")
+    # Weight by signal (relative to the channel's level, so channels count alike): shot noise and
+    # residual additive errors weigh less, relative to the signal, where it is bright.
+    d, wt, r = design[ok], level[ok] / med[ok], np.log(values[ok, 0] / values[ok, 1])
+    normal, rhs = d.T @ (d * wt[:, None]), d.T @ (wt * r)
+    floor = 1e-9 * np.trace(normal) / len(rhs) * np.eye(len(rhs))
+    coef = np.linalg.solve(normal + floor, rhs)
+    # Residual variance per unit weight, times the samples one smoothing kernel spans (they are
+    # not independent): the noise the prior is weighed against.
+    noise = np.sum(wt * (r - d @ coef) ** 2) / np.sum(wt) * max(1.0, (2 * sigma / step) ** 2)
+    order = np.array([i + j for i, j in _terms(degree)], np.float64)
+    coef = np.linalg.solve(normal + floor + np.diag(noise * order**6 / prior**2), rhs)
+    grid = np.zeros((degree + 1, degree + 1))
+    grid[tuple(np.array(_terms(degree)).T)] = coef
+    # Separable evaluation: a full (H*W, terms) design would not fit in memory for large tiles.
+    vy, vx = (legendre.legvander(np.linspace(-1.0, 1.0, n), degree) for n in (h, w))
+    gain = np.exp(vy @ grid @ vx.T)
+    return gain / gain.mean()
+
+
+def _samples(get, pos, pairs, shape, model, confidence, degree, sigma, step, min_support):
+    """Design rows ``phi(p) - phi(q)``, smoothed values ``(A, B)`` and channel of every overlap sample."""
+    h, w = shape
+    rows, values, channel = [], [], []
+    for a, b in pairs:
+        lo, hi = np.maximum(pos[a], pos[b]), np.minimum(pos[a], pos[b]) + (h, w)
+        region = (int(np.floor(lo[0])), int(np.ceil(hi[0])), int(np.floor(lo[1])), int(np.ceil(hi[1])))
+        if region[1] <= region[0] or region[3] <= region[2]:
+            continue
+        fa, fb = (fuse_region(get, pos, region, indices=[k], weights=confidence, distortion=model)
+                  for k in (a, b))
+        both = ((fa.weight > 0) & (fb.weight > 0)).astype(np.float64)
+        support = ndi.gaussian_filter(both, sigma, mode="constant") if sigma > 0 else both
+        keep = np.zeros(both.shape, bool)
+        keep[::step, ::step] = True
+        keep &= (both > 0) & (support >= min_support)
+        if not keep.any():
+            continue
+        my, mx = np.mgrid[region[0]:region[1], region[2]:region[3]].astype(np.float64)
+        pa, pb = (_basis(*detector_coordinates(my - pos[k, 0], mx - pos[k, 1], (h, w), model), (h, w), degree)
+                  for k in (a, b))
+        diff = pa - pb  # (rows, cols, terms)
+        for ch in range(fa.image.shape[0]):
+            # The model is smoothed as the data are, signal-weighted: near the ends of the band the
+            # kernel is one-sided, and the slope across the band is what pins the even terms.
+            sw = both * np.maximum(fa.image[ch] + fb.image[ch], 0.0)
+            den = ndi.gaussian_filter(sw, sigma, mode="constant") if sigma > 0 else sw
+            num = ndi.gaussian_filter(diff * sw[..., None], (sigma, sigma, 0), mode="constant") if sigma > 0 \
+                else diff * sw[..., None]
+            rows.append(num[keep] / np.maximum(den[keep], 1e-12)[:, None])
+            values.append(np.stack([masked_smooth(f.image[ch], both, support, sigma)[keep] for f in (fa, fb)], 1))
+            channel.append(np.full(int(keep.sum()), ch))
+    if not rows:
+        raise ValueError("no pixel is seen by two tiles: nothing to fit")
+    return np.concatenate(rows), np.concatenate(values), np.concatenate(channel)
+
+
+def _basis(py: np.ndarray, px: np.ndarray, shape: tuple[int, int], degree: int) -> np.ndarray:
+    """Legendre terms ``P_i(v) P_j(u)``, ``0 < i + j <= degree``, at detector pixels (..., terms)."""
+    h, w = shape
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    full = legendre.legvander2d((py - cy) / cy, (px - cx) / cx, [degree, degree])
+    return full[..., [i * (degree + 1) + j for i, j in _terms(degree)]]
+
+
+def _terms(degree: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(degree + 1) for j in range(degree + 1) if 0 < i + j <= degree]
