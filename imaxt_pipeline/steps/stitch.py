@@ -5,7 +5,10 @@ cluster (one task per pair, calibrated tiles); then one weighted least-squares
 solve on the client gives the tile positions of all slices of this run and,
 unless a calibration file fixed it, the distortion model shared by every
 tile. Correspondences of earlier slices (``tables/stitch_points``) also
-constrain the distortion, so it improves as slices land.
+constrain the distortion, so it improves as slices land. An estimated flat
+field is then refined from the seams of the best-matched pairs at the solved
+positions (tile statistics cannot tell the scene's large-scale variation from
+vignetting; overlaps can) and stored for the later steps.
 
 Writes (results contract, ``spec/raw-layout.md``):
 
@@ -14,7 +17,8 @@ Writes (results contract, ``spec/raw-layout.md``):
 - ``imaxt.stitch.residuals``: per-slice pair residual statistics (px);
 - ``imaxt.stitch.unconstrained``: ``{"s/r/c": true}`` for tiles no informative
   pair ties to a neighbour (empty agarose): left at their stage position;
-- ``imaxt.calibrate.distortion`` (when estimated);
+- ``imaxt.calibrate.distortion`` (when estimated) and ``calibration/flat``
+  (when refined, source ``estimated+overlaps``);
 - ``tables/stitch_pairs`` (one row per pair, with residuals) and
   ``tables/stitch_points`` (the correspondences).
 """
