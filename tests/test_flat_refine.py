@@ -12,11 +12,8 @@ each calibration: those of the calibration's confidence map.
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
-import tifffile
 from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
@@ -27,7 +24,8 @@ from imaxt_pipeline.algorithms.overlap import adjacent_pairs
 from imaxt_pipeline.algorithms.positions import solve_positions
 from imaxt_pipeline.algorithms.seams import overlap_mismatch
 from imaxt_pipeline.parallel.stitch import match_tiles
-from imaxt_pipeline.synth import SynthParams, synthesize
+
+from .synthgrid import one_slice_grid
 
 CASES = {"seed0": {"seed": 0}, "seed1": {"seed": 1}, "seed2": {"seed": 2},
          "empty": {"seed": 3, "empty_fraction": 0.4}, "demo-tiles": {"seed": 0, "tile_shape": (512, 512)}}
@@ -37,17 +35,7 @@ PAIRS = adjacent_pairs(3, 3)
 @pytest.fixture(scope="module", params=list(CASES))
 def sample(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
-    p = SynthParams(slices=1, rows=3, cols=3, **{"tile_shape": (256, 256), **CASES[request.param]})
-    truth = synthesize(root, p)
-    tiles = np.zeros((len(p.channels), 9, *p.tile_shape), np.uint16)
-    stage = np.zeros((9, 2))
-    with open(root / "tiles.csv") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        t = int(r["row"]) * 3 + int(r["col"])
-        tiles[int(r["channel"]), t] = tifffile.imread(root / r["file"])
-        stage[t] = float(r["y_um"]), float(r["x_um"])
-    true = np.array([truth.tile_positions_px[f"0/{t // 3}/{t % 3}"] for t in range(9)])
+    p, truth, tiles, stage, true = one_slice_grid(root, **CASES[request.param])
     cal = estimate_calibration(tiles, max_trim_px=int(p.overlap * p.tile_shape[1] / 4))
     ms = [match_tiles(lambda i: tiles[:, i], a, b, tuple(stage[b] - stage[a]), cal) for a, b in PAIRS]
     sol = solve_positions(ms, stage, tile_shape=p.tile_shape, fit_magnification=False)

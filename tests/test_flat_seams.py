@@ -18,18 +18,17 @@ is 1.5-2.5 % off near the borders, the scene's own low-frequency variation.
 
 from __future__ import annotations
 
-import csv
 import time
 
 import numpy as np
 import pytest
-import tifffile
 from scipy import ndimage as ndi
 
 from imaxt_pipeline.algorithms.calibration import estimate_calibration
 from imaxt_pipeline.algorithms.distortion import DistortionModel, displacement_field
 from imaxt_pipeline.algorithms.seams import overlap_mismatch
-from imaxt_pipeline.synth import SynthParams, synthesize
+
+from .synthgrid import one_slice_grid
 
 CASES = {"seed0": dict(seed=0), "seed1": dict(seed=1), "seed2": dict(seed=2),
          "empty": dict(seed=3, empty_fraction=0.4), "demo-tiles": dict(seed=0, tile_shape=(512, 512))}
@@ -38,12 +37,7 @@ CASES = {"seed0": dict(seed=0), "seed1": dict(seed=1), "seed2": dict(seed=2),
 @pytest.fixture(scope="module", params=list(CASES))
 def sample(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
-    p = SynthParams(slices=1, rows=3, cols=3, **{"tile_shape": (256, 256), **CASES[request.param]})
-    truth = synthesize(root, p)
-    tiles = np.zeros((len(p.channels), 9, *p.tile_shape), np.uint16)
-    for r in csv.DictReader(open(root / "tiles.csv")):
-        tiles[int(r["channel"]), int(r["row"]) * 3 + int(r["col"])] = tifffile.imread(root / r["file"])
-    true = np.array([truth.tile_positions_px[f"0/{t // 3}/{t % 3}"] for t in range(9)])
+    p, truth, tiles, _, true = one_slice_grid(root, **CASES[request.param])
     t0 = time.perf_counter()
     cal = estimate_calibration(tiles, max_trim_px=int(p.overlap * p.tile_shape[1] / 4))
     seconds = time.perf_counter() - t0

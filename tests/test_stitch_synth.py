@@ -19,32 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 
 from imaxt_pipeline.algorithms.calibration import estimate_calibration
 from imaxt_pipeline.algorithms.overlap import adjacent_pairs
 from imaxt_pipeline.algorithms.positions import solve_positions
 from imaxt_pipeline.parallel.stitch import match_tiles
-from imaxt_pipeline.synth import SynthParams, synthesize
+
+from .synthgrid import one_slice_grid as _sample
 
 CASES = {"seed0": dict(seed=0), "seed1": dict(seed=1), "seed2": dict(seed=2),
          "empty": dict(seed=3, empty_fraction=0.4)}
-
-
-def _sample(root, **kw):
-    p = SynthParams(slices=1, rows=3, cols=3, tile_shape=(256, 256), **kw)
-    truth = synthesize(root, p)
-    import csv
-
-    rows = list(csv.DictReader(open(root / "tiles.csv")))
-    tiles = np.zeros((len(p.channels), 9, *p.tile_shape), np.uint16)
-    stage = np.zeros((9, 2))
-    for r in rows:
-        t = int(r["row"]) * 3 + int(r["col"])
-        tiles[int(r["channel"]), t] = tifffile.imread(root / r["file"])
-        stage[t] = float(r["y_um"]), float(r["x_um"])
-    true = np.array([truth.tile_positions_px[f"0/{t // 3}/{t % 3}"] for t in range(9)])
-    return p, truth, tiles, stage, true
 
 
 @pytest.fixture(scope="module", params=list(CASES))
