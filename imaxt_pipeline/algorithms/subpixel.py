@@ -103,9 +103,9 @@ class MovingSpline:
         most: smaller ones are padded with zero weight).
         """
         n = len(regions)
-        ny = max(r[0].stop - r[0].start for r in regions)
-        nx = max(r[1].stop - r[1].start for r in regions)
-        if n == 0 or ny < 2 or nx < 2:
+        ny = max((r[0].stop - r[0].start for r in regions), default=0)
+        nx = max((r[1].stop - r[1].start for r in regions), default=0)
+        if ny < 2 or nx < 2:
             return [ShiftEstimate(tuple(map(float, start)), (np.inf, np.inf), -1.0, 0, False) for _ in regions]
         refs = np.zeros((n, ny, nx))
         wref = np.zeros((n, ny, nx))
@@ -122,13 +122,7 @@ class MovingSpline:
             if idx.size == 0:
                 break
             model = self._sample(refs[idx], wref[idx], origin[idx] - s[idx])
-            g = gain[idx, None, None]
-            r = refs[idx] - g * model.value - offset[idx, None, None]
-            jac = np.stack([g * model.grad_y, g * model.grad_x, -model.value, -np.ones_like(model.value)],
-                           axis=-1).reshape(idx.size, -1, 4)
-            jwt = (jac * model.weight.reshape(idx.size, -1, 1)).transpose(0, 2, 1)
-            hess = jwt @ jac
-            grad = (jwt @ r.reshape(idx.size, -1, 1))[..., 0]
+            _, hess, grad = _linearise(model, refs[idx], gain[idx], offset[idx])
             trace = np.trace(hess, axis1=1, axis2=2)
             good = model.valid & (trace > 0)
             hess[~good] = np.eye(4)
@@ -144,7 +138,8 @@ class MovingSpline:
         model = self._sample(refs, wref, origin - s)  # the final linearisation, for every block
         ok &= model.valid
         converged = ok & ~active
-        return [self._estimate(i, s[i], model, refs[i], gain[i], offset[i], bool(converged[i]), origin[i])
+        r, hess, _ = _linearise(model, refs, gain, offset)
+        return [self._estimate(i, s[i], model, refs[i], r[i], hess[i], bool(converged[i]), origin[i])
                 for i in range(n)]
 
     def _sample(self, refs: np.ndarray, wref: np.ndarray, first: np.ndarray) -> "_Samples":
@@ -174,7 +169,7 @@ class MovingSpline:
         return _Samples(value, grad_y, grad_x, weight, valid)
 
     @staticmethod
-    def _estimate(i: int, s: np.ndarray, model: "_Samples", ref: np.ndarray, gain: float, offset: float,
+    def _estimate(i: int, s: np.ndarray, model: "_Samples", ref: np.ndarray, r: np.ndarray, hess: np.ndarray,
                   converged: bool, origin: np.ndarray) -> ShiftEstimate:
         """Shift, its uncertainty (final linearisation) and the NCC of block ``i``."""
         fail = ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
@@ -182,10 +177,6 @@ class MovingSpline:
         wsum = float(wt.sum())
         if not model.valid[i] or wsum <= 0:
             return fail
-        r = ref - gain * bq - offset
-        jac = np.stack([gain * model.grad_y[i].ravel(), gain * model.grad_x[i].ravel(), -bq.ravel(),
-                        -np.ones(bq.size)], axis=1)
-        hess = jac.T @ (jac * wt.reshape(-1, 1))
         sigma2 = float(np.sum(wt * r * r)) / max(wsum - 4.0, 1.0)
         try:
             sig = np.sqrt(np.maximum(np.diag(np.linalg.inv(hess) * sigma2)[:2], 0.0))
@@ -199,6 +190,20 @@ class MovingSpline:
         cx = origin[1] + float(np.sum(wt.sum(axis=0) * np.arange(wt.shape[1]))) / wsum
         return ShiftEstimate((float(s[0]), float(s[1])), (float(sig[0]), float(sig[1])), ncc,
                              int(np.count_nonzero(wt)), converged and bool(np.all(np.isfinite(sig))), (cy, cx))
+
+
+def _linearise(model: "_Samples", refs: np.ndarray, gain: np.ndarray, offset: np.ndarray):
+    """Residuals ``ref - g·mov - o``, Gauss-Newton Hessian and gradient of every block.
+
+    d r / d s = +g ∇mov(q) (q = p - s); d r / d g = -mov; d r / d o = -1.
+    """
+    n = refs.shape[0]
+    g = gain[:, None, None]
+    r = refs - g * model.value - offset[:, None, None]
+    jac = np.stack([g * model.grad_y, g * model.grad_x, -model.value, -np.ones_like(model.value)],
+                   axis=-1).reshape(n, -1, 4)
+    jwt = (jac * model.weight.reshape(n, -1, 1)).transpose(0, 2, 1)
+    return r, jwt @ jac, (jwt @ r.reshape(n, -1, 1))[..., 0]
 
 
 @dataclass(frozen=True)
