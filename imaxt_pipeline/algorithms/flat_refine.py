@@ -35,8 +35,7 @@ from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
 from .distortion import DistortionModel, detector_coordinates
-from .fusion import fuse_region
-from .seams import masked_smooth
+from .seams import masked_smooth, resampled_overlaps
 
 __all__ = ["refine_flat"]
 
@@ -115,9 +114,6 @@ def refine_flat(tiles: np.ndarray | Callable[[int], np.ndarray], positions: np.n
             raise ValueError(f"tiles (C, T, H, W) and positions (T, 2) do not match: {arr.shape}, {pos.shape}")
         get = list(np.moveaxis(arr, 1, 0)).__getitem__  # i -> (C, H, W) view
     h, w = np.shape(confidence) if confidence is not None else np.shape(get(0))[-2:]
-    if pairs is None:
-        pairs = [(i, j) for i in range(len(pos)) for j in range(i + 1, len(pos))
-                 if abs(pos[i, 0] - pos[j, 0]) < h and abs(pos[i, 1] - pos[j, 1]) < w]
     design, values, channel = _samples(get, pos, pairs, (h, w), distortion or DistortionModel(), confidence,
                                        degree, sigma, step, min_support)
     level = values.mean(axis=1)
@@ -148,15 +144,8 @@ def _samples(get, pos, pairs, shape, model, confidence, degree, sigma, step, min
     """Design rows ``phi(p) - phi(q)``, smoothed values ``(A, B)`` and channel of every overlap sample."""
     h, w = shape
     rows, values, channel = [], [], []
-    for a, b in pairs:
-        lo, hi = np.maximum(pos[a], pos[b]), np.minimum(pos[a], pos[b]) + (h, w)
-        region = (int(np.floor(lo[0])), int(np.ceil(hi[0])), int(np.floor(lo[1])), int(np.ceil(hi[1])))
-        if region[1] <= region[0] or region[3] <= region[2]:
-            continue
-        fa, fb = (fuse_region(get, pos, region, indices=[k], weights=confidence, distortion=model)
-                  for k in (a, b))
-        both = ((fa.weight > 0) & (fb.weight > 0)).astype(np.float64)
-        support = ndi.gaussian_filter(both, sigma, mode="constant") if sigma > 0 else both
+    for ov in resampled_overlaps(get, pos, shape, pairs, distortion=model, weights=confidence, sigma=sigma):
+        a, b, region, both, support = ov.a, ov.b, ov.region, ov.both, ov.support
         keep = np.zeros(both.shape, bool)
         keep[::step, ::step] = True
         keep &= (both > 0) & (support >= min_support)
@@ -166,15 +155,16 @@ def _samples(get, pos, pairs, shape, model, confidence, degree, sigma, step, min
         pa, pb = (_basis(*detector_coordinates(my - pos[k, 0], mx - pos[k, 1], (h, w), model), (h, w), degree)
                   for k in (a, b))
         diff = pa - pb  # (rows, cols, terms)
-        for ch in range(fa.image.shape[0]):
+        for ch in range(ov.image_a.shape[0]):
             # The model is smoothed as the data are, signal-weighted: near the ends of the band the
             # kernel is one-sided, and the slope across the band is what pins the even terms.
-            sw = both * np.maximum(fa.image[ch] + fb.image[ch], 0.0)
+            sw = both * np.maximum(ov.image_a[ch] + ov.image_b[ch], 0.0)
             den = ndi.gaussian_filter(sw, sigma, mode="constant") if sigma > 0 else sw
             num = ndi.gaussian_filter(diff * sw[..., None], (sigma, sigma, 0), mode="constant") if sigma > 0 \
                 else diff * sw[..., None]
             rows.append(num[keep] / np.maximum(den[keep], 1e-12)[:, None])
-            values.append(np.stack([masked_smooth(f.image[ch], both, support, sigma)[keep] for f in (fa, fb)], 1))
+            values.append(np.stack([masked_smooth(img[ch], both, support, sigma)[keep]
+                                    for img in (ov.image_a, ov.image_b)], 1))
             channel.append(np.full(int(keep.sum()), ch))
     if not rows:
         raise ValueError("no pixel is seen by two tiles: nothing to fit")

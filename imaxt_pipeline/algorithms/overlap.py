@@ -222,7 +222,8 @@ def _match_strips(a, b, expected, wa, wb, *, max_shift, block_size, min_ncc, sig
         return None
     box = (slice(y0, y1), slice(x0, x1))
     ca, cwa = a[box], wa[box]
-    cb, cwb = window_crop(b, y0 - e[0], y1 - e[0], x0 - e[1], x1 - e[1]), window_crop(wb, y0 - e[0], y1 - e[0], x0 - e[1], x1 - e[1])
+    win = (y0 - e[0], y1 - e[0], x0 - e[1], x1 - e[1])
+    cb, cwb = window_crop(b, *win), window_crop(wb, *win)
     d, ncc0 = masked_ncc_shift(ca, cb, reference_mask=cwa, moving_mask=cwb, max_shift=max_shift)
     if ncc0 < min_ncc:
         return False, ncc0
@@ -248,7 +249,6 @@ def _match_strips(a, b, expected, wa, wb, *, max_shift, block_size, min_ncc, sig
              for sl in box]
     regions = [(slice(y0, y1), slice(x0, x1)) for y0, y1 in zip(edges[0][:-1], edges[0][1:])
                for x0, x1 in zip(edges[1][:-1], edges[1][1:])]
-    # The blocks only polish the seam-wide shift: a looser tolerance than its 1e-3 px is plenty.
     for reg, est in zip(regions, mov.refine(a, wa, regions, overall.shift, max_step=4.0, tol=1e-2)):
         if not est or est.ncc < min_ncc:
             continue

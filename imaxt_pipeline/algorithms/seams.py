@@ -14,7 +14,7 @@ Nothing here reads or writes storage.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -22,7 +22,8 @@ from scipy import ndimage as ndi
 from .distortion import DistortionModel
 from .fusion import fuse_region
 
-__all__ = ["SIDES", "Trim", "confidence_map", "estimate_stray", "masked_smooth", "overlap_mismatch", "trim_from_stray"]
+__all__ = ["SIDES", "SeamOverlap", "Trim", "confidence_map", "estimate_stray", "masked_smooth", "overlap_mismatch",
+           "overlapping_pairs", "resampled_overlaps", "trim_from_stray"]
 
 SIDES = ("top", "bottom", "left", "right")
 
@@ -194,30 +195,60 @@ def overlap_mismatch(tiles: np.ndarray, positions: np.ndarray, *, distortion: Di
     pos = np.asarray(positions, np.float64)
     if arr.ndim != 4 or pos.shape != (arr.shape[1], 2):
         raise ValueError(f"tiles (C, T, H, W) and positions (T, 2) do not match: {arr.shape}, {pos.shape}")
-    c, t, h, w = arr.shape
+    c, _, h, w = arr.shape
     if weights is not None and np.shape(weights) != (h, w):
         raise ValueError(f"weights of shape {np.shape(weights)} do not match the tiles' {(h, w)}")
-    if pairs is None:
-        pairs = [(i, j) for i in range(t) for j in range(i + 1, t)
-                 if abs(pos[i, 0] - pos[j, 0]) < h and abs(pos[i, 1] - pos[j, 1]) < w]
     num = den = 0.0
-    for a, b in pairs:
-        lo, hi = np.maximum(pos[a], pos[b]), np.minimum(pos[a], pos[b]) + (h, w)
-        region = (int(np.floor(lo[0])), int(np.ceil(hi[0])), int(np.floor(lo[1])), int(np.ceil(hi[1])))
-        if region[1] <= region[0] or region[3] <= region[2]:
-            continue
-        fa, fb = (fuse_region(lambda i: arr[:, i], pos, region, indices=[k], weights=weights, distortion=distortion)
-                  for k in (a, b))
-        both = ((fa.weight > 0) & (fb.weight > 0)).astype(np.float64)
-        support = ndi.gaussian_filter(both, sigma, mode="constant") if sigma > 0 else both
-        keep = (both > 0) & (support >= min_support)
+    for ov in resampled_overlaps(lambda i: arr[:, i], pos, (h, w), pairs, distortion=distortion, weights=weights,
+                                 sigma=sigma):
+        keep = (ov.both > 0) & (ov.support >= min_support)
         for ch in range(c):
-            sa, sb = (masked_smooth(f.image[ch], both, support, sigma) for f in (fa, fb))
+            sa, sb = (masked_smooth(img[ch], ov.both, ov.support, sigma) for img in (ov.image_a, ov.image_b))
             num += float(np.abs(sa - sb)[keep].sum())
             den += float((np.abs(sa) + np.abs(sb))[keep].sum()) / 2
     if den <= 0:
         raise ValueError("no pixel is seen by two tiles: nothing to compare")
     return num / den
+
+
+@dataclass(frozen=True)
+class SeamOverlap:
+    """Tiles ``a`` and ``b`` resampled alone onto the mosaic region ``(y0, y1, x0, x1)`` both cover."""
+
+    a: int
+    b: int
+    region: tuple[int, int, int, int]
+    image_a: np.ndarray  # (C, h, w)
+    image_b: np.ndarray
+    both: np.ndarray  # 1 where both tiles have weight > 0
+    support: np.ndarray  # ``both`` smoothed by the Gaussian of ``sigma`` (``both`` itself for sigma 0)
+
+
+def overlapping_pairs(positions: np.ndarray, shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """Every pair of tiles of ``shape`` whose footprints at ``positions`` (T, 2) overlap."""
+    pos, (h, w) = np.asarray(positions, np.float64), shape
+    return [(i, j) for i in range(len(pos)) for j in range(i + 1, len(pos))
+            if abs(pos[i, 0] - pos[j, 0]) < h and abs(pos[i, 1] - pos[j, 1]) < w]
+
+
+def resampled_overlaps(get: Callable[[int], np.ndarray], positions: np.ndarray, shape: tuple[int, int],
+                       pairs: Sequence[tuple[int, int]] | None = None, *, distortion: DistortionModel | None = None,
+                       weights: np.ndarray | None = None, sigma: float = 4.0) -> Iterator[SeamOverlap]:
+    """Each pair's overlap, both tiles resampled by :func:`.fusion.fuse_region` (sub-pixel, undistorted).
+
+    ``get(i)`` returns tile ``i`` as (C, H, W); ``pairs`` defaults to :func:`overlapping_pairs`.
+    """
+    pos = np.asarray(positions, np.float64)
+    h, w = shape
+    for a, b in overlapping_pairs(pos, shape) if pairs is None else pairs:
+        lo, hi = np.maximum(pos[a], pos[b]), np.minimum(pos[a], pos[b]) + (h, w)
+        region = (int(np.floor(lo[0])), int(np.ceil(hi[0])), int(np.floor(lo[1])), int(np.ceil(hi[1])))
+        if region[1] <= region[0] or region[3] <= region[2]:
+            continue
+        fa, fb = (fuse_region(get, pos, region, indices=[k], weights=weights, distortion=distortion) for k in (a, b))
+        both = ((fa.weight > 0) & (fb.weight > 0)).astype(np.float64)
+        support = ndi.gaussian_filter(both, sigma, mode="constant") if sigma > 0 else both
+        yield SeamOverlap(a, b, region, fa.image, fb.image, both, support)
 
 
 def masked_smooth(img: np.ndarray, mask: np.ndarray, support: np.ndarray, sigma: float) -> np.ndarray:
