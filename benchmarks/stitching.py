@@ -116,10 +116,9 @@ def distortion_from_calibration_acquisition(tile):
 
     with tempfile.TemporaryDirectory() as tmp:
         synthesize(Path(tmp), calibration_params(tile_shape=(tile, tile), seed=100))
-        cal, fit = calibrate_from_acquisition(tmp, stage_sigma_px=0.1)
+        _, fit = calibrate_from_acquisition(tmp, stage_sigma_px=0.1)
     print("calibration acquisition: " + fit.describe().replace("\n", "; "))
-    d = cal.distortion
-    return np.array([d.mag_y, d.mag_x, d.k_y, d.k_x])
+    return fit.coefficients()
 
 
 def errors(pos, true, keep=None, *, scale=False):

@@ -11,13 +11,17 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..algorithms.distortion import DistortionModel
 from ..algorithms.flatfield import Trim
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..algorithms.calibration import Calibration
+    from ..algorithms.distortion_fit import DistortionFit
 
 __all__ = ["read_calibration_file", "write_calibration_file"]
 
@@ -63,20 +67,18 @@ def read_calibration_file(url: str, storage_options: dict | None, *, n_channels:
     return out
 
 
-def write_calibration_file(path: Any, cal: Any, fit: Any, *, distortion_only: bool = False) -> None:
+def write_calibration_file(path: str | Path, cal: Calibration, fit: DistortionFit, *,
+                           distortion_only: bool = False) -> None:
     """Write ``cal`` as the ``.npz`` that the calibrate step loads, atomically (temp file, then rename).
 
     Keys: ``dark`` (C,), ``flat`` (C, H, W), ``trim`` (top, bottom, left, right),
     ``distortion`` (mag_y, mag_x, k_y, k_x), ``distortion_sigma`` (same order)
     and, when estimated, ``stray`` (C, H, W); only the last two with
-    ``distortion_only``.
+    ``distortion_only``. ``fit`` is the distortion fit ``cal`` carries.
     """
-
     path = Path(path)
-    d = cal.distortion
     t = cal.trim
-    arrays = {"distortion": np.array([d.mag_y, d.mag_x, d.k_y, d.k_x], float),
-              "distortion_sigma": np.asarray(fit.sigmas(), float)}
+    arrays = {"distortion": fit.coefficients().astype(float), "distortion_sigma": np.asarray(fit.sigmas(), float)}
     if not distortion_only:
         arrays.update(dark=np.asarray(cal.dark, float), trim=np.array([t.top, t.bottom, t.left, t.right], int))
         arrays.update({k: np.asarray(v, np.float32) for k, v in (("flat", cal.flat), ("stray", cal.stray))
