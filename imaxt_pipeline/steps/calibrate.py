@@ -7,12 +7,11 @@ a calibration file. Results go to the output store for every later step:
 - ``attrs["imaxt"]["calibrate"]``: dark per channel, trim, distortion
   coefficients (from the file, else identity until `stitch` fits them), and
   where each came from;
-- ``calibration/flat``: float32 array (C, H, W), the flat field.
+- ``calibration/flat``: float32 array (C, H, W), the flat field, and
+  ``calibration/stray`` (C, H, W), the additive stray light, when estimated.
 
-Calibration file (``.npz``, any subset of keys; ``imaxt calibrate-distortion``
-writes one from a calibration acquisition): ``dark`` (C,) or scalar, ``flat``
-(C, H, W), ``stray`` (C, H, W) additive stray light in counts, ``trim`` (top,
-bottom, left, right), ``distortion`` (mag_y, mag_x, k_y, k_x).
+Calibration files (``imaxt calibrate-distortion`` writes them) are described
+in :mod:`..io.calibration_file`.
 """
 
 from __future__ import annotations
@@ -50,18 +49,14 @@ def load_calibration(output: "OutputStore", n_channels: int) -> Calibration:
     attrs = output.imaxt_attrs().get("calibrate")
     if not attrs:
         return Calibration.identity(n_channels)
-    flat = None
-    if attrs.get("has_flat"):
+    arrays = {FLAT_PATH: None, STRAY_PATH: None}
+    wanted = [path for path, key in ((FLAT_PATH, "has_flat"), (STRAY_PATH, "has_stray")) if attrs.get(key)]
+    if wanted:
         import zarr
 
         root = zarr.open_group(output.location.zarr_store(read_only=True), mode="r")
-        flat = np.asarray(root[FLAT_PATH][...], np.float32)
-    stray = None
-    if attrs.get("has_stray"):
-        import zarr
-
-        root = zarr.open_group(output.location.zarr_store(read_only=True), mode="r")
-        stray = np.asarray(root[STRAY_PATH][...], np.float32)
+        arrays.update({path: np.asarray(root[path][...], np.float32) for path in wanted})
+    flat, stray = arrays[FLAT_PATH], arrays[STRAY_PATH]
     return Calibration.from_attrs(attrs, flat, stray)
 
 
