@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from imaxt_pipeline.algorithms.bead_fit import disc_model, fit_bead
-from imaxt_pipeline.algorithms.slice_registration import solve_slice_offsets
-from imaxt_pipeline.algorithms.tracks import build_tracks
+from imaxt_pipeline.algorithms.registration import disc_model, fit_bead
+from imaxt_pipeline.algorithms.registration import solve_slice_offsets
+from imaxt_pipeline.algorithms.registration import build_tracks
 
 
 def centring_vs_snr(snrs, trials, rng, *, background=100.0, size=81):

@@ -34,7 +34,7 @@ def _segmenter(backend: str, image: np.ndarray, threads: int):
     t_nuc, t_cell = plane_thresholds(image, max_area=int(np.pi * 10**2))
     if backend == "watershed":
         return WatershedSegmenter(nuclear_threshold=t_nuc, cell_threshold=t_cell)
-    from imaxt_pipeline.algorithms.segmentation_cellpose import CellposeSegmenter
+    from imaxt_pipeline.algorithms.segmentation import CellposeSegmenter
 
     lo, hi = np.percentile(image[0], [1.0, 99.9])
     return CellposeSegmenter(model="shipped", normalize_lowhigh=(float(lo), float(hi)), cell_threshold=t_cell,
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distributed import Client, LocalCluster
 
-    from imaxt_pipeline.algorithms.label_merge import object_f1
+    from imaxt_pipeline.algorithms.segmentation import object_f1
     from imaxt_pipeline.parallel.segmentation import segment_blockwise
     from imaxt_pipeline.training.train_cellpose import render_cells
 

@@ -93,7 +93,7 @@ def informative_tiles(truth, true, rows, cols, tile, min_std=10.0):
     A tile whose every overlap is empty agarose (clean-scene std ~1 count against hundreds elsewhere) cannot
     be placed by any image-based method: it stays where the stage put it, so it is reported apart.
     """
-    from imaxt_pipeline.algorithms.overlap import adjacent_pairs
+    from imaxt_pipeline.algorithms.stitching import adjacent_pairs
 
     clean = truth.clean[0].sum(axis=0)
     keep = np.zeros(rows * cols, bool)
@@ -111,7 +111,7 @@ def distortion_from_calibration_acquisition(tile):
     Same optics as the benchmark tiles (5 x 5 tiles, 45 % overlap, 0.1 px stage): the 'ours + calfile' row
     stitches with it fixed, as a lab with a distortion calibration would.
     """
-    from imaxt_pipeline.calibration_acquisition import calibrate_from_acquisition
+    from imaxt_pipeline.workflows.calibration_acquisition import calibrate_from_acquisition
     from imaxt_pipeline.synth import calibration_params, synthesize
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,11 +140,11 @@ def errors(pos, true, keep=None, *, scale=False):
 # ----------------------------------------------------------------------------- methods (child processes)
 
 def _ours_setup():
-    from imaxt_pipeline.algorithms.distortion import DistortionModel
+    from imaxt_pipeline.algorithms.optics import DistortionModel
     from imaxt_pipeline.algorithms.calibration import estimate_calibration
-    from imaxt_pipeline.algorithms.overlap import adjacent_pairs
-    from imaxt_pipeline.algorithms.positions import solve_positions
-    from imaxt_pipeline.parallel.stitch import match_tiles
+    from imaxt_pipeline.algorithms.stitching import adjacent_pairs
+    from imaxt_pipeline.algorithms.stitching import solve_positions
+    from imaxt_pipeline.parallel.stitching import match_tiles
 
     def run(d, opts):
         tiles, stage = d["tiles"], d["stage_um"] / float(d["pixel_size"])

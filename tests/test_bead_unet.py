@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from imaxt_pipeline.algorithms.bead_unet import (DEFAULT_WEIGHTS, BeadUNet, load_bead_unet,
-                                                 predict_bead_probability)
-from imaxt_pipeline.parallel.beads import find_beads_numpy
+from imaxt_pipeline.algorithms.registration import DEFAULT_WEIGHTS, BeadUNet, load_bead_unet, predict_bead_probability
+from imaxt_pipeline.parallel.registration import find_beads_numpy
 
 from .test_beads import bead_scene, synth_score
 

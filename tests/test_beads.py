@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from imaxt_pipeline.algorithms.bead_fit import disc_model
-from imaxt_pipeline.algorithms.beads import (bead_channel_scores, bead_threshold, detect_beads, pick_bead_channel,
-                                             split_beads)
-from imaxt_pipeline.parallel.beads import find_beads, find_beads_numpy
+from imaxt_pipeline.algorithms.registration import disc_model
+from imaxt_pipeline.algorithms.registration import bead_channel_scores, bead_threshold, detect_beads, pick_bead_channel, split_beads
+from imaxt_pipeline.parallel.registration import find_beads, find_beads_numpy
 
 
 def bead_scene(seed=0, shape=(640, 640), n=30, amp=25.0, bg=20.0):

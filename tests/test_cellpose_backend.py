@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.label_merge import object_f1
+from imaxt_pipeline.algorithms.segmentation import object_f1
 from imaxt_pipeline.algorithms.segmentation import Segmenter
-from imaxt_pipeline.algorithms.segmentation_cellpose import SHIPPED_MODEL, CellposeSegmenter, resolve_model
+from imaxt_pipeline.algorithms.segmentation import SHIPPED_MODEL, CellposeSegmenter, resolve_model
 from imaxt_pipeline.errors import ConfigError
 
 from .segdata import two_channel_sample

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.measure import regionprops
 
-from imaxt_pipeline.algorithms.crops import masked_crops, representative_ranking
+from imaxt_pipeline.algorithms.measure import masked_crops, representative_ranking
 
 from .segdata import two_channel_sample
 

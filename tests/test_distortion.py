@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from imaxt_pipeline.algorithms.calibration import fit_distortion
-from imaxt_pipeline.algorithms.distortion import (DistortionModel, detector_coordinates, displacement_field,
-                                                  max_displacement, undistort, distort)
-from imaxt_pipeline.algorithms.overlap import adjacent_pairs, match_pair
+from imaxt_pipeline.algorithms.optics import DistortionModel, detector_coordinates, displacement_field, max_displacement, undistort, distort
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs, match_pair
 
 from .test_overlap import grid_tiles
 

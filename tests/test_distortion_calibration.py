@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from imaxt_pipeline.algorithms.calibration import estimate_calibration
-from imaxt_pipeline.algorithms.distortion import DistortionModel
-from imaxt_pipeline.algorithms.overlap import adjacent_pairs
-from imaxt_pipeline.algorithms.positions import solve_positions
-from imaxt_pipeline.parallel.stitch import match_tiles
+from imaxt_pipeline.algorithms.optics import DistortionModel
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs
+from imaxt_pipeline.algorithms.stitching import solve_positions
+from imaxt_pipeline.parallel.stitching import match_tiles
 from imaxt_pipeline.service.cli import main
 from imaxt_pipeline.io.calibration_file import read_calibration_file
 from imaxt_pipeline.synth import calibration_params, synthesize

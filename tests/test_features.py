@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from skimage.measure import regionprops
 
-from imaxt_pipeline.algorithms.features import cell_catalogue, match_nuclei, region_features
+from imaxt_pipeline.algorithms.measure import cell_catalogue, match_nuclei, region_features
 
 from .segdata import two_channel_sample
 

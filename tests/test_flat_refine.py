@@ -18,12 +18,12 @@ from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
 from imaxt_pipeline.algorithms.calibration import estimate_calibration
-from imaxt_pipeline.algorithms.distortion import DistortionModel, displacement_field
-from imaxt_pipeline.algorithms.flat_refine import refine_flat
-from imaxt_pipeline.algorithms.overlap import adjacent_pairs
-from imaxt_pipeline.algorithms.positions import solve_positions
-from imaxt_pipeline.algorithms.seams import overlap_mismatch
-from imaxt_pipeline.parallel.stitch import match_tiles
+from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
+from imaxt_pipeline.algorithms.calibration import refine_flat
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs
+from imaxt_pipeline.algorithms.stitching import solve_positions
+from imaxt_pipeline.algorithms.calibration import overlap_mismatch
+from imaxt_pipeline.parallel.stitching import match_tiles
 
 from .synthgrid import one_slice_grid
 

@@ -25,8 +25,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from imaxt_pipeline.algorithms.calibration import estimate_calibration
-from imaxt_pipeline.algorithms.distortion import DistortionModel, displacement_field
-from imaxt_pipeline.algorithms.seams import overlap_mismatch
+from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
+from imaxt_pipeline.algorithms.calibration import overlap_mismatch
 
 from .synthgrid import one_slice_grid
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imaxt_pipeline.algorithms.calibration import Calibration, estimate_calibration
-from imaxt_pipeline.algorithms.flatfield import Trim, apply_flat, confidence_map, estimate_dark, estimate_tile_model
+from imaxt_pipeline.algorithms.calibration import Trim, apply_flat, confidence_map, estimate_dark, estimate_tile_model
 
 TILE = 256
 DARK = 100.0

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from imaxt_pipeline.algorithms.calibration import Calibration
-from imaxt_pipeline.algorithms.distortion import DistortionModel, displacement_field
-from imaxt_pipeline.algorithms.flatfield import Trim
+from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
+from imaxt_pipeline.algorithms.calibration import Trim
 from imaxt_pipeline.algorithms.fusion import downsample_mean, fuse_region, tiles_touching
 from imaxt_pipeline.parallel.fusion import block_regions, fuse_blocks
 

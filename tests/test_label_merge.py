@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.label_merge import LabelMatch, iou_pairs, match_labels, merge_tables, object_f1
+from imaxt_pipeline.algorithms.segmentation import LabelMatch, iou_pairs, match_labels, merge_tables, object_f1
 from imaxt_pipeline.algorithms.segmentation import WatershedSegmenter
 from imaxt_pipeline.parallel.segmentation import block_grid, segment_blockwise
 

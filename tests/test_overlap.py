@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from imaxt_pipeline.algorithms.distortion import DistortionModel, displacement_field
-from imaxt_pipeline.algorithms.overlap import adjacent_pairs, masked_ncc_shift, match_pair, refine_shift
+from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs, masked_ncc_shift, match_pair, refine_shift
 
 
 def grid_tiles(seed: int, *, rows: int = 3, cols: int = 3, tile: int = 192, overlap: float = 0.12,
@@ -78,7 +78,7 @@ def test_refine_shift_subpixel():
 def test_match_pair_recovers_true_shift_and_bending(seed):
     model = DistortionModel(k_y=0.006, k_x=0.006)
     tiles, true, stage = grid_tiles(seed, rows=1, cols=2, model=model)
-    from imaxt_pipeline.algorithms.positions import distortion_design
+    from imaxt_pipeline.algorithms.stitching import distortion_design
 
     c = np.array([0, model.k_y, 0, model.k_x])
     # 32 px blocks, and the default (tile / 16, at least 16 px: half the pixels per point, noisier points)
@@ -108,7 +108,7 @@ def test_match_pair_empty_overlap_is_not_ok():
 
 def test_blocks_refined_together_match_one_by_one():
     """The batched Gauss-Newton of a seam's blocks gives each block the fit it would get alone."""
-    from imaxt_pipeline.algorithms.subpixel import MovingSpline
+    from imaxt_pipeline.algorithms.stitching import MovingSpline
 
     rng = np.random.default_rng(5)
     img = ndi.gaussian_filter(rng.uniform(0, 1000, (96, 160)), 2.0)

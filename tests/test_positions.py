@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.distortion import DistortionModel
-from imaxt_pipeline.algorithms.overlap import PairMatch, adjacent_pairs, match_pair
-from imaxt_pipeline.algorithms.positions import solve_positions
+from imaxt_pipeline.algorithms.optics import DistortionModel
+from imaxt_pipeline.algorithms.stitching import PairMatch, adjacent_pairs, match_pair
+from imaxt_pipeline.algorithms.stitching import solve_positions
 
 from .test_overlap import grid_tiles
 
@@ -77,7 +77,7 @@ def test_fixed_distortion_is_kept_and_bad_index_raises():
 
 def _exact_matches(true, model, shape, pairs, rng, noise_px):
     """Correspondences on a 6 x 6 grid of scene points in each overlap, with Gaussian noise on ``p_b``."""
-    from imaxt_pipeline.algorithms.distortion import detector_coordinates
+    from imaxt_pipeline.algorithms.optics import detector_coordinates
 
     out = []
     for a, b in pairs:

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imaxt_pipeline.algorithms.slice_registration import apply_offset, canvas_padding
-from imaxt_pipeline.parallel.cube import align_stack
+from imaxt_pipeline.algorithms.registration import apply_offset, canvas_padding
+from imaxt_pipeline.parallel.registration import align_stack
 from imaxt_pipeline.steps import register
 
 from .steps import only_steps
@@ -71,7 +71,7 @@ def _register_ctx(tmp_path, df, slices):
 
 def test_register_without_beads_gives_zero_offsets_and_warns(tmp_path):
     from imaxt_pipeline.errors import DataWarning
-    from imaxt_pipeline.parallel.beads import BEAD_COLUMNS
+    from imaxt_pipeline.parallel.registration import BEAD_COLUMNS
 
     cols = {c: pd.Series(dtype=bool if c == "fit_ok" else float) for c in BEAD_COLUMNS}
     empty = pd.DataFrame({"slice": pd.Series(dtype=int), **cols, "good": pd.Series(dtype=bool),
@@ -122,7 +122,7 @@ def _write_bead_sample(root, *, slices=6, tile=200, rows=2, cols=2, overlap=0.1,
 
     import tifffile
 
-    from imaxt_pipeline.algorithms.bead_fit import disc_model
+    from imaxt_pipeline.algorithms.registration import disc_model
 
     rng = np.random.default_rng(seed)
     step = int(round(tile * (1 - overlap)))

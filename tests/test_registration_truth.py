@@ -13,9 +13,9 @@ import tempfile
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.slice_registration import solve_slice_offsets
-from imaxt_pipeline.algorithms.tracks import build_tracks
-from imaxt_pipeline.parallel.beads import find_beads_numpy
+from imaxt_pipeline.algorithms.registration import solve_slice_offsets
+from imaxt_pipeline.algorithms.registration import build_tracks
+from imaxt_pipeline.parallel.registration import find_beads_numpy
 from imaxt_pipeline.synth import SynthParams, synthesize
 
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.label_merge import object_f1
+from imaxt_pipeline.algorithms.segmentation import object_f1
 from imaxt_pipeline.io.output import OutputStore
-from imaxt_pipeline.models import Acquisition
+from imaxt_pipeline.acquisition import Acquisition
 from imaxt_pipeline.steps import StepContext, step_module
 
 from .segdata import two_channel_sample

@@ -5,14 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.label_merge import object_f1
-from imaxt_pipeline.algorithms.segmentation import (
-    Segmenter,
-    WatershedSegmenter,
-    plane_thresholds,
-    segment_cells_watershed,
-    segment_nuclei_watershed,
-)
+from imaxt_pipeline.algorithms.segmentation import object_f1
+from imaxt_pipeline.algorithms.segmentation import Segmenter, WatershedSegmenter, plane_thresholds, segment_cells_watershed, segment_nuclei_watershed
 
 from .segdata import two_channel_sample
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.slice_registration import (apply_offset, canvas_padding, solve_slice_offsets,
-                                                          track_pairs)
+from imaxt_pipeline.algorithms.registration import apply_offset, canvas_padding, solve_slice_offsets, track_pairs
 from imaxt_pipeline.errors import NotEnoughOverlapError
 
 

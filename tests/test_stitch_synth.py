@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from imaxt_pipeline.algorithms.calibration import estimate_calibration
-from imaxt_pipeline.algorithms.overlap import adjacent_pairs
-from imaxt_pipeline.algorithms.positions import solve_positions
-from imaxt_pipeline.parallel.stitch import match_tiles
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs
+from imaxt_pipeline.algorithms.stitching import solve_positions
+from imaxt_pipeline.parallel.stitching import match_tiles
 
 from .synthgrid import one_slice_grid as _sample
 

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from imaxt_pipeline.algorithms.distortion import displacement_field, max_displacement, undistort
+from imaxt_pipeline.algorithms.optics import displacement_field, max_displacement, undistort
 from imaxt_pipeline.io.raw import read_raw_sample
 from imaxt_pipeline.synth import SynthParams, demo_params, load_truth, synthesize
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..algorithms.distortion import DistortionModel
-from ..algorithms.flatfield import Trim
+from ..algorithms.optics import DistortionModel
+from ..algorithms.calibration import Trim
 from ..errors import InputError
 
 if TYPE_CHECKING:
     from ..algorithms.calibration import Calibration
-    from ..algorithms.distortion_fit import DistortionFit
+    from ..algorithms.calibration import DistortionFit
 
 __all__ = ["read_calibration_file", "write_calibration_file"]
 

@@ -16,7 +16,7 @@ import tifffile
 from pydantic import ValidationError
 
 from ..errors import InputError
-from ..models import Acquisition, RawSample, TileRecord
+from ..acquisition import Acquisition, RawSample, TileRecord
 from .urls import Location
 
 REQUIRED_COLUMNS = ("slice", "channel", "row", "col", "x_um", "y_um", "file")

@@ -19,7 +19,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from ..errors import StoreError
-from ..models import Acquisition
+from ..acquisition import Acquisition
 from .urls import Location
 
 TILE_DIMS = ("slice", "z", "channel", "tile", "y", "x")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import StoreError
-from ..models import RawSample, TileRecord
+from ..acquisition import RawSample, TileRecord
 from .provenance import software_versions, utcnow
 from .raw import read_raw_sample, read_tile
 from .rawzarr import COMPRESSOR, TILE_DIMS, sha256, tile_key

@@ -117,7 +117,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..workflows.demo import run_demo
 
     print(run_demo(args.dir, n_workers=args.workers).describe())
     return 0

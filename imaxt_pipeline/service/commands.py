@@ -278,7 +278,7 @@ def _calibrate_distortion(args: argparse.Namespace) -> int:
         raise InputError(out, f"output folder {out.parent} does not exist")
     if not args.stage_sigma_px > 0:
         raise ConfigError(f"--stage-sigma-px must be > 0, got {args.stage_sigma_px}")
-    from ..calibration_acquisition import calibrate_from_acquisition
+    from ..workflows.calibration_acquisition import calibrate_from_acquisition
     from ..io.calibration_file import write_calibration_file
 
     cal, fit = calibrate_from_acquisition(args.raw_dir, storage_options=_storage_options(args),

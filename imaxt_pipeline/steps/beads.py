@@ -58,7 +58,7 @@ def pick_channel(ctx: StepContext, image, params: Params) -> int:
     A channel chosen by an earlier run (``imaxt.beads.channel``) is kept so
     that live processing uses one channel for every slice.
     """
-    from ..algorithms.beads import bead_channel_scores, pick_bead_channel
+    from ..algorithms.registration import bead_channel_scores, pick_bead_channel
 
     earlier = ctx.output.imaxt_attrs().get("beads", {})
     based_on = earlier.get("channel_slices", [])
@@ -86,7 +86,7 @@ def slice_thresholds(image, planes: list[int], channel: int, params: Params, pea
     """
     from scipy import ndimage as ndi
 
-    from ..algorithms.beads import bead_threshold
+    from ..algorithms.registration import bead_threshold
 
     coarse = [_coarse(image, p)[0][channel] for p in planes]
     tops = [float(ndi.gaussian_filter(c.astype(np.float32), 1.0)[c != 0].max()) if np.any(c != 0) else 0.0
@@ -112,7 +112,7 @@ def flag_fits(df: pd.DataFrame, *, min_snr: float, max_chi2_ratio: float, min_ra
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
-    from ..parallel.beads import find_beads
+    from ..parallel.registration import find_beads
 
     acq = ctx.raw.acquisition
     if params.z >= acq.optical_sections:

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from ..algorithms.calibration import Calibration, estimate_calibration
-from ..algorithms.distortion import DistortionModel
+from ..algorithms.optics import DistortionModel
 from ..io.calibration_file import read_calibration_file
 from ._base import StepContext, StepParams, StepResult
 

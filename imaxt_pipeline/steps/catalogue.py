@@ -50,7 +50,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
 
 def _plane_tables(image: Any, cells: Any, nuclei: Any, slice_: int, plane: int, channels: list[str],
                   pixel_um: float, z_um: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from ..algorithms.features import cell_catalogue
+    from ..algorithms.measure import cell_catalogue
 
     return cell_catalogue(cells.read_plane(plane), nuclei.read_plane(plane), image.read_plane(plane),
                           channel_names=channels, pixel_size_um=pixel_um, z_um=plane * z_um, slice_index=slice_,

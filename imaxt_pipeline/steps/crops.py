@@ -35,7 +35,7 @@ class Params(StepParams):
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
-    from ..algorithms.crops import representative_ranking
+    from ..algorithms.measure import representative_ranking
 
     if not (ctx.output.has_table("nuclei") and ctx.output.has_table("cells")):
         raise StoreError(f"{ctx.output.url}: tables nuclei/cells are missing; run the catalogue step first")
@@ -96,7 +96,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
 
 def _plane_crops(image: Any, nuclei: Any, plane: int, centroids: np.ndarray, labels: np.ndarray, size: int
                  ) -> tuple[int, np.ndarray]:
-    from ..algorithms.crops import masked_crops
+    from ..algorithms.measure import masked_crops
 
     crops = masked_crops(image.read_plane(plane).astype(np.float32), nuclei.read_plane(plane), centroids, labels,
                          size=(size, size))

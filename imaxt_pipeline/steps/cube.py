@@ -32,8 +32,8 @@ def _write(image, plane: int, data) -> int:
 def run(ctx: StepContext, params: Params) -> StepResult:
     import dask
 
-    from ..algorithms.slice_registration import canvas_padding
-    from ..parallel.cube import align_plane
+    from ..algorithms.registration import canvas_padding
+    from ..parallel.registration import align_plane
 
     acq = ctx.raw.acquisition
     meta = ctx.output.imaxt_attrs()

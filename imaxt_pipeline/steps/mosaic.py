@@ -21,7 +21,7 @@ from functools import partial
 import numpy as np
 from pydantic import Field
 
-from ..algorithms.mosaic import MosaicGeometry, mosaic_geometry
+from ..algorithms.optics import MosaicGeometry, mosaic_geometry
 from ..parallel.fusion import fuse_blocks
 from ._base import StepContext, StepParams, StepResult
 from .calibrate import load_calibration

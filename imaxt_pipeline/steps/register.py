@@ -37,9 +37,9 @@ class Params(StepParams):
 
 def register_table(df: pd.DataFrame, params: Params):
     """Flag radius outliers, build tracks and solve; returns (table, SliceOffsets)."""
-    from ..algorithms.bead_fit import radius_outliers
-    from ..algorithms.slice_registration import solve_slice_offsets
-    from ..algorithms.tracks import build_tracks
+    from ..algorithms.registration import radius_outliers
+    from ..algorithms.registration import solve_slice_offsets
+    from ..algorithms.registration import build_tracks
     from ..errors import NotEnoughOverlapError
 
     if not len(df):

@@ -74,7 +74,7 @@ def make_segmenter(params: Params, *, pixel_um: float, plane_sample: np.ndarray,
         return WatershedSegmenter(nuclear_channel=params.nuclear_channel, cyto_channel=params.cyto_channel,
                                   diameter=diameter, sigma=params.sigma_px, nuclear_threshold=t_nuc,
                                   cell_threshold=t_cell, max_expansion=expansion)
-    from ..algorithms.segmentation_cellpose import CellposeSegmenter, resolve_model
+    from ..algorithms.segmentation import CellposeSegmenter, resolve_model
 
     nuc = plane_sample[params.nuclear_channel]
     lo, hi = np.percentile(nuc, [1.0, 99.9])

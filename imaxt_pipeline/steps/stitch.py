@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from ..algorithms.flat_refine import refine_flat
-from ..algorithms.overlap import PairMatch, adjacent_pairs
-from ..algorithms.positions import solve_positions
-from ..parallel.stitch import match_pairs
+from ..algorithms.calibration import refine_flat
+from ..algorithms.stitching import PairMatch, adjacent_pairs
+from ..algorithms.stitching import solve_positions
+from ..parallel.stitching import match_pairs
 from ._base import StepContext, StepParams, StepResult
 from .calibrate import load_calibration, save_calibration
 

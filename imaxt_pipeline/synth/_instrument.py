@@ -8,7 +8,7 @@ A raw tile of slice ``k`` at grid (row, col) is::
 
 for every detector pixel ``p = (y, x)``, with ``T`` the true top-left of the
 tile in the slice's mosaic frame and ``D`` the distortion displacement of
-:mod:`imaxt_pipeline.algorithms.distortion` (a detector pixel sees the scene at
+:mod:`imaxt_pipeline.algorithms.optics` (a detector pixel sees the scene at
 ``p + D(p)``). The result is rounded and clipped to uint16. Shot noise is
 drawn exactly where fewer than 50 photons are expected and by its normal
 approximation (shot and read noise together, same mean and variance) above,
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..algorithms.distortion import displacement_field, max_displacement
+from ..algorithms.optics import displacement_field, max_displacement
 
 if TYPE_CHECKING:
     from ._params import SynthParams

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..algorithms.distortion import DistortionModel, max_displacement
+from ..algorithms.optics import DistortionModel, max_displacement
 
 __all__ = ["BASE_DISTORTION", "SynthParams", "calibration_params", "demo_params"]
 

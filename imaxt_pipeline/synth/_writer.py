@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from ..algorithms.distortion import DistortionModel
+from ..algorithms.optics import DistortionModel
 from ._instrument import Instrument, render_pad
 from ._params import SynthParams
 from ._scene import Scene
@@ -44,7 +44,7 @@ CONVENTIONS = {
                        "radius_px = sqrt(R**2 - (z_k - z_um)**2) / pixel_size_um, listed when >= 1 px; "
                        "(y_px, x_px) in slice k's mosaic frame (drift included)",
     "raw": "raw(p) = gain * Poisson((flat(p) * scene(T + p + D(p)) + stray(p)) / gain) + dark + "
-           "Normal(0, read_noise); D from imaxt_pipeline.algorithms.distortion",
+           "Normal(0, read_noise); D from imaxt_pipeline.algorithms.optics",
     "clean": "noise-free, undistorted, flat-free planes (PSF blur included) in each slice's mosaic frame",
     "nuclei": "drawn independently per slice; labels unique over the whole sample",
 }

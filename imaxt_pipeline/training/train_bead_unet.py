@@ -2,13 +2,13 @@
 
 Usage::
 
-    python -m imaxt_pipeline.training.train_bead_unet --out imaxt_pipeline/models/bead_unet.pt
+    python -m imaxt_pipeline.training.train_bead_unet --out imaxt_pipeline/pretrained/bead_unet.pt
 
 Training pairs come from :mod:`imaxt_pipeline.synth`: the noise-free mosaic
 planes (``truth.clean``) of several seeded samples, with Poisson noise at a
 random exposure, and the truth bead discs (``truth.bead_detections``) as
 masks. Images are binned by ``--downsample`` and normalised exactly as at
-inference (:func:`imaxt_pipeline.algorithms.bead_unet.normalise`). Random
+inference (:func:`imaxt_pipeline.algorithms.registration.normalise`). Random
 128 x 128 crops, flips and rotations feed a BCE + Dice loss. Writes the
 checkpoint (``state_dict`` + ``config``) and ``<out>.json`` with the
 training metadata and the validation Dice/recall.
@@ -47,7 +47,7 @@ def _bin(img: np.ndarray, f: int) -> np.ndarray:
 def synthetic_pairs(seeds: list[int], *, downsample: int, workdir: Path, rng: np.random.Generator,
                     slices: int = 4, tile: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
     """(normalised image, mask) pairs at reduced resolution, one per slice and channel."""
-    from ..algorithms.bead_unet import normalise
+    from ..algorithms.registration import normalise
     from ..synth import SynthParams, synthesize
 
     pairs = []
@@ -78,7 +78,7 @@ def render_scene(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.n
     """
     from scipy import ndimage as ndi
 
-    from ..algorithms.bead_fit import disc_model
+    from ..algorithms.registration import disc_model
 
     h, w = shape
     yy, xx = np.indices(shape, dtype=np.float64)
@@ -104,7 +104,7 @@ def render_scene(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.n
 
 def rendered_pairs(n: int, *, downsample: int, rng: np.random.Generator, size: int = 512):
     """(normalised image, mask) pairs from :func:`render_scene` at reduced resolution."""
-    from ..algorithms.bead_unet import normalise
+    from ..algorithms.registration import normalise
 
     pairs = []
     for _ in range(n):
@@ -142,14 +142,14 @@ def train(out: Path, *, seconds: float = 240.0, downsample: int = 2, base: int =
     """Train and save the model; returns the metadata written next to it."""
     import torch
 
-    from ..algorithms.bead_unet import BeadUNet
+    from ..algorithms.registration import BeadUNet
 
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     rng = np.random.default_rng(seed)
     if source == "auto":
         try:
-            from ..synth import synthesize  # noqa: F401
+            from ..synth import synthesize
 
             source = "synth"
         except ImportError:
@@ -205,7 +205,7 @@ def train(out: Path, *, seconds: float = 240.0, downsample: int = 2, base: int =
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train the bead U-Net on synthetic mosaics.")
-    ap.add_argument("--out", type=Path, default=Path("imaxt_pipeline/models/bead_unet.pt"))
+    ap.add_argument("--out", type=Path, default=Path("imaxt_pipeline/pretrained/bead_unet.pt"))
     ap.add_argument("--seconds", type=float, default=240.0, help="training time budget")
     ap.add_argument("--downsample", type=int, default=2)
     ap.add_argument("--base", type=int, default=8)

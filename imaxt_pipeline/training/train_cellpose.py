@@ -1,4 +1,4 @@
-"""Train the small cellpose 3.x nuclei model shipped in ``imaxt_pipeline/models/cellpose``.
+"""Train the small cellpose 3.x nuclei model shipped in ``imaxt_pipeline/pretrained/cellpose``.
 
 No pretrained weights can be downloaded where this project is built, so the
 ``cellpose`` backend ships its own model: a standard cellpose 3 ``CPnet``
@@ -13,7 +13,7 @@ path ``CellposeModel(pretrained_model=path)``.
 
 Usage::
 
-    python -m imaxt_pipeline.training.train_cellpose --out imaxt_pipeline/models/cellpose/nuclei_synth
+    python -m imaxt_pipeline.training.train_cellpose --out imaxt_pipeline/pretrained/cellpose/nuclei_synth
 
 Training takes ~5 minutes on two CPU cores with the defaults.
 """

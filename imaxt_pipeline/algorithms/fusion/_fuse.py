@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from .distortion import DistortionModel, detector_coordinates, max_displacement
+from ..optics import DistortionModel, detector_coordinates, max_displacement
 
 __all__ = ["FusedRegion", "downsample_mean", "fuse_region", "tiles_touching"]
 

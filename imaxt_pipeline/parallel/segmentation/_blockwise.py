@@ -4,7 +4,7 @@ The plane is cut into core blocks; each block is segmented with a margin of
 ``overlap`` px on every side (``overlap >= 2 x`` the expected diameter, so an
 object cut by a core boundary is seen whole by both blocks). Neighbouring
 blocks' nucleus labels are matched by IoU in the region both blocks saw;
-a union-find over those matches (:func:`~imaxt_pipeline.algorithms.label_merge.merge_tables`)
+a union-find over those matches (:func:`~imaxt_pipeline.algorithms.segmentation.merge_tables`)
 gives every object one global label, and each block's core is written with
 its labels mapped through that table. Cells share their nucleus's label.
 
@@ -25,10 +25,10 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ..algorithms.label_merge import LabelMatch, match_labels, merge_tables
+from ...algorithms.segmentation import LabelMatch, match_labels, merge_tables
 
 if TYPE_CHECKING:
-    from ..algorithms.segmentation import Segmenter
+    from ...algorithms.segmentation import Segmenter
 
 __all__ = ["BlockGrid", "block_grid", "segment_blockwise"]
 

@@ -24,9 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .distortion import DistortionModel
-from .overlap import PairMatch, adjacent_pairs
-from .positions import solve_positions
+from ..optics import DistortionModel
+from ..stitching import PairMatch, adjacent_pairs
+from ..stitching import solve_positions
 
 __all__ = ["DistortionFit", "calibration_pairs", "fit_calibration_distortion"]
 

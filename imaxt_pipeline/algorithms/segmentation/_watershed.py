@@ -8,7 +8,7 @@ which one runs:
   Otsu threshold, peaks of the distance transform as seeds and a watershed for
   nuclei; whole cells by a second watershed on the nucleus + cytoplasm signal
   seeded by the nuclei.
-* :class:`~imaxt_pipeline.algorithms.segmentation_cellpose.CellposeSegmenter`
+* :class:`~imaxt_pipeline.algorithms.segmentation.CellposeSegmenter`
   -- a cellpose 3.x model for nuclei, with cells grown by the same seeded
   watershed.
 

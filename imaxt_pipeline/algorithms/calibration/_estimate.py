@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .distortion import DistortionModel
-from .flatfield import Trim, apply_flat, confidence_map, estimate_tile_model
-from .overlap import PairMatch
-from .positions import solve_positions
+from ..optics import DistortionModel
+from ._flatfield import Trim, apply_flat, confidence_map, estimate_tile_model
+from ..stitching import PairMatch
+from ..stitching import solve_positions
 
 __all__ = ["Calibration", "estimate_calibration", "fit_distortion"]
 

@@ -4,7 +4,7 @@ Beads are bright, round and much larger than nuclei; the detector finds
 bright connected regions, splits touching beads with a watershed on the
 distance transform, and keeps round regions within the expected size range.
 The same :func:`split_beads` turns a U-Net probability map into labels
-(:mod:`imaxt_pipeline.algorithms.bead_unet`).
+(:mod:`imaxt_pipeline.algorithms.registration`).
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import load_config
-from .io.upload import upload
-from .pipeline import run_pipeline
+from ..config import load_config
+from ..io.upload import upload
+from ..pipeline import run_pipeline
 
 
 @dataclass
@@ -29,7 +29,7 @@ class DemoResult:
 
 def run_demo(directory: Path, *, n_workers: int = 2, synth_params=None) -> DemoResult:
     """Run the whole chain in ``directory`` (created if needed) on a LocalCluster."""
-    from .synth import demo_params, synthesize
+    from ..synth import demo_params, synthesize
 
     directory = Path(directory).resolve()
     params = synth_params or demo_params()

@@ -24,7 +24,7 @@ BEAD_COLUMNS = ("y_px", "x_px", "radius_px", "y_err", "x_err", "radius_err", "wi
 
 @lru_cache(maxsize=4)
 def _model(source: str | None, device: str | None):
-    from ..algorithms.bead_unet import load_bead_unet
+    from ...algorithms.registration import load_bead_unet
 
     return load_bead_unet(source, device=device)
 
@@ -51,7 +51,7 @@ def find_beads_numpy(image: np.ndarray, *, detector: str = "classical", origin: 
         Radius range of candidates in px.
     sigma, nsigma, rel : float, optional
         Classical detector smoothing and threshold rules
-        (:func:`~imaxt_pipeline.algorithms.beads.bead_threshold`).
+        (:func:`~imaxt_pipeline.algorithms.registration.bead_threshold`).
     threshold : float, optional
         Absolute classical threshold shared by all blocks of a plane
         (default: computed from ``image``).
@@ -65,15 +65,15 @@ def find_beads_numpy(image: np.ndarray, *, detector: str = "classical", origin: 
     pandas.DataFrame
         Columns :data:`BEAD_COLUMNS`, centres in full-image coordinates.
     """
-    from ..algorithms.bead_fit import fit_beads
-    from ..algorithms.beads import detect_beads
+    from ...algorithms.registration import fit_beads
+    from ...algorithms.registration import detect_beads
 
     img = np.asarray(image, dtype=np.float32)
     if detector == "classical":
         cands = detect_beads(img, sigma=sigma, nsigma=nsigma, rel=rel, threshold=threshold, min_radius=min_radius,
                              max_radius=max_radius)
     elif detector == "unet":
-        from ..algorithms.bead_unet import detect_beads_unet
+        from ...algorithms.registration import detect_beads_unet
 
         model, config = _model(model_source, device)
         cands = detect_beads_unet(img, model, downsample=int(config.get("downsample", 2)),
@@ -105,7 +105,7 @@ def find_beads_numpy(image: np.ndarray, *, detector: str = "classical", origin: 
 
 
 def _subset(cands, keep: np.ndarray):
-    from ..algorithms.beads import BeadCandidates
+    from ...algorithms.registration import BeadCandidates
 
     idx = np.flatnonzero(keep)
     lut = np.zeros(len(cands) + 1, np.int32)

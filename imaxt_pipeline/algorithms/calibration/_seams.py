@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from .distortion import DistortionModel
-from .fusion import fuse_region
+from ..optics import DistortionModel
+from ..fusion import fuse_region
 
 __all__ = ["SIDES", "SeamOverlap", "Trim", "confidence_map", "estimate_stray", "masked_smooth", "overlap_mismatch",
            "overlapping_pairs", "resampled_overlaps", "trim_from_stray"]

@@ -34,8 +34,8 @@ import numpy as np
 from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
-from .distortion import DistortionModel, detector_coordinates
-from .seams import masked_smooth, resampled_overlaps
+from ..optics import DistortionModel, detector_coordinates
+from ._seams import masked_smooth, resampled_overlaps
 
 __all__ = ["refine_flat"]
 

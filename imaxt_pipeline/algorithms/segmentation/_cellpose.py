@@ -4,7 +4,7 @@ Nuclei come from a cellpose model (a built-in name such as ``"nuclei"``
 when its weights are cached locally, a path to a weights file, or
 ``"shipped"``: the small model trained on synthetic nuclei by
 :mod:`imaxt_pipeline.training.train_cellpose` and shipped in
-``imaxt_pipeline/models/cellpose/``). Whole cells are grown from them by the
+``imaxt_pipeline/pretrained/cellpose/``). Whole cells are grown from them by the
 seeded watershed of the watershed backend. ``cellpose`` and ``torch`` are
 imported on first use only; the model runs on the GPU when torch sees one.
 """
@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from .segmentation import Segmentation, grow_cells
+from ...errors import ConfigError
+from ._watershed import Segmentation, grow_cells
 
 __all__ = ["SHIPPED_MODEL", "CellposeSegmenter", "resolve_model"]
 
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "cellpose" / "nuclei_synth"
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "pretrained" / "cellpose" / "nuclei_synth"
 
 _MODELS: dict[tuple[str, bool], Any] = {}  # per-process cache: workers load a model once
 

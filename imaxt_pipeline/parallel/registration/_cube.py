@@ -3,7 +3,7 @@
 Each plane is moved by its own sub-pixel offset: the integer part by
 cropping/zero-padding (no computation), the fractional part by
 :func:`scipy.ndimage.shift` mapped over chunks with a small overlap. The
-result equals :func:`imaxt_pipeline.algorithms.slice_registration.apply_offset`
+result equals :func:`imaxt_pipeline.algorithms.registration.apply_offset`
 plane by plane (exactly for ``order=1``).
 """
 

@@ -34,8 +34,8 @@ import pandas as pd
 from scipy import sparse
 from scipy.sparse import linalg as splinalg
 
-from .distortion import DistortionModel
-from .overlap import PairMatch
+from ..optics import DistortionModel
+from ._overlap import PairMatch
 
 __all__ = ["PositionSolution", "distortion_design", "solve_positions"]
 

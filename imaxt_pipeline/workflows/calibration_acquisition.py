@@ -12,12 +12,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from .algorithms.calibration import Calibration, estimate_calibration
-from .algorithms.distortion_fit import DistortionFit, calibration_pairs, fit_calibration_distortion
-from .errors import InputError
-from .io.raw import read_raw_sample, read_tile
-from .io.urls import Location
-from .parallel.stitch import match_tiles
+from ..algorithms.calibration import Calibration, estimate_calibration
+from ..algorithms.calibration import DistortionFit, calibration_pairs, fit_calibration_distortion
+from ..errors import InputError
+from ..io.raw import read_raw_sample, read_tile
+from ..io.urls import Location
+from ..parallel.stitching import match_tiles
 
 __all__ = ["calibrate_from_acquisition"]
 

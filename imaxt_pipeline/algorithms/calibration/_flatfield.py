@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi, optimize
 
-from .seams import Trim, confidence_map, estimate_stray, overlap_mismatch, trim_from_stray
+from ._seams import Trim, confidence_map, estimate_stray, overlap_mismatch, trim_from_stray
 
 __all__ = [
     "TileModel",

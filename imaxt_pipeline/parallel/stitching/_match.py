@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from dask import delayed
 
-from ..algorithms.calibration import Calibration
-from ..algorithms.overlap import PairMatch, match_pair
+from ...algorithms.calibration import Calibration
+from ...algorithms.stitching import PairMatch, match_pair
 
 __all__ = ["match_pairs", "match_tiles"]
 

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 from dask import delayed
 
-from ..algorithms.calibration import Calibration
-from ..algorithms.fusion import downsample_mean, fuse_region, tiles_touching
+from ...algorithms.calibration import Calibration
+from ...algorithms.fusion import downsample_mean, fuse_region, tiles_touching
 
 __all__ = ["block_regions", "fuse_block", "fuse_blocks"]
 

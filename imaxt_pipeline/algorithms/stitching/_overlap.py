@@ -23,7 +23,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from .subpixel import MovingSpline, ShiftEstimate, window_crop, refine_shift
+from ._subpixel import MovingSpline, ShiftEstimate, window_crop, refine_shift
 
 __all__ = ["PairMatch", "ShiftEstimate", "adjacent_pairs", "masked_ncc_shift", "match_pair", "refine_shift"]
 

@@ -5,9 +5,9 @@ normalised by its robust background and noise, and outputs one logit per
 pixel. Inference runs over overlapping patches (only each patch's centre is
 kept), so any image size fits in memory; the probability map is brought
 back to full resolution and split into beads by
-:func:`imaxt_pipeline.algorithms.beads.split_beads`.
+:func:`imaxt_pipeline.algorithms.registration.split_beads`.
 
-Weights ship with the package (``imaxt_pipeline/models/bead_unet.pt``,
+Weights ship with the package (``imaxt_pipeline/pretrained/bead_unet.pt``,
 trained on synthetic mosaics by ``python -m
 imaxt_pipeline.training.train_bead_unet``); :func:`load_bead_unet` also
 accepts a user's path or URL.
@@ -24,12 +24,12 @@ import torch
 from scipy import ndimage as ndi
 from torch import nn
 
-from .beads import BeadCandidates, background_stats, candidates_from_labels, split_beads
+from ._beads import BeadCandidates, background_stats, candidates_from_labels, split_beads
 
 __all__ = ["BeadUNet", "DEFAULT_WEIGHTS", "detect_beads_unet", "load_bead_unet", "normalise",
            "predict_bead_probability"]
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "bead_unet.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "pretrained" / "bead_unet.pt"
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -205,7 +205,7 @@ def detect_beads_unet(image: np.ndarray, model: BeadUNet, *, downsample: int = 2
     threshold : float, optional
         Probability above which a pixel is bead.
     min_radius, max_radius, min_solidity : float, optional
-        See :func:`imaxt_pipeline.algorithms.beads.candidates_from_labels`.
+        See :func:`imaxt_pipeline.algorithms.registration.candidates_from_labels`.
     device : str or torch.device, optional
         Default: the model's device.
 

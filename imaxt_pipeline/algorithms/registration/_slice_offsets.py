@@ -27,7 +27,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import lsqr, spsolve
 
-from ..errors import NotEnoughOverlapError
+from ...errors import NotEnoughOverlapError
 
 __all__ = ["SliceOffsets", "apply_offset", "canvas_padding", "solve_slice_offsets", "track_pairs"]
 
