@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from .s3server import s3_endpoint  # noqa: F401  (session fixture: moto server over HTTP)
+from imaxt_pipeline.testing._s3 import s3_endpoint  # noqa: F401  (session fixture: moto server over HTTP)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -1,0 +1,123 @@
+"""The skeleton run end to end on a real multi-process LocalCluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from imaxt_pipeline.config import load_config
+from imaxt_pipeline.errors import ConfigError, StoreError
+from imaxt_pipeline.io.upload import upload
+from imaxt_pipeline.pipeline import run_pipeline
+
+from imaxt_pipeline.testing._raw import write_raw_sample
+from imaxt_pipeline.testing._steps import only_steps
+
+ONLY_MOSAIC = only_steps("mosaic")
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory, dask_client):
+    root = tmp_path_factory.mktemp("pipe")
+    sample = write_raw_sample(root / "raw", slices=2, rows=2, cols=2, tile=40)  # step 36 px: integer
+    store = str(root / "raw.zarr")
+    upload(str(sample), store, progress=False)
+    out = str(root / "out.zarr")
+    config = load_config(None, input_url=store, output_url=out, **{"steps.mosaic.levels": 2}, **ONLY_MOSAIC)
+    summary = run_pipeline(config, client=dask_client)
+    return sample, out, summary
+
+
+def test_mosaic_places_tiles_at_stage_positions(processed):
+    sample, out, _ = processed
+    mosaic = zarr.open_group(out, mode="r")["mosaic/0"]
+    margin = 16
+    t00 = tifffile.imread(sample / "tiles" / "s001_c1_r0_c0.tif").astype(np.float32)
+    t01 = tifffile.imread(sample / "tiles" / "s001_c1_r0_c1.tif").astype(np.float32)
+    plane = mosaic[1, 1]
+    # Only tile (0, 0) covers its first 36 columns of rows 0..35; the overlap is the mean.
+    np.testing.assert_allclose(plane[margin:margin + 36, margin:margin + 36], t00[:36, :36], rtol=1e-6)
+    np.testing.assert_allclose(plane[margin:margin + 36, margin + 36:margin + 40],
+                               (t00[:36, 36:] + t01[:36, :4]) / 2, rtol=1e-6)
+    assert plane[:margin].max() == 0
+
+
+def test_output_is_valid_ngff_and_readable_by_ome_zarr(processed):
+    _, out, _ = processed
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05.image import Image
+
+    group = zarr.open_group(f"{out}/mosaic", mode="r")
+    model = Image.from_zarr(group)
+    axes = [a.name for a in model.ome_attributes.multiscales[0].axes]
+    assert axes == ["c", "z", "y", "x"]
+    nodes = list(Reader(parse_url(f"{out}/mosaic"))())
+    data = nodes[0].data
+    assert len(data) == 2 and data[0].shape[:2] == (2, 2)
+    assert data[1].shape[-1] == -(-data[0].shape[-1] // 2)
+    scale = group.attrs["ome"]["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"]
+    assert scale == [1.0, 15.0, 2.0, 2.0]
+
+
+def test_provenance_entries_are_complete(processed):
+    _, out, summary = processed
+    meta = zarr.open_group(out, mode="r").attrs["imaxt"]
+    names = [p["name"] for p in meta["provenance"]]
+    assert names == ["mosaic"]
+    entry = meta["provenance"][0]
+    for key in ("software", "parameters", "inputs", "start", "end", "host"):
+        assert entry[key], key
+    assert entry["software"]["dask"] and entry["parameters"]["levels"] == 2
+    assert len(entry["inputs"]["raw_sha256"]) == 64
+    assert entry["start"] <= entry["end"] and entry["start"].endswith("+00:00")
+    assert meta["complete"] is True and meta["slices_done"] == [0, 1]
+    assert summary.slices == [0, 1]
+
+
+def test_missing_input_store_is_a_clear_error(tmp_path):
+    config = load_config(None, input_url=str(tmp_path / "nope.zarr"), output_url=str(tmp_path / "o.zarr"))
+    with pytest.raises(StoreError, match="nope.zarr: no raw Zarr store here"):
+        run_pipeline(config)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_config_rejects_unknown_keys_and_reads_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("input_url: a\noutput_url: b\nsteps:\n  mosaic:\n    levels: 4\n")
+    assert load_config(path).steps.mosaic.levels == 4
+    assert load_config(path, **{"steps.mosaic.levels": 2}).steps.mosaic.levels == 2
+    path.write_text("input_url: a\noutput_url: b\nsteps:\n  mosaik: {}\n")
+    with pytest.raises(ConfigError, match="steps.mosaik: Extra inputs are not permitted"):
+        load_config(path)
+
+
+def test_slices_rewritten_by_a_step_are_redone_downstream(tmp_path, dask_client, monkeypatch):
+    """A refined registration moves earlier cube planes: segmentation etc. must redo those slices."""
+    import types
+
+    from imaxt_pipeline import pipeline
+    from imaxt_pipeline.steps import StepResult
+
+    sample = write_raw_sample(tmp_path / "raw", slices=3, rows=1, cols=1, tile=16)
+    store = str(tmp_path / "raw.zarr")
+    upload(str(sample), store, progress=False)
+    seen: dict[str, list[int]] = {}
+
+    def fake(name, rewritten=()):
+        def run(ctx, params):
+            seen[name] = list(ctx.slices)
+            return StepResult(rewritten_slices=list(rewritten))
+        return types.SimpleNamespace(run=run)
+
+    modules = {"cube": fake("cube", rewritten=[0, 2]), "segment": fake("segment"), "mosaic": fake("mosaic")}
+    monkeypatch.setattr(pipeline, "step_module", lambda name: modules[name])
+    enabled = only_steps(*modules)
+    config = load_config(None, input_url=store, output_url=str(tmp_path / "o.zarr"), slices=[2], **enabled)
+    run_pipeline(config, client=dask_client)
+    assert seen == {"mosaic": [2], "cube": [2], "segment": [0, 2]}
+    meta = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["imaxt"]
+    assert [p["slices"] for p in meta["provenance"]] == [[2], [2], [0, 2]]
+    assert meta["slices_done"] == [2]
