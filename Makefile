@@ -1,10 +1,10 @@
-# Two commands: `make demo` (synthetic sample -> full pipeline -> outputs + QC) and `make test`.
+# Two commands: `make demo` (synthetic sample -> full pipeline -> outputs + QC) and `make test` (contracts + suite).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test lint install clean bench
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/imaxt demo demo-output
 
-test: $(STAMP)
+# Contracts first (seconds): import layering, lint, formatting, types; then the suite.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check imaxt_pipeline tests benchmarks
+	$(VENV)/bin/ruff format --check imaxt_pipeline tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

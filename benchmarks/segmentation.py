@@ -29,16 +29,26 @@ import numpy as np  # noqa: E402
 
 
 def _segmenter(backend: str, image: np.ndarray, threads: int):
-    from imaxt_pipeline.algorithms.segmentation import WatershedSegmenter, plane_thresholds
+    from imaxt_pipeline.algorithms.segmentation import CellGrowth, WatershedSegmenter, plane_thresholds
 
     t_nuc, t_cell = plane_thresholds(image, max_area=int(np.pi * 10**2))
     if backend == "watershed":
-        return WatershedSegmenter(nuclear_threshold=t_nuc, cell_threshold=t_cell)
+        return WatershedSegmenter(nuclear_threshold=t_nuc, growth=CellGrowth(threshold=t_cell))
     from imaxt_pipeline.algorithms.segmentation import CellposeSegmenter
 
     lo, hi = np.percentile(image[0], [1.0, 99.9])
-    return CellposeSegmenter(model="shipped", normalize_lowhigh=(float(lo), float(hi)), cell_threshold=t_cell,
-                             threads=threads)
+    return CellposeSegmenter(model="shipped", normalize_lowhigh=(float(lo), float(hi)),
+                             growth=CellGrowth(threshold=t_cell), threads=threads)
+
+
+def _bound(seg):
+    """``seg`` ready to run in this process: a cellpose model is loaded (once) through io.weights."""
+    from imaxt_pipeline.algorithms.segmentation import CellposeSegmenter
+    from imaxt_pipeline.io.weights import cached_model
+
+    if isinstance(seg, CellposeSegmenter):
+        return seg.with_model(cached_model("cellpose", seg.model, device=seg.device()))
+    return seg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from imaxt_pipeline.algorithms.segmentation import object_f1
     from imaxt_pipeline.parallel.segmentation import segment_blockwise
-    from imaxt_pipeline.training.train_cellpose import render_cells
+    from imaxt_pipeline.synth import render_cells
 
     size = args.size or (512 if args.quick else 2048)
     blocks = [256] if args.quick else [512, 1024]
@@ -66,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         for backend in args.backends.split(","):
             seg = _segmenter(backend, image, args.threads)
             device = "gpu" if backend == "cellpose" and seg.use_gpu() else "cpu"
-            seg.segment(image[:, :64, :64])  # warm-up: imports, model load
+            _bound(seg).segment(image[:, :64, :64])  # warm-up: imports, model load
             t0 = time.perf_counter()
-            whole = seg.segment(image)
+            whole = _bound(seg).segment(image)
             dt = time.perf_counter() - t0
             rows.append((backend, device, "whole", 1, mpx / dt, object_f1(truth, whole.nuclei).f1, dt))
-            client.run(lambda s=seg: s.segment(np.zeros((2, 32, 32), np.float32)))  # warm the workers
+            client.run(lambda s=seg: _bound(s).segment(np.zeros((2, 32, 32), np.float32)))  # warm the workers
             for block in blocks:
                 lab = segment_blockwise(image, seg, block=block)
                 t0 = time.perf_counter()

@@ -285,7 +285,7 @@ def run_isolated(python, method, opts, npz, timeout=600):
 
 def fuse_rss(path, true, model, tile):
     """Peak RSS (MB) of fusing one slice block by block (blocks of 256 px) from memory-mapped tiles."""
-    from imaxt_pipeline.algorithms.calibration import Calibration
+    from imaxt_pipeline.algorithms.optics import Calibration
     from imaxt_pipeline.parallel.fusion import block_regions, fuse_block
 
     rss0 = _vmhwm_mb()  # imports only

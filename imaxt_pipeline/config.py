@@ -2,21 +2,21 @@
 
 One :class:`RunConfig` describes a run: where the raw store is, where the
 output goes, how to reach storage and the Dask cluster, and the parameters of
-every step. It loads from YAML, and CLI options override it; unknown keys are
+every step (the models live in :mod:`.steps.params`, which imports no
+step module). It loads from YAML, and CLI options override it; unknown keys are
 errors so that a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
-from .steps import STEP_ORDER, step_module
+from .steps.params import StepParams, StepsConfig
 
 
 class ClusterConfig(BaseModel):
@@ -31,20 +31,6 @@ class ClusterConfig(BaseModel):
     processes: bool = True
 
 
-def _steps_model() -> type[BaseModel]:
-    fields: dict[str, Any] = {}
-    for name in STEP_ORDER:
-        params = step_module(name).Params
-        fields[name] = (params, Field(default_factory=params))
-    with warnings.catch_warnings():
-        # A step called "register" shadows ABCMeta.register on the class only; instances are unaffected.
-        warnings.filterwarnings("ignore", message='Field name "register"')
-        return create_model("StepsConfig", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-StepsConfig = _steps_model()
-
-
 class RunConfig(BaseModel):
     """Everything one ``imaxt run`` needs."""
 
@@ -55,10 +41,12 @@ class RunConfig(BaseModel):
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options, e.g. endpoint_url")
     slices: list[int] | None = Field(default=None, description="Process only these slices (live processing)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    steps: StepsConfig = Field(default_factory=StepsConfig)  # type: ignore[valid-type]
+    steps: StepsConfig = Field(default_factory=StepsConfig)
 
-    def step(self, name: str) -> Any:
-        return getattr(self.steps, name)
+    def step(self, name: str) -> StepParams:
+        """The parameters of step ``name``."""
+        params: StepParams = getattr(self.steps, name)
+        return params
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:

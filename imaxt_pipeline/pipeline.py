@@ -1,4 +1,10 @@
-"""The runner: open stores, attach to Dask, run the steps, record provenance."""
+"""The runner: open stores, attach to Dask, run the steps, record provenance.
+
+The runner is the only place that knows the whole :class:`RunConfig`: each
+step gets a :class:`StepContext` (stores, client, slices, storage options)
+and its own parameters. It stamps the output with the results-contract
+version (``imaxt.format_version``) before any step writes.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from .errors import ConfigError
 from .io.output import OutputStore
 from .io.provenance import software_versions, utcnow
 from .io.rawzarr import RawStore
+from .io.results import check_format_version
 from .steps import STEP_ORDER, StepContext, step_module
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,7 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
     if bad:
         raise ConfigError(f"slices {bad} outside 0..{acq.slices - 1} of sample {acq.sample!r}")
     output = OutputStore(config.output_url, config.storage_options)
+    check_format_version(output)
     output.update_imaxt_attrs("complete", False)
     output.update_imaxt_attrs("sample", acq.sample)
     output.update_imaxt_attrs("acquisition", acq.model_dump(mode="json"))
@@ -82,7 +90,8 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(dask_client(config.cluster))
-        ctx = StepContext(config=config, raw=raw, output=output, client=client, slices=slices)
+        ctx = StepContext(raw=raw, output=output, client=client, slices=slices,
+                          storage_options=dict(config.storage_options))
         for name in STEP_ORDER:
             params = config.step(name)
             if not params.enabled:

@@ -1,13 +1,20 @@
-"""Shared fixtures: a real multi-process Dask cluster and a local S3 endpoint."""
+"""Session fixtures shared by every test folder: a real multi-process Dask cluster and a local S3 endpoint.
+
+Test modules never import each other (``--import-mode=importlib``, no ``__init__.py`` under ``tests/``):
+helpers used by more than one module live in :mod:`imaxt_pipeline.testing`, among them
+``processed_sample`` (synth -> upload -> run, written once).
+"""
 
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 
-from imaxt_pipeline.testing._s3 import s3_endpoint  # noqa: F401  (session fixture: moto server over HTTP)
+from imaxt_pipeline.testing._s3 import (
+    create_bucket,
+    s3_endpoint,  # noqa: F401  (session fixture: moto server over HTTP)
+)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -25,8 +32,4 @@ def dask_client():
 @pytest.fixture
 def s3_bucket(s3_endpoint):  # noqa: F811
     """A fresh, empty bucket on the local S3 endpoint."""
-    import boto3
-
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
-    return name
+    return create_bucket(s3_endpoint)

@@ -1,9 +1,17 @@
 """Calibration files (``.npz``): what ``imaxt calibrate-distortion`` writes and the calibrate step reads.
 
-Keys (any subset): ``dark`` (C,) or scalar, ``flat`` (C, H, W) or (H, W),
-``stray`` (C, H, W) or (H, W) additive stray light in counts, ``trim`` (top,
-bottom, left, right), ``distortion`` (mag_y, mag_x, k_y, k_x) and
-``distortion_sigma`` (same order, informative).
+Keys (any subset): ``format_version`` (int scalar), ``dark`` (C,) or scalar,
+``flat`` (C, H, W) or (H, W), ``stray`` (C, H, W) or (H, W) additive stray
+light in counts, ``trim`` (top, bottom, left, right), ``distortion`` (four
+coefficients in the order of the file's version) and ``distortion_sigma``
+(same order, informative).
+
+Versions: 1 is every file without ``format_version`` (written before it was
+recorded), 2 adds the key; both store the distortion as (mag_y, mag_x, k_y,
+k_x). Each version's coefficient order is pinned here, not taken from
+:attr:`DistortionModel.COEFFICIENTS`, so old files keep loading to the same
+model whatever the model's own order becomes. A newer version than this
+reader knows is an error, not a guess.
 """
 
 from __future__ import annotations
@@ -15,15 +23,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..algorithms.optics import DistortionModel
-from ..algorithms.calibration import Trim
+from ..algorithms.optics import DistortionModel, Trim
 from ..errors import InputError
 
 if TYPE_CHECKING:
-    from ..algorithms.calibration import Calibration
     from ..algorithms.calibration import DistortionFit
+    from ..algorithms.optics import Calibration
 
-__all__ = ["read_calibration_file", "write_calibration_file"]
+__all__ = ["FORMAT_VERSION", "read_calibration_file", "write_calibration_file"]
+
+#: Version written by :func:`write_calibration_file`.
+FORMAT_VERSION = 2
+#: Order of the ``distortion`` (and ``distortion_sigma``) values in each file version.
+_DISTORTION_ORDER = {1: ("mag_y", "mag_x", "k_y", "k_x"), 2: ("mag_y", "mag_x", "k_y", "k_x")}
 
 
 def read_calibration_file(url: str, storage_options: dict | None, *, n_channels: int,
@@ -38,6 +50,13 @@ def read_calibration_file(url: str, storage_options: dict | None, *, n_channels:
         raise InputError(url, "calibration file is missing") from None
     except (OSError, ValueError) as exc:
         raise InputError(url, f"not a readable .npz calibration file ({exc})") from None
+    try:
+        version = int(np.asarray(data["format_version"])) if "format_version" in data else 1
+    except (TypeError, ValueError):
+        raise InputError(url, f"format_version must be an integer, got {data['format_version']!r}") from None
+    if version not in _DISTORTION_ORDER:
+        raise InputError(url, f"calibration file format version {version} is newer than this reader's "
+                              f"({FORMAT_VERSION}): update imaxt-pipeline")
     out: dict[str, object] = {}
     if "dark" in data:
         out["dark"] = np.broadcast_to(np.asarray(data["dark"], float), (n_channels,)).copy()
@@ -45,7 +64,8 @@ def read_calibration_file(url: str, storage_options: dict | None, *, n_channels:
         flat = np.asarray(data["flat"], np.float32)
         flat = flat[None] if flat.ndim == 2 else flat
         if flat.shape[-2:] != tuple(tile_shape) or flat.shape[0] not in (1, n_channels):
-            raise InputError(url, f"flat has shape {flat.shape}, expected ({n_channels}, {tile_shape[0]}, {tile_shape[1]})")
+            raise InputError(url, f"flat has shape {flat.shape}, expected ({n_channels}, {tile_shape[0]}, "
+                                  f"{tile_shape[1]})")
         out["flat"] = np.broadcast_to(flat, (n_channels, *tile_shape)).copy()
     if "stray" in data:
         stray = np.asarray(data["stray"], np.float32)
@@ -60,10 +80,11 @@ def read_calibration_file(url: str, storage_options: dict | None, *, n_channels:
             raise InputError(url, f"trim must be 4 non-negative ints (top, bottom, left, right), got {t}")
         out["trim"] = Trim(*t)
     if "distortion" in data:
+        order = _DISTORTION_ORDER[version]
         d = [float(v) for v in np.asarray(data["distortion"]).ravel()]
-        if len(d) != 4:
-            raise InputError(url, f"distortion must be (mag_y, mag_x, k_y, k_x), got {d}")
-        out["distortion"] = DistortionModel(*d)
+        if len(d) != len(order):
+            raise InputError(url, f"distortion must be ({', '.join(order)}), got {d}")
+        out["distortion"] = DistortionModel(**dict(zip(order, d, strict=True)))
     return out
 
 
@@ -71,14 +92,19 @@ def write_calibration_file(path: str | Path, cal: Calibration, fit: DistortionFi
                            distortion_only: bool = False) -> None:
     """Write ``cal`` as the ``.npz`` that the calibrate step loads, atomically (temp file, then rename).
 
-    Keys: ``dark`` (C,), ``flat`` (C, H, W), ``trim`` (top, bottom, left, right),
-    ``distortion`` (mag_y, mag_x, k_y, k_x), ``distortion_sigma`` (same order)
-    and, when estimated, ``stray`` (C, H, W); only the last two with
+    Keys: ``format_version`` (:data:`FORMAT_VERSION`), ``dark`` (C,), ``flat``
+    (C, H, W), ``trim`` (top, bottom, left, right), ``distortion`` (mag_y,
+    mag_x, k_y, k_x), ``distortion_sigma`` (same order) and, when estimated,
+    ``stray`` (C, H, W); only the version and the distortion with
     ``distortion_only``. ``fit`` is the distortion fit ``cal`` carries.
     """
     path = Path(path)
     t = cal.trim
-    arrays = {"distortion": fit.coefficients().astype(float), "distortion_sigma": np.asarray(fit.sigmas(), float)}
+    order = _DISTORTION_ORDER[FORMAT_VERSION]
+    sigmas = dict(zip(DistortionModel.COEFFICIENTS, np.asarray(fit.sigmas(), float), strict=True))
+    arrays = {"format_version": np.array(FORMAT_VERSION),
+              "distortion": np.array([getattr(fit.model, k) for k in order], float),
+              "distortion_sigma": np.array([sigmas[k] for k in order], float)}
     if not distortion_only:
         arrays.update(dark=np.asarray(cal.dark, float), trim=np.array([t.top, t.bottom, t.left, t.right], int))
         arrays.update({k: np.asarray(v, np.float32) for k, v in (("flat", cal.flat), ("stray", cal.stray))

@@ -1,9 +1,13 @@
-"""OME-Zarr (NGFF 0.5, zarr v3) images and labels written plane by plane.
+"""OME-Zarr (NGFF 0.5, zarr v3) images and labels written plane by plane or block by block.
 
 Arrays are created up front with their final shape, then each plane (one
 physical slice / optical section) is written independently, with its pyramid
-levels, as soon as it is ready. Chunks never span two planes, so workers can
-write different planes concurrently without coordination.
+levels, as soon as it is ready (:meth:`OmeImage.write_plane`), or region by
+region at one level (:meth:`OmeImage.write_region`, for writers that build
+their own block pyramid). Chunks never span two planes, so workers can write
+different planes concurrently without coordination. Every pyramid level is
+made by the one reducer :func:`~imaxt_pipeline.algorithms.fusion.downsample`
+(mean with edge replication for intensities, nearest for labels).
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import zarr
-from skimage.transform import downscale_local_mean
 
+from ..algorithms.fusion import downsample
 from .rawzarr import COMPRESSOR
 from .urls import Location
 
 NGFF_VERSION = "0.5"
+_REDUCER = "imaxt_pipeline.algorithms.fusion.downsample_mean"
+_REDUCER_TEXT = "2x2 mean, odd edges replicated (the edge pixel is the mean of the pixels that exist)"
 _COLOURS = ("00FFFF", "FF00FF", "FFFF00", "FFFFFF", "00FF00", "FF0000", "0000FF")
 
 
@@ -45,20 +51,53 @@ class OmeImage:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.array(0, mode="r").shape)
 
+    def level_shape(self, level: int) -> tuple[int, ...]:
+        """Shape of pyramid level ``level``."""
+        return tuple(self.array(level, mode="r").shape)
+
+    def scale_zyx(self, level: int = 0) -> tuple[float, float, float]:
+        """(z, y, x) µm per pixel of pyramid level ``level``."""
+        ome = self.group(mode="r").attrs["ome"]
+        scale = ome["multiscales"][0]["datasets"][level]["coordinateTransformations"][0]["scale"]
+        return float(scale[-3]), float(scale[-2]), float(scale[-1])
+
     def write_plane(self, z: int, data: np.ndarray) -> None:
         """Write plane ``z`` (``(c, y, x)``, or ``(y, x)`` for labels) and its pyramid."""
         group = self.group()
         level_data = np.asarray(data)
+        expected = group["0"].shape[-2:]
+        if level_data.shape[-2:] != expected:
+            raise ValueError(f"{self.path}: plane of shape {level_data.shape[-2:]}, the image's is {expected}")
         for level in range(self.levels):
-            arr = group[str(level)]
             if level:
-                level_data = _downsample(level_data, label=self.is_label)
-            target = arr.shape[-2:]
-            plane = _fit(level_data, target)
-            if self.is_label:
-                arr[z] = plane.astype(arr.dtype, copy=False)
-            else:
-                arr[:, z] = _cast(plane, arr.dtype)
+                level_data = downsample(level_data, label=self.is_label)
+            self._put(group[str(level)], z, (0, 0), level_data)
+
+    def write_region(self, z: int, level: int, origin_yx: tuple[int, int], data: np.ndarray) -> None:
+        """Write one block of plane ``z`` at pyramid level ``level`` (no pyramid is made).
+
+        ``data`` is ``(c, h, w)`` (``(h, w)`` for labels) and goes to
+        ``[origin_y:origin_y + h, origin_x:origin_x + w]`` of that level;
+        intensities are cast to the image's dtype.
+        """
+        self._put(self.array(level), z, origin_yx, np.asarray(data))
+
+    def _put(self, arr: zarr.Array, z: int, origin_yx: tuple[int, int], data: np.ndarray) -> None:
+        y0, x0 = (int(v) for v in origin_yx)
+        rows, cols = slice(y0, y0 + data.shape[-2]), slice(x0, x0 + data.shape[-1])
+        if self.is_label:
+            arr[z, rows, cols] = data.astype(arr.dtype, copy=False)
+        else:
+            arr[:, z, rows, cols] = _cast(data, arr.dtype)
+
+    def set_label_colors(self, colors: list[dict[str, Any]]) -> None:
+        """NGFF ``image-label.colors`` of a label image (``[{"label-value": int, "rgba": [r, g, b, a]}]``)."""
+        if not self.is_label:
+            raise ValueError(f"{self.path}: not a label image")
+        group = self.group()
+        ome = dict(group.attrs["ome"])
+        ome["image-label"] = {**ome["image-label"], "colors": colors}
+        group.attrs["ome"] = ome
 
     def read_plane(self, z: int, level: int = 0) -> np.ndarray:
         arr = self.array(level, mode="r")
@@ -100,7 +139,7 @@ def create_image(
     group.attrs["ome"] = {
         "version": NGFF_VERSION,
         "multiscales": [{"name": name or path, "axes": _axes(("c", "z", "y", "x")), "datasets": datasets,
-                         "type": "mean", "metadata": {"method": "skimage.transform.downscale_local_mean"}}],
+                         "type": "mean", "metadata": {"method": _REDUCER, "description": _REDUCER_TEXT}}],
         "omero": {"channels": [
             {"label": n, "color": _COLOURS[i % len(_COLOURS)], "active": True,
              "window": {"min": 0.0, "max": vmax, "start": float(window[0]) if window else 0.0, "end": vmax}}
@@ -162,21 +201,6 @@ def _dataset(level: int, scale: Sequence[float]) -> dict[str, Any]:
 
 def _chunks(shape_yx: Sequence[int], chunks_yx: tuple[int, int]) -> tuple[int, int]:
     return (max(1, min(chunks_yx[0], shape_yx[0])), max(1, min(chunks_yx[1], shape_yx[1])))
-
-
-def _downsample(data: np.ndarray, *, label: bool) -> np.ndarray:
-    if label:
-        return data[..., ::2, ::2]
-    factors = (1,) * (data.ndim - 2) + (2, 2)
-    return downscale_local_mean(data.astype(np.float32), factors)
-
-
-def _fit(data: np.ndarray, target: Sequence[int]) -> np.ndarray:
-    """Crop or zero-pad the trailing two axes to ``target`` (odd sizes after halving)."""
-    ty, tx = target
-    out = data[..., :ty, :tx]
-    pad = [(0, 0)] * (data.ndim - 2) + [(0, ty - out.shape[-2]), (0, tx - out.shape[-1])]
-    return np.pad(out, pad) if any(p[1] for p in pad) else out
 
 
 def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:

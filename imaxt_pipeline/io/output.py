@@ -1,11 +1,14 @@
-"""The processed output store of one sample (results contract in ``spec/``).
+"""The processed output store of one sample: generic access to attributes, images, arrays, tables, figures.
 
-Layout::
+Layout (the results contract, ``docs/results-contract.md``; what each step
+reads and writes is typed in :mod:`.results`)::
 
-    <out>/zarr.json            root group; attrs["imaxt"] = {"stitch": ..., "register": ...,
-                               "provenance": [...], "complete": bool}
+    <out>/zarr.json            root group; attrs["imaxt"] = {"format_version": ..., "stitch": ...,
+                               "register": ..., "provenance": [...], "complete": bool}
     <out>/mosaic/              NGFF image (c, z, y, x): stitched slices
     <out>/cube/                NGFF image (c, z, y, x): registered cube (+ labels/)
+    <out>/calibration/         flat and stray light arrays
+    <out>/crops                nucleus crops (n, c, y, x)
     <out>/tables/<name>.parquet
     <out>/qc/<name>.png
 
@@ -24,6 +27,11 @@ import zarr
 
 from .ome import OmeImage, create_image, create_labels, open_image
 from .urls import Location
+
+#: Version of the results contract (``docs/results-contract.md``) this package writes, kept in
+#: ``attrs["imaxt"]["format_version"]``. The major number changes when a reader of an older
+#: store would misread it.
+FORMAT_VERSION = "1.0"
 
 
 class OutputStore:
@@ -44,7 +52,7 @@ class OutputStore:
         self.mode = mode
         self.root = zarr.open_group(self.location.zarr_store(read_only=mode == "r"), mode=mode)
         if mode != "r" and "imaxt" not in self.root.attrs:
-            self.root.attrs["imaxt"] = {"provenance": [], "complete": False}
+            self.root.attrs["imaxt"] = {"format_version": FORMAT_VERSION, "provenance": [], "complete": False}
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen, (self.location.url, self.location.storage_options, self.mode))
@@ -90,6 +98,22 @@ class OutputStore:
 
     def create_labels(self, image_name: str, label_name: str, *, dtype: str = "uint32") -> OmeImage:
         return create_labels(self.open_image(image_name), label_name, dtype=dtype)
+
+    # -- plain arrays --------------------------------------------------------
+    def create_array(self, path: str, *, shape: Sequence[int], chunks: Sequence[int], dtype: str,
+                     dimension_names: Sequence[str] | None = None) -> zarr.Array:
+        """Create (or overwrite) the array ``path`` (parent groups made as needed), filled with 0."""
+        parent, _, name = path.rpartition("/")
+        group = self.root.require_group(parent) if parent else self.root
+        return group.create_array(name, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0,
+                                  overwrite=True, dimension_names=tuple(dimension_names) if dimension_names else None)
+
+    def open_array(self, path: str) -> zarr.Array:
+        """The existing array ``path``, writable unless the store was opened with ``mode="r"``."""
+        node = zarr.open_group(self.location.zarr_store(read_only=self.mode == "r"), mode=self.mode)[path]
+        if not isinstance(node, zarr.Array):
+            raise TypeError(f"{self.url}: {path} is a group, not an array")
+        return node
 
     # -- tables and figures -------------------------------------------------
     def write_table(self, name: str, df: pd.DataFrame) -> str:

@@ -72,11 +72,13 @@ class RawStore:
     def url(self) -> str:
         return self.location.url
 
-    def read_tiles(self, slice_: int, z: int = 0, channel: int | None = None) -> np.ndarray:
-        """Tiles of one plane: (C, T, H, W), or (T, H, W) when ``channel`` is given."""
-        if channel is None:
-            return np.asarray(self.tiles[slice_, z])
-        return np.asarray(self.tiles[slice_, z, channel])
+    def read_tile(self, slice_: int, z: int, tile: int) -> np.ndarray:
+        """One raw tile ``(C, H, W)`` of plane ``(slice_, z)``, every channel (uint16).
+
+        Steps read tiles only through this method (partials of it pickle, so
+        workers read the tiles they need themselves).
+        """
+        return np.asarray(self.tiles[slice_, z, :, tile])
 
     def stage_px(self, slice_: int, z: int = 0) -> np.ndarray:
         """Recorded (y, x) top-left of each tile of a plane, in pixels (T, 2)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from typing import Any
 
-import fsspec
-import zarr
 import zarr.storage
+from zarr.abc.store import Store
+
+from .storage import normalise_storage_options, protocols, url_to_fs
 
 
 class Location:
@@ -23,17 +25,17 @@ class Location:
         ``client_kwargs`` for convenience.
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         if not isinstance(url, str) or not url:
             raise TypeError(f"'url' must be a non-empty string, got {url!r}")
         self.storage_options = normalise_storage_options(url, storage_options)
-        self.fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
+        self.fs, root = url_to_fs(url, self.storage_options)
         self.root = root.rstrip("/") or root
         self.url = url.rstrip("/") or url
 
     @property
     def is_local(self) -> bool:
-        return "file" in _protocols(self.fs)
+        return "file" in protocols(self.fs)
 
     def path(self, *parts: str) -> str:
         """Filesystem path (without protocol) of a child of this folder."""
@@ -43,13 +45,10 @@ class Location:
         """URL of a child, for messages and provenance."""
         return posixpath.join(self.url, *parts) if parts else self.url
 
-    def child(self, *parts: str) -> "Location":
-        return Location(self.join(*parts), self.storage_options)
-
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
+        return bool(self.fs.exists(self.path(*parts)))
 
-    def zarr_store(self, *, read_only: bool = False) -> zarr.abc.store.Store:
+    def zarr_store(self, *, read_only: bool = False) -> Store:
         """A zarr 3 store rooted at this folder."""
         if self.is_local:
             return zarr.storage.LocalStore(self.root, read_only=read_only)
@@ -62,18 +61,3 @@ class Location:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Location, (self.url, self.storage_options))
-
-
-def normalise_storage_options(url: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    """Copy ``options`` and move a top-level ``endpoint_url`` where s3fs expects it."""
-    opts = dict(options or {})
-    if url.startswith(("s3://", "s3a://")) and "endpoint_url" in opts:
-        client_kwargs = dict(opts.get("client_kwargs") or {})
-        client_kwargs.setdefault("endpoint_url", opts.pop("endpoint_url"))
-        opts["client_kwargs"] = client_kwargs
-    return opts
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    proto = fs.protocol
-    return (proto,) if isinstance(proto, str) else tuple(proto)

@@ -4,10 +4,16 @@ The dask-kubernetes operator turns a ``DaskJob`` into a ``DaskCluster``
 (scheduler + CPU workers, named after the job) plus a job-runner pod whose
 environment holds ``DASK_SCHEDULER_ADDRESS``; the runner executes
 ``imaxt process`` which uploads the raw sample and runs the pipeline on that
-cluster. An optional ``DaskWorkerGroup`` adds GPU workers (``nvidia.com/gpu``,
-tolerating the usual GPU-node taint, advertising the Dask resource ``GPU=1``)
-to the same cluster. S3 credentials come from a Secret (``envFrom``) and the
-run configuration from a ConfigMap mounted at ``/etc/imaxt``.
+cluster. An optional ``DaskWorkerGroup`` adds GPU workers to the same cluster:
+the GPU image (``<image>-cuda`` unless given), one ``nvidia.com/gpu`` per worker
+as a resource limit, the Dask resource ``GPU=1`` advertised to the scheduler,
+and configurable node selector and tolerations. S3 credentials come from a
+Secret (``envFrom``) and the run configuration from a ConfigMap mounted at
+``/etc/imaxt``.
+
+Every pod is compliant with the Pod Security Standards' ``restricted`` profile:
+non-root UID :data:`RUN_AS_UID` (the image's ``USER``), ``RuntimeDefault``
+seccomp, no privilege escalation, all capabilities dropped.
 
 Nothing here talks to a cluster, so everything is testable offline;
 ``imaxt submit --backend kubernetes --dry-run`` prints these objects as YAML.
@@ -24,12 +30,25 @@ import yaml
 
 DASK_API = "kubernetes.dask.org/v1"
 CONFIG_DIR = "/etc/imaxt"
-GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT_KEY = GPU_RESOURCE
+GPU_IMAGE_SUFFIX = "-cuda"
+#: UID and GID of every container: the ``imaxt`` user of the Dockerfile.
+RUN_AS_UID = 1000
+
+
+def _default_gpu_tolerations() -> list[dict[str, Any]]:
+    return [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
 
 
 @dataclass(frozen=True)
 class KubeSettings:
-    """Cluster-side settings of a run (the chart's ``values.yaml`` mirrors them)."""
+    """Cluster-side settings of a run (the chart's ``values.yaml`` mirrors them).
+
+    ``gpu_image`` defaults to :func:`default_gpu_image` of ``image``;
+    ``gpu_node_selector`` and ``gpu_tolerations`` place the GPU worker group
+    (the default tolerates the usual ``nvidia.com/gpu`` taint).
+    """
 
     image: str = "ghcr.io/imaxt/imaxt-pipeline:0.1.0"
     gpu_image: str | None = None
@@ -38,18 +57,25 @@ class KubeSettings:
     s3_secret: str = "imaxt-s3"
     endpoint_url: str | None = None
     workers: int = 2
-    worker_resources: dict[str, Any] = field(default_factory=lambda: {
-        "requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}})
+    worker_resources: dict[str, Any] = field(
+        default_factory=lambda: {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
+    )
     worker_threads: int = 1
     gpu_workers: int = 0
-    gpu_resources: dict[str, Any] = field(default_factory=lambda: {
-        "requests": {"cpu": "2", "memory": "16Gi"},
-        "limits": {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"}})
+    gpu_resources: dict[str, Any] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "2", "memory": "16Gi"},
+            "limits": {"cpu": "4", "memory": "24Gi", GPU_RESOURCE: "1"},
+        }
+    )
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
-    scheduler_resources: dict[str, Any] = field(default_factory=lambda: {
-        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}})
-    job_resources: dict[str, Any] = field(default_factory=lambda: {
-        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}})
+    gpu_tolerations: list[dict[str, Any]] = field(default_factory=_default_gpu_tolerations)
+    scheduler_resources: dict[str, Any] = field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+    )
+    job_resources: dict[str, Any] = field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+    )
     image_pull_policy: str = "IfNotPresent"
 
 
@@ -63,9 +89,60 @@ def k8s_name(text: str, *, max_len: int = 40) -> str:
     return name
 
 
-def _security() -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
-            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+def default_gpu_image(image: str) -> str:
+    """The GPU (CUDA) build of ``image``: its tag plus ``-cuda`` (the Dockerfile's ``VARIANT=cuda``).
+
+    Parameters
+    ----------
+    image : str
+        CPU image reference, ``[registry[:port]/]repository[:tag]``; no tag means ``latest``.
+
+    Returns
+    -------
+    str
+        E.g. ``ghcr.io/imaxt/imaxt-pipeline:0.1.0-cuda``.
+
+    Raises
+    ------
+    ValueError
+        For a digest reference (``...@sha256:...``): no tag can be derived from it,
+        so ``gpu_image`` must be given.
+    """
+    if "@" in image:
+        raise ValueError(f"cannot derive a GPU image from digest reference {image!r}: set gpu_image (--gpu-image)")
+    repository, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:  # no tag: the colon (if any) belonged to a registry port
+        repository, tag = image, "latest"
+    return f"{repository}:{tag}{GPU_IMAGE_SUFFIX}"
+
+
+def gpu_image(settings: KubeSettings) -> str:
+    """The image of the GPU worker group: ``settings.gpu_image`` or :func:`default_gpu_image`."""
+    return settings.gpu_image or default_gpu_image(settings.image)
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-level ``securityContext`` (Pod Security Standards, ``restricted`` profile)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_UID,
+        "runAsGroup": RUN_AS_UID,
+        "fsGroup": RUN_AS_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Container-level ``securityContext`` (``restricted`` on its own, without the pod's)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_UID,
+        "runAsGroup": RUN_AS_UID,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def _env(settings: KubeSettings) -> list[dict[str, Any]]:
@@ -80,36 +157,66 @@ def _env_from(settings: KubeSettings) -> list[dict[str, Any]]:
 
 
 def _pod_spec(settings: KubeSettings, container: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": [container], **extra}
+    container = {**container, "securityContext": container_security_context()}
+    spec: dict[str, Any] = {"securityContext": pod_security_context(), "containers": [container], **extra}
     if settings.service_account:
         spec["serviceAccountName"] = settings.service_account
     return spec
 
 
+def _gpu_resources(settings: KubeSettings) -> tuple[dict[str, Any], str]:
+    """GPU worker resources with the ``nvidia.com/gpu`` limit always present, and the GPU count."""
+    resources = {key: dict(value) for key, value in settings.gpu_resources.items()}
+    limits = resources.setdefault("limits", {})
+    count = str(limits.get(GPU_RESOURCE) or resources.get("requests", {}).get(GPU_RESOURCE) or "1")
+    limits[GPU_RESOURCE] = count
+    if GPU_RESOURCE in resources.get("requests", {}):
+        resources["requests"][GPU_RESOURCE] = count  # extended resources: request == limit
+    return resources, count
+
+
 def worker_spec(settings: KubeSettings, *, gpu: bool = False) -> dict[str, Any]:
-    """The ``spec`` of a worker group: ``{"replicas": n, "spec": PodSpec}``."""
-    args = ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads",
-            str(settings.worker_threads), "--dashboard", "--dashboard-address", "8788"]
+    """The ``spec`` of a worker group: ``{"replicas": n, "spec": PodSpec}``.
+
+    GPU workers run :func:`gpu_image`, have the ``nvidia.com/gpu`` limit (1 unless the
+    resources say otherwise), advertise as many units of the Dask resource ``GPU``
+    (``--resources GPU=1``) and carry the GPU node selector and tolerations.
+    """
+    args = [
+        "dask",
+        "worker",
+        "--name",
+        "$(DASK_WORKER_NAME)",
+        "--nthreads",
+        str(settings.worker_threads),
+        "--dashboard",
+        "--dashboard-address",
+        "8788",
+    ]
+    resources = settings.worker_resources
     if gpu:
-        args += ["--resources", "GPU=1"]
+        resources, count = _gpu_resources(settings)
+        args += ["--resources", f"GPU={count}"]
     container = {
         "name": "worker",
-        "image": (settings.gpu_image or settings.image) if gpu else settings.image,
+        "image": gpu_image(settings) if gpu else settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": args,
         "env": _env(settings),
         "envFrom": _env_from(settings),
-        "resources": settings.gpu_resources if gpu else settings.worker_resources,
+        "resources": resources,
         "ports": [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
-        "securityContext": _security(),
     }
     extra: dict[str, Any] = {}
     if gpu:
-        extra["tolerations"] = [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+        if settings.gpu_tolerations:
+            extra["tolerations"] = [dict(t) for t in settings.gpu_tolerations]
         if settings.gpu_node_selector:
             extra["nodeSelector"] = dict(settings.gpu_node_selector)
-    return {"replicas": settings.gpu_workers if gpu else settings.workers,
-            "spec": _pod_spec(settings, container, **extra)}
+    return {
+        "replicas": settings.gpu_workers if gpu else settings.workers,
+        "spec": _pod_spec(settings, container, **extra),
+    }
 
 
 def scheduler_spec(settings: KubeSettings, cluster_name: str) -> dict[str, Any]:
@@ -120,18 +227,24 @@ def scheduler_spec(settings: KubeSettings, cluster_name: str) -> dict[str, Any]:
         "imagePullPolicy": settings.image_pull_policy,
         "args": ["dask", "scheduler", "--host", "0.0.0.0"],
         "resources": settings.scheduler_resources,
-        "ports": [{"name": "tcp-comm", "containerPort": 8786, "protocol": "TCP"},
-                  {"name": "http-dashboard", "containerPort": 8787, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"port": "http-dashboard", "path": "/health"},
-                           "initialDelaySeconds": 5, "periodSeconds": 10},
-        "securityContext": _security(),
+        "ports": [
+            {"name": "tcp-comm", "containerPort": 8786, "protocol": "TCP"},
+            {"name": "http-dashboard", "containerPort": 8787, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"port": "http-dashboard", "path": "/health"},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+        },
     }
-    service = {"type": "ClusterIP",
-               "selector": {"dask.org/cluster-name": cluster_name,
-                            "dask.org/component": "scheduler"},
-               "ports": [{"name": "tcp-comm", "protocol": "TCP", "port": 8786, "targetPort": "tcp-comm"},
-                         {"name": "http-dashboard", "protocol": "TCP", "port": 8787,
-                          "targetPort": "http-dashboard"}]}
+    service = {
+        "type": "ClusterIP",
+        "selector": {"dask.org/cluster-name": cluster_name, "dask.org/component": "scheduler"},
+        "ports": [
+            {"name": "tcp-comm", "protocol": "TCP", "port": 8786, "targetPort": "tcp-comm"},
+            {"name": "http-dashboard", "protocol": "TCP", "port": 8787, "targetPort": "http-dashboard"},
+        ],
+    }
     return {"spec": _pod_spec(settings, container), "service": service}
 
 
@@ -142,19 +255,25 @@ def _labels(sample: str | None = None) -> dict[str, str]:
     return labels
 
 
-def config_map(name: str, config_yaml: str, *, namespace: str,
-               sample: str | None = None) -> dict[str, Any]:
+def config_map(name: str, config_yaml: str, *, namespace: str, sample: str | None = None) -> dict[str, Any]:
     """ConfigMap holding the run configuration as ``config.yaml``."""
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": namespace, "labels": _labels(sample)},
-            "data": {"config.yaml": config_yaml}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels(sample)},
+        "data": {"config.yaml": config_yaml},
+    }
 
 
 def secret_template(name: str = "imaxt-s3", *, namespace: str = "imaxt") -> dict[str, Any]:
     """Secret with the S3 credentials read by every pod (fill in the values)."""
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": name, "namespace": namespace, "labels": _labels()},
-            "stringData": {"AWS_ACCESS_KEY_ID": "CHANGE-ME", "AWS_SECRET_ACCESS_KEY": "CHANGE-ME"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels()},
+        "stringData": {"AWS_ACCESS_KEY_ID": "CHANGE-ME", "AWS_SECRET_ACCESS_KEY": "CHANGE-ME"},
+    }
 
 
 def dask_cluster_spec(settings: KubeSettings, cluster_name: str) -> dict[str, Any]:
@@ -164,21 +283,27 @@ def dask_cluster_spec(settings: KubeSettings, cluster_name: str) -> dict[str, An
 
 def dask_cluster(name: str, settings: KubeSettings) -> dict[str, Any]:
     """A standalone DaskCluster (what ``KubeCluster(name=...)`` creates) for notebooks."""
-    return {"apiVersion": DASK_API, "kind": "DaskCluster",
-            "metadata": {"name": name, "namespace": settings.namespace, "labels": _labels()},
-            "spec": dask_cluster_spec(settings, name)}
+    return {
+        "apiVersion": DASK_API,
+        "kind": "DaskCluster",
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": _labels()},
+        "spec": dask_cluster_spec(settings, name),
+    }
 
 
 def gpu_worker_group(cluster_name: str, settings: KubeSettings) -> dict[str, Any]:
     """A DaskWorkerGroup of GPU workers attached to ``cluster_name``."""
-    return {"apiVersion": DASK_API, "kind": "DaskWorkerGroup",
-            "metadata": {"name": f"{cluster_name}-gpu", "namespace": settings.namespace,
-                         "labels": _labels()},
-            "spec": {"cluster": cluster_name, "worker": worker_spec(settings, gpu=True)}}
+    return {
+        "apiVersion": DASK_API,
+        "kind": "DaskWorkerGroup",
+        "metadata": {"name": f"{cluster_name}-gpu", "namespace": settings.namespace, "labels": _labels()},
+        "spec": {"cluster": cluster_name, "worker": worker_spec(settings, gpu=True)},
+    }
 
 
-def dask_job(name: str, settings: KubeSettings, *, args: list[str], config_map_name: str,
-             sample: str | None = None) -> dict[str, Any]:
+def dask_job(
+    name: str, settings: KubeSettings, *, args: list[str], config_map_name: str, sample: str | None = None
+) -> dict[str, Any]:
     """A DaskJob whose runner executes ``args`` against its own DaskCluster."""
     container = {
         "name": "job",
@@ -189,30 +314,45 @@ def dask_job(name: str, settings: KubeSettings, *, args: list[str], config_map_n
         "envFrom": _env_from(settings),
         "resources": settings.job_resources,
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
-        "securityContext": _security(),
     }
-    job_pod = _pod_spec(settings, container, restartPolicy="Never",
-                        volumes=[{"name": "config", "configMap": {"name": config_map_name}}])
-    return {"apiVersion": DASK_API, "kind": "DaskJob",
-            "metadata": {"name": name, "namespace": settings.namespace, "labels": _labels(sample)},
-            "spec": {"job": {"spec": job_pod},
-                     "cluster": {"spec": dask_cluster_spec(settings, name)}}}
+    job_pod = _pod_spec(
+        settings, container, restartPolicy="Never", volumes=[{"name": "config", "configMap": {"name": config_map_name}}]
+    )
+    return {
+        "apiVersion": DASK_API,
+        "kind": "DaskJob",
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": _labels(sample)},
+        "spec": {"job": {"spec": job_pod}, "cluster": {"spec": dask_cluster_spec(settings, name)}},
+    }
 
 
 def process_args(raw_url: str, output_url: str, raw_store_url: str) -> list[str]:
     """Command line of the job runner: upload + run on ``$DASK_SCHEDULER_ADDRESS``."""
-    return ["imaxt", "process", raw_url, "--out", output_url, "--raw-store", raw_store_url,
-            "--config", f"{CONFIG_DIR}/config.yaml"]
+    return [
+        "imaxt",
+        "process",
+        raw_url,
+        "--out",
+        output_url,
+        "--raw-store",
+        raw_store_url,
+        "--config",
+        f"{CONFIG_DIR}/config.yaml",
+    ]
 
 
-def job_objects(sample: str, settings: KubeSettings, *, raw_url: str, output_url: str,
-                raw_store_url: str, config_yaml: str) -> list[dict[str, Any]]:
+def job_objects(
+    sample: str, settings: KubeSettings, *, raw_url: str, output_url: str, raw_store_url: str, config_yaml: str
+) -> list[dict[str, Any]]:
     """Everything to ``kubectl apply`` for one sample: ConfigMap, DaskJob, GPU group."""
     name = k8s_name(f"imaxt-{sample}")
     cm = f"{name}-config"
-    objects = [config_map(cm, config_yaml, namespace=settings.namespace, sample=sample),
-               dask_job(name, settings, args=process_args(raw_url, output_url, raw_store_url),
-                        config_map_name=cm, sample=sample)]
+    objects = [
+        config_map(cm, config_yaml, namespace=settings.namespace, sample=sample),
+        dask_job(
+            name, settings, args=process_args(raw_url, output_url, raw_store_url), config_map_name=cm, sample=sample
+        ),
+    ]
     if settings.gpu_workers > 0:
         # The operator names the job's DaskCluster after the job.
         objects.append(gpu_worker_group(name, settings))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import shlex
 import signal
@@ -27,15 +26,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
 from ..errors import ImaxtError
+from ..io.storage import resolve_storage_options
 from .k8s import KubeSettings, job_objects
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 class RunFailed(ImaxtError, RuntimeError):
@@ -100,20 +103,30 @@ class CommandAction:
             raise RunFailed(f"command exited with status {proc.returncode}: " + " | ".join(tail))
 
 
+def load_run_config(config_path: str | Path | None = None, *, storage_options: Mapping[str, Any] | None = None,
+                    **overrides: Any) -> RunConfig:
+    """The run configuration of a job: the file, ``overrides``, and storage options combined.
+
+    ``storage_options`` (from the command line or the watcher) are merged over the file's by
+    :func:`~imaxt_pipeline.io.storage.resolve_storage_options`, like everywhere else.
+    """
+    from ..config import load_config
+
+    config = load_config(config_path, **overrides)
+    merged = resolve_storage_options(config=config.storage_options, options=storage_options)
+    return config.model_copy(update={"storage_options": merged})
+
+
 def process_sample(raw_url: str, raw_store_url: str, output_url: str, *,
-                   config_path: str | None = None, storage_options: dict[str, Any] | None = None,
+                   config_path: str | Path | None = None, storage_options: Mapping[str, Any] | None = None,
                    scheduler: str | None = None, n_workers: int | None = None,
                    client: Any = None) -> Any:
     """Upload ``raw_url`` to ``raw_store_url`` (resumable) and run the pipeline into ``output_url``."""
-    from ..config import load_config
     from ..io.upload import upload
     from ..pipeline import run_pipeline
 
-    overrides: dict[str, Any] = {"input_url": raw_store_url, "output_url": output_url,
-                                 "cluster.scheduler": scheduler, "cluster.n_workers": n_workers}
-    if storage_options:
-        overrides["storage_options"] = storage_options
-    config = load_config(config_path, **overrides)
+    config = load_run_config(config_path, storage_options=storage_options, input_url=raw_store_url,
+                             output_url=output_url, **{"cluster.scheduler": scheduler, "cluster.n_workers": n_workers})
     # The config file may carry the storage options (the Kubernetes ConfigMap does).
     upload(raw_url, raw_store_url, storage_options=config.storage_options or None, progress=False)
     return run_pipeline(config, client=client)
@@ -133,8 +146,8 @@ class PipelineAction:
         Image, namespace, workers, GPU group for ``kubernetes``.
     """
 
-    def __init__(self, backend: str = "local", *, config_path: str | None = None,
-                 storage_options: dict[str, Any] | None = None, scheduler: str | None = None,
+    def __init__(self, backend: str = "local", *, config_path: str | Path | None = None,
+                 storage_options: Mapping[str, Any] | None = None, scheduler: str | None = None,
                  n_workers: int | None = None, kube: KubeSettings | None = None,
                  poll_s: float = 10.0) -> None:
         if backend not in ("local", "dask", "kubernetes"):
@@ -143,7 +156,7 @@ class PipelineAction:
             raise ValueError("backend 'dask' needs a scheduler address")
         self.backend = backend
         self.config_path = config_path
-        self.storage_options = storage_options or {}
+        self.storage_options = dict(storage_options or {})
         self.scheduler = scheduler
         self.n_workers = n_workers
         self.kube = kube or KubeSettings()
@@ -151,10 +164,8 @@ class PipelineAction:
 
     def config_yaml(self, job: Job) -> str:
         """The run configuration shipped to Kubernetes in the ConfigMap."""
-        from ..config import load_config
-
-        cfg = load_config(self.config_path, input_url=job.raw_store_url, output_url=job.output_url,
-                          storage_options=self.storage_options or None)
+        cfg = load_run_config(self.config_path, storage_options=self.storage_options,
+                              input_url=job.raw_store_url, output_url=job.output_url)
         return yaml.safe_dump(cfg.model_dump(mode="json", exclude={"cluster"}, exclude_defaults=True),
                               sort_keys=False)
 
@@ -179,8 +190,8 @@ def run_on_kubernetes(objects: list[dict[str, Any]], cancel: threading.Event, *,
 
     Needs in-cluster credentials or a kubeconfig (``kr8s`` finds either).
     """
-    import kr8s
     import dask_kubernetes.operator._objects  # noqa: F401  (registers DaskJob & co. with kr8s)
+    import kr8s
     from kr8s.objects import object_from_spec
 
     api = kr8s.api()
@@ -195,7 +206,8 @@ def run_on_kubernetes(objects: list[dict[str, Any]], cancel: threading.Event, *,
             if cancel.is_set():
                 raise RunFailed(f"{job.name}: cancelled (lease lost)")
             job.refresh()
-            status = job.raw.get("status", {}).get("jobStatus")
+            raw: dict[str, Any] = dict(job.raw)  # a Box (dict subclass) with untyped methods
+            status = (raw.get("status") or {}).get("jobStatus")
             if status == "Successful":
                 return
             if status == "Failed":

@@ -14,7 +14,8 @@ expiry time. Every change is a compare-and-swap on the whole record:
 * on a local folder the version is a content hash and the read-compare-write
   runs under an exclusive ``fcntl`` lock, followed by an atomic rename.
 
-A watcher *claims* a sample by swapping it to ``running`` with its own lease;
+A lost compare-and-swap is retried by :func:`compare_and_swap`, the one retry loop (policy in
+its docstring). A watcher *claims* a sample by swapping it to ``running`` with its own lease;
 it renews the lease while it works, and a record whose lease has expired
 (crashed or killed watcher) can be claimed again. The host clocks of the
 watchers must agree to within a small fraction of the lease time (NTP).
@@ -30,13 +31,13 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-
-import fsspec
+from typing import Any
 
 from ..errors import ImaxtError
+from ..io.storage import protocols, url_to_fs
 
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -68,13 +69,10 @@ class SampleState:
         return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "SampleState":
+    def from_json(cls, data: bytes) -> SampleState:
         raw = json.loads(data)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
-
-    def lease_active(self, now: float) -> bool:
-        return self.status == "running" and self.lease_expires > now
 
 
 class StateStore(abc.ABC):
@@ -158,8 +156,8 @@ class S3StateStore(StateStore):
     """Records as S3 objects; CAS with conditional PUT (``If-Match`` / ``If-None-Match``)."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        if "s3" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        fs, path = url_to_fs(url, storage_options)
+        if "s3" not in protocols(fs):
             raise TypeError(f"S3StateStore needs an s3:// URL, got {url!r}")
         self.fs = fs
         self.bucket, _, prefix = path.partition("/")
@@ -223,6 +221,54 @@ def open_state_store(url: str, storage_options: dict[str, Any] | None = None) ->
     raise ValueError(f"state store URL must be a local folder or s3://, got {url!r}")
 
 
+CAS_ATTEMPTS = 5
+"""Compare-and-swap attempts per transition (see :func:`compare_and_swap`)."""
+
+Update = Callable[[SampleState | None, float], SampleState | None]
+
+
+def compare_and_swap(store: StateStore, sample: str, update: Update, *, clock: Callable[[], float] = time.time,
+                     attempts: int = CAS_ATTEMPTS) -> tuple[SampleState | None, bool]:
+    """Read the record, compute its successor, write it if nobody else wrote first; retry on a lost race.
+
+    The retry policy of every state transition: a :class:`StateConflict` means another writer
+    has already stored a newer version, so the record is read again and ``update`` decides
+    afresh, at once (no sleep: there is nothing to wait for), at most ``attempts`` times in all.
+    Each attempt is one read and one conditional write, so a transition cannot be lost or
+    applied twice, only refused.
+
+    Parameters
+    ----------
+    store : StateStore
+    sample : str
+    update : callable
+        ``update(record, now) -> new record`` (``record`` is ``None`` when absent), or ``None``
+        to leave the record as it is.
+    clock : callable, optional
+        Source of ``now``, read once per attempt.
+    attempts : int, optional
+        Conditional writes tried before giving up.
+
+    Returns
+    -------
+    record : SampleState or None
+        The record written, or else the stored one (read again after the last lost race).
+    written : bool
+        Whether ``update``'s record was stored.
+    """
+    for _ in range(attempts):
+        state, version = store.get(sample)
+        new = update(state, clock())
+        if new is None:
+            return state, False
+        try:
+            store.put(new, version=version)
+        except StateConflict:
+            continue
+        return new, True
+    return store.get(sample)[0], False
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how soon a failed sample is tried again."""
@@ -239,15 +285,19 @@ class RetryPolicy:
 class Ledger:
     """Sample life cycle on top of a :class:`StateStore`: observe, claim, renew, finish.
 
-    Every transition is one compare-and-swap; a lost race returns ``None`` or
-    ``False`` instead of raising, so callers simply move on to the next sample.
+    Every transition goes through :func:`compare_and_swap`; a transition that is refused (not
+    due, not the owner, or lost to a concurrent writer) returns ``None`` or ``False`` instead of
+    raising, so callers simply move on to the next sample.
     """
 
     def __init__(self, store: StateStore, *, retry: RetryPolicy | None = None,
-                 clock: Any = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.retry = retry or RetryPolicy()
         self.clock = clock
+
+    def _swap(self, sample: str, update: Update) -> tuple[SampleState | None, bool]:
+        return compare_and_swap(self.store, sample, update, clock=self.clock)
 
     def observe(self, sample: str, checksum: str) -> SampleState:
         """Record that ``sample`` has landed with inputs ``checksum``.
@@ -255,25 +305,18 @@ class Ledger:
         A new sample becomes ``pending``; a finished sample (done or failed)
         whose inputs changed is reset to ``pending`` with zero attempts.
         """
-        for _ in range(5):
-            state, version = self.store.get(sample)
-            now = self.clock()
+        def update(state: SampleState | None, now: float) -> SampleState | None:
             if state is None:
-                new = SampleState(sample=sample, input_checksum=checksum, updated=now)
-            elif state.status in ("done", "failed") and state.input_checksum != checksum:
-                new = dataclasses.replace(state, status="pending", attempts=0, last_error=None,
-                                          input_checksum=checksum, next_attempt_at=0.0, updated=now)
-            elif state.status == "pending" and state.input_checksum != checksum:
-                new = dataclasses.replace(state, input_checksum=checksum, updated=now)
-            else:
-                return state
-            try:
-                self.store.put(new, version=version)
-                return new
-            except StateConflict:
-                continue
-        state, _ = self.store.get(sample)
-        assert state is not None
+                return SampleState(sample=sample, input_checksum=checksum, updated=now)
+            if state.status in ("done", "failed") and state.input_checksum != checksum:
+                return dataclasses.replace(state, status="pending", attempts=0, last_error=None,
+                                           input_checksum=checksum, next_attempt_at=0.0, updated=now)
+            if state.status == "pending" and state.input_checksum != checksum:
+                return dataclasses.replace(state, input_checksum=checksum, updated=now)
+            return None
+
+        state, _ = self._swap(sample, update)
+        assert state is not None  # written by us or by the writer that beat us
         return state
 
     def claimable(self, state: SampleState, now: float | None = None) -> bool:
@@ -289,26 +332,22 @@ class Ledger:
         its crashed owner; when that exhausts the attempts the sample is marked
         ``failed`` instead of claimed.
         """
-        state, version = self.store.get(sample)
-        now = self.clock()
-        if state is None or not self.claimable(state, now):
-            return None
-        if state.status == "running" and state.attempts >= self.retry.max_attempts:
-            failed = dataclasses.replace(
-                state, status="failed", lease_owner=None, lease_expires=0.0, updated=now,
-                last_error=state.last_error or f"lease of {state.lease_owner} expired (run lost)")
-            with contextlib.suppress(StateConflict):
-                self.store.put(failed, version=version)
-            return None
-        error = state.last_error
-        if state.status == "running":
-            error = f"lease of {state.lease_owner} expired (run lost)"
-        new = dataclasses.replace(state, status="running", attempts=state.attempts + 1,
-                                  lease_owner=owner, lease_expires=now + ttl, updated=now,
-                                  last_error=error)
-        try:
-            self.store.put(new, version=version)
-        except StateConflict:
+        def update(state: SampleState | None, now: float) -> SampleState | None:
+            if state is None or not self.claimable(state, now):
+                return None
+            if state.status == "running" and state.attempts >= self.retry.max_attempts:
+                return dataclasses.replace(
+                    state, status="failed", lease_owner=None, lease_expires=0.0, updated=now,
+                    last_error=state.last_error or f"lease of {state.lease_owner} expired (run lost)")
+            error = state.last_error
+            if state.status == "running":
+                error = f"lease of {state.lease_owner} expired (run lost)"
+            return dataclasses.replace(state, status="running", attempts=state.attempts + 1,
+                                       lease_owner=owner, lease_expires=now + ttl, updated=now,
+                                       last_error=error)
+
+        new, written = self._swap(sample, update)
+        if not written or new is None or new.status != "running":
             return None
         # Read back: guards against stores whose conditional write is not atomic.
         check, _ = self.store.get(sample)
@@ -316,39 +355,25 @@ class Ledger:
 
     def renew(self, sample: str, owner: str, *, ttl: float) -> bool:
         """Extend the lease; ``False`` if ``owner`` no longer holds it."""
-        for _ in range(3):
-            state, version = self.store.get(sample)
+        def update(state: SampleState | None, now: float) -> SampleState | None:
             if state is None or state.status != "running" or state.lease_owner != owner:
-                return False
-            now = self.clock()
-            try:
-                self.store.put(dataclasses.replace(state, lease_expires=now + ttl, updated=now),
-                               version=version)
-                return True
-            except StateConflict:
-                continue
-        return False
+                return None
+            return dataclasses.replace(state, lease_expires=now + ttl, updated=now)
+
+        return self._swap(sample, update)[1]
 
     def finish(self, sample: str, owner: str, *, error: str | None = None) -> SampleState | None:
         """Record the outcome of ``owner``'s run: done, pending again (back-off) or failed."""
-        for _ in range(5):
-            state, version = self.store.get(sample)
+        def update(state: SampleState | None, now: float) -> SampleState | None:
             if state is None or state.status != "running" or state.lease_owner != owner:
                 return None
-            now = self.clock()
             common: dict[str, Any] = dict(lease_owner=None, lease_expires=0.0, updated=now)
             if error is None:
-                new = dataclasses.replace(state, status="done", last_error=None,
-                                          runs=state.runs + 1, **common)
-            elif state.attempts >= self.retry.max_attempts:
-                new = dataclasses.replace(state, status="failed", last_error=error, **common)
-            else:
-                new = dataclasses.replace(state, status="pending", last_error=error,
-                                          next_attempt_at=now + self.retry.delay(state.attempts),
-                                          **common)
-            try:
-                self.store.put(new, version=version)
-                return new
-            except StateConflict:
-                continue
-        return None
+                return dataclasses.replace(state, status="done", last_error=None, runs=state.runs + 1, **common)
+            if state.attempts >= self.retry.max_attempts:
+                return dataclasses.replace(state, status="failed", last_error=error, **common)
+            return dataclasses.replace(state, status="pending", last_error=error,
+                                       next_attempt_at=now + self.retry.delay(state.attempts), **common)
+
+        new, written = self._swap(sample, update)
+        return new if written else None

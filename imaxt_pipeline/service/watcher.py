@@ -26,11 +26,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-import fsspec
-
+from ..io.storage import protocols, url_to_fs
 from .launcher import Action, Job
 from .notify import ObjectEvent
 from .state import Ledger, SampleState
@@ -100,10 +100,10 @@ def listing_checksum(listing: dict[str, dict[str, Any]]) -> str:
 def find_landed(bucket_url: str, storage_options: dict[str, Any] | None = None, *,
                 only: Iterable[str] | None = None) -> list[Landed]:
     """List the landed samples under ``bucket_url`` (optionally only the named ones)."""
-    fs, root = fsspec.core.url_to_fs(bucket_url, **(storage_options or {}))
+    fs, root = url_to_fs(bucket_url, storage_options)
     root = root.rstrip("/")
     fs.invalidate_cache()
-    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    protocol = protocols(fs)[0]
     if only is not None:
         folders = [f"{root}/{name}" for name in sorted(set(only))]
     else:
@@ -167,7 +167,7 @@ class Watcher:
         self._wake = threading.Event()
         self._hints: set[str] = set()
         self._lock = threading.Lock()
-        _, root = fsspec.core.url_to_fs(self.bucket_url, **self.storage_options)
+        _, root = url_to_fs(self.bucket_url, self.storage_options)
         self._bucket, _, prefix = root.strip("/").partition("/")
         self._prefix = f"{prefix}/" if prefix else ""
 

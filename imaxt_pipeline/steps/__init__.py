@@ -1,9 +1,12 @@
 """Pipeline steps, in the order the runner calls them.
 
-Each step is a module with a pydantic ``Params`` (subclass of
-:class:`StepParams`) and ``run(ctx: StepContext, params) -> StepResult``.
-Step modules import heavy dependencies (torch, cellpose) inside ``run`` so
-that loading the configuration stays cheap.
+Each step is a module with a pydantic ``Params`` (defined in :mod:`.params`,
+a subclass of :class:`StepParams`) and ``run(ctx: StepContext, params) ->
+StepResult``. Steps never import each other: what one step hands to another
+goes through the output store, read and written by
+:mod:`imaxt_pipeline.io.results`. Step modules import heavy dependencies
+(torch, cellpose) inside ``run``, and this package imports no step module,
+so that loading the configuration stays cheap.
 """
 
 from __future__ import annotations
@@ -12,18 +15,9 @@ import importlib
 from types import ModuleType
 
 from ._base import StepContext, StepParams, StepResult
+from .params import STEP_PARAMS
 
-STEP_ORDER: tuple[str, ...] = (
-    "calibrate",
-    "stitch",
-    "mosaic",
-    "beads",
-    "register",
-    "cube",
-    "segment",
-    "catalogue",
-    "crops",
-)
+STEP_ORDER: tuple[str, ...] = tuple(STEP_PARAMS)
 
 
 def step_module(name: str) -> ModuleType:

@@ -6,34 +6,48 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from .params import StepParams
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from ..config import RunConfig
     from ..io.output import OutputStore
     from ..io.rawzarr import RawStore
 
-
-class StepParams(BaseModel):
-    """Base of each step's parameter model: strict keys, on/off switch."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
+__all__ = ["StepContext", "StepParams", "StepResult"]
 
 
 @dataclass
 class StepContext:
-    """Handles a step works with. Steps never open stores themselves."""
+    """Handles a step works with. Steps never open stores themselves.
 
-    config: "RunConfig"
+    Attributes
+    ----------
+    raw : RawStore
+        The uploaded raw sample (tiles, stage positions, acquisition).
+    output : OutputStore
+        The processed store; steps read and write it through
+        :mod:`imaxt_pipeline.io.results`.
+    client : distributed.Client
+        Where the step's tasks run.
+    slices : list of int
+        Slices to process now (live processing: the ones that just landed).
+    storage_options : dict
+        fsspec options for any other URL a step reads (e.g. a calibration file).
+    log : logging.Logger
+    """
+
     raw: "RawStore"
     output: "OutputStore"
     client: "Client"
     slices: list[int]
+    storage_options: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("imaxt_pipeline.steps"))
+
+    def planes(self) -> list[tuple[int, int]]:
+        """(slice, plane) pairs to process now: every optical section of every slice in ``slices``."""
+        n = self.raw.acquisition.optical_sections
+        return [(s, s * n + z) for s in self.slices for z in range(n)]
 
 
 @dataclass

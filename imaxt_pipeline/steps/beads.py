@@ -15,36 +15,20 @@ filled in by the ``register`` step.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
-from ._base import StepContext, StepParams, StepResult
+from ..io import results
+from ..io.ome import OmeImage
+from ._base import StepContext, StepResult
+from .params import BeadsParams as Params
 
-TABLE = "beads"
-
-
-class Params(StepParams):
-    detector: Literal["classical", "unet"] = Field(default="classical", description="candidate detector")
-    model: str | None = Field(default=None, description="U-Net checkpoint path/URL (default: packaged)")
-    channel: int | None = Field(default=None, ge=0, description="bead channel; None picks it automatically")
-    z: int = Field(default=0, ge=0, description="optical section searched in each slice")
-    block: int = Field(default=1024, ge=128, description="core block edge in px")
-    min_radius_px: float = Field(default=4.0, gt=0)
-    max_radius_px: float = Field(default=80.0, gt=0)
-    sigma: float = Field(default=2.0, ge=0, description="classical detector smoothing (px)")
-    nsigma: float = Field(default=5.0, gt=0, description="classical detector threshold (background sigmas)")
-    rel_threshold: float = Field(default=0.5, ge=0, lt=1,
-                                 description="classical threshold: this fraction of the way to the bead plateau")
-    min_snr: float = Field(default=3.0, description="reject fits with a lower amplitude/noise")
-    max_chi2_ratio: float = Field(default=20.0, gt=1,
-                                  description="reject fits with chi2 above this x median (bright beads: model mismatch)")
-    min_amplitude_ratio: float = Field(default=0.3, ge=0, description="reject fits fainter than this x median")
+__all__ = ["Params", "flag_fits", "pick_channel", "run", "slice_thresholds"]
 
 
-def _coarse(image, plane: int, level: int | None = None):
+def _coarse(image: OmeImage, plane: int, level: int | None = None) -> tuple[np.ndarray, float]:
     """A pyramid level of a plane (C, h, w), default the coarsest, and its px size in full-resolution px."""
     level = image.levels - 1 if level is None else min(level, image.levels - 1)
     data = image.read_plane(plane, level=level)
@@ -52,7 +36,7 @@ def _coarse(image, plane: int, level: int | None = None):
     return data, full / max(data.shape[-1], 1)
 
 
-def pick_channel(ctx: StepContext, image, params: Params) -> int:
+def pick_channel(ctx: StepContext, image: OmeImage, params: Params) -> int:
     """Bead channel: the one whose bright compact objects are largest (see ``bead_channel_scores``).
 
     A channel chosen by an earlier run (``imaxt.beads.channel``) is kept so
@@ -76,7 +60,7 @@ def pick_channel(ctx: StepContext, image, params: Params) -> int:
     return pick_bead_channel(scores)
 
 
-def slice_thresholds(image, planes: list[int], channel: int, params: Params, peak: float | None
+def slice_thresholds(image: OmeImage, planes: list[int], channel: int, params: Params, peak: float | None
                      ) -> tuple[list[float], float]:
     """Classical threshold of each plane from its coarsest level, with one bead plateau for all of them.
 
@@ -117,7 +101,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     acq = ctx.raw.acquisition
     if params.z >= acq.optical_sections:
         raise ValueError(f"beads.z={params.z} but the sample has {acq.optical_sections} optical sections")
-    image = ctx.output.open_image("mosaic")
+    image = ctx.output.open_image(results.MOSAIC)
     channel = params.channel if params.channel is not None else pick_channel(ctx, image, params)
     if channel >= len(acq.channels):
         raise ValueError(f"beads.channel={channel} but the sample has {len(acq.channels)} channels")
@@ -140,19 +124,15 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         df["bead_id"] = -1
         parts.append(df)
     new = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    if ctx.output.has_table(TABLE):
-        old = ctx.output.read_table(TABLE)
-        old = old[~old["slice"].isin(ctx.slices)]
-        new = pd.concat([old, new], ignore_index=True) if len(old) else new
-    new = new.sort_values(["slice", "y_px", "x_px"], kind="stable").reset_index(drop=True)
+    new = results.replace_slices(ctx.output, results.BEADS, new, ctx.slices, sort_by=("slice", "y_px", "x_px"))
     ctx.output.update_imaxt_attrs("beads.channel", int(channel))
     ctx.output.update_imaxt_attrs("beads.detector", params.detector)
     ctx.output.update_imaxt_attrs("beads.peak", float(peak))
-    path = ctx.output.write_table(TABLE, new)
+    path = ctx.output.write_table(results.BEADS, new)
     this = new[new["slice"].isin(ctx.slices)]
     good = this[this["good"]]
-    metrics = {"channel": int(channel), "candidates": int(len(this)), "good": int(len(good)),
+    metrics: dict[str, Any] = {"channel": int(channel), "candidates": int(len(this)), "good": int(len(good)),
                "median_centre_err_px": float(np.median(np.hypot(good["y_err"], good["x_err"]))) if len(good)
                else None}
     ctx.log.info("beads: %d candidates, %d good fits in slices %s", len(this), len(good), ctx.slices)
-    return StepResult(inputs=["mosaic"], outputs=[path], metrics=metrics)
+    return StepResult(inputs=[results.MOSAIC], outputs=[path], metrics=metrics)

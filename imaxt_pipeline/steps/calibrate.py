@@ -2,7 +2,8 @@
 
 Estimated from the tiles themselves (a sample of tiles from the slices
 processed so far, so the estimate is refined as slices land), or loaded from
-a calibration file. Results go to the output store for every later step:
+a calibration file. Results go to the output store for every later step
+(:func:`imaxt_pipeline.io.results.write_calibration`):
 
 - ``attrs["imaxt"]["calibrate"]``: dark per channel, trim, distortion
   coefficients (from the file, else identity until `stitch` fits them), and
@@ -16,63 +17,16 @@ in :mod:`..io.calibration_file`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal  # noqa: F401
-
 import numpy as np
-from pydantic import Field
 
-from ..algorithms.calibration import Calibration, estimate_calibration
-from ..algorithms.optics import DistortionModel
+from ..algorithms.calibration import estimate_calibration
+from ..algorithms.optics import Calibration, DistortionModel
+from ..io import results
 from ..io.calibration_file import read_calibration_file
-from ._base import StepContext, StepParams, StepResult
+from ._base import StepContext, StepResult
+from .params import CalibrateParams as Params
 
-if TYPE_CHECKING:
-    from ..io.output import OutputStore
-
-FLAT_PATH = "calibration/flat"
-STRAY_PATH = "calibration/stray"
-
-
-class Params(StepParams):
-    calibration_file: str | None = Field(default=None, description="npz with dark/flat/trim/distortion (fsspec URL)")
-    dark: float | list[float] | None = Field(default=None, description="dark offset(s); None = estimate")
-    flat: Literal["estimate", "none"] = "estimate"
-    trim: bool = Field(default=True, description="trim borders where stray light swamps the background")
-    trim_threshold: float = Field(default=1.0, gt=0, description="stray light / background level that is trimmed")
-    max_trim_fraction: float = Field(default=0.25, ge=0, le=1, description="trim cap as a fraction of the overlap")
-    max_tiles: int = Field(default=64, ge=1, description="tiles per channel sampled for the estimate")
-    seed: int = 0
-
-
-def load_calibration(output: "OutputStore", n_channels: int) -> Calibration:
-    """The calibration stored by this step (identity when it has not run)."""
-    attrs = output.imaxt_attrs().get("calibrate")
-    if not attrs:
-        return Calibration.identity(n_channels)
-    arrays = {FLAT_PATH: None, STRAY_PATH: None}
-    wanted = [path for path, key in ((FLAT_PATH, "has_flat"), (STRAY_PATH, "has_stray")) if attrs.get(key)]
-    if wanted:
-        import zarr
-
-        root = zarr.open_group(output.location.zarr_store(read_only=True), mode="r")
-        arrays.update({path: np.asarray(root[path][...], np.float32) for path in wanted})
-    flat, stray = arrays[FLAT_PATH], arrays[STRAY_PATH]
-    return Calibration.from_attrs(attrs, flat, stray)
-
-
-def save_calibration(output: "OutputStore", cal: Calibration, **extra: object) -> list[str]:
-    """Store ``cal`` (attrs + flat array); return the paths written."""
-    written = []
-    for path, data in ((FLAT_PATH, cal.flat), (STRAY_PATH, cal.stray)):
-        if data is None:
-            continue
-        group = output.root.require_group("calibration")
-        arr = group.create_array(path.rsplit("/", 1)[1], shape=data.shape, dtype="float32", overwrite=True,
-                                 chunks=(1, *data.shape[1:]))
-        arr[...] = data.astype(np.float32)
-        written.append(path)
-    output.update_imaxt_attrs("calibrate", {**cal.to_attrs(), **extra})
-    return written
+__all__ = ["Params", "run", "sample_tiles"]
 
 
 def sample_tiles(ctx: StepContext, slices: list[int], max_tiles: int, seed: int) -> np.ndarray:
@@ -81,19 +35,19 @@ def sample_tiles(ctx: StepContext, slices: list[int], max_tiles: int, seed: int)
     pool = [(s, t) for s in slices for t in range(acq.n_tiles)]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(pool), size=min(max_tiles, len(pool)), replace=False))
-    tiles = [np.asarray(ctx.raw.tiles[pool[i][0], 0, :, pool[i][1]]) for i in pick]
+    tiles = [ctx.raw.read_tile(pool[i][0], 0, pool[i][1]) for i in pick]
     return np.stack(tiles, axis=1)
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
     acq = ctx.raw.acquisition
     n_ch = len(acq.channels)
-    previous = ctx.output.imaxt_attrs().get("calibrate", {})
+    previous = results.calibration_record(ctx.output)
     slices = sorted(set(ctx.slices) | set(previous.get("slices_used", [])))
     from_file: dict[str, object] = {}
     inputs = []
     if params.calibration_file:
-        from_file = read_calibration_file(params.calibration_file, ctx.config.storage_options, n_channels=n_ch,
+        from_file = read_calibration_file(params.calibration_file, ctx.storage_options, n_channels=n_ch,
                                           tile_shape=tuple(acq.tile_shape))
         inputs.append(params.calibration_file)
     dark = from_file.get("dark", params.dark)
@@ -123,8 +77,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
                       distortion=distortion or DistortionModel(), source=src,
                       # stray light estimated here belongs with the estimated flat, not with a file's flat
                       stray=from_file.get("stray", None if "flat" in from_file else cal.stray))
-    outputs = save_calibration(ctx.output, cal, slices_used=slices,
-                               **{k: previous[k] for k in ("distortion_points",) if k in previous})
+    outputs = results.write_calibration(ctx.output, cal, slices_used=slices,
+                                        **{k: previous[k] for k in ("distortion_points",) if k in previous})
     ctx.log.info("calibrate: dark %s, trim %s, sources %s", np.round(cal.dark, 2).tolist(), cal.trim, src)
     return StepResult(inputs=inputs, outputs=outputs + ["attrs:imaxt.calibrate"],
                       metrics={"dark": [float(d) for d in cal.dark], "trim": cal.trim.as_dict(), "source": src})

@@ -18,54 +18,38 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
-from ..errors import StoreError
-from ._base import StepContext, StepParams, StepResult
-from .segment import planes_of, source_image
+from ..io import results
+from ..io.ome import OmeImage
+from ._base import StepContext, StepResult
+from .params import CropsParams as Params
 
-INDEX_COLUMNS = ("slice", "plane", "label", "centroid_y_px", "centroid_x_px", "centroid_y_um", "centroid_x_um",
-                 "centroid_z_um", "area_px")
+__all__ = ["Params", "run"]
 
-
-class Params(StepParams):
-    size: int = Field(default=32, ge=4, description="crop edge, px")
-    chunk: int = Field(default=256, ge=1, description="crops per Zarr chunk")
-    ranking_channel: int = Field(default=0, ge=0, description="channel whose mean intensity ranks slices")
+INDEX_COLUMNS = list(results.CROP_INDEX_COLUMNS)
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
     from ..algorithms.measure import representative_ranking
 
-    if not (ctx.output.has_table("nuclei") and ctx.output.has_table("cells")):
-        raise StoreError(f"{ctx.output.url}: tables nuclei/cells are missing; run the catalogue step first")
-    name = source_image(ctx)
+    cells, catalogue = results.read_catalogue(ctx.output)
+    name = results.source_image(ctx.output)
     image = ctx.output.open_image(name)
-    nuclei_img = ctx.output.open_image(f"{name}/labels/nuclei")
-    catalogue = ctx.output.read_table("nuclei")
+    nuclei_img = ctx.output.open_image(results.label_path(name, "nuclei"))
     channels = list(ctx.raw.acquisition.channels)
-    planes = [p for _, p in planes_of(ctx)]
-    new_index = catalogue[catalogue["plane"].isin(planes)][list(INDEX_COLUMNS)].sort_values(["plane", "label"])
+    planes = [p for _, p in ctx.planes()]
+    new_index = catalogue[catalogue["plane"].isin(planes)][INDEX_COLUMNS].sort_values(["plane", "label"])
 
-    old_index = ctx.output.read_table("crops") if ctx.output.has_table("crops") else None
-    rebuild = old_index is None or "crops" not in ctx.output.root or bool(old_index["plane"].isin(planes).any())
+    old_index = results.read_table_or_none(ctx.output, results.CROPS)
+    rebuild = old_index is None or not ctx.output.has(results.CROPS) or bool(old_index["plane"].isin(planes).any())
     if rebuild and old_index is not None:
         # a re-processed slice: keep other slices' rows only if their crops can be re-cut from the catalogue
-        keep = catalogue[~catalogue["plane"].isin(planes)][list(INDEX_COLUMNS)]
+        keep = catalogue[~catalogue["plane"].isin(planes)][INDEX_COLUMNS]
         new_index = pd.concat([keep, new_index]).sort_values(["plane", "label"])
         planes = sorted(new_index["plane"].unique().tolist())
-    start = 0 if rebuild else len(old_index)
-    n_total = start + len(new_index)
-    shape = (n_total, len(channels), params.size, params.size)
-    chunks = (max(1, min(params.chunk, max(n_total, 1))), len(channels), params.size, params.size)
-    if rebuild:
-        array = ctx.output.root.create_array("crops", shape=shape, chunks=chunks, dtype="float32", fill_value=0,
-                                             overwrite=True, dimension_names=("n", "c", "y", "x"))
-    else:
-        array = ctx.output.root["crops"]
-        array.resize(shape)
-    array.attrs["imaxt"] = {"index_table": "tables/crops.parquet", "channels": channels, "image": name,
-                            "description": "nucleus-centred crops, zero outside the nucleus mask"}
+    start = 0 if rebuild or old_index is None else len(old_index)
+    array = results.crops_array(ctx.output, n=start + len(new_index), channels=channels, size=params.size,
+                                chunk=params.chunk, image=name, append=not rebuild)
 
     new_index = new_index.reset_index(drop=True)
     futures, offsets = [], {}
@@ -81,20 +65,21 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     for fut in as_completed(futures):
         plane, crops = fut.result()
         array[offsets[plane]:offsets[plane] + len(crops)] = crops
-    index = new_index if rebuild else pd.concat([old_index, new_index], ignore_index=True)
+    index = new_index if rebuild or old_index is None else pd.concat([old_index, new_index], ignore_index=True)
     index = index.drop(columns="row", errors="ignore").reset_index(drop=True)
     index.insert(0, "row", np.arange(len(index), dtype=np.int64))
-    ctx.output.write_table("crops", index)
+    ctx.output.write_table(results.CROPS, index)
 
-    ranking = _ranking(ctx.output.read_table("cells"), channels, params.ranking_channel, representative_ranking)
-    ctx.output.write_table("representative_slices", ranking)
-    return StepResult(inputs=["tables/nuclei.parquet", "tables/cells.parquet", name],
-                      outputs=["crops", "tables/crops.parquet", "tables/representative_slices.parquet"],
+    ranking = _ranking(cells, channels, params.ranking_channel, representative_ranking)
+    ctx.output.write_table(results.REPRESENTATIVE_SLICES, ranking)
+    return StepResult(inputs=[results.table_path(results.NUCLEI), results.table_path(results.CELLS), name],
+                      outputs=[results.CROPS, results.table_path(results.CROPS),
+                               results.table_path(results.REPRESENTATIVE_SLICES)],
                       metrics={"crops": int(len(index)), "most_representative_slice":
                                int(ranking["slice"].iloc[0]) if len(ranking) else None})
 
 
-def _plane_crops(image: Any, nuclei: Any, plane: int, centroids: np.ndarray, labels: np.ndarray, size: int
+def _plane_crops(image: OmeImage, nuclei: OmeImage, plane: int, centroids: np.ndarray, labels: np.ndarray, size: int
                  ) -> tuple[int, np.ndarray]:
     from ..algorithms.measure import masked_crops
 

@@ -10,21 +10,19 @@ rewritten when their slice's offset moved by more than ``rewrite_tol_px``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from pydantic import Field
 
-from ._base import StepContext, StepParams, StepResult
+from ..io import results
+from ..io.ome import OmeImage
+from ._base import StepContext, StepResult
+from .params import CubeParams as Params
 
-
-class Params(StepParams):
-    order: int = Field(default=1, ge=0, le=3, description="interpolation order of the sub-pixel shift")
-    levels: int = Field(default=3, ge=1, le=8)
-    chunk: int = Field(default=512, ge=64)
-    margin_px: int = Field(default=32, ge=1, description="canvas padding is a multiple of this")
-    rewrite_tol_px: float = Field(default=0.05, ge=0, description="rewrite planes whose offset moved more")
+__all__ = ["Params", "run"]
 
 
-def _write(image, plane: int, data) -> int:
+def _write(image: OmeImage, plane: int, data: np.ndarray) -> int:
     image.write_plane(plane, data)
     return plane
 
@@ -36,41 +34,35 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     from ..parallel.registration import align_plane
 
     acq = ctx.raw.acquisition
-    meta = ctx.output.imaxt_attrs()
-    reg = meta.get("register", {}).get("slice_offsets_px")
-    offsets = np.zeros((acq.slices, 2))
-    if reg:
-        known = np.array([[np.nan if v is None else v for v in row] for row in reg], float)[: acq.slices]
-        offsets[: len(known)] = np.nan_to_num(known)
-        if len(known) < acq.slices:  # slices not registered yet: hold the last offset
-            offsets[len(known):] = offsets[len(known) - 1]
-    else:
+    registered = results.read_slice_offsets(ctx.output, acq.slices)
+    if registered is None:
         ctx.log.warning("cube: no register.slice_offsets_px; building an unregistered cube")
-    done = set(meta.get("slices_done", [])) | set(ctx.slices)
+    offsets = np.zeros((acq.slices, 2)) if registered is None else registered
+    done = set(results.slices_done(ctx.output)) | set(ctx.slices)
     slices = sorted(s for s in done if s < acq.slices)
     before, after = canvas_padding(offsets[slices])
     m = params.margin_px
     before = (-(-before // m) * m).astype(int)
     after = (-(-after // m) * m).astype(int)
-    mosaic = ctx.output.open_image("mosaic")
+    mosaic = ctx.output.open_image(results.MOSAIC)
     c, n_planes, h, w = mosaic.shape
     shape = (c, n_planes, h + before[0] + after[0], w + before[1] + after[1])
-    cube_meta = meta.get("cube", {})
+    cube_meta = ctx.output.imaxt_attrs().get("cube", {})
     written = {int(k): v for k, v in cube_meta.get("written", {}).items()}
-    same_canvas = (ctx.output.has("cube") and ctx.output.open_image("cube").shape == shape
+    same_canvas = (ctx.output.has(results.CUBE) and ctx.output.open_image(results.CUBE).shape == shape
                    and cube_meta.get("pad_before") == before.tolist())
     if same_canvas:
-        cube = ctx.output.open_image("cube")
+        cube = ctx.output.open_image(results.CUBE)
     else:
         z_um = acq.slice_thickness_um / acq.optical_sections
-        cube = ctx.output.create_image("cube", channel_names=acq.channels, shape_czyx=shape, dtype="float32",
+        cube = ctx.output.create_image(results.CUBE, channel_names=acq.channels, shape_czyx=shape, dtype="float32",
                                        scale_zyx_um=(z_um, acq.pixel_size_um, acq.pixel_size_um),
                                        levels=params.levels, chunks_yx=(params.chunk, params.chunk))
         written = {}
     todo = [s for s in slices if s in ctx.slices or s not in written
             or np.max(np.abs(np.asarray(written[s]) - offsets[s])) > params.rewrite_tol_px]
     stack = mosaic.to_dask(0)
-    tasks = []
+    tasks: list[Any] = []
     for s in todo:
         for z in range(acq.optical_sections):
             p = s * acq.optical_sections + z
@@ -83,7 +75,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     ctx.output.update_imaxt_attrs("cube", {"pad_before": before.tolist(), "pad_after": after.tolist(),
                                            "written": {str(k): v for k, v in sorted(written.items())}})
     ctx.log.info("cube: wrote %d planes of slices %s onto a %s canvas", len(tasks), todo, shape)
-    return StepResult(inputs=["mosaic"], outputs=["cube"],
+    return StepResult(inputs=[results.MOSAIC], outputs=[results.CUBE],
                       metrics={"planes_written": len(tasks), "slices_written": todo, "shape": list(shape),
                                "pad_before": before.tolist()},
                       rewritten_slices=[int(s) for s in todo])

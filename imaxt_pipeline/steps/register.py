@@ -13,34 +13,23 @@ histogram).
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
-from ._base import StepContext, StepParams, StepResult
-from .beads import TABLE
+from ..errors import DataWarning, NotEnoughOverlapError
+from ..io import results
+from ..qc import register_figure, to_png
+from ._base import StepContext, StepResult
+from .params import RegisterParams as Params
 
-
-class Params(StepParams):
-    match_radius_px: float = Field(default=20.0, gt=0, description="gate for matching consecutive slices")
-    max_gap: int = Field(default=1, ge=0, description="slices a track may skip")
-    min_track: int = Field(default=2, ge=2, description="detections a bead needs to count")
-    radius_nsigma: float = Field(default=5.0, gt=0, description="reject radii beyond this many robust sigmas")
-    clip: float = Field(default=4.0, gt=0, description="outlier rejection threshold (normalised residual)")
-    max_iter: int = Field(default=10, ge=1)
-    unconstrained: Literal["interpolate", "zero"] = Field(
-        default="interpolate", description="offset of slices no bead track constrains: from neighbours, or 0")
-    qc: bool = True
+__all__ = ["Params", "fill_offsets", "n_slices", "register_table", "run"]
 
 
-def register_table(df: pd.DataFrame, params: Params):
+def register_table(df: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, Any]:
     """Flag radius outliers, build tracks and solve; returns (table, SliceOffsets)."""
-    from ..algorithms.registration import radius_outliers
-    from ..algorithms.registration import solve_slice_offsets
-    from ..algorithms.registration import build_tracks
-    from ..errors import NotEnoughOverlapError
+    from ..algorithms.registration import build_tracks, radius_outliers, solve_slice_offsets
 
     if not len(df):
         raise NotEnoughOverlapError("the bead table is empty; cannot register slices")
@@ -64,7 +53,7 @@ def register_table(df: pd.DataFrame, params: Params):
 
 
 def fill_offsets(slices: np.ndarray, offsets: np.ndarray, errors: np.ndarray, n: int, *,
-                 mode: str = "interpolate"):
+                 mode: str = "interpolate") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Offsets for slices 0..n-1: solved ones as they are, others interpolated or zero (error NaN).
 
     Returns ``(offsets, errors, missing)``; ``missing`` lists the slices
@@ -87,41 +76,19 @@ def fill_offsets(slices: np.ndarray, offsets: np.ndarray, errors: np.ndarray, n:
     return full, err, missing
 
 
-def qc_figure(offsets: np.ndarray, errors: np.ndarray, radii: np.ndarray):
-    """Dx, Dy vs slice with 1-sigma bands, and the histogram of bead radii."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.4))
-    axes = fig.subplots(1, 3)
-    s = np.arange(len(offsets))
-    for ax, k, name in ((axes[0], 1, "Dx"), (axes[1], 0, "Dy")):
-        e = np.nan_to_num(errors[:, k], nan=0.0)
-        ax.fill_between(s, offsets[:, k] - e, offsets[:, k] + e, color="C0", alpha=0.3, label="1σ")
-        ax.plot(s, offsets[:, k], "o-", color="C0", ms=3)
-        ax.set_xlabel("slice")
-        ax.set_ylabel(f"{name} (px)")
-        ax.legend(loc="best", fontsize=8)
-    axes[2].hist(radii[np.isfinite(radii)], bins=30, color="C1")
-    axes[2].set_xlabel("bead radius (px)")
-    axes[2].set_ylabel("detections")
-    fig.tight_layout()
-    return fig
-
-
 def n_slices(ctx: StepContext, df: pd.DataFrame) -> int:
     """Slices to report: up to the last one in the table, processed now or done earlier."""
     present = df["slice"].to_numpy(int).tolist() if len(df) else []
-    done = ctx.output.imaxt_attrs().get("slices_done", [])
+    done = results.slices_done(ctx.output)
     seen = [int(s) for s in (*present, *done, *ctx.slices)]
     return max(seen) + 1 if seen else 0
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
-    from ..errors import DataWarning, NotEnoughOverlapError
-
-    if not ctx.output.has_table(TABLE):
-        raise FileNotFoundError(f"{ctx.output.url}: tables/{TABLE}.parquet missing; run the beads step first")
-    df = ctx.output.read_table(TABLE)
+    df = results.read_table_or_none(ctx.output, results.BEADS)
+    if df is None:
+        raise FileNotFoundError(f"{ctx.output.url}: {results.table_path(results.BEADS)} missing; "
+                                "run the beads step first")
     n = n_slices(ctx, df)
     try:
         df, sol = register_table(df, params)
@@ -140,17 +107,14 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         message = f"register: no bead track constrains slices {missing}; their offsets are {how}"
         warnings.warn(message, DataWarning, stacklevel=2)
         ctx.log.warning(message)
-    outputs = [ctx.output.write_table(TABLE, df)]
-    ctx.output.update_imaxt_attrs("register.slice_offsets_px", offsets.round(4).tolist())
-    ctx.output.update_imaxt_attrs("register.slice_offsets_err_px", errors.round(4).tolist())
-    ctx.output.update_imaxt_attrs("register.unconstrained", missing)
-    ctx.output.update_imaxt_attrs("register.chi2", chi2)
+    outputs = [ctx.output.write_table(results.BEADS, df)]
+    results.write_slice_offsets(ctx.output, offsets, errors, unconstrained=missing, chi2=chi2)
     if params.qc and n:
         radii = df["radius_px"].to_numpy(float) if len(df) else np.zeros(0)
-        outputs.append(ctx.output.write_png("register", qc_figure(offsets, errors, radii)))
+        outputs.append(ctx.output.write_png("register", to_png(register_figure(offsets, errors, radii))))
     n_tracks = int(df["bead_id"].max()) + 1 if len(df) else 0
     metrics = {"slices": n, "tracks": n_tracks, "unconstrained": missing, "chi2": chi2,
                "median_err_px": float(np.nanmedian(errors[1:])) if n > 1 and np.isfinite(errors[1:]).any()
                else None}
     ctx.log.info("register: %d slices, %d tracks, chi2 %s", n, n_tracks, chi2)
-    return StepResult(inputs=[f"tables/{TABLE}.parquet"], outputs=outputs, metrics=metrics)
+    return StepResult(inputs=[results.table_path(results.BEADS)], outputs=outputs, metrics=metrics)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imaxt_pipeline.training.train_cellpose import render_cells
+from imaxt_pipeline.synth import render_cells
 
 
 def two_channel_sample(shape=(256, 256), *, density=0.35, seed=0, expansion=4):

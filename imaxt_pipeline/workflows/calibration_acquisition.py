@@ -3,7 +3,7 @@
 Reads a raw sample (``spec/raw-layout.md``), estimates dark/flat/trim from
 its tiles, matches every neighbouring pair and fits the distortion with the
 stated stage accuracy as the ruler of the magnification
-(:mod:`.algorithms.distortion_fit`).
+(:func:`..algorithms.calibration.fit_calibration_distortion`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..algorithms.calibration import Calibration, estimate_calibration
-from ..algorithms.calibration import DistortionFit, calibration_pairs, fit_calibration_distortion
+from ..algorithms.calibration import DistortionFit, calibration_pairs, estimate_calibration, fit_calibration_distortion
+from ..algorithms.optics import Calibration
 from ..errors import InputError
 from ..io.raw import read_raw_sample, read_tile
 from ..io.urls import Location

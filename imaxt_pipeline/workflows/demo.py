@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import load_config
 from ..io.upload import upload
 from ..pipeline import run_pipeline
+from ._figures import DemoFigures, demo_figures
 
 
 @dataclass
@@ -17,6 +18,7 @@ class DemoResult:
     bucket_store: str
     output: str
     seconds: dict[str, float] = field(default_factory=dict)
+    figures: DemoFigures | None = None
 
     def describe(self) -> str:
         times = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
@@ -24,7 +26,8 @@ class DemoResult:
                 f"  raw sample + truth : {self.raw_dir}\n"
                 f"  raw Zarr (bucket)  : {self.bucket_store}\n"
                 f"  processed OME-Zarr : {self.output}\n"
-                f"  QC plots           : {self.output}/qc/")
+                f"  QC plots           : {self.output}/qc/"
+                + (f"\naccuracy against the simulator's truth:\n{self.figures.describe()}" if self.figures else ""))
 
 
 def run_demo(directory: Path, *, n_workers: int = 2, synth_params=None) -> DemoResult:
@@ -51,4 +54,5 @@ def run_demo(directory: Path, *, n_workers: int = 2, synth_params=None) -> DemoR
     config = load_config(None, input_url=store, output_url=output, **{"cluster.n_workers": n_workers})
     run_pipeline(config)
     seconds["pipeline"] = time.perf_counter() - t0
-    return DemoResult(raw_dir=raw_dir, bucket_store=store, output=output, seconds=seconds)
+    figures = demo_figures(output, raw_dir / "truth")
+    return DemoResult(raw_dir=raw_dir, bucket_store=store, output=output, seconds=seconds, figures=figures)

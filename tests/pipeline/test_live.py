@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zarr
 
-from imaxt_pipeline.config import load_config
 from imaxt_pipeline.io.output import OutputStore
-from imaxt_pipeline.io.upload import upload
-from imaxt_pipeline.pipeline import run_pipeline
-from imaxt_pipeline.synth import SynthParams, synthesize
+from imaxt_pipeline.synth import SynthParams
 
-from imaxt_pipeline.testing._steps import only_steps
+from imaxt_pipeline.testing import only_steps, uploaded_sample
+
+pytestmark = pytest.mark.slow  # every step through run_pipeline, twice
 
 
 def test_slices_processed_one_by_one_give_a_complete_consistent_output(tmp_path, dask_client):
-    synthesize(tmp_path / "raw", SynthParams(slices=2, rows=2, cols=2, tile_shape=(256, 256),
-                                             tissue_fraction=0.35, seed=7))
-    store, out = str(tmp_path / "raw.zarr"), str(tmp_path / "out.zarr")
-    upload(str(tmp_path / "raw"), store, progress=False)
+    sample = uploaded_sample(tmp_path, SynthParams(slices=2, rows=2, cols=2, tile_shape=(256, 256),
+                                                   tissue_fraction=0.35, seed=7))
+    out = sample.out
     for s in (0, 1):
-        run_pipeline(load_config(None, input_url=store, output_url=out, slices=[s]), client=dask_client)
+        sample.run(slices=[s], client=dask_client)
         meta = zarr.open_group(out, mode="r").attrs["imaxt"]
         assert meta["slices_done"] == list(range(s + 1)) and meta["complete"] is (s == 1)
 
@@ -42,7 +41,7 @@ def test_slices_processed_one_by_one_give_a_complete_consistent_output(tmp_path,
     (tmp_path / "out.zarr" / "tables" / "crops.parquet").unlink()
     only_crops = only_steps("crops")
     for s in (0, 1):
-        run_pipeline(load_config(None, input_url=store, output_url=out, slices=[s], **only_crops), client=dask_client)
+        sample.run(slices=[s], client=dask_client, **only_crops)
     again = output.read_table("crops")
     assert again["row"].tolist() == list(range(len(cells)))
     assert again[["plane", "label"]].values.tolist() == crops[["plane", "label"]].values.tolist()

@@ -20,6 +20,8 @@ from imaxt_pipeline.service.watcher import Watcher
 
 from imaxt_pipeline.testing._raw import write_raw_sample
 
+pytestmark = pytest.mark.slow  # the watcher's pipeline action, then notebooks
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 # Steps after bead detection need real beads; random tiles have none.
 CONFIG = """steps:

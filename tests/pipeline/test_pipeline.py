@@ -12,8 +12,7 @@ from imaxt_pipeline.errors import ConfigError, StoreError
 from imaxt_pipeline.io.upload import upload
 from imaxt_pipeline.pipeline import run_pipeline
 
-from imaxt_pipeline.testing._raw import write_raw_sample
-from imaxt_pipeline.testing._steps import only_steps
+from imaxt_pipeline.testing import only_steps, processed_sample, write_raw_sample
 
 ONLY_MOSAIC = only_steps("mosaic")
 
@@ -22,14 +21,11 @@ ONLY_MOSAIC = only_steps("mosaic")
 def processed(tmp_path_factory, dask_client):
     root = tmp_path_factory.mktemp("pipe")
     sample = write_raw_sample(root / "raw", slices=2, rows=2, cols=2, tile=40)  # step 36 px: integer
-    store = str(root / "raw.zarr")
-    upload(str(sample), store, progress=False)
-    out = str(root / "out.zarr")
-    config = load_config(None, input_url=store, output_url=out, **{"steps.mosaic.levels": 2}, **ONLY_MOSAIC)
-    summary = run_pipeline(config, client=dask_client)
-    return sample, out, summary
+    done = processed_sample(root, sample, client=dask_client, **{"steps.mosaic.levels": 2}, **ONLY_MOSAIC)
+    return sample, done.out, done.summaries[0]
 
 
+@pytest.mark.slow
 def test_mosaic_places_tiles_at_stage_positions(processed):
     sample, out, _ = processed
     mosaic = zarr.open_group(out, mode="r")["mosaic/0"]
@@ -44,6 +40,7 @@ def test_mosaic_places_tiles_at_stage_positions(processed):
     assert plane[:margin].max() == 0
 
 
+@pytest.mark.slow
 def test_output_is_valid_ngff_and_readable_by_ome_zarr(processed):
     _, out, _ = processed
     from ome_zarr.io import parse_url
@@ -62,6 +59,7 @@ def test_output_is_valid_ngff_and_readable_by_ome_zarr(processed):
     assert scale == [1.0, 15.0, 2.0, 2.0]
 
 
+@pytest.mark.slow
 def test_provenance_entries_are_complete(processed):
     _, out, summary = processed
     meta = zarr.open_group(out, mode="r").attrs["imaxt"]
@@ -94,6 +92,7 @@ def test_config_rejects_unknown_keys_and_reads_yaml(tmp_path):
         load_config(path)
 
 
+@pytest.mark.slow
 def test_slices_rewritten_by_a_step_are_redone_downstream(tmp_path, dask_client, monkeypatch):
     """A refined registration moves earlier cube planes: segmentation etc. must redo those slices."""
     import types

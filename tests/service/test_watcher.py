@@ -22,11 +22,11 @@ import pytest
 from imaxt_pipeline.service.launcher import CommandAction
 from imaxt_pipeline.service.state import Ledger, RetryPolicy, open_state_store
 from imaxt_pipeline.service.watcher import Watcher, find_landed
-
 from imaxt_pipeline.testing._s3 import create_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE = str(REPO / "tests" / "service" / "fake_run.py")
+pytestmark = pytest.mark.slow  # watcher subprocesses, against a folder and S3
 
 
 # -- helpers -------------------------------------------------------------------
@@ -208,8 +208,9 @@ def test_two_watchers_never_double_process(bucket, tmp_path):
 
 def test_notification_wakes_watcher_early(s3_endpoint, tmp_path):
     """A bucket event starts the run long before the next poll would."""
-    from imaxt_pipeline.service.notify import NotificationServer
     import urllib.request
+
+    from imaxt_pipeline.service.notify import NotificationServer
 
     name = create_bucket(s3_endpoint)
     bucket = Bucket(f"s3://{name}/incoming", {"endpoint_url": s3_endpoint})

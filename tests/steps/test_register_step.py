@@ -11,7 +11,7 @@ from imaxt_pipeline.algorithms.registration import apply_offset, canvas_padding
 from imaxt_pipeline.parallel.registration import align_stack
 from imaxt_pipeline.steps import register
 
-from imaxt_pipeline.testing._steps import only_steps
+from imaxt_pipeline.testing import processed_sample
 
 
 def test_align_stack_equals_numpy_kernel_on_uneven_chunks(dask_client):
@@ -66,12 +66,12 @@ def _register_ctx(tmp_path, df, slices):
 
     store = OutputStore(str(tmp_path / "out.zarr"))
     store.write_table("beads", df)
-    return StepContext(config=None, raw=None, output=store, client=None, slices=slices)
+    return StepContext(raw=None, output=store, client=None, slices=slices)
 
 
 def test_register_without_beads_gives_zero_offsets_and_warns(tmp_path):
     from imaxt_pipeline.errors import DataWarning
-    from imaxt_pipeline.parallel.registration import BEAD_COLUMNS
+    from imaxt_pipeline.algorithms.registration import BEAD_COLUMNS
 
     cols = {c: pd.Series(dtype=bool if c == "fit_ok" else float) for c in BEAD_COLUMNS}
     empty = pd.DataFrame({"slice": pd.Series(dtype=int), **cols, "good": pd.Series(dtype=bool),
@@ -102,13 +102,6 @@ def test_register_flags_a_slice_without_beads(tmp_path):
         np.testing.assert_allclose(off[3], expected, atol=0.3)
         keep = [0, 1, 2, 4, 5]
         assert np.abs(off[keep] - drift[keep]).max() < 0.3  # the gap is bridged by tracks skipping slice 3
-
-
-def test_qc_figure_has_offset_bands_and_radius_histogram():
-    fig = register.qc_figure(np.array([[0, 0], [1, 2.0]]), np.array([[0, 0], [0.1, 0.2]]), np.array([20.0, 21]))
-    axes = fig.get_axes()
-    assert [a.get_ylabel() for a in axes] == ["Dx (px)", "Dy (px)", "detections"]
-    assert len(axes[0].collections) == 1  # the 1-sigma band
 
 
 def _write_bead_sample(root, *, slices=6, tile=200, rows=2, cols=2, overlap=0.1, seed=0):
@@ -163,21 +156,14 @@ def _write_bead_sample(root, *, slices=6, tile=200, rows=2, cols=2, overlap=0.1,
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, dask_client):
-    from imaxt_pipeline.config import load_config
-    from imaxt_pipeline.io.upload import upload
-    from imaxt_pipeline.pipeline import run_pipeline
-
     root = tmp_path_factory.mktemp("beadpipe")
     sample, drift = _write_bead_sample(root / "raw")
-    store, out = str(root / "raw.zarr"), str(root / "out.zarr")
-    upload(str(sample), store, progress=False)
-    on = only_steps("mosaic", "beads", "register", "cube")
-    config = load_config(None, input_url=store, output_url=out, **{"steps.mosaic.levels": 2,
-                                                                    "steps.cube.levels": 2}, **on)
-    run_pipeline(config, client=dask_client)
-    return out, drift
+    done = processed_sample(root, sample, steps=("mosaic", "beads", "register", "cube"), client=dask_client,
+                            **{"steps.mosaic.levels": 2, "steps.cube.levels": 2})
+    return done.out, drift
 
 
+@pytest.mark.slow
 def test_pipeline_writes_offsets_table_cube_and_qc(pipeline_run):
     from imaxt_pipeline.io.output import OutputStore
 
@@ -245,22 +231,16 @@ def _in_mosaic(yx, k, meta, truth):
 
 @pytest.fixture(scope="module")
 def synth_run(tmp_path_factory, dask_client):
-    from imaxt_pipeline.config import load_config
-    from imaxt_pipeline.io.upload import upload
-    from imaxt_pipeline.pipeline import run_pipeline
-    from imaxt_pipeline.synth import SynthParams, synthesize
+    from imaxt_pipeline.synth import SynthParams
 
     root = tmp_path_factory.mktemp("synthbeads")
-    truth = synthesize(root / "raw", SynthParams(slices=6, rows=2, cols=2, tile_shape=(256, 256),
-                                                 tissue_fraction=0.35, seed=3))
-    store, out = str(root / "raw.zarr"), str(root / "out.zarr")
-    upload(str(root / "raw"), store, progress=False)
-    on = only_steps("calibrate", "stitch", "mosaic", "beads", "register", "cube")
-    config = load_config(None, input_url=store, output_url=out, **on)
-    run_pipeline(config, client=dask_client)
-    return out, truth
+    done = processed_sample(root, SynthParams(slices=6, rows=2, cols=2, tile_shape=(256, 256),
+                                              tissue_fraction=0.35, seed=3),
+                            steps=("calibrate", "stitch", "mosaic", "beads", "register", "cube"), client=dask_client)
+    return done.out, done.truth
 
 
+@pytest.mark.slow
 def test_synth_end_to_end_beads_and_offsets(synth_run):
     """calibrate -> stitch -> mosaic -> beads -> register -> cube on a seeded synthetic sample with nuclei."""
     from scipy.spatial import cKDTree

@@ -34,7 +34,7 @@ def _store(path, n_slices=2, name="mosaic", pixel_um=0.8):
 
 
 def _ctx(acq, out, client, slices):
-    return StepContext(config=None, raw=SimpleNamespace(acquisition=acq), output=out, client=client, slices=slices)
+    return StepContext(raw=SimpleNamespace(acquisition=acq), output=out, client=client, slices=slices)
 
 
 def _run(ctx, name, **kw):

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import zarr
 
-from imaxt_pipeline.config import load_config
 from imaxt_pipeline.io.output import OutputStore
-from imaxt_pipeline.io.upload import upload
-from imaxt_pipeline.pipeline import run_pipeline
-from imaxt_pipeline.synth import SynthParams, synthesize
+from imaxt_pipeline.synth import SynthParams
 
-from imaxt_pipeline.testing._steps import only_steps
+from imaxt_pipeline.testing import only_steps, uploaded_sample
+
+pytestmark = pytest.mark.slow  # calibrate -> stitch -> mosaic through run_pipeline
 
 ROWS = COLS = 3
 ON = only_steps("calibrate", "stitch", "mosaic")
@@ -22,15 +21,11 @@ PARAMS = SynthParams(slices=2, rows=ROWS, cols=COLS, seed=11, tile_shape=(256, 2
 @pytest.fixture(scope="module")
 def stitched(tmp_path_factory, dask_client):
     root = tmp_path_factory.mktemp("stitch")
-    truth = synthesize(root / "raw", PARAMS)
-    upload(str(root / "raw"), str(root / "raw.zarr"), progress=False)
-    out = str(root / "out.zarr")
+    sample = uploaded_sample(root, PARAMS)
     # Live processing: slice 0 lands first, slice 1 later.
     for slices in ([0], [1]):
-        cfg = load_config(None, input_url=str(root / "raw.zarr"), output_url=out, slices=slices,
-                          **{"steps.mosaic.levels": 2, "steps.mosaic.chunk": 64}, **ON)
-        run_pipeline(cfg, client=dask_client)
-    return truth, out
+        sample.run(slices=slices, client=dask_client, **{"steps.mosaic.levels": 2, "steps.mosaic.chunk": 64}, **ON)
+    return sample.truth, sample.out
 
 
 def test_positions_match_truth(stitched):
@@ -88,7 +83,7 @@ def test_mosaic_confidence_and_qc(stitched):
 
 def test_flat_refined_from_the_seams(stitched):
     """`stitch` refines the estimated flat from the solved overlaps: it then matches the simulated vignetting."""
-    from tests.algorithms.calibration.test_flat_refine import _band_error
+    from imaxt_pipeline.testing import band_error as _band_error
 
     truth, out = stitched
     store = OutputStore(out, mode="r")

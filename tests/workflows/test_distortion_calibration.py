@@ -19,14 +19,15 @@ import pytest
 
 from imaxt_pipeline.algorithms.calibration import estimate_calibration
 from imaxt_pipeline.algorithms.optics import DistortionModel
-from imaxt_pipeline.algorithms.stitching import adjacent_pairs
-from imaxt_pipeline.algorithms.stitching import solve_positions
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs, solve_positions
+from imaxt_pipeline.io.calibration_file import read_calibration_file
 from imaxt_pipeline.parallel.stitching import match_tiles
 from imaxt_pipeline.service.cli import main
-from imaxt_pipeline.io.calibration_file import read_calibration_file
 from imaxt_pipeline.synth import calibration_params, synthesize
+from imaxt_pipeline.testing import one_slice_grid as _sample
+from imaxt_pipeline.testing import position_errors as _errors
 
-from tests.algorithms.stitching.test_stitch_synth import _errors, _sample
+pytestmark = pytest.mark.slow  # a calibration acquisition fitted by the CLI
 
 STAGE_SIGMA = 0.1  # px, as simulated by calibration_params
 
@@ -122,24 +123,17 @@ def test_pipeline_stitches_with_the_calibration_file(calibration, tmp_path, dask
     """``steps.calibrate.calibration_file`` through the runner: distortion from the file, fixed by `stitch`."""
     import zarr
 
-    from imaxt_pipeline.config import load_config
-    from imaxt_pipeline.io.upload import upload
-    from imaxt_pipeline.pipeline import run_pipeline
     from imaxt_pipeline.synth import SynthParams
-
-    from imaxt_pipeline.testing._steps import only_steps
+    from imaxt_pipeline.testing import processed_sample
 
     params, truth, out = calibration
     p = SynthParams(slices=1, rows=3, cols=3, seed=2, tile_shape=(256, 256))
-    strue = synthesize(tmp_path / "raw", p)
-    upload(str(tmp_path / "raw"), str(tmp_path / "raw.zarr"), progress=False)
-    cfg = load_config(None, input_url=str(tmp_path / "raw.zarr"), output_url=str(tmp_path / "out.zarr"),
-                      **{"steps.calibrate.calibration_file": str(out)}, **only_steps("calibrate", "stitch"))
-    run_pipeline(cfg, client=dask_client)
+    strue = processed_sample(tmp_path, p, steps=("calibrate", "stitch"), client=dask_client,
+                             **{"steps.calibrate.calibration_file": str(out)}).truth
     attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["imaxt"]
     assert attrs["calibrate"]["source"]["distortion"] == "file"
     assert attrs["stitch"]["distortion"] == pytest.approx(dict(zip(("mag_y", "mag_x", "k_y", "k_x"),
-                                                                   np.load(out)["distortion"])))
+                                                                   np.load(out)["distortion"], strict=True)))
     pos = attrs["stitch"]["tile_positions_px"]
     keys = [k for k in pos if k not in attrs["stitch"]["unconstrained"]]
     got = np.array([pos[k] for k in keys])

@@ -4,7 +4,7 @@ A calibration acquisition images a densely textured sample with a large tile
 overlap (40-45 %) and a slow, accurate stage. The large overlaps put every
 detector region in correspondence with several others, which pins the cubic
 terms; the magnification is a global scale that only the stage can measure
-(see :mod:`.positions`), so its uncertainty is the stated stage accuracy over
+(see :mod:`..stitching`), so its uncertainty is the stated stage accuracy over
 the lever arm of the grid, ``sigma_stage / sqrt(sum_t (x_t - x_mean)**2)``:
 1e-4 for 5 x 5 tiles of 256 px at 45 % overlap and a 0.1 px stage (0.02 px
 at 230 px from the centre of a normal sample), against 5e-3 for a normal
@@ -19,19 +19,16 @@ and a tile half-width ``c``: ``4/3 k (B / W)**2`` for square blocks on a tile
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ..optics import DistortionModel
-from ..stitching import PairMatch, adjacent_pairs
-from ..stitching import solve_positions
+from ..stitching import PairMatch, adjacent_pairs, solve_positions
 
 __all__ = ["DistortionFit", "calibration_pairs", "fit_calibration_distortion"]
-
-#: Order of the coefficients in calibration files and :meth:`DistortionFit.coefficients`.
-COEFFICIENTS = ("mag_y", "mag_x", "k_y", "k_x")
 
 
 def calibration_pairs(rows: int, cols: int, *, diagonal: bool = False) -> list[tuple[int, int]]:
@@ -72,30 +69,31 @@ class DistortionFit:
 
     model: DistortionModel
     sigma: dict[str, float]
-    positions: np.ndarray
+    positions: npt.NDArray[np.float64]
     n_pairs: int
     n_used: int
     n_points: int
     residual_px: float
     stage_scatter_px: float
 
-    def coefficients(self) -> np.ndarray:
-        """``(mag_y, mag_x, k_y, k_x)``, the calibration-file order."""
-        return np.array([getattr(self.model, k) for k in COEFFICIENTS])
+    def coefficients(self) -> npt.NDArray[np.float64]:
+        """The fitted coefficients in :attr:`.DistortionModel.COEFFICIENTS` order (that of calibration files)."""
+        return self.model.coefficients()
 
-    def sigmas(self) -> np.ndarray:
+    def sigmas(self) -> npt.NDArray[np.float64]:
         """Uncertainties in the order of :meth:`coefficients`."""
-        return np.array([self.sigma[k] for k in COEFFICIENTS])
+        return np.array([self.sigma[k] for k in DistortionModel.COEFFICIENTS], np.float64)
 
     def describe(self) -> str:
         """Human-readable coefficients ± sigma and fit quality."""
         lines = [f"distortion from {self.n_used} of {self.n_pairs} pairs ({self.n_points} points), "
                  f"median pair residual {self.residual_px:.3f} px, stage scatter {self.stage_scatter_px:.3f} px"]
-        lines += [f"  {k:5} = {v:+.6f} ± {s:.6f}" for k, v, s in zip(COEFFICIENTS, self.coefficients(), self.sigmas())]
+        lines += [f"  {k:5} = {v:+.6f} ± {s:.6f}"
+                  for k, v, s in zip(DistortionModel.COEFFICIENTS, self.coefficients(), self.sigmas(), strict=True)]
         return "\n".join(lines)
 
 
-def fit_calibration_distortion(matches: Sequence[PairMatch], stage_px: np.ndarray, *, tile_shape: tuple[int, int],
+def fit_calibration_distortion(matches: Sequence[PairMatch], stage_px: npt.ArrayLike, *, tile_shape: tuple[int, int],
                                stage_sigma_px: float, min_pairs: int = 4) -> DistortionFit:
     """Fit ``mag_y, mag_x, k_y, k_x`` with uncertainties from a calibration acquisition.
 
@@ -119,7 +117,7 @@ def fit_calibration_distortion(matches: Sequence[PairMatch], stage_px: np.ndarra
     DistortionFit
         The magnification sigmas are scaled up when the observed stage scatter
         exceeds ``stage_sigma_px``; the cubic sigmas are scaled to the observed
-        scatter of the correspondences (see :class:`.positions.PositionSolution`).
+        scatter of the correspondences (see :class:`..stitching.PositionSolution`).
 
     Raises
     ------

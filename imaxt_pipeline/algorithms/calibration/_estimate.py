@@ -1,94 +1,26 @@
-"""The calibration bundle applied to every tile: dark, flat, trim, distortion.
+"""The calibration record of a sample estimated from its own tiles: dark, flat, stray light and trim per channel.
 
-:class:`Calibration` gathers what :mod:`.flatfield` and the distortion fit
-produce so that the stitch, mosaic, bead and segmentation steps all correct
-tiles the same way. It converts to and from plain dicts/arrays so steps can
-store it (small attrs plus one flat array) and reload it.
+:func:`estimate_calibration` runs :func:`._flatfield.estimate_tile_model` on
+every channel and gathers the results in the :class:`..optics.Calibration`
+record that every step applies; the distortion is fitted later, from the
+seams (:mod:`..stitching`) or a calibration acquisition
+(:mod:`._distortion_fit`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
-from ..optics import DistortionModel
-from ._flatfield import Trim, apply_flat, confidence_map, estimate_tile_model
-from ..stitching import PairMatch
-from ..stitching import solve_positions
+from ..optics import Calibration, Trim
+from ._flatfield import TileModel, estimate_tile_model
 
-__all__ = ["Calibration", "estimate_calibration", "fit_distortion"]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Per-channel dark offsets, flat fields, stray light, border trim and distortion model.
-
-    Attributes
-    ----------
-    dark : ndarray (C,)
-        Additive offset per channel.
-    flat : ndarray (C, H, W) or None
-        Flat field per channel (mean 1); None means no flat correction.
-    trim : Trim
-        Border excluded from matching and fusion.
-    stray : ndarray (C, H, W) or None
-        Additive stray light per channel (counts), subtracted with the dark.
-    distortion : DistortionModel
-        Optical distortion of every tile.
-    source : dict
-        Where each term came from (``"estimated"``, ``"file"``, ``"none"``).
-    """
-
-    dark: np.ndarray
-    flat: np.ndarray | None = None
-    trim: Trim = field(default_factory=Trim)
-    distortion: DistortionModel = field(default_factory=DistortionModel)
-    source: dict[str, str] = field(default_factory=dict)
-    stray: np.ndarray | None = None
-
-    @classmethod
-    def identity(cls, n_channels: int) -> "Calibration":
-        return cls(dark=np.zeros(n_channels), source={"dark": "none", "flat": "none", "trim": "none",
-                                                     "distortion": "none"})
-
-    def apply(self, tiles: np.ndarray) -> np.ndarray:
-        """Dark-, stray- and flat-correct tiles ``(C, H, W)`` or ``(C, T, H, W)`` (float32)."""
-        arr = np.asarray(tiles, np.float32)
-        c = arr.shape[0]
-        extra = (1,) * (arr.ndim - 3)
-        dark = np.asarray(self.dark, np.float32).reshape(c, *extra, 1, 1)
-        stray = None if self.stray is None else np.asarray(self.stray, np.float32).reshape(
-            c, *extra, *self.stray.shape[-2:])
-        if self.flat is None:
-            return arr - dark if stray is None else arr - dark - stray
-        flat = np.asarray(self.flat, np.float32).reshape(c, *extra, *self.flat.shape[-2:])
-        return apply_flat(arr, flat, dark=dark, stray=stray)
-
-    def confidence(self, shape: tuple[int, int], *, feather: float = 0.0) -> np.ndarray:
-        """Tile weight map (0 on the trimmed border)."""
-        flat = None if self.flat is None else np.min(self.flat, axis=0)
-        return confidence_map(shape, trim=self.trim, feather=feather, flat=flat)
-
-    def with_distortion(self, model: DistortionModel, source: str) -> "Calibration":
-        return replace(self, distortion=model, source={**self.source, "distortion": source})
-
-    def to_attrs(self) -> dict[str, Any]:
-        """JSON-able summary (the flat array is stored separately)."""
-        return {"dark": [float(d) for d in self.dark], "trim": self.trim.as_dict(),
-                "distortion": {k: float(v) for k, v in self.distortion.as_dict().items()},
-                "has_flat": self.flat is not None, "has_stray": self.stray is not None, "source": dict(self.source)}
-
-    @classmethod
-    def from_attrs(cls, attrs: dict[str, Any], flat: np.ndarray | None = None,
-                   stray: np.ndarray | None = None) -> "Calibration":
-        return cls(dark=np.asarray(attrs["dark"], float), flat=flat, trim=Trim(**attrs.get("trim", {})),
-                   distortion=DistortionModel(**attrs.get("distortion", {})), source=dict(attrs.get("source", {})),
-                   stray=stray)
+__all__ = ["estimate_calibration"]
 
 
-def estimate_calibration(tiles: np.ndarray, *, dark: float | Sequence[float] | None = None, flat: bool = True,
+def estimate_calibration(tiles: npt.ArrayLike, *, dark: float | Sequence[float] | None = None, flat: bool = True,
                          trim: bool = True, trim_threshold: float = 1.0, max_trim_px: int | None = None,
                          degree: int = 2, shared_flat: bool = True) -> Calibration:
     """Dark, flat, stray light and trim of every channel from the data.
@@ -102,7 +34,7 @@ def estimate_calibration(tiles: np.ndarray, *, dark: float | Sequence[float] | N
     flat, trim : bool
         Estimate the flat field and stray light / the border trim.
     trim_threshold, max_trim_px, degree
-        See :func:`.flatfield.estimate_tile_model`; cap the trim at a
+        See :func:`._flatfield.estimate_tile_model`; cap the trim at a
         fraction of the tile overlap (a quarter, say) so matching keeps it.
     shared_flat : bool
         Use one flat field for all channels (the vignetting of the shared
@@ -113,7 +45,8 @@ def estimate_calibration(tiles: np.ndarray, *, dark: float | Sequence[float] | N
     Returns
     -------
     Calibration
-        With identity distortion (fit it with :func:`fit_distortion`).
+        With identity distortion (fitted by :func:`..stitching.solve_positions`
+        or :func:`._distortion_fit.fit_calibration_distortion`).
         ``source["dark"]`` tells whether the offset was separated from the
         flat (``"estimated"``) or is only a low-percentile upper bound.
     """
@@ -122,22 +55,25 @@ def estimate_calibration(tiles: np.ndarray, *, dark: float | Sequence[float] | N
         raise ValueError(f"tiles must be (C, T, H, W), got shape {arr.shape}")
     c = arr.shape[0]
     given = None if dark is None else np.broadcast_to(np.asarray(dark, float), (c,))
-    kw = dict(degree=degree, trim_threshold=trim_threshold, max_trim_px=max_trim_px)
-    models = [estimate_tile_model(arr[i], dark=None if given is None else float(given[i]), **kw) for i in range(c)]
+
+    def model(i: int, known_flat: npt.NDArray[np.float32] | None = None) -> TileModel:
+        return estimate_tile_model(arr[i], dark=None if given is None else float(given[i]), flat=known_flat,
+                                   degree=degree, trim_threshold=trim_threshold, max_trim_px=max_trim_px)
+
+    models = [model(i) for i in range(c)]
     if shared_flat and c > 1:
         # Vignetting is a property of the shared optics: take the flat of the channel that pins it
         # best (a speckled nuclear stain has few clean tissue blocks) and refit the others' dark.
         score = [m.support for m in models]
         ref = int(np.argmax(score))
-        models = [m if i == ref else estimate_tile_model(arr[i], dark=None if given is None else float(given[i]),
-                                                         flat=models[ref].flat, **kw) for i, m in enumerate(models)]
+        models = [m if i == ref else model(i, models[ref].flat) for i, m in enumerate(models)]
     darks = np.array([m.dark for m in models])
     if given is None:
         kinds = {m.dark_source for m in models}
         dark_src = "estimated" if kinds <= {"two-level fit", "flat + dim-class fit"} else "low-percentile (upper bound)"
     else:
         dark_src = "given"
-    tr = Trim(*(max(getattr(m.trim, k) for m in models) for k in ("top", "bottom", "left", "right"))) \
+    tr = Trim(**{k: max(getattr(m.trim, k) for m in models) for k in ("top", "bottom", "left", "right")}) \
         if trim else Trim()
     flats = np.stack([m.flat for m in models]) if flat else None
     strays = np.stack([m.stray for m in models]) if flat else None
@@ -146,16 +82,3 @@ def estimate_calibration(tiles: np.ndarray, *, dark: float | Sequence[float] | N
     return Calibration(dark=darks, flat=flats, trim=tr, stray=strays,
                        source={"dark": dark_src, "flat": "estimated" if flat else "none",
                                "trim": "estimated" if trim else "none", "distortion": "none"})
-
-
-def fit_distortion(matches: Sequence[PairMatch], stage_px: np.ndarray, *, tile_shape: tuple[int, int],
-                   fit_magnification: bool = True, prior_sigma_px: float = 5.0) -> DistortionModel:
-    """Distortion coefficients from a (high-overlap) calibration acquisition.
-
-    A thin front of :func:`.positions.solve_positions`: the positions are
-    solved too but discarded. With large overlaps (e.g. 50 %) every detector
-    region is matched against several others and all four terms are well
-    constrained; magnification still relies on the stage as the ruler.
-    """
-    return solve_positions(matches, stage_px, tile_shape=tile_shape, estimate_distortion=True,
-                           fit_magnification=fit_magnification, prior_sigma_px=prior_sigma_px).distortion

@@ -1,6 +1,6 @@
 """Flat-field refinement from the tile overlaps: the seams pin what tile statistics cannot.
 
-A flat estimated from tile statistics (:mod:`.flatfield`) cannot tell the
+A flat estimated from tile statistics (:mod:`._flatfield`) cannot tell the
 scene's large-scale variation from vignetting. The overlaps can: a scene
 point ``x`` seen by tile ``a`` at detector pixel ``p`` and by tile ``b`` at
 ``q`` gives, after the current calibration, ``A = G(p) S(x)`` and
@@ -13,7 +13,7 @@ normalised detector coordinates (no constant: the overlaps see only
 differences) by weighted linear least squares over subsampled, smoothed
 overlap pixels, with a prior towards 0 so that what the overlaps do not see
 stays at the current flat. Each tile of a pair is resampled onto the mosaic
-by :func:`.fusion.fuse_region`, as :func:`.seams.overlap_mismatch` does, so
+by :func:`..fusion.fuse_region`, as :func:`._seams.overlap_mismatch` does, so
 the seams it fits are those that measure scores.
 
 The overlaps are narrow bands at the tile borders: they see a term's
@@ -31,19 +31,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from numpy.polynomial import legendre
+import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from ..optics import DistortionModel, detector_coordinates
+from ..optics import DistortionModel, detector_coordinates, tile_coordinates
+from ._basis import polynomial_basis, polynomial_surface, polynomial_terms
 from ._seams import masked_smooth, resampled_overlaps
 
 __all__ = ["refine_flat"]
 
+_Array = npt.NDArray[np.float64]
 
-def refine_flat(tiles: np.ndarray | Callable[[int], np.ndarray], positions: np.ndarray,
+
+def refine_flat(tiles: npt.ArrayLike | Callable[[int], npt.ArrayLike], positions: npt.ArrayLike,
                 pairs: Sequence[tuple[int, int]] | None = None, *, distortion: DistortionModel | None = None,
-                confidence: np.ndarray | None = None, degree: int = 4, prior: float = 0.02, sigma: float = 4.0,
-                step: int = 2, min_signal: float = 0.2, min_support: float = 0.5) -> np.ndarray:
+                confidence: npt.ArrayLike | None = None, degree: int = 4, prior: float = 0.02, sigma: float = 4.0,
+                step: int = 2, min_signal: float = 0.2, min_support: float = 0.5) -> _Array:
     """Multiplicative correction ``G`` of the flat field that equalises the overlaps of the tiles.
 
     Parameters
@@ -77,7 +80,7 @@ def refine_flat(tiles: np.ndarray | Callable[[int], np.ndarray], positions: np.n
         channel's median overlap level are left out (residual dark and
         stray light dominate the ratio there).
     min_support : float
-        As in :func:`.seams.overlap_mismatch`.
+        As in :func:`._seams.overlap_mismatch`.
 
     Returns
     -------
@@ -95,7 +98,7 @@ def refine_flat(tiles: np.ndarray | Callable[[int], np.ndarray], positions: np.n
 
     Examples
     --------
-    Refine a :class:`.calibration.Calibration` ``cal`` from one slice's
+    Refine a :class:`..optics.Calibration` ``cal`` from one slice's
     raw tiles (C, T, H, W) at their stitched positions:
 
     >>> gain = refine_flat(cal.apply(raw), positions, pairs, distortion=cal.distortion,
@@ -105,6 +108,7 @@ def refine_flat(tiles: np.ndarray | Callable[[int], np.ndarray], positions: np.n
     pos = np.asarray(positions, np.float64)
     if pos.ndim != 2 or pos.shape[1] != 2:
         raise ValueError(f"positions must be (T, 2), got shape {pos.shape}")
+    get: Callable[[int], npt.ArrayLike]
     if callable(tiles):
         get = tiles
     else:
@@ -114,8 +118,8 @@ def refine_flat(tiles: np.ndarray | Callable[[int], np.ndarray], positions: np.n
             raise ValueError(f"tiles (C, T, H, W) and positions (T, 2) do not match: {arr.shape}, {pos.shape}")
         get = list(np.moveaxis(arr, 1, 0)).__getitem__  # i -> (C, H, W) view
     h, w = np.shape(confidence) if confidence is not None else np.shape(get(0))[-2:]
-    design, values, channel = _samples(get, pos, pairs, (h, w), distortion or DistortionModel(), confidence,
-                                       degree, sigma, step, min_support)
+    design, values, channel = _samples(get, pos, pairs, (int(h), int(w)), distortion or DistortionModel(),
+                                       confidence, degree, sigma, step, min_support)
     level = values.mean(axis=1)
     med = np.array([np.median(level[channel == ch]) for ch in range(channel.max() + 1)])[channel]
     ok = (values.min(axis=1) > min_signal * med) & (med > 0)
@@ -130,20 +134,22 @@ def refine_flat(tiles: np.ndarray | Callable[[int], np.ndarray], positions: np.n
     # Residual variance per unit weight, times the samples one smoothing kernel spans (they are
     # not independent): the noise the prior is weighed against.
     noise = np.sum(wt * (r - d @ coef) ** 2) / np.sum(wt) * max(1.0, (2 * sigma / step) ** 2)
-    order = np.array([i + j for i, j in _terms(degree)], np.float64)
+    order = np.array([i + j for i, j in polynomial_terms(degree, constant=False)], np.float64)
     coef = np.linalg.solve(normal + floor + np.diag(noise * order**6 / prior**2), rhs)
-    grid = np.zeros((degree + 1, degree + 1))
-    grid[tuple(np.array(_terms(degree)).T)] = coef
-    # Separable evaluation: a full (H*W, terms) design would not fit in memory for large tiles.
-    vy, vx = (legendre.legvander(np.linspace(-1.0, 1.0, n), degree) for n in (h, w))
-    gain = np.exp(vy @ grid @ vx.T)
-    return gain / gain.mean()
+    v, u = tile_coordinates(np.arange(h), np.arange(w), (h, w))
+    # ``log G`` is a Legendre surface without constant: the overlaps see differences only.
+    gain: _Array = np.exp(polynomial_surface(coef, v, u, degree, kind="legendre", constant=False))
+    out: _Array = gain / gain.mean()
+    return out
 
 
-def _samples(get, pos, pairs, shape, model, confidence, degree, sigma, step, min_support):
+def _samples(get: Callable[[int], npt.ArrayLike], pos: _Array, pairs: Sequence[tuple[int, int]] | None,
+             shape: tuple[int, int], model: DistortionModel, confidence: npt.ArrayLike | None, degree: int,
+             sigma: float, step: int, min_support: float) -> tuple[_Array, _Array, npt.NDArray[np.int_]]:
     """Design rows ``phi(p) - phi(q)``, smoothed values ``(A, B)`` and channel of every overlap sample."""
-    h, w = shape
-    rows, values, channel = [], [], []
+    rows: list[_Array] = []
+    values: list[_Array] = []
+    channel: list[npt.NDArray[np.int_]] = []
     for ov in resampled_overlaps(get, pos, shape, pairs, distortion=model, weights=confidence, sigma=sigma):
         a, b, region, both, support = ov.a, ov.b, ov.region, ov.both, ov.support
         keep = np.zeros(both.shape, bool)
@@ -152,7 +158,7 @@ def _samples(get, pos, pairs, shape, model, confidence, degree, sigma, step, min
         if not keep.any():
             continue
         my, mx = np.mgrid[region[0]:region[1], region[2]:region[3]].astype(np.float64)
-        pa, pb = (_basis(*detector_coordinates(my - pos[k, 0], mx - pos[k, 1], (h, w), model), (h, w), degree)
+        pa, pb = (_log_gain_basis(*detector_coordinates(my - pos[k, 0], mx - pos[k, 1], shape, model), shape, degree)
                   for k in (a, b))
         diff = pa - pb  # (rows, cols, terms)
         for ch in range(ov.image_a.shape[0]):
@@ -171,13 +177,6 @@ def _samples(get, pos, pairs, shape, model, confidence, degree, sigma, step, min
     return np.concatenate(rows), np.concatenate(values), np.concatenate(channel)
 
 
-def _basis(py: np.ndarray, px: np.ndarray, shape: tuple[int, int], degree: int) -> np.ndarray:
-    """Legendre terms ``P_i(v) P_j(u)``, ``0 < i + j <= degree``, at detector pixels (..., terms)."""
-    h, w = shape
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    full = legendre.legvander2d((py - cy) / cy, (px - cx) / cx, [degree, degree])
-    return full[..., [i * (degree + 1) + j for i, j in _terms(degree)]]
-
-
-def _terms(degree: int) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(degree + 1) for j in range(degree + 1) if 0 < i + j <= degree]
+def _log_gain_basis(py: _Array, px: _Array, shape: tuple[int, int], degree: int) -> _Array:
+    """Terms of ``log G`` (Legendre ``P_i(v) P_j(u)``, ``0 < i + j <= degree``) at detector pixels (..., terms)."""
+    return polynomial_basis(*tile_coordinates(py, px, shape), degree, kind="legendre", constant=False)

@@ -6,7 +6,7 @@ A detector tile is modelled as::
 
 with ``flat`` a smooth multiplicative vignetting profile (mean 1 over the
 tile) and ``stray`` an additive profile that decays from one or more tile
-borders (:mod:`.seams`). :func:`estimate_tile_model` estimates all
+borders (:mod:`._stray`). :func:`estimate_tile_model` estimates all
 three, no calibration frames needed:
 
 1. tiles are reduced to blocks; once the current dark and flat are removed,
@@ -27,28 +27,28 @@ three, no calibration frames needed:
    down-weighted; after the first pass the stray light is measured and the
    border lines it does not dominate join the fit (the seams lie there).
 
-:func:`.seams.overlap_mismatch` checks a calibration where it shows: the
+:func:`._seams.overlap_mismatch` checks a calibration where it shows: the
 seams of the mosaic. Nothing here reads or writes storage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi, optimize
+import numpy.typing as npt
+from scipy import ndimage as ndi
+from scipy import optimize
 
-from ._seams import Trim, confidence_map, estimate_stray, overlap_mismatch, trim_from_stray
+from ..optics import Trim, tile_coordinates
+from ._basis import polynomial_basis, polynomial_surface
+from ._stray import estimate_stray, trim_from_stray
 
-__all__ = [
-    "TileModel",
-    "Trim",
-    "apply_flat",
-    "confidence_map",
-    "estimate_dark",
-    "estimate_tile_model",
-    "overlap_mismatch",
-]
+__all__ = ["TileModel", "estimate_dark", "estimate_tile_model"]
+
+_Array = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ class TileModel:
     """
 
     dark: float
-    flat: np.ndarray
-    stray: np.ndarray
+    flat: npt.NDArray[np.float32]
+    stray: npt.NDArray[np.float32]
     trim: Trim
     background: float
     dark_source: str
@@ -90,7 +90,7 @@ class TileModel:
     support: float = 0.0
 
 
-def estimate_dark(tiles: np.ndarray, *, percentile: float = 0.5, smooth: float = 2.0) -> float:
+def estimate_dark(tiles: npt.ArrayLike, *, percentile: float = 0.5, smooth: float = 2.0) -> float:
     """Low percentile of the smoothed tiles: an upper bound of the dark offset.
 
     Exact only where some pixels see no light at all; when the faintest
@@ -115,7 +115,7 @@ def estimate_dark(tiles: np.ndarray, *, percentile: float = 0.5, smooth: float =
     return float(np.percentile(np.stack([ndi.gaussian_filter(t, smooth) for t in flat]), percentile))
 
 
-def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: np.ndarray | None = None,
+def estimate_tile_model(tiles: npt.ArrayLike, *, dark: float | None = None, flat: npt.ArrayLike | None = None,
                         block: int | None = None, edge_px: int | None = None, degree: int = 2,
                         stray_floor: float = 0.5, trim_threshold: float = 1.0, max_trim_px: int | None = None,
                         bead_factor: float = 3.0, passes: int = 3) -> TileModel:
@@ -172,20 +172,22 @@ def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: n
     blocks = _block_means(arr, b)
     hb, wb = blocks.shape[1:]
     cy, cx = (np.arange(hb) + 0.5) * b - 0.5, (np.arange(wb) + 0.5) * b - 0.5
-    basis = _poly_basis(cy, cx, (h, w), degree)
+    bv, bu = tile_coordinates(cy, cx, (h, w))
+    basis = polynomial_basis(bv[:, None], bu[None, :], degree, kind="monomial")
+    pv, pu = tile_coordinates(np.arange(h), np.arange(w), (h, w))
     region = np.outer((cy - b / 2 >= e) & (cy + b / 2 <= h - e), (cx - b / 2 >= e) & (cx + b / 2 <= w - e))
-    coef = None
+    coef: _Array | None = None
     if flat is not None:
-        flat = np.asarray(flat, np.float64)
-        if flat.shape != (h, w):
-            raise ValueError(f"flat of shape {flat.shape} does not match the tiles' {(h, w)}")
-        flat = flat / flat.mean()
-        fb = _block_means(flat[None], b)[0]
+        given_flat = np.asarray(flat, np.float64)
+        if given_flat.shape != (h, w):
+            raise ValueError(f"flat of shape {given_flat.shape} does not match the tiles' {(h, w)}")
+        surface = given_flat / given_flat.mean()
+        fb = _block_means(surface[None], b)[0]
     else:
         coef = np.zeros(basis.shape[-1])
         coef[0] = 1.0
         fb = basis @ coef
-        flat = np.ones((h, w))
+        surface = np.ones((h, w))
     d = float(np.percentile(blocks, 0.5)) if dark is None else float(dark)
     source = "given" if dark is not None else "low-percentile"
     robust = np.ones(blocks.shape)
@@ -204,37 +206,28 @@ def estimate_tile_model(tiles: np.ndarray, *, dark: float | None = None, flat: n
         if dark is None:
             d_fit = fit.best_dark()
             separated = d_fit is not None
-            if separated:
+            if d_fit is not None:
                 d, source = d_fit, "two-level fit" if coef is not None else "flat + dim-class fit"
         support = fit.support() if separated else 0.0
         # One scene level cannot tell the flat from a dark error: keep the flat (uniform at first) then.
         new_coef, levels, _ = fit.solve(d, fit_flat=separated)
         robust[fit.index] = fit.robust_weights(d, new_coef, levels)
-        if coef is not None and separated:
+        if coef is not None and separated and new_coef is not None:
             coef = new_coef
             fb = basis @ coef
-            flat = _eval_poly(coef, np.arange(h, dtype=float), np.arange(w, dtype=float), (h, w), degree)
-            flat = np.maximum(flat / flat.mean(), 0.05)
+            surface = polynomial_surface(coef, pv, pu, degree, kind="monomial")
+            surface = np.maximum(surface / surface.mean(), 0.05)
         dim_levels = levels[fit.group_class == 0]
         background = float(np.median(dim_levels)) if dim_levels.size else 0.0
         if it == 0 or it == passes - 1:
-            stray = estimate_stray(arr, dim, b, d, flat, background, e, stray_floor)
+            stray = estimate_stray(arr, dim, b, d, surface, background, e, stray_floor)
             stray_b = _block_means(stray[None], b)[0]
             # From now on the fit reaches the border lines, where the seams are, unless stray light rules them.
             region = stray_b <= 0.1 * max(background, stray_floor)
     cap = e // 2 if max_trim_px is None else int(max_trim_px)
     trim = trim_from_stray(stray, max(trim_threshold * background, stray_floor), cap)
-    return TileModel(float(d), flat.astype(np.float32), stray.astype(np.float32), trim, background, source, contrast,
-                     support)
-
-
-def apply_flat(tile: np.ndarray, flat: np.ndarray, *, dark: float | np.ndarray = 0.0,
-               stray: np.ndarray | None = None) -> np.ndarray:
-    """``(tile - dark - stray) / flat`` as float32 (works on (..., H, W) stacks)."""
-    out = np.asarray(tile, np.float32) - np.asarray(dark, np.float32)
-    if stray is not None:
-        out = out - np.asarray(stray, np.float32)
-    return (out / np.asarray(flat, np.float32)).astype(np.float32, copy=False)
+    return TileModel(float(d), surface.astype(np.float32), stray.astype(np.float32), trim, background, source,
+                     contrast, support)
 
 
 class _LevelFit:
@@ -247,7 +240,8 @@ class _LevelFit:
     sums make every step cost O(groups), not O(blocks).
     """
 
-    def __init__(self, data, cls, region, robust, basis, coef, fb, dark, min_blocks: int = 3):
+    def __init__(self, data: _Array, cls: npt.NDArray[np.int8], region: npt.NDArray[np.bool_], robust: _Array,
+                 basis: _Array, coef: _Array | None, fb: _Array, dark: float, min_blocks: int = 3) -> None:
         sel = (cls >= 0) & region[None]
         ii, yy, xx = np.nonzero(sel)
         key = ii * 2 + cls[sel]
@@ -259,7 +253,7 @@ class _LevelFit:
         self.group_class = (uniq % 2).astype(int)
         self.cls_row = self.group_class[g]
         self.y = data[self.index].astype(np.float64)
-        self.coef = None if coef is None else np.array(coef, float)
+        self.coef: _Array | None = None if coef is None else np.array(coef, float)
         self.P = basis[self.index[1:]] if coef is not None else fb[self.index[1:]][:, None]
         self.mean_basis = basis.reshape(-1, basis.shape[-1]).mean(axis=0)
         if not self.n_groups:
@@ -279,7 +273,8 @@ class _LevelFit:
         self.a = np.stack([np.bincount(g, w * y * p, n) for p in P.T], axis=1)
         self.m = np.stack([np.stack([np.bincount(g, w * pi * pj, n) for pj in P.T], -1) for pi in P.T], -1)
 
-    def solve(self, dark: float, *, fit_flat: bool = True, iters: int = 100, tol: float = 1e-9):
+    def solve(self, dark: float, *, fit_flat: bool = True, iters: int = 100,
+              tol: float = 1e-9) -> tuple[_Array | None, _Array, float]:
         """Flat coefficients (None when given), group levels and weighted residual sum at ``dark``."""
         fixed = self.coef is None or not fit_flat
         coef = np.ones(1) if self.coef is None else self.coef
@@ -300,6 +295,7 @@ class _LevelFit:
         return (None if self.coef is None else coef), levels, obj
 
     def objective(self, dark: float) -> float:
+        """Weighted residual sum of squares at ``dark`` (fitting the flat when it is not given)."""
         return self.solve(dark)[2]
 
     def best_dark(self, n_grid: int = 16, min_ratio: float = 1.5) -> float | None:
@@ -322,26 +318,31 @@ class _LevelFit:
             return None
         res = optimize.minimize_scalar(self.objective, bounds=(grid[j - 1], grid[j + 1]), method="bounded",
                                        options={"xatol": 1e-3 * (hi - lo)})
-        levels = self.solve(res.x)[1]
+        best = float(res.x)
+        levels = self.solve(best)[1]
         if counts.min() and np.median(levels[self.group_class == 1]) < min_ratio * np.median(
                 levels[self.group_class == 0]):
             return None
-        return float(res.x)
+        return best
 
     def support(self) -> float:
         """``min(n / s²)`` over the classes: blocks ``n`` of relative scatter ``s``."""
         return float(np.min(np.bincount(self.cls_row, minlength=2) / self.scatter ** 2))
 
-    def robust_weights(self, dark: float, coef: np.ndarray | None, levels: np.ndarray, c: float = 4.685) -> np.ndarray:
+    def robust_weights(self, dark: float, coef: _Array | None, levels: _Array, c: float = 4.685) -> _Array:
         """Tukey biweights of the blocks' standardised residuals for a solution of :meth:`solve`."""
         f = self.P @ (np.ones(1) if coef is None else coef)
         z = (self.y - dark - f * levels[self.g]) / self.scale[self.g] / c
-        return np.where(np.abs(z) < 1, (1 - z * z) ** 2, 0.0)
+        out: _Array = np.where(np.abs(z) < 1, (1 - z * z) ** 2, 0.0)
+        return out
 
 
-def _classes(blocks: np.ndarray, dark: float, fb: np.ndarray, bead_factor: float) -> tuple[np.ndarray, np.ndarray]:
+def _classes(blocks: _Array, dark: float, fb: _Array,
+             bead_factor: float) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int8]]:
     """Dim mask and class per block (0 dim core, 1 bright core, -1 left out) of the dark- and flat-corrected blocks."""
-    from skimage.filters import threshold_otsu
+    from skimage.filters import threshold_otsu as _otsu  # scikit-image: imported when the fit runs
+
+    threshold_otsu: Callable[[_Array], float] = _otsu
 
     v = (blocks - dark) / np.maximum(fb, 1e-6)
     lv = np.log(np.maximum(v, 1.0))
@@ -358,22 +359,11 @@ def _classes(blocks: np.ndarray, dark: float, fb: np.ndarray, bead_factor: float
     return dim, cls
 
 
-def _block_means(arr: np.ndarray, b: int) -> np.ndarray:
+def _block_means(arr: npt.NDArray[np.floating[Any]], b: int) -> _Array:
+    """Mean over ``b`` x ``b`` blocks of every tile of ``arr`` (T, H, W), partial blocks at the far edges dropped."""
     t, h, w = arr.shape
     hb, wb = h // b, w // b
-    return arr[:, : hb * b, : wb * b].reshape(t, hb, b, wb, b).mean(axis=(2, 4), dtype=np.float64)
+    out: _Array = arr[:, : hb * b, : wb * b].reshape(t, hb, b, wb, b).mean(axis=(2, 4), dtype=np.float64)
+    return out
 
 
-def _terms(degree: int) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
-
-
-def _poly_basis(yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int], degree: int) -> np.ndarray:
-    h, w = shape
-    v = (yy - (h - 1) / 2) / (h / 2)
-    u = (xx - (w - 1) / 2) / (w / 2)
-    return np.stack([np.outer(v**j, u**i) for i, j in _terms(degree)], axis=-1)
-
-
-def _eval_poly(coef: np.ndarray, yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int], degree: int) -> np.ndarray:
-    return _poly_basis(yy, xx, shape, degree) @ coef

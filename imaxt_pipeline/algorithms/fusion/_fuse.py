@@ -9,26 +9,27 @@ a slice never has to fit in memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from ..optics import DistortionModel, detector_coordinates, max_displacement
 
-__all__ = ["FusedRegion", "downsample_mean", "fuse_region", "tiles_touching"]
+__all__ = ["FusedRegion", "fuse_region", "tiles_touching"]
 
 
 @dataclass(frozen=True)
 class FusedRegion:
     """Fused pixels of one region: ``image`` (C, h, w) and ``weight`` (h, w), both float32."""
 
-    image: np.ndarray
-    weight: np.ndarray
+    image: npt.NDArray[np.float32]
+    weight: npt.NDArray[np.float32]
 
 
-def tiles_touching(positions: np.ndarray, tile_shape: tuple[int, int], region: tuple[int, int, int, int], *,
+def tiles_touching(positions: npt.ArrayLike, tile_shape: tuple[int, int], region: tuple[int, int, int, int], *,
                    distortion: DistortionModel | None = None) -> list[int]:
     """Indices of tiles whose (distorted) footprint intersects ``region``.
 
@@ -51,9 +52,9 @@ def tiles_touching(positions: np.ndarray, tile_shape: tuple[int, int], region: t
     return [int(i) for i in np.flatnonzero(hit)]
 
 
-def fuse_region(tiles: Sequence[np.ndarray] | Callable[[int], np.ndarray], positions: np.ndarray,
-                region: tuple[int, int, int, int], *, indices: Sequence[int] | None = None,
-                weights: np.ndarray | None = None, distortion: DistortionModel | None = None,
+def fuse_region(tiles: Sequence[npt.ArrayLike] | Callable[[int], npt.ArrayLike], positions: npt.ArrayLike,
+                region: tuple[int, int, int, int], *, indices: Iterable[int] | None = None,
+                weights: npt.ArrayLike | None = None, distortion: DistortionModel | None = None,
                 order: int = 1) -> FusedRegion:
     """Weighted average of the tiles covering one rectangular mosaic region.
 
@@ -84,9 +85,9 @@ def fuse_region(tiles: Sequence[np.ndarray] | Callable[[int], np.ndarray], posit
     if y1 <= y0 or x1 <= x0:
         raise ValueError(f"region must be non-empty (y0, y1, x0, x1), got {region}")
     model = distortion or DistortionModel()
-    get = tiles if callable(tiles) else (lambda i: tiles[i])
+    get: Callable[[int], npt.ArrayLike] = tiles if callable(tiles) else tiles.__getitem__
     pos = np.asarray(positions, np.float64)
-    acc = None
+    acc: npt.NDArray[np.float64] | None = None
     wsum = np.zeros((y1 - y0, x1 - x0), np.float64)
     for i in indices if indices is not None else _touching_lazy(pos, get, region, model):
         tile = np.asarray(get(i), np.float32)
@@ -119,19 +120,8 @@ def fuse_region(tiles: Sequence[np.ndarray] | Callable[[int], np.ndarray], posit
     return FusedRegion(image.astype(np.float32), wsum.astype(np.float32))
 
 
-def downsample_mean(image: np.ndarray) -> np.ndarray:
-    """2×2 mean over the last two axes (odd edges averaged over what exists)."""
-    arr = np.asarray(image, np.float32)
-    h, w = arr.shape[-2:]
-    ph, pw = h % 2, w % 2
-    if ph or pw:
-        pad = [(0, 0)] * (arr.ndim - 2) + [(0, ph), (0, pw)]
-        arr = np.pad(arr, pad, mode="edge")
-    s = arr.reshape(*arr.shape[:-2], arr.shape[-2] // 2, 2, arr.shape[-1] // 2, 2)
-    return s.mean(axis=(-3, -1))
-
-
-def _touching_lazy(pos, get, region, model):
+def _touching_lazy(pos: npt.NDArray[np.float64], get: Callable[[int], npt.ArrayLike],
+                   region: tuple[int, int, int, int], model: DistortionModel) -> list[int]:
     # Without explicit indices, tile shape comes from the first tile read.
-    shape = np.asarray(get(0)).shape[-2:]
+    shape = np.shape(get(0))[-2:]
     return tiles_touching(pos, (int(shape[0]), int(shape[1])), region, distortion=model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,13 @@ class MosaicGeometry:
     origin_px: tuple[float, float]
     margin: int
 
-    def to_mosaic(self, stage_px: np.ndarray) -> np.ndarray:
+    def to_mosaic(self, stage_px: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Map stage positions (..., 2) in px to mosaic-frame positions."""
-        return np.asarray(stage_px, dtype=np.float64) - np.asarray(self.origin_px) + self.margin
+        out: npt.NDArray[np.float64] = np.asarray(stage_px, dtype=np.float64) - np.asarray(self.origin_px) + self.margin
+        return out
 
 
-def mosaic_geometry(stage_px: np.ndarray, *, rows: int, cols: int, tile_shape: tuple[int, int],
+def mosaic_geometry(stage_px: npt.ArrayLike, *, rows: int, cols: int, tile_shape: tuple[int, int],
                     overlap: float, margin: int | None = None) -> MosaicGeometry:
     """Canvas that holds the nominal grid of tiles plus a margin on every side.
 
@@ -46,8 +48,9 @@ def mosaic_geometry(stage_px: np.ndarray, *, rows: int, cols: int, tile_shape: t
     h, w = tile_shape
     if margin is None:
         margin = max(16, int(round(0.05 * max(h, w))))
-    origin = np.min(np.asarray(stage_px, dtype=np.float64), axis=0)
-    extent = np.max(stage_px, axis=0) - origin + (h, w)
+    stage = np.asarray(stage_px, dtype=np.float64)
+    origin = np.min(stage, axis=0)
+    extent = np.max(stage, axis=0) - origin + (h, w)
     nominal = np.array([(rows - 1) * h * (1 - overlap) + h, (cols - 1) * w * (1 - overlap) + w])
     size = np.ceil(np.maximum(extent, nominal)).astype(int) + 2 * margin
     return MosaicGeometry((int(size[0]), int(size[1])), (float(origin[0]), float(origin[1])), int(margin))

@@ -1,9 +1,36 @@
-"""TODO docstring."""
+"""Registration: fiducial beads found and fitted in each slice, tracked through the stack, slice offsets solved.
 
-from ._bead_fit import BeadFit, disc_model, fit_bead, fit_beads, radius_outliers
-from ._bead_unet import BeadUNet, DEFAULT_WEIGHTS, detect_beads_unet, load_bead_unet, normalise, predict_bead_probability
-from ._beads import BeadCandidates, background_stats, bead_channel_scores, bead_mask, bead_threshold, candidates_from_labels, detect_beads, pick_bead_channel, split_beads
-from ._slice_offsets import SliceOffsets, apply_offset, canvas_padding, solve_slice_offsets, track_pairs
-from ._tracks import Matches, build_tracks, match_points
+Beads: :func:`find_beads_numpy` (classical detector or a loaded :class:`BeadUNet`, Poisson profile fits,
+columns :data:`BEAD_COLUMNS`), :func:`fit_bead`, :func:`disc_model`, bead-channel choice
+(:func:`bead_channel_scores`, :func:`pick_bead_channel`, :func:`bead_threshold`), :func:`radius_outliers`.
+Offsets: :func:`build_tracks`, :func:`solve_slice_offsets` (:class:`SliceOffsets`), :func:`canvas_padding`,
+:func:`apply_offset`. :class:`BeadUNet` (its input: :func:`normalise`) imports torch on first use.
+"""
 
-__all__ = ["BeadCandidates", "BeadFit", "BeadUNet", "DEFAULT_WEIGHTS", "Matches", "SliceOffsets", "apply_offset", "background_stats", "bead_channel_scores", "bead_mask", "bead_threshold", "build_tracks", "candidates_from_labels", "canvas_padding", "detect_beads", "detect_beads_unet", "disc_model", "fit_bead", "fit_beads", "load_bead_unet", "match_points", "normalise", "pick_bead_channel", "predict_bead_probability", "radius_outliers", "solve_slice_offsets", "split_beads", "track_pairs"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._bead_fit import BeadFit, disc_model, fit_bead, radius_outliers
+from ._bead_table import BEAD_COLUMNS, find_beads_numpy
+from ._beads import bead_channel_scores, bead_threshold, normalise, pick_bead_channel
+from ._slice_offsets import SliceOffsets, apply_offset, canvas_padding, solve_slice_offsets
+from ._tracks import build_tracks
+
+if TYPE_CHECKING:
+    from ._bead_unet import BeadUNet
+
+__all__ = ["BEAD_COLUMNS", "BeadFit", "BeadUNet", "SliceOffsets", "apply_offset", "bead_channel_scores",
+           "bead_threshold", "build_tracks", "canvas_padding", "disc_model", "find_beads_numpy", "fit_bead",
+           "normalise", "pick_bead_channel", "radius_outliers", "solve_slice_offsets"]
+
+_TORCH_NAMES = ("BeadUNet",)
+
+
+def __getattr__(name: str) -> object:
+    # importing torch takes seconds: only the U-Net users (io.weights, training) pay for it
+    if name in _TORCH_NAMES:
+        from . import _bead_unet
+
+        return getattr(_bead_unet, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,14 +20,15 @@ in arbitrary units (flat-fielded, gain != 1) still get honest errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy import optimize
 from scipy.special import erfc
 
 __all__ = ["BeadFit", "disc_model", "fit_bead", "fit_beads", "radius_outliers"]
 
-_PARAMS = ("y", "x", "radius", "width", "amplitude", "background")
 _SQRT2 = np.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 
@@ -72,7 +73,7 @@ class BeadFit:
         return bool(self.success)
 
 
-def disc_model(params: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def disc_model(params: ArrayLike, yy: NDArray[Any], xx: NDArray[Any]) -> NDArray[np.floating[Any]]:
     """Soft-edged disc on a flat background (see module docstring).
 
     Parameters
@@ -87,12 +88,14 @@ def disc_model(params: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray
     ndarray
         Expected counts per pixel.
     """
-    yc, xc, r, w, a, b = (float(p) for p in params)
+    yc, xc, r, w, a, b = (float(p) for p in np.asarray(params).ravel())
     rho = np.hypot(yy - yc, xx - xc)
-    return b + a * 0.5 * erfc((rho - r) / (_SQRT2 * w))
+    out: NDArray[np.floating[Any]] = b + a * 0.5 * erfc((rho - r) / (_SQRT2 * w))
+    return out
 
 
-def _model_and_jacobian(p: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _model_and_jacobian(p: NDArray[np.float64], yy: NDArray[np.float64], xx: NDArray[np.float64]
+                        ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     yc, xc, r, w, a, b = p
     dy, dx = yy - yc, xx - xc
     rho = np.maximum(np.hypot(dy, dx), 1e-9)
@@ -111,14 +114,14 @@ def _model_and_jacobian(p: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> tuple[
 
 
 def fit_bead(
-    cutout: np.ndarray,
+    cutout: ArrayLike,
     *,
     y0: float,
     x0: float,
     r0: float,
     origin: tuple[float, float] = (0.0, 0.0),
     width0: float = 1.5,
-    mask: np.ndarray | None = None,
+    mask: ArrayLike | None = None,
     max_radius: float | None = None,
 ) -> BeadFit:
     """Fit one bead by Poisson maximum likelihood.
@@ -171,10 +174,10 @@ def fit_bead(
     bounds = [(-0.25 * h, 1.25 * h), (-0.25 * w, 1.25 * w), (0.5, rmax), (0.3, max(3.0, 0.3 * r0)),
               (1e-6, None), (1e-9, None)]
     bounds = [(lo / s if lo is not None else None, hi / s if hi is not None else None)
-              for (lo, hi), s in zip(bounds, scale)]
+              for (lo, hi), s in zip(bounds, scale, strict=True)]
     nd = float(d.sum())
 
-    def nll(q: np.ndarray) -> tuple[float, np.ndarray]:
+    def nll(q: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
         p = q * scale
         m, jac = _model_and_jacobian(p, yy, xx)
         m = np.maximum(m, 1e-12)
@@ -204,14 +207,14 @@ def fit_bead(
 
 
 def fit_beads(
-    image: np.ndarray,
-    centres: np.ndarray,
-    radii: np.ndarray,
+    image: ArrayLike,
+    centres: ArrayLike,
+    radii: ArrayLike,
     *,
-    labels: np.ndarray | None = None,
+    labels: ArrayLike | None = None,
     margin: float = 1.25,
     min_margin: int = 8,
-    valid: np.ndarray | None = None,
+    valid: ArrayLike | None = None,
     grow: int = 4,
 ) -> list[BeadFit]:
     """Fit every candidate of an image (see :func:`fit_bead`).
@@ -241,22 +244,24 @@ def fit_beads(
     list of BeadFit
         One per candidate, in input order, centres in image coordinates.
     """
-    image = np.asarray(image)
-    if labels is not None and grow > 0:
+    img = np.asarray(image)
+    lab_img = None if labels is None else np.asarray(labels)
+    if lab_img is not None and grow > 0:
         from skimage.segmentation import expand_labels
 
-        labels = expand_labels(np.asarray(labels), distance=grow)
-    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
-    radii = np.asarray(radii, dtype=np.float64).ravel()
+        lab_img = np.asarray(expand_labels(lab_img, distance=grow))  # type: ignore[no-untyped-call]  # untyped skimage
+    valid_img = None if valid is None else np.asarray(valid, bool)
+    yx = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    rad = np.asarray(radii, dtype=np.float64).ravel()
     out = []
-    for i, ((cy, cx), r) in enumerate(zip(centres, radii)):
+    for i, ((cy, cx), r) in enumerate(zip(yx, rad, strict=True)):
         half = int(np.ceil(max(r * margin, r + min_margin)))
-        y0, y1 = max(int(cy) - half, 0), min(int(cy) + half + 1, image.shape[0])
-        x0, x1 = max(int(cx) - half, 0), min(int(cx) + half + 1, image.shape[1])
-        cut = image[y0:y1, x0:x1]
-        mask = None if valid is None else np.asarray(valid[y0:y1, x0:x1], bool)
-        if labels is not None:
-            lab = labels[y0:y1, x0:x1]
+        y0, y1 = max(int(cy) - half, 0), min(int(cy) + half + 1, img.shape[0])
+        x0, x1 = max(int(cx) - half, 0), min(int(cx) + half + 1, img.shape[1])
+        cut = img[y0:y1, x0:x1]
+        mask = None if valid_img is None else valid_img[y0:y1, x0:x1]
+        if lab_img is not None:
+            lab = lab_img[y0:y1, x0:x1]
             own = (lab == 0) | (lab == i + 1)
             mask = own if mask is None else mask & own
         try:
@@ -268,7 +273,7 @@ def fit_beads(
     return out
 
 
-def radius_outliers(radius: np.ndarray, *, nsigma: float = 5.0) -> np.ndarray:
+def radius_outliers(radius: ArrayLike, *, nsigma: float = 5.0) -> NDArray[np.bool_]:
     """Flag radii beyond ``nsigma`` robust standard deviations of the median.
 
     Parameters
@@ -289,4 +294,5 @@ def radius_outliers(radius: np.ndarray, *, nsigma: float = 5.0) -> np.ndarray:
         return ~good
     med = np.median(r[good])
     sigma = max(1.4826 * np.median(np.abs(r[good] - med)), 0.5)
-    return ~good | (np.abs(r - med) > nsigma * sigma)
+    flags: NDArray[np.bool_] = ~good | (np.abs(r - med) > nsigma * sigma)
+    return flags

@@ -7,29 +7,24 @@ kept), so any image size fits in memory; the probability map is brought
 back to full resolution and split into beads by
 :func:`imaxt_pipeline.algorithms.registration.split_beads`.
 
-Weights ship with the package (``imaxt_pipeline/pretrained/bead_unet.pt``,
-trained on synthetic mosaics by ``python -m
-imaxt_pipeline.training.train_bead_unet``); :func:`load_bead_unet` also
-accepts a user's path or URL.
+Functions here take an already-loaded network: the shipped weights
+(``imaxt_pipeline/pretrained/bead_unet.pt``, trained on synthetic mosaics by
+``python -m imaxt_pipeline.training.train_bead_unet``) or a user's checkpoint
+are read by :func:`imaxt_pipeline.io.weights.load_bead_unet`. This module
+imports ``torch``; the package imports it only when one of its names is used.
 """
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
+from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage as ndi
 from torch import nn
 
-from ._beads import BeadCandidates, background_stats, candidates_from_labels, split_beads
+from ._beads import BeadCandidates, candidates_from_labels, normalise, split_beads
 
-__all__ = ["BeadUNet", "DEFAULT_WEIGHTS", "detect_beads_unet", "load_bead_unet", "normalise",
-           "predict_bead_probability"]
-
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "pretrained" / "bead_unet.pt"
+__all__ = ["BeadUNet", "detect_beads_unet", "predict_bead_probability"]
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -60,7 +55,7 @@ class BeadUNet(nn.Module):
         self.head = nn.Conv2d(chans[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
+        skips: list[torch.Tensor] = []
         for i, block in enumerate(self.down):
             x = block(x)
             if i < self.depth - 1:
@@ -68,71 +63,12 @@ class BeadUNet(nn.Module):
                 x = nn.functional.max_pool2d(x, 2)
         for i in reversed(range(self.depth - 1)):
             x = self.merge[i](torch.cat([self.up[i](x), skips[i]], dim=1))
-        return self.head(x)
+        out: torch.Tensor = self.head(x)
+        return out
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
-    """Map an image to the network's input range: asinh of background-normalised flux.
-
-    Parameters
-    ----------
-    image : ndarray
-        Bead-channel image (zeros = outside the tiles, kept at 0 output).
-
-    Returns
-    -------
-    ndarray of float32
-    """
-    img = np.asarray(image, dtype=np.float32)
-    bg, noise = background_stats(img)
-    out = np.arcsinh((img - bg) / (3.0 * noise)) / 3.0
-    out[img == 0] = 0.0
-    return out.astype(np.float32)
-
-
-def load_bead_unet(source: str | Path | None = None, *, device: str | torch.device | None = None
-                   ) -> tuple[BeadUNet, dict[str, Any]]:
-    """Load weights from the package (default), a path or an fsspec/HTTP URL.
-
-    Parameters
-    ----------
-    source : str or Path, optional
-        Checkpoint written by the training script (a dict with
-        ``state_dict`` and ``config``).
-    device : str or torch.device, optional
-        Default: CUDA when available, else CPU.
-
-    Returns
-    -------
-    (BeadUNet, dict)
-        Model in eval mode on ``device``, and the checkpoint's ``config``
-        (``base``, ``depth``, ``downsample``, ``threshold``).
-
-    Raises
-    ------
-    FileNotFoundError
-        If the checkpoint cannot be found.
-    """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    src = DEFAULT_WEIGHTS if source is None else source
-    if isinstance(src, str) and "://" in src:
-        import fsspec
-
-        with fsspec.open(src, "rb") as fh:
-            blob = io.BytesIO(fh.read())
-        ckpt = torch.load(blob, map_location="cpu", weights_only=True)
-    else:
-        if not Path(src).exists():
-            raise FileNotFoundError(f"{src}: bead U-Net weights not found")
-        ckpt = torch.load(Path(src), map_location="cpu", weights_only=True)
-    config = dict(ckpt["config"])
-    model = BeadUNet(base=int(config.get("base", 8)), depth=int(config.get("depth", 4)))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), config
-
-
-def predict_bead_probability(image: np.ndarray, model: BeadUNet, *, downsample: int = 2, patch: int = 256,
-                             overlap: int = 32, device: str | torch.device | None = None) -> np.ndarray:
+def predict_bead_probability(image: ArrayLike, model: BeadUNet, *, downsample: int = 2, patch: int = 256,
+                             overlap: int = 32, device: str | torch.device | None = None) -> NDArray[np.float32]:
     """Bead probability per pixel of ``image`` (full resolution).
 
     Parameters
@@ -170,7 +106,7 @@ def predict_bead_probability(image: np.ndarray, model: BeadUNet, *, downsample: 
     padded = np.pad(x, ((overlap, ny * core - sh + overlap), (overlap, nx * core - sw + overlap)))
     out = np.zeros((ny * core, nx * core), np.float32)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    batch = []
+    batch: list[tuple[int, int, NDArray[np.float32]]] = []
     for iy in range(ny):
         for ix in range(nx):
             batch.append((iy, ix, padded[iy * core:iy * core + patch, ix * core:ix * core + patch]))
@@ -181,7 +117,7 @@ def predict_bead_probability(image: np.ndarray, model: BeadUNet, *, downsample: 
             pad = (-arr.shape[-1]) % mult
             t = torch.from_numpy(np.pad(arr, ((0, 0), (0, 0), (0, pad), (0, pad)))).to(dev)
             prob = torch.sigmoid(model(t)).cpu().numpy()[:, 0, :patch, :patch]
-            for (iy, ix, _), p in zip(chunk, prob):
+            for (iy, ix, _), p in zip(chunk, prob, strict=True):
                 out[iy * core:(iy + 1) * core, ix * core:(ix + 1) * core] = p[overlap:overlap + core,
                                                                               overlap:overlap + core]
     out = out[:sh, :sw]
@@ -189,7 +125,7 @@ def predict_bead_probability(image: np.ndarray, model: BeadUNet, *, downsample: 
     return np.clip(full, 0.0, 1.0).astype(np.float32)
 
 
-def detect_beads_unet(image: np.ndarray, model: BeadUNet, *, downsample: int = 2, threshold: float = 0.5,
+def detect_beads_unet(image: ArrayLike, model: BeadUNet, *, downsample: int = 2, threshold: float = 0.5,
                       min_radius: float = 4.0, max_radius: float = 80.0, min_solidity: float = 0.85,
                       device: str | torch.device | None = None) -> BeadCandidates:
     """U-Net detector: probability, threshold, distance-transform watershed.
@@ -199,7 +135,7 @@ def detect_beads_unet(image: np.ndarray, model: BeadUNet, *, downsample: int = 2
     image : ndarray (H, W)
         Bead-channel image.
     model : BeadUNet
-        Trained network (see :func:`load_bead_unet`).
+        Trained network (see :func:`imaxt_pipeline.io.weights.load_bead_unet`).
     downsample : int, optional
         As used in training (stored in the checkpoint's config).
     threshold : float, optional

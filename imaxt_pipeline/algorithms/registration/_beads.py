@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
 __all__ = ["BeadCandidates", "background_stats", "bead_channel_scores", "bead_mask", "bead_threshold",
-           "candidates_from_labels", "detect_beads", "pick_bead_channel", "split_beads"]
+           "candidates_from_labels", "detect_beads", "normalise", "pick_bead_channel", "split_beads"]
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,15 @@ class BeadCandidates:
         Equivalent-disc radius ``sqrt(area / pi)``.
     """
 
-    labels: np.ndarray
-    centres: np.ndarray
-    radii: np.ndarray
+    labels: NDArray[np.int32]
+    centres: NDArray[np.float64]
+    radii: NDArray[np.float64]
 
     def __len__(self) -> int:
         return len(self.radii)
 
 
-def background_stats(image: np.ndarray, *, valid: np.ndarray | None = None) -> tuple[float, float]:
+def background_stats(image: ArrayLike, *, valid: ArrayLike | None = None) -> tuple[float, float]:
     """Robust background level and noise (median, 1.4826 x MAD).
 
     Parameters
@@ -71,7 +72,7 @@ def background_stats(image: np.ndarray, *, valid: np.ndarray | None = None) -> t
     return med, max(1.4826 * mad, 1e-6)
 
 
-def bead_threshold(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
+def bead_threshold(image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
                    peak: float | None = None) -> float:
     """Intensity separating beads from background and tissue.
 
@@ -109,8 +110,8 @@ def bead_threshold(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0
     return float(level)
 
 
-def bead_mask(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
-              threshold: float | None = None) -> np.ndarray:
+def bead_mask(image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
+              threshold: float | None = None) -> NDArray[np.bool_]:
     """Pixels above the bead threshold after smoothing.
 
     Parameters
@@ -135,10 +136,10 @@ def bead_mask(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, rel
     smooth = ndi.gaussian_filter(img, sigma) if sigma > 0 else img
     if threshold is None:
         threshold = bead_threshold(img, sigma=sigma, nsigma=nsigma, rel=rel)
-    return ndi.binary_fill_holes((smooth > threshold) & valid)
+    return np.asarray(ndi.binary_fill_holes((smooth > threshold) & valid), bool)
 
 
-def split_beads(mask: np.ndarray, *, min_radius: float = 4.0) -> np.ndarray:
+def split_beads(mask: ArrayLike, *, min_radius: float = 4.0) -> NDArray[np.int32]:
     """Split touching discs with a watershed on the distance transform.
 
     Parameters
@@ -154,20 +155,23 @@ def split_beads(mask: np.ndarray, *, min_radius: float = 4.0) -> np.ndarray:
     ndarray of int32
         Label image, 0 = background.
     """
-    mask = np.asarray(mask, bool)
-    if not mask.any():
-        return np.zeros(mask.shape, np.int32)
-    dist = ndi.distance_transform_edt(mask)
+    fg = np.asarray(mask, bool)
+    if not fg.any():
+        return np.zeros(fg.shape, np.int32)
+    dist = ndi.distance_transform_edt(fg)
     smooth = ndi.gaussian_filter(dist, 1.0)
-    comp, _ = ndi.label(mask)
-    peaks = peak_local_max(smooth, min_distance=max(int(min_radius), 1), threshold_abs=0.6 * min_radius,
-                           labels=comp, exclude_border=False)
-    markers = np.zeros(mask.shape, np.int32)
+    comp, _ = ndi.label(fg)
+    # scikit-image is untyped
+    peaks: NDArray[np.intp] = peak_local_max(  # type: ignore[no-untyped-call]
+        smooth, min_distance=max(int(min_radius), 1), threshold_abs=0.6 * min_radius, labels=comp,
+        exclude_border=False)
+    markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    return watershed(-smooth, markers, mask=mask).astype(np.int32)
+    split = watershed(-smooth, markers, mask=fg)  # type: ignore[no-untyped-call]  # scikit-image is untyped
+    return np.asarray(split, dtype=np.int32)
 
 
-def candidates_from_labels(labels: np.ndarray, *, min_radius: float = 4.0, max_radius: float = 80.0,
+def candidates_from_labels(labels: ArrayLike, *, min_radius: float = 4.0, max_radius: float = 80.0,
                            min_solidity: float = 0.85) -> BeadCandidates:
     """Keep round labelled regions within a radius range and relabel them.
 
@@ -184,9 +188,11 @@ def candidates_from_labels(labels: np.ndarray, *, min_radius: float = 4.0, max_r
     -------
     BeadCandidates
     """
-    out = np.zeros(labels.shape, np.int32)
-    centres, radii = [], []
-    for region in regionprops(np.asarray(labels, np.int32)):
+    lab = np.asarray(labels, np.int32)
+    out = np.zeros(lab.shape, np.int32)
+    centres: list[tuple[float, float]] = []
+    radii: list[float] = []
+    for region in regionprops(lab):  # type: ignore[no-untyped-call]  # scikit-image is untyped
         r = np.sqrt(region.area / np.pi)
         if not (min_radius <= r <= max_radius) or region.solidity < min_solidity:
             continue
@@ -196,7 +202,7 @@ def candidates_from_labels(labels: np.ndarray, *, min_radius: float = 4.0, max_r
     return BeadCandidates(out, np.asarray(centres, float).reshape(-1, 2), np.asarray(radii, float))
 
 
-def detect_beads(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
+def detect_beads(image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
                  threshold: float | None = None, min_radius: float = 4.0, max_radius: float = 80.0,
                  min_solidity: float = 0.85) -> BeadCandidates:
     """Classical detector: :func:`bead_mask`, :func:`split_beads`, :func:`candidates_from_labels`.
@@ -235,8 +241,8 @@ def detect_beads(image: np.ndarray, *, sigma: float = 2.0, nsigma: float = 5.0, 
     return candidates_from_labels(labels, min_radius=min_radius, max_radius=max_radius, min_solidity=min_solidity)
 
 
-def bead_channel_scores(planes: np.ndarray, *, scale: float = 1.0, sigma: float = 1.0, rel: float = 0.5,
-                        min_area: int = 3) -> np.ndarray:
+def bead_channel_scores(planes: ArrayLike, *, scale: float = 1.0, sigma: float = 1.0, rel: float = 0.5,
+                        min_area: int = 3) -> NDArray[np.float64]:
     """How bead-like the brightest compact objects of each channel are.
 
     In each channel the objects brighter than half-way to the channel's
@@ -269,11 +275,11 @@ def bead_channel_scores(planes: np.ndarray, *, scale: float = 1.0, sigma: float 
     ValueError
         If ``planes`` is not 3-D.
     """
-    planes = np.asarray(planes, dtype=np.float32)
-    if planes.ndim != 3:
-        raise ValueError(f"planes must be (C, H, W), got shape {planes.shape}")
-    scores = np.zeros(len(planes))
-    for c, plane in enumerate(planes):
+    stack = np.asarray(planes, dtype=np.float32)
+    if stack.ndim != 3:
+        raise ValueError(f"planes must be (C, H, W), got shape {stack.shape}")
+    scores = np.zeros(len(stack))
+    for c, plane in enumerate(stack):
         if not np.any(plane != 0):
             continue
         labels, n = ndi.label(bead_mask(plane, sigma=sigma, rel=rel))
@@ -286,7 +292,7 @@ def bead_channel_scores(planes: np.ndarray, *, scale: float = 1.0, sigma: float 
     return scores
 
 
-def pick_bead_channel(scores: np.ndarray) -> int:
+def pick_bead_channel(scores: ArrayLike) -> int:
     """Index of the bead channel: the highest score (see :func:`bead_channel_scores`).
 
     Parameters
@@ -307,3 +313,23 @@ def pick_bead_channel(scores: np.ndarray) -> int:
     if vals.ndim != 1 or vals.size == 0:
         raise ValueError(f"scores must be a non-empty 1-D array, got shape {vals.shape}")
     return int(np.nanargmax(vals))
+
+
+def normalise(image: ArrayLike) -> NDArray[np.float32]:
+    """Map an image to the bead U-Net's input range: asinh of background-normalised flux.
+
+    Parameters
+    ----------
+    image : ndarray
+        Bead-channel image (zeros = outside the tiles, kept at 0 output).
+
+    Returns
+    -------
+    ndarray of float32
+    """
+    img = np.asarray(image, dtype=np.float32)
+    bg, noise = background_stats(img)
+    out = np.arcsinh((img - bg) / (3.0 * noise)) / 3.0
+    out[img == 0] = 0.0
+    res: NDArray[np.float32] = out.astype(np.float32)
+    return res

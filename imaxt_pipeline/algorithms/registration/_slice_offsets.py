@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy import sparse
 from scipy.sparse.linalg import lsqr, spsolve
 
@@ -55,21 +56,22 @@ class SliceOffsets:
         Solves performed.
     """
 
-    slices: np.ndarray
-    offsets: np.ndarray
-    errors: np.ndarray
-    inlier: np.ndarray
-    residuals: np.ndarray
-    chi2: np.ndarray
+    slices: NDArray[np.int_]
+    offsets: NDArray[np.float64]
+    errors: NDArray[np.float64]
+    inlier: NDArray[np.bool_]
+    residuals: NDArray[np.float64]
+    chi2: NDArray[np.float64]
     iterations: int
 
     @property
-    def constrained(self) -> np.ndarray:
+    def constrained(self) -> NDArray[np.bool_]:
         """Slices with a finite offset."""
-        return np.all(np.isfinite(self.offsets), axis=1)
+        ok: NDArray[np.bool_] = np.all(np.isfinite(self.offsets), axis=1)
+        return ok
 
 
-def track_pairs(track: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def track_pairs(track: ArrayLike) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """All index pairs ``(i, j)``, ``i < j``, of detections sharing a track.
 
     Parameters
@@ -82,11 +84,12 @@ def track_pairs(track: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (ndarray, ndarray)
         Indices into ``track`` of the first and second member of each pair.
     """
-    track = np.asarray(track).ravel()
-    idx = np.flatnonzero(track >= 0)
-    order = idx[np.argsort(track[idx], kind="stable")]
-    ids, start, count = np.unique(track[order], return_index=True, return_counts=True)
-    first, second = [], []
+    ids = np.asarray(track).ravel()
+    idx = np.flatnonzero(ids >= 0)
+    order = idx[np.argsort(ids[idx], kind="stable")]
+    _, start, count = np.unique(ids[order], return_index=True, return_counts=True)
+    first: list[NDArray[np.intp]] = []
+    second: list[NDArray[np.intp]] = []
     for n in np.unique(count):
         if n < 2:
             continue
@@ -95,11 +98,13 @@ def track_pairs(track: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         first.append(order[(starts[:, None] + a[None, :]).ravel()])
         second.append(order[(starts[:, None] + b[None, :]).ravel()])
     if not first:
-        return np.zeros(0, int), np.zeros(0, int)
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
     return np.concatenate(first), np.concatenate(second)
 
 
-def _solve_axis(pos, sig, slice_idx, track, n_slices, ref, free_index, n_free):
+def _solve_axis(pos: NDArray[np.float64], sig: NDArray[np.float64], slice_idx: NDArray[np.intp],
+                track: NDArray[np.intp], n_slices: int, ref: int, free_index: NDArray[np.int_], n_free: int
+                ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float]:
     """Weighted pairwise solve for one axis; returns offsets, errors, residuals, chi2."""
     w = 1.0 / sig**2
     wsum = np.bincount(track, weights=w)
@@ -107,7 +112,9 @@ def _solve_axis(pos, sig, slice_idx, track, n_slices, ref, free_index, n_free):
     pw = np.sqrt(w[i] * w[j] / wsum[track[i]])
     rows = np.arange(len(i))
     ci, cj = free_index[slice_idx[i]], free_index[slice_idx[j]]
-    data, r, c = [], [], []
+    data: list[NDArray[np.float64]] = []
+    r: list[NDArray[np.int_]] = []
+    c: list[NDArray[np.int_]] = []
     for col, sign in ((ci, 1.0), (cj, -1.0)):
         ok = col >= 0
         data.append(sign * pw[ok])
@@ -143,7 +150,8 @@ def _solve_axis(pos, sig, slice_idx, track, n_slices, ref, free_index, n_free):
     return d, err, resid, chi2
 
 
-def _connected_slices(slice_idx: np.ndarray, track: np.ndarray, n_slices: int, ref: int) -> np.ndarray:
+def _connected_slices(slice_idx: NDArray[np.intp], track: NDArray[np.intp], n_slices: int, ref: int
+                      ) -> NDArray[np.bool_]:
     """Slices linked to ``ref`` through shared tracks (graph components)."""
     from scipy.sparse.csgraph import connected_components
 
@@ -151,15 +159,16 @@ def _connected_slices(slice_idx: np.ndarray, track: np.ndarray, n_slices: int, r
     g = sparse.coo_matrix((np.ones(len(track)), (slice_idx, n_slices + track)),
                           shape=(n_slices + n_tracks, n_slices + n_tracks))
     _, comp = connected_components(g, directed=False)
-    return comp[:n_slices] == comp[ref]
+    linked: NDArray[np.bool_] = comp[:n_slices] == comp[ref]
+    return linked
 
 
 def solve_slice_offsets(
-    slices: np.ndarray,
-    yx: np.ndarray,
-    bead_id: np.ndarray,
+    slices: ArrayLike,
+    yx: ArrayLike,
+    bead_id: ArrayLike,
     *,
-    sigma: np.ndarray | float = 1.0,
+    sigma: ArrayLike = 1.0,
     reference: int | None = None,
     clip: float = 4.0,
     max_iter: int = 10,
@@ -198,29 +207,29 @@ def solve_slice_offsets(
     ValueError
         If the array lengths differ.
     """
-    slices = np.asarray(slices).astype(int).ravel()
-    yx = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
-    bead_id = np.asarray(bead_id).astype(int).ravel()
-    n = len(slices)
-    if len(yx) != n or len(bead_id) != n:
-        raise ValueError(f"slices, yx and bead_id must have the same length, got {n}, {len(yx)}, {len(bead_id)}")
+    sl = np.asarray(slices).astype(int).ravel()
+    pos = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
+    ids = np.asarray(bead_id).astype(int).ravel()
+    n = len(sl)
+    if len(pos) != n or len(ids) != n:
+        raise ValueError(f"slices, yx and bead_id must have the same length, got {n}, {len(pos)}, {len(ids)}")
     sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64).reshape(-1, 1) if np.ndim(sigma) == 1
                           else np.asarray(sigma, dtype=np.float64), (n, 2)).copy()
     sig = np.where(np.isfinite(sig), np.maximum(sig, min_sigma), np.inf)
-    uniq = np.unique(slices)
+    uniq = np.unique(sl)
     if n == 0:
         raise NotEnoughOverlapError("no bead detections; cannot register slices")
     ref_slice = int(uniq[0]) if reference is None else int(reference)
     if ref_slice not in uniq:
         raise ValueError(f"reference slice {ref_slice} has no detections")
-    slice_idx = np.searchsorted(uniq, slices)
+    slice_idx = np.searchsorted(uniq, sl)
     ref = int(np.searchsorted(uniq, ref_slice))
-    inlier = (bead_id >= 0) & np.all(np.isfinite(yx), axis=1) & np.all(np.isfinite(sig), axis=1)
+    inlier = (ids >= 0) & np.all(np.isfinite(pos), axis=1) & np.all(np.isfinite(sig), axis=1)
     n_slices = len(uniq)
     it = 0
     for it in range(1, max_iter + 1):
         use = np.flatnonzero(inlier)
-        _, tr = np.unique(bead_id[use], return_inverse=True)
+        _, tr = np.unique(ids[use], return_inverse=True)
         counts = np.bincount(tr)
         keep = counts[tr] >= 2
         use, tr = use[keep], np.unique(tr[keep], return_inverse=True)[1]
@@ -238,7 +247,7 @@ def solve_slice_offsets(
         resid = np.full((n, 2), np.nan)
         chi2 = np.zeros(2)
         for ax in range(2):
-            d, e, r, c2 = _solve_axis(yx[use, ax], sig[use, ax], slice_idx[use], tr, n_slices, ref,
+            d, e, r, c2 = _solve_axis(pos[use, ax], sig[use, ax], slice_idx[use], tr, n_slices, ref,
                                       free_index, int(free.sum()))
             offsets[connected, ax] = d[connected]
             errors[connected, ax] = e[connected]
@@ -256,7 +265,7 @@ def solve_slice_offsets(
                         iterations=it)
 
 
-def canvas_padding(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def canvas_padding(offsets: ArrayLike) -> tuple[NDArray[np.int_], NDArray[np.int_]]:
     """Integer padding (before, after) per axis that keeps every shifted slice on the canvas.
 
     Parameters
@@ -278,8 +287,8 @@ def canvas_padding(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return before, after
 
 
-def apply_offset(plane: np.ndarray, offset: np.ndarray, *, pad_before: np.ndarray, out_shape: tuple[int, int],
-                 order: int = 1) -> np.ndarray:
+def apply_offset(plane: ArrayLike, offset: ArrayLike, *, pad_before: ArrayLike, out_shape: tuple[int, int],
+                 order: int = 1) -> NDArray[np.float32]:
     """Place one slice on the aligned canvas: pixel (y, x) goes to ``(y - dy, x - dx) + pad_before``.
 
     Parameters
@@ -306,5 +315,8 @@ def apply_offset(plane: np.ndarray, offset: np.ndarray, *, pad_before: np.ndarra
     canvas = np.zeros((*data.shape[:-2], *out_shape), np.float32)
     hh, ww = min(h, out_shape[0]), min(w, out_shape[1])
     canvas[..., :hh, :ww] = data[..., :hh, :ww]
-    shift = (0.0,) * (data.ndim - 2) + tuple(float(p) - float(o) for p, o in zip(pad_before, offset))
-    return ndi.shift(canvas, shift, order=order, mode="grid-constant", cval=0.0, prefilter=order > 1)
+    shift = (0.0,) * (data.ndim - 2) + tuple(float(p) - float(o) for p, o in
+                                             zip(np.ravel(pad_before), np.ravel(offset), strict=True))
+    out: NDArray[np.float32] = ndi.shift(canvas, shift, order=order, mode="grid-constant", cval=0.0,
+                                         prefilter=order > 1)
+    return out

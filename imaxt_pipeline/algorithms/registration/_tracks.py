@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
 __all__ = ["Matches", "build_tracks", "match_points"]
@@ -30,16 +31,16 @@ class Matches:
         Median ``moving - reference`` of the matches (0 when none).
     """
 
-    reference_index: np.ndarray
-    moving_index: np.ndarray
-    shift: np.ndarray
+    reference_index: NDArray[np.intp]
+    moving_index: NDArray[np.intp]
+    shift: NDArray[np.float64]
 
     def __len__(self) -> int:
         return len(self.reference_index)
 
 
-def match_points(reference: np.ndarray, moving: np.ndarray, *, radius: float, iterations: int = 3,
-                 shift: np.ndarray | None = None) -> Matches:
+def match_points(reference: ArrayLike, moving: ArrayLike, *, radius: float, iterations: int = 3,
+                 shift: ArrayLike | None = None) -> Matches:
     """Match two point sets allowing for an unknown common shift.
 
     Parameters
@@ -69,7 +70,7 @@ def match_points(reference: np.ndarray, moving: np.ndarray, *, radius: float, it
     ref = np.asarray(reference, dtype=np.float64).reshape(-1, 2)
     mov = np.asarray(moving, dtype=np.float64).reshape(-1, 2)
     current = np.zeros(2) if shift is None else np.asarray(shift, dtype=np.float64)
-    empty = Matches(np.zeros(0, int), np.zeros(0, int), current)
+    empty = Matches(np.zeros(0, np.intp), np.zeros(0, np.intp), current)
     if len(ref) == 0 or len(mov) == 0:
         return empty
     tree_ref = cKDTree(ref)
@@ -96,8 +97,8 @@ def match_points(reference: np.ndarray, moving: np.ndarray, *, radius: float, it
     return result
 
 
-def build_tracks(slices: np.ndarray, yx: np.ndarray, *, radius: float = 20.0, max_gap: int = 1,
-                 min_length: int = 2) -> np.ndarray:
+def build_tracks(slices: ArrayLike, yx: ArrayLike, *, radius: float = 20.0, max_gap: int = 1,
+                 min_length: int = 2) -> NDArray[np.int_]:
     """Chain detections of consecutive slices into tracks of one bead each.
 
     Parameters
@@ -120,37 +121,38 @@ def build_tracks(slices: np.ndarray, yx: np.ndarray, *, radius: float = 20.0, ma
         ``bead_id`` per detection (0, 1, ... in order of first appearance;
         -1 for detections that belong to no track of ``min_length``).
     """
-    slices = np.asarray(slices).astype(int).ravel()
-    yx = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
-    if len(slices) != len(yx):
-        raise ValueError(f"slices has {len(slices)} entries but yx has {len(yx)}")
-    track = np.full(len(slices), -1, int)
-    if len(slices) == 0:
+    sl = np.asarray(slices).astype(int).ravel()
+    pos = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
+    if len(sl) != len(pos):
+        raise ValueError(f"slices has {len(sl)} entries but yx has {len(pos)}")
+    track = np.full(len(sl), -1, int)
+    if len(sl) == 0:
         return track
     # Open tracks: last position and slice; ``drift`` is the running slice-to-slice shift estimate.
-    last_pos: list[np.ndarray] = []
+    last_pos: list[NDArray[np.float64]] = []
     last_slice: list[int] = []
     n_tracks = 0
     drift = np.zeros(2)
-    for s in np.unique(slices):
-        idx = np.flatnonzero(slices == s)
+    for s in np.unique(sl):
+        idx = np.flatnonzero(sl == s)
         open_ids = [t for t in range(n_tracks) if s - last_slice[t] <= max_gap + 1]
         if open_ids:
             ref = np.array([last_pos[t] for t in open_ids])
-            m = match_points(ref, yx[idx], radius=radius, shift=drift)
+            m = match_points(ref, pos[idx], radius=radius, shift=drift)
             if len(m) >= 3:
                 drift = m.shift
-            for r_i, m_i in zip(m.reference_index, m.moving_index):
+            for r_i, m_i in zip(m.reference_index, m.moving_index, strict=True):
                 t = open_ids[r_i]
                 track[idx[m_i]] = t
-                last_pos[t], last_slice[t] = yx[idx[m_i]], int(s)
+                last_pos[t], last_slice[t] = pos[idx[m_i]], int(s)
         for i in idx[track[idx] < 0]:
             track[i] = n_tracks
-            last_pos.append(yx[i])
+            last_pos.append(pos[i])
             last_slice.append(int(s))
             n_tracks += 1
     counts = np.bincount(track, minlength=n_tracks)
     keep = counts >= min_length
     new_id = np.full(n_tracks, -1, int)
     new_id[keep] = np.arange(int(keep.sum()))
-    return new_id[track]
+    ids: NDArray[np.int_] = new_id[track]
+    return ids

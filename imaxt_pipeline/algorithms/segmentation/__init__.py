@@ -1,7 +1,15 @@
-"""TODO docstring."""
+"""Segmentation: nuclei and whole cells of a plane, and label merging across blocks.
 
-from ._cellpose import CellposeSegmenter, SHIPPED_MODEL, resolve_model
-from ._label_merge import LabelMatch, MatchScore, iou_pairs, match_labels, merge_tables, object_f1
-from ._watershed import Segmentation, Segmenter, WatershedSegmenter, grow_cells, plane_thresholds, robust_otsu, segment_cells_watershed, segment_nuclei_watershed
+Backends share the :class:`Segmenter` protocol and return a :class:`Segmentation`:
+:class:`WatershedSegmenter` (classical) and :class:`CellposeSegmenter` (a loaded cellpose
+model), both growing cells by one :class:`CellGrowth`; :func:`plane_thresholds` fixes their
+thresholds plane-wide. :func:`match_labels` and :func:`merge_tables` give blocks' labels one
+global numbering (:class:`LabelMatch`); :func:`object_f1` scores labels against truth (:class:`MatchScore`).
+"""
 
-__all__ = ["CellposeSegmenter", "LabelMatch", "MatchScore", "SHIPPED_MODEL", "Segmentation", "Segmenter", "WatershedSegmenter", "grow_cells", "iou_pairs", "match_labels", "merge_tables", "object_f1", "plane_thresholds", "resolve_model", "robust_otsu", "segment_cells_watershed", "segment_nuclei_watershed"]
+from ._cellpose import CellposeSegmenter
+from ._label_merge import LabelMatch, MatchScore, match_labels, merge_tables, object_f1
+from ._watershed import CellGrowth, Segmentation, Segmenter, WatershedSegmenter, plane_thresholds
+
+__all__ = ["CellGrowth", "CellposeSegmenter", "LabelMatch", "MatchScore", "Segmentation", "Segmenter",
+           "WatershedSegmenter", "match_labels", "merge_tables", "object_f1", "plane_thresholds"]

@@ -12,30 +12,37 @@ which one runs:
   -- a cellpose 3.x model for nuclei, with cells grown by the same seeded
   watershed.
 
-Every segmenter returns a :class:`Segmentation`: nuclei and cells as int32
-label images where cell ``i`` is the cell grown from nucleus ``i``.
+Both grow cells by one parameter record, :class:`CellGrowth` (a physical
+distance, converted to px once by its pixel size). Every segmenter returns a
+:class:`Segmentation`: nuclei and cells as int32 label images where cell
+``i`` is the cell grown from nucleus ``i``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 __all__ = [
+    "CellGrowth",
     "Segmentation",
     "Segmenter",
     "WatershedSegmenter",
     "segment_cells_watershed",
     "segment_nuclei_watershed",
+    "grow_cells",
     "plane_thresholds",
     "robust_otsu",
 ]
+
+Labels = NDArray[np.int32]
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,41 @@ class Segmentation:
         Whole-cell labels; cell ``i`` contains nucleus ``i`` (same label).
     """
 
-    nuclei: np.ndarray
-    cells: np.ndarray
+    nuclei: Labels
+    cells: Labels
+
+
+@dataclass(frozen=True)
+class CellGrowth:
+    """How far and into what whole cells grow from their nuclei (shared by every backend).
+
+    Parameters
+    ----------
+    max_distance_um : float
+        Cells never extend more than this beyond their nucleus, in µm.
+    pixel_size_um : float
+        µm per pixel of the images segmented; the default 1.0 makes
+        ``max_distance_um`` a distance in px.
+    threshold : float, optional
+        Cytoplasm foreground threshold on the smoothed cytoplasm channel
+        (e.g. from :func:`plane_thresholds` on the whole plane); Otsu's per
+        call when ``None``.
+    """
+
+    max_distance_um: float = 6.0
+    pixel_size_um: float = 1.0
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixel_size_um <= 0:
+            raise ValueError(f"pixel_size_um must be positive, got {self.pixel_size_um}")
+        if self.max_distance_um < 0:
+            raise ValueError(f"max_distance_um must be >= 0, got {self.max_distance_um}")
+
+    @property
+    def max_distance_px(self) -> float:
+        """:attr:`max_distance_um` in px (the one place the pixel size is applied)."""
+        return float(self.max_distance_um) / float(self.pixel_size_um)
 
 
 @runtime_checkable
@@ -65,17 +105,21 @@ class Segmenter(Protocol):
 
     expected_diameter_px: float
 
-    def segment(self, image: np.ndarray) -> Segmentation: ...
+    def segment(self, image: NDArray[np.float32]) -> Segmentation: ...
 
 
-def _check_plane(image: np.ndarray, name: str = "image") -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (H, W), got shape {image.shape}")
-    return image.astype(np.float32, copy=False)
+def _check_plane(image: ArrayLike, name: str = "image") -> NDArray[np.float32]:
+    plane = np.asarray(image)
+    if plane.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (H, W), got shape {plane.shape}")
+    return plane.astype(np.float32, copy=False)
 
 
-def robust_otsu(smooth: np.ndarray, *, max_area: int | None = None, max_fraction: float = 0.35) -> float:
+def _otsu(values: NDArray[np.floating[Any]]) -> float:
+    return float(threshold_otsu(values))  # type: ignore[no-untyped-call]  # scikit-image is untyped
+
+
+def robust_otsu(smooth: NDArray[np.floating[Any]], *, max_area: int | None = None, max_fraction: float = 0.35) -> float:
     """Otsu's threshold that ignores a few large, very bright objects (e.g. beads).
 
     Otsu's threshold is computed once; connected regions above it that are
@@ -101,7 +145,7 @@ def robust_otsu(smooth: np.ndarray, *, max_area: int | None = None, max_fraction
     """
     if np.ptp(smooth) == 0:
         return float("inf")
-    t = float(threshold_otsu(smooth))
+    t = _otsu(smooth)
     if max_area is None:
         return t
     blobs, _ = ndi.label(smooth > t)
@@ -112,10 +156,10 @@ def robust_otsu(smooth: np.ndarray, *, max_area: int | None = None, max_fraction
         return t
     keep = ~ndi.binary_dilation(np.isin(blobs, big), iterations=2)
     rest = smooth[keep]
-    return float(threshold_otsu(rest)) if rest.size and np.ptp(rest) > 0 else t
+    return _otsu(rest) if rest.size and np.ptp(rest) > 0 else t
 
 
-def plane_thresholds(image: np.ndarray, *, nuclear_channel: int = 0, cyto_channel: int | None = 1,
+def plane_thresholds(image: ArrayLike, *, nuclear_channel: int = 0, cyto_channel: int | None = 1,
                      sigma: float = 1.0, max_area: int | None = None) -> tuple[float, float | None]:
     """Otsu thresholds of the smoothed nuclear and combined cell signals.
 
@@ -141,19 +185,19 @@ def plane_thresholds(image: np.ndarray, *, nuclear_channel: int = 0, cyto_channe
         Otsu thresholds of the smoothed nuclear and cytoplasm channels
         (``cell_threshold`` is ``None`` without a cytoplasm channel).
     """
-    image = np.asarray(image, np.float32)
-    nuc = ndi.gaussian_filter(image[nuclear_channel], sigma)
+    planes = np.asarray(image, np.float32)
+    nuc = ndi.gaussian_filter(planes[nuclear_channel], sigma)
     t_nuc = robust_otsu(nuc, max_area=max_area)
     if cyto_channel is None:
         return t_nuc, None
-    cyto = ndi.gaussian_filter(image[cyto_channel], sigma)
+    cyto = ndi.gaussian_filter(planes[cyto_channel], sigma)
     t_cell = robust_otsu(cyto, max_area=max_area)
     return t_nuc, t_cell
 
 
-def segment_nuclei_watershed(image: np.ndarray, *, sigma: float = 1.0, threshold: float | None = None,
+def segment_nuclei_watershed(image: ArrayLike, *, sigma: float = 1.0, threshold: float | None = None,
                              min_distance: int = 3, min_area: int = 12, max_area: int | None = None,
-                             ) -> np.ndarray:
+                             ) -> Labels:
     """Segment nuclei: smooth, threshold, split touching nuclei by watershed.
 
     Parameters
@@ -183,33 +227,39 @@ def segment_nuclei_watershed(image: np.ndarray, *, sigma: float = 1.0, threshold
     foreground; the watershed floods ``-distance`` within the foreground, as
     in the IMAXT imaging-mass-cytometry pipeline.
     """
-    image = _check_plane(image)
+    plane = _check_plane(image)
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
-    smooth = ndi.gaussian_filter(image, sigma) if sigma > 0 else image
+    smooth = ndi.gaussian_filter(plane, sigma) if sigma > 0 else plane
     if threshold is None:
         threshold = robust_otsu(smooth, max_area=max_area)
     mask = ndi.binary_fill_holes(smooth > threshold)
     mask = ndi.binary_opening(mask, iterations=1)
-    labels = np.zeros(image.shape, np.int32)
+    labels = np.zeros(plane.shape, np.int32)
     if not mask.any():
         return labels
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(mask), 1.0)
     blobs, n_blobs = ndi.label(mask)
     # one global peak search (per-blob searches are ~10x slower), then a seed for any blob left without one
-    peaks = peak_local_max(dist, min_distance=max(1, int(min_distance)), threshold_abs=1e-6, exclude_border=False)
+    peaks: NDArray[np.intp] = peak_local_max(  # type: ignore[no-untyped-call]  # scikit-image is untyped
+        dist, min_distance=max(1, int(min_distance)), threshold_abs=1e-6, exclude_border=False)
     missing = np.setdiff1d(np.arange(1, n_blobs + 1), blobs[tuple(peaks.T)])
     if len(missing):
         extra = np.array(ndi.maximum_position(dist, blobs, missing), dtype=np.intp).reshape(-1, 2)
         peaks = np.concatenate([peaks.reshape(-1, 2), extra])
-    markers = np.zeros(image.shape, np.int32)
+    markers = np.zeros(plane.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    labels = watershed(-dist, markers, mask=mask).astype(np.int32)
+    labels = _watershed(-dist, markers, mask)
     return _filter_areas(labels, min_area=min_area, max_area=max_area)
 
 
-def segment_cells_watershed(nuclear: np.ndarray, cyto: np.ndarray, nuclei: np.ndarray, *, sigma: float = 1.0,
-                            threshold: float | None = None, max_expansion: float = 10.0) -> np.ndarray:
+def _watershed(surface: NDArray[np.floating[Any]], markers: NDArray[np.int32], mask: NDArray[np.bool_]) -> Labels:
+    out = watershed(surface, markers, mask=mask)  # type: ignore[no-untyped-call]  # scikit-image is untyped
+    return np.asarray(out, dtype=np.int32)
+
+
+def segment_cells_watershed(nuclear: ArrayLike, cyto: ArrayLike, nuclei: ArrayLike, *, sigma: float = 1.0,
+                            threshold: float | None = None, max_expansion: float = 10.0) -> Labels:
     """Grow whole cells from nuclei by a seeded watershed on nucleus + cytoplasm.
 
     Parameters
@@ -231,23 +281,22 @@ def segment_cells_watershed(nuclear: np.ndarray, cyto: np.ndarray, nuclei: np.nd
     cells : ndarray of int32, shape (H, W)
         Cell labels; cell ``i`` is grown from (and contains) nucleus ``i``.
     """
-    nuclear, cyto = _check_plane(nuclear, "nuclear"), _check_plane(cyto, "cyto")
-    nuclei = np.asarray(nuclei)
-    if not nuclear.shape == cyto.shape == nuclei.shape:
-        raise ValueError(f"shapes differ: nuclear {nuclear.shape}, cyto {cyto.shape}, nuclei {nuclei.shape}")
-    if not nuclei.any():
-        return np.zeros(nuclei.shape, np.int32)
-    cyto_s = ndi.gaussian_filter(cyto, sigma) if sigma > 0 else cyto
+    nuc, cyt = _check_plane(nuclear, "nuclear"), _check_plane(cyto, "cyto")
+    seeds = np.asarray(nuclei)
+    if not nuc.shape == cyt.shape == seeds.shape:
+        raise ValueError(f"shapes differ: nuclear {nuc.shape}, cyto {cyt.shape}, nuclei {seeds.shape}")
+    if not seeds.any():
+        return np.zeros(seeds.shape, np.int32)
+    cyto_s = ndi.gaussian_filter(cyt, sigma) if sigma > 0 else cyt
     if threshold is None:
         threshold = robust_otsu(cyto_s, max_area=int(np.pi * (max_expansion + 10) ** 2))
-    signal = (ndi.gaussian_filter(nuclear, sigma) if sigma > 0 else nuclear) + cyto_s
-    near = ndi.distance_transform_edt(nuclei == 0) <= max_expansion
-    mask = ((cyto_s > threshold) & near) | (nuclei > 0)
-    cells = watershed(-signal, nuclei.astype(np.int32), mask=mask).astype(np.int32)
-    return cells
+    signal = (ndi.gaussian_filter(nuc, sigma) if sigma > 0 else nuc) + cyto_s
+    near = ndi.distance_transform_edt(seeds == 0) <= max_expansion
+    mask = ((cyto_s > threshold) & near) | (seeds > 0)
+    return _watershed(-signal, seeds.astype(np.int32), mask)
 
 
-def _filter_areas(labels: np.ndarray, *, min_area: int, max_area: int | None) -> np.ndarray:
+def _filter_areas(labels: Labels, *, min_area: int, max_area: int | None) -> Labels:
     """Zero objects outside [min_area, max_area] and renumber 1..n."""
     areas = np.bincount(labels.ravel())
     keep = areas >= min_area
@@ -256,7 +305,8 @@ def _filter_areas(labels: np.ndarray, *, min_area: int, max_area: int | None) ->
     keep[0] = False
     lut = np.zeros(len(areas), np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    out: Labels = lut[labels]
+    return out
 
 
 @dataclass(frozen=True)
@@ -271,12 +321,12 @@ class WatershedSegmenter:
     diameter : float
         Expected nucleus diameter in px; sets ``min_distance`` and area limits.
     sigma : float
-        Gaussian smoothing in px.
-    nuclear_threshold, cell_threshold : float, optional
-        Fixed thresholds (e.g. from :func:`plane_thresholds` on the whole
-        plane); Otsu's per call when ``None``.
-    max_expansion : float
-        Maximum cell growth beyond the nucleus, in px.
+        Gaussian smoothing in px (nuclear and cytoplasm channels).
+    nuclear_threshold : float, optional
+        Fixed nuclear threshold (e.g. from :func:`plane_thresholds` on the
+        whole plane); Otsu's per call when ``None``.
+    growth : CellGrowth
+        Cell growth beyond the nucleus (default 6 px).
     """
 
     nuclear_channel: int = 0
@@ -284,32 +334,49 @@ class WatershedSegmenter:
     diameter: float = 10.0
     sigma: float = 1.0
     nuclear_threshold: float | None = None
-    cell_threshold: float | None = None
-    max_expansion: float = 6.0
+    growth: CellGrowth = field(default_factory=CellGrowth)
 
     @property
     def expected_diameter_px(self) -> float:
         return float(self.diameter)
 
-    def segment(self, image: np.ndarray) -> Segmentation:
+    def segment(self, image: ArrayLike) -> Segmentation:
         """Segment a ``(C, H, W)`` image into nuclei and cells."""
-        image = np.asarray(image, np.float32)
-        if image.ndim != 3:
-            raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
+        planes = np.asarray(image, np.float32)
+        if planes.ndim != 3:
+            raise ValueError(f"image must be (C, H, W), got shape {planes.shape}")
         d = self.diameter
         nuclei = segment_nuclei_watershed(
-            image[self.nuclear_channel], sigma=self.sigma, threshold=self.nuclear_threshold,
+            planes[self.nuclear_channel], sigma=self.sigma, threshold=self.nuclear_threshold,
             min_distance=max(2, int(round(d * 0.3))), min_area=max(4, int(np.pi * (d / 4) ** 2)),
             max_area=int(np.pi * d**2))
-        return Segmentation(nuclei=nuclei, cells=grow_cells(self, image, nuclei))
+        cells = grow_cells(planes, nuclei, nuclear_channel=self.nuclear_channel, cyto_channel=self.cyto_channel,
+                           sigma=self.sigma, growth=self.growth)
+        return Segmentation(nuclei=nuclei, cells=cells)
 
 
-def grow_cells(segmenter: object, image: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
-    """Cells of a segmenter with ``cyto_channel``/``sigma``/``cell_threshold``/``max_expansion``."""
-    cyto = getattr(segmenter, "cyto_channel", None)
-    if cyto is None:
+def grow_cells(image: NDArray[np.float32], nuclei: Labels, *, nuclear_channel: int, cyto_channel: int | None,
+               sigma: float, growth: CellGrowth) -> Labels:
+    """Whole cells of a ``(C, H, W)`` image grown from ``nuclei`` (the nuclei themselves without a cytoplasm channel).
+
+    Parameters
+    ----------
+    image : ndarray, shape (C, H, W)
+        The image segmented.
+    nuclei : ndarray of int32, shape (H, W)
+        Nucleus labels (the seeds).
+    nuclear_channel, cyto_channel : int
+        Channel indices; ``cyto_channel=None`` returns a copy of ``nuclei``.
+    sigma : float
+        Gaussian smoothing in px.
+    growth : CellGrowth
+        How far and into what the cells grow.
+
+    Returns
+    -------
+    ndarray of int32, shape (H, W)
+    """
+    if cyto_channel is None:
         return nuclei.astype(np.int32, copy=True)
-    return segment_cells_watershed(
-        image[getattr(segmenter, "nuclear_channel", 0)], image[cyto], nuclei,
-        sigma=getattr(segmenter, "sigma", 1.0), threshold=getattr(segmenter, "cell_threshold", None),
-        max_expansion=getattr(segmenter, "max_expansion", 6.0))
+    return segment_cells_watershed(image[nuclear_channel], image[cyto_channel], nuclei, sigma=sigma,
+                                   threshold=growth.threshold, max_expansion=growth.max_distance_px)

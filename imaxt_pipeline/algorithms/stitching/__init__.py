@@ -1,7 +1,12 @@
-"""TODO docstring."""
+"""Stitching: where each tile of a slice lies, and the shared distortion, from the overlaps of its neighbours.
 
-from ._overlap import PairMatch, adjacent_pairs, masked_ncc_shift, match_pair
-from ._positions import PositionSolution, distortion_design, solve_positions
-from ._subpixel import MovingSpline, ShiftEstimate, refine_shift, window_crop
+Pairwise registration of neighbouring tiles with point correspondences along the seam (:func:`match_pair`,
+:class:`PairMatch`, :func:`adjacent_pairs`) and one weighted sparse least-squares solve for the positions
+and the distortion (:func:`solve_positions`, :class:`PositionSolution`). The distortion model itself is
+:class:`..optics.DistortionModel`.
+"""
 
-__all__ = ["MovingSpline", "PairMatch", "PositionSolution", "ShiftEstimate", "adjacent_pairs", "distortion_design", "masked_ncc_shift", "match_pair", "refine_shift", "solve_positions", "window_crop"]
+from ._overlap import PairMatch, adjacent_pairs, match_pair
+from ._positions import PositionSolution, solve_positions
+
+__all__ = ["PairMatch", "PositionSolution", "adjacent_pairs", "match_pair", "solve_positions"]

@@ -5,14 +5,14 @@ such that detector pixel ``p`` of ``a`` shows the same scene as pixel
 ``p - s`` of ``b``; without distortion ``s = P_b - P_a``, the difference of
 the tiles' top-left positions. With distortion the local shift varies over
 the overlap, so :func:`match_pair` also returns point correspondences along
-the overlap (one per block) from which :mod:`.positions` fits tile
+the overlap (one per block) from which :mod:`._positions` fits tile
 positions and the distortion model together.
 
 Steps: masked (confidence-weighted) normalised cross-correlation over all
 integer shifts within ``max_shift`` of the stage prediction (FFT, Padfield
 2012), then Gauss-Newton minimisation of the weighted intensity residual
 ``Σ w (a(p) - g b(p - s) - o)^2`` for sub-pixel shift, gain and offset, on
-the whole overlap and then block by block (:mod:`.subpixel`).
+the whole overlap and then block by block (:mod:`._subpixel`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from ._subpixel import MovingSpline, ShiftEstimate, window_crop, refine_shift
+from ._subpixel import MovingSpline, ShiftEstimate, window_crop
 
-__all__ = ["PairMatch", "ShiftEstimate", "adjacent_pairs", "masked_ncc_shift", "match_pair", "refine_shift"]
+__all__ = ["PairMatch", "adjacent_pairs", "masked_ncc_shift", "match_pair"]
+
+_Array = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,9 @@ class PairMatch:
     shift: tuple[float, float]
     ncc: float
     ok: bool
-    points_ref: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    points_mov: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    point_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    points_ref: _Array = field(default_factory=lambda: np.zeros((0, 2)))
+    points_mov: _Array = field(default_factory=lambda: np.zeros((0, 2)))
+    point_weights: _Array = field(default_factory=lambda: np.zeros(0))
 
     def __bool__(self) -> bool:
         return self.ok
@@ -80,8 +83,9 @@ def adjacent_pairs(rows: int, cols: int) -> list[tuple[int, int]]:
     return out
 
 
-def masked_ncc_shift(reference_image: np.ndarray, moving_image: np.ndarray, *, reference_mask: np.ndarray,
-                     moving_mask: np.ndarray, max_shift: int, min_overlap: float = 0.5) -> tuple[tuple[int, int], float]:
+def masked_ncc_shift(reference_image: npt.ArrayLike, moving_image: npt.ArrayLike, *, reference_mask: npt.ArrayLike,
+                     moving_mask: npt.ArrayLike, max_shift: int,
+                     min_overlap: float = 0.5) -> tuple[tuple[int, int], float]:
     """Integer shift ``d`` maximising the masked NCC of ``ref(p)`` and ``mov(p - d)``.
 
     Parameters
@@ -118,8 +122,8 @@ def masked_ncc_shift(reference_image: np.ndarray, moving_image: np.ndarray, *, r
     fa = {k: sfft.rfft2(v, shape) for k, v in (("m", ma), ("a", ma * a), ("aa", ma * a * a))}
     fb = {k: np.conj(sfft.rfft2(v, shape)) for k, v in (("m", mb), ("b", mb * b), ("bb", mb * b * b))}
 
-    def corr(x: str, y: str) -> np.ndarray:
-        full = sfft.irfft2(fa[x] * fb[y], shape)
+    def corr(x: str, y: str) -> _Array:
+        full: _Array = sfft.irfft2(fa[x] * fb[y], shape)
         idx_y = np.arange(-max_shift, max_shift + 1) % shape[0]
         idx_x = np.arange(-max_shift, max_shift + 1) % shape[1]
         return full[np.ix_(idx_y, idx_x)]
@@ -140,8 +144,8 @@ def masked_ncc_shift(reference_image: np.ndarray, moving_image: np.ndarray, *, r
     return (int(iy) - max_shift, int(ix) - max_shift), float(ncc[iy, ix])
 
 
-def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shift: tuple[float, float], *,
-               reference_weights: np.ndarray | None = None, moving_weights: np.ndarray | None = None,
+def match_pair(reference_tile: npt.ArrayLike, moving_tile: npt.ArrayLike, expected_shift: npt.ArrayLike, *,
+               reference_weights: npt.ArrayLike | None = None, moving_weights: npt.ArrayLike | None = None,
                reference: int = 0, moving: int = 1, max_shift: int = 15, block_size: int | None = None,
                min_ncc: float = 0.5, smooth: float = 1.0, sigma_floor: float = 0.05) -> PairMatch:
     """Register two neighbouring tiles and return point correspondences.
@@ -179,7 +183,8 @@ def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shi
     PairMatch
         ``ok`` is False (and ``shift == expected``) when no reliable match exists.
     """
-    expected = (float(expected_shift[0]), float(expected_shift[1]))
+    exp = np.asarray(expected_shift, np.float64)
+    expected = (float(exp[0]), float(exp[1]))
     e = np.rint(expected).astype(int)
     # Work on the strips that can overlap (plus the search radius and the smoothing support):
     # a seam is ~10 % of a tile, so this is most of the speed.
@@ -192,26 +197,39 @@ def match_pair(reference_tile: np.ndarray, moving_tile: np.ndarray, expected_shi
     xb = (max(0, -e[1] - margin), min(wb_, wa_ - e[1] + margin))
     oa, ob = np.array([ya[0], xa[0]]), np.array([yb[0], xb[0]])
 
-    def strip(img, weights, ys, xs):
-        img = np.asarray(img[ys[0]:ys[1], xs[0]:xs[1]], np.float64)
-        wts = np.ones_like(img) if weights is None else np.asarray(weights[ys[0]:ys[1], xs[0]:xs[1]], np.float64)
+    def strip(tile: npt.ArrayLike, weights: npt.ArrayLike | None, ys: tuple[int, int],
+              xs: tuple[int, int]) -> tuple[_Array, _Array]:
+        img = np.asarray(np.asarray(tile)[ys[0]:ys[1], xs[0]:xs[1]], np.float64)
+        wts = np.ones_like(img) if weights is None else \
+            np.asarray(np.asarray(weights)[ys[0]:ys[1], xs[0]:xs[1]], np.float64)
         return (ndi.gaussian_filter(img, smooth) if smooth > 0 else img), wts
 
     a, wa = strip(reference_tile, reference_weights, ya, xa)
     b, wb = strip(moving_tile, moving_weights, yb, xb)
     to_strips = ob - oa  # shift in strip coordinates = shift - oa + ob
     block_size = block_size or max(16, min(ha, wa_) // 16)
-    m = _match_strips(a, b, tuple(np.asarray(expected) + to_strips), wa, wb, max_shift=max_shift,
+    m = _match_strips(a, b, np.asarray(expected) + to_strips, wa, wb, max_shift=max_shift,
                       block_size=block_size, min_ncc=min_ncc, sigma_floor=sigma_floor)
-    if m is None or not m[0]:
-        return PairMatch(reference, moving, expected, expected, -1.0 if m is None else m[1], False)
-    _, ncc, shift, pref, pmov, pw = m
-    return PairMatch(reference, moving, expected, tuple(float(v) for v in np.asarray(shift) - to_strips), ncc, True,
-                     pref + oa, pmov + ob, pw)
+    if m is None or m.points is None:
+        return PairMatch(reference, moving, expected, expected, -1.0 if m is None else m.ncc, False)
+    pref, pmov, pw = m.points
+    shift = np.asarray(m.shift) - to_strips
+    return PairMatch(reference, moving, expected, (float(shift[0]), float(shift[1])), m.ncc, True, pref + oa,
+                     pmov + ob, pw)
 
 
-def _match_strips(a, b, expected, wa, wb, *, max_shift, block_size, min_ncc, sigma_floor):
-    """:func:`match_pair` on smoothed strips: ``(ok, ncc, shift, points_a, points_b, weights)`` or None."""
+@dataclass(frozen=True)
+class _StripMatch:
+    """What :func:`_match_strips` found: the NCC, and for a good match the shift and the correspondences."""
+
+    ncc: float
+    shift: tuple[float, float] = (0.0, 0.0)
+    points: tuple[_Array, _Array, _Array] | None = None  # points in a, points in b, weights; None: not ok
+
+
+def _match_strips(a: _Array, b: _Array, expected: _Array, wa: _Array, wb: _Array, *, max_shift: int,
+                  block_size: int, min_ncc: float, sigma_floor: float) -> _StripMatch | None:
+    """:func:`match_pair` on smoothed strips; None when the strips cannot overlap."""
     e = np.rint(expected).astype(int)
     h, w = a.shape
     hb, wb_ = b.shape
@@ -226,30 +244,34 @@ def _match_strips(a, b, expected, wa, wb, *, max_shift, block_size, min_ncc, sig
     cb, cwb = window_crop(b, *win), window_crop(wb, *win)
     d, ncc0 = masked_ncc_shift(ca, cb, reference_mask=cwa, moving_mask=cwb, max_shift=max_shift)
     if ncc0 < min_ncc:
-        return False, ncc0
+        return _StripMatch(ncc0)
     s0 = (float(e[0] + d[0]), float(e[1] + d[1]))
     m = max(max_shift, 6) + 4
     mov = MovingSpline(b, wb, (-m, hb + m, -m, wb_ + m))  # one spline serves every fit below
 
-    def fit(region, start, max_step):
+    def fit(region: tuple[slice, slice], start: tuple[float, float], max_step: float) -> ShiftEstimate:
         return mov.refine(a, wa, [region], start, max_step=max_step, tol=1e-2)[0]
 
     # The integer NCC peak can sit a few px off when one object (a bead) dominates the overlap:
     # allow the refinement to travel, and fall back to the stage prediction as a start.
-    overall = fit(_overlap_box(a.shape, b.shape, s0), s0, 6.0)
+    shape_a, shape_b = (int(a.shape[0]), int(a.shape[1])), (int(b.shape[0]), int(b.shape[1]))
+    overall = fit(_overlap_box(shape_a, shape_b, s0), s0, 6.0)
     if not overall:
-        overall = fit(_overlap_box(a.shape, b.shape, expected), expected, float(max_shift))
+        start = (float(expected[0]), float(expected[1]))
+        overall = fit(_overlap_box(shape_a, shape_b, start), start, float(max_shift))
     if not overall or overall.ncc < min_ncc:
-        return False, max(ncc0, overall.ncc)
-    pref, pmov, pw = [], [], []
-    box = _overlap_box(a.shape, b.shape, overall.shift)
+        return _StripMatch(max(ncc0, overall.ncc))
+    pref: list[tuple[float, float]] = []
+    pmov: list[tuple[float, float]] = []
+    pw: list[float] = []
+    box = _overlap_box(shape_a, shape_b, overall.shift)
     # A grid of blocks over the overlap (long seams: one row of blocks; wide overlaps: several),
     # each small enough that the distortion is nearly linear across it.
     edges = [np.linspace(sl.start, sl.stop, max(1, int(round((sl.stop - sl.start) / block_size))) + 1).astype(int)
              for sl in box]
-    regions = [(slice(y0, y1), slice(x0, x1)) for y0, y1 in zip(edges[0][:-1], edges[0][1:])
-               for x0, x1 in zip(edges[1][:-1], edges[1][1:])]
-    for reg, est in zip(regions, mov.refine(a, wa, regions, overall.shift, max_step=4.0, tol=1e-2)):
+    regions = [(slice(y0, y1), slice(x0, x1)) for y0, y1 in zip(edges[0][:-1], edges[0][1:], strict=True)
+               for x0, x1 in zip(edges[1][:-1], edges[1][1:], strict=True)]
+    for est in mov.refine(a, wa, regions, overall.shift, max_step=4.0, tol=1e-2):
         if not est or est.ncc < min_ncc:
             continue
         cy, cx = est.centroid
@@ -258,8 +280,8 @@ def _match_strips(a, b, expected, wa, wb, *, max_shift, block_size, min_ncc, sig
         pmov.append((cy - est.shift[0], cx - est.shift[1]))
         pw.append(1.0 / var)
     if not pref:
-        return False, overall.ncc
-    return True, overall.ncc, overall.shift, np.array(pref), np.array(pmov), np.array(pw)
+        return _StripMatch(overall.ncc)
+    return _StripMatch(overall.ncc, overall.shift, (np.array(pref), np.array(pmov), np.array(pw)))
 
 
 def _overlap_box(shape_a: tuple[int, int], shape_b: tuple[int, int], shift: tuple[float, float],

@@ -6,7 +6,7 @@ both detector points see the same scene point::
     P_a + p_a + D(p_a) = P_b + p_b + D(p_b)
 
 with ``P`` the tile's top-left position and ``D`` the distortion of
-:mod:`.distortion`. All correspondences of all slices, plus weak priors tying
+:class:`..optics.DistortionModel`. All correspondences of all slices, plus weak priors tying
 each ``P`` to the recorded stage position, form one weighted sparse
 least-squares problem in the positions and (optionally) the distortion
 coefficients. Inconsistent pairs are rejected iteratively from their
@@ -26,20 +26,25 @@ with hundreds of precise points.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+import numpy.typing as npt
 from scipy import sparse
 from scipy.sparse import linalg as splinalg
 
 from ..optics import DistortionModel
 from ._overlap import PairMatch
 
-__all__ = ["PositionSolution", "distortion_design", "solve_positions"]
+if TYPE_CHECKING:
+    import pandas as pd
 
-_PARAMS = ("mag_y", "k_y", "mag_x", "k_x")
+__all__ = ["PositionSolution", "solve_positions"]
+
+_Array = npt.NDArray[np.float64]
+_Mask = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -60,18 +65,18 @@ class PositionSolution:
     constrained : ndarray (T,) of bool
         Tiles with at least one used pair; the others (e.g. tiles of empty
         agarose) sit at their stage prior, as uncertain as the stage.
-    distortion_sigma : dict of str to float, optional
+    distortion_sigma : dict of str to float
         1-sigma uncertainty of each coefficient (0 for fixed terms). The point
         weights are rescaled by the data's reduced chi-square when it exceeds
         1; the stage error is taken as stated (``prior_sigma_px``).
     """
 
-    positions: np.ndarray
+    positions: _Array
     distortion: DistortionModel
     pairs: pd.DataFrame
     rejected: int
-    constrained: np.ndarray | None = None
-    distortion_sigma: dict[str, float] | None = None
+    constrained: _Mask
+    distortion_sigma: dict[str, float]
 
     def residual_stats(self) -> dict[str, float | int]:
         """Median / p95 / max of residual norms over used pairs (px)."""
@@ -83,26 +88,7 @@ class PositionSolution:
                 "median_px": float(np.median(r)), "p95_px": float(np.percentile(r, 95)), "max_px": float(r.max())}
 
 
-def distortion_design(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``D_y`` and ``D_x`` as linear functions of (mag_y, k_y, mag_x, k_x).
-
-    Returns
-    -------
-    gy, gx : ndarray (K, 4)
-        ``D_y(p) = gy @ c`` and ``D_x(p) = gx @ c`` with ``c`` in ``_PARAMS`` order.
-    """
-    h, w = shape
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    y, x = points[:, 0], points[:, 1]
-    u, v = (x - cx) / cx, (y - cy) / cy
-    r2 = u * u + v * v
-    z = np.zeros_like(u)
-    gy = np.stack([cy * v, cy * v * r2, z, z], axis=1)
-    gx = np.stack([z, z, cx * u, cx * u * r2], axis=1)
-    return gy, gx
-
-
-def solve_positions(matches: Sequence[PairMatch], stage_px: np.ndarray, *, tile_shape: tuple[int, int],
+def solve_positions(matches: Sequence[PairMatch], stage_px: npt.ArrayLike, *, tile_shape: tuple[int, int],
                     estimate_distortion: bool = True, distortion: DistortionModel | None = None,
                     fit_magnification: bool = True, prior_sigma_px: float = 5.0, distortion_prior: float = 0.05,
                     reject_px: float = 1.0, reject_nsigma: float = 4.0, max_rounds: int = 10) -> PositionSolution:
@@ -147,6 +133,8 @@ def solve_positions(matches: Sequence[PairMatch], stage_px: np.ndarray, *, tile_
     ValueError
         If a match names a tile outside ``stage_px``.
     """
+    import pandas as pd  # only for the per-pair table: keeps the package import light
+
     stage = np.asarray(stage_px, np.float64).reshape(-1, 2)
     n_tiles = stage.shape[0]
     base = distortion or DistortionModel()
@@ -164,7 +152,7 @@ def solve_positions(matches: Sequence[PairMatch], stage_px: np.ndarray, *, tile_
         sol = problem.solve(active, point_keep)
         res = sol.residuals
         norms = np.array([np.hypot(*r[k].mean(axis=0)) if a and k.any() else np.nan
-                          for r, k, a in zip(res, point_keep, active)])
+                          for r, k, a in zip(res, point_keep, active, strict=True)])
         if np.isfinite(norms).sum() < 2:
             break
         # Scale from the best quarter of pairs (Rayleigh q25 = 0.758 sigma): an outlier in a small
@@ -207,11 +195,34 @@ def solve_positions(matches: Sequence[PairMatch], stage_px: np.ndarray, *, tile_
 
 
 @dataclass(frozen=True)
+class _Normal:
+    """What :meth:`_Problem.sigma` needs of a solve."""
+
+    data: sparse.csc_matrix  # data normal matrix
+    prior: sparse.csc_matrix  # prior normal matrix at the solution
+    design: sparse.csr_matrix  # data design, right-hand side and weights
+    rhs: _Array
+    weights: _Array
+    x: _Array  # the solution vector
+    mag: _Array
+    kt: _Array
+
+
+@dataclass(frozen=True)
 class _Solved:
-    positions: np.ndarray
+    positions: _Array
     model: DistortionModel
-    residuals: list[np.ndarray]
-    normal: tuple  # what :meth:`_Problem.sigma` needs: data normal matrix, prior normal matrix, design, ...
+    residuals: list[_Array]
+    normal: _Normal
+
+
+_K_COLUMNS = (DistortionModel.COEFFICIENTS.index("k_y"), DistortionModel.COEFFICIENTS.index("k_x"))
+
+
+def _cubic_design(points: _Array, shape: tuple[int, int]) -> _Array:
+    """``(D_y, D_x)`` per unit ``(k_y, k_x)`` at detector points (K, 2): the cubic columns of the model's design."""
+    gy, gx = DistortionModel.design(points[:, 0], points[:, 1], shape)
+    return np.stack([gy[:, _K_COLUMNS[0]], gx[:, _K_COLUMNS[1]]], axis=1)
 
 
 class _Problem:
@@ -221,33 +232,32 @@ class _Problem:
     ``k~`` per axis, then the fitted ``mag`` per axis.
     """
 
-    def __init__(self, matches, stage, tile_shape, base, fit_k, fit_mag, prior_sigma, dist_prior):
+    def __init__(self, matches: list[PairMatch], stage: _Array, tile_shape: tuple[int, int], base: DistortionModel,
+                 fit_k: bool, fit_mag: bool, prior_sigma: float, dist_prior: float) -> None:
         self.matches, self.tile_shape = matches, tile_shape
-        self.n_tiles = stage.shape[0]
-        self.centre = stage.mean(axis=0) if self.n_tiles else np.zeros(2)
+        self.n_tiles = int(stage.shape[0])
+        self.centre: _Array = stage.mean(axis=0) if self.n_tiles else np.zeros(2)
         self.stage_c = stage - self.centre
         self.fit_k, self.fit_mag = fit_k, fit_mag
         self.mag0, self.k0 = np.array([base.mag_y, base.mag_x]), np.array([base.k_y, base.k_x])
         self.kt_fixed = np.array([base.k_y, base.k_x]) / (1 + self.mag0)
         n = 2 * self.n_tiles
-        self.k_col = [n, n + 1] if fit_k else None
-        n_k = 2 if fit_k else 0
-        self.mag_col = [n + n_k, n + n_k + 1] if fit_mag else None
-        self.n_unk = n + n_k + (2 if fit_mag else 0)
+        # Empty when the term is not fitted.
+        self.k_col: list[int] = [n, n + 1] if fit_k else []
+        self.mag_col: list[int] = [n + len(self.k_col), n + len(self.k_col) + 1] if fit_mag else []
+        self.n_unk = n + len(self.k_col) + len(self.mag_col)
         self.w_prior, self.w_coef = 1.0 / prior_sigma**2, 1.0 / dist_prior**2
         # Per match: D(p_b) - D(p_a) per unit k (the cubic columns of the design), y and x.
-        self.dg = []
-        for m in matches:
-            if not len(m.point_weights):
-                self.dg.append(np.zeros((0, 2)))
-                continue
-            gya, gxa = distortion_design(m.points_ref, tile_shape)
-            gyb, gxb = distortion_design(m.points_mov, tile_shape)
-            self.dg.append(np.stack([gyb[:, 1] - gya[:, 1], gxb[:, 3] - gxa[:, 3]], axis=1))
+        self.dg: list[_Array] = [_cubic_design(m.points_mov, tile_shape) - _cubic_design(m.points_ref, tile_shape)
+                                 if len(m.point_weights) else np.zeros((0, 2)) for m in matches]
 
-    def _data(self, active, point_keep):
+    def _data(self, active: _Mask, point_keep: list[_Mask]) -> tuple[sparse.csr_matrix, _Array, _Array]:
         """Sparse design, right-hand side and weights of the seam equations."""
-        rows, cols, vals, rhs, wts = [], [], [], [], []
+        rows: list[npt.NDArray[np.int_]] = []
+        cols: list[npt.NDArray[np.int_]] = []
+        vals: list[_Array] = []
+        rhs: list[_Array] = []
+        wts: list[_Array] = []
         eq = 0
         for i, m in enumerate(self.matches):
             if not active[i]:
@@ -270,11 +280,14 @@ class _Problem:
                 rhs.append(target)
                 wts.append(w)
                 eq += k
-        cat = (lambda x, dt=float: np.concatenate(x).astype(dt) if x else np.zeros(0, dt))
+
+        def cat(x: Sequence[npt.NDArray[Any]], dt: type = float) -> npt.NDArray[Any]:
+            return np.concatenate(x).astype(dt) if x else np.zeros(0, dt)
+
         a = sparse.csr_matrix((cat(vals), (cat(rows, int), cat(cols, int))), shape=(eq, self.n_unk))
         return a, cat(rhs), cat(wts)
 
-    def _prior(self, q0, mag0):
+    def _prior(self, q0: _Array, mag0: _Array) -> tuple[sparse.csr_matrix, _Array, _Array]:
         """Linearised stage priors ``(1 + mag) Q = stage - centre`` and the coefficient priors."""
         n_t, idx = self.n_tiles, np.arange(2 * self.n_tiles)
         axis = idx % 2
@@ -287,7 +300,7 @@ class _Problem:
             vals.append(q0.ravel())
             rhs[0] = rhs[0] + q0.ravel() * mag0[axis]
         wts = [np.full(2 * n_t, self.w_prior)]
-        coef_cols = (self.k_col or []) + (self.mag_col or [])
+        coef_cols = self.k_col + self.mag_col
         n = len(coef_cols)
         rows.append(2 * n_t + np.arange(n))
         cols.append(np.array(coef_cols, int))
@@ -298,7 +311,8 @@ class _Problem:
                               shape=(2 * n_t + n, self.n_unk))
         return a, np.concatenate(rhs), np.concatenate(wts)
 
-    def solve(self, active, point_keep) -> _Solved:
+    def solve(self, active: _Mask, point_keep: list[_Mask]) -> _Solved:
+        """Positions and distortion for the pairs and points kept (Gauss-Newton in ``mag`` when fitted)."""
         ad, bd, wd = self._data(active, point_keep)
         nd = (ad.T @ ad.multiply(wd[:, None]).tocsr()).tocsc()
         rd = ad.T @ (wd * bd)
@@ -320,12 +334,12 @@ class _Problem:
         positions = self.centre + (1.0 + mag) * q
         k = (1.0 + mag) * kt if self.fit_k else self.k0
         model = DistortionModel(mag_y=float(mag[0]), mag_x=float(mag[1]), k_y=float(k[0]), k_x=float(k[1]))
-        return _Solved(positions, model, self._residuals(q, kt), (nd, npr, ad, bd, wd, x, mag, kt))
+        return _Solved(positions, model, self._residuals(q, kt), _Normal(nd, npr, ad, bd, wd, x, mag, kt))
 
-    def _residuals(self, q, kt):
+    def _residuals(self, q: _Array, kt: _Array) -> list[_Array]:
         """Per match, measured minus model over *all* its points, in detector px."""
         out = []
-        for m, dg in zip(self.matches, self.dg):
+        for m, dg in zip(self.matches, self.dg, strict=True):
             if not len(m.point_weights):
                 out.append(np.zeros((0, 2)))
                 continue
@@ -335,20 +349,21 @@ class _Problem:
 
     def sigma(self, solved: _Solved) -> dict[str, float]:
         """1-sigma of each coefficient from the normal matrix, data weights scaled to their scatter."""
-        nd, npr, ad, bd, wd, x, mag, kt = solved.normal
-        sigma = dict.fromkeys(("mag_y", "mag_x", "k_y", "k_x"), 0.0)
-        cols = (self.k_col or []) + (self.mag_col or [])
+        nm = solved.normal
+        sigma = dict.fromkeys(DistortionModel.COEFFICIENTS, 0.0)
+        cols = self.k_col + self.mag_col
         if not cols:
             return sigma
         # Point weights from match_pair are often optimistic: scale them to the observed scatter.
-        r = ad @ x - bd
-        dof = max(len(bd) - self.n_unk, 1)
-        s2 = max(1.0, float(np.sum(wd * r * r)) / dof) if len(bd) else 1.0
-        lu = splinalg.splu((nd / s2 + npr).tocsc())
+        r = nm.design @ nm.x - nm.rhs
+        dof = max(len(nm.rhs) - self.n_unk, 1)
+        s2 = max(1.0, float(np.sum(nm.weights * r * r)) / dof) if len(nm.rhs) else 1.0
+        lu = splinalg.splu((nm.data / s2 + nm.prior).tocsc())
         e = np.zeros((self.n_unk, len(cols)))
         e[cols, np.arange(len(cols))] = 1.0
         cov = lu.solve(e)[cols]
-        var = dict(zip(cols, np.diag(cov)))
+        var = dict(zip(cols, np.diag(cov), strict=True))
+        mag, kt = nm.mag, nm.kt
         for axis, (kn, mn) in enumerate((("k_y", "mag_y"), ("k_x", "mag_x"))):
             if self.fit_mag:
                 sigma[mn] = float(np.sqrt(var[self.mag_col[axis]]))

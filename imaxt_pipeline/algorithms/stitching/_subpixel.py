@@ -12,11 +12,16 @@ operations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage as ndi
 
 __all__ = ["MovingSpline", "ShiftEstimate", "refine_shift", "window_crop"]
+
+_Array = npt.NDArray[np.float64]
+_T = TypeVar("_T", bound=np.generic)
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,8 @@ class ShiftEstimate:
         return self.converged
 
 
-def refine_shift(reference_image: np.ndarray, moving_image: np.ndarray, shift: tuple[float, float], *,
-                 reference_weights: np.ndarray | None = None, moving_weights: np.ndarray | None = None,
+def refine_shift(reference_image: npt.ArrayLike, moving_image: npt.ArrayLike, shift: tuple[float, float], *,
+                 reference_weights: npt.ArrayLike | None = None, moving_weights: npt.ArrayLike | None = None,
                  region: tuple[slice, slice] | None = None, iterations: int = 15, tol: float = 1e-3,
                  max_step: float = 3.0) -> ShiftEstimate:
     """Sub-pixel shift minimising ``Σ w (ref(p) - g·mov(p - s) - o)^2`` by Gauss-Newton.
@@ -75,7 +80,8 @@ def refine_shift(reference_image: np.ndarray, moving_image: np.ndarray, shift: t
     window = (int(np.floor(ry0 - shift[0])) - m, int(np.ceil(ry1 - shift[0])) + m,
               int(np.floor(rx0 - shift[1])) - m, int(np.ceil(rx1 - shift[1])) + m)
     mov = MovingSpline(moving_image, moving_weights, window)
-    return mov.refine(a, reference_weights, [(slice(ry0, ry1), slice(rx0, rx1))], shift, iterations=iterations,
+    ref_w = None if reference_weights is None else np.asarray(reference_weights, np.float64)
+    return mov.refine(a, ref_w, [(slice(ry0, ry1), slice(rx0, rx1))], shift, iterations=iterations,
                       tol=tol, max_step=max_step)[0]
 
 
@@ -85,15 +91,16 @@ class MovingSpline:
     Built once per pair and shared by the whole-overlap and the block fits.
     """
 
-    def __init__(self, image: np.ndarray, weights: np.ndarray | None, window: tuple[int, int, int, int]) -> None:
-        image = np.asarray(image, np.float64)
-        self.shape = image.shape
+    def __init__(self, image: npt.ArrayLike, weights: npt.ArrayLike | None,
+                 window: tuple[int, int, int, int]) -> None:
+        img = np.asarray(image, np.float64)
+        self.shape = img.shape
         self.y0, self.y1, self.x0, self.x1 = window
-        self.coef = _padded_coefficients(image, *window)
-        wts = np.ones(image.shape) if weights is None else np.asarray(weights, np.float64)
+        self.coef = _padded_coefficients(img, *window)
+        wts = np.ones(img.shape) if weights is None else np.asarray(weights, np.float64)
         self.weights = window_crop(wts, self.y0, self.y1 + 1, self.x0, self.x1 + 1)  # zero outside the tile
 
-    def refine(self, ref: np.ndarray, ref_weights: np.ndarray | None, regions: list[tuple[slice, slice]],
+    def refine(self, ref: _Array, ref_weights: _Array | None, regions: list[tuple[slice, slice]],
                start: tuple[float, float], *, iterations: int = 15, tol: float = 1e-3,
                max_step: float = 3.0) -> list[ShiftEstimate]:
         """Gauss-Newton of :func:`refine_shift` for several regions of ``ref`` at once.
@@ -106,7 +113,8 @@ class MovingSpline:
         ny = max((r[0].stop - r[0].start for r in regions), default=0)
         nx = max((r[1].stop - r[1].start for r in regions), default=0)
         if ny < 2 or nx < 2:
-            return [ShiftEstimate(tuple(map(float, start)), (np.inf, np.inf), -1.0, 0, False) for _ in regions]
+            first = (float(start[0]), float(start[1]))
+            return [ShiftEstimate(first, (np.inf, np.inf), -1.0, 0, False) for _ in regions]
         refs = np.zeros((n, ny, nx))
         wref = np.zeros((n, ny, nx))
         for i, (ys, xs) in enumerate(regions):
@@ -142,7 +150,7 @@ class MovingSpline:
         return [self._estimate(i, s[i], model, refs[i], r[i], hess[i], bool(converged[i]), origin[i])
                 for i in range(n)]
 
-    def _sample(self, refs: np.ndarray, wref: np.ndarray, first: np.ndarray) -> "_Samples":
+    def _sample(self, refs: _Array, wref: _Array, first: _Array) -> _Samples:
         """Spline value, gradient and combined weight at ``first + (i, j)`` for every block."""
         n, ny, nx = refs.shape
         y0, x0 = first[:, 0] - self.y0, first[:, 1] - self.x0  # window coordinates of each block's first sample
@@ -169,8 +177,8 @@ class MovingSpline:
         return _Samples(value, grad_y, grad_x, weight, valid)
 
     @staticmethod
-    def _estimate(i: int, s: np.ndarray, model: "_Samples", ref: np.ndarray, r: np.ndarray, hess: np.ndarray,
-                  converged: bool, origin: np.ndarray) -> ShiftEstimate:
+    def _estimate(i: int, s: _Array, model: _Samples, ref: _Array, r: _Array, hess: _Array,
+                  converged: bool, origin: _Array) -> ShiftEstimate:
         """Shift, its uncertainty (final linearisation) and the NCC of block ``i``."""
         fail = ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
         wt, bq = model.weight[i], model.value[i]
@@ -192,7 +200,7 @@ class MovingSpline:
                              int(np.count_nonzero(wt)), converged and bool(np.all(np.isfinite(sig))), (cy, cx))
 
 
-def _linearise(model: "_Samples", refs: np.ndarray, gain: np.ndarray, offset: np.ndarray):
+def _linearise(model: _Samples, refs: _Array, gain: _Array, offset: _Array) -> tuple[_Array, _Array, _Array]:
     """Residuals ``ref - g·mov - o``, Gauss-Newton Hessian and gradient of every block.
 
     d r / d s = +g ∇mov(q) (q = p - s); d r / d g = -mov; d r / d o = -1.
@@ -208,18 +216,18 @@ def _linearise(model: "_Samples", refs: np.ndarray, gain: np.ndarray, offset: np
 
 @dataclass(frozen=True)
 class _Samples:
-    value: np.ndarray
-    grad_y: np.ndarray
-    grad_x: np.ndarray
-    weight: np.ndarray
-    valid: np.ndarray
+    value: _Array
+    grad_y: _Array
+    grad_x: _Array
+    weight: _Array
+    valid: npt.NDArray[np.bool_]
 
 
-def _padded_coefficients(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+def _padded_coefficients(image: _Array, y0: int, y1: int, x0: int, x1: int) -> _Array:
     """Cubic B-spline coefficients of ``image[y0:y1, x0:x1]`` (mirror boundary), window may leave the image."""
     h, w = image.shape
     cy0, cy1, cx0, cx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
-    coef = ndi.spline_filter(image[cy0:cy1, cx0:cx1], order=3, mode="mirror")
+    coef: _Array = ndi.spline_filter(image[cy0:cy1, cx0:cx1], order=3, mode="mirror")
     pads = ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1))
     if any(p for pair in pads for p in pair):
         # Outside the tile the samples get zero weight; mirrored values only keep the taps defined.
@@ -227,7 +235,7 @@ def _padded_coefficients(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) 
     return coef
 
 
-def _cubic_weights(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cubic_weights(t: _Array) -> tuple[_Array, _Array]:
     """Cubic B-spline tap weights (B, 4) and their derivatives for samples ``t`` in [0, 1) past tap 1."""
     u = 1.0 - t
     w = np.stack([u**3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], axis=1) / 6.0
@@ -235,19 +243,22 @@ def _cubic_weights(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w, dw
 
 
-def _taps(arr: np.ndarray, weights: np.ndarray, n: int, axis: int) -> np.ndarray:
+def _taps(arr: _Array, weights: _Array, n: int, axis: int) -> _Array:
     """``Σ_k weights[b, k] * arr[b, ..., k : k + n, ...]`` along ``axis``, per block ``b``."""
     idx = [slice(None)] * arr.ndim
     shape = [-1] + [1] * (arr.ndim - 1)
-    out = None
-    for k in range(weights.shape[1]):
+
+    def term(k: int) -> _Array:
         idx[axis] = slice(k, k + n)
-        term = weights[:, k].reshape(shape) * arr[tuple(idx)]
-        out = term if out is None else out + term
+        return weights[:, k].reshape(shape) * arr[tuple(idx)]
+
+    out = term(0)
+    for k in range(1, weights.shape[1]):
+        out = out + term(k)
     return out
 
 
-def window_crop(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+def window_crop(image: npt.NDArray[_T], y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[_T]:
     """``image[y0:y1, x0:x1]`` with zeros where the window leaves the image."""
     out = np.zeros((y1 - y0, x1 - x0), image.dtype)
     h, w = image.shape

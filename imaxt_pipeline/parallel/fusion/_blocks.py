@@ -4,20 +4,21 @@ A block is ``chunk * 2**(levels - 1)`` px square and aligned to that grid,
 so at every pyramid level it covers whole output chunks: tasks never write
 the same chunk and need no locking. Each task reads only the tiles touching
 its block (through the caller's picklable ``read_tile``), fuses them with
-:func:`..algorithms.fusion.fuse_region`, downsamples its own pyramid, and
+:func:`...algorithms.fusion.fuse_region`, downsamples its own pyramid, and
 hands every level to the caller's ``write_block``. Peak memory is a block
 plus its few tiles, whatever the slice size.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from dask import delayed
 
-from ...algorithms.calibration import Calibration
 from ...algorithms.fusion import downsample_mean, fuse_region, tiles_touching
+from ...algorithms.optics import Calibration
 
 __all__ = ["block_regions", "fuse_block", "fuse_blocks"]
 

@@ -1,120 +1,38 @@
 """Blockwise bead detection and fitting over a Dask array.
 
 The image is cut into blocks; each task reads its block plus a margin wide
-enough to hold the largest bead and its fit cutout, detects candidates
-(classical or U-Net), fits them, and keeps those whose centre lies in the
-block's core, so every bead is reported once. The result is a lazy
+enough to hold the largest bead and its fit cutout and runs
+:func:`imaxt_pipeline.algorithms.registration.find_beads_numpy` on it, which
+keeps the beads whose centre lies in the block's core, so every bead is
+reported once. A U-Net comes from :func:`imaxt_pipeline.io.weights.cached_model`
+on the worker (never shipped with the task). The result is a lazy
 ``pandas.DataFrame`` (one ``dask.delayed``).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
-__all__ = ["BEAD_COLUMNS", "find_beads", "find_beads_numpy"]
+from ...algorithms.registration import BEAD_COLUMNS, find_beads_numpy
+from ...io.weights import cached_model
 
-BEAD_COLUMNS = ("y_px", "x_px", "radius_px", "y_err", "x_err", "radius_err", "width_px", "amplitude",
-                "background", "chi2", "snr", "fit_ok", "det_y", "det_x", "det_radius")
-
-
-@lru_cache(maxsize=4)
-def _model(source: str | None, device: str | None):
-    from ...algorithms.registration import load_bead_unet
-
-    return load_bead_unet(source, device=device)
+__all__ = ["find_beads"]
 
 
-def find_beads_numpy(image: np.ndarray, *, detector: str = "classical", origin: tuple[int, int] = (0, 0),
-                     core: tuple[int, int, int, int] | None = None, min_radius: float = 4.0,
-                     max_radius: float = 80.0, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
-                     threshold: float | None = None, model_source: str | None = None,
-                     device: str | None = None) -> pd.DataFrame:
-    """Detect and fit the beads of one numpy region (the per-block kernel).
-
-    Parameters
-    ----------
-    image : ndarray (H, W)
-        Bead-channel region.
-    detector : {"classical", "unet"}, optional
-        Candidate detector.
-    origin : (int, int), optional
-        Position of the region's pixel (0, 0) in the full image.
-    core : (y0, y1, x0, x1), optional
-        Keep only beads whose fitted (else detected) centre lies here, in
-        full-image coordinates; default everything.
-    min_radius, max_radius : float, optional
-        Radius range of candidates in px.
-    sigma, nsigma, rel : float, optional
-        Classical detector smoothing and threshold rules
-        (:func:`~imaxt_pipeline.algorithms.registration.bead_threshold`).
-    threshold : float, optional
-        Absolute classical threshold shared by all blocks of a plane
-        (default: computed from ``image``).
-    model_source : str, optional
-        U-Net checkpoint path/URL (default: packaged weights).
-    device : str, optional
-        Torch device for the U-Net (default: CUDA when available).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns :data:`BEAD_COLUMNS`, centres in full-image coordinates.
-    """
-    from ...algorithms.registration import fit_beads
-    from ...algorithms.registration import detect_beads
-
-    img = np.asarray(image, dtype=np.float32)
-    if detector == "classical":
-        cands = detect_beads(img, sigma=sigma, nsigma=nsigma, rel=rel, threshold=threshold, min_radius=min_radius,
-                             max_radius=max_radius)
-    elif detector == "unet":
-        from ...algorithms.registration import detect_beads_unet
-
-        model, config = _model(model_source, device)
-        cands = detect_beads_unet(img, model, downsample=int(config.get("downsample", 2)),
-                                  threshold=float(config.get("threshold", 0.5)), min_radius=min_radius,
-                                  max_radius=max_radius)
-    else:
-        raise ValueError(f"detector must be 'classical' or 'unet', got {detector!r}")
-    # Only the candidates whose centre lies in the core are fitted; pixels outside the tiles (exact 0) are masked.
-    if core is not None and len(cands):
-        cy, cx = cands.centres[:, 0] + origin[0], cands.centres[:, 1] + origin[1]
-        pad = 2.0
-        inner = (cy >= core[0] - pad) & (cy < core[1] + pad) & (cx >= core[2] - pad) & (cx < core[3] + pad)
-        cands = _subset(cands, inner)
-    valid = ndi.binary_erosion(img != 0, iterations=2, border_value=1)  # resampled data edges are partial
-    fits = fit_beads(img, cands.centres, cands.radii, labels=cands.labels, valid=valid)
-    rows = []
-    for (dy, dx), dr, f in zip(cands.centres, cands.radii, fits):
-        rows.append((f.y + origin[0], f.x + origin[1], f.radius, f.y_err, f.x_err, f.radius_err, f.width,
-                     f.amplitude, f.background, f.chi2, f.snr, bool(f.success), dy + origin[0], dx + origin[1],
-                     dr))
-    df = pd.DataFrame(rows, columns=list(BEAD_COLUMNS))
-    df["fit_ok"] = df["fit_ok"].astype(bool)
-    if core is not None and len(df):
-        y = np.where(df["fit_ok"], df["y_px"], df["det_y"])
-        x = np.where(df["fit_ok"], df["x_px"], df["det_x"])
-        keep = (y >= core[0]) & (y < core[1]) & (x >= core[2]) & (x < core[3])
-        df = df[keep].reset_index(drop=True)
-    return df
-
-
-def _subset(cands, keep: np.ndarray):
-    from ...algorithms.registration import BeadCandidates
-
-    idx = np.flatnonzero(keep)
-    lut = np.zeros(len(cands) + 1, np.int32)
-    lut[idx + 1] = np.arange(1, len(idx) + 1)
-    return BeadCandidates(lut[cands.labels], cands.centres[idx], cands.radii[idx])
+def _find_block(region: np.ndarray, *, detector: str = "classical", model_source: str | None = None,
+                device: str | None = None, **options: Any) -> pd.DataFrame:
+    """One block's task: the U-Net (loaded once per worker process) if asked for, then the numpy kernel."""
+    if detector == "unet":
+        model, config = cached_model("bead_unet", model_source, device=device)
+        options = {**options, "model": model, "model_config": config}
+    return find_beads_numpy(region, detector=detector, **options)
 
 
 def find_beads(image: Any, *, block: int = 1024, depth: int | None = None, **options: Any) -> Any:
-    """Lazy blockwise :func:`find_beads_numpy` over a 2-D Dask array.
+    """Lazy blockwise :func:`~imaxt_pipeline.algorithms.registration.find_beads_numpy` over a 2-D Dask array.
 
     Parameters
     ----------
@@ -126,7 +44,9 @@ def find_beads(image: Any, *, block: int = 1024, depth: int | None = None, **opt
         Margin read around each block (default ``2 * max_radius + 16``, so
         a bead centred in the core and its fit cutout are fully inside).
     **options
-        Passed to :func:`find_beads_numpy` (``detector``, ``max_radius``...).
+        Passed to :func:`~imaxt_pipeline.algorithms.registration.find_beads_numpy` (``detector``,
+        ``max_radius``...), except ``model_source`` (U-Net checkpoint path/URL, default the shipped
+        weights) and ``device`` (torch device, default CUDA when available) that choose the U-Net.
 
     Returns
     -------
@@ -149,7 +69,7 @@ def find_beads(image: Any, *, block: int = 1024, depth: int | None = None, **opt
         depth = int(np.ceil(2 * max_radius + 16))
     h, w = image.shape
     parts = []
-    kernel = dask.delayed(find_beads_numpy, pure=True)
+    kernel = dask.delayed(_find_block, pure=True)
     for y0 in range(0, h, block):
         for x0 in range(0, w, block):
             y1, x1 = min(y0 + block, h), min(x0 + block, w)

@@ -7,6 +7,8 @@ blocks' nucleus labels are matched by IoU in the region both blocks saw;
 a union-find over those matches (:func:`~imaxt_pipeline.algorithms.segmentation.merge_tables`)
 gives every object one global label, and each block's core is written with
 its labels mapped through that table. Cells share their nucleus's label.
+A cellpose segmenter travels without its model; each worker process loads
+it once (:func:`imaxt_pipeline.io.weights.cached_model`) and binds it.
 
 Everything stays lazy until the caller computes the returned arrays. With
 ``gpu_resource=True`` the segmentation tasks carry the Dask annotation
@@ -25,7 +27,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ...algorithms.segmentation import LabelMatch, match_labels, merge_tables
+from ...algorithms.segmentation import CellGrowth, CellposeSegmenter, LabelMatch, match_labels, merge_tables
+from ...io.weights import cached_model
 
 if TYPE_CHECKING:
     from ...algorithms.segmentation import Segmenter
@@ -90,7 +93,7 @@ def block_grid(shape: tuple[int, int], *, block: int | tuple[int, int], overlap:
     return BlockGrid(shape=(h, w), cores=cores, windows=windows, grid=(len(ys), len(xs)))
 
 
-def segment_blockwise(image: Any, segmenter: "Segmenter", *, block: int | tuple[int, int] = 1024,
+def segment_blockwise(image: Any, segmenter: Segmenter, *, block: int | tuple[int, int] = 1024,
                       overlap: int | None = None, min_iou: float = 0.5, gpu_resource: bool = False) -> da.Array:
     """Segment a ``(C, H, W)`` plane block by block into global nucleus and cell labels.
 
@@ -127,7 +130,8 @@ def segment_blockwise(image: Any, segmenter: "Segmenter", *, block: int | tuple[
     diameter = float(segmenter.expected_diameter_px)
     min_overlap = int(np.ceil(2 * diameter))
     if overlap is None:
-        overlap = min_overlap + int(np.ceil(getattr(segmenter, "max_expansion", 0.0) or 0.0))
+        growth = getattr(segmenter, "growth", None)
+        overlap = min_overlap + (int(np.ceil(growth.max_distance_px)) if isinstance(growth, CellGrowth) else 0)
     if overlap < min_overlap:
         raise ValueError(f"overlap {overlap} px is below 2 x expected diameter ({min_overlap} px)")
     if not isinstance(image, da.Array):
@@ -157,7 +161,9 @@ def _token(image: da.Array, segmenter: Any, grid: BlockGrid, k: int) -> str:
     return f"{dask.base.tokenize(image.name, segmenter, grid.windows[k])}-{k}"
 
 
-def _segment_window(window: np.ndarray, segmenter: "Segmenter") -> np.ndarray:
+def _segment_window(window: np.ndarray, segmenter: Segmenter) -> np.ndarray:
+    if isinstance(segmenter, CellposeSegmenter) and segmenter.net is None:
+        segmenter = segmenter.with_model(cached_model("cellpose", segmenter.model, device=segmenter.device()))
     seg = segmenter.segment(np.asarray(window, np.float32))
     return np.stack([seg.nuclei, seg.cells]).astype(np.int32, copy=False)
 

@@ -2,18 +2,19 @@
 
 Each task reads only its two tiles (through a picklable ``read_tile``
 callable supplied by the caller, so this module knows nothing of storage),
-calibrates them, and runs :func:`..algorithms.overlap.match_pair`. The
+calibrates them, and runs :func:`...algorithms.stitching.match_pair`. The
 global solve is small and runs on the client.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from dask import delayed
 
-from ...algorithms.calibration import Calibration
+from ...algorithms.optics import Calibration
 from ...algorithms.stitching import PairMatch, match_pair
 
 __all__ = ["match_pairs", "match_tiles"]
@@ -56,7 +57,7 @@ def match_pairs(read_tile: Callable[[int], np.ndarray], pairs: Sequence[tuple[in
     index_offset : int
         Added to tile indices in the results (global numbering across slices).
     **match_kwargs
-        Passed to :func:`..algorithms.overlap.match_pair`.
+        Passed to :func:`...algorithms.stitching.match_pair`.
 
     Returns
     -------

@@ -17,15 +17,12 @@ import pytest
 from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
-from imaxt_pipeline.algorithms.calibration import estimate_calibration
+from imaxt_pipeline.algorithms.calibration import estimate_calibration, overlap_mismatch, refine_flat
 from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
-from imaxt_pipeline.algorithms.calibration import refine_flat
-from imaxt_pipeline.algorithms.stitching import adjacent_pairs
-from imaxt_pipeline.algorithms.stitching import solve_positions
-from imaxt_pipeline.algorithms.calibration import overlap_mismatch
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs, solve_positions
 from imaxt_pipeline.parallel.stitching import match_tiles
-
-from imaxt_pipeline.testing._grids import one_slice_grid
+from imaxt_pipeline.testing import band_error as _band_error
+from imaxt_pipeline.testing import one_slice_grid
 
 CASES = {"seed0": {"seed": 0}, "seed1": {"seed": 1}, "seed2": {"seed": 2},
          "empty": {"seed": 3, "empty_fraction": 0.4}, "demo-tiles": {"seed": 0, "tile_shape": (512, 512)}}
@@ -40,17 +37,6 @@ def sample(request, tmp_path_factory):
     ms = [match_tiles(lambda i: tiles[:, i], a, b, tuple(stage[b] - stage[a]), cal) for a, b in PAIRS]
     sol = solve_positions(ms, stage, tile_shape=p.tile_shape, fit_magnification=False)
     return request.param, p, truth, tiles, true, cal, sol
-
-
-def _band_error(flat, truth_flat, p):
-    """RMS of the flat's shape relative to the truth in the overlap bands, where seams are made."""
-    h, w = p.tile_shape
-    band = np.zeros((h, w), bool)
-    ov = int(p.overlap * w)
-    band[:ov] = band[-ov:] = True
-    band[:, :ov] = band[:, -ov:] = True
-    rel = flat / truth_flat
-    return float(np.sqrt(np.mean((rel[band] / rel[band].mean() - 1) ** 2)))
 
 
 @pytest.mark.parametrize("frame", ["true", "solved"])

@@ -24,10 +24,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from imaxt_pipeline.algorithms.calibration import estimate_calibration
+from imaxt_pipeline.algorithms.calibration import estimate_calibration, overlap_mismatch
 from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
-from imaxt_pipeline.algorithms.calibration import overlap_mismatch
-
 from imaxt_pipeline.testing._grids import one_slice_grid
 
 CASES = {"seed0": dict(seed=0), "seed1": dict(seed=1), "seed2": dict(seed=2),

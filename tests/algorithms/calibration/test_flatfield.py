@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.calibration import Calibration, estimate_calibration
-from imaxt_pipeline.algorithms.calibration import Trim, apply_flat, confidence_map, estimate_dark, estimate_tile_model
+from imaxt_pipeline.algorithms.calibration import estimate_calibration
+from imaxt_pipeline.algorithms.calibration._flatfield import estimate_dark, estimate_tile_model
+from imaxt_pipeline.algorithms.optics import Calibration, Trim, apply_flat, confidence_map
 
 TILE = 256
 DARK = 100.0

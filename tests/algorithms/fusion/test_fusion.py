@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from imaxt_pipeline.algorithms.calibration import Calibration
-from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
-from imaxt_pipeline.algorithms.calibration import Trim
 from imaxt_pipeline.algorithms.fusion import downsample_mean, fuse_region, tiles_touching
+from imaxt_pipeline.algorithms.optics import Calibration, DistortionModel, Trim, displacement_field
 from imaxt_pipeline.parallel.fusion import block_regions, fuse_blocks
 
 
@@ -18,9 +16,9 @@ def _scene(shape, seed=0):
     return ndi.gaussian_filter(rng.uniform(0, 1000, shape), 3.0) + 100.0
 
 
-def _tiles(scene, positions, tile, model=DistortionModel()):
-    """Detector tiles of ``scene`` at float top-left ``positions`` through ``model``."""
-    dy, dx = displacement_field((tile, tile), model)
+def _tiles(scene, positions, tile, model=None):
+    """Detector tiles of ``scene`` at float top-left ``positions`` through ``model`` (default: none)."""
+    dy, dx = displacement_field((tile, tile), model or DistortionModel())
     gy, gx = np.indices((tile, tile), dtype=float)
     return [ndi.map_coordinates(scene, [p[0] + gy + dy, p[1] + gx + dx], order=3)[None] for p in positions]
 

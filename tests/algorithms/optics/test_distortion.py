@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.calibration import fit_distortion
-from imaxt_pipeline.algorithms.optics import DistortionModel, detector_coordinates, displacement_field, max_displacement, undistort, distort
-from imaxt_pipeline.algorithms.stitching import adjacent_pairs, match_pair
-
-from tests.algorithms.stitching.test_overlap import grid_tiles
+from imaxt_pipeline.algorithms.optics import (
+    DistortionModel,
+    detector_coordinates,
+    displacement_field,
+    distort,
+    max_displacement,
+    tile_coordinates,
+    undistort,
+)
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs, match_pair, solve_positions
+from imaxt_pipeline.testing import grid_tiles
 
 
 def test_detector_coordinates_inverts_the_model():
@@ -38,6 +44,37 @@ def test_fit_distortion_from_high_overlap_calibration():
     tiles, true, stage = grid_tiles(11, rows=3, cols=3, tile=160, overlap=0.4, model=model, stage_err=0.5)
     matches = [match_pair(tiles[a], tiles[b], stage[b] - stage[a], reference=a, moving=b, max_shift=6, block_size=24)
                for a, b in adjacent_pairs(3, 3)]
-    fitted = fit_distortion(matches, stage, tile_shape=(160, 160), fit_magnification=False)
+    # The solver the stitch step runs (the positions it solves too are not looked at here).
+    fitted = solve_positions(matches, stage, tile_shape=(160, 160), estimate_distortion=True,
+                             fit_magnification=False, prior_sigma_px=5.0).distortion
     assert fitted.k_x == pytest.approx(model.k_x, abs=1e-3)
     assert fitted.k_y == pytest.approx(model.k_y, abs=1e-3)
+
+
+def test_tile_coordinates_span_minus_one_to_one():
+    v, u = tile_coordinates(np.arange(5), np.arange(9), (5, 9))
+    np.testing.assert_allclose(v, [-1, -0.5, 0, 0.5, 1])
+    np.testing.assert_allclose(u, np.linspace(-1, 1, 9), atol=1e-15)
+    # each axis keeps its shape, and the centre of an even tile sits between pixels
+    v, u = tile_coordinates(np.array([[0.0], [1.5]]), np.array([[3.5, 7.0]]), (4, 8))
+    assert (v.shape, u.shape) == ((2, 1), (1, 2))
+    assert v[0, 0] == -1 and v[1, 0] == 0 and u[0, 0] == 0 and u[0, 1] == 1
+
+
+def test_coefficient_order_is_one_for_files_fields_and_design():
+    model = DistortionModel(mag_y=1e-3, mag_x=-2e-3, k_y=4e-3, k_x=5e-3)
+    assert DistortionModel.COEFFICIENTS == ("mag_y", "mag_x", "k_y", "k_x")
+    np.testing.assert_array_equal(model.coefficients(), [1e-3, -2e-3, 4e-3, 5e-3])
+    assert DistortionModel.from_coefficients(model.coefficients()) == model == DistortionModel(*model.coefficients())
+    assert list(model.as_dict()) == list(DistortionModel.COEFFICIENTS)
+    with pytest.raises(ValueError, match="4 coefficients"):
+        DistortionModel.from_coefficients([1.0, 2.0, 3.0])
+    # the linear design evaluates the same polynomial as the model
+    rng = np.random.default_rng(0)
+    y, x = rng.uniform(0, 191, (2, 50))
+    gy, gx = DistortionModel.design(y, x, (192, 256))
+    dy, dx = model.displacement(y, x, (192, 256))
+    np.testing.assert_allclose(gy @ model.coefficients(), dy, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gx @ model.coefficients(), dx, rtol=1e-12, atol=1e-15)
+    # y terms only move y, x terms only move x
+    assert not gy[:, [1, 3]].any() and not gx[:, [0, 2]].any()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.registration import BeadFit, disc_model, fit_bead, fit_beads, radius_outliers
+from imaxt_pipeline.algorithms.registration import BeadFit, disc_model, fit_bead, radius_outliers
+from imaxt_pipeline.algorithms.registration._bead_fit import fit_beads
 
 
 def _render(rng, n=30, size=81, amp=20.0, bg=10.0):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from imaxt_pipeline.algorithms.registration import DEFAULT_WEIGHTS, BeadUNet, load_bead_unet, predict_bead_probability
-from imaxt_pipeline.parallel.registration import find_beads_numpy
+from imaxt_pipeline.algorithms.registration import BeadUNet, find_beads_numpy
+from imaxt_pipeline.algorithms.registration._bead_unet import predict_bead_probability
+from imaxt_pipeline.io.weights import DEFAULT_BEAD_UNET as DEFAULT_WEIGHTS, load_bead_unet
 
-from tests.algorithms.registration.test_beads import bead_scene, synth_score
+from imaxt_pipeline.testing import bead_scene, synth_score
 
 
 def test_forward_shape_and_size():
@@ -55,8 +56,10 @@ def test_tiled_inference_is_independent_of_patching():
 
 def test_unet_detector_accuracy():
     """Shipped weights on held-out synth planes (seed 0; training used seeds 100-103): the issue's targets."""
+    model, config = load_bead_unet(device="cpu")
+
     def detect(plane):
-        df = find_beads_numpy(plane, detector="unet", device="cpu")
+        df = find_beads_numpy(plane, detector="unet", model=model, model_config=config)
         df["good"] = df["fit_ok"] & (df["snr"] > 3)
         return df
 

@@ -15,7 +15,7 @@ import pytest
 
 from imaxt_pipeline.algorithms.registration import solve_slice_offsets
 from imaxt_pipeline.algorithms.registration import build_tracks
-from imaxt_pipeline.parallel.registration import find_beads_numpy
+from imaxt_pipeline.algorithms.registration import find_beads_numpy
 from imaxt_pipeline.synth import SynthParams, synthesize
 
 

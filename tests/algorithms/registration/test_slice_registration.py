@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.registration import apply_offset, canvas_padding, solve_slice_offsets, track_pairs
+from imaxt_pipeline.algorithms.registration import apply_offset, canvas_padding, solve_slice_offsets
+from imaxt_pipeline.algorithms.registration._slice_offsets import track_pairs
 from imaxt_pipeline.errors import NotEnoughOverlapError
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.registration import build_tracks, match_points
+from imaxt_pipeline.algorithms.registration import build_tracks
+from imaxt_pipeline.algorithms.registration._tracks import match_points
 
 
 def _simulate(rng, n_slices=12, n_beads=60, drift_step=4.0, miss=0.0, noise=0.2):

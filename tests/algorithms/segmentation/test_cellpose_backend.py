@@ -7,7 +7,8 @@ import pytest
 
 from imaxt_pipeline.algorithms.segmentation import object_f1
 from imaxt_pipeline.algorithms.segmentation import Segmenter
-from imaxt_pipeline.algorithms.segmentation import SHIPPED_MODEL, CellposeSegmenter, resolve_model
+from imaxt_pipeline.algorithms.segmentation import CellposeSegmenter
+from imaxt_pipeline.io.weights import DEFAULT_CELLPOSE as SHIPPED_MODEL, load_cellpose, resolve_cellpose_model as resolve_model
 from imaxt_pipeline.errors import ConfigError
 
 from imaxt_pipeline.testing._segdata import two_channel_sample
@@ -15,7 +16,8 @@ from imaxt_pipeline.testing._segdata import two_channel_sample
 
 @pytest.fixture(scope="module")
 def segmenter():
-    return CellposeSegmenter(model="shipped", diameter=10.0, threads=2)
+    segmenter = CellposeSegmenter(model="shipped", diameter=10.0, threads=2)
+    return segmenter.with_model(load_cellpose(segmenter.model, device=segmenter.device()))
 
 
 def test_shipped_model_loads_through_cellpose_model_api():

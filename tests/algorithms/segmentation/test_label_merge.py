@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.segmentation import LabelMatch, iou_pairs, match_labels, merge_tables, object_f1
-from imaxt_pipeline.algorithms.segmentation import WatershedSegmenter
+from imaxt_pipeline.algorithms.segmentation import LabelMatch, match_labels, merge_tables, object_f1
+from imaxt_pipeline.algorithms.segmentation._label_merge import iou_pairs
+from imaxt_pipeline.algorithms.segmentation import CellGrowth, WatershedSegmenter
 from imaxt_pipeline.parallel.segmentation import block_grid, segment_blockwise
 
 from imaxt_pipeline.testing._segdata import two_channel_sample
@@ -117,7 +118,7 @@ def test_object_straddling_block_corner_gets_one_label(dask_client):
 
 def test_blockwise_equals_whole_image_on_uneven_blocks(dask_client):
     image, truth, _ = two_channel_sample((200, 230), seed=5)
-    seg = WatershedSegmenter(nuclear_threshold=0.4, cell_threshold=0.25)
+    seg = WatershedSegmenter(nuclear_threshold=0.4, growth=CellGrowth(threshold=0.25))
     whole = seg.segment(image)
     lab = segment_blockwise(image, seg, block=(70, 90)).compute()
     for k, ref in enumerate((whole.nuclei, whole.cells)):
@@ -138,7 +139,7 @@ def test_gpu_tasks_run_only_on_gpu_workers():
     from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
 
     image, _, _ = two_channel_sample((160, 160), seed=7)
-    seg = WatershedSegmenter(nuclear_threshold=0.4, cell_threshold=0.25)
+    seg = WatershedSegmenter(nuclear_threshold=0.4, growth=CellGrowth(threshold=0.25))
     lab = segment_blockwise(image, seg, block=64, gpu_resource=True)
     workers = {"gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}, "memory_limit": "1GiB",
                                                  "dashboard": False}},

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from imaxt_pipeline.algorithms.segmentation import object_f1
-from imaxt_pipeline.algorithms.segmentation import Segmenter, WatershedSegmenter, plane_thresholds, segment_cells_watershed, segment_nuclei_watershed
+from imaxt_pipeline.algorithms.segmentation import CellGrowth, Segmenter, WatershedSegmenter, plane_thresholds
+from imaxt_pipeline.algorithms.segmentation._watershed import segment_cells_watershed, segment_nuclei_watershed
 
 from imaxt_pipeline.testing._segdata import two_channel_sample
 
@@ -32,7 +33,7 @@ def test_segmenter_handles_input_dtypes(dtype):
 
 def test_cells_grow_from_their_nuclei_and_stay_near():
     image, nuclei, cells = two_channel_sample((200, 200), seed=6)
-    seg = WatershedSegmenter(max_expansion=6).segment(image)
+    seg = WatershedSegmenter(growth=CellGrowth(max_distance_um=6)).segment(image)
     nz = seg.nuclei > 0
     np.testing.assert_array_equal(seg.cells[nz], seg.nuclei[nz])  # cell i contains nucleus i
     assert set(np.unique(seg.cells)) == set(np.unique(seg.nuclei))
@@ -67,7 +68,7 @@ def test_fixed_thresholds_match_whole_plane_otsu():
 
 def test_empty_image_gives_no_labels():
     image = np.full((2, 64, 64), 0.1, np.float32)
-    seg = WatershedSegmenter(nuclear_threshold=0.5, cell_threshold=0.5).segment(image)
+    seg = WatershedSegmenter(nuclear_threshold=0.5, growth=CellGrowth(threshold=0.5)).segment(image)
     assert seg.nuclei.max() == 0 and seg.cells.max() == 0
     assert segment_nuclei_watershed(image[0]).max() == 0
 
@@ -93,7 +94,7 @@ def test_watershed_on_simulated_sample_with_beads(tmp_path):
 
     image, nuclei, truth = synth_plane(tmp_path / "s", seed=1)
     t_nuc, t_cell = plane_thresholds(image, max_area=int(np.pi * 10**2))
-    seg = WatershedSegmenter(nuclear_threshold=t_nuc, cell_threshold=t_cell).segment(image)
+    seg = WatershedSegmenter(nuclear_threshold=t_nuc, growth=CellGrowth(threshold=t_cell)).segment(image)
     score = object_f1(nuclei, seg.nuclei)
     assert score.f1 >= 0.85, score
     beads = truth.bead_detections

@@ -6,39 +6,11 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
-from imaxt_pipeline.algorithms.stitching import adjacent_pairs, masked_ncc_shift, match_pair, refine_shift
-
-
-def grid_tiles(seed: int, *, rows: int = 3, cols: int = 3, tile: int = 192, overlap: float = 0.12,
-               model: DistortionModel = DistortionModel(k_y=0.006, k_x=0.006), stage_err: float = 3.0,
-               empty_cols: int = 0):
-    """Poisson tiles of a random blob scene on a jittered grid, seen through ``model``.
-
-    Returns tiles (T, H, W), true top-left positions (T, 2), stage positions (T, 2).
-    ``empty_cols`` leaves the scene's right-most tile columns empty (agarose).
-    """
-    rng = np.random.default_rng(seed)
-    step = tile * (1 - overlap)
-    h, w = int((rows - 1) * step + tile + 40), int((cols - 1) * step + tile + 40)
-    scene = np.zeros((h, w))
-    n = h * w // 150
-    scene[rng.integers(0, h, n), rng.integers(0, w, n)] = rng.uniform(500, 2000, n)
-    scene = ndi.gaussian_filter(scene, 2.0) * 20
-    if empty_cols:
-        scene[:, int(20 + (cols - empty_cols) * step) - 15:] = 0.0
-    scene += 20.0
-    dy, dx = displacement_field((tile, tile), model)
-    gy, gx = np.indices((tile, tile), dtype=float)
-    true, stage, tiles = [], [], []
-    for r in range(rows):
-        for c in range(cols):
-            p = np.array([20 + r * step, 20 + c * step]) + rng.normal(0, 1.0, 2)
-            true.append(p)
-            stage.append(p + rng.normal(0, stage_err, 2))
-            clean = ndi.map_coordinates(scene, [p[0] + gy + dy, p[1] + gx + dx], order=1)
-            tiles.append(rng.poisson(np.maximum(clean, 0)).astype(float))
-    return np.array(tiles), np.array(true), np.array(stage)
+from imaxt_pipeline.algorithms.optics import DistortionModel
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs, match_pair
+from imaxt_pipeline.algorithms.stitching._overlap import masked_ncc_shift
+from imaxt_pipeline.algorithms.stitching._subpixel import MovingSpline, refine_shift
+from imaxt_pipeline.testing import grid_tiles
 
 
 def test_adjacent_pairs():
@@ -78,16 +50,14 @@ def test_refine_shift_subpixel():
 def test_match_pair_recovers_true_shift_and_bending(seed):
     model = DistortionModel(k_y=0.006, k_x=0.006)
     tiles, true, stage = grid_tiles(seed, rows=1, cols=2, model=model)
-    from imaxt_pipeline.algorithms.stitching import distortion_design
-
-    c = np.array([0, model.k_y, 0, model.k_x])
+    c = model.coefficients()
     # 32 px blocks, and the default (tile / 16, at least 16 px: half the pixels per point, noisier points)
     for block, tol in ((32, 0.2), (None, 0.3)):
         m = match_pair(tiles[0], tiles[1], stage[1] - stage[0], block_size=block)
         assert m.ok and m.ncc > 0.9
         # Each correspondence maps the same scene point: P_a + p_a + D(p_a) == P_b + p_b + D(p_b).
-        gya, gxa = distortion_design(m.points_ref, (192, 192))
-        gyb, gxb = distortion_design(m.points_mov, (192, 192))
+        gya, gxa = DistortionModel.design(m.points_ref[:, 0], m.points_ref[:, 1], (192, 192))
+        gyb, gxb = DistortionModel.design(m.points_mov[:, 0], m.points_mov[:, 1], (192, 192))
         scene_a = true[0] + m.points_ref + np.stack([gya @ c, gxa @ c], 1)
         scene_b = true[1] + m.points_mov + np.stack([gyb @ c, gxb @ c], 1)
         assert len(m.points_ref) >= (3 if block else 6)
@@ -108,8 +78,6 @@ def test_match_pair_empty_overlap_is_not_ok():
 
 def test_blocks_refined_together_match_one_by_one():
     """The batched Gauss-Newton of a seam's blocks gives each block the fit it would get alone."""
-    from imaxt_pipeline.algorithms.stitching import MovingSpline
-
     rng = np.random.default_rng(5)
     img = ndi.gaussian_filter(rng.uniform(0, 1000, (96, 160)), 2.0)
     true = (1.3, -0.8)
@@ -117,7 +85,7 @@ def test_blocks_refined_together_match_one_by_one():
     regions = [(slice(10, 80), slice(x, x + 30)) for x in (10, 40, 70, 101)]  # last one a px wider
     mov = MovingSpline(moved, None, (-10, 106, -10, 170))
     together = mov.refine(img, None, regions, (1.0, -1.0))
-    for reg, est in zip(regions, together):
+    for reg, est in zip(regions, together, strict=True):
         alone = refine_shift(img, moved, (1.0, -1.0), region=reg)
         assert est and alone
         np.testing.assert_allclose(est.shift, alone.shift, atol=1e-6)

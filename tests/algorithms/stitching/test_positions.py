@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 
 from imaxt_pipeline.algorithms.optics import DistortionModel
-from imaxt_pipeline.algorithms.stitching import PairMatch, adjacent_pairs, match_pair
-from imaxt_pipeline.algorithms.stitching import solve_positions
-
-from tests.algorithms.stitching.test_overlap import grid_tiles
+from imaxt_pipeline.algorithms.stitching import PairMatch, adjacent_pairs, match_pair, solve_positions
+from imaxt_pipeline.testing import grid_tiles
 
 MODEL = DistortionModel(k_y=0.006, k_x=0.006)  # ~1.9 px at the corners of a 192 px tile
 

@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 
 from imaxt_pipeline.algorithms.calibration import estimate_calibration
-from imaxt_pipeline.algorithms.stitching import adjacent_pairs
-from imaxt_pipeline.algorithms.stitching import solve_positions
+from imaxt_pipeline.algorithms.stitching import adjacent_pairs, solve_positions
 from imaxt_pipeline.parallel.stitching import match_tiles
-
-from imaxt_pipeline.testing._grids import one_slice_grid as _sample
+from imaxt_pipeline.testing import one_slice_grid as _sample
+from imaxt_pipeline.testing import position_errors as _errors
 
 CASES = {"seed0": dict(seed=0), "seed1": dict(seed=1), "seed2": dict(seed=2),
          "empty": dict(seed=3, empty_fraction=0.4)}
@@ -38,17 +37,6 @@ def stitched(request, tmp_path_factory):
     ms = [match_tiles(lambda i: tiles[:, i], a, b, tuple(stage[b] - stage[a]), cal) for a, b in adjacent_pairs(3, 3)]
     sol = solve_positions(ms, stage, tile_shape=p.tile_shape, fit_magnification=False)
     return request.param, p, truth, tiles, stage, true, cal, sol
-
-
-def _errors(pos, true, keep, *, scale=False):
-    d = pos[keep] - true[keep]
-    if scale:  # per-axis affine scale + translation
-        for ax in range(2):
-            design = np.stack([np.ones(keep.sum()), true[keep, ax] - true[keep, ax].mean()], axis=1)
-            coef, *_ = np.linalg.lstsq(design, d[:, ax], rcond=None)
-            d[:, ax] -= design @ coef
-    d -= d.mean(axis=0)
-    return np.hypot(d[:, 0], d[:, 1])
 
 
 def test_positions_match_truth(stitched):

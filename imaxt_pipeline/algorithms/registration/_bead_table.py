@@ -1,0 +1,118 @@
+"""Detect and fit the beads of one image region into a table (the per-block kernel of bead finding).
+
+Candidates come from the classical detector or the U-Net (a loaded model is
+passed in); each candidate whose centre lies in the region's core is fitted
+(:func:`~imaxt_pipeline.algorithms.registration.fit_beads`) and the fits are
+returned in full-image coordinates, one row per bead. The blockwise Dask
+layout over a whole plane is :func:`imaxt_pipeline.parallel.registration.find_beads`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage as ndi
+
+from ._bead_fit import fit_beads
+from ._beads import BeadCandidates, detect_beads
+
+if TYPE_CHECKING:
+    from ._bead_unet import BeadUNet
+
+__all__ = ["BEAD_COLUMNS", "find_beads_numpy"]
+
+BEAD_COLUMNS = ("y_px", "x_px", "radius_px", "y_err", "x_err", "radius_err", "width_px", "amplitude",
+                "background", "chi2", "snr", "fit_ok", "det_y", "det_x", "det_radius")
+"""Columns of a bead table: the fit (centre, radius, their errors, profile), its quality, the detection."""
+
+
+def find_beads_numpy(image: ArrayLike, *, detector: str = "classical", origin: tuple[int, int] = (0, 0),
+                     core: tuple[int, int, int, int] | None = None, min_radius: float = 4.0,
+                     max_radius: float = 80.0, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
+                     threshold: float | None = None, model: BeadUNet | None = None,
+                     model_config: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Detect and fit the beads of one numpy region.
+
+    Parameters
+    ----------
+    image : ndarray (H, W)
+        Bead-channel region.
+    detector : {"classical", "unet"}, optional
+        Candidate detector.
+    origin : (int, int), optional
+        Position of the region's pixel (0, 0) in the full image.
+    core : (y0, y1, x0, x1), optional
+        Keep only beads whose fitted (else detected) centre lies here, in
+        full-image coordinates; default everything.
+    min_radius, max_radius : float, optional
+        Radius range of candidates in px.
+    sigma, nsigma, rel : float, optional
+        Classical detector smoothing and threshold rules
+        (:func:`~imaxt_pipeline.algorithms.registration.bead_threshold`).
+    threshold : float, optional
+        Absolute classical threshold shared by all blocks of a plane
+        (default: computed from ``image``).
+    model : BeadUNet, optional
+        Loaded U-Net (:func:`imaxt_pipeline.io.weights.load_bead_unet`);
+        required by ``detector="unet"``. It runs on its own device.
+    model_config : mapping, optional
+        The checkpoint's ``config`` (``downsample``, probability ``threshold``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`BEAD_COLUMNS`, centres in full-image coordinates.
+
+    Raises
+    ------
+    ValueError
+        If ``detector`` is unknown, or ``"unet"`` without a ``model``.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if detector == "classical":
+        cands = detect_beads(img, sigma=sigma, nsigma=nsigma, rel=rel, threshold=threshold, min_radius=min_radius,
+                             max_radius=max_radius)
+    elif detector == "unet":
+        if model is None:
+            raise ValueError("detector='unet' needs a loaded model (imaxt_pipeline.io.weights.load_bead_unet)")
+        from ._bead_unet import detect_beads_unet  # imports torch: only the U-Net path pays for it
+
+        config = model_config or {}
+        cands = detect_beads_unet(img, model, downsample=int(config.get("downsample", 2)),
+                                  threshold=float(config.get("threshold", 0.5)), min_radius=min_radius,
+                                  max_radius=max_radius)
+    else:
+        raise ValueError(f"detector must be 'classical' or 'unet', got {detector!r}")
+    # Only the candidates whose centre lies in the core are fitted; pixels outside the tiles (exact 0) are masked.
+    if core is not None and len(cands):
+        cy, cx = cands.centres[:, 0] + origin[0], cands.centres[:, 1] + origin[1]
+        pad = 2.0
+        inner = (cy >= core[0] - pad) & (cy < core[1] + pad) & (cx >= core[2] - pad) & (cx < core[3] + pad)
+        cands = _subset(cands, inner)
+    valid = ndi.binary_erosion(img != 0, iterations=2, border_value=1)  # resampled data edges are partial
+    fits = fit_beads(img, cands.centres, cands.radii, labels=cands.labels, valid=valid)
+    rows = []
+    for (dy, dx), dr, f in zip(cands.centres, cands.radii, fits, strict=True):
+        rows.append((f.y + origin[0], f.x + origin[1], f.radius, f.y_err, f.x_err, f.radius_err, f.width,
+                     f.amplitude, f.background, f.chi2, f.snr, bool(f.success), dy + origin[0], dx + origin[1],
+                     dr))
+    df = pd.DataFrame(rows, columns=list(BEAD_COLUMNS))
+    df["fit_ok"] = df["fit_ok"].astype(bool)
+    if core is not None and len(df):
+        y = np.where(df["fit_ok"], df["y_px"], df["det_y"])
+        x = np.where(df["fit_ok"], df["x_px"], df["det_x"])
+        keep = (y >= core[0]) & (y < core[1]) & (x >= core[2]) & (x < core[3])
+        df = df[keep].reset_index(drop=True)
+    return df
+
+
+def _subset(cands: BeadCandidates, keep: NDArray[np.bool_]) -> BeadCandidates:
+    """The candidates where ``keep``, relabelled 1..n in order."""
+    idx = np.flatnonzero(keep)
+    lut = np.zeros(len(cands) + 1, np.int32)
+    lut[idx + 1] = np.arange(1, len(idx) + 1)
+    return BeadCandidates(lut[cands.labels], cands.centres[idx], cands.radii[idx])
