@@ -15,8 +15,9 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from . import __version__
 from .config import ClusterConfig, RunConfig
@@ -97,7 +98,7 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
             if not params.enabled:
                 continue
             log.info("step %s: slices %s", name, slices)
-            start = _dt.datetime.now(_dt.timezone.utc)
+            start = _dt.datetime.now(_dt.UTC)
             t0 = time.perf_counter()
             result = step_module(name).run(ctx, params)
             summary.steps[name] = time.perf_counter() - t0

@@ -21,10 +21,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def dask_client():
-    """LocalCluster with two worker processes, shared by the whole session."""
+    """LocalCluster with two worker processes, shared by the whole session.
+
+    The dashboard listens on a free port (``":0"``): ``None`` means distributed's default 8787, and a
+    second session on the machine would then warn "Port 8787 is already in use" (an error here).
+    """
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit="3GiB") as cluster, Client(cluster) as client:
         yield client
 

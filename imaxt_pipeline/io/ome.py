@@ -12,8 +12,9 @@ made by the one reducer :func:`~imaxt_pipeline.algorithms.fusion.downsample`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
@@ -25,6 +26,7 @@ from .urls import Location
 NGFF_VERSION = "0.5"
 _REDUCER = "imaxt_pipeline.algorithms.fusion.downsample_mean"
 _REDUCER_TEXT = "2x2 mean, odd edges replicated (the edge pixel is the mean of the pixels that exist)"
+Mode = Literal["r", "r+", "a", "w", "w-"]
 _COLOURS = ("00FFFF", "FF00FF", "FFFF00", "FFFFFF", "00FF00", "FF0000", "0000FF")
 
 
@@ -41,11 +43,11 @@ class OmeImage:
     levels: int
     is_label: bool = False
 
-    def group(self, mode: str = "r+") -> zarr.Group:
+    def group(self, mode: Mode = "r+") -> zarr.Group:
         return zarr.open_group(self.location.zarr_store(read_only=mode == "r"), path=self.path, mode=mode)
 
-    def array(self, level: int = 0, mode: str = "r+") -> zarr.Array:
-        return self.group(mode)[str(level)]
+    def array(self, level: int = 0, mode: Mode = "r+") -> zarr.Array[Any]:
+        return _array(self.group(mode), str(level))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -57,7 +59,7 @@ class OmeImage:
 
     def scale_zyx(self, level: int = 0) -> tuple[float, float, float]:
         """(z, y, x) µm per pixel of pyramid level ``level``."""
-        ome = self.group(mode="r").attrs["ome"]
+        ome = _ome(self.group(mode="r"))
         scale = ome["multiscales"][0]["datasets"][level]["coordinateTransformations"][0]["scale"]
         return float(scale[-3]), float(scale[-2]), float(scale[-1])
 
@@ -65,13 +67,13 @@ class OmeImage:
         """Write plane ``z`` (``(c, y, x)``, or ``(y, x)`` for labels) and its pyramid."""
         group = self.group()
         level_data = np.asarray(data)
-        expected = group["0"].shape[-2:]
+        expected = _array(group, "0").shape[-2:]
         if level_data.shape[-2:] != expected:
             raise ValueError(f"{self.path}: plane of shape {level_data.shape[-2:]}, the image's is {expected}")
         for level in range(self.levels):
             if level:
                 level_data = downsample(level_data, label=self.is_label)
-            self._put(group[str(level)], z, (0, 0), level_data)
+            self._put(_array(group, str(level)), z, (0, 0), level_data)
 
     def write_region(self, z: int, level: int, origin_yx: tuple[int, int], data: np.ndarray) -> None:
         """Write one block of plane ``z`` at pyramid level ``level`` (no pyramid is made).
@@ -82,7 +84,7 @@ class OmeImage:
         """
         self._put(self.array(level), z, origin_yx, np.asarray(data))
 
-    def _put(self, arr: zarr.Array, z: int, origin_yx: tuple[int, int], data: np.ndarray) -> None:
+    def _put(self, arr: zarr.Array[Any], z: int, origin_yx: tuple[int, int], data: np.ndarray) -> None:
         y0, x0 = (int(v) for v in origin_yx)
         rows, cols = slice(y0, y0 + data.shape[-2]), slice(x0, x0 + data.shape[-1])
         if self.is_label:
@@ -95,7 +97,7 @@ class OmeImage:
         if not self.is_label:
             raise ValueError(f"{self.path}: not a label image")
         group = self.group()
-        ome = dict(group.attrs["ome"])
+        ome = _ome(group)
         ome["image-label"] = {**ome["image-label"], "colors": colors}
         group.attrs["ome"] = ome
 
@@ -158,16 +160,16 @@ def create_labels(
     """Create an NGFF label image ``<image>/labels/<name>`` matching ``image``'s grid."""
     root = image.group()
     labels = root.require_group("labels")
-    ome = dict(labels.attrs.get("ome", {"version": NGFF_VERSION}))
+    ome = _ome(labels) if "ome" in labels.attrs else {"version": NGFF_VERSION}
     names = list(ome.get("labels", []))
     if name not in names:
         names.append(name)
     labels.attrs["ome"] = {**ome, "version": NGFF_VERSION, "labels": names}
     group = labels.create_group(name, overwrite=True)
-    src = root.attrs["ome"]["multiscales"][0]
+    src = _ome(root)["multiscales"][0]
     datasets = []
     for level in range(image.levels):
-        c, z, y, x = root[str(level)].shape
+        c, z, y, x = _array(root, str(level)).shape
         group.create_array(str(level), shape=(z, y, x), chunks=(1, *_chunks((y, x), chunks_yx)), dtype=dtype,
                            compressors=[COMPRESSOR], fill_value=0, dimension_names=("z", "y", "x"))
         scale = src["datasets"][level]["coordinateTransformations"][0]["scale"][1:]
@@ -183,9 +185,21 @@ def create_labels(
 
 def open_image(location: Location, path: str) -> OmeImage:
     group = zarr.open_group(location.zarr_store(read_only=True), path=path, mode="r")
-    ome = group.attrs["ome"]
+    ome = _ome(group)
     levels = len(ome["multiscales"][0]["datasets"])
     return OmeImage(location, path, levels, is_label="image-label" in ome)
+
+
+def _ome(group: zarr.Group) -> dict[str, Any]:
+    """A copy of the group's NGFF ``ome`` attributes (JSON, typed loosely)."""
+    return dict(cast(dict[str, Any], group.attrs["ome"]))
+
+
+def _array(group: zarr.Group, path: str) -> zarr.Array[Any]:
+    node = group[path]
+    if not isinstance(node, zarr.Array):
+        raise TypeError(f"{group.path}/{path} is a group, not an array")
+    return node
 
 
 def _axes(names: Sequence[str]) -> list[dict[str, str]]:
@@ -203,7 +217,7 @@ def _chunks(shape_yx: Sequence[int], chunks_yx: tuple[int, int]) -> tuple[int, i
     return (max(1, min(chunks_yx[0], shape_yx[0])), max(1, min(chunks_yx[1], shape_yx[1])))
 
 
-def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _cast(data: np.ndarray, dtype: Any) -> np.ndarray:
     if np.dtype(dtype).kind in "ui" and data.dtype.kind == "f":
         info = np.iinfo(dtype)
         return np.clip(np.rint(data), info.min, info.max).astype(dtype)

@@ -19,13 +19,14 @@ workers write array chunks and files of their own.
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import zarr
 
-from .ome import OmeImage, create_image, create_labels, open_image
+from .ome import Mode, OmeImage, create_image, create_labels, open_image
 from .urls import Location
 
 #: Version of the results contract (``docs/results-contract.md``) this package writes, kept in
@@ -47,7 +48,7 @@ class OutputStore:
         ``"a"`` creates the store when missing; ``"r"`` only reads.
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, mode: str = "a") -> None:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, mode: Mode = "a") -> None:
         self.location = Location(url, storage_options)
         self.mode = mode
         self.root = zarr.open_group(self.location.zarr_store(read_only=mode == "r"), mode=mode)
@@ -65,7 +66,7 @@ class OutputStore:
     def imaxt_attrs(self) -> dict[str, Any]:
         """A fresh copy of ``attrs["imaxt"]`` as stored."""
         fresh = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
-        return dict(fresh.attrs.get("imaxt", {}))
+        return dict(cast(dict[str, Any], fresh.attrs.get("imaxt", {})))
 
     def update_imaxt_attrs(self, dotted: str, value: Any) -> None:
         """Set ``attrs["imaxt"][a][b]... = value`` for ``dotted = "a.b..."``."""
@@ -101,14 +102,14 @@ class OutputStore:
 
     # -- plain arrays --------------------------------------------------------
     def create_array(self, path: str, *, shape: Sequence[int], chunks: Sequence[int], dtype: str,
-                     dimension_names: Sequence[str] | None = None) -> zarr.Array:
+                     dimension_names: Sequence[str] | None = None) -> zarr.Array[Any]:
         """Create (or overwrite) the array ``path`` (parent groups made as needed), filled with 0."""
         parent, _, name = path.rpartition("/")
         group = self.root.require_group(parent) if parent else self.root
         return group.create_array(name, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0,
                                   overwrite=True, dimension_names=tuple(dimension_names) if dimension_names else None)
 
-    def open_array(self, path: str) -> zarr.Array:
+    def open_array(self, path: str) -> zarr.Array[Any]:
         """The existing array ``path``, writable unless the store was opened with ``mode="r"``."""
         node = zarr.open_group(self.location.zarr_store(read_only=self.mode == "r"), mode=self.mode)[path]
         if not isinstance(node, zarr.Array):
@@ -153,7 +154,7 @@ class OutputStore:
         fs.mv(tmp, final)
 
 
-def _reopen(url: str, storage_options: dict[str, Any], mode: str) -> OutputStore:
+def _reopen(url: str, storage_options: dict[str, Any], mode: Mode) -> OutputStore:
     return OutputStore(url, storage_options, mode=mode)
 
 

@@ -63,7 +63,8 @@ class Owner:
         sections = data.get("sections") or {}
         if not all(isinstance(v, str) for v in (tool, sample, sample_id)) or not isinstance(sections, Mapping):
             return None
-        return cls(tool=tool, sample=sample, sample_id=sample_id, sections={str(k): str(v) for k, v in sections.items()})
+        return cls(tool=tool, sample=sample, sample_id=sample_id,
+                   sections={str(k): str(v) for k, v in sections.items()})
 
 
 def sample_identity(acquisition: Mapping[str, Any]) -> str:

@@ -27,14 +27,14 @@ import math
 import os
 import posixpath
 import stat
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tifffile
 from pydantic import ValidationError
 
-from ..errors import InputError
 from ..acquisition import Acquisition, RawSample, TileRecord
+from ..errors import InputError
 from .urls import Location
 
 REQUIRED_COLUMNS = ("slice", "channel", "row", "col", "x_um", "y_um", "file")
@@ -306,7 +306,7 @@ def _open_tiff(loc: Location, name: str, acq: Acquisition, *, decode: bool) -> n
                 if len(series_shape) != 2 or len(page.shape) != 2:
                     raise InputError(path, f"shape {series_shape} but a 2-D tile {tuple(acq.tile_shape)} is required")
                 _check_array(path, page.dtype, page.shape, acq)
-                ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts)]
+                ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
                 if not ends or min(page.databytecounts) <= 0 or max(ends) > size:
                     raise InputError(path, f"truncated TIFF (image data ends past the file's {size} bytes)")
                 img = page.asarray() if decode else np.empty(0, np.uint16)

@@ -12,14 +12,14 @@ Layout (zarr v3)::
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from ..errors import StoreError
 from ..acquisition import Acquisition
+from ..errors import StoreError
 from .urls import Location
 
 TILE_DIMS = ("slice", "z", "channel", "tile", "y", "x")
@@ -49,20 +49,24 @@ class RawStore:
         Refuse a store whose upload did not finish.
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, require_complete: bool = True) -> None:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
+                 require_complete: bool = True) -> None:
         self.location = Location(url, storage_options)
         try:
             self.group = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise StoreError(f"{url}: no raw Zarr store here (run `imaxt upload` first)") from None
-        meta = self.group.attrs.get("imaxt", {})
+        meta = cast(dict[str, Any], self.group.attrs.get("imaxt", {}))
         if "acquisition" not in meta:
             raise StoreError(f"{url}: not an imaxt raw store (no imaxt.acquisition in attrs)")
         if require_complete and not meta.get("upload", {}).get("complete"):
             raise StoreError(f"{url}: upload is not complete; re-run `imaxt upload` to finish it")
         self.acquisition = Acquisition.model_validate(meta["acquisition"])
-        self.tiles: zarr.Array = self.group["tiles"]
-        self.stage_um = np.asarray(self.group["stage_um"][...])
+        tiles, stage = self.group["tiles"], self.group["stage_um"]
+        if not (isinstance(tiles, zarr.Array) and isinstance(stage, zarr.Array)):
+            raise StoreError(f"{url}: tiles and stage_um must be arrays")
+        self.tiles: zarr.Array[Any] = tiles
+        self.stage_um = np.asarray(stage[...])
         self.attrs = meta
 
     def __reduce__(self) -> tuple[Any, ...]:

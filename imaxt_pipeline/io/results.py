@@ -10,7 +10,8 @@ every key and table; :data:`~.output.FORMAT_VERSION` versions it.
 
 from __future__ import annotations
 
-from typing import Any, Final, Sequence
+from collections.abc import Sequence
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd

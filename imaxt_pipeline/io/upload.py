@@ -24,9 +24,10 @@ import datetime as _dt
 import re
 import socket
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numcodecs.blosc
 import numpy as np
@@ -35,8 +36,8 @@ from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from .. import __version__
-from ..errors import ImaxtError, InputError, StoreError
 from ..acquisition import Acquisition, RawSample, TileRecord
+from ..errors import ImaxtError, InputError, StoreError
 from .ownership import Destination, Owner, check_apart, check_destination, sample_identity, section_checksums
 from .provenance import software_versions, utcnow
 from .raw import read_raw_sample, read_tile
@@ -125,7 +126,7 @@ def upload(
         uploader did not write or a different sample (nothing is written), or cannot
         be written.
     """
-    start = _dt.datetime.now(_dt.timezone.utc)
+    start = _dt.datetime.now(_dt.UTC)
     if raw_storage_options is None and raw_url.split("://")[0] == dest_url.split("://")[0]:
         raw_storage_options = storage_options
     src = Location(raw_url, raw_storage_options)
@@ -166,7 +167,7 @@ class _Upload:
         if not found.empty:
             try:
                 group = zarr.open_group(self.dest.zarr_store(), mode="r+")
-            except Exception as exc:  # noqa: BLE001 - a store of ours whose metadata zarr cannot read
+            except Exception as exc:  # a store of ours whose metadata zarr cannot read
                 raise StoreError(f"{self.dest.url}: cannot open the store ({_one_line(exc)}); "
                                  f"re-run with --overwrite to rewrite it") from None
             tiles = self._existing_tiles(group)
@@ -258,7 +259,7 @@ class _Upload:
             tiles, stage = group["tiles"], group["stage_um"]
         except KeyError:
             return None
-        except Exception:  # noqa: BLE001 - unreadable array metadata
+        except Exception:  # unreadable array metadata
             tiles = stage = None
         h, w = self.acq.tile_shape
         if (not isinstance(tiles, zarr.Array) or not isinstance(stage, zarr.Array) or tiles.shape != self._shape()
@@ -319,7 +320,7 @@ class _Upload:
         self._create_arrays(group)
 
     def _finish(self, group: zarr.Group, *, mark: bool) -> UploadReport:
-        end = _dt.datetime.now(_dt.timezone.utc)
+        end = _dt.datetime.now(_dt.UTC)
         self.report.seconds = (end - self.start).total_seconds()
         self.report.written.sort(key=_key_order)
         self.report.verified.sort(key=_key_order)
@@ -411,7 +412,7 @@ def decode_chunk(raw: bytes, codecs: Iterable[Any], shape: tuple[int, ...]) -> n
                 return None
             try:
                 buf = bytes(numcodecs.blosc.decompress(buf))
-            except Exception:  # noqa: BLE001 - any failure means "rewrite this chunk"
+            except Exception:  # any failure means "rewrite this chunk"
                 return None
         else:
             return None

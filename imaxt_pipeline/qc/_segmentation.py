@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ def segment_overlay(image: np.ndarray, labels: np.ndarray, *, plane: int, region
     axes = fig.subplots(1, 2)
     axes[0].imshow(grey, cmap="gray")
     axes[1].imshow(overlay)
-    for ax, title in zip(axes, ("nuclear channel", "cells (random colours)")):
+    for ax, title in zip(axes, ("nuclear channel", "cells (random colours)"), strict=True):
         ax.set_title(f"{title}, plane {plane}, y{y0} x{x0}")
         ax.axis("off")
     return fig
@@ -53,10 +53,10 @@ def catalogue_histograms(cells: pd.DataFrame, channels: Sequence[str]) -> Figure
         axes[0].hist(cells["area_um2"], bins=50, color="0.3")
         if "nucleus_area_um2" in cells:
             axes[0].hist(cells["nucleus_area_um2"].dropna(), bins=50, color="tab:blue", alpha=0.6)
-        for ax, ch in zip(axes[1:], channels):
+        for ax, ch in zip(axes[1:], channels, strict=True):
             ax.hist(cells[f"mean_{ch}"], bins=50, color="tab:orange")
     axes[0].set_xlabel("area (µm²): cells grey, nuclei blue")
-    for ax, ch in zip(axes[1:], channels):
+    for ax, ch in zip(axes[1:], channels, strict=True):
         ax.set_xlabel(f"mean intensity, {ch}")
     for ax in axes:
         ax.set_ylabel("cells")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -34,7 +34,7 @@ def stitch_figure(panels: Sequence[StitchPanel], *, level: int) -> Figure:
     """Mosaic thumbnail and confidence of each slice, with its pair residual histogram."""
     fig = Figure(figsize=(11, 3.2 * len(panels)))
     axes = fig.subplots(len(panels), 3, squeeze=False)
-    for row, panel in zip(axes, panels):
+    for row, panel in zip(axes, panels, strict=True):
         img = panel.mosaic
         lo, hi = np.percentile(img[img > 0], [1, 99.5]) if np.any(img > 0) else (0.0, 1.0)
         row[0].imshow(img, cmap="gray", vmin=lo, vmax=hi)

@@ -88,16 +88,20 @@ class CommandAction:
         reader = threading.Thread(target=lambda: out.append(proc.stdout.read() if proc.stdout else b""),
                                   daemon=True)
         reader.start()
-        while proc.poll() is None:
-            if cancel.wait(0.2):
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                reader.join(5)
-                raise RunFailed(f"{job.sample}: cancelled (lease lost)")
-        reader.join(5)
+        try:
+            while proc.poll() is None:
+                if cancel.wait(0.2):
+                    proc.terminate()
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                    reader.join(5)
+                    raise RunFailed(f"{job.sample}: cancelled (lease lost)")
+            reader.join(5)
+        finally:
+            if proc.stdout is not None and not reader.is_alive():  # once read to the end, the pipe is done
+                proc.stdout.close()
         if proc.returncode != 0:
             tail = b"".join(out).decode(errors="replace").strip().splitlines()[-5:]
             raise RunFailed(f"command exited with status {proc.returncode}: " + " | ".join(tail))

@@ -37,9 +37,9 @@ class StepContext:
     log : logging.Logger
     """
 
-    raw: "RawStore"
-    output: "OutputStore"
-    client: "Client"
+    raw: RawStore
+    output: OutputStore
+    client: Client
     slices: list[int]
     storage_options: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("imaxt_pipeline.steps"))

@@ -112,10 +112,10 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     lazy = [find_beads(stack[channel, p], block=params.block, detector=params.detector, model_source=params.model,
                        min_radius=params.min_radius_px, max_radius=params.max_radius_px, sigma=params.sigma,
                        nsigma=params.nsigma, threshold=thr if params.detector == "classical" else None)
-            for p, thr in zip(planes, thresholds)]
+            for p, thr in zip(planes, thresholds, strict=False)]
     tables = ctx.client.gather(ctx.client.compute(lazy))
     parts = []
-    for s, df in zip(ctx.slices, tables):
+    for s, df in zip(ctx.slices, tables, strict=False):
         df = df.copy()
         df.insert(0, "slice", s)
         df["good"] = flag_fits(df, min_snr=params.min_snr, max_chi2_ratio=params.max_chi2_ratio,

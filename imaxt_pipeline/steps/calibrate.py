@@ -17,6 +17,8 @@ in :mod:`..io.calibration_file`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..algorithms.calibration import estimate_calibration
@@ -44,11 +46,11 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     n_ch = len(acq.channels)
     previous = results.calibration_record(ctx.output)
     slices = sorted(set(ctx.slices) | set(previous.get("slices_used", [])))
-    from_file: dict[str, object] = {}
+    from_file: dict[str, Any] = {}  # the file's validated terms (io.calibration_file)
     inputs = []
     if params.calibration_file:
         from_file = read_calibration_file(params.calibration_file, ctx.storage_options, n_channels=n_ch,
-                                          tile_shape=tuple(acq.tile_shape))
+                                          tile_shape=acq.tile_shape)
         inputs.append(params.calibration_file)
     dark = from_file.get("dark", params.dark)
     need_data = "flat" not in from_file and params.flat == "estimate" or dark is None or (

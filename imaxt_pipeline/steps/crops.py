@@ -54,10 +54,11 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     new_index = new_index.reset_index(drop=True)
     futures, offsets = [], {}
     row = start
-    for plane, rows in new_index.groupby("plane", sort=True):
-        offsets[int(plane)] = row
+    for _, rows in new_index.groupby("plane", sort=True):
+        plane = int(rows["plane"].iloc[0])
+        offsets[plane] = row
         centroids = rows[["centroid_y_px", "centroid_x_px"]].to_numpy()
-        futures.append(ctx.client.submit(_plane_crops, image, nuclei_img, int(plane), centroids,
+        futures.append(ctx.client.submit(_plane_crops, image, nuclei_img, plane, centroids,
                                          rows["label"].to_numpy(), params.size, pure=False))
         row += len(rows)
     from distributed import as_completed
@@ -79,7 +80,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
                                int(ranking["slice"].iloc[0]) if len(ranking) else None})
 
 
-def _plane_crops(image: OmeImage, nuclei: OmeImage, plane: int, centroids: np.ndarray, labels: np.ndarray, size: int
+def _plane_crops(image: OmeImage, nuclei: OmeImage, plane: int, centroids: np.ndarray, labels: Any, size: int
                  ) -> tuple[int, np.ndarray]:
     from ..algorithms.measure import masked_crops
 

@@ -84,7 +84,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         for z in range(acq.optical_sections):
             plane = s * acq.optical_sections + z
             lazy += fuse_blocks(partial(ctx.raw.read_tile, s, z), partial(write_block, mosaic, confidence, plane),
-                                positions, tuple(acq.tile_shape), geom.shape, cal, chunk=params.chunk,
+                                positions, acq.tile_shape, geom.shape, cal, chunk=params.chunk,
                                 levels=params.levels, feather=params.feather, n_channels=n_ch)
     ctx.client.gather(ctx.client.compute(lazy))
     outputs = [results.MOSAIC, results.CONFIDENCE]

@@ -72,8 +72,8 @@ class BeadsParams(StepParams):
     rel_threshold: float = Field(default=0.5, ge=0, lt=1,
                                  description="classical threshold: this fraction of the way to the bead plateau")
     min_snr: float = Field(default=3.0, description="reject fits with a lower amplitude/noise")
-    max_chi2_ratio: float = Field(default=20.0, gt=1,
-                                  description="reject fits with chi2 above this x median (bright beads: model mismatch)")
+    max_chi2_ratio: float = Field(
+        default=20.0, gt=1, description="reject fits with chi2 above this x median (bright beads: model mismatch)")
     min_amplitude_ratio: float = Field(default=0.3, ge=0, description="reject fits fainter than this x median")
 
 

@@ -101,19 +101,19 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         df["resid_y"], df["resid_x"] = np.nan, np.nan
         offsets, errors, missing = np.zeros((n, 2)), np.full((n, 2), np.nan), np.arange(n)
         chi2 = [None, None]
-    missing = [int(m) for m in missing if m != 0]
-    if missing:
-        how = "set to 0" if params.unconstrained == "zero" or len(missing) >= n - 1 else "interpolated"
-        message = f"register: no bead track constrains slices {missing}; their offsets are {how}"
+    unconstrained = [int(m) for m in missing if m != 0]
+    if unconstrained:
+        how = "set to 0" if params.unconstrained == "zero" or len(unconstrained) >= n - 1 else "interpolated"
+        message = f"register: no bead track constrains slices {unconstrained}; their offsets are {how}"
         warnings.warn(message, DataWarning, stacklevel=2)
         ctx.log.warning(message)
     outputs = [ctx.output.write_table(results.BEADS, df)]
-    results.write_slice_offsets(ctx.output, offsets, errors, unconstrained=missing, chi2=chi2)
+    results.write_slice_offsets(ctx.output, offsets, errors, unconstrained=unconstrained, chi2=chi2)
     if params.qc and n:
         radii = df["radius_px"].to_numpy(float) if len(df) else np.zeros(0)
         outputs.append(ctx.output.write_png("register", to_png(register_figure(offsets, errors, radii))))
     n_tracks = int(df["bead_id"].max()) + 1 if len(df) else 0
-    metrics = {"slices": n, "tracks": n_tracks, "unconstrained": missing, "chi2": chi2,
+    metrics = {"slices": n, "tracks": n_tracks, "unconstrained": unconstrained, "chi2": chi2,
                "median_err_px": float(np.nanmedian(errors[1:])) if n > 1 and np.isfinite(errors[1:]).any()
                else None}
     ctx.log.info("register: %d slices, %d tracks, chi2 %s", n, n_tracks, chi2)

@@ -89,8 +89,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         tasks.append(dask.delayed(_write_plane)(lab, labels["nuclei"], labels["cells"], plane))
     # no graph optimisation: fusing tasks would drop the GPU resource annotation
     counts = ctx.client.gather(ctx.client.compute(tasks, optimize_graph=False))
-    metrics: dict[str, Any] = {"image": name, "backend": params.backend,
-                               "nuclei_per_plane": {str(p): int(c) for (_, p), c in zip(ctx.planes(), counts)}}
+    per_plane = {str(p): int(c) for (_, p), c in zip(ctx.planes(), counts, strict=False)}
+    metrics: dict[str, Any] = {"image": name, "backend": params.backend, "nuclei_per_plane": per_plane}
     if segmenter is not None:
         metrics["diameter_px"] = segmenter.expected_diameter_px
     _set_colours(labels, max(counts, default=0))

@@ -67,7 +67,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         matches += _matches_from_points(old[old["slice"] == s], offset=k * n_t)
         stage.append(ctx.raw.stage_px(s, z))
     stage_all = np.concatenate(stage) if stage else np.zeros((0, 2))
-    sol = solve_positions(matches, stage_all, tile_shape=tuple(acq.tile_shape), estimate_distortion=estimate,
+    sol = solve_positions(matches, stage_all, tile_shape=acq.tile_shape, estimate_distortion=estimate,
                           distortion=cal.distortion, fit_magnification=params.fit_magnification,
                           prior_sigma_px=params.prior_sigma_px, reject_px=params.reject_px)
     geom = results.mosaic_canvas(ctx.raw)
@@ -128,7 +128,7 @@ def _refine_flat(ctx: StepContext, cal: Calibration, sol: Any, matches: list[Pai
     overlaps at the solved positions can (:func:`..algorithms.flat_refine.refine_flat`).
     """
     n_t = ctx.raw.acquisition.n_tiles
-    used = [m for m, ok in zip(matches, sol.pairs["used"]) if ok and m.reference < len(slices) * n_t]
+    used = [m for m, ok in zip(matches, sol.pairs["used"], strict=False) if ok and m.reference < len(slices) * n_t]
     used = sorted(used, key=lambda m: (-len(m.point_weights), -m.ncc))[:n_pairs]
     if not used:
         return cal
@@ -137,9 +137,10 @@ def _refine_flat(ctx: StepContext, cal: Calibration, sol: Any, matches: list[Pai
     def corrected(i: int) -> np.ndarray:
         return cal.apply(ctx.raw.read_tile(slices[i // n_t], z, i % n_t))
 
-    shape = tuple(ctx.raw.acquisition.tile_shape)
+    if cal.flat is None:  # the caller refines estimated flats only
+        return cal
     gain = refine_flat(corrected, sol.positions, [(m.reference, m.moving) for m in used], distortion=sol.distortion,
-                       confidence=cal.confidence(shape))
+                       confidence=cal.confidence(ctx.raw.acquisition.tile_shape))
     flat = cal.flat * gain[None]
     flat /= flat.mean(axis=(1, 2), keepdims=True)
     ctx.log.info("stitch: flat refined from %d seams (gain %.4f-%.4f)", len(used), gain.min(), gain.max())
@@ -152,17 +153,18 @@ def _points_table(matches: list[PairMatch], slices: list[int], n_t: int) -> pd.D
         k = m.reference // n_t
         if k >= len(slices) or not m.ok:
             continue
-        for (ya, xa), (yb, xb), w in zip(m.points_ref, m.points_mov, m.point_weights):
+        for (ya, xa), (yb, xb), w in zip(m.points_ref, m.points_mov, m.point_weights, strict=False):
             rows.append((slices[k], m.reference % n_t, m.moving % n_t, ya, xa, yb, xb, w))
     return pd.DataFrame(rows, columns=["slice", "reference", "moving", "y_ref", "x_ref", "y_mov", "x_mov", "weight"])
 
 
 def _matches_from_points(df: pd.DataFrame, *, offset: int) -> list[PairMatch]:
     out = []
-    for (a, b), g in df.groupby(["reference", "moving"]):
+    for _, g in df.groupby(["reference", "moving"]):
+        a, b = int(g["reference"].iloc[0]), int(g["moving"].iloc[0])
         pr = g[["y_ref", "x_ref"]].to_numpy(float)
         pm = g[["y_mov", "x_mov"]].to_numpy(float)
         shift = tuple((pr - pm).mean(axis=0))
-        out.append(PairMatch(int(a) + offset, int(b) + offset, shift, shift, 1.0, True, pr, pm,
+        out.append(PairMatch(a + offset, b + offset, shift, shift, 1.0, True, pr, pm,
                              g["weight"].to_numpy(float)))
     return out

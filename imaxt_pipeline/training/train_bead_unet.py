@@ -29,7 +29,7 @@ import numpy as np
 def disc_mask(shape: tuple[int, int], centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """Boolean mask of discs (y, x, r) on a canvas."""
     mask = np.zeros(shape, bool)
-    for (cy, cx), r in zip(centres, radii):
+    for (cy, cx), r in zip(centres, radii, strict=True):
         y0, y1 = max(int(cy - r - 1), 0), min(int(cy + r + 2), shape[0])
         x0, x1 = max(int(cx - r - 1), 0), min(int(cx + r + 2), shape[1])
         if y1 <= y0 or x1 <= x0:
@@ -92,7 +92,7 @@ def render_scene(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.n
     for _ in range(rng.integers(5, 25)):
         r = rng.uniform(3, 12) if rng.random() < 0.5 else rng.uniform(12, 50)  # many small caps
         c = rng.uniform(0, 1, 2) * shape
-        if any(np.hypot(*(c - c2)) < r + r2 - 4 for c2, r2 in zip(centres, radii)):
+        if any(np.hypot(*(c - c2)) < r + r2 - 4 for c2, r2 in zip(centres, radii, strict=True)):
             continue
         centres.append(c)
         radii.append(r)
@@ -149,7 +149,7 @@ def train(out: Path, *, seconds: float = 240.0, downsample: int = 2, base: int =
     rng = np.random.default_rng(seed)
     if source == "auto":
         try:
-            from ..synth import synthesize
+            from ..synth import synthesize  # noqa: F401  # availability only: synth has optional dependencies
 
             source = "synth"
         except ImportError:

@@ -54,7 +54,8 @@ def train(out: Path, *, n_images: int = 64, n_epochs: int = 90, nimg_per_epoch: 
           learning_rate: float = 0.02, threads: int = 2, seed: int = 0) -> Path:
     """Train a CPnet from scratch and save float16 weights to ``out``."""
     import torch
-    from cellpose import models, train as cp_train
+    from cellpose import models
+    from cellpose import train as cp_train
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -69,7 +70,8 @@ def train(out: Path, *, n_images: int = 64, n_epochs: int = 90, nimg_per_epoch: 
     path, train_losses, test_losses = cp_train.train_seg(
         model.net, train_data=images, train_labels=labels, test_data=test_images, test_labels=test_labels,
         channels=[0, 0], normalize=True, batch_size=batch_size, learning_rate=learning_rate,
-        n_epochs=n_epochs, nimg_per_epoch=nimg_per_epoch, weight_decay=1e-5, bsize=bsize, rescale=True, min_train_masks=1,
+        n_epochs=n_epochs, nimg_per_epoch=nimg_per_epoch, weight_decay=1e-5, bsize=bsize, rescale=True,
+        min_train_masks=1,
         save_path=str(workdir), model_name=out.name, save_every=n_epochs + 1)
     state = torch.load(path, map_location="cpu", weights_only=True)
     torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, out)

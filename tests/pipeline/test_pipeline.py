@@ -75,6 +75,24 @@ def test_provenance_entries_are_complete(processed):
     assert summary.slices == [0, 1]
 
 
+def test_output_records_the_results_format_version(processed):
+    from imaxt_pipeline.io.output import FORMAT_VERSION
+
+    _, out, _ = processed
+    assert zarr.open_group(out, mode="r").attrs["imaxt"]["format_version"] == FORMAT_VERSION == "1.0"
+
+
+def test_config_import_loads_no_step_module():
+    """The configuration validates every step's parameters without importing a step (or numpy)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, imaxt_pipeline.config as c; c.load_config(None, input_url='a', output_url='b'); "
+            "print(sorted(m for m in sys.modules if m.startswith('imaxt_pipeline.steps.') or m == 'numpy'))")
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert loaded.strip() == "['imaxt_pipeline.steps._base', 'imaxt_pipeline.steps.params']"
+
+
 def test_missing_input_store_is_a_clear_error(tmp_path):
     config = load_config(None, input_url=str(tmp_path / "nope.zarr"), output_url=str(tmp_path / "o.zarr"))
     with pytest.raises(StoreError, match="nope.zarr: no raw Zarr store here"):

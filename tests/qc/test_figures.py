@@ -6,8 +6,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from imaxt_pipeline.qc import (StitchPanel, catalogue_histograms, register_figure, segment_overlay, stitch_figure,
-                               to_png)
+from imaxt_pipeline.qc import StitchPanel, catalogue_histograms, register_figure, segment_overlay, stitch_figure, to_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -39,7 +38,8 @@ def test_every_figure_renders_to_png_without_switching_the_backend():
     for name, fig in figures.items():
         png = to_png(fig)
         assert png.startswith(PNG_MAGIC) and len(png) > 1000, name
-    assert [a.get_title() for a in figures["overlay"].get_axes()][0] == "nuclear channel, plane 3, y8 x11"  # median (24, 27)
+    # the region is centred on the labels' median pixel (24, 27)
+    assert figures["overlay"].get_axes()[0].get_title() == "nuclear channel, plane 3, y8 x11"
     assert figures["stitch"].get_axes()[2].get_title().startswith("pair residuals: median 0.15 px")
     assert matplotlib.get_backend() == backend
     assert "matplotlib.pyplot" not in sys.modules or not matplotlib.pyplot.get_fignums()

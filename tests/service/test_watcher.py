@@ -175,7 +175,7 @@ def test_sigkill_mid_run_then_restart_processes_each_once(bucket, tmp_path):
         proc.kill()
         raise AssertionError(f"no second run started: {read_log(log)}")
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()                                   # reaps it and closes its pipes
     killed = next(s for s in read_log(log)["start"] if read_log(log)["done"][s] == 0)
     time.sleep(2.0)                                      # the orphaned run would have finished by now
     assert read_log(log)["done"][killed] == 0, "the run outlived its killed watcher"

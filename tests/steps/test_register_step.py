@@ -70,8 +70,8 @@ def _register_ctx(tmp_path, df, slices):
 
 
 def test_register_without_beads_gives_zero_offsets_and_warns(tmp_path):
-    from imaxt_pipeline.errors import DataWarning
     from imaxt_pipeline.algorithms.registration import BEAD_COLUMNS
+    from imaxt_pipeline.errors import DataWarning
 
     cols = {c: pd.Series(dtype=bool if c == "fit_ok" else float) for c in BEAD_COLUMNS}
     empty = pd.DataFrame({"slice": pd.Series(dtype=int), **cols, "good": pd.Series(dtype=bool),

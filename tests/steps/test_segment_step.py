@@ -120,6 +120,7 @@ def test_live_processing_replaces_only_the_new_slice(processed, dask_client):
     assert len(out.read_table("crops")) == out.root["crops"].shape[0] == len(out.read_table("nuclei"))
 
 
+@pytest.mark.slow  # cellpose over a whole cube on the cluster
 def test_cube_is_preferred_and_cellpose_backend_runs(tmp_path, dask_client):
     acq, out, truth = _store(tmp_path / "out.zarr", n_slices=1, name="cube", pixel_um=1.0)
     out.create_image("mosaic", channel_names=acq.channels, shape_czyx=(2, 1, 8, 8), scale_zyx_um=(15, 1, 1),

@@ -9,16 +9,18 @@ centroid over all slices (NucleusNet's Table 3).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["masked_crops", "representative_ranking"]
 
 
-def masked_crops(image: np.ndarray, labels: np.ndarray, centroids_yx: np.ndarray, object_labels: Sequence[int], *,
-                 size: tuple[int, int] = (32, 32)) -> np.ndarray:
+def masked_crops(image: ArrayLike, labels: ArrayLike, centroids_yx: ArrayLike, object_labels: Sequence[int], *,
+                 size: tuple[int, int] = (32, 32)) -> NDArray[Any]:
     """Fixed-size crops centred on objects, zero outside each object's mask.
 
     Parameters
@@ -39,26 +41,26 @@ def masked_crops(image: np.ndarray, labels: np.ndarray, centroids_yx: np.ndarray
     crops : ndarray, shape (N, C, h, w), dtype of ``image``
         Parts of the crop outside the image are 0 as well.
     """
-    image, labels = np.asarray(image), np.asarray(labels)
-    if image.ndim != 3 or image.shape[1:] != labels.shape:
-        raise ValueError(f"image must be (C, *labels.shape), got {image.shape} and labels {labels.shape}")
-    centroids_yx = np.asarray(centroids_yx, np.float64).reshape(-1, 2)
-    object_labels = np.asarray(object_labels, np.int64)
-    if len(object_labels) != len(centroids_yx):
-        raise ValueError(f"{len(object_labels)} labels for {len(centroids_yx)} centroids")
+    img, lab_img = np.asarray(image), np.asarray(labels)
+    if img.ndim != 3 or img.shape[1:] != lab_img.shape:
+        raise ValueError(f"image must be (C, *labels.shape), got {img.shape} and labels {lab_img.shape}")
+    centres = np.asarray(centroids_yx, np.float64).reshape(-1, 2)
+    objects = np.asarray(object_labels, np.int64)
+    if len(objects) != len(centres):
+        raise ValueError(f"{len(objects)} labels for {len(centres)} centroids")
     h, w = (int(s) for s in size)
     if h < 1 or w < 1:
         raise ValueError(f"size must be positive, got {size}")
-    c, hh, ww = image.shape
-    out = np.zeros((len(object_labels), c, h, w), image.dtype)
-    for i, ((cy, cx), lab) in enumerate(zip(centroids_yx, object_labels)):
+    c, hh, ww = img.shape
+    out = np.zeros((len(objects), c, h, w), img.dtype)
+    for i, ((cy, cx), lab) in enumerate(zip(centres, objects, strict=True)):
         y0, x0 = int(round(cy)) - h // 2, int(round(cx)) - w // 2
         sy0, sx0 = max(0, y0), max(0, x0)
         sy1, sx1 = min(hh, y0 + h), min(ww, x0 + w)
         if sy0 >= sy1 or sx0 >= sx1:
             continue
-        mask = labels[sy0:sy1, sx0:sx1] == lab
-        out[i, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[:, sy0:sy1, sx0:sx1] * mask
+        mask = lab_img[sy0:sy1, sx0:sx1] == lab
+        out[i, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[:, sy0:sy1, sx0:sx1] * mask
     return out
 
 

@@ -8,10 +8,11 @@ nucleus (largest overlap) with the nucleus's own features.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from skimage.measure import regionprops_table
 
 __all__ = ["SHAPE_PROPERTIES", "cell_catalogue", "match_nuclei", "region_features"]
@@ -20,7 +21,7 @@ SHAPE_PROPERTIES: tuple[str, ...] = ("label", "centroid", "area", "perimeter", "
                                      "feret_diameter_max", "bbox")
 
 
-def region_features(labels: np.ndarray, image: np.ndarray, *, channel_names: Sequence[str],
+def region_features(labels: ArrayLike, image: ArrayLike, *, channel_names: Sequence[str],
                     offset_yx: tuple[int, int] = (0, 0)) -> pd.DataFrame:
     """Shape and intensity features of every label.
 
@@ -44,14 +45,15 @@ def region_features(labels: np.ndarray, image: np.ndarray, *, channel_names: Seq
         ``feret_diameter_max_px``, ``bbox_y0``..``bbox_x1`` and
         ``mean_<c>``/``integrated_<c>`` for each channel.
     """
-    labels = np.asarray(labels)
-    image = np.asarray(image, np.float32)
-    if image.ndim != 3 or image.shape[1:] != labels.shape:
-        raise ValueError(f"image must be (C, *labels.shape) = (C, {labels.shape}), got {image.shape}")
-    if len(channel_names) != image.shape[0]:
-        raise ValueError(f"{len(channel_names)} channel names for {image.shape[0]} channels")
-    props = regionprops_table(labels.astype(np.int32, copy=False), intensity_image=np.moveaxis(image, 0, -1),
-                              properties=(*SHAPE_PROPERTIES, "intensity_mean"))
+    lab = np.asarray(labels)
+    img = np.asarray(image, np.float32)
+    if img.ndim != 3 or img.shape[1:] != lab.shape:
+        raise ValueError(f"image must be (C, *labels.shape) = (C, {lab.shape}), got {img.shape}")
+    if len(channel_names) != img.shape[0]:
+        raise ValueError(f"{len(channel_names)} channel names for {img.shape[0]} channels")
+    props = regionprops_table(  # type: ignore[no-untyped-call]  # scikit-image is untyped
+        lab.astype(np.int32, copy=False), intensity_image=np.moveaxis(img, 0, -1),
+        properties=(*SHAPE_PROPERTIES, "intensity_mean"))
     out = pd.DataFrame({
         "label": props["label"].astype(np.int64),
         "centroid_y_px": props["centroid-0"] + offset_yx[0],
@@ -70,7 +72,7 @@ def region_features(labels: np.ndarray, image: np.ndarray, *, channel_names: Seq
     return out.sort_values("label", ignore_index=True)
 
 
-def match_nuclei(cells: np.ndarray, nuclei: np.ndarray) -> pd.Series:
+def match_nuclei(cells: ArrayLike, nuclei: ArrayLike) -> pd.Series:
     """The nucleus overlapping each cell most (max-overlap matching).
 
     Parameters
@@ -85,10 +87,10 @@ def match_nuclei(cells: np.ndarray, nuclei: np.ndarray) -> pd.Series:
         with the largest pixel overlap, 0 when the cell holds no nucleus.
         Ties go to the smaller nucleus label.
     """
-    cells, nuclei = np.asarray(cells), np.asarray(nuclei)
-    if cells.shape != nuclei.shape:
-        raise ValueError(f"cells {cells.shape} and nuclei {nuclei.shape} differ in shape")
-    c, n = cells.ravel().astype(np.int64), nuclei.ravel().astype(np.int64)
+    cell_lab, nuc_lab = np.asarray(cells), np.asarray(nuclei)
+    if cell_lab.shape != nuc_lab.shape:
+        raise ValueError(f"cells {cell_lab.shape} and nuclei {nuc_lab.shape} differ in shape")
+    c, n = cell_lab.ravel().astype(np.int64), nuc_lab.ravel().astype(np.int64)
     all_cells = np.unique(c[c > 0])
     both = (c > 0) & (n > 0)
     result = pd.Series(0, index=pd.Index(all_cells, name="label"), dtype=np.int64)
@@ -102,7 +104,7 @@ def match_nuclei(cells: np.ndarray, nuclei: np.ndarray) -> pd.Series:
     return result
 
 
-def cell_catalogue(cells: np.ndarray, nuclei: np.ndarray, image: np.ndarray, *, channel_names: Sequence[str],
+def cell_catalogue(cells: ArrayLike, nuclei: ArrayLike, image: ArrayLike, *, channel_names: Sequence[str],
                    pixel_size_um: float, z_um: float = 0.0, slice_index: int = 0, plane: int = 0,
                    offset_yx: tuple[int, int] = (0, 0)) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell and nucleus catalogues of one plane.

@@ -227,7 +227,8 @@ def solve_slice_offsets(
     inlier = (ids >= 0) & np.all(np.isfinite(pos), axis=1) & np.all(np.isfinite(sig), axis=1)
     n_slices = len(uniq)
     it = 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         use = np.flatnonzero(inlier)
         _, tr = np.unique(ids[use], return_inverse=True)
         counts = np.bincount(tr)

@@ -12,10 +12,11 @@ The same IoU machinery scores a segmentation against truth
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["LabelMatch", "MatchScore", "iou_pairs", "match_labels", "merge_tables", "object_f1"]
 
@@ -32,9 +33,9 @@ class LabelMatch:
         IoU of each pair.
     """
 
-    a: np.ndarray
-    b: np.ndarray
-    iou: np.ndarray
+    a: NDArray[np.int64]
+    b: NDArray[np.int64]
+    iou: NDArray[np.float64]
 
     def __len__(self) -> int:
         return len(self.a)
@@ -63,7 +64,8 @@ class MatchScore:
         return 2 * tp / max(1, 2 * tp + self.false_positives + self.false_negatives)
 
 
-def iou_pairs(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def iou_pairs(labels_a: ArrayLike, labels_b: ArrayLike
+              ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
     """IoU of every pair of overlapping non-zero labels.
 
     Parameters
@@ -76,10 +78,10 @@ def iou_pairs(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, n
     a, b, iou : ndarray
         One entry per overlapping pair (a > 0, b > 0).
     """
-    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
-    if labels_a.shape != labels_b.shape:
-        raise ValueError(f"label images differ in shape: {labels_a.shape} vs {labels_b.shape}")
-    a, b = labels_a.ravel().astype(np.int64), labels_b.ravel().astype(np.int64)
+    lab_a, lab_b = np.asarray(labels_a), np.asarray(labels_b)
+    if lab_a.shape != lab_b.shape:
+        raise ValueError(f"label images differ in shape: {lab_a.shape} vs {lab_b.shape}")
+    a, b = lab_a.ravel().astype(np.int64), lab_b.ravel().astype(np.int64)
     both = (a > 0) & (b > 0)
     if not both.any():
         empty = np.zeros(0, np.int64)
@@ -89,11 +91,11 @@ def iou_pairs(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, n
     ub, area_b = np.unique(b[b > 0], return_counts=True)
     sa = area_a[np.searchsorted(ua, pairs[0])]
     sb = area_b[np.searchsorted(ub, pairs[1])]
-    iou = inter / (sa + sb - inter)
+    iou: NDArray[np.float64] = inter / (sa + sb - inter)
     return pairs[0], pairs[1], iou
 
 
-def match_labels(labels_a: np.ndarray, labels_b: np.ndarray, *, min_iou: float = 0.5) -> LabelMatch:
+def match_labels(labels_a: ArrayLike, labels_b: ArrayLike, *, min_iou: float = 0.5) -> LabelMatch:
     """One-to-one matches of labels with IoU above ``min_iou``.
 
     With ``min_iou >= 0.5`` a label can overlap at most one other label that
@@ -114,21 +116,22 @@ def match_labels(labels_a: np.ndarray, labels_b: np.ndarray, *, min_iou: float =
     return LabelMatch(a=a, b=b, iou=iou)
 
 
-def object_f1(truth: np.ndarray, predicted: np.ndarray, *, min_iou: float = 0.5) -> MatchScore:
+def object_f1(truth: ArrayLike, predicted: ArrayLike, *, min_iou: float = 0.5) -> MatchScore:
     """Object-wise detection score of ``predicted`` against ``truth`` labels.
 
     A true positive is a (truth, predicted) pair with IoU > ``min_iou``.
     """
-    m = match_labels(truth, predicted, min_iou=min_iou)
-    n_true = len(np.unique(truth[truth > 0]))
-    n_pred = len(np.unique(predicted[predicted > 0]))
+    true_lab, pred_lab = np.asarray(truth), np.asarray(predicted)
+    m = match_labels(true_lab, pred_lab, min_iou=min_iou)
+    n_true = len(np.unique(true_lab[true_lab > 0]))
+    n_pred = len(np.unique(pred_lab[pred_lab > 0]))
     tp = len(m)
     return MatchScore(true_positives=tp, false_positives=n_pred - tp, false_negatives=n_true - tp,
                       mean_iou=float(m.iou.mean()) if tp else 0.0)
 
 
 def merge_tables(counts: Sequence[int], matches: Iterable[tuple[int, int, LabelMatch]], *,
-                 present: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+                 present: Sequence[ArrayLike] | None = None) -> list[NDArray[np.int64]]:
     """Global, consecutive labels for per-block labels joined by margin matches.
 
     Parameters
@@ -146,22 +149,22 @@ def merge_tables(counts: Sequence[int], matches: Iterable[tuple[int, int, LabelM
         block ``k`` (``tables[k][0] == 0``). Global labels are 1..N with no
         gaps, numbered in block order.
     """
-    counts = [int(c) for c in counts]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    sizes = [int(c) for c in counts]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     parent = np.arange(int(offsets[-1]) + 1, dtype=np.int64)  # index 0 unused (background)
 
     def find(i: int) -> int:
         root = i
         while parent[root] != root:
-            root = parent[root]
+            root = int(parent[root])
         while parent[i] != root:
-            parent[i], i = root, parent[i]
+            parent[i], i = root, int(parent[i])
         return root
 
     for k, l_, match in matches:
-        for la, lb in zip(match.a.tolist(), match.b.tolist()):
-            if not (0 < la <= counts[k] and 0 < lb <= counts[l_]):
-                raise ValueError(f"match ({k}:{la}, {l_}:{lb}) outside the block label ranges {counts}")
+        for la, lb in zip(match.a.tolist(), match.b.tolist(), strict=True):
+            if not (0 < la <= sizes[k] and 0 < lb <= sizes[l_]):
+                raise ValueError(f"match ({k}:{la}, {l_}:{lb}) outside the block label ranges {sizes}")
             ra, rb = find(int(offsets[k] + la)), find(int(offsets[l_] + lb))
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
@@ -175,7 +178,7 @@ def merge_tables(counts: Sequence[int], matches: Iterable[tuple[int, int, LabelM
     compact[used] = np.arange(1, len(used) + 1)
     glob = compact[roots]
     tables = []
-    for k, n in enumerate(counts):
+    for k, n in enumerate(sizes):
         t = np.zeros(n + 1, np.int64)
         t[1:] = glob[offsets[k] + 1: offsets[k] + n + 1]
         tables.append(t)

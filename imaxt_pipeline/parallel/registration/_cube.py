@@ -66,7 +66,7 @@ def align_plane(plane: Any, offset: np.ndarray, *, pad_before: np.ndarray, out_s
     it = np.floor(src).astype(int)
     ft = src - it
     out = plane.astype(np.float32)
-    for ax, (start, length) in enumerate(zip(it, out_shape)):
+    for ax, (start, length) in enumerate(zip(it, out_shape, strict=True)):
         out = _window(out, ax + 1, int(start), int(length) + 1)
     out = out.rechunk((1, *chunks))
     if np.any(ft > 1e-9):

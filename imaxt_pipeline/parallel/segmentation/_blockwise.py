@@ -143,8 +143,8 @@ def segment_blockwise(image: Any, segmenter: Segmenter, *, block: int | tuple[in
     for k, (y0, y1, x0, x1) in enumerate(grid.windows):
         window = image[:, y0:y1, x0:x1]
         with dask.annotate(**annotations):
-            segs.append(dask.delayed(_segment_window, pure=True)(window, segmenter,
-                                                                 dask_key_name=f"segment-block-{_token(image, segmenter, grid, k)}"))
+            key = f"segment-block-{_token(image, segmenter, grid, k)}"
+            segs.append(dask.delayed(_segment_window, pure=True)(window, segmenter, dask_key_name=key))
     matches = [dask.delayed(_match_pair)(segs[k], segs[l_], grid.windows[k], grid.windows[l_], k, l_, min_iou)
                for k, l_ in grid.neighbours()]
     summaries = [dask.delayed(_summary)(segs[k], grid.windows[k], grid.cores[k]) for k in range(len(segs))]

@@ -7,7 +7,6 @@ import pytest
 from skimage.measure import regionprops
 
 from imaxt_pipeline.algorithms.measure import masked_crops, representative_ranking
-
 from imaxt_pipeline.testing._segdata import two_channel_sample
 
 
@@ -18,7 +17,7 @@ def test_crops_are_centred_and_zero_outside_the_mask():
     labels = [p.label for p in props]
     crops = masked_crops(image, nuclei, centroids, labels, size=(24, 24))
     assert crops.shape == (len(labels), 2, 24, 24) and crops.dtype == image.dtype
-    for crop, (cy, cx), lab in zip(crops, centroids, labels):
+    for crop, (cy, cx), lab in zip(crops, centroids, labels, strict=True):
         y0, x0 = int(round(cy)) - 12, int(round(cx)) - 12
         yy, xx = np.mgrid[y0:y0 + 24, x0:x0 + 24]
         inside = (yy >= 0) & (yy < 128) & (xx >= 0) & (xx < 128)

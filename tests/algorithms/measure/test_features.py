@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from skimage.measure import regionprops
 
-from imaxt_pipeline.algorithms.measure import cell_catalogue, match_nuclei, region_features
-
+from imaxt_pipeline.algorithms.measure import cell_catalogue
+from imaxt_pipeline.algorithms.measure._features import match_nuclei, region_features
 from imaxt_pipeline.testing._segdata import two_channel_sample
 
 

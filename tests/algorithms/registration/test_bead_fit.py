@@ -23,7 +23,7 @@ def _render(rng, n=30, size=81, amp=20.0, bg=10.0):
 def test_centre_radius_and_errors_match_truth(dtype):
     rng = np.random.default_rng(1)
     truth, images = _render(rng)
-    fits = [fit_bead(img.astype(dtype), y0=40, x0=40, r0=p[2] * 1.2) for p, img in zip(truth, images)]
+    fits = [fit_bead(img.astype(dtype), y0=40, x0=40, r0=p[2] * 1.2) for p, img in zip(truth, images, strict=True)]
     assert all(fits)
     dy = np.array([f.y for f in fits]) - truth[:, 0]
     dx = np.array([f.x for f in fits]) - truth[:, 1]
@@ -40,7 +40,7 @@ def test_errors_scale_with_gain():
     """Data in arbitrary units (gain 4): same centres, same errors in px."""
     rng = np.random.default_rng(2)
     truth, images = _render(rng, n=5)
-    for p, img in zip(truth, images):
+    for p, img in zip(truth, images, strict=True):
         a = fit_bead(img, y0=40, x0=40, r0=p[2])
         b = fit_bead(img * 4.0, y0=40, x0=40, r0=p[2])
         assert abs(a.y - b.y) < 1e-3 and abs(a.x - b.x) < 1e-3
@@ -56,7 +56,7 @@ def test_origin_and_touching_neighbours_with_labels():
     labels = np.where(np.hypot(yy - p1[0], xx - p1[1]) < 23, 1, 0)
     labels[np.hypot(yy - p2[0], xx - p2[1]) < 21] = 2
     fits = fit_beads(img, np.array([[60, 50], [59, 93]]), np.array([21.0, 19.0]), labels=labels)
-    for f, p in zip(fits, (p1, p2)):
+    for f, p in zip(fits, (p1, p2), strict=True):
         assert f and np.hypot(f.y - p[0], f.x - p[1]) < 0.3 and abs(f.radius - p[2]) < 0.5
 
 

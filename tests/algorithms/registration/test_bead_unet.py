@@ -10,8 +10,8 @@ import torch
 
 from imaxt_pipeline.algorithms.registration import BeadUNet, find_beads_numpy
 from imaxt_pipeline.algorithms.registration._bead_unet import predict_bead_probability
-from imaxt_pipeline.io.weights import DEFAULT_BEAD_UNET as DEFAULT_WEIGHTS, load_bead_unet
-
+from imaxt_pipeline.io.weights import DEFAULT_BEAD_UNET as DEFAULT_WEIGHTS
+from imaxt_pipeline.io.weights import load_bead_unet
 from imaxt_pipeline.testing import bead_scene, synth_score
 
 

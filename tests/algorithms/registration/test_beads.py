@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from imaxt_pipeline.algorithms.registration import disc_model
-from imaxt_pipeline.algorithms.registration import bead_channel_scores, bead_threshold, find_beads_numpy, pick_bead_channel
+from imaxt_pipeline.algorithms.registration import (
+    bead_channel_scores,
+    bead_threshold,
+    disc_model,
+    find_beads_numpy,
+    pick_bead_channel,
+)
 from imaxt_pipeline.algorithms.registration._beads import detect_beads, split_beads
 from imaxt_pipeline.parallel.registration import find_beads
-from imaxt_pipeline.testing import bead_scene, bead_score as score, synth_planes, synth_score
+from imaxt_pipeline.testing import bead_scene, synth_planes, synth_score
+from imaxt_pipeline.testing import bead_score as score
 
 
 def test_classical_detect_and_fit_meets_accuracy_targets():

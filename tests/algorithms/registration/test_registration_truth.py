@@ -13,9 +13,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.registration import solve_slice_offsets
-from imaxt_pipeline.algorithms.registration import build_tracks
-from imaxt_pipeline.algorithms.registration import find_beads_numpy
+from imaxt_pipeline.algorithms.registration import build_tracks, find_beads_numpy, solve_slice_offsets
 from imaxt_pipeline.synth import SynthParams, synthesize
 
 

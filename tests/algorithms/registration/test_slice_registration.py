@@ -26,7 +26,7 @@ def _tracks(rng, n_slices=10, n_beads=80, sigma=0.2):
 
 def test_track_pairs():
     i, j = track_pairs(np.array([0, 1, 0, -1, 0, 1, 2]))
-    pairs = {tuple(sorted(p)) for p in zip(i, j)}
+    pairs = {tuple(sorted(p)) for p in zip(i, j, strict=True)}
     assert pairs == {(0, 2), (0, 4), (2, 4), (1, 5)}
 
 
@@ -55,7 +55,7 @@ def test_equals_full_model_with_bead_positions():
     sol = solve_slice_offsets(slices, yx, bead, sigma=sig, clip=1e9)
     n_s, n_b = slices.max() + 1, bead.max() + 1
     a = np.zeros((len(slices), n_s - 1 + n_b))
-    for k, (s, b) in enumerate(zip(slices, bead)):
+    for k, (s, b) in enumerate(zip(slices, bead, strict=True)):
         if s > 0:
             a[k, s - 1] = 1.0
         a[k, n_s - 1 + b] = 1.0

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.segmentation import object_f1
-from imaxt_pipeline.algorithms.segmentation import Segmenter
-from imaxt_pipeline.algorithms.segmentation import CellposeSegmenter
-from imaxt_pipeline.io.weights import DEFAULT_CELLPOSE as SHIPPED_MODEL, load_cellpose, resolve_cellpose_model as resolve_model
+from imaxt_pipeline.algorithms.segmentation import CellposeSegmenter, Segmenter, object_f1
 from imaxt_pipeline.errors import ConfigError
-
+from imaxt_pipeline.io.weights import DEFAULT_CELLPOSE as SHIPPED_MODEL
+from imaxt_pipeline.io.weights import load_cellpose
+from imaxt_pipeline.io.weights import resolve_cellpose_model as resolve_model
 from imaxt_pipeline.testing._segdata import two_channel_sample
 
 
@@ -79,6 +78,7 @@ def test_shipped_model_on_simulated_sample(tmp_path, segmenter):
     assert truth.max() > 0 and score.f1 >= 0.85, score
 
 
+@pytest.mark.slow  # trains cellpose for a few epochs
 def test_training_script_writes_a_loadable_half_precision_model(tmp_path):
     import torch
     from cellpose import models
@@ -92,3 +92,15 @@ def test_training_script_writes_a_loadable_half_precision_model(tmp_path):
     assert not any(p.name.startswith(".train-") for p in tmp_path.iterdir())  # scratch folder removed
     model = models.CellposeModel(gpu=False, pretrained_model=str(out))
     assert float(model.diam_mean) == pytest.approx(10.0)
+
+
+def test_segmenter_needs_a_bound_model_and_blockwise_binds_the_cached_one():
+    from imaxt_pipeline.parallel.segmentation import segment_blockwise
+
+    image, nuclei, _ = two_channel_sample((192, 192), seed=11, density=0.35)
+    unbound = CellposeSegmenter(model="shipped", diameter=10.0, gpu=False)
+    with pytest.raises(ValueError, match="no cellpose model"):
+        unbound.segment(image)
+    labels = segment_blockwise(image, unbound, block=96).compute(scheduler="sync")
+    assert unbound.net is None  # the task bound the model to its own copy
+    assert object_f1(nuclei, labels[0], min_iou=0.5).f1 >= 0.85

@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.segmentation import LabelMatch, match_labels, merge_tables, object_f1
+from imaxt_pipeline.algorithms.segmentation import (
+    CellGrowth,
+    LabelMatch,
+    WatershedSegmenter,
+    match_labels,
+    merge_tables,
+    object_f1,
+)
 from imaxt_pipeline.algorithms.segmentation._label_merge import iou_pairs
-from imaxt_pipeline.algorithms.segmentation import CellGrowth, WatershedSegmenter
 from imaxt_pipeline.parallel.segmentation import block_grid, segment_blockwise
-
 from imaxt_pipeline.testing._segdata import two_channel_sample
 
 
@@ -24,7 +29,7 @@ def test_iou_pairs_equal_brute_force():
     b = rng.integers(0, 4, (40, 30))
     la, lb, iou = iou_pairs(a, b)
     assert len(la) == 4 * 3  # every non-zero pair overlaps somewhere in random labels
-    for x, y, v in zip(la, lb, iou):
+    for x, y, v in zip(la, lb, iou, strict=True):
         assert v == pytest.approx(_brute_iou(a, b, x, y))
 
 
@@ -82,7 +87,7 @@ def test_block_grid_covers_plane_once():
         cover[y0:y1, x0:x1] += 1
     assert (cover == 1).all()
     assert grid.grid == (3, 5)
-    for (cy0, cy1, cx0, cx1), (wy0, wy1, wx0, wx1) in zip(grid.cores, grid.windows):
+    for (cy0, _, _, cx1), (wy0, _, _, wx1) in zip(grid.cores, grid.windows, strict=True):
         assert wy0 == max(0, cy0 - 20) and wx1 == min(257, cx1 + 20)
 
 
@@ -144,7 +149,7 @@ def test_gpu_tasks_run_only_on_gpu_workers():
     workers = {"gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}, "memory_limit": "1GiB",
                                                  "dashboard": False}},
                "cpu": {"cls": Nanny, "options": {"nthreads": 1, "memory_limit": "1GiB", "dashboard": False}}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}  # None would mean port 8787
     with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
         gpu_addr = [a for a, w in client.scheduler_info()["workers"].items() if w["resources"].get("GPU")]

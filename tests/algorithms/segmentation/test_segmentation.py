@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.segmentation import object_f1
-from imaxt_pipeline.algorithms.segmentation import CellGrowth, Segmenter, WatershedSegmenter, plane_thresholds
+from imaxt_pipeline.algorithms.segmentation import (
+    CellGrowth,
+    Segmenter,
+    WatershedSegmenter,
+    object_f1,
+    plane_thresholds,
+)
 from imaxt_pipeline.algorithms.segmentation._watershed import segment_cells_watershed, segment_nuclei_watershed
-
 from imaxt_pipeline.testing._segdata import two_channel_sample
 
 
@@ -105,7 +109,21 @@ def test_watershed_on_simulated_sample_with_beads(tmp_path):
         if 0 <= y < image.shape[1] and 0 <= x < image.shape[2]:
             assert seg.nuclei[y, x] == 0
     # plain Otsu would have thresholded between nuclei and beads
-    from skimage.filters import threshold_otsu
     from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
 
     assert t_nuc < threshold_otsu(ndi.gaussian_filter(image[0], 1.0))
+
+
+def test_cell_growth_is_one_physical_distance():
+    growth = CellGrowth(max_distance_um=4.8, pixel_size_um=0.8)
+    assert growth.max_distance_px == pytest.approx(6.0)
+    assert CellGrowth().max_distance_px == 6.0  # default: 6 px (pixel size 1)
+    with pytest.raises(ValueError, match="pixel_size_um"):
+        CellGrowth(pixel_size_um=0.0)
+    image, _, _ = two_channel_sample((160, 160), seed=6)
+    in_px = WatershedSegmenter(growth=CellGrowth(max_distance_um=3.0)).segment(image)
+    in_um = WatershedSegmenter(growth=CellGrowth(max_distance_um=1.5, pixel_size_um=0.5)).segment(image)
+    wider = WatershedSegmenter(growth=CellGrowth(max_distance_um=8.0)).segment(image)
+    np.testing.assert_array_equal(in_px.cells, in_um.cells)
+    assert (wider.cells > 0).sum() > (in_px.cells > 0).sum()
