@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 	# torch first, pinned to the CPU build: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[dev,gpu,k8s]'
+	bash .ci/tools.sh $(VENV)/tools
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -q
+	PATH="$(CURDIR)/$(VENV)/tools/bin:$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
