@@ -132,16 +132,10 @@ class OutputStore:
     def has_table(self, name: str) -> bool:
         return self.location.exists(f"tables/{name}.parquet")
 
-    def write_png(self, name: str, figure: Any) -> str:
-        """Save a matplotlib figure (or PNG bytes) as ``qc/<name>.png``."""
+    def write_png(self, name: str, png: bytes) -> str:
+        """Store PNG bytes (:func:`imaxt_pipeline.qc.to_png` renders a figure) as ``qc/<name>.png``."""
         rel = f"qc/{name}.png"
-        if isinstance(figure, (bytes, bytearray)):
-            data = bytes(figure)
-        else:
-            buf = io.BytesIO()
-            figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-            data = buf.getvalue()
-        self._write_bytes(rel, data)
+        self._write_bytes(rel, bytes(png))
         return rel
 
     def _write_bytes(self, rel: str, data: bytes) -> None:
