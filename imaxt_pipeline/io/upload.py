@@ -133,13 +133,16 @@ def upload(
     dest = Location(dest_url, storage_options)
     check_apart(dest, src)
     sample = read_raw_sample(raw_url, storage_options=raw_storage_options)
+    job = _Upload(src, dest, sample, workers=max(1, workers), progress=progress, on_tile=on_tile,
+                  overwrite=overwrite, start=start)
     try:
-        return _Upload(src, dest, sample, workers=max(1, workers), progress=progress, on_tile=on_tile,
-                       overwrite=overwrite, start=start).run()
+        return job.run()
     except ImaxtError:
         raise
     except OSError as exc:
         raise StoreError(f"{dest.url}: cannot write the store ({_one_line(exc)})") from None
+    finally:
+        job.close()
 
 
 class _Upload:
@@ -158,6 +161,18 @@ class _Upload:
         self.cache: dict[str, np.ndarray] = {}
         self.cached_bytes = 0
         self.lock = threading.Lock()
+        self.stores: list[Any] = []
+
+    def store(self) -> Any:
+        """A zarr store on the destination, closed by :meth:`close`."""
+        store = self.dest.zarr_store()
+        self.stores.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self.stores:
+            _release(store)
+        self.stores.clear()
 
     # -- phase 1: read only ----------------------------------------------------------
     def run(self) -> UploadReport:
@@ -166,7 +181,7 @@ class _Upload:
         group = tiles = None
         if not found.empty:
             try:
-                group = zarr.open_group(self.dest.zarr_store(), mode="r+")
+                group = zarr.open_group(self.store(), mode="r+")
             except Exception as exc:  # a store of ours whose metadata zarr cannot read
                 raise StoreError(f"{self.dest.url}: cannot open the store ({_one_line(exc)}); "
                                  f"re-run with --overwrite to rewrite it") from None
@@ -293,7 +308,7 @@ class _Upload:
     def _create(self) -> zarr.Group:
         # The ownership record is the first thing written: an upload stopped at any point leaves a store of ours.
         meta = self._base_meta({"provenance": []})
-        group = zarr.create_group(self.dest.zarr_store(), attributes={"imaxt": meta}, zarr_format=3)
+        group = zarr.create_group(self.store(), attributes={"imaxt": meta}, zarr_format=3)
         self._create_arrays(group)
         return group
 
@@ -316,7 +331,7 @@ class _Upload:
         if files:
             self.dest.fs.rm(files)
         self.dest.fs.invalidate_cache()
-        group = zarr.open_group(self.dest.zarr_store(), mode="r+")
+        group = zarr.open_group(self.store(), mode="r+")
         self._create_arrays(group)
 
     def _finish(self, group: zarr.Group, *, mark: bool) -> UploadReport:
@@ -431,6 +446,27 @@ def _crc32c(data: bytes) -> int:
 
         return int(crc32c(data))
     return int(google_crc32c.value(data))
+
+
+def _release(store: Any) -> None:
+    """Close the HTTP session of a store on an asynchronous s3fs instance.
+
+    s3fs closes the sessions of synchronous instances when they are collected but not
+    those of asynchronous ones (what zarr's ``FsspecStore.from_url`` makes), which
+    otherwise end the process with an "Unclosed client session" error on stderr.
+    """
+    fs = getattr(store, "fs", None)
+    creator = getattr(fs, "_s3creator", None)
+    if creator is None or not getattr(fs, "asynchronous", False):
+        return
+    from zarr.core.sync import sync
+
+    try:
+        sync(creator.__aexit__(None, None, None))
+    except Exception:  # closing is best effort: the upload's outcome is already decided
+        return
+    fs._s3 = None
+    fs._s3creator = None
 
 
 def _one_line(exc: BaseException) -> str:

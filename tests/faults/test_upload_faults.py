@@ -119,7 +119,9 @@ DEST_CASES = [_dest_is_source, _dest_is_source_spelled_otherwise, _dest_is_link_
 # --overwrite changes nothing about what is refused: it only rewrites our own store of the same sample.
 OVERWRITE_CASES = [_dest_is_source, _dest_is_parent_of_source, _dest_with_other_files, _dest_is_another_samples_store,
                    _dest_is_our_store_with_a_foreign_file, _dest_is_a_foreign_zarr_store]
-LOCAL_CASES = [(case, []) for case in DEST_CASES] + [(case, ["--overwrite"]) for case in OVERWRITE_CASES]
+# Without --overwrite, another sample's local store was already refused in one line: tests/io covers that.
+LOCAL_CASES = ([(case, []) for case in DEST_CASES if case is not _dest_is_another_samples_store]
+               + [(case, ["--overwrite"]) for case in OVERWRITE_CASES])
 
 
 @pytest.mark.parametrize(("case", "extra"), LOCAL_CASES,
@@ -157,6 +159,18 @@ def _s3_our_store_with_a_foreign_object(endpoint, bucket, raw, tmp):
     return url, "did not write (e.g. 'notes.txt')"
 
 
+def _s3_our_store_with_tampered_arrays(endpoint, bucket, raw, tmp):
+    import boto3
+
+    url = f"s3://{bucket}/raw/s.zarr"
+    assert _upload_cli(raw, url, "--endpoint-url", endpoint).returncode == 0
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    meta = json.loads(s3.get_object(Bucket=bucket, Key="raw/s.zarr/tiles/zarr.json")["Body"].read())
+    meta["shape"][0] = 5
+    put_objects(endpoint, bucket, {"raw/s.zarr/tiles/zarr.json": json.dumps(meta).encode()})
+    return url, "arrays do not match this sample's acquisition"
+
+
 def _s3_source_is_dest(endpoint, bucket, raw, tmp):
     put_folder(endpoint, bucket, "incoming/tiny", raw)
     return f"s3://{bucket}/incoming/tiny", "is the source folder"
@@ -168,7 +182,8 @@ def _s3_dest_contains_source(endpoint, bucket, raw, tmp):
 
 
 S3_CASES = [_s3_prefix_with_other_objects, _s3_bucket_root_with_other_objects, _s3_another_samples_store,
-            _s3_our_store_with_a_foreign_object, _s3_source_is_dest, _s3_dest_contains_source]
+            _s3_our_store_with_a_foreign_object, _s3_our_store_with_tampered_arrays, _s3_source_is_dest,
+            _s3_dest_contains_source]
 
 
 @pytest.mark.parametrize("case", S3_CASES, ids=lambda c: c.__name__.strip("_"))
@@ -466,3 +481,21 @@ def test_reupload_over_a_truncated_chunk_rewrites_it_without_crashing(tmp_path, 
     store = RawStore(str(dest))
     _assert_bit_exact(raw, store)
     assert store.attrs["owner"]["tool"] == "imaxt-pipeline upload"
+
+
+def test_s3_reupload_over_a_truncated_chunk_rewrites_it_and_exits_cleanly(tmp_path, raw, s3_endpoint, s3_bucket):
+    import boto3
+
+    url, extra = f"s3://{s3_bucket}/raw/s.zarr", ("--endpoint-url", s3_endpoint)
+    first = _upload_cli(raw, url, *extra)
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    key = "raw/s.zarr/tiles/c/1/0/1/2/0/0"
+    body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    put_objects(s3_endpoint, s3_bucket, {key: body[: len(body) // 2]})
+    proc = _upload_cli(raw, url, *extra)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # no traceback, no leaked-session noise
+    assert "1 tiles written, 15 already present" in proc.stdout
+    meta = json.loads(s3.get_object(Bucket=s3_bucket, Key="raw/s.zarr/zarr.json")["Body"].read())["attributes"]
+    assert meta["imaxt"]["upload"]["complete"] is True and len(meta["imaxt"]["upload"]["tile_sha256"]) == 16
+    assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
