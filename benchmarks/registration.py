@@ -21,9 +21,7 @@ import time
 
 import numpy as np
 
-from imaxt_pipeline.algorithms.registration import disc_model, fit_bead
-from imaxt_pipeline.algorithms.registration import solve_slice_offsets
-from imaxt_pipeline.algorithms.registration import build_tracks
+from imaxt_pipeline.algorithms.registration import build_tracks, disc_model, fit_bead, solve_slice_offsets
 
 
 def centring_vs_snr(snrs, trials, rng, *, background=100.0, size=81):
@@ -33,8 +31,14 @@ def centring_vs_snr(snrs, trials, rng, *, background=100.0, size=81):
         amp = snr * np.sqrt(background)
         err, rep = [], []
         for _ in range(trials):
-            p = [size / 2 + rng.uniform(-1, 1), size / 2 + rng.uniform(-1, 1), rng.uniform(10, 30), 1.5, amp,
-                 background]
+            p = [
+                size / 2 + rng.uniform(-1, 1),
+                size / 2 + rng.uniform(-1, 1),
+                rng.uniform(10, 30),
+                1.5,
+                amp,
+                background,
+            ]
             img = rng.poisson(disc_model(p, yy, xx)).astype(float)
             f = fit_bead(img, y0=size / 2, x0=size / 2, r0=p[2] * rng.uniform(0.9, 1.1))
             err.append(np.hypot(f.y - p[0], f.x - p[1]) / np.sqrt(2))
@@ -107,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n3. Solver time, 500 slices x 20 000 detections")
     n, t_tracks, t_solve, iters, err = solver_time(rng)
-    print(f"detections {n}, tracks {t_tracks:.2f} s, sparse LSQ {t_solve:.2f} s ({iters} solves), "
-          f"rms offset err {err:.3f} px")
+    print(
+        f"detections {n}, tracks {t_tracks:.2f} s, sparse LSQ {t_solve:.2f} s ({iters} solves), "
+        f"rms offset err {err:.3f} px"
+    )
     return 0
 
 

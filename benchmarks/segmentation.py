@@ -25,7 +25,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _segmenter(backend: str, image: np.ndarray, threads: int):
@@ -37,8 +37,9 @@ def _segmenter(backend: str, image: np.ndarray, threads: int):
     from imaxt_pipeline.algorithms.segmentation import CellposeSegmenter
 
     lo, hi = np.percentile(image[0], [1.0, 99.9])
-    return CellposeSegmenter(model="shipped", normalize_lowhigh=(float(lo), float(hi)),
-                             growth=CellGrowth(threshold=t_cell), threads=threads)
+    return CellposeSegmenter(
+        model="shipped", normalize_lowhigh=(float(lo), float(hi)), growth=CellGrowth(threshold=t_cell), threads=threads
+    )
 
 
 def _bound(seg):
@@ -71,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     image, truth, _ = render_cells((size, size), density=0.35, seed=123)
     mpx = size * size / 1e6
     rows = []
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit="3GiB") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="3GiB"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         for backend in args.backends.split(","):
             seg = _segmenter(backend, image, args.threads)
             device = "gpu" if backend == "cellpose" and seg.use_gpu() else "cpu"
@@ -88,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 out = client.compute(lab, optimize_graph=False).result()
                 dt = time.perf_counter() - t0
                 rows.append((backend, device, str(block), args.workers, mpx / dt, object_f1(truth, out[0]).f1, dt))
-    print(f"plane {size} x {size} px ({mpx:.2f} Mpx), {int(truth.max())} truth nuclei, "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (client)")
+    print(
+        f"plane {size} x {size} px ({mpx:.2f} Mpx), {int(truth.max())} truth nuclei, "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (client)"
+    )
     print(f"{'backend':<10} {'device':<6} {'block':>6} {'workers':>7} {'Mpx/s':>8} {'F1@0.5':>7} {'seconds':>8}")
     for backend, device, block, workers, rate, f1, dt in rows:
         print(f"{backend:<10} {device:<6} {block:>6} {workers:>7} {rate:>8.3f} {f1:>7.3f} {dt:>8.2f}")

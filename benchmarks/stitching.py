@@ -58,6 +58,7 @@ NUCLEAR = 0  # alignment channel for the peers
 
 # ----------------------------------------------------------------------------- data (parent, main venv)
 
+
 def make_tiles(seed, rows, cols, tile):
     """Raw tiles (C, T, H, W) uint16, true positions (px), stage positions (µm), pixel size, distortion, informative.
 
@@ -111,8 +112,8 @@ def distortion_from_calibration_acquisition(tile):
     Same optics as the benchmark tiles (5 x 5 tiles, 45 % overlap, 0.1 px stage): the 'ours + calfile' row
     stitches with it fixed, as a lab with a distortion calibration would.
     """
-    from imaxt_pipeline.workflows.calibration_acquisition import calibrate_from_acquisition
     from imaxt_pipeline.synth import calibration_params, synthesize
+    from imaxt_pipeline.workflows.calibration_acquisition import calibrate_from_acquisition
 
     with tempfile.TemporaryDirectory() as tmp:
         synthesize(Path(tmp), calibration_params(tile_shape=(tile, tile), seed=100))
@@ -139,11 +140,11 @@ def errors(pos, true, keep=None, *, scale=False):
 
 # ----------------------------------------------------------------------------- methods (child processes)
 
+
 def _ours_setup():
-    from imaxt_pipeline.algorithms.optics import DistortionModel
     from imaxt_pipeline.algorithms.calibration import estimate_calibration
-    from imaxt_pipeline.algorithms.stitching import adjacent_pairs
-    from imaxt_pipeline.algorithms.stitching import solve_positions
+    from imaxt_pipeline.algorithms.optics import DistortionModel
+    from imaxt_pipeline.algorithms.stitching import adjacent_pairs, solve_positions
     from imaxt_pipeline.parallel.stitching import match_tiles
 
     def run(d, opts):
@@ -153,14 +154,17 @@ def _ours_setup():
         t0 = time.perf_counter()
         cal = estimate_calibration(tiles, max_trim_px=int(0.1 * w / 4))
         t_cal = time.perf_counter() - t0
-        ms = [match_tiles(lambda i: tiles[:, i], a, b, tuple(stage[b] - stage[a]), cal)
-              for a, b in adjacent_pairs(rows, cols)]
+        ms = [
+            match_tiles(lambda i: tiles[:, i], a, b, tuple(stage[b] - stage[a]), cal)
+            for a, b in adjacent_pairs(rows, cols)
+        ]
         if opts.get("distortion_file"):  # distortion (with magnification) from a calibration acquisition
             model = DistortionModel(*d["distortion"])
             sol = solve_positions(ms, stage, tile_shape=(h, w), estimate_distortion=False, distortion=model)
         else:
             sol = solve_positions(ms, stage, tile_shape=(h, w), fit_magnification=False)
         return sol.positions, f"both channels; calibration estimate {t_cal:.2f} s of it"
+
     return run
 
 
@@ -172,6 +176,7 @@ def _ashlar_setup():
     class Meta(reg.Metadata):
         def __init__(s, tiles, pos_px, px):
             s.t, s.p, s.px = tiles, np.asarray(pos_px, float), px
+
         _num_images = property(lambda s: len(s.t))
         num_channels = property(lambda s: 1)
         pixel_size = property(lambda s: s.px)  # µm per px: converts max_shift (µm) to px
@@ -195,14 +200,20 @@ def _ashlar_setup():
         tiles = d["corrected" if opts["corrected"] else "tiles"][opts.get("channel", NUCLEAR)]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            al = reg.EdgeAligner(Rdr(tiles, d["stage_um"] / px, px), channel=0, max_shift=15.0,
-                                 filter_sigma=opts["sigma"], do_make_thumbnail=False)
+            al = reg.EdgeAligner(
+                Rdr(tiles, d["stage_um"] / px, px),
+                channel=0,
+                max_shift=15.0,
+                filter_sigma=opts["sigma"],
+                do_make_thumbnail=False,
+            )
             al.run()
         ok = sum(bool(np.isfinite(v[1])) for v in al._cache.values())
         note = f"{ok}/{len(al._cache)} edges kept"
         if any("Could not align enough edges" in str(w.message) for w in caught):
             note += "; 'Could not align enough edges' -> stage positions"
         return np.asarray(al.positions, float), note
+
     return run
 
 
@@ -213,10 +224,15 @@ def _m2stitch_setup():
         tiles = d["corrected" if opts["corrected"] else "tiles"][NUCLEAR]
         cols = int(d["cols"])
         n = len(tiles)
-        df, _ = m2stitch.stitch_images(tiles, rows=[i // cols for i in range(n)], cols=[i % cols for i in range(n)],
-                                       position_initial_guess=d["stage_um"] / float(d["pixel_size"]),
-                                       row_col_transpose=False)
+        df, _ = m2stitch.stitch_images(
+            tiles,
+            rows=[i // cols for i in range(n)],
+            cols=[i % cols for i in range(n)],
+            position_initial_guess=d["stage_um"] / float(d["pixel_size"]),
+            row_col_transpose=False,
+        )
         return df.sort_index()[["y_pos", "x_pos"]].to_numpy(float), ""
+
     return run
 
 
@@ -230,6 +246,7 @@ def _vmhwm_mb():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -264,11 +281,18 @@ def run_isolated(python, method, opts, npz, timeout=600):
     if not Path(python).exists():
         return {"error": f"unavailable: {python} not found"}
     out = Path(npz).with_suffix(f".{method}.json")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     try:
-        proc = subprocess.run([python, str(Path(__file__).resolve()), "--_worker", method, json.dumps(opts), npz,
-                               str(out)], capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(
+            [python, str(Path(__file__).resolve()), "--_worker", method, json.dumps(opts), npz, str(out)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     if not out.exists():
@@ -282,6 +306,7 @@ def run_isolated(python, method, opts, npz, timeout=600):
 
 
 # ----------------------------------------------------------------------------- fusion RSS
+
 
 def fuse_rss(path, true, model, tile):
     """Peak RSS (MB) of fusing one slice block by block (blocks of 256 px) from memory-mapped tiles."""
@@ -334,17 +359,26 @@ def main(argv=None):
     tile = 256 if args.quick else 512
     seeds = [0, 1] if args.quick else [0, 1, 2]
     pythons = {"main": sys.executable, "m2": args.m2stitch_python}
-    print(f"imaxt_pipeline.synth: {rows}x{cols} tiles of {tile} px, 10 % overlap, stage error ~3 px, ~2.5 px corner "
-          "distortion, dark/flat/stray light, pixel 1 um")
-    print("error px vs truth over the tiles that have structure in a seam: 'T' after removing the common "
-          "translation, 'TS' also per-axis scale; 'all' = max over every tile (T); "
-          "start = import/JVM start, time = stitching call, RSS = the method's own process peak")
-    print("peers align the nuclear channel; 'raw' = raw tiles, 'cal' = after our dark/stray/flat correction, "
-          "'s1' = filter_sigma 1 px, 'cyto' = "
-          "aligned on the cyto channel; max_shift 15 um")
+    print(
+        f"imaxt_pipeline.synth: {rows}x{cols} tiles of {tile} px, 10 % overlap, stage error ~3 px, ~2.5 px corner "
+        "distortion, dark/flat/stray light, pixel 1 um"
+    )
+    print(
+        "error px vs truth over the tiles that have structure in a seam: 'T' after removing the common "
+        "translation, 'TS' also per-axis scale; 'all' = max over every tile (T); "
+        "start = import/JVM start, time = stitching call, RSS = the method's own process peak"
+    )
+    print(
+        "peers align the nuclear channel; 'raw' = raw tiles, 'cal' = after our dark/stray/flat correction, "
+        "'s1' = filter_sigma 1 px, 'cyto' = "
+        "aligned on the cyto channel; max_shift 15 um"
+    )
     hdr = ["T med", "T p95", "T max", "TS med", "TS p95", "TS max", "all"]
-    print(f"{'method':15s} {'seed':>4s}" + "".join(f" {h:>6s}" for h in hdr)
-          + f" {'start s':>7s} {'time s':>7s} {'RSS MB':>6s}  note")
+    print(
+        f"{'method':15s} {'seed':>4s}"
+        + "".join(f" {h:>6s}" for h in hdr)
+        + f" {'start s':>7s} {'time s':>7s} {'RSS MB':>6s}  note"
+    )
     from imaxt_pipeline.algorithms.calibration import estimate_calibration
 
     summary = {}
@@ -353,12 +387,22 @@ def main(argv=None):
         for seed in seeds:
             tiles, true, stage_um, px, _, keep = make_tiles(seed, rows, cols, tile)
             if not keep.all():
-                print(f"seed {seed}: tiles {np.flatnonzero(~keep).tolist()} have only empty-agarose seams "
-                      "(no method can place them): left out of the statistics, in the 'all' max column")
+                print(
+                    f"seed {seed}: tiles {np.flatnonzero(~keep).tolist()} have only empty-agarose seams "
+                    "(no method can place them): left out of the statistics, in the 'all' max column"
+                )
             cal = estimate_calibration(tiles, max_trim_px=int(0.1 * tile / 4))
             npz = str(Path(tmp) / f"seed{seed}.npz")
-            np.savez(npz, tiles=tiles, corrected=cal.apply(tiles).astype(np.float32), stage_um=stage_um,
-                     pixel_size=px, rows=rows, cols=cols, distortion=calfile_distortion)
+            np.savez(
+                npz,
+                tiles=tiles,
+                corrected=cal.apply(tiles).astype(np.float32),
+                stage_um=stage_um,
+                pixel_size=px,
+                rows=rows,
+                cols=cols,
+                distortion=calfile_distortion,
+            )
             stage = stage_um / px
             print(_row("stage", seed, errors(stage, true, keep), errors(stage, true, keep, scale=True), keep))
             for label, method, opts, py in VARIANTS:
@@ -376,9 +420,11 @@ def main(argv=None):
         for label, runs in summary.items():
             e = np.concatenate([r[0] for r in runs])
             es = np.concatenate([r[1] for r in runs])
-            print(f"{label:15s}  T median {np.median(e):5.2f} p95 {np.percentile(e, 95):5.2f} max {e.max():5.2f}   "
-                  f"T+S median {np.median(es):5.2f} p95 {np.percentile(es, 95):5.2f} max {es.max():5.2f}   "
-                  f"mean time {np.mean([r[2] for r in runs]):6.2f} s   max RSS {max(r[3] for r in runs):5.0f} MB")
+            print(
+                f"{label:15s}  T median {np.median(e):5.2f} p95 {np.percentile(e, 95):5.2f} max {e.max():5.2f}   "
+                f"T+S median {np.median(es):5.2f} p95 {np.percentile(es, 95):5.2f} max {es.max():5.2f}   "
+                f"mean time {np.mean([r[2] for r in runs]):6.2f} s   max RSS {max(r[3] for r in runs):5.0f} MB"
+            )
 
     import multiprocessing as mp
 
@@ -394,8 +440,10 @@ def main(argv=None):
         rss0, rss = q.get()
         p.join()
         os.unlink(path)
-        print(f"block-wise fusion of a {n}x{n} slice ({tile} px tiles, one channel): peak RSS {rss:.0f} MB "
-              f"(of which {rss0:.0f} MB imports)")
+        print(
+            f"block-wise fusion of a {n}x{n} slice ({tile} px tiles, one channel): peak RSS {rss:.0f} MB "
+            f"(of which {rss0:.0f} MB imports)"
+        )
     return 0
 
 

@@ -98,6 +98,4 @@ class RawSample:
 
     def __post_init__(self) -> None:
         acq = self.acquisition
-        self._index = {
-            (r.slice, r.z, r.channel, acq.tile_index(r.row, r.col)): r for r in self.records
-        }
+        self._index = {(r.slice, r.z, r.channel, acq.tile_index(r.row, r.col)): r for r in self.records}

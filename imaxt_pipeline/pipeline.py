@@ -53,9 +53,16 @@ def dask_client(cluster: ClusterConfig) -> Iterator[Any]:
         with Client(cluster.scheduler) as client:
             yield client
         return
-    with LocalCluster(n_workers=cluster.n_workers, threads_per_worker=cluster.threads_per_worker,
-                      processes=cluster.processes, memory_limit=cluster.memory_limit,
-                      dashboard_address=None) as lc, Client(lc) as client:
+    with (
+        LocalCluster(
+            n_workers=cluster.n_workers,
+            threads_per_worker=cluster.threads_per_worker,
+            processes=cluster.processes,
+            memory_limit=cluster.memory_limit,
+            dashboard_address=None,
+        ) as lc,
+        Client(lc) as client,
+    ):
         yield client
 
 
@@ -91,8 +98,9 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(dask_client(config.cluster))
-        ctx = StepContext(raw=raw, output=output, client=client, slices=slices,
-                          storage_options=dict(config.storage_options))
+        ctx = StepContext(
+            raw=raw, output=output, client=client, slices=slices, storage_options=dict(config.storage_options)
+        )
         for name in STEP_ORDER:
             params = config.step(name)
             if not params.enabled:
@@ -105,19 +113,21 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
             extra = sorted(set(result.rewritten_slices) - set(ctx.slices))
             if extra:
                 log.info("step %s rewrote slices %s: later steps redo them", name, extra)
-            output.append_provenance({
-                "name": name,
-                "software": software_versions(),
-                "version": __version__,
-                "parameters": params.model_dump(mode="json"),
-                "inputs": {"raw": raw.url, "raw_sha256": checksum, "other": result.inputs},
-                "outputs": result.outputs,
-                "metrics": result.metrics,
-                "slices": ctx.slices,
-                "start": utcnow(start),
-                "end": utcnow(),
-                "host": socket.gethostname(),
-            })
+            output.append_provenance(
+                {
+                    "name": name,
+                    "software": software_versions(),
+                    "version": __version__,
+                    "parameters": params.model_dump(mode="json"),
+                    "inputs": {"raw": raw.url, "raw_sha256": checksum, "other": result.inputs},
+                    "outputs": result.outputs,
+                    "metrics": result.metrics,
+                    "slices": ctx.slices,
+                    "start": utcnow(start),
+                    "end": utcnow(),
+                    "host": socket.gethostname(),
+                }
+            )
             if extra:
                 ctx.slices = sorted(set(ctx.slices) | set(extra))
     done = set(output.imaxt_attrs().get("slices_done", [])) | set(slices)

@@ -28,8 +28,12 @@ def dask_client():
     """
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      memory_limit="3GiB") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="3GiB"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 

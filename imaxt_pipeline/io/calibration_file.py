@@ -38,8 +38,9 @@ FORMAT_VERSION = 2
 _DISTORTION_ORDER = {1: ("mag_y", "mag_x", "k_y", "k_x"), 2: ("mag_y", "mag_x", "k_y", "k_x")}
 
 
-def read_calibration_file(url: str, storage_options: dict | None, *, n_channels: int,
-                          tile_shape: tuple[int, int]) -> dict[str, object]:
+def read_calibration_file(
+    url: str, storage_options: dict | None, *, n_channels: int, tile_shape: tuple[int, int]
+) -> dict[str, object]:
     """Parse a calibration ``.npz``; returns the terms it holds, validated."""
     import fsspec
 
@@ -55,8 +56,11 @@ def read_calibration_file(url: str, storage_options: dict | None, *, n_channels:
     except (TypeError, ValueError):
         raise InputError(url, f"format_version must be an integer, got {data['format_version']!r}") from None
     if version not in _DISTORTION_ORDER:
-        raise InputError(url, f"calibration file format version {version} is newer than this reader's "
-                              f"({FORMAT_VERSION}): update imaxt-pipeline")
+        raise InputError(
+            url,
+            f"calibration file format version {version} is newer than this reader's "
+            f"({FORMAT_VERSION}): update imaxt-pipeline",
+        )
     out: dict[str, object] = {}
     if "dark" in data:
         out["dark"] = np.broadcast_to(np.asarray(data["dark"], float), (n_channels,)).copy()
@@ -64,15 +68,17 @@ def read_calibration_file(url: str, storage_options: dict | None, *, n_channels:
         flat = np.asarray(data["flat"], np.float32)
         flat = flat[None] if flat.ndim == 2 else flat
         if flat.shape[-2:] != tuple(tile_shape) or flat.shape[0] not in (1, n_channels):
-            raise InputError(url, f"flat has shape {flat.shape}, expected ({n_channels}, {tile_shape[0]}, "
-                                  f"{tile_shape[1]})")
+            raise InputError(
+                url, f"flat has shape {flat.shape}, expected ({n_channels}, {tile_shape[0]}, {tile_shape[1]})"
+            )
         out["flat"] = np.broadcast_to(flat, (n_channels, *tile_shape)).copy()
     if "stray" in data:
         stray = np.asarray(data["stray"], np.float32)
         stray = stray[None] if stray.ndim == 2 else stray
         if stray.shape[-2:] != tuple(tile_shape) or stray.shape[0] not in (1, n_channels):
-            raise InputError(url, f"stray has shape {stray.shape}, expected ({n_channels}, {tile_shape[0]}, "
-                                  f"{tile_shape[1]})")
+            raise InputError(
+                url, f"stray has shape {stray.shape}, expected ({n_channels}, {tile_shape[0]}, {tile_shape[1]})"
+            )
         out["stray"] = np.broadcast_to(stray, (n_channels, *tile_shape)).copy()
     if "trim" in data:
         t = [int(v) for v in np.asarray(data["trim"]).ravel()]
@@ -88,8 +94,9 @@ def read_calibration_file(url: str, storage_options: dict | None, *, n_channels:
     return out
 
 
-def write_calibration_file(path: str | Path, cal: Calibration, fit: DistortionFit, *,
-                           distortion_only: bool = False) -> None:
+def write_calibration_file(
+    path: str | Path, cal: Calibration, fit: DistortionFit, *, distortion_only: bool = False
+) -> None:
     """Write ``cal`` as the ``.npz`` that the calibrate step loads, atomically (temp file, then rename).
 
     Keys: ``format_version`` (:data:`FORMAT_VERSION`), ``dark`` (C,), ``flat``
@@ -102,13 +109,16 @@ def write_calibration_file(path: str | Path, cal: Calibration, fit: DistortionFi
     t = cal.trim
     order = _DISTORTION_ORDER[FORMAT_VERSION]
     sigmas = dict(zip(DistortionModel.COEFFICIENTS, np.asarray(fit.sigmas(), float), strict=True))
-    arrays = {"format_version": np.array(FORMAT_VERSION),
-              "distortion": np.array([getattr(fit.model, k) for k in order], float),
-              "distortion_sigma": np.array([sigmas[k] for k in order], float)}
+    arrays = {
+        "format_version": np.array(FORMAT_VERSION),
+        "distortion": np.array([getattr(fit.model, k) for k in order], float),
+        "distortion_sigma": np.array([sigmas[k] for k in order], float),
+    }
     if not distortion_only:
         arrays.update(dark=np.asarray(cal.dark, float), trim=np.array([t.top, t.bottom, t.left, t.right], int))
-        arrays.update({k: np.asarray(v, np.float32) for k, v in (("flat", cal.flat), ("stray", cal.stray))
-                       if v is not None})
+        arrays.update(
+            {k: np.asarray(v, np.float32) for k, v in (("flat", cal.flat), ("stray", cal.stray)) if v is not None}
+        )
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name

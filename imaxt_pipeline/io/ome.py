@@ -134,18 +134,40 @@ def create_image(
     for level in range(levels):
         f = 2**level
         shp = (c, z, -(-y // f), -(-x // f))
-        group.create_array(str(level), shape=shp, chunks=(1, 1, *_chunks(shp[2:], chunks_yx)), dtype=dtype,
-                           compressors=[COMPRESSOR], fill_value=0, dimension_names=("c", "z", "y", "x"))
+        group.create_array(
+            str(level),
+            shape=shp,
+            chunks=(1, 1, *_chunks(shp[2:], chunks_yx)),
+            dtype=dtype,
+            compressors=[COMPRESSOR],
+            fill_value=0,
+            dimension_names=("c", "z", "y", "x"),
+        )
         datasets.append(_dataset(level, (1.0, scale_zyx_um[0], scale_zyx_um[1] * f, scale_zyx_um[2] * f)))
     vmax = float(window[1]) if window else float(np.iinfo(dtype).max if np.dtype(dtype).kind in "ui" else 1.0)
     group.attrs["ome"] = {
         "version": NGFF_VERSION,
-        "multiscales": [{"name": name or path, "axes": _axes(("c", "z", "y", "x")), "datasets": datasets,
-                         "type": "mean", "metadata": {"method": _REDUCER, "description": _REDUCER_TEXT}}],
-        "omero": {"channels": [
-            {"label": n, "color": _COLOURS[i % len(_COLOURS)], "active": True,
-             "window": {"min": 0.0, "max": vmax, "start": float(window[0]) if window else 0.0, "end": vmax}}
-            for i, n in enumerate(channel_names)], "rdefs": {"model": "color"}},
+        "multiscales": [
+            {
+                "name": name or path,
+                "axes": _axes(("c", "z", "y", "x")),
+                "datasets": datasets,
+                "type": "mean",
+                "metadata": {"method": _REDUCER, "description": _REDUCER_TEXT},
+            }
+        ],
+        "omero": {
+            "channels": [
+                {
+                    "label": n,
+                    "color": _COLOURS[i % len(_COLOURS)],
+                    "active": True,
+                    "window": {"min": 0.0, "max": vmax, "start": float(window[0]) if window else 0.0, "end": vmax},
+                }
+                for i, n in enumerate(channel_names)
+            ],
+            "rdefs": {"model": "color"},
+        },
     }
     return OmeImage(location, path, levels)
 
@@ -170,14 +192,20 @@ def create_labels(
     datasets = []
     for level in range(image.levels):
         c, z, y, x = _array(root, str(level)).shape
-        group.create_array(str(level), shape=(z, y, x), chunks=(1, *_chunks((y, x), chunks_yx)), dtype=dtype,
-                           compressors=[COMPRESSOR], fill_value=0, dimension_names=("z", "y", "x"))
+        group.create_array(
+            str(level),
+            shape=(z, y, x),
+            chunks=(1, *_chunks((y, x), chunks_yx)),
+            dtype=dtype,
+            compressors=[COMPRESSOR],
+            fill_value=0,
+            dimension_names=("z", "y", "x"),
+        )
         scale = src["datasets"][level]["coordinateTransformations"][0]["scale"][1:]
         datasets.append(_dataset(level, scale))
     group.attrs["ome"] = {
         "version": NGFF_VERSION,
-        "multiscales": [{"name": name, "axes": _axes(("z", "y", "x")), "datasets": datasets,
-                         "type": "nearest"}],
+        "multiscales": [{"name": name, "axes": _axes(("z", "y", "x")), "datasets": datasets, "type": "nearest"}],
         "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}, "colors": []},
     }
     return OmeImage(image.location, f"{image.path}/labels/{name}", image.levels, is_label=True)

@@ -84,12 +84,29 @@ class OutputStore:
         self.root.attrs["imaxt"] = meta
 
     # -- images ------------------------------------------------------------
-    def create_image(self, name: str, *, channel_names: Sequence[str], shape_czyx: Sequence[int],
-                     scale_zyx_um: Sequence[float], dtype: str = "uint16", levels: int = 3,
-                     chunks_yx: tuple[int, int] = (512, 512), window: tuple[float, float] | None = None) -> OmeImage:
-        return create_image(self.location, name, shape_czyx=shape_czyx, scale_zyx_um=scale_zyx_um,
-                            channel_names=channel_names, dtype=dtype, levels=levels, chunks_yx=chunks_yx,
-                            window=window)
+    def create_image(
+        self,
+        name: str,
+        *,
+        channel_names: Sequence[str],
+        shape_czyx: Sequence[int],
+        scale_zyx_um: Sequence[float],
+        dtype: str = "uint16",
+        levels: int = 3,
+        chunks_yx: tuple[int, int] = (512, 512),
+        window: tuple[float, float] | None = None,
+    ) -> OmeImage:
+        return create_image(
+            self.location,
+            name,
+            shape_czyx=shape_czyx,
+            scale_zyx_um=scale_zyx_um,
+            channel_names=channel_names,
+            dtype=dtype,
+            levels=levels,
+            chunks_yx=chunks_yx,
+            window=window,
+        )
 
     def open_image(self, name: str) -> OmeImage:
         return open_image(self.location, name)
@@ -101,13 +118,27 @@ class OutputStore:
         return create_labels(self.open_image(image_name), label_name, dtype=dtype)
 
     # -- plain arrays --------------------------------------------------------
-    def create_array(self, path: str, *, shape: Sequence[int], chunks: Sequence[int], dtype: str,
-                     dimension_names: Sequence[str] | None = None) -> zarr.Array[Any]:
+    def create_array(
+        self,
+        path: str,
+        *,
+        shape: Sequence[int],
+        chunks: Sequence[int],
+        dtype: str,
+        dimension_names: Sequence[str] | None = None,
+    ) -> zarr.Array[Any]:
         """Create (or overwrite) the array ``path`` (parent groups made as needed), filled with 0."""
         parent, _, name = path.rpartition("/")
         group = self.root.require_group(parent) if parent else self.root
-        return group.create_array(name, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0,
-                                  overwrite=True, dimension_names=tuple(dimension_names) if dimension_names else None)
+        return group.create_array(
+            name,
+            shape=tuple(shape),
+            chunks=tuple(chunks),
+            dtype=dtype,
+            fill_value=0,
+            overwrite=True,
+            dimension_names=tuple(dimension_names) if dimension_names else None,
+        )
 
     def open_array(self, path: str) -> zarr.Array[Any]:
         """The existing array ``path``, writable unless the store was opened with ``mode="r"``."""

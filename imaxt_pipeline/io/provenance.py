@@ -6,8 +6,23 @@ import datetime as _dt
 import platform
 from importlib import metadata
 
-_PACKAGES = ("imaxt-pipeline", "numpy", "scipy", "scikit-image", "dask", "distributed", "zarr",
-             "ome-zarr", "fsspec", "s3fs", "tifffile", "pandas", "pyarrow", "torch", "cellpose")
+_PACKAGES = (
+    "imaxt-pipeline",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "dask",
+    "distributed",
+    "zarr",
+    "ome-zarr",
+    "fsspec",
+    "s3fs",
+    "tifffile",
+    "pandas",
+    "pyarrow",
+    "torch",
+    "cellpose",
+)
 
 
 def software_versions() -> dict[str, str]:
@@ -23,5 +38,5 @@ def software_versions() -> dict[str, str]:
 
 def utcnow(when: _dt.datetime | None = None) -> str:
     """UTC ISO-8601 timestamp, e.g. ``2026-11-23T08:00:00.123456+00:00``."""
-    when = when or _dt.datetime.now(_dt.timezone.utc)
-    return when.astimezone(_dt.timezone.utc).isoformat()
+    when = when or _dt.datetime.now(_dt.UTC)
+    return when.astimezone(_dt.UTC).isoformat()

@@ -49,8 +49,9 @@ class RawStore:
         Refuse a store whose upload did not finish.
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
-                 require_complete: bool = True) -> None:
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None = None, *, require_complete: bool = True
+    ) -> None:
         self.location = Location(url, storage_options)
         try:
             self.group = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")

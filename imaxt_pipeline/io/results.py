@@ -25,12 +25,42 @@ from .output import FORMAT_VERSION, OutputStore
 from .rawzarr import RawStore
 
 __all__ = [
-    "BEADS", "CALIBRATION_ARRAYS", "CELLS", "CONFIDENCE", "CROPS", "CROP_INDEX_COLUMNS", "CUBE", "FLAT", "LABELS",
-    "MOSAIC", "NUCLEI", "REPRESENTATIVE_SLICES", "STITCH_PAIRS", "STITCH_POINTS", "STRAY", "FORMAT_VERSION",
-    "calibration_record", "check_format_version", "crops_array", "label_path", "mosaic_canvas",
-    "open_label_images", "position_key", "read_calibration", "read_catalogue", "read_slice_offsets",
-    "read_stitch_points", "read_table_or_none", "read_tile_positions", "replace_slices", "slices_done",
-    "source_image", "stitch_record", "table_path", "write_calibration", "write_slice_offsets",
+    "BEADS",
+    "CALIBRATION_ARRAYS",
+    "CELLS",
+    "CONFIDENCE",
+    "CROPS",
+    "CROP_INDEX_COLUMNS",
+    "CUBE",
+    "FLAT",
+    "LABELS",
+    "MOSAIC",
+    "NUCLEI",
+    "REPRESENTATIVE_SLICES",
+    "STITCH_PAIRS",
+    "STITCH_POINTS",
+    "STRAY",
+    "FORMAT_VERSION",
+    "calibration_record",
+    "check_format_version",
+    "crops_array",
+    "label_path",
+    "mosaic_canvas",
+    "open_label_images",
+    "position_key",
+    "read_calibration",
+    "read_catalogue",
+    "read_slice_offsets",
+    "read_stitch_points",
+    "read_table_or_none",
+    "read_tile_positions",
+    "replace_slices",
+    "slices_done",
+    "source_image",
+    "stitch_record",
+    "table_path",
+    "write_calibration",
+    "write_slice_offsets",
     "write_stitch_record",
 ]
 
@@ -52,8 +82,17 @@ NUCLEI: Final = "nuclei"  #: one row per nucleus per plane
 REPRESENTATIVE_SLICES: Final = "representative_slices"  #: slices ranked by typicality
 
 #: Catalogue columns copied into the crops index (row ``i`` describes crop ``i``).
-CROP_INDEX_COLUMNS: Final = ("slice", "plane", "label", "centroid_y_px", "centroid_x_px", "centroid_y_um",
-                             "centroid_x_um", "centroid_z_um", "area_px")
+CROP_INDEX_COLUMNS: Final = (
+    "slice",
+    "plane",
+    "label",
+    "centroid_y_px",
+    "centroid_x_px",
+    "centroid_y_um",
+    "centroid_x_um",
+    "centroid_z_um",
+    "area_px",
+)
 
 
 def table_path(name: str) -> str:
@@ -75,8 +114,10 @@ def check_format_version(output: OutputStore) -> str:
     """
     found = output.imaxt_attrs().get("format_version")
     if found is not None and str(found).split(".")[0] != FORMAT_VERSION.split(".")[0]:
-        raise StoreError(f"{output.url}: results format {found}, this version of imaxt-pipeline writes "
-                         f"{FORMAT_VERSION}; write to a new output store")
+        raise StoreError(
+            f"{output.url}: results format {found}, this version of imaxt-pipeline writes "
+            f"{FORMAT_VERSION}; write to a new output store"
+        )
     if found != FORMAT_VERSION:
         output.update_imaxt_attrs("format_version", FORMAT_VERSION)
     return FORMAT_VERSION
@@ -93,8 +134,9 @@ def read_table_or_none(output: OutputStore, name: str) -> pd.DataFrame | None:
     return output.read_table(name) if output.has_table(name) else None
 
 
-def replace_slices(output: OutputStore, name: str, new: pd.DataFrame, slices: Sequence[int], *,
-                   sort_by: Sequence[str]) -> pd.DataFrame:
+def replace_slices(
+    output: OutputStore, name: str, new: pd.DataFrame, slices: Sequence[int], *, sort_by: Sequence[str]
+) -> pd.DataFrame:
     """Table ``name`` with its rows of ``slices`` replaced by ``new``, sorted (stable) by ``sort_by``.
 
     Live processing redoes only the slices that landed: rows of every other
@@ -147,8 +189,9 @@ def write_calibration(output: OutputStore, cal: Calibration, **extra: object) ->
 def mosaic_canvas(raw: RawStore) -> MosaicGeometry:
     """The sample's mosaic canvas, shared by every slice (fixed by the acquisition and slice 0's stage)."""
     acq = raw.acquisition
-    return mosaic_geometry(raw.stage_px(0, 0), rows=acq.rows, cols=acq.cols, tile_shape=acq.tile_shape,
-                           overlap=acq.overlap)
+    return mosaic_geometry(
+        raw.stage_px(0, 0), rows=acq.rows, cols=acq.cols, tile_shape=acq.tile_shape, overlap=acq.overlap
+    )
 
 
 def position_key(slice_: int, row: int, col: int) -> str:
@@ -197,12 +240,18 @@ def read_slice_offsets(output: OutputStore, n_slices: int) -> NDArray[np.float64
     known = np.array([[np.nan if v is None else v for v in row] for row in reg], float)[:n_slices]
     offsets[: len(known)] = np.nan_to_num(known)
     if len(known) < n_slices:
-        offsets[len(known):] = offsets[len(known) - 1]
+        offsets[len(known) :] = offsets[len(known) - 1]
     return offsets
 
 
-def write_slice_offsets(output: OutputStore, offsets: NDArray[np.float64], errors: NDArray[np.float64], *,
-                        unconstrained: Sequence[int], chi2: Sequence[float | None]) -> None:
+def write_slice_offsets(
+    output: OutputStore,
+    offsets: NDArray[np.float64],
+    errors: NDArray[np.float64],
+    *,
+    unconstrained: Sequence[int],
+    chi2: Sequence[float | None],
+) -> None:
     """Write ``imaxt.register``: offsets and their 1-sigma errors (px, 4 decimals), unconstrained slices, chi2."""
     output.update_imaxt_attrs("register.slice_offsets_px", np.round(offsets, 4).tolist())
     output.update_imaxt_attrs("register.slice_offsets_err_px", np.round(errors, 4).tolist())
@@ -259,8 +308,9 @@ def read_catalogue(output: OutputStore) -> tuple[pd.DataFrame, pd.DataFrame]:
     return output.read_table(CELLS), output.read_table(NUCLEI)
 
 
-def crops_array(output: OutputStore, *, n: int, channels: Sequence[str], size: int, chunk: int, image: str,
-                append: bool) -> zarr.Array[Any]:
+def crops_array(
+    output: OutputStore, *, n: int, channels: Sequence[str], size: int, chunk: int, image: str, append: bool
+) -> zarr.Array[Any]:
     """The ``crops`` array (n, c, size, size) of crops cut from ``image``, ``chunk`` crops per chunk.
 
     ``append`` grows the stored array to ``n`` rows, keeping its crops (and
@@ -272,8 +322,13 @@ def crops_array(output: OutputStore, *, n: int, channels: Sequence[str], size: i
         array.resize(shape)
     else:
         chunks = (max(1, min(chunk, max(n, 1))), len(channels), size, size)
-        array = output.create_array(CROPS, shape=shape, chunks=chunks, dtype="float32",
-                                    dimension_names=("n", "c", "y", "x"))
-    array.attrs["imaxt"] = {"index_table": table_path(CROPS), "channels": list(channels), "image": image,
-                            "description": "nucleus-centred crops, zero outside the nucleus mask"}
+        array = output.create_array(
+            CROPS, shape=shape, chunks=chunks, dtype="float32", dimension_names=("n", "c", "y", "x")
+        )
+    array.attrs["imaxt"] = {
+        "index_table": table_path(CROPS),
+        "channels": list(channels),
+        "image": image,
+        "description": "nucleus-centred crops, zero outside the nucleus mask",
+    }
     return array

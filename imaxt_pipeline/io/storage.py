@@ -44,9 +44,13 @@ def parse_storage_options(text: str) -> dict[str, Any]:
     return value
 
 
-def resolve_storage_options(*, config: Mapping[str, Any] | None = None,
-                            options: str | Mapping[str, Any] | None = None, endpoint_url: str | None = None,
-                            environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def resolve_storage_options(
+    *,
+    config: Mapping[str, Any] | None = None,
+    options: str | Mapping[str, Any] | None = None,
+    endpoint_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Combine storage options from configuration, environment and command line.
 
     Parameters
@@ -74,8 +78,12 @@ def resolve_storage_options(*, config: Mapping[str, Any] | None = None,
     if isinstance(options, str):
         options = parse_storage_options(options)
     env_endpoint = environ.get(ENDPOINT_ENV) or None
-    layers = [config, {"endpoint_url": env_endpoint} if env_endpoint else None, options,
-              {"endpoint_url": endpoint_url} if endpoint_url else None]
+    layers = [
+        config,
+        {"endpoint_url": env_endpoint} if env_endpoint else None,
+        options,
+        {"endpoint_url": endpoint_url} if endpoint_url else None,
+    ]
     merged: dict[str, Any] = {}
     endpoint: str | None = None
     for layer in layers:

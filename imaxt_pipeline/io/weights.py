@@ -27,8 +27,17 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..algorithms.registration import BeadUNet
 
-__all__ = ["DEFAULT_BEAD_UNET", "DEFAULT_CELLPOSE", "ModelKind", "cached_model", "clear_cache", "load_bead_unet",
-           "load_cellpose", "resolve_cellpose_model", "resolve_device"]
+__all__ = [
+    "DEFAULT_BEAD_UNET",
+    "DEFAULT_CELLPOSE",
+    "ModelKind",
+    "cached_model",
+    "clear_cache",
+    "load_bead_unet",
+    "load_cellpose",
+    "resolve_cellpose_model",
+    "resolve_device",
+]
 
 _PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 DEFAULT_BEAD_UNET = _PRETRAINED / "bead_unet.pt"
@@ -62,8 +71,7 @@ def resolve_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_bead_unet(source: str | Path | None = None, *, device: str | None = None
-                   ) -> tuple[BeadUNet, dict[str, Any]]:
+def load_bead_unet(source: str | Path | None = None, *, device: str | None = None) -> tuple[BeadUNet, dict[str, Any]]:
     """Load bead U-Net weights from the package (default), a path or an fsspec/HTTP URL (not cached).
 
     Parameters
@@ -131,8 +139,10 @@ def resolve_cellpose_model(model: str) -> str:
     if model in models.MODEL_NAMES:
         return model
     if not Path(model).is_file():
-        raise ConfigError(f"cellpose model {model!r}: no such weights file and not a built-in name "
-                          f"({', '.join(models.MODEL_NAMES[:6])}, ...)")
+        raise ConfigError(
+            f"cellpose model {model!r}: no such weights file and not a built-in name "
+            f"({', '.join(models.MODEL_NAMES[:6])}, ...)"
+        )
     return str(Path(model).resolve())
 
 
@@ -163,8 +173,10 @@ def load_cellpose(model: str, *, device: str | None = None) -> Any:
         try:
             path = models.model_path(name)
         except Exception as exc:  # cellpose downloads missing built-in weights
-            raise ConfigError(f"cellpose built-in model {name!r} is not cached locally and cannot be "
-                              f"downloaded ({type(exc).__name__}: {exc})") from exc
+            raise ConfigError(
+                f"cellpose built-in model {name!r} is not cached locally and cannot be "
+                f"downloaded ({type(exc).__name__}: {exc})"
+            ) from exc
         return models.CellposeModel(gpu=gpu, pretrained_model=str(path), diam_mean=17.0 if name == "nuclei" else 30.0)
     return models.CellposeModel(gpu=gpu, pretrained_model=name)
 

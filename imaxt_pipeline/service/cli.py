@@ -95,10 +95,16 @@ def _kube_settings(args: argparse.Namespace, storage: dict[str, Any]) -> Any:
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ConfigError(f"{args.kube_settings}: unknown keys {unknown}")
-    flags = {"image": args.image, "gpu_image": args.gpu_image, "namespace": args.namespace,
-             "workers": args.k8s_workers, "gpu_workers": args.gpu_workers,
-             "s3_secret": args.s3_secret, "service_account": args.service_account,
-             "endpoint_url": storage.get("endpoint_url")}
+    flags = {
+        "image": args.image,
+        "gpu_image": args.gpu_image,
+        "namespace": args.namespace,
+        "workers": args.k8s_workers,
+        "gpu_workers": args.gpu_workers,
+        "s3_secret": args.s3_secret,
+        "service_account": args.service_account,
+        "endpoint_url": storage.get("endpoint_url"),
+    }
     fields.update({k: v for k, v in flags.items() if v is not None})
     return KubeSettings(**fields)
 
@@ -109,9 +115,14 @@ def _action(args: argparse.Namespace, storage: dict[str, Any]) -> Any:
     if getattr(args, "command_template", None):
         return CommandAction(args.command_template)
     try:
-        return PipelineAction(args.backend, config_path=args.config, storage_options=storage,
-                              scheduler=args.scheduler, n_workers=args.workers,
-                              kube=_kube_settings(args, storage))
+        return PipelineAction(
+            args.backend,
+            config_path=args.config,
+            storage_options=storage,
+            scheduler=args.scheduler,
+            n_workers=args.workers,
+            kube=_kube_settings(args, storage),
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -119,8 +130,11 @@ def _action(args: argparse.Namespace, storage: dict[str, Any]) -> Any:
 def _add_run_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("local", "dask", "kubernetes"), default="local")
     p.add_argument("--config", help="run configuration YAML")
-    p.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
-                   help="Dask scheduler address for --backend dask")
+    p.add_argument(
+        "--scheduler",
+        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+        help="Dask scheduler address for --backend dask",
+    )
     p.add_argument("--workers", type=int, help="LocalCluster workers for --backend local")
 
 
@@ -134,9 +148,12 @@ def add_synth(sub: SubParsers) -> None:
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample", default="synth")
-    p.add_argument("--calibration", action="store_true",
-                   help="a distortion-calibration acquisition instead (5x5 tiles, 45 %% overlap, 0.1 px stage, "
-                        "dense tissue; same optics), for `imaxt calibrate-distortion`")
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="a distortion-calibration acquisition instead (5x5 tiles, 45 %% overlap, 0.1 px stage, "
+        "dense tissue; same optics), for `imaxt calibrate-distortion`",
+    )
     p.set_defaults(handler=_synth)
 
 
@@ -146,8 +163,14 @@ def _synth(args: argparse.Namespace) -> int:
     if args.calibration:
         params = calibration_params(seed=args.seed, tile_shape=(args.tile_size, args.tile_size))
     else:
-        params = SynthParams(sample=args.sample, slices=args.slices, rows=args.rows, cols=args.cols,
-                             seed=args.seed, tile_shape=(args.tile_size, args.tile_size))
+        params = SynthParams(
+            sample=args.sample,
+            slices=args.slices,
+            rows=args.rows,
+            cols=args.cols,
+            seed=args.seed,
+            tile_shape=(args.tile_size, args.tile_size),
+        )
     synthesize(args.out, params)
     print(f"wrote synthetic sample {args.sample!r} to {args.out} (truth in {args.out / 'truth'})")
     return 0
@@ -159,8 +182,11 @@ def add_upload(sub: SubParsers) -> None:
     p.add_argument("dest_url")
     p.add_argument("--workers", type=int, default=8, help="parallel tile uploads")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--overwrite", action="store_true",
-                   help="rewrite every tile of an existing store of the same sample (never another sample's)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite every tile of an existing store of the same sample (never another sample's)",
+    )
     _add_storage(p)
     p.set_defaults(handler=_upload)
 
@@ -168,8 +194,14 @@ def add_upload(sub: SubParsers) -> None:
 def _upload(args: argparse.Namespace) -> int:
     from ..io.upload import upload
 
-    report = upload(args.raw_dir, args.dest_url, storage_options=args.storage_options,
-                    workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite)
+    report = upload(
+        args.raw_dir,
+        args.dest_url,
+        storage_options=args.storage_options,
+        workers=args.workers,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     print(report.summary())
     return 0
 
@@ -224,9 +256,12 @@ def add_watch(sub: SubParsers) -> None:
     p.add_argument("--output", help="output prefix (default BUCKET/_imaxt/processed)")
     p.add_argument("--raw-prefix", help="raw Zarr prefix (default BUCKET/_imaxt/raw)")
     p.add_argument("--state", help="state folder or s3:// prefix (default BUCKET/_imaxt/state)")
-    p.add_argument("--command", dest="command_template",
-                   help="run this command per sample instead of the pipeline; fields {sample} "
-                        "{sample_url} {output_url} {raw_store_url} {attempt}")
+    p.add_argument(
+        "--command",
+        dest="command_template",
+        help="run this command per sample instead of the pipeline; fields {sample} "
+        "{sample_url} {output_url} {raw_store_url} {attempt}",
+    )
     _add_run_target(p)
     _add_kube(p)
     p.add_argument("--poll", type=float, default=30.0, help="seconds between bucket polls")
@@ -235,10 +270,12 @@ def add_watch(sub: SubParsers) -> None:
     p.add_argument("--backoff", type=float, default=60.0, help="first retry delay, doubled each time")
     p.add_argument("--notify-port", type=int, help="serve POST /events for S3/MinIO notifications")
     p.add_argument("--notify-host", default="0.0.0.0")
-    p.add_argument("--notify-token", default=os.environ.get("IMAXT_NOTIFY_TOKEN"),
-                   help="required bearer token for notifications (env IMAXT_NOTIFY_TOKEN)")
-    p.add_argument("--exit-when-settled", action="store_true",
-                   help="exit once every landed sample is done or failed")
+    p.add_argument(
+        "--notify-token",
+        default=os.environ.get("IMAXT_NOTIFY_TOKEN"),
+        help="required bearer token for notifications (env IMAXT_NOTIFY_TOKEN)",
+    )
+    p.add_argument("--exit-when-settled", action="store_true", help="exit once every landed sample is done or failed")
     p.add_argument("--owner", help="lease owner id (default host:pid:random)")
     _add_storage(p)
     p.set_defaults(handler=_watch, json_events=True)
@@ -250,15 +287,26 @@ def _watch(args: argparse.Namespace) -> int:
     from .watcher import Watcher
 
     storage = args.storage_options
-    ledger = Ledger(open_state_store(_state_url(args), storage),
-                    retry=RetryPolicy(max_attempts=args.max_attempts, backoff_s=args.backoff))
-    watcher = Watcher(args.bucket_url, _action(args, storage), ledger, storage_options=storage,
-                      output_prefix=args.output, raw_prefix=args.raw_prefix, owner=args.owner,
-                      lease_ttl=args.lease_ttl, poll_interval=args.poll)
+    ledger = Ledger(
+        open_state_store(_state_url(args), storage),
+        retry=RetryPolicy(max_attempts=args.max_attempts, backoff_s=args.backoff),
+    )
+    watcher = Watcher(
+        args.bucket_url,
+        _action(args, storage),
+        ledger,
+        storage_options=storage,
+        output_prefix=args.output,
+        raw_prefix=args.raw_prefix,
+        owner=args.owner,
+        lease_ttl=args.lease_ttl,
+        poll_interval=args.poll,
+    )
     server = None
     if args.notify_port is not None:
-        server = NotificationServer(watcher.on_events, host=args.notify_host, port=args.notify_port,
-                                    token=args.notify_token).start()
+        server = NotificationServer(
+            watcher.on_events, host=args.notify_host, port=args.notify_port, token=args.notify_token
+        ).start()
         print(f"notifications: POST {server.url}/events", file=sys.stderr, flush=True)
     try:
         watcher.run(threading.Event(), exit_when_settled=args.exit_when_settled)
@@ -318,14 +366,20 @@ def _submit(args: argparse.Namespace) -> int:
     storage = args.storage_options
     action = _action(args, storage)
     sample = args.raw_url.rstrip("/").rsplit("/", 1)[-1]
-    job = Job(sample=sample, sample_url=args.raw_url, output_url=args.output_url,
-              raw_store_url=args.raw_store or _default_raw_store(args.output_url))
+    job = Job(
+        sample=sample,
+        sample_url=args.raw_url,
+        output_url=args.output_url,
+        raw_store_url=args.raw_store or _default_raw_store(args.output_url),
+    )
     if args.dry_run:
         if args.backend == "kubernetes":
             print(to_yaml(action.objects(job)), end="")
         else:
-            print(f"# backend {args.backend}: upload {job.sample_url} -> {job.raw_store_url}; "
-                  f"pipeline -> {job.output_url}")
+            print(
+                f"# backend {args.backend}: upload {job.sample_url} -> {job.raw_store_url}; "
+                f"pipeline -> {job.output_url}"
+            )
         return 0
     action(job, threading.Event())
     print(f"{sample}: done -> {job.output_url}")
@@ -338,8 +392,11 @@ def add_process(sub: SubParsers) -> None:
     p.add_argument("--out", dest="output_url", required=True)
     p.add_argument("--raw-store", help="raw Zarr store (default: OUT with .raw.zarr)")
     p.add_argument("--config")
-    p.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
-                   help="Dask scheduler (default $DASK_SCHEDULER_ADDRESS, else a LocalCluster)")
+    p.add_argument(
+        "--scheduler",
+        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+        help="Dask scheduler (default $DASK_SCHEDULER_ADDRESS, else a LocalCluster)",
+    )
     p.add_argument("--workers", type=int)
     _add_storage(p)
     p.set_defaults(handler=_process)
@@ -348,29 +405,47 @@ def add_process(sub: SubParsers) -> None:
 def _process(args: argparse.Namespace) -> int:
     from .launcher import process_sample
 
-    summary = process_sample(args.raw_url, args.raw_store or _default_raw_store(args.output_url),
-                             args.output_url, config_path=args.config,
-                             storage_options=args.storage_options, scheduler=args.scheduler,
-                             n_workers=args.workers)
+    summary = process_sample(
+        args.raw_url,
+        args.raw_store or _default_raw_store(args.output_url),
+        args.output_url,
+        config_path=args.config,
+        storage_options=args.storage_options,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
+    )
     print(summary.describe())
     return 0
 
 
 # -- calibrate-distortion ----------------------------------------------------
 def add_calibrate_distortion(sub: SubParsers) -> None:
-    p = sub.add_parser("calibrate-distortion",
-                       help="dark, flat, trim and distortion (± sigma) from a high-overlap calibration acquisition")
+    p = sub.add_parser(
+        "calibrate-distortion",
+        help="dark, flat, trim and distortion (± sigma) from a high-overlap calibration acquisition",
+    )
     p.add_argument("raw_dir", help="raw sample folder (spec/raw-layout.md) of the calibration acquisition")
     p.add_argument("out", help="calibration file to write (.npz, read by the calibrate step)")
-    p.add_argument("--stage-sigma-px", type=float, required=True,
-                   help="stated stage accuracy, px (1 sigma per axis): the ruler of the magnification")
+    p.add_argument(
+        "--stage-sigma-px",
+        type=float,
+        required=True,
+        help="stated stage accuracy, px (1 sigma per axis): the ruler of the magnification",
+    )
     p.add_argument("--diagonal", action="store_true", help="also match diagonal neighbours")
     p.add_argument("--max-shift", type=int, default=15, help="search radius around the stage prediction, px")
-    p.add_argument("--block", type=int, default=16,
-                   help="block size of the correspondences, px (block averaging biases mag by ~1.3 k (B / W)**2)")
+    p.add_argument(
+        "--block",
+        type=int,
+        default=16,
+        help="block size of the correspondences, px (block averaging biases mag by ~1.3 k (B / W)**2)",
+    )
     p.add_argument("--max-tiles", type=int, default=64, help="tiles sampled for the dark/flat estimate")
-    p.add_argument("--distortion-only", action="store_true",
-                   help="write only the distortion (each sample's calibrate step then estimates dark and flat)")
+    p.add_argument(
+        "--distortion-only",
+        action="store_true",
+        help="write only the distortion (each sample's calibrate step then estimates dark and flat)",
+    )
     _add_storage(p)
     p.set_defaults(handler=_calibrate_distortion)
 
@@ -386,27 +461,44 @@ def _calibrate_distortion(args: argparse.Namespace) -> int:
     from ..io.calibration_file import write_calibration_file
     from ..workflows.calibration_acquisition import calibrate_from_acquisition
 
-    cal, fit = calibrate_from_acquisition(args.raw_dir, storage_options=args.storage_options,
-                                          stage_sigma_px=args.stage_sigma_px, diagonal=args.diagonal,
-                                          max_shift=args.max_shift, block_size=args.block, max_tiles=args.max_tiles)
+    cal, fit = calibrate_from_acquisition(
+        args.raw_dir,
+        storage_options=args.storage_options,
+        stage_sigma_px=args.stage_sigma_px,
+        diagonal=args.diagonal,
+        max_shift=args.max_shift,
+        block_size=args.block,
+        max_tiles=args.max_tiles,
+    )
     write_calibration_file(out, cal, fit, distortion_only=args.distortion_only)
     if not args.distortion_only:
-        print(f"dark {[round(float(d), 2) for d in cal.dark]} ({cal.source.get('dark')}), "
-              f"trim {tuple(cal.trim.as_dict().values())} (top, bottom, left, right), flat from the data")
+        print(
+            f"dark {[round(float(d), 2) for d in cal.dark]} ({cal.source.get('dark')}), "
+            f"trim {tuple(cal.trim.as_dict().values())} (top, bottom, left, right), flat from the data"
+        )
     print(fit.describe())
     print(f"wrote {out}")
     return 0
 
 
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
-    add_synth, add_upload, add_run, add_demo, add_watch, add_status, add_submit, add_process,
-    add_calibrate_distortion)
+    add_synth,
+    add_upload,
+    add_run,
+    add_demo,
+    add_watch,
+    add_status,
+    add_submit,
+    add_process,
+    add_calibrate_distortion,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imaxt",
-        description="Serial-section microscopy: raw tiles -> stitched, registered OME-Zarr cubes with cells.")
+        description="Serial-section microscopy: raw tiles -> stitched, registered OME-Zarr cubes with cells.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)

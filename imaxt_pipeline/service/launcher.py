@@ -75,18 +75,27 @@ class CommandAction:
         self.env = env
 
     def argv(self, job: Job) -> list[str]:
-        fields = {"sample": job.sample, "sample_url": job.sample_url, "output_url": job.output_url,
-                  "raw_store_url": job.raw_store_url, "attempt": job.attempt}
+        fields = {
+            "sample": job.sample,
+            "sample_url": job.sample_url,
+            "output_url": job.output_url,
+            "raw_store_url": job.raw_store_url,
+            "attempt": job.attempt,
+        }
         return [part.format(**fields) for part in shlex.split(self.template)]
 
     def __call__(self, job: Job, cancel: threading.Event) -> None:
         argv = self.argv(job)
         env = {**os.environ, **(self.env or {})}
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         out: list[bytes] = []
-        reader = threading.Thread(target=lambda: out.append(proc.stdout.read() if proc.stdout else b""),
-                                  daemon=True)
+        reader = threading.Thread(target=lambda: out.append(proc.stdout.read() if proc.stdout else b""), daemon=True)
         reader.start()
         try:
             while proc.poll() is None:
@@ -107,8 +116,9 @@ class CommandAction:
             raise RunFailed(f"command exited with status {proc.returncode}: " + " | ".join(tail))
 
 
-def load_run_config(config_path: str | Path | None = None, *, storage_options: Mapping[str, Any] | None = None,
-                    **overrides: Any) -> RunConfig:
+def load_run_config(
+    config_path: str | Path | None = None, *, storage_options: Mapping[str, Any] | None = None, **overrides: Any
+) -> RunConfig:
     """The run configuration of a job: the file, ``overrides``, and storage options combined.
 
     ``storage_options`` (from the command line or the watcher) are merged over the file's by
@@ -121,16 +131,28 @@ def load_run_config(config_path: str | Path | None = None, *, storage_options: M
     return config.model_copy(update={"storage_options": merged})
 
 
-def process_sample(raw_url: str, raw_store_url: str, output_url: str, *,
-                   config_path: str | Path | None = None, storage_options: Mapping[str, Any] | None = None,
-                   scheduler: str | None = None, n_workers: int | None = None,
-                   client: Any = None) -> Any:
+def process_sample(
+    raw_url: str,
+    raw_store_url: str,
+    output_url: str,
+    *,
+    config_path: str | Path | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    client: Any = None,
+) -> Any:
     """Upload ``raw_url`` to ``raw_store_url`` (resumable) and run the pipeline into ``output_url``."""
     from ..io.upload import upload
     from ..pipeline import run_pipeline
 
-    config = load_run_config(config_path, storage_options=storage_options, input_url=raw_store_url,
-                             output_url=output_url, **{"cluster.scheduler": scheduler, "cluster.n_workers": n_workers})
+    config = load_run_config(
+        config_path,
+        storage_options=storage_options,
+        input_url=raw_store_url,
+        output_url=output_url,
+        **{"cluster.scheduler": scheduler, "cluster.n_workers": n_workers},
+    )
     # The config file may carry the storage options (the Kubernetes ConfigMap does).
     upload(raw_url, raw_store_url, storage_options=config.storage_options or None, progress=False)
     return run_pipeline(config, client=client)
@@ -150,10 +172,17 @@ class PipelineAction:
         Image, namespace, workers, GPU group for ``kubernetes``.
     """
 
-    def __init__(self, backend: str = "local", *, config_path: str | Path | None = None,
-                 storage_options: Mapping[str, Any] | None = None, scheduler: str | None = None,
-                 n_workers: int | None = None, kube: KubeSettings | None = None,
-                 poll_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        backend: str = "local",
+        *,
+        config_path: str | Path | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        scheduler: str | None = None,
+        n_workers: int | None = None,
+        kube: KubeSettings | None = None,
+        poll_s: float = 10.0,
+    ) -> None:
         if backend not in ("local", "dask", "kubernetes"):
             raise ValueError(f"backend must be local, dask or kubernetes, got {backend!r}")
         if backend == "dask" and not scheduler:
@@ -168,28 +197,46 @@ class PipelineAction:
 
     def config_yaml(self, job: Job) -> str:
         """The run configuration shipped to Kubernetes in the ConfigMap."""
-        cfg = load_run_config(self.config_path, storage_options=self.storage_options,
-                              input_url=job.raw_store_url, output_url=job.output_url)
-        return yaml.safe_dump(cfg.model_dump(mode="json", exclude={"cluster"}, exclude_defaults=True),
-                              sort_keys=False)
+        cfg = load_run_config(
+            self.config_path,
+            storage_options=self.storage_options,
+            input_url=job.raw_store_url,
+            output_url=job.output_url,
+        )
+        return yaml.safe_dump(cfg.model_dump(mode="json", exclude={"cluster"}, exclude_defaults=True), sort_keys=False)
 
     def objects(self, job: Job) -> list[dict[str, Any]]:
-        return job_objects(job.sample, self.kube, raw_url=job.sample_url, output_url=job.output_url,
-                           raw_store_url=job.raw_store_url, config_yaml=self.config_yaml(job))
+        return job_objects(
+            job.sample,
+            self.kube,
+            raw_url=job.sample_url,
+            output_url=job.output_url,
+            raw_store_url=job.raw_store_url,
+            config_yaml=self.config_yaml(job),
+        )
 
     def __call__(self, job: Job, cancel: threading.Event) -> None:
         if self.backend == "kubernetes":
             run_on_kubernetes(self.objects(job), cancel, poll_s=self.poll_s)
             return
-        process_sample(job.sample_url, job.raw_store_url, job.output_url,
-                       config_path=self.config_path, storage_options=self.storage_options,
-                       scheduler=self.scheduler if self.backend == "dask" else None,
-                       n_workers=self.n_workers)
+        process_sample(
+            job.sample_url,
+            job.raw_store_url,
+            job.output_url,
+            config_path=self.config_path,
+            storage_options=self.storage_options,
+            scheduler=self.scheduler if self.backend == "dask" else None,
+            n_workers=self.n_workers,
+        )
 
 
-def run_on_kubernetes(objects: list[dict[str, Any]], cancel: threading.Event, *,
-                      poll_s: float = 10.0,
-                      sleep: Callable[[float], None] = time.sleep) -> None:  # pragma: no cover
+def run_on_kubernetes(
+    objects: list[dict[str, Any]],
+    cancel: threading.Event,
+    *,
+    poll_s: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:  # pragma: no cover
     """Create the objects through the API server and wait for the DaskJob to finish.
 
     Needs in-cluster credentials or a kubeconfig (``kr8s`` finds either).

@@ -187,12 +187,20 @@ class S3StateStore(StateStore):
     def put(self, state: SampleState, *, version: str | None) -> None:
         cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
         try:
-            self.fs.call_s3("put_object", Bucket=self.bucket, Key=self._key(state.sample),
-                            Body=state.to_json(), ContentType="application/json", **cond)
+            self.fs.call_s3(
+                "put_object",
+                Bucket=self.bucket,
+                Key=self._key(state.sample),
+                Body=state.to_json(),
+                ContentType="application/json",
+                **cond,
+            )
         except (FileExistsError, FileNotFoundError, OSError) as exc:
             text = f"{exc} {exc.__cause__}"
-            if any(code in text for code in ("PreconditionFailed", "ConditionalRequestConflict",
-                                              "NoSuchKey", "does not exist")):
+            if any(
+                code in text
+                for code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "does not exist")
+            ):
                 raise StateConflict(f"{state.sample}: state changed concurrently") from None
             raise
 
@@ -214,7 +222,7 @@ def open_state_store(url: str, storage_options: dict[str, Any] | None = None) ->
     ValueError
         For other protocols, which offer no atomic conditional write.
     """
-    if url.startswith("s3://") or url.startswith("s3a://"):
+    if url.startswith(("s3://", "s3a://")):
         return S3StateStore(url, storage_options)
     if "://" not in url or url.startswith("file://"):
         return LocalStateStore(url.removeprefix("file://"))
@@ -227,8 +235,14 @@ CAS_ATTEMPTS = 5
 Update = Callable[[SampleState | None, float], SampleState | None]
 
 
-def compare_and_swap(store: StateStore, sample: str, update: Update, *, clock: Callable[[], float] = time.time,
-                     attempts: int = CAS_ATTEMPTS) -> tuple[SampleState | None, bool]:
+def compare_and_swap(
+    store: StateStore,
+    sample: str,
+    update: Update,
+    *,
+    clock: Callable[[], float] = time.time,
+    attempts: int = CAS_ATTEMPTS,
+) -> tuple[SampleState | None, bool]:
     """Read the record, compute its successor, write it if nobody else wrote first; retry on a lost race.
 
     The retry policy of every state transition: a :class:`StateConflict` means another writer
@@ -290,8 +304,9 @@ class Ledger:
     raising, so callers simply move on to the next sample.
     """
 
-    def __init__(self, store: StateStore, *, retry: RetryPolicy | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: StateStore, *, retry: RetryPolicy | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.retry = retry or RetryPolicy()
         self.clock = clock
@@ -305,12 +320,20 @@ class Ledger:
         A new sample becomes ``pending``; a finished sample (done or failed)
         whose inputs changed is reset to ``pending`` with zero attempts.
         """
+
         def update(state: SampleState | None, now: float) -> SampleState | None:
             if state is None:
                 return SampleState(sample=sample, input_checksum=checksum, updated=now)
             if state.status in ("done", "failed") and state.input_checksum != checksum:
-                return dataclasses.replace(state, status="pending", attempts=0, last_error=None,
-                                           input_checksum=checksum, next_attempt_at=0.0, updated=now)
+                return dataclasses.replace(
+                    state,
+                    status="pending",
+                    attempts=0,
+                    last_error=None,
+                    input_checksum=checksum,
+                    next_attempt_at=0.0,
+                    updated=now,
+                )
             if state.status == "pending" and state.input_checksum != checksum:
                 return dataclasses.replace(state, input_checksum=checksum, updated=now)
             return None
@@ -332,19 +355,31 @@ class Ledger:
         its crashed owner; when that exhausts the attempts the sample is marked
         ``failed`` instead of claimed.
         """
+
         def update(state: SampleState | None, now: float) -> SampleState | None:
             if state is None or not self.claimable(state, now):
                 return None
             if state.status == "running" and state.attempts >= self.retry.max_attempts:
                 return dataclasses.replace(
-                    state, status="failed", lease_owner=None, lease_expires=0.0, updated=now,
-                    last_error=state.last_error or f"lease of {state.lease_owner} expired (run lost)")
+                    state,
+                    status="failed",
+                    lease_owner=None,
+                    lease_expires=0.0,
+                    updated=now,
+                    last_error=state.last_error or f"lease of {state.lease_owner} expired (run lost)",
+                )
             error = state.last_error
             if state.status == "running":
                 error = f"lease of {state.lease_owner} expired (run lost)"
-            return dataclasses.replace(state, status="running", attempts=state.attempts + 1,
-                                       lease_owner=owner, lease_expires=now + ttl, updated=now,
-                                       last_error=error)
+            return dataclasses.replace(
+                state,
+                status="running",
+                attempts=state.attempts + 1,
+                lease_owner=owner,
+                lease_expires=now + ttl,
+                updated=now,
+                last_error=error,
+            )
 
         new, written = self._swap(sample, update)
         if not written or new is None or new.status != "running":
@@ -355,6 +390,7 @@ class Ledger:
 
     def renew(self, sample: str, owner: str, *, ttl: float) -> bool:
         """Extend the lease; ``False`` if ``owner`` no longer holds it."""
+
         def update(state: SampleState | None, now: float) -> SampleState | None:
             if state is None or state.status != "running" or state.lease_owner != owner:
                 return None
@@ -364,6 +400,7 @@ class Ledger:
 
     def finish(self, sample: str, owner: str, *, error: str | None = None) -> SampleState | None:
         """Record the outcome of ``owner``'s run: done, pending again (back-off) or failed."""
+
         def update(state: SampleState | None, now: float) -> SampleState | None:
             if state is None or state.status != "running" or state.lease_owner != owner:
                 return None
@@ -372,8 +409,13 @@ class Ledger:
                 return dataclasses.replace(state, status="done", last_error=None, runs=state.runs + 1, **common)
             if state.attempts >= self.retry.max_attempts:
                 return dataclasses.replace(state, status="failed", last_error=error, **common)
-            return dataclasses.replace(state, status="pending", last_error=error,
-                                       next_attempt_at=now + self.retry.delay(state.attempts), **common)
+            return dataclasses.replace(
+                state,
+                status="pending",
+                last_error=error,
+                next_attempt_at=now + self.retry.delay(state.attempts),
+                **common,
+            )
 
         new, written = self._swap(sample, update)
         return new if written else None

@@ -49,8 +49,7 @@ class JsonFormatter(logging.Formatter):
     """Format records as one JSON object per line (``fields`` from :func:`emit`)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name}
+        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname, "logger": record.name}
         doc.update(getattr(record, "fields", None) or {"message": record.getMessage()})
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
@@ -97,8 +96,9 @@ def listing_checksum(listing: dict[str, dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def find_landed(bucket_url: str, storage_options: dict[str, Any] | None = None, *,
-                only: Iterable[str] | None = None) -> list[Landed]:
+def find_landed(
+    bucket_url: str, storage_options: dict[str, Any] | None = None, *, only: Iterable[str] | None = None
+) -> list[Landed]:
     """List the landed samples under ``bucket_url`` (optionally only the named ones)."""
     fs, root = url_to_fs(bucket_url, storage_options)
     root = root.rstrip("/")
@@ -120,7 +120,7 @@ def find_landed(bucket_url: str, storage_options: dict[str, Any] | None = None, 
             found = fs.find(folder, detail=True)
         except FileNotFoundError:
             continue
-        listing = {p[len(folder) + 1:]: info for p, info in found.items() if p.startswith(folder + "/")}
+        listing = {p[len(folder) + 1 :]: info for p, info in found.items() if p.startswith(folder + "/")}
         if listing and sample_landed(fs, folder, listing):
             url = folder if protocol in ("file", "local") else f"{protocol}://{folder}"
             landed.append(Landed(sample=name, url=url, checksum=listing_checksum(listing)))
@@ -149,10 +149,19 @@ class Watcher:
         Seconds a claim stays valid without renewal; renewed every third of it.
     """
 
-    def __init__(self, bucket_url: str, action: Action, ledger: Ledger, *,
-                 storage_options: dict[str, Any] | None = None, output_prefix: str | None = None,
-                 raw_prefix: str | None = None, owner: str | None = None, lease_ttl: float = 300.0,
-                 poll_interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        bucket_url: str,
+        action: Action,
+        ledger: Ledger,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        output_prefix: str | None = None,
+        raw_prefix: str | None = None,
+        owner: str | None = None,
+        lease_ttl: float = 300.0,
+        poll_interval: float = 30.0,
+    ) -> None:
         if lease_ttl <= 0 or poll_interval <= 0:
             raise ValueError(f"lease_ttl and poll_interval must be > 0, got {lease_ttl}, {poll_interval}")
         self.bucket_url = bucket_url.rstrip("/")
@@ -178,7 +187,7 @@ class Watcher:
         for ev in events:
             if ev.bucket != self._bucket or not ev.key.startswith(self._prefix):
                 continue
-            rest = ev.key[len(self._prefix):]
+            rest = ev.key[len(self._prefix) :]
             if "/" in rest and rest[0] not in "_.":
                 names.add(rest.split("/", 1)[0])
         emit("notified", samples=sorted(names), records=len(events))
@@ -189,9 +198,13 @@ class Watcher:
 
     # -- one pass ----------------------------------------------------------
     def job_for(self, landed: Landed, state: SampleState) -> Job:
-        return Job(sample=landed.sample, sample_url=landed.url,
-                   output_url=f"{self.output_prefix}/{landed.sample}.zarr",
-                   raw_store_url=f"{self.raw_prefix}/{landed.sample}.zarr", attempt=state.attempts)
+        return Job(
+            sample=landed.sample,
+            sample_url=landed.url,
+            output_url=f"{self.output_prefix}/{landed.sample}.zarr",
+            raw_store_url=f"{self.raw_prefix}/{landed.sample}.zarr",
+            attempt=state.attempts,
+        )
 
     def poll_once(self, only: Iterable[str] | None = None) -> list[SampleState]:
         """Observe landed samples and run every one that is due; return the final states."""
@@ -214,8 +227,7 @@ class Watcher:
 
     def _run(self, item: Landed, state: SampleState) -> SampleState | None:
         job = self.job_for(item, state)
-        emit("started", sample=job.sample, attempt=state.attempts, owner=self.owner,
-             output=job.output_url)
+        emit("started", sample=job.sample, attempt=state.attempts, owner=self.owner, output=job.output_url)
         cancel = threading.Event()
         errors: list[BaseException] = []
 
@@ -240,10 +252,15 @@ class Watcher:
             exc = errors[0]
             error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
         final = self.ledger.finish(job.sample, self.owner, error=error)
-        emit("finished" if error is None else "run_failed", sample=job.sample,
-             status=final.status if final else "lease_lost", attempt=state.attempts,
-             seconds=round(time.monotonic() - t0, 3), error=error,
-             retry_at=final.next_attempt_at if final and final.status == "pending" else None)
+        emit(
+            "finished" if error is None else "run_failed",
+            sample=job.sample,
+            status=final.status if final else "lease_lost",
+            attempt=state.attempts,
+            seconds=round(time.monotonic() - t0, 3),
+            error=error,
+            retry_at=final.next_attempt_at if final and final.status == "pending" else None,
+        )
         return final
 
     # -- loop --------------------------------------------------------------
@@ -252,8 +269,7 @@ class Watcher:
         landed = find_landed(self.bucket_url, self.storage_options)
         for item in landed:
             state, _ = self.ledger.store.get(item.sample)
-            if state is None or state.status in ("pending", "running") or \
-                    state.input_checksum != item.checksum:
+            if state is None or state.status in ("pending", "running") or state.input_checksum != item.checksum:
                 return False
         return True
 

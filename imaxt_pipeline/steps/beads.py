@@ -60,8 +60,9 @@ def pick_channel(ctx: StepContext, image: OmeImage, params: Params) -> int:
     return pick_bead_channel(scores)
 
 
-def slice_thresholds(image: OmeImage, planes: list[int], channel: int, params: Params, peak: float | None
-                     ) -> tuple[list[float], float]:
+def slice_thresholds(
+    image: OmeImage, planes: list[int], channel: int, params: Params, peak: float | None
+) -> tuple[list[float], float]:
     """Classical threshold of each plane from its coarsest level, with one bead plateau for all of them.
 
     The plateau is the brightest smoothed coarse pixel over the planes (and
@@ -73,15 +74,23 @@ def slice_thresholds(image: OmeImage, planes: list[int], channel: int, params: P
     from ..algorithms.registration import bead_threshold
 
     coarse = [_coarse(image, p)[0][channel] for p in planes]
-    tops = [float(ndi.gaussian_filter(c.astype(np.float32), 1.0)[c != 0].max()) if np.any(c != 0) else 0.0
-            for c in coarse]
+    tops = [
+        float(ndi.gaussian_filter(c.astype(np.float32), 1.0)[c != 0].max()) if np.any(c != 0) else 0.0 for c in coarse
+    ]
     top = max(tops + ([peak] if peak else []))
     thr = [bead_threshold(c, sigma=1.0, nsigma=params.nsigma, rel=params.rel_threshold, peak=top) for c in coarse]
     return thr, top
 
 
-def flag_fits(df: pd.DataFrame, *, min_snr: float, max_chi2_ratio: float, min_radius: float = 0.0,
-              max_radius: float = np.inf, min_amplitude_ratio: float = 0.0) -> np.ndarray:
+def flag_fits(
+    df: pd.DataFrame,
+    *,
+    min_snr: float,
+    max_chi2_ratio: float,
+    min_radius: float = 0.0,
+    max_radius: float = np.inf,
+    min_amplitude_ratio: float = 0.0,
+) -> np.ndarray:
     """Good fits of one slice: converged, bright, radius in range, chi2 and amplitude close to the slice median."""
     ok = df["fit_ok"].to_numpy(bool) & np.isfinite(df["y_err"].to_numpy(float))
     r = df["radius_px"].to_numpy(float)
@@ -91,8 +100,12 @@ def flag_fits(df: pd.DataFrame, *, min_snr: float, max_chi2_ratio: float, min_ra
     chi2 = df["chi2"].to_numpy(float)
     amp = df["amplitude"].to_numpy(float)
     med, med_amp = float(np.median(chi2[ok])), float(np.median(amp[ok]))
-    return (ok & (df["snr"].to_numpy(float) >= min_snr) & (chi2 <= max_chi2_ratio * max(med, 1e-12))
-            & (amp >= min_amplitude_ratio * med_amp))
+    return (
+        ok
+        & (df["snr"].to_numpy(float) >= min_snr)
+        & (chi2 <= max_chi2_ratio * max(med, 1e-12))
+        & (amp >= min_amplitude_ratio * med_amp)
+    )
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
@@ -109,18 +122,33 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     earlier_peak = ctx.output.imaxt_attrs().get("beads", {}).get("peak")
     thresholds, peak = slice_thresholds(image, planes, channel, params, earlier_peak)
     stack = image.to_dask(0)
-    lazy = [find_beads(stack[channel, p], block=params.block, detector=params.detector, model_source=params.model,
-                       min_radius=params.min_radius_px, max_radius=params.max_radius_px, sigma=params.sigma,
-                       nsigma=params.nsigma, threshold=thr if params.detector == "classical" else None)
-            for p, thr in zip(planes, thresholds, strict=False)]
+    lazy = [
+        find_beads(
+            stack[channel, p],
+            block=params.block,
+            detector=params.detector,
+            model_source=params.model,
+            min_radius=params.min_radius_px,
+            max_radius=params.max_radius_px,
+            sigma=params.sigma,
+            nsigma=params.nsigma,
+            threshold=thr if params.detector == "classical" else None,
+        )
+        for p, thr in zip(planes, thresholds, strict=False)
+    ]
     tables = ctx.client.gather(ctx.client.compute(lazy))
     parts = []
     for s, df in zip(ctx.slices, tables, strict=False):
         df = df.copy()
         df.insert(0, "slice", s)
-        df["good"] = flag_fits(df, min_snr=params.min_snr, max_chi2_ratio=params.max_chi2_ratio,
-                               min_radius=params.min_radius_px, max_radius=params.max_radius_px,
-                               min_amplitude_ratio=params.min_amplitude_ratio)
+        df["good"] = flag_fits(
+            df,
+            min_snr=params.min_snr,
+            max_chi2_ratio=params.max_chi2_ratio,
+            min_radius=params.min_radius_px,
+            max_radius=params.max_radius_px,
+            min_amplitude_ratio=params.min_amplitude_ratio,
+        )
         df["bead_id"] = -1
         parts.append(df)
     new = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -131,8 +159,11 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     path = ctx.output.write_table(results.BEADS, new)
     this = new[new["slice"].isin(ctx.slices)]
     good = this[this["good"]]
-    metrics: dict[str, Any] = {"channel": int(channel), "candidates": int(len(this)), "good": int(len(good)),
-               "median_centre_err_px": float(np.median(np.hypot(good["y_err"], good["x_err"]))) if len(good)
-               else None}
+    metrics: dict[str, Any] = {
+        "channel": int(channel),
+        "candidates": int(len(this)),
+        "good": int(len(good)),
+        "median_centre_err_px": float(np.median(np.hypot(good["y_err"], good["x_err"]))) if len(good) else None,
+    }
     ctx.log.info("beads: %d candidates, %d good fits in slices %s", len(this), len(good), ctx.slices)
     return StepResult(inputs=[results.MOSAIC], outputs=[path], metrics=metrics)

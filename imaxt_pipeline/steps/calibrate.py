@@ -49,20 +49,32 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     from_file: dict[str, Any] = {}  # the file's validated terms (io.calibration_file)
     inputs = []
     if params.calibration_file:
-        from_file = read_calibration_file(params.calibration_file, ctx.storage_options, n_channels=n_ch,
-                                          tile_shape=acq.tile_shape)
+        from_file = read_calibration_file(
+            params.calibration_file, ctx.storage_options, n_channels=n_ch, tile_shape=acq.tile_shape
+        )
         inputs.append(params.calibration_file)
     dark = from_file.get("dark", params.dark)
-    need_data = "flat" not in from_file and params.flat == "estimate" or dark is None or (
-        params.trim and "trim" not in from_file)
+    need_data = (
+        "flat" not in from_file
+        and params.flat == "estimate"
+        or dark is None
+        or (params.trim and "trim" not in from_file)
+    )
     if need_data:
         tiles = sample_tiles(ctx, slices, params.max_tiles, params.seed)
-        cal = estimate_calibration(tiles, dark=dark, flat=params.flat == "estimate" and "flat" not in from_file,
-                                   trim=params.trim and "trim" not in from_file, trim_threshold=params.trim_threshold,
-                                   max_trim_px=int(params.max_trim_fraction * acq.overlap * min(acq.tile_shape)))
+        cal = estimate_calibration(
+            tiles,
+            dark=dark,
+            flat=params.flat == "estimate" and "flat" not in from_file,
+            trim=params.trim and "trim" not in from_file,
+            trim_threshold=params.trim_threshold,
+            max_trim_px=int(params.max_trim_fraction * acq.overlap * min(acq.tile_shape)),
+        )
     else:
-        cal = Calibration(dark=np.broadcast_to(np.asarray(dark, float), (n_ch,)).copy(),
-                          source={"dark": "given", "flat": "none", "trim": "none", "distortion": "none"})
+        cal = Calibration(
+            dark=np.broadcast_to(np.asarray(dark, float), (n_ch,)).copy(),
+            source={"dark": "given", "flat": "none", "trim": "none", "distortion": "none"},
+        )
     src = dict(cal.source)
     for key in ("flat", "trim", "distortion", "stray"):
         if key in from_file:
@@ -75,12 +87,21 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         # Keep the distortion fitted by an earlier `stitch` run; it refines it again.
         distortion = DistortionModel(**prev_dist)
         src["distortion"] = previous["source"]["distortion"]
-    cal = Calibration(dark=cal.dark, flat=from_file.get("flat", cal.flat), trim=from_file.get("trim", cal.trim),
-                      distortion=distortion or DistortionModel(), source=src,
-                      # stray light estimated here belongs with the estimated flat, not with a file's flat
-                      stray=from_file.get("stray", None if "flat" in from_file else cal.stray))
-    outputs = results.write_calibration(ctx.output, cal, slices_used=slices,
-                                        **{k: previous[k] for k in ("distortion_points",) if k in previous})
+    cal = Calibration(
+        dark=cal.dark,
+        flat=from_file.get("flat", cal.flat),
+        trim=from_file.get("trim", cal.trim),
+        distortion=distortion or DistortionModel(),
+        source=src,
+        # stray light estimated here belongs with the estimated flat, not with a file's flat
+        stray=from_file.get("stray", None if "flat" in from_file else cal.stray),
+    )
+    outputs = results.write_calibration(
+        ctx.output, cal, slices_used=slices, **{k: previous[k] for k in ("distortion_points",) if k in previous}
+    )
     ctx.log.info("calibrate: dark %s, trim %s, sources %s", np.round(cal.dark, 2).tolist(), cal.trim, src)
-    return StepResult(inputs=inputs, outputs=outputs + ["attrs:imaxt.calibrate"],
-                      metrics={"dark": [float(d) for d in cal.dark], "trim": cal.trim.as_dict(), "source": src})
+    return StepResult(
+        inputs=inputs,
+        outputs=outputs + ["attrs:imaxt.calibrate"],
+        metrics={"dark": [float(d) for d in cal.dark], "trim": cal.trim.as_dict(), "source": src},
+    )

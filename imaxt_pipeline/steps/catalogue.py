@@ -27,8 +27,10 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     nuclei, cells = results.open_label_images(ctx.output, name)
     z_um, py, _ = image.scale_zyx()
     channels = list(ctx.raw.acquisition.channels)
-    futures = [ctx.client.submit(_plane_tables, image, cells, nuclei, s, p, channels, py, z_um, pure=False)
-               for s, p in ctx.planes()]
+    futures = [
+        ctx.client.submit(_plane_tables, image, cells, nuclei, s, p, channels, py, z_um, pure=False)
+        for s, p in ctx.planes()
+    ]
     planes = ctx.client.gather(futures)
     tables = {}
     for i, table_name in enumerate((results.CELLS, results.NUCLEI)):
@@ -37,18 +39,38 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         ctx.output.write_table(table_name, tables[table_name])
     qc = ctx.output.write_png("catalogue_histograms", to_png(catalogue_histograms(tables[results.CELLS], channels)))
     cells_table = tables[results.CELLS]
-    metrics = {"cells": int(len(cells_table)), "nuclei": int(len(tables[results.NUCLEI])),
-               "cells_without_nucleus": int((cells_table.get("nucleus_label", pd.Series([])) == 0).sum())}
+    metrics = {
+        "cells": int(len(cells_table)),
+        "nuclei": int(len(tables[results.NUCLEI])),
+        "cells_without_nucleus": int((cells_table.get("nucleus_label", pd.Series([])) == 0).sum()),
+    }
     labels = [results.label_path(name, lab) for lab in ("cells", "nuclei")]
-    return StepResult(inputs=[name, *labels],
-                      outputs=[results.table_path(results.CELLS), results.table_path(results.NUCLEI), qc],
-                      metrics=metrics)
+    return StepResult(
+        inputs=[name, *labels],
+        outputs=[results.table_path(results.CELLS), results.table_path(results.NUCLEI), qc],
+        metrics=metrics,
+    )
 
 
-def _plane_tables(image: OmeImage, cells: OmeImage, nuclei: OmeImage, slice_: int, plane: int, channels: list[str],
-                  pixel_um: float, z_um: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _plane_tables(
+    image: OmeImage,
+    cells: OmeImage,
+    nuclei: OmeImage,
+    slice_: int,
+    plane: int,
+    channels: list[str],
+    pixel_um: float,
+    z_um: float,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     from ..algorithms.measure import cell_catalogue
 
-    return cell_catalogue(cells.read_plane(plane), nuclei.read_plane(plane), image.read_plane(plane),
-                          channel_names=channels, pixel_size_um=pixel_um, z_um=plane * z_um, slice_index=slice_,
-                          plane=plane)
+    return cell_catalogue(
+        cells.read_plane(plane),
+        nuclei.read_plane(plane),
+        image.read_plane(plane),
+        channel_names=channels,
+        pixel_size_um=pixel_um,
+        z_um=plane * z_um,
+        slice_index=slice_,
+        plane=plane,
+    )

@@ -48,8 +48,15 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         new_index = pd.concat([keep, new_index]).sort_values(["plane", "label"])
         planes = sorted(new_index["plane"].unique().tolist())
     start = 0 if rebuild or old_index is None else len(old_index)
-    array = results.crops_array(ctx.output, n=start + len(new_index), channels=channels, size=params.size,
-                                chunk=params.chunk, image=name, append=not rebuild)
+    array = results.crops_array(
+        ctx.output,
+        n=start + len(new_index),
+        channels=channels,
+        size=params.size,
+        chunk=params.chunk,
+        image=name,
+        append=not rebuild,
+    )
 
     new_index = new_index.reset_index(drop=True)
     futures, offsets = [], {}
@@ -58,14 +65,17 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         plane = int(rows["plane"].iloc[0])
         offsets[plane] = row
         centroids = rows[["centroid_y_px", "centroid_x_px"]].to_numpy()
-        futures.append(ctx.client.submit(_plane_crops, image, nuclei_img, plane, centroids,
-                                         rows["label"].to_numpy(), params.size, pure=False))
+        futures.append(
+            ctx.client.submit(
+                _plane_crops, image, nuclei_img, plane, centroids, rows["label"].to_numpy(), params.size, pure=False
+            )
+        )
         row += len(rows)
     from distributed import as_completed
 
     for fut in as_completed(futures):
         plane, crops = fut.result()
-        array[offsets[plane]:offsets[plane] + len(crops)] = crops
+        array[offsets[plane] : offsets[plane] + len(crops)] = crops
     index = new_index if rebuild or old_index is None else pd.concat([old_index, new_index], ignore_index=True)
     index = index.drop(columns="row", errors="ignore").reset_index(drop=True)
     index.insert(0, "row", np.arange(len(index), dtype=np.int64))
@@ -73,19 +83,24 @@ def run(ctx: StepContext, params: Params) -> StepResult:
 
     ranking = _ranking(cells, channels, params.ranking_channel, representative_ranking)
     ctx.output.write_table(results.REPRESENTATIVE_SLICES, ranking)
-    return StepResult(inputs=[results.table_path(results.NUCLEI), results.table_path(results.CELLS), name],
-                      outputs=[results.CROPS, results.table_path(results.CROPS),
-                               results.table_path(results.REPRESENTATIVE_SLICES)],
-                      metrics={"crops": int(len(index)), "most_representative_slice":
-                               int(ranking["slice"].iloc[0]) if len(ranking) else None})
+    return StepResult(
+        inputs=[results.table_path(results.NUCLEI), results.table_path(results.CELLS), name],
+        outputs=[results.CROPS, results.table_path(results.CROPS), results.table_path(results.REPRESENTATIVE_SLICES)],
+        metrics={
+            "crops": int(len(index)),
+            "most_representative_slice": int(ranking["slice"].iloc[0]) if len(ranking) else None,
+        },
+    )
 
 
-def _plane_crops(image: OmeImage, nuclei: OmeImage, plane: int, centroids: np.ndarray, labels: Any, size: int
-                 ) -> tuple[int, np.ndarray]:
+def _plane_crops(
+    image: OmeImage, nuclei: OmeImage, plane: int, centroids: np.ndarray, labels: Any, size: int
+) -> tuple[int, np.ndarray]:
     from ..algorithms.measure import masked_crops
 
-    crops = masked_crops(image.read_plane(plane).astype(np.float32), nuclei.read_plane(plane), centroids, labels,
-                         size=(size, size))
+    crops = masked_crops(
+        image.read_plane(plane).astype(np.float32), nuclei.read_plane(plane), centroids, labels, size=(size, size)
+    )
     return plane, crops
 
 
@@ -93,7 +108,8 @@ def _ranking(cells: pd.DataFrame, channels: list[str], channel: int, rank: Any) 
     if channel >= len(channels):
         raise ValueError(f"ranking_channel {channel} >= number of channels {len(channels)}")
     if not len(cells):
-        return pd.DataFrame(columns=["slice", "n_cells", "mean_intensity", "z_n_cells", "z_mean_intensity",
-                                     "distance", "rank"])
+        return pd.DataFrame(
+            columns=["slice", "n_cells", "mean_intensity", "z_n_cells", "z_mean_intensity", "distance", "rank"]
+        )
     per = cells.groupby("slice").agg(n_cells=("label", "size"), mean_intensity=(f"mean_{channels[channel]}", "mean"))
     return rank(per["n_cells"].to_numpy(), per["mean_intensity"].to_numpy(), index=per.index.to_numpy())

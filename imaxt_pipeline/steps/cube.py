@@ -49,33 +49,66 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     shape = (c, n_planes, h + before[0] + after[0], w + before[1] + after[1])
     cube_meta = ctx.output.imaxt_attrs().get("cube", {})
     written = {int(k): v for k, v in cube_meta.get("written", {}).items()}
-    same_canvas = (ctx.output.has(results.CUBE) and ctx.output.open_image(results.CUBE).shape == shape
-                   and cube_meta.get("pad_before") == before.tolist())
+    same_canvas = (
+        ctx.output.has(results.CUBE)
+        and ctx.output.open_image(results.CUBE).shape == shape
+        and cube_meta.get("pad_before") == before.tolist()
+    )
     if same_canvas:
         cube = ctx.output.open_image(results.CUBE)
     else:
         z_um = acq.slice_thickness_um / acq.optical_sections
-        cube = ctx.output.create_image(results.CUBE, channel_names=acq.channels, shape_czyx=shape, dtype="float32",
-                                       scale_zyx_um=(z_um, acq.pixel_size_um, acq.pixel_size_um),
-                                       levels=params.levels, chunks_yx=(params.chunk, params.chunk))
+        cube = ctx.output.create_image(
+            results.CUBE,
+            channel_names=acq.channels,
+            shape_czyx=shape,
+            dtype="float32",
+            scale_zyx_um=(z_um, acq.pixel_size_um, acq.pixel_size_um),
+            levels=params.levels,
+            chunks_yx=(params.chunk, params.chunk),
+        )
         written = {}
-    todo = [s for s in slices if s in ctx.slices or s not in written
-            or np.max(np.abs(np.asarray(written[s]) - offsets[s])) > params.rewrite_tol_px]
+    todo = [
+        s
+        for s in slices
+        if s in ctx.slices
+        or s not in written
+        or np.max(np.abs(np.asarray(written[s]) - offsets[s])) > params.rewrite_tol_px
+    ]
     stack = mosaic.to_dask(0)
     tasks: list[Any] = []
     for s in todo:
         for z in range(acq.optical_sections):
             p = s * acq.optical_sections + z
-            aligned = align_plane(stack[:, p], offsets[s], pad_before=before, out_shape=shape[2:],
-                                  order=params.order, chunks=(params.chunk, params.chunk))
+            aligned = align_plane(
+                stack[:, p],
+                offsets[s],
+                pad_before=before,
+                out_shape=shape[2:],
+                order=params.order,
+                chunks=(params.chunk, params.chunk),
+            )
             tasks.append(dask.delayed(_write, pure=False)(cube, p, aligned))
     ctx.client.gather(ctx.client.compute(tasks))
     for s in todo:
         written[s] = offsets[s].round(4).tolist()
-    ctx.output.update_imaxt_attrs("cube", {"pad_before": before.tolist(), "pad_after": after.tolist(),
-                                           "written": {str(k): v for k, v in sorted(written.items())}})
+    ctx.output.update_imaxt_attrs(
+        "cube",
+        {
+            "pad_before": before.tolist(),
+            "pad_after": after.tolist(),
+            "written": {str(k): v for k, v in sorted(written.items())},
+        },
+    )
     ctx.log.info("cube: wrote %d planes of slices %s onto a %s canvas", len(tasks), todo, shape)
-    return StepResult(inputs=[results.MOSAIC], outputs=[results.CUBE],
-                      metrics={"planes_written": len(tasks), "slices_written": todo, "shape": list(shape),
-                               "pad_before": before.tolist()},
-                      rewritten_slices=[int(s) for s in todo])
+    return StepResult(
+        inputs=[results.MOSAIC],
+        outputs=[results.CUBE],
+        metrics={
+            "planes_written": len(tasks),
+            "slices_written": todo,
+            "shape": list(shape),
+            "pad_before": before.tolist(),
+        },
+        rewritten_slices=[int(s) for s in todo],
+    )

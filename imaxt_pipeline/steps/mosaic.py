@@ -33,8 +33,7 @@ from .params import MosaicParams as Params
 __all__ = ["Params", "run", "tile_positions", "write_block"]
 
 
-def tile_positions(ctx: StepContext, geom: MosaicGeometry, slice_: int, stitched: dict[str, list[float]]
-                   ) -> np.ndarray:
+def tile_positions(ctx: StepContext, geom: MosaicGeometry, slice_: int, stitched: dict[str, list[float]]) -> np.ndarray:
     """Mosaic-frame (y, x) of each tile of a slice: from ``stitched`` (the
     ``imaxt.stitch.tile_positions_px`` table) where known, else nominal."""
     acq = ctx.raw.acquisition
@@ -48,8 +47,15 @@ def tile_positions(ctx: StepContext, geom: MosaicGeometry, slice_: int, stitched
     return out
 
 
-def write_block(mosaic: OmeImage, confidence: OmeImage, plane: int, level: int, region: tuple[int, int, int, int],
-                image: np.ndarray, weight: np.ndarray) -> None:
+def write_block(
+    mosaic: OmeImage,
+    confidence: OmeImage,
+    plane: int,
+    level: int,
+    region: tuple[int, int, int, int],
+    image: np.ndarray,
+    weight: np.ndarray,
+) -> None:
     """Write one fused block at one level into both images (picklable via partial)."""
     y0, _, x0, _ = region
     mosaic.write_region(plane, level, (y0, x0), image)
@@ -63,9 +69,15 @@ def _image(ctx: StepContext, name: str, channels: list[str], shape: tuple[int, .
         if img.shape == shape and img.levels == params.levels:
             return img
     z_um = acq.slice_thickness_um / acq.optical_sections
-    return ctx.output.create_image(name, channel_names=channels, shape_czyx=shape, dtype="float32",
-                                   scale_zyx_um=(z_um, acq.pixel_size_um, acq.pixel_size_um),
-                                   levels=params.levels, chunks_yx=(params.chunk, params.chunk))
+    return ctx.output.create_image(
+        name,
+        channel_names=channels,
+        shape_czyx=shape,
+        dtype="float32",
+        scale_zyx_um=(z_um, acq.pixel_size_um, acq.pixel_size_um),
+        levels=params.levels,
+        chunks_yx=(params.chunk, params.chunk),
+    )
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
@@ -83,20 +95,31 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         positions = tile_positions(ctx, geom, s, stitched)
         for z in range(acq.optical_sections):
             plane = s * acq.optical_sections + z
-            lazy += fuse_blocks(partial(ctx.raw.read_tile, s, z), partial(write_block, mosaic, confidence, plane),
-                                positions, acq.tile_shape, geom.shape, cal, chunk=params.chunk,
-                                levels=params.levels, feather=params.feather, n_channels=n_ch)
+            lazy += fuse_blocks(
+                partial(ctx.raw.read_tile, s, z),
+                partial(write_block, mosaic, confidence, plane),
+                positions,
+                acq.tile_shape,
+                geom.shape,
+                cal,
+                chunk=params.chunk,
+                levels=params.levels,
+                feather=params.feather,
+                n_channels=n_ch,
+            )
     ctx.client.gather(ctx.client.compute(lazy))
     outputs = [results.MOSAIC, results.CONFIDENCE]
     if params.qc and ctx.slices:
         done = sorted(set(results.slices_done(ctx.output)) | set(ctx.slices))
         outputs.append(ctx.output.write_png("stitch", to_png(_stitch_qc(ctx, mosaic, confidence, done))))
-    return StepResult(outputs=outputs, metrics={"canvas": list(geom.shape), "blocks": len(lazy),
-                                                "calibration": cal.source})
+    return StepResult(
+        outputs=outputs, metrics={"canvas": list(geom.shape), "blocks": len(lazy), "calibration": cal.source}
+    )
 
 
-def _stitch_qc(ctx: StepContext, mosaic: OmeImage, confidence: OmeImage, slices: list[int], *,
-               max_slices: int = 6) -> Any:
+def _stitch_qc(
+    ctx: StepContext, mosaic: OmeImage, confidence: OmeImage, slices: list[int], *, max_slices: int = 6
+) -> Any:
     """QC figure of the last ``max_slices`` slices, from the coarsest pyramid level."""
     acq = ctx.raw.acquisition
     level = mosaic.levels - 1
@@ -104,8 +127,14 @@ def _stitch_qc(ctx: StepContext, mosaic: OmeImage, confidence: OmeImage, slices:
     panels = []
     for s in slices[-max_slices:]:
         plane = s * acq.optical_sections
-        res = (pairs[(pairs["slice"] == s) & pairs["used"]]["residual"].to_numpy(float) if pairs is not None
-               else np.zeros(0))
-        panels.append(StitchPanel(s, mosaic.read_plane(plane, level=level).sum(axis=0),
-                                  confidence.read_plane(plane, level=level)[0], res))
+        res = (
+            pairs[(pairs["slice"] == s) & pairs["used"]]["residual"].to_numpy(float)
+            if pairs is not None
+            else np.zeros(0)
+        )
+        panels.append(
+            StitchPanel(
+                s, mosaic.read_plane(plane, level=level).sum(axis=0), confidence.read_plane(plane, level=level)[0], res
+            )
+        )
     return stitch_figure(panels, level=level)

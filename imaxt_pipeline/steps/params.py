@@ -14,8 +14,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "BeadsParams", "CalibrateParams", "CatalogueParams", "CropsParams", "CubeParams", "MosaicParams",
-    "RegisterParams", "STEP_PARAMS", "SegmentParams", "StepParams", "StepsConfig", "StitchParams",
+    "BeadsParams",
+    "CalibrateParams",
+    "CatalogueParams",
+    "CropsParams",
+    "CubeParams",
+    "MosaicParams",
+    "RegisterParams",
+    "STEP_PARAMS",
+    "SegmentParams",
+    "StepParams",
+    "StepsConfig",
+    "StitchParams",
 ]
 
 
@@ -69,11 +79,13 @@ class BeadsParams(StepParams):
     max_radius_px: float = Field(default=80.0, gt=0)
     sigma: float = Field(default=2.0, ge=0, description="classical detector smoothing (px)")
     nsigma: float = Field(default=5.0, gt=0, description="classical detector threshold (background sigmas)")
-    rel_threshold: float = Field(default=0.5, ge=0, lt=1,
-                                 description="classical threshold: this fraction of the way to the bead plateau")
+    rel_threshold: float = Field(
+        default=0.5, ge=0, lt=1, description="classical threshold: this fraction of the way to the bead plateau"
+    )
     min_snr: float = Field(default=3.0, description="reject fits with a lower amplitude/noise")
     max_chi2_ratio: float = Field(
-        default=20.0, gt=1, description="reject fits with chi2 above this x median (bright beads: model mismatch)")
+        default=20.0, gt=1, description="reject fits with chi2 above this x median (bright beads: model mismatch)"
+    )
     min_amplitude_ratio: float = Field(default=0.3, ge=0, description="reject fits fainter than this x median")
 
 
@@ -85,7 +97,8 @@ class RegisterParams(StepParams):
     clip: float = Field(default=4.0, gt=0, description="outlier rejection threshold (normalised residual)")
     max_iter: int = Field(default=10, ge=1)
     unconstrained: Literal["interpolate", "zero"] = Field(
-        default="interpolate", description="offset of slices no bead track constrains: from neighbours, or 0")
+        default="interpolate", description="offset of slices no bead track constrains: from neighbours, or 0"
+    )
     qc: bool = True
 
 

@@ -41,19 +41,26 @@ def register_table(df: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, Any]
     use = np.flatnonzero(good & ~outlier)
     ids = np.full(len(df), -1, int)
     yx = df[["y_px", "x_px"]].to_numpy(float)
-    ids[use] = build_tracks(df["slice"].to_numpy(int)[use], yx[use], radius=params.match_radius_px,
-                            max_gap=params.max_gap, min_length=params.min_track)
+    ids[use] = build_tracks(
+        df["slice"].to_numpy(int)[use],
+        yx[use],
+        radius=params.match_radius_px,
+        max_gap=params.max_gap,
+        min_length=params.min_track,
+    )
     df["bead_id"] = ids
     sigma = df[["y_err", "x_err"]].to_numpy(float)
-    sol = solve_slice_offsets(df["slice"].to_numpy(int), yx, ids, sigma=sigma, clip=params.clip,
-                              max_iter=params.max_iter)
+    sol = solve_slice_offsets(
+        df["slice"].to_numpy(int), yx, ids, sigma=sigma, clip=params.clip, max_iter=params.max_iter
+    )
     df["inlier"] = sol.inlier
     df["resid_y"], df["resid_x"] = sol.residuals[:, 0], sol.residuals[:, 1]
     return df, sol
 
 
-def fill_offsets(slices: np.ndarray, offsets: np.ndarray, errors: np.ndarray, n: int, *,
-                 mode: str = "interpolate") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fill_offsets(
+    slices: np.ndarray, offsets: np.ndarray, errors: np.ndarray, n: int, *, mode: str = "interpolate"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Offsets for slices 0..n-1: solved ones as they are, others interpolated or zero (error NaN).
 
     Returns ``(offsets, errors, missing)``; ``missing`` lists the slices
@@ -87,8 +94,9 @@ def n_slices(ctx: StepContext, df: pd.DataFrame) -> int:
 def run(ctx: StepContext, params: Params) -> StepResult:
     df = results.read_table_or_none(ctx.output, results.BEADS)
     if df is None:
-        raise FileNotFoundError(f"{ctx.output.url}: {results.table_path(results.BEADS)} missing; "
-                                "run the beads step first")
+        raise FileNotFoundError(
+            f"{ctx.output.url}: {results.table_path(results.BEADS)} missing; run the beads step first"
+        )
     n = n_slices(ctx, df)
     try:
         df, sol = register_table(df, params)
@@ -113,8 +121,12 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         radii = df["radius_px"].to_numpy(float) if len(df) else np.zeros(0)
         outputs.append(ctx.output.write_png("register", to_png(register_figure(offsets, errors, radii))))
     n_tracks = int(df["bead_id"].max()) + 1 if len(df) else 0
-    metrics = {"slices": n, "tracks": n_tracks, "unconstrained": unconstrained, "chi2": chi2,
-               "median_err_px": float(np.nanmedian(errors[1:])) if n > 1 and np.isfinite(errors[1:]).any()
-               else None}
+    metrics = {
+        "slices": n,
+        "tracks": n_tracks,
+        "unconstrained": unconstrained,
+        "chi2": chi2,
+        "median_err_px": float(np.nanmedian(errors[1:])) if n > 1 and np.isfinite(errors[1:]).any() else None,
+    }
     ctx.log.info("register: %d slices, %d tracks, chi2 %s", n, n_tracks, chi2)
     return StepResult(inputs=[results.table_path(results.BEADS)], outputs=outputs, metrics=metrics)

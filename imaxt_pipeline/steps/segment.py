@@ -29,24 +29,41 @@ def make_segmenter(params: Params, *, pixel_um: float, plane_sample: np.ndarray,
     from ..algorithms.segmentation import CellGrowth, WatershedSegmenter, plane_thresholds
 
     diameter = params.diameter_um / pixel_um
-    t_nuc, t_cell = plane_thresholds(plane_sample, nuclear_channel=params.nuclear_channel,
-                                     cyto_channel=params.cyto_channel, sigma=params.sigma_px / sample_scale,
-                                     max_area=int(np.pi * (diameter / sample_scale) ** 2))
+    t_nuc, t_cell = plane_thresholds(
+        plane_sample,
+        nuclear_channel=params.nuclear_channel,
+        cyto_channel=params.cyto_channel,
+        sigma=params.sigma_px / sample_scale,
+        max_area=int(np.pi * (diameter / sample_scale) ** 2),
+    )
     growth = CellGrowth(max_distance_um=params.max_expansion_um, pixel_size_um=pixel_um, threshold=t_cell)
     if params.backend == "watershed":
-        return WatershedSegmenter(nuclear_channel=params.nuclear_channel, cyto_channel=params.cyto_channel,
-                                  diameter=diameter, sigma=params.sigma_px, nuclear_threshold=t_nuc, growth=growth)
+        return WatershedSegmenter(
+            nuclear_channel=params.nuclear_channel,
+            cyto_channel=params.cyto_channel,
+            diameter=diameter,
+            sigma=params.sigma_px,
+            nuclear_threshold=t_nuc,
+            growth=growth,
+        )
     from ..algorithms.segmentation import CellposeSegmenter
     from ..io.weights import resolve_cellpose_model
 
     nuc = plane_sample[params.nuclear_channel]
     lo, hi = np.percentile(nuc, [1.0, 99.9])
     resolve_cellpose_model(params.model)  # fail here, not on a worker; workers resolve "shipped" in their own install
-    return CellposeSegmenter(model=params.model, diameter=diameter,
-                             nuclear_channel=params.nuclear_channel, cyto_channel=params.cyto_channel,
-                             flow_threshold=params.flow_threshold, cellprob_threshold=params.cellprob_threshold,
-                             normalize_lowhigh=(float(lo), float(max(hi, lo + 1e-6))), threads=params.threads,
-                             sigma=params.sigma_px, growth=growth)
+    return CellposeSegmenter(
+        model=params.model,
+        diameter=diameter,
+        nuclear_channel=params.nuclear_channel,
+        cyto_channel=params.cyto_channel,
+        flow_threshold=params.flow_threshold,
+        cellprob_threshold=params.cellprob_threshold,
+        normalize_lowhigh=(float(lo), float(max(hi, lo + 1e-6))),
+        threads=params.threads,
+        sigma=params.sigma_px,
+        growth=growth,
+    )
 
 
 def _sample(image: OmeImage, plane: int, max_px: int = 4_000_000) -> tuple[np.ndarray, float]:
@@ -84,8 +101,14 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     for _, plane in ctx.planes():
         sample, scale = _sample(image, plane)
         segmenter = make_segmenter(params, pixel_um=py, plane_sample=sample, sample_scale=scale)
-        lab = segment_blockwise(stack[:, plane], segmenter, block=params.block, overlap=params.overlap,
-                                min_iou=params.min_iou, gpu_resource=params.gpu_resource)
+        lab = segment_blockwise(
+            stack[:, plane],
+            segmenter,
+            block=params.block,
+            overlap=params.overlap,
+            min_iou=params.min_iou,
+            gpu_resource=params.gpu_resource,
+        )
         tasks.append(dask.delayed(_write_plane)(lab, labels["nuclei"], labels["cells"], plane))
     # no graph optimisation: fusing tasks would drop the GPU resource annotation
     counts = ctx.client.gather(ctx.client.compute(tasks, optimize_graph=False))
@@ -97,8 +120,9 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     outputs = [results.label_path(name, lab) for lab in results.LABELS]
     if counts:
         plane = ctx.planes()[0][1]
-        fig = segment_overlay(image.read_plane(plane)[0], labels["cells"].read_plane(plane), plane=plane,
-                              region=params.qc_region)
+        fig = segment_overlay(
+            image.read_plane(plane)[0], labels["cells"].read_plane(plane), plane=plane, region=params.qc_region
+        )
         outputs.append(ctx.output.write_png("segment_overlay", to_png(fig)))
     return StepResult(inputs=[name], outputs=outputs, metrics=metrics)
 

@@ -55,9 +55,16 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     slices = list(ctx.slices)
     lazy = []
     for k, s in enumerate(slices):
-        lazy += match_pairs(partial(ctx.raw.read_tile, s, z), pairs, ctx.raw.stage_px(s, z), cal,
-                            index_offset=k * n_t, max_shift=params.max_shift_px, block_size=params.block_px,
-                            min_ncc=params.min_ncc)
+        lazy += match_pairs(
+            partial(ctx.raw.read_tile, s, z),
+            pairs,
+            ctx.raw.stage_px(s, z),
+            cal,
+            index_offset=k * n_t,
+            max_shift=params.max_shift_px,
+            block_size=params.block_px,
+            min_ncc=params.min_ncc,
+        )
     matches: list[PairMatch] = list(ctx.client.gather(ctx.client.compute(lazy))) if lazy else []
     stage = [ctx.raw.stage_px(s, z) for s in slices]
     estimate = params.estimate_distortion and cal.source.get("distortion") != "file"
@@ -67,19 +74,28 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         matches += _matches_from_points(old[old["slice"] == s], offset=k * n_t)
         stage.append(ctx.raw.stage_px(s, z))
     stage_all = np.concatenate(stage) if stage else np.zeros((0, 2))
-    sol = solve_positions(matches, stage_all, tile_shape=acq.tile_shape, estimate_distortion=estimate,
-                          distortion=cal.distortion, fit_magnification=params.fit_magnification,
-                          prior_sigma_px=params.prior_sigma_px, reject_px=params.reject_px)
+    sol = solve_positions(
+        matches,
+        stage_all,
+        tile_shape=acq.tile_shape,
+        estimate_distortion=estimate,
+        distortion=cal.distortion,
+        fit_magnification=params.fit_magnification,
+        prior_sigma_px=params.prior_sigma_px,
+        reject_px=params.reject_px,
+    )
     geom = results.mosaic_canvas(ctx.raw)
     meta = results.stitch_record(ctx.output)
     positions = dict(meta.get("tile_positions_px", {}))
     residuals = dict(meta.get("residuals", {}))
     unconstrained = {k: v for k, v in meta.get("unconstrained", {}).items() if int(k.split("/")[0]) not in slices}
     pair_tab = sol.pairs.copy()
-    pair_tab["slice"] = [slices[r // n_t] if r // n_t < len(slices) else old_slices[r // n_t - len(slices)]
-                         for r in pair_tab["reference"]]
+    pair_tab["slice"] = [
+        slices[r // n_t] if r // n_t < len(slices) else old_slices[r // n_t - len(slices)]
+        for r in pair_tab["reference"]
+    ]
     for k, s in enumerate(slices):
-        pos = geom.to_mosaic(sol.positions[k * n_t:(k + 1) * n_t])
+        pos = geom.to_mosaic(sol.positions[k * n_t : (k + 1) * n_t])
         for t in range(n_t):
             r, c = acq.tile_grid(t)
             positions[results.position_key(s, r, c)] = [float(pos[t, 0]), float(pos[t, 1])]
@@ -88,15 +104,25 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         tab = pair_tab[pair_tab["slice"] == s]
         used = tab[tab["used"]]
         res = used["residual"].to_numpy(float)
-        residuals[str(s)] = {"n_pairs": int(len(tab)), "n_informative": int(tab["ok"].sum()),
-                             "n_used": int(len(used)),
-                             "median_px": float(np.median(res)) if res.size else None,
-                             "p95_px": float(np.percentile(res, 95)) if res.size else None,
-                             "max_px": float(res.max()) if res.size else None}
-    results.write_stitch_record(ctx.output, {
-        **meta, "tile_positions_px": positions, "residuals": residuals, "unconstrained": unconstrained,
-        "distortion": sol.distortion.as_dict(),
-        "frame": {"origin_px": list(geom.origin_px), "margin": geom.margin, "shape": list(geom.shape)}})
+        residuals[str(s)] = {
+            "n_pairs": int(len(tab)),
+            "n_informative": int(tab["ok"].sum()),
+            "n_used": int(len(used)),
+            "median_px": float(np.median(res)) if res.size else None,
+            "p95_px": float(np.percentile(res, 95)) if res.size else None,
+            "max_px": float(res.max()) if res.size else None,
+        }
+    results.write_stitch_record(
+        ctx.output,
+        {
+            **meta,
+            "tile_positions_px": positions,
+            "residuals": residuals,
+            "unconstrained": unconstrained,
+            "distortion": sol.distortion.as_dict(),
+            "frame": {"origin_px": list(geom.origin_px), "margin": geom.margin, "shape": list(geom.shape)},
+        },
+    )
     outputs = ["attrs:imaxt.stitch"]
     current = pair_tab[pair_tab["slice"].isin(slices)].copy()
     for col in ("reference", "moving"):
@@ -106,8 +132,9 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         outputs.append(ctx.output.write_table(name, merged))
     refine = params.refine_flat and cal.flat is not None and cal.source.get("flat") == "estimated"
     if estimate or refine:
-        extra = {k: v for k, v in results.calibration_record(ctx.output).items()
-                 if k in ("slices_used", "distortion_points")}
+        extra = {
+            k: v for k, v in results.calibration_record(ctx.output).items() if k in ("slices_used", "distortion_points")
+        }
         if estimate:
             cal = cal.with_distortion(sol.distortion, "estimated-from-overlaps")
             extra["distortion_points"] = int(sum(len(m.point_weights) for m in matches if m.ok))
@@ -120,8 +147,9 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     return StepResult(outputs=outputs, metrics={**stats, "distortion": sol.distortion.as_dict()})
 
 
-def _refine_flat(ctx: StepContext, cal: Calibration, sol: Any, matches: list[PairMatch], slices: list[int], z: int,
-                 n_pairs: int) -> Calibration:
+def _refine_flat(
+    ctx: StepContext, cal: Calibration, sol: Any, matches: list[PairMatch], slices: list[int], z: int, n_pairs: int
+) -> Calibration:
     """The calibration with its flat refined from the seams of this run's best-matched pairs.
 
     The estimated flat cannot tell the scene's large-scale variation from vignetting; the
@@ -139,8 +167,13 @@ def _refine_flat(ctx: StepContext, cal: Calibration, sol: Any, matches: list[Pai
 
     if cal.flat is None:  # the caller refines estimated flats only
         return cal
-    gain = refine_flat(corrected, sol.positions, [(m.reference, m.moving) for m in used], distortion=sol.distortion,
-                       confidence=cal.confidence(ctx.raw.acquisition.tile_shape))
+    gain = refine_flat(
+        corrected,
+        sol.positions,
+        [(m.reference, m.moving) for m in used],
+        distortion=sol.distortion,
+        confidence=cal.confidence(ctx.raw.acquisition.tile_shape),
+    )
     flat = cal.flat * gain[None]
     flat /= flat.mean(axis=(1, 2), keepdims=True)
     ctx.log.info("stitch: flat refined from %d seams (gain %.4f-%.4f)", len(used), gain.min(), gain.max())
@@ -165,6 +198,5 @@ def _matches_from_points(df: pd.DataFrame, *, offset: int) -> list[PairMatch]:
         pr = g[["y_ref", "x_ref"]].to_numpy(float)
         pm = g[["y_mov", "x_mov"]].to_numpy(float)
         shift = tuple((pr - pm).mean(axis=0))
-        out.append(PairMatch(a + offset, b + offset, shift, shift, 1.0, True, pr, pm,
-                             g["weight"].to_numpy(float)))
+        out.append(PairMatch(a + offset, b + offset, shift, shift, 1.0, True, pr, pm, g["weight"].to_numpy(float)))
     return out

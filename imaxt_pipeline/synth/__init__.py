@@ -20,5 +20,13 @@ from ._cells import render_cells, render_nuclei_plane
 from ._params import SynthParams, calibration_params, demo_params
 from ._writer import Truth, load_truth, synthesize
 
-__all__ = ["SynthParams", "Truth", "calibration_params", "demo_params", "load_truth", "render_cells",
-           "render_nuclei_plane", "synthesize"]
+__all__ = [
+    "SynthParams",
+    "Truth",
+    "calibration_params",
+    "demo_params",
+    "load_truth",
+    "render_cells",
+    "render_nuclei_plane",
+    "synthesize",
+]

@@ -13,8 +13,9 @@ from scipy import ndimage as ndi
 __all__ = ["render_cells", "render_nuclei_plane"]
 
 
-def render_nuclei_plane(shape: tuple[int, int], *, n: int, rng: np.random.Generator,
-                        radius: tuple[float, float] = (4.0, 6.5)) -> tuple[np.ndarray, np.ndarray]:
+def render_nuclei_plane(
+    shape: tuple[int, int], *, n: int, rng: np.random.Generator, radius: tuple[float, float] = (4.0, 6.5)
+) -> tuple[np.ndarray, np.ndarray]:
     """Render touching-but-not-overlapping elliptical nuclei.
 
     Parameters
@@ -69,8 +70,9 @@ def render_nuclei_plane(shape: tuple[int, int], *, n: int, rng: np.random.Genera
     return image.astype(np.float32), labels
 
 
-def render_cells(shape: tuple[int, int] = (256, 256), *, density: float = 0.35, seed: int = 0,
-                 expansion: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_cells(
+    shape: tuple[int, int] = (256, 256), *, density: float = 0.35, seed: int = 0, expansion: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A two-channel plane of nuclei with cytoplasm, and its truth.
 
     Parameters

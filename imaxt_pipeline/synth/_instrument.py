@@ -142,8 +142,7 @@ class Instrument:
         low = photons < EXACT_POISSON_BELOW
         n_low = int(low.sum())
         if n_low:
-            out[low] = (p.gain * rng.poisson(photons[low]) + p.dark_offset
-                        + p.read_noise * rng.standard_normal(n_low))
+            out[low] = p.gain * rng.poisson(photons[low]) + p.dark_offset + p.read_noise * rng.standard_normal(n_low)
         return np.clip(np.rint(out), 0, np.iinfo(np.uint16).max).astype(np.uint16)
 
 

@@ -14,13 +14,14 @@ if TYPE_CHECKING:
 
 __all__ = ["place_beads", "place_nuclei", "render_nuclei"]
 
-BEAD_GAP_PX = 4.0     # minimum gap between bead rims, and between a bead and the tissue
+BEAD_GAP_PX = 4.0  # minimum gap between bead rims, and between a bead and the tissue
 NUCLEUS_GAP_PX = 1.0  # minimum gap between nucleus rims (soft edges may touch)
 BEAD_CANDIDATES = 4000
 
 
-def place_beads(params: SynthParams, tissue_union: np.ndarray, factor: int, pad: int, x_empty: float,
-                rng: np.random.Generator) -> pd.DataFrame:
+def place_beads(
+    params: SynthParams, tissue_union: np.ndarray, factor: int, pad: int, x_empty: float, rng: np.random.Generator
+) -> pd.DataFrame:
     """Random sequential placement of non-overlapping beads in the agarose around the tissue.
 
     Parameters
@@ -44,8 +45,11 @@ def place_beads(params: SynthParams, tissue_union: np.ndarray, factor: int, pad:
     h, w = params.mosaic_shape
     px = params.pixel_size_um
     r_lo, r_hi = params.bead_radius_um
-    dist = ndi.distance_transform_edt(~tissue_union) * factor - factor if tissue_union.any() \
+    dist = (
+        ndi.distance_transform_edt(~tissue_union) * factor - factor
+        if tissue_union.any()
         else np.full(tissue_union.shape, np.inf)
+    )
     m = params.margin_px
     n = BEAD_CANDIDATES
     radius_um = rng.uniform(r_lo, r_hi, n)
@@ -76,12 +80,20 @@ def place_beads(params: SynthParams, tissue_union: np.ndarray, factor: int, pad:
             if np.any(d < radius[keep] + radius[i] + BEAD_GAP_PX):
                 continue
         keep.append(int(i))
-    return pd.DataFrame({"bead_id": np.arange(len(keep), dtype=np.int64), "y_px": y[keep], "x_px": x[keep],
-                         "z_um": z_um[keep], "radius_um": radius_um[keep]})
+    return pd.DataFrame(
+        {
+            "bead_id": np.arange(len(keep), dtype=np.int64),
+            "y_px": y[keep],
+            "x_px": x[keep],
+            "z_um": z_um[keep],
+            "radius_um": radius_um[keep],
+        }
+    )
 
 
-def place_nuclei(params: SynthParams, tissue: np.ndarray, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def place_nuclei(
+    params: SynthParams, tissue: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Random sequential adsorption of non-overlapping elliptical nuclei inside ``tissue``.
 
     Parameters
@@ -122,8 +134,10 @@ def place_nuclei(params: SynthParams, tissue: np.ndarray, rng: np.random.Generat
         pxs = np.rint(cand[:, 1:] + (a[:, None] + 1.5) * np.cos(ring)).astype(int)
         inside = (py >= 0).all(1) & (py < h).all(1) & (pxs >= 0).all(1) & (pxs < w).all(1)
         py, pxs = np.clip(py, 0, h - 1), np.clip(pxs, 0, w - 1)
-        inside &= tissue[py, pxs].all(1) & tissue[np.clip(cand[:, 0].astype(int), 0, h - 1),
-                                                   np.clip(cand[:, 1].astype(int), 0, w - 1)]
+        inside &= (
+            tissue[py, pxs].all(1)
+            & tissue[np.clip(cand[:, 0].astype(int), 0, h - 1), np.clip(cand[:, 1].astype(int), 0, w - 1)]
+        )
         cand, a = cand[inside], a[inside]
         reject = np.zeros(len(cand), bool)
         tree = cKDTree(cand)
@@ -144,9 +158,17 @@ def place_nuclei(params: SynthParams, tissue: np.ndarray, rng: np.random.Generat
     return centres, axes, rng.uniform(0, np.pi, n), rng.uniform(1500.0, 3000.0, n)
 
 
-def render_nuclei(padded: tuple[int, int], pad: int, shape: tuple[int, int], centres: np.ndarray,
-                  axes: np.ndarray, angles: np.ndarray, brightness: np.ndarray, *, first_label: int = 1
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_nuclei(
+    padded: tuple[int, int],
+    pad: int,
+    shape: tuple[int, int],
+    centres: np.ndarray,
+    axes: np.ndarray,
+    angles: np.ndarray,
+    brightness: np.ndarray,
+    *,
+    first_label: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Soft-edged ellipses (1 px ramp) on the padded plane and their hard labels.
 
     Returns
@@ -184,8 +206,7 @@ def render_nuclei(padded: tuple[int, int], pad: int, shape: tuple[int, int], cen
     sig = np.broadcast_to(brightness[:, None, None], wgt.shape)[ok] * wgt[ok]
     signal = np.bincount(flat, sig, minlength=hp * wp).reshape(padded)
     np.minimum(cover, 1.0, out=cover)
-    ids = np.broadcast_to(np.arange(first_label, first_label + len(centres), dtype=np.int32)[:, None, None],
-                          wgt.shape)
+    ids = np.broadcast_to(np.arange(first_label, first_label + len(centres), dtype=np.int32)[:, None, None], wgt.shape)
     inner = (wgt >= 0.5) & (yi - pad >= 0) & (yi - pad < h) & (xi - pad >= 0) & (xi - pad < w)
     labels[yi[inner] - pad, xi[inner] - pad] = ids[inner]
     return cover, signal, labels

@@ -122,8 +122,17 @@ class SynthParams:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        non_negative = ("stage_error_px", "drift_walk_px", "dark_offset", "stray_light", "read_noise",
-                        "psf_sigma_px", "bead_intensity", "nuclei_per_mm2", "corner_distortion_px")
+        non_negative = (
+            "stage_error_px",
+            "drift_walk_px",
+            "dark_offset",
+            "stray_light",
+            "read_noise",
+            "psf_sigma_px",
+            "bead_intensity",
+            "nuclei_per_mm2",
+            "corner_distortion_px",
+        )
         for name in non_negative:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -156,8 +165,10 @@ class SynthParams:
     def mosaic_shape(self) -> tuple[int, int]:
         """Shape (H, W) of the mosaic frame; every true tile lies inside it."""
         (sy, sx), m = self.step_px, self.margin_px
-        return (int(math.ceil(2 * m + (self.rows - 1) * sy + self.tile_shape[0])),
-                int(math.ceil(2 * m + (self.cols - 1) * sx + self.tile_shape[1])))
+        return (
+            int(math.ceil(2 * m + (self.rows - 1) * sy + self.tile_shape[0])),
+            int(math.ceil(2 * m + (self.cols - 1) * sx + self.tile_shape[1])),
+        )
 
     def resolved_distortion(self) -> DistortionModel:
         """The distortion actually simulated (see :attr:`distortion`)."""
@@ -207,6 +218,7 @@ def calibration_params(**overrides: Any) -> SynthParams:
     -------
     SynthParams
     """
-    kw: dict[str, Any] = dict(sample="calibration", slices=1, rows=5, cols=5, overlap=0.45, stage_error_px=0.1,
-                              tissue_fraction=0.9, n_beads=0)
+    kw: dict[str, Any] = dict(
+        sample="calibration", slices=1, rows=5, cols=5, overlap=0.45, stage_error_px=0.1, tissue_fraction=0.9, n_beads=0
+    )
     return SynthParams(**{**kw, **overrides})

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import fft, ndimage as ndi
+from scipy import fft
+from scipy import ndimage as ndi
 
 from ._objects import place_beads, place_nuclei, render_nuclei
 
@@ -128,7 +129,7 @@ class Scene:
         gy, gx = np.gradient(fields[0], _COARSE)
         edge = np.abs(fields[0] - thr[0]) < 0.05
         slope = float(np.median(np.hypot(gy, gx)[edge])) if edge.any() else 1e-3
-        union = np.any([f > t for f, t in zip(fields, thr)], axis=0)
+        union = np.any([f > t for f, t in zip(fields, thr, strict=True)], axis=0)
         return thr, 1.5 * slope, union
 
     # -- rendering --------------------------------------------------------------
@@ -164,11 +165,12 @@ class Scene:
         agarose = AGAROSE * (1.0 + 0.04 * noise)
         cyto = 550.0 + 220.0 * np.tanh(0.5 * (0.8 * tex_lo + 0.6 * tex_hi))
         nuclear = 130.0 + 25.0 * tex_lo + 10.0 * tex_hi
-        tissue = wt[pad:pad + h, pad:pad + w] >= 0.5
+        tissue = wt[pad : pad + h, pad : pad + w] >= 0.5
 
         centres, axes, angles, bright = place_nuclei(p, tissue, rng)
-        cover, signal, labels = render_nuclei(self.padded, pad, self.shape, centres, axes, angles, bright,
-                                              first_label=first_label)
+        cover, signal, labels = render_nuclei(
+            self.padded, pad, self.shape, centres, axes, angles, bright, first_label=first_label
+        )
         planes = np.empty((len(p.channels), hp, wp))
         for ch in range(len(p.channels)):
             base = (nuclear if ch == 0 else cyto * (1.0 - 0.15 * (ch - 1))) * wt + agarose * (1.0 - wt)
@@ -192,7 +194,7 @@ class Scene:
             dz = z_k - bead.z_um
             if abs(dz) >= bead.radius_um:
                 continue
-            r = np.sqrt(bead.radius_um ** 2 - dz ** 2) / p.pixel_size_um
+            r = np.sqrt(bead.radius_um**2 - dz**2) / p.pixel_size_um
             if r < 1.0:
                 continue
             cy, cx = bead.y_px + dy, bead.x_px + dx
@@ -202,7 +204,7 @@ class Scene:
             y1, x1 = min(y1, planes.shape[1]), min(x1, planes.shape[2])
             if y1 <= y0 or x1 <= x0:
                 continue
-            gy, gx = np.ogrid[y0 - pad:y1 - pad, x0 - pad:x1 - pad]
+            gy, gx = np.ogrid[y0 - pad : y1 - pad, x0 - pad : x1 - pad]
             wb = np.clip(r - np.hypot(gy - cy, gx - cx) + 0.5, 0.0, 1.0)
             view = planes[:, y0:y1, x0:x1]
             view *= 1.0 - wb
@@ -220,13 +222,13 @@ def _drift(params: SynthParams, rng: np.random.Generator) -> np.ndarray:
 def _spectrum(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """rfft2 of white noise smoothed by a Gaussian of ``sigma`` px, scaled to unit std in space."""
     fy, fx = _freqs(shape)
-    k = -2.0 * np.pi ** 2 * sigma ** 2
-    gain = np.outer(np.exp(k * fy ** 2), np.exp(k * fx ** 2))
+    k = -2.0 * np.pi**2 * sigma**2
+    gain = np.outer(np.exp(k * fy**2), np.exp(k * fx**2))
     half = (shape[0], shape[1] // 2 + 1)
     noise = rng.standard_normal((2, *half), dtype=np.float32)
     spec = (noise[0] + 1j * noise[1]) * gain
     spec[0, 0] = 0.0
-    mod2 = spec.real ** 2 + spec.imag ** 2
+    mod2 = spec.real**2 + spec.imag**2
     power = 2.0 * float(mod2.sum()) - float(mod2[:, 0].sum())
     return spec * (shape[0] * shape[1] / np.sqrt(power))
 
@@ -242,11 +244,11 @@ def _shift_phase(shape: tuple[int, int], dy: float, dx: float) -> np.ndarray:
 
 
 def _irfft(spec: np.ndarray, shape: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
-    return fft.irfft2(spec, s=shape)[:out[0], :out[1]]
+    return fft.irfft2(spec, s=shape)[: out[0], : out[1]]
 
 
 def _irfft_coarse(spec: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
     """The field of ``spec`` sampled every ``factor`` px (exact for a band-limited field)."""
     hc, wc = shape[0] // factor, shape[1] // factor
-    small = np.concatenate([spec[:hc // 2, :wc // 2 + 1], spec[-(hc - hc // 2):, :wc // 2 + 1]])
+    small = np.concatenate([spec[: hc // 2, : wc // 2 + 1], spec[-(hc - hc // 2) :, : wc // 2 + 1]])
     return fft.irfft2(small, s=(hc, wc)) * (hc * wc) / (shape[0] * shape[1])

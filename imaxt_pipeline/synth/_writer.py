@@ -36,15 +36,15 @@ __all__ = ["Truth", "load_truth", "synthesize"]
 FORMAT = "imaxt-synth-truth/1"
 CONVENTIONS = {
     "frames": "(y, x) in mosaic pixels; the mosaic frame is the stage frame: recorded (y_um, x_um) / "
-              "pixel_size_um is a tile's nominal top-left, its true top-left adds the stage error",
+    "pixel_size_um is a tile's nominal top-left, its true top-left adds the stage error",
     "tile_positions_px": "true top-left of tile <slice>/<row>/<col> in that slice's mosaic frame",
     "slice_offsets_px": "content of slice k is displaced by (+dy, +dx) relative to slice 0",
     "beads": "sphere centre (y_px, x_px) in slice 0's frame, depth z_um below the top of the block",
     "bead_detections": "disc cut by slice k's imaged plane at z_k = (k + 0.5) * slice_thickness_um; "
-                       "radius_px = sqrt(R**2 - (z_k - z_um)**2) / pixel_size_um, listed when >= 1 px; "
-                       "(y_px, x_px) in slice k's mosaic frame (drift included)",
+    "radius_px = sqrt(R**2 - (z_k - z_um)**2) / pixel_size_um, listed when >= 1 px; "
+    "(y_px, x_px) in slice k's mosaic frame (drift included)",
     "raw": "raw(p) = gain * Poisson((flat(p) * scene(T + p + D(p)) + stray(p)) / gain) + dark + "
-           "Normal(0, read_noise); D from imaxt_pipeline.algorithms.optics",
+    "Normal(0, read_noise); D from imaxt_pipeline.algorithms.optics",
     "clean": "noise-free, undistorted, flat-free planes (PSF blur included) in each slice's mosaic frame",
     "nuclei": "drawn independently per slice; labels unique over the whole sample",
 }
@@ -145,7 +145,7 @@ def synthesize(out_dir: str | os.PathLike[str], params: SynthParams | None = Non
     detections, rows, next_label = [], [], 1
     for k in range(params.slices):
         sl = scene.render(k, np.random.default_rng(slice_streams[k]), first_label=next_label)
-        clean[k] = sl.planes[:, pad:pad + h, pad:pad + w]
+        clean[k] = sl.planes[:, pad : pad + h, pad : pad + w]
         labels[k], tissue[k] = sl.labels, sl.tissue
         next_label = max(next_label, int(sl.labels.max()) + 1)
         detections.append(sl.detections)
@@ -161,12 +161,23 @@ def synthesize(out_dir: str | os.PathLike[str], params: SynthParams | None = Non
                     rows.append([k, ch, r, c, f"{x_um:.4f}", f"{y_um:.4f}", name])
 
     truth = Truth(
-        params=params, tile_positions_px=_keyed(inst.true), recorded_positions_px=_keyed(
-            np.broadcast_to(inst.nominal, inst.true.shape)), slice_offsets_px=scene.offsets.copy(),
-        beads=scene.beads, bead_detections=pd.concat(detections, ignore_index=True),
-        nuclei=labels, tissue=tissue, clean=clean, mosaic_shape=(h, w), distortion=inst.distortion,
-        flat=inst.flat, stray=inst.stray, dark=params.dark_offset, gain=params.gain,
-        read_noise=params.read_noise)
+        params=params,
+        tile_positions_px=_keyed(inst.true),
+        recorded_positions_px=_keyed(np.broadcast_to(inst.nominal, inst.true.shape)),
+        slice_offsets_px=scene.offsets.copy(),
+        beads=scene.beads,
+        bead_detections=pd.concat(detections, ignore_index=True),
+        nuclei=labels,
+        tissue=tissue,
+        clean=clean,
+        mosaic_shape=(h, w),
+        distortion=inst.distortion,
+        flat=inst.flat,
+        stray=inst.stray,
+        dark=params.dark_offset,
+        gain=params.gain,
+        read_noise=params.read_noise,
+    )
     _write_truth(root / "truth", truth, pad)
     buf = io.StringIO(newline="")
     writer = csv.writer(buf, lineterminator="\n")
@@ -191,8 +202,7 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
     meta = json.loads((base / "truth.json").read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{base / 'truth.json'}: unknown truth format {meta.get('format')!r}")
-    with np.load(base / "nuclei.npz") as nz, np.load(base / "clean.npz") as cz, \
-            np.load(base / "calibration.npz") as kz:
+    with np.load(base / "nuclei.npz") as nz, np.load(base / "clean.npz") as cz, np.load(base / "calibration.npz") as kz:
         nuclei, tissue, clean = nz["labels"], nz["tissue"], cz["planes"]
         flat, stray = kz["flat"], kz["stray"]
     beads = pd.DataFrame(meta["beads"], columns=["bead_id", "y_px", "x_px", "z_um", "radius_um"])
@@ -203,31 +213,55 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
         tile_positions_px={k: tuple(v) for k, v in meta["tile_positions_px"].items()},
         recorded_positions_px={k: tuple(v) for k, v in meta["recorded_positions_px"].items()},
         slice_offsets_px=np.asarray(meta["slice_offsets_px"], np.float64).reshape(-1, 2),
-        beads=beads.astype({"bead_id": np.int64}), bead_detections=det.astype({"slice": np.int64,
-                                                                                "bead_id": np.int64}),
-        nuclei=nuclei, tissue=tissue, clean=clean, mosaic_shape=tuple(meta["mosaic_shape"]),
-        distortion=DistortionModel(**meta["distortion"]), flat=flat, stray=stray,
-        dark=float(meta["dark"]["offset"]), gain=float(noise["gain"]), read_noise=float(noise["read_noise"]))
+        beads=beads.astype({"bead_id": np.int64}),
+        bead_detections=det.astype({"slice": np.int64, "bead_id": np.int64}),
+        nuclei=nuclei,
+        tissue=tissue,
+        clean=clean,
+        mosaic_shape=tuple(meta["mosaic_shape"]),
+        distortion=DistortionModel(**meta["distortion"]),
+        flat=flat,
+        stray=stray,
+        dark=float(meta["dark"]["offset"]),
+        gain=float(noise["gain"]),
+        read_noise=float(noise["read_noise"]),
+    )
 
 
 def _keyed(pos: np.ndarray) -> dict[str, tuple[float, float]]:
     s, r, c, _ = pos.shape
-    return {f"{i}/{j}/{k}": (float(pos[i, j, k, 0]), float(pos[i, j, k, 1]))
-            for i in range(s) for j in range(r) for k in range(c)}
+    return {
+        f"{i}/{j}/{k}": (float(pos[i, j, k, 0]), float(pos[i, j, k, 1]))
+        for i in range(s)
+        for j in range(r)
+        for k in range(c)
+    }
 
 
 def _acquisition(p: SynthParams) -> dict:
-    return {"sample": p.sample, "modality": "STPT", "pixel_size_um": p.pixel_size_um,
-            "slice_thickness_um": p.slice_thickness_um, "tile_shape": list(p.tile_shape),
-            "overlap": p.overlap, "channels": list(p.channels), "rows": p.rows, "cols": p.cols,
-            "slices": p.slices, "optical_sections": 1}
+    return {
+        "sample": p.sample,
+        "modality": "STPT",
+        "pixel_size_um": p.pixel_size_um,
+        "slice_thickness_um": p.slice_thickness_um,
+        "tile_shape": list(p.tile_shape),
+        "overlap": p.overlap,
+        "channels": list(p.channels),
+        "rows": p.rows,
+        "cols": p.cols,
+        "slices": p.slices,
+        "optical_sections": 1,
+    }
 
 
 def _write_truth(base: Path, t: Truth, pad: int) -> None:
     p = t.params
     meta = {
-        "format": FORMAT, "conventions": CONVENTIONS, "params": p.to_dict(),
-        "mosaic_shape": list(t.mosaic_shape), "pixel_size_um": p.pixel_size_um,
+        "format": FORMAT,
+        "conventions": CONVENTIONS,
+        "params": p.to_dict(),
+        "mosaic_shape": list(t.mosaic_shape),
+        "pixel_size_um": p.pixel_size_um,
         "slice_depths_um": [(k + 0.5) * p.slice_thickness_um for k in range(p.slices)],
         "tile_positions_px": {k: list(v) for k, v in t.tile_positions_px.items()},
         "recorded_positions_px": {k: list(v) for k, v in t.recorded_positions_px.items()},
@@ -235,10 +269,16 @@ def _write_truth(base: Path, t: Truth, pad: int) -> None:
         "beads": t.beads.to_dict(orient="records"),
         "bead_detections": t.bead_detections.to_dict(orient="records"),
         "n_nuclei": [int(np.count_nonzero(np.bincount(t.nuclei[k].ravel())[1:])) for k in range(p.slices)],
-        "flat": {"model": "1 - vignetting * (u**2 + w**2) / 2, u, w in [-1, 1] across the tile",
-                 "vignetting": p.flat_vignetting},
-        "stray": {"model": "amplitude * exp(-x / scale_px), additive, every row alike",
-                  "amplitude": p.stray_light, "scale_px": p.stray_light_scale_px, "edge": "x=0"},
+        "flat": {
+            "model": "1 - vignetting * (u**2 + w**2) / 2, u, w in [-1, 1] across the tile",
+            "vignetting": p.flat_vignetting,
+        },
+        "stray": {
+            "model": "amplitude * exp(-x / scale_px), additive, every row alike",
+            "amplitude": p.stray_light,
+            "scale_px": p.stray_light_scale_px,
+            "edge": "x=0",
+        },
         "dark": {"offset": p.dark_offset},
         "distortion": t.distortion.as_dict(),
         "noise": {"gain": p.gain, "read_noise": p.read_noise},

@@ -26,6 +26,21 @@ from ._raw import rewrite_csv, write_raw_sample
 from ._segdata import synth_plane, two_channel_sample
 from ._steps import only_steps
 
-__all__ = ["Sample", "band_error", "bead_scene", "bead_score", "grid_tiles", "one_slice_grid", "only_steps",
-           "position_errors", "processed_sample", "rewrite_csv", "synth_plane", "synth_planes", "synth_score",
-           "two_channel_sample", "uploaded_sample", "write_raw_sample"]
+__all__ = [
+    "Sample",
+    "band_error",
+    "bead_scene",
+    "bead_score",
+    "grid_tiles",
+    "one_slice_grid",
+    "only_steps",
+    "position_errors",
+    "processed_sample",
+    "rewrite_csv",
+    "synth_plane",
+    "synth_planes",
+    "synth_score",
+    "two_channel_sample",
+    "uploaded_sample",
+    "write_raw_sample",
+]

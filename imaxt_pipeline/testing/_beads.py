@@ -23,7 +23,7 @@ def bead_scene(seed=0, shape=(640, 640), n=30, amp=25.0, bg=20.0):
     for cy, cx in rng.uniform(0.3, 0.7, (150, 2)) * shape:
         spots += disc_model([cy, cx, 4.0, 1.0, 15.0, 0.0], yy, xx)
     img += tissue * (10.0 + spots)
-    truth = []
+    truth: list[np.ndarray] = []  # (y, x, radius) per bead
     for _ in range(n):
         r = rng.uniform(3, 45)
         c = rng.uniform(r, np.array(shape) - r)

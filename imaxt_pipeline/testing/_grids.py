@@ -33,9 +33,17 @@ def one_slice_grid(root, **overrides):
     return p, truth, tiles, stage, true
 
 
-def grid_tiles(seed: int, *, rows: int = 3, cols: int = 3, tile: int = 192, overlap: float = 0.12,
-               model: DistortionModel = _GRID_DISTORTION, stage_err: float = 3.0,
-               empty_cols: int = 0):
+def grid_tiles(
+    seed: int,
+    *,
+    rows: int = 3,
+    cols: int = 3,
+    tile: int = 192,
+    overlap: float = 0.12,
+    model: DistortionModel = _GRID_DISTORTION,
+    stage_err: float = 3.0,
+    empty_cols: int = 0,
+):
     """Poisson tiles of a random blob scene on a jittered grid, seen through ``model``.
 
     Returns tiles (T, H, W), true top-left positions (T, 2), stage positions (T, 2).
@@ -57,7 +65,7 @@ def grid_tiles(seed: int, *, rows: int = 3, cols: int = 3, tile: int = 192, over
     scene[rng.integers(0, h, n), rng.integers(0, w, n)] = rng.uniform(500, 2000, n)
     scene = ndi.gaussian_filter(scene, 2.0) * 20
     if empty_cols:
-        scene[:, int(20 + (cols - empty_cols) * step) - 15:] = 0.0
+        scene[:, int(20 + (cols - empty_cols) * step) - 15 :] = 0.0
     scene += 20.0
     dy, dx = displacement_field((tile, tile), model)
     gy, gx = np.indices((tile, tile), dtype=float)

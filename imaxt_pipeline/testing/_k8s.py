@@ -81,13 +81,22 @@ def validate(obj: dict[str, Any]) -> None:
 
 # -- kubectl -----------------------------------------------------------------
 _RESOURCES = {
-    "/api/v1": [("configmaps", "ConfigMap"), ("secrets", "Secret"), ("services", "Service"),
-                ("serviceaccounts", "ServiceAccount"), ("pods", "Pod"), ("namespaces", "Namespace")],
+    "/api/v1": [
+        ("configmaps", "ConfigMap"),
+        ("secrets", "Secret"),
+        ("services", "Service"),
+        ("serviceaccounts", "ServiceAccount"),
+        ("pods", "Pod"),
+        ("namespaces", "Namespace"),
+    ],
     "/apis/apps/v1": [("deployments", "Deployment")],
     "/apis/rbac.authorization.k8s.io/v1": [("roles", "Role"), ("rolebindings", "RoleBinding")],
-    "/apis/kubernetes.dask.org/v1": [("daskjobs", "DaskJob"), ("daskclusters", "DaskCluster"),
-                                     ("daskworkergroups", "DaskWorkerGroup"),
-                                     ("daskautoscalers", "DaskAutoscaler")],
+    "/apis/kubernetes.dask.org/v1": [
+        ("daskjobs", "DaskJob"),
+        ("daskclusters", "DaskCluster"),
+        ("daskworkergroups", "DaskWorkerGroup"),
+        ("daskautoscalers", "DaskAutoscaler"),
+    ],
 }
 
 
@@ -104,9 +113,21 @@ def _discovery(path: str) -> dict[str, Any] | None:
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
     if path in _RESOURCES:
         group_version = "v1" if path == "/api/v1" else "/".join(path.split("/")[2:4])
-        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": [
-            {"name": n, "singularName": "", "kind": k, "namespaced": k != "Namespace",
-             "verbs": ["create", "get", "list", "delete", "patch", "update"]} for n, k in _RESOURCES[path]]}
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": group_version,
+            "resources": [
+                {
+                    "name": n,
+                    "singularName": "",
+                    "kind": k,
+                    "namespaced": k != "Namespace",
+                    "verbs": ["create", "get", "list", "delete", "patch", "update"],
+                }
+                for n, k in _RESOURCES[path]
+            ],
+        }
     if path == "/version":
         return {"major": "1", "minor": "32", "gitVersion": "v1.32.0"}
     return None
@@ -152,9 +173,23 @@ def kubectl_parse(text: str, tmp_dir: Path) -> list[dict[str, Any]]:
     path = tmp_dir / "objects.yaml"
     path.write_text(text)
     with discovery_server() as server:
-        out = subprocess.run(["kubectl", "create", "--dry-run=client", "--validate=false", "-f", str(path),
-                              "-o", "json", f"--server={server}", "--kubeconfig=/dev/null"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                "kubectl",
+                "create",
+                "--dry-run=client",
+                "--validate=false",
+                "-f",
+                str(path),
+                "-o",
+                "json",
+                f"--server={server}",
+                "--kubeconfig=/dev/null",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert out.returncode == 0, out.stderr
     decoder, text_out, pos = json.JSONDecoder(), out.stdout, 0
     items: list[dict[str, Any]] = []

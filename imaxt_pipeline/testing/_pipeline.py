@@ -36,8 +36,9 @@ class Sample:
     truth: Truth | None = None
     summaries: list[RunSummary] = field(default_factory=list)
 
-    def config_overrides(self, steps: Iterable[str] | None = None, slices: list[int] | None = None,
-                         **overrides: Any) -> dict[str, Any]:
+    def config_overrides(
+        self, steps: Iterable[str] | None = None, slices: list[int] | None = None, **overrides: Any
+    ) -> dict[str, Any]:
         """``load_config`` keyword arguments of a run: ``steps`` alone enabled (all when ``None``), ``slices``.
 
         >>> s = Sample(Path("r"), "r.zarr", "o.zarr")
@@ -52,8 +53,14 @@ class Sample:
         enabled = only_steps(*steps) if steps is not None else {}
         return {"input_url": self.store, "output_url": self.out, "slices": slices, **enabled, **overrides}
 
-    def run(self, *, steps: Iterable[str] | None = None, slices: list[int] | None = None, client: Any = None,
-            **overrides: Any) -> RunSummary:
+    def run(
+        self,
+        *,
+        steps: Iterable[str] | None = None,
+        slices: list[int] | None = None,
+        client: Any = None,
+        **overrides: Any,
+    ) -> RunSummary:
         """Process the sample: ``load_config`` with these overrides (dotted keys), then ``run_pipeline``."""
         from imaxt_pipeline.config import load_config
         from imaxt_pipeline.pipeline import run_pipeline
@@ -82,8 +89,15 @@ def uploaded_sample(root: str | Path, sample: SynthParams | str | Path) -> Sampl
     return Sample(raw=raw, store=store, out=str(root / "out.zarr"), truth=truth)
 
 
-def processed_sample(root: str | Path, sample: SynthParams | str | Path, *, steps: Iterable[str] | None = None,
-                     slices: list[int] | None = None, client: Any = None, **overrides: Any) -> Sample:
+def processed_sample(
+    root: str | Path,
+    sample: SynthParams | str | Path,
+    *,
+    steps: Iterable[str] | None = None,
+    slices: list[int] | None = None,
+    client: Any = None,
+    **overrides: Any,
+) -> Sample:
     """:func:`uploaded_sample` then one :meth:`Sample.run` (``steps`` alone enabled; all when ``None``).
 
     ``overrides`` are dotted config keys, e.g. ``**{"steps.mosaic.levels": 2}``.

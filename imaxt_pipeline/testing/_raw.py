@@ -10,15 +10,32 @@ import numpy as np
 import tifffile
 
 
-def write_raw_sample(root: Path, *, slices: int = 2, rows: int = 2, cols: int = 2, tile: int = 32,
-                     channels: tuple[str, ...] = ("a", "b"), seed: int = 0) -> Path:
+def write_raw_sample(
+    root: Path,
+    *,
+    slices: int = 2,
+    rows: int = 2,
+    cols: int = 2,
+    tile: int = 32,
+    channels: tuple[str, ...] = ("a", "b"),
+    seed: int = 0,
+) -> Path:
     """Write random uint16 tiles in the generic raw layout; return the sample folder."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     (root / "tiles").mkdir(parents=True, exist_ok=True)
-    acq = {"sample": "tiny", "modality": "STPT", "pixel_size_um": 1.0, "slice_thickness_um": 15.0,
-           "tile_shape": [tile, tile], "overlap": 0.1, "channels": list(channels), "rows": rows,
-           "cols": cols, "slices": slices}
+    acq = {
+        "sample": "tiny",
+        "modality": "STPT",
+        "pixel_size_um": 1.0,
+        "slice_thickness_um": 15.0,
+        "tile_shape": [tile, tile],
+        "overlap": 0.1,
+        "channels": list(channels),
+        "rows": rows,
+        "cols": cols,
+        "slices": slices,
+    }
     (root / "acquisition.json").write_text(json.dumps(acq))
     step = tile * 0.9
     with open(root / "tiles.csv", "w", newline="") as fh:

@@ -12,8 +12,11 @@ def s3_endpoint():
     """Start ``moto.server.ThreadedMotoServer`` on 127.0.0.1 (free port); yield its URL."""
     from moto.server import ThreadedMotoServer
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         os.environ.setdefault(key, value)
     os.environ.pop("AWS_PROFILE", None)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)

@@ -44,21 +44,24 @@ def _bin(img: np.ndarray, f: int) -> np.ndarray:
     return img[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
 
 
-def synthetic_pairs(seeds: list[int], *, downsample: int, workdir: Path, rng: np.random.Generator,
-                    slices: int = 4, tile: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+def synthetic_pairs(
+    seeds: list[int], *, downsample: int, workdir: Path, rng: np.random.Generator, slices: int = 4, tile: int = 256
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(normalised image, mask) pairs at reduced resolution, one per slice and channel."""
     from ..algorithms.registration import normalise
     from ..synth import SynthParams, synthesize
 
     pairs = []
     for seed in seeds:
-        truth = synthesize(workdir / f"s{seed}", SynthParams(slices=slices, rows=2, cols=2, seed=seed,
-                                                             tile_shape=(tile, tile)))
+        truth = synthesize(
+            workdir / f"s{seed}", SynthParams(slices=slices, rows=2, cols=2, seed=seed, tile_shape=(tile, tile))
+        )
         det = truth.bead_detections
         for s in range(truth.clean.shape[0]):
             rows = det[det["slice"] == s]
-            mask = disc_mask(truth.clean.shape[-2:], rows[["y_px", "x_px"]].to_numpy(float),
-                             rows["radius_px"].to_numpy(float))
+            mask = disc_mask(
+                (int(truth.clean.shape[-2]), int(truth.clean.shape[-1])), rows[["y_px", "x_px"]].to_numpy(float), rows["radius_px"].to_numpy(float)
+            )
             for c in range(truth.clean.shape[1]):
                 clean = np.clip(truth.clean[s, c].astype(np.float64), 0, None)
                 gain = rng.uniform(0.3, 3.0)
@@ -88,7 +91,8 @@ def render_scene(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.n
     tissue = ndi.zoom(tissue, 16, order=1)[:h, :w] > np.quantile(tissue, rng.uniform(0.3, 0.8))
     spots = ndi.gaussian_filter((rng.random(shape) < 0.004).astype(np.float64), 2.5) * 60
     img += tissue * (rng.uniform(0.2, 1.5) * bg + spots * rng.uniform(0.5, 3) * bg)
-    centres, radii = [], []
+    centres: list[np.ndarray] = []
+    radii: list[float] = []
     for _ in range(rng.integers(5, 25)):
         r = rng.uniform(3, 12) if rng.random() < 0.5 else rng.uniform(12, 50)  # many small caps
         c = rng.uniform(0, 1, 2) * shape
@@ -121,7 +125,7 @@ def _crops(pairs, n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarr
         y0, x0 = rng.integers(0, max(h - size, 0) + 1), rng.integers(0, max(w - size, 0) + 1)
         a = np.zeros((size, size), np.float32)
         b = np.zeros((size, size), np.float32)
-        ci, cm = img[y0:y0 + size, x0:x0 + size], mask[y0:y0 + size, x0:x0 + size]
+        ci, cm = img[y0 : y0 + size, x0 : x0 + size], mask[y0 : y0 + size, x0 : x0 + size]
         a[: ci.shape[0], : ci.shape[1]], b[: cm.shape[0], : cm.shape[1]] = ci, cm
         k = rng.integers(4)
         a, b = np.rot90(a, k), np.rot90(b, k)
@@ -137,8 +141,19 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2 * inter / max(float(pred.sum() + truth.sum()), 1.0)
 
 
-def train(out: Path, *, seconds: float = 240.0, downsample: int = 2, base: int = 8, depth: int = 4,
-          patch: int = 128, batch: int = 8, seed: int = 0, train_seeds: int = 4, source: str = "auto") -> dict:
+def train(
+    out: Path,
+    *,
+    seconds: float = 240.0,
+    downsample: int = 2,
+    base: int = 8,
+    depth: int = 4,
+    patch: int = 128,
+    batch: int = 8,
+    seed: int = 0,
+    train_seeds: int = 4,
+    source: str = "auto",
+) -> dict:
     """Train and save the model; returns the metadata written next to it."""
     import torch
 
@@ -194,11 +209,20 @@ def train(out: Path, *, seconds: float = 240.0, downsample: int = 2, base: int =
     config = {"base": base, "depth": depth, "downsample": downsample, "threshold": 0.5, "patch": patch}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "config": config}, out)
-    meta = {"config": config, "source": source, "train_seeds": seeds, "val_seed": 999, "steps": steps, "batch": batch,
-            "train_seconds": round(time.perf_counter() - t_start, 1), "data_seconds": round(t_data, 1),
-            "final_loss": float(np.mean(losses[-20:])) if losses else None,
-            "val_dice": float(np.mean(scores)) if scores else None, "torch": torch.__version__,
-            "parameters": int(sum(p.numel() for p in model.parameters()))}
+    meta = {
+        "config": config,
+        "source": source,
+        "train_seeds": seeds,
+        "val_seed": 999,
+        "steps": steps,
+        "batch": batch,
+        "train_seconds": round(time.perf_counter() - t_start, 1),
+        "data_seconds": round(t_data, 1),
+        "final_loss": float(np.mean(losses[-20:])) if losses else None,
+        "val_dice": float(np.mean(scores)) if scores else None,
+        "torch": torch.__version__,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -210,11 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--downsample", type=int, default=2)
     ap.add_argument("--base", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--source", choices=("auto", "synth", "render"), default="auto",
-                    help="training images: imaxt_pipeline.synth mosaics, or the built-in renderer")
+    ap.add_argument(
+        "--source",
+        choices=("auto", "synth", "render"),
+        default="auto",
+        help="training images: imaxt_pipeline.synth mosaics, or the built-in renderer",
+    )
     args = ap.parse_args(argv)
-    meta = train(args.out, seconds=args.seconds, downsample=args.downsample, base=args.base, seed=args.seed,
-                 source=args.source)
+    meta = train(
+        args.out, seconds=args.seconds, downsample=args.downsample, base=args.base, seed=args.seed, source=args.source
+    )
     sys.stdout.write(json.dumps(meta, indent=2) + "\n")
     return 0
 

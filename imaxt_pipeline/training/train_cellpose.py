@@ -35,8 +35,9 @@ __all__ = ["DIAM_MEAN", "main", "render_cells", "render_nuclei", "train", "train
 DIAM_MEAN = 10.0  # px; the model's native nucleus diameter (no rescaling at 1 µm/px)
 
 
-def training_set(n_images: int, *, shape: tuple[int, int] = (128, 128), seed: int = 0
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def training_set(
+    n_images: int, *, shape: tuple[int, int] = (128, 128), seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``n_images`` rendered images and their truth labels (varying density)."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
@@ -49,9 +50,18 @@ def training_set(n_images: int, *, shape: tuple[int, int] = (128, 128), seed: in
     return images, labels
 
 
-def train(out: Path, *, n_images: int = 64, n_epochs: int = 90, nimg_per_epoch: int = 8, batch_size: int = 8,
-          bsize: int = 128,
-          learning_rate: float = 0.02, threads: int = 2, seed: int = 0) -> Path:
+def train(
+    out: Path,
+    *,
+    n_images: int = 64,
+    n_epochs: int = 90,
+    nimg_per_epoch: int = 8,
+    batch_size: int = 8,
+    bsize: int = 128,
+    learning_rate: float = 0.02,
+    threads: int = 2,
+    seed: int = 0,
+) -> Path:
     """Train a CPnet from scratch and save float16 weights to ``out``."""
     import torch
     from cellpose import models
@@ -61,25 +71,42 @@ def train(out: Path, *, n_images: int = 64, n_epochs: int = 90, nimg_per_epoch: 
     torch.manual_seed(seed)
     images, labels = training_set(n_images, seed=seed)
     test_images, test_labels = training_set(8, seed=seed + 1)
-    model = models.CellposeModel(gpu=torch.cuda.is_available(), pretrained_model=None, diam_mean=DIAM_MEAN,
-                                 nchan=2)
+    model = models.CellposeModel(gpu=torch.cuda.is_available(), pretrained_model=None, diam_mean=DIAM_MEAN, nchan=2)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = out.parent / f".train-{out.name}"
     workdir.mkdir(parents=True, exist_ok=True)
     path, train_losses, test_losses = cp_train.train_seg(
-        model.net, train_data=images, train_labels=labels, test_data=test_images, test_labels=test_labels,
-        channels=[0, 0], normalize=True, batch_size=batch_size, learning_rate=learning_rate,
-        n_epochs=n_epochs, nimg_per_epoch=nimg_per_epoch, weight_decay=1e-5, bsize=bsize, rescale=True,
+        model.net,
+        train_data=images,
+        train_labels=labels,
+        test_data=test_images,
+        test_labels=test_labels,
+        channels=[0, 0],
+        normalize=True,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        n_epochs=n_epochs,
+        nimg_per_epoch=nimg_per_epoch,
+        weight_decay=1e-5,
+        bsize=bsize,
+        rescale=True,
         min_train_masks=1,
-        save_path=str(workdir), model_name=out.name, save_every=n_epochs + 1)
+        save_path=str(workdir),
+        model_name=out.name,
+        save_every=n_epochs + 1,
+    )
     state = torch.load(path, map_location="cpu", weights_only=True)
     torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, out)
     for leftover in sorted(workdir.rglob("*"), reverse=True):
         leftover.unlink() if leftover.is_file() else leftover.rmdir()
     workdir.rmdir()
-    logging.getLogger(__name__).info("losses: train %.3f -> %.3f, test %.3f", train_losses[0], train_losses[-1],
-                                     test_losses[test_losses > 0][-1] if (test_losses > 0).any() else float("nan"))
+    logging.getLogger(__name__).info(
+        "losses: train %.3f -> %.3f, test %.3f",
+        train_losses[0],
+        train_losses[-1],
+        test_losses[test_losses > 0][-1] if (test_losses > 0).any() else float("nan"),
+    )
     return out
 
 
@@ -95,10 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.perf_counter()
-    path = train(args.out, n_images=args.images, n_epochs=args.epochs, nimg_per_epoch=args.per_epoch, bsize=args.bsize,
-                 threads=args.threads, seed=args.seed)
-    logging.getLogger(__name__).info("wrote %s (%.1f MB) in %.0f s", path, path.stat().st_size / 1e6,
-                                     time.perf_counter() - t0)
+    path = train(
+        args.out,
+        n_images=args.images,
+        n_epochs=args.epochs,
+        nimg_per_epoch=args.per_epoch,
+        bsize=args.bsize,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    logging.getLogger(__name__).info(
+        "wrote %s (%.1f MB) in %.0f s", path, path.stat().st_size / 1e6, time.perf_counter() - t0
+    )
     return 0
 
 

@@ -27,11 +27,13 @@ class DemoFigures:
     n_nuclei_truth: int
 
     def describe(self) -> str:
-        return (f"  tile error vs truth (translation removed per slice): median {self.tile_median_px:.3f} px, "
-                f"max {self.tile_max_px:.3f} px\n"
-                f"  registration residual vs truth: rms {self.registration_rms_px:.3f} px, "
-                f"max {self.registration_max_px:.3f} px\n"
-                f"  cells {self.n_cells}, nuclei {self.n_nuclei} (truth nuclei {self.n_nuclei_truth})")
+        return (
+            f"  tile error vs truth (translation removed per slice): median {self.tile_median_px:.3f} px, "
+            f"max {self.tile_max_px:.3f} px\n"
+            f"  registration residual vs truth: rms {self.registration_rms_px:.3f} px, "
+            f"max {self.registration_max_px:.3f} px\n"
+            f"  cells {self.n_cells}, nuclei {self.n_nuclei} (truth nuclei {self.n_nuclei_truth})"
+        )
 
 
 def demo_figures(output: str, truth_dir: str | Path, *, storage_options: dict[str, Any] | None = None) -> DemoFigures:
@@ -47,12 +49,12 @@ def demo_figures(output: str, truth_dir: str | Path, *, storage_options: dict[st
     import pandas as pd
     import zarr
 
-    truth = json.loads((Path(truth_dir) / "truth.json").read_text())
-    attrs = zarr.open_group(output, mode="r", storage_options=storage_options).attrs.asdict()["imaxt"]
+    truth: dict[str, Any] = json.loads((Path(truth_dir) / "truth.json").read_text())
+    attrs: dict[str, Any] = dict(zarr.open_group(output, mode="r", storage_options=storage_options).attrs.asdict()["imaxt"])  # type: ignore[arg-type]
     solved = attrs["stitch"]["tile_positions_px"]
     true = truth["tile_positions_px"]
     errors: list[float] = []
-    frame: dict[int, np.ndarray] = {}
+    frame: dict[int, np.ndarray[Any, Any]] = {}
     for s in sorted({int(k.split("/")[0]) for k in solved}):
         keys = [k for k in solved if int(k.split("/")[0]) == s]
         diff = np.array([solved[k] for k in keys]) - np.array([true[k] for k in keys])
@@ -66,6 +68,11 @@ def demo_figures(output: str, truth_dir: str | Path, *, storage_options: dict[st
     n_cells = len(pd.read_parquet(f"{tables}/cells.parquet", storage_options=storage_options))
     n_nuclei = len(pd.read_parquet(f"{tables}/nuclei.parquet", storage_options=storage_options))
     return DemoFigures(
-        tile_median_px=float(np.median(errors)), tile_max_px=float(np.max(errors)),
-        registration_rms_px=float(np.sqrt(np.mean(resid**2))), registration_max_px=float(np.abs(resid).max()),
-        n_cells=n_cells, n_nuclei=n_nuclei, n_nuclei_truth=int(sum(truth["n_nuclei"])))
+        tile_median_px=float(np.median(errors)),
+        tile_max_px=float(np.max(errors)),
+        registration_rms_px=float(np.sqrt(np.mean(resid**2))),
+        registration_max_px=float(np.abs(resid).max()),
+        n_cells=n_cells,
+        n_nuclei=n_nuclei,
+        n_nuclei_truth=int(sum(truth["n_nuclei"])),
+    )

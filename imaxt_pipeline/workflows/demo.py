@@ -22,12 +22,14 @@ class DemoResult:
 
     def describe(self) -> str:
         times = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
-        return (f"demo finished ({times})\n"
-                f"  raw sample + truth : {self.raw_dir}\n"
-                f"  raw Zarr (bucket)  : {self.bucket_store}\n"
-                f"  processed OME-Zarr : {self.output}\n"
-                f"  QC plots           : {self.output}/qc/"
-                + (f"\naccuracy against the simulator's truth:\n{self.figures.describe()}" if self.figures else ""))
+        return (
+            f"demo finished ({times})\n"
+            f"  raw sample + truth : {self.raw_dir}\n"
+            f"  raw Zarr (bucket)  : {self.bucket_store}\n"
+            f"  processed OME-Zarr : {self.output}\n"
+            f"  QC plots           : {self.output}/qc/"
+            + (f"\naccuracy against the simulator's truth:\n{self.figures.describe()}" if self.figures else "")
+        )
 
 
 def run_demo(directory: Path, *, n_workers: int = 2, synth_params=None) -> DemoResult:

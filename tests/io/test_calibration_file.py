@@ -16,10 +16,22 @@ SIGMA = {"mag_y": 1e-4, "mag_x": 2e-4, "k_y": 3e-5, "k_x": 4e-5}
 
 def _written(tmp_path, **kw):
     rng = np.random.default_rng(0)
-    cal = Calibration(dark=np.array([100.0, 90.0]), flat=rng.uniform(0.8, 1.2, (2, 16, 16)).astype(np.float32),
-                      trim=Trim(top=1, bottom=0, left=3, right=2), distortion=MODEL)
-    fit = DistortionFit(model=MODEL, sigma=SIGMA, positions=np.zeros((4, 2)), n_pairs=4, n_used=4, n_points=40,
-                        residual_px=0.02, stage_scatter_px=0.1)
+    cal = Calibration(
+        dark=np.array([100.0, 90.0]),
+        flat=rng.uniform(0.8, 1.2, (2, 16, 16)).astype(np.float32),
+        trim=Trim(top=1, bottom=0, left=3, right=2),
+        distortion=MODEL,
+    )
+    fit = DistortionFit(
+        model=MODEL,
+        sigma=SIGMA,
+        positions=np.zeros((4, 2)),
+        n_pairs=4,
+        n_used=4,
+        n_points=40,
+        residual_px=0.02,
+        stage_scatter_px=0.1,
+    )
     path = tmp_path / "new.npz"
     write_calibration_file(path, cal, fit, **kw)
     return cal, path
@@ -47,9 +59,14 @@ def test_old_format_file_loads_to_the_same_model(tmp_path):
     cal, new = _written(tmp_path)
     old = tmp_path / "old.npz"
     with open(old, "wb") as fh:  # exactly what the writer stored before files were versioned
-        np.savez(fh, distortion=np.array([1.5e-3, -1.2e-3, 4.1e-3, 5.3e-3]),
-                 distortion_sigma=np.array([1e-4, 2e-4, 3e-5, 4e-5]), dark=np.asarray(cal.dark, float),
-                 trim=np.array([1, 0, 3, 2]), flat=cal.flat)
+        np.savez(
+            fh,
+            distortion=np.array([1.5e-3, -1.2e-3, 4.1e-3, 5.3e-3]),
+            distortion_sigma=np.array([1e-4, 2e-4, 3e-5, 4e-5]),
+            dark=np.asarray(cal.dark, float),
+            trim=np.array([1, 0, 3, 2]),
+            flat=cal.flat,
+        )
     assert "format_version" not in np.load(old)
     got_old, got_new = _read(old), _read(new)
     assert got_old["distortion"] == got_new["distortion"] == MODEL

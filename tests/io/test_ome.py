@@ -12,8 +12,16 @@ from imaxt_pipeline.io.urls import Location
 @pytest.fixture
 def image(tmp_path):
     loc = Location(str(tmp_path / "o.zarr"))
-    return create_image(loc, "img", shape_czyx=(2, 3, 37, 21), scale_zyx_um=(15.0, 0.5, 0.5),
-                        channel_names=["a", "b"], dtype="float32", levels=4, chunks_yx=(8, 8))
+    return create_image(
+        loc,
+        "img",
+        shape_czyx=(2, 3, 37, 21),
+        scale_zyx_um=(15.0, 0.5, 0.5),
+        channel_names=["a", "b"],
+        dtype="float32",
+        levels=4,
+        chunks_yx=(8, 8),
+    )
 
 
 def test_constant_planes_stay_constant_at_every_level_and_edge(image):
@@ -32,8 +40,9 @@ def test_constant_planes_stay_constant_at_every_level_and_edge(image):
 
 def test_integer_image_pyramid_is_rounded_and_constant(tmp_path):
     loc = Location(str(tmp_path / "u.zarr"))
-    img = create_image(loc, "u", shape_czyx=(1, 1, 5, 3), scale_zyx_um=(1, 1, 1), channel_names=["a"],
-                       dtype="uint16", levels=3)
+    img = create_image(
+        loc, "u", shape_czyx=(1, 1, 5, 3), scale_zyx_um=(1, 1, 1), channel_names=["a"], dtype="uint16", levels=3
+    )
     img.write_plane(0, np.full((1, 5, 3), 1000.4))
     for level in range(3):
         assert np.all(img.read_plane(0, level=level) == 1000)

@@ -33,8 +33,13 @@ def test_calibration_round_trip(out):
     assert results.read_calibration(out, 2).source["flat"] == "none"  # identity before `calibrate`
     rng = np.random.default_rng(0)
     flat, stray = rng.uniform(0.8, 1.2, (2, 8, 6)), rng.uniform(0, 5, (2, 8, 6))
-    cal = Calibration(dark=np.array([100.0, 90.0]), flat=flat, stray=stray,
-                      distortion=DistortionModel(k_x=1e-3), source={"dark": "estimated", "flat": "estimated"})
+    cal = Calibration(
+        dark=np.array([100.0, 90.0]),
+        flat=flat,
+        stray=stray,
+        distortion=DistortionModel(k_x=1e-3),
+        source={"dark": "estimated", "flat": "estimated"},
+    )
     written = results.write_calibration(out, cal, slices_used=[0, 1])
     assert written == [results.FLAT, results.STRAY]
     back = results.read_calibration(out, 2)
@@ -50,7 +55,10 @@ def test_calibration_round_trip(out):
 def test_replace_slices_keeps_other_slices_and_sorts(out):
     first = pd.DataFrame({"slice": [1, 0, 1], "plane": [1, 0, 1], "label": [2, 1, 1]})
     assert results.replace_slices(out, "cells", first, [0, 1], sort_by=("plane", "label"))["label"].tolist() == [
-        1, 1, 2]
+        1,
+        1,
+        2,
+    ]
     out.write_table("cells", first)
     redo = pd.DataFrame({"slice": [1], "plane": [1], "label": [5]})
     merged = results.replace_slices(out, "cells", redo, [1], sort_by=("plane", "label"))
@@ -60,12 +68,12 @@ def test_replace_slices_keeps_other_slices_and_sorts(out):
 
 def test_slice_offsets_nulls_read_as_zero_and_later_slices_hold_the_last(out):
     assert results.read_slice_offsets(out, 3) is None
-    results.write_slice_offsets(out, np.array([[0.0, 0.0], [1.23456, np.nan]]), np.full((2, 2), 0.1),
-                                unconstrained=[1], chi2=[1.0, None])
+    results.write_slice_offsets(
+        out, np.array([[0.0, 0.0], [1.23456, np.nan]]), np.full((2, 2), 0.1), unconstrained=[1], chi2=[1.0, None]
+    )
     meta = out.imaxt_attrs()["register"]
     assert meta["slice_offsets_px"] == [[0.0, 0.0], [1.2346, None]] and meta["unconstrained"] == [1]
-    np.testing.assert_array_equal(results.read_slice_offsets(out, 4), [[0, 0], [1.2346, 0], [1.2346, 0],
-                                                                       [1.2346, 0]])
+    np.testing.assert_array_equal(results.read_slice_offsets(out, 4), [[0, 0], [1.2346, 0], [1.2346, 0], [1.2346, 0]])
 
 
 def test_tile_positions_and_stitch_points(out):

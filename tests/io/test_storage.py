@@ -17,12 +17,22 @@ def test_later_sources_win_and_the_endpoint_is_one_setting():
     config = {"anon": True, "client_kwargs": {"endpoint_url": "http://cfg", "region_name": "eu"}}
     env = {ENDPOINT_ENV: "http://env"}
     assert resolve_storage_options(config=config, environ={}) == {
-        "anon": True, "client_kwargs": {"region_name": "eu"}, "endpoint_url": "http://cfg"}
+        "anon": True,
+        "client_kwargs": {"region_name": "eu"},
+        "endpoint_url": "http://cfg",
+    }
     assert resolve_storage_options(config=config, environ=env)["endpoint_url"] == "http://env"
     assert resolve_storage_options(config=config, options='{"anon": false}', environ=env) == {
-        "anon": False, "client_kwargs": {"region_name": "eu"}, "endpoint_url": "http://env"}
-    assert resolve_storage_options(config=config, options={"endpoint_url": "http://json"}, endpoint_url="http://flag",
-                                   environ=env)["endpoint_url"] == "http://flag"
+        "anon": False,
+        "client_kwargs": {"region_name": "eu"},
+        "endpoint_url": "http://env",
+    }
+    assert (
+        resolve_storage_options(
+            config=config, options={"endpoint_url": "http://json"}, endpoint_url="http://flag", environ=env
+        )["endpoint_url"]
+        == "http://flag"
+    )
     assert resolve_storage_options(environ={ENDPOINT_ENV: ""}) == {}
     assert config == {"anon": True, "client_kwargs": {"endpoint_url": "http://cfg", "region_name": "eu"}}  # untouched
 
@@ -31,8 +41,9 @@ def test_resolution_is_idempotent():
     """The CLI resolves, then a launcher merges the config under it again: same answer."""
     env = {ENDPOINT_ENV: "http://env"}
     once = resolve_storage_options(options='{"key": "k"}', environ=env)
-    assert resolve_storage_options(config={"endpoint_url": "http://cfg"}, options=once, environ=env) == \
-        resolve_storage_options(config={"endpoint_url": "http://cfg"}, options='{"key": "k"}', environ=env)
+    assert resolve_storage_options(
+        config={"endpoint_url": "http://cfg"}, options=once, environ=env
+    ) == resolve_storage_options(config={"endpoint_url": "http://cfg"}, options='{"key": "k"}', environ=env)
 
 
 @pytest.mark.parametrize(("text", "match"), [("{bad", "not valid JSON"), ('"x"', "must be a JSON object")])

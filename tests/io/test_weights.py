@@ -32,7 +32,8 @@ def test_cache_is_keyed_by_kind_source_and_device(tmp_path):
     assert isinstance(model, BeadUNet) and not model.training and config["downsample"] >= 1
     # an unset device keys the cache by the device it resolves to
     assert weights.cached_model("bead_unet", device=None) is weights.cached_model(
-        "bead_unet", device=weights.resolve_device(None))
+        "bead_unet", device=weights.resolve_device(None)
+    )
 
     path = tmp_path / "other.pt"
     torch.save({"state_dict": BeadUNet(base=4, depth=3).state_dict(), "config": {"base": 4, "depth": 3}}, path)
@@ -57,8 +58,10 @@ def test_unknown_kind_and_missing_weights_fail():
 
 
 def test_importing_the_numpy_and_dask_layers_does_not_import_torch():
-    code = ("import sys; import imaxt_pipeline.algorithms.registration, imaxt_pipeline.algorithms.segmentation, "
-            "imaxt_pipeline.parallel.registration, imaxt_pipeline.parallel.segmentation, imaxt_pipeline.io.weights; "
-            "print(sorted(m for m in ('torch', 'cellpose') if m in sys.modules))")
+    code = (
+        "import sys; import imaxt_pipeline.algorithms.registration, imaxt_pipeline.algorithms.segmentation, "
+        "imaxt_pipeline.parallel.registration, imaxt_pipeline.parallel.segmentation, imaxt_pipeline.io.weights; "
+        "print(sorted(m for m in ('torch', 'cellpose') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

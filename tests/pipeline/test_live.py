@@ -8,7 +8,6 @@ import zarr
 
 from imaxt_pipeline.io.output import OutputStore
 from imaxt_pipeline.synth import SynthParams
-
 from imaxt_pipeline.testing import only_steps, uploaded_sample
 
 pytestmark = pytest.mark.slow  # every step through run_pipeline, twice
@@ -17,8 +16,9 @@ pytestmark = pytest.mark.slow  # every step through run_pipeline, twice
 # Slice 1 processed alone: register has no bead track across slices yet and says so (by design).
 @pytest.mark.filterwarnings("ignore:register. no bead track constrains slices:imaxt_pipeline.errors.DataWarning")
 def test_slices_processed_one_by_one_give_a_complete_consistent_output(tmp_path, dask_client):
-    sample = uploaded_sample(tmp_path, SynthParams(slices=2, rows=2, cols=2, tile_shape=(256, 256),
-                                                   tissue_fraction=0.35, seed=7))
+    sample = uploaded_sample(
+        tmp_path, SynthParams(slices=2, rows=2, cols=2, tile_shape=(256, 256), tissue_fraction=0.35, seed=7)
+    )
     out = sample.out
     for s in (0, 1):
         sample.run(slices=[s], client=dask_client)

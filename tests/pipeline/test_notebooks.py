@@ -17,7 +17,6 @@ from nbclient import NotebookClient
 from imaxt_pipeline.service.launcher import PipelineAction
 from imaxt_pipeline.service.state import Ledger, open_state_store
 from imaxt_pipeline.service.watcher import Watcher
-
 from imaxt_pipeline.testing._raw import write_raw_sample
 
 pytestmark = pytest.mark.slow  # the watcher's pipeline action, then notebooks
@@ -39,8 +38,7 @@ def processed(tmp_path_factory, dask_client):
     bucket = base / "bucket"
     write_raw_sample(bucket / "tiny", slices=2, rows=2, cols=2, tile=128)
     (base / "config.yaml").write_text(CONFIG)
-    action = PipelineAction("dask", scheduler=dask_client.scheduler.address,
-                            config_path=str(base / "config.yaml"))
+    action = PipelineAction("dask", scheduler=dask_client.scheduler.address, config_path=str(base / "config.yaml"))
     ledger = Ledger(open_state_store(str(bucket / "_imaxt" / "state")))
     watcher = Watcher(str(bucket), action, ledger, lease_ttl=60, poll_interval=1)
     first = watcher.poll_once()
@@ -56,7 +54,7 @@ def test_watcher_default_action_processes_real_sample_once(processed):
     imaxt = out.attrs["imaxt"]
     assert imaxt["sample"] == "tiny" and sorted(imaxt["slices_done"]) == [0, 1]
     assert [p["name"] for p in imaxt["provenance"]][:3] == ["calibrate", "stitch", "mosaic"]
-    assert out["mosaic"]["0"].shape[:2] == (2, 2)           # 2 channels, 2 planes
+    assert out["mosaic"]["0"].shape[:2] == (2, 2)  # 2 channels, 2 planes
     assert (bucket / "_imaxt" / "raw" / "tiny.zarr" / "zarr.json").exists()
 
 
@@ -71,30 +69,43 @@ def run_notebook(name: str, tmp_path: Path, monkeypatch, **env: str) -> nbformat
 
 
 def outputs_text(nb) -> str:
-    return "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    return "\n".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
 
 
 def test_explore_notebook_runs(processed, tmp_path, monkeypatch):
     bucket = processed[0]
-    nb = run_notebook("01_explore_sample.ipynb", tmp_path, monkeypatch,
-                      IMAXT_OUTPUT=str(bucket / "_imaxt" / "processed" / "tiny.zarr"))
+    nb = run_notebook(
+        "01_explore_sample.ipynb",
+        tmp_path,
+        monkeypatch,
+        IMAXT_OUTPUT=str(bucket / "_imaxt" / "processed" / "tiny.zarr"),
+    )
     text = outputs_text(nb)
     assert "sample: tiny" in text and "'mosaic'" in text
     assert "mosaic level shape (c, z, y, x): (2, 2," in text
     assert "'beads'" in text and "stitch.png" in text
-    assert sum(o.get("output_type") == "display_data" for c in nb.cells if c.cell_type == "code"
-               for o in c.outputs) >= 3                     # mosaic channels + QC figure(s)
+    assert (
+        sum(o.get("output_type") == "display_data" for c in nb.cells if c.cell_type == "code" for o in c.outputs) >= 3
+    )  # mosaic channels + QC figure(s)
 
 
 def test_attach_notebook_computes_on_running_cluster(processed, dask_client, tmp_path, monkeypatch):
     bucket = processed[0]
-    scheduler = dask_client.cluster.scheduler                # in-process scheduler of the LocalCluster
+    scheduler = dask_client.cluster.scheduler  # in-process scheduler of the LocalCluster
     before = scheduler.transition_counter
-    nb = run_notebook("02_attach_dask_cluster.ipynb", tmp_path, monkeypatch,
-                      DASK_SCHEDULER_ADDRESS=dask_client.scheduler.address,
-                      IMAXT_OUTPUT=str(bucket / "_imaxt" / "processed" / "tiny.zarr"))
+    nb = run_notebook(
+        "02_attach_dask_cluster.ipynb",
+        tmp_path,
+        monkeypatch,
+        DASK_SCHEDULER_ADDRESS=dask_client.scheduler.address,
+        IMAXT_OUTPUT=str(bucket / "_imaxt" / "processed" / "tiny.zarr"),
+    )
     text = outputs_text(nb)
     assert f"workers: {len(dask_client.scheduler_info()['workers'])}" in text
     assert "mean intensity per (channel, plane)" in text
-    assert scheduler.transition_counter > before + 10          # the tasks ran on *this* cluster
+    assert scheduler.transition_counter > before + 10  # the tasks ran on *this* cluster

@@ -11,7 +11,6 @@ from imaxt_pipeline.config import load_config
 from imaxt_pipeline.errors import ConfigError, StoreError
 from imaxt_pipeline.io.upload import upload
 from imaxt_pipeline.pipeline import run_pipeline
-
 from imaxt_pipeline.testing import only_steps, processed_sample, write_raw_sample
 
 ONLY_MOSAIC = only_steps("mosaic")
@@ -34,9 +33,10 @@ def test_mosaic_places_tiles_at_stage_positions(processed):
     t01 = tifffile.imread(sample / "tiles" / "s001_c1_r0_c1.tif").astype(np.float32)
     plane = mosaic[1, 1]
     # Only tile (0, 0) covers its first 36 columns of rows 0..35; the overlap is the mean.
-    np.testing.assert_allclose(plane[margin:margin + 36, margin:margin + 36], t00[:36, :36], rtol=1e-6)
-    np.testing.assert_allclose(plane[margin:margin + 36, margin + 36:margin + 40],
-                               (t00[:36, 36:] + t01[:36, :4]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(plane[margin : margin + 36, margin : margin + 36], t00[:36, :36], rtol=1e-6)
+    np.testing.assert_allclose(
+        plane[margin : margin + 36, margin + 36 : margin + 40], (t00[:36, 36:] + t01[:36, :4]) / 2, rtol=1e-6
+    )
     assert plane[:margin].max() == 0
 
 
@@ -87,8 +87,10 @@ def test_config_import_loads_no_step_module():
     import subprocess
     import sys
 
-    code = ("import sys, imaxt_pipeline.config as c; c.load_config(None, input_url='a', output_url='b'); "
-            "print(sorted(m for m in sys.modules if m.startswith('imaxt_pipeline.steps.') or m == 'numpy'))")
+    code = (
+        "import sys, imaxt_pipeline.config as c; c.load_config(None, input_url='a', output_url='b'); "
+        "print(sorted(m for m in sys.modules if m.startswith('imaxt_pipeline.steps.') or m == 'numpy'))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert loaded.strip() == "['imaxt_pipeline.steps._base', 'imaxt_pipeline.steps.params']"
 
@@ -127,6 +129,7 @@ def test_slices_rewritten_by_a_step_are_redone_downstream(tmp_path, dask_client,
         def run(ctx, params):
             seen[name] = list(ctx.slices)
             return StepResult(rewritten_slices=list(rewritten))
+
         return types.SimpleNamespace(run=run)
 
     modules = {"cube": fake("cube", rewritten=[0, 2]), "segment": fake("segment"), "mosaic": fake("mosaic")}

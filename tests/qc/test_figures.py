@@ -25,11 +25,22 @@ def test_every_figure_renders_to_png_without_switching_the_backend():
     rng = np.random.default_rng(0)
     labels = np.zeros((64, 64), np.uint32)
     labels[10:20, 10:20], labels[30:40, 35:45] = 1, 2
-    cells = pd.DataFrame({"area_um2": rng.uniform(20, 80, 50), "nucleus_area_um2": rng.uniform(5, 20, 50),
-                          "mean_nuclear": rng.uniform(0, 1, 50), "mean_cyto": rng.uniform(0, 1, 50)})
+    cells = pd.DataFrame(
+        {
+            "area_um2": rng.uniform(20, 80, 50),
+            "nucleus_area_um2": rng.uniform(5, 20, 50),
+            "mean_nuclear": rng.uniform(0, 1, 50),
+            "mean_cyto": rng.uniform(0, 1, 50),
+        }
+    )
     figures = {
-        "stitch": stitch_figure([StitchPanel(0, rng.random((16, 16)), rng.random((16, 16)), np.array([0.1, 0.2])),
-                                 StitchPanel(1, np.zeros((16, 16)), np.zeros((16, 16)), np.zeros(0))], level=2),
+        "stitch": stitch_figure(
+            [
+                StitchPanel(0, rng.random((16, 16)), rng.random((16, 16)), np.array([0.1, 0.2])),
+                StitchPanel(1, np.zeros((16, 16)), np.zeros((16, 16)), np.zeros(0)),
+            ],
+            level=2,
+        ),
         "register": register_figure(np.zeros((3, 2)), np.full((3, 2), np.nan), np.array([20.0, np.nan])),
         "overlay": segment_overlay(rng.random((64, 64)), labels, plane=3, region=32),
         "catalogue": catalogue_histograms(cells, ["nuclear", "cyto"]),

@@ -23,11 +23,27 @@ def test_upload_then_run_on_existing_scheduler(tmp_path, dask_client, capsys):
     assert main(["upload", str(sample), store, "--no-progress"]) == 0
     assert "8 tiles written" in capsys.readouterr().out
     config = tmp_path / "run.yaml"
-    config.write_text("steps:\n  mosaic:\n    levels: 1\n" + "".join(
-        f"  {s}:\n    enabled: false\n" for s in
-        ("calibrate", "stitch", "beads", "register", "cube", "segment", "catalogue", "crops")))
-    code = main(["run", store, "--out", out, "--config", str(config), "--slices", "1",
-                 "--scheduler", dask_client.scheduler.address])
+    config.write_text(
+        "steps:\n  mosaic:\n    levels: 1\n"
+        + "".join(
+            f"  {s}:\n    enabled: false\n"
+            for s in ("calibrate", "stitch", "beads", "register", "cube", "segment", "catalogue", "crops")
+        )
+    )
+    code = main(
+        [
+            "run",
+            store,
+            "--out",
+            out,
+            "--config",
+            str(config),
+            "--slices",
+            "1",
+            "--scheduler",
+            dask_client.scheduler.address,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     meta = zarr.open_group(out, mode="r").attrs["imaxt"]
     assert meta["slices_done"] == [1] and meta["complete"] is False
@@ -78,23 +94,43 @@ def capture_handler(monkeypatch, command: str) -> list[argparse.Namespace]:
 
 
 def test_every_command_with_storage_flags_is_covered():
-    with_flags = {name for name, p in _subparsers(cli.build_parser()).items()
-                  if any("--endpoint-url" in a.option_strings for a in p._actions)}
+    with_flags = {
+        name
+        for name, p in _subparsers(cli.build_parser()).items()
+        if any("--endpoint-url" in a.option_strings for a in p._actions)
+    }
     assert with_flags == set(STORAGE_COMMANDS)
 
 
 @pytest.mark.parametrize("command", sorted(STORAGE_COMMANDS))
-@pytest.mark.parametrize(("env", "flags", "expected"), [
-    (None, [], {}),
-    ("http://env:9000", [], {"endpoint_url": "http://env:9000"}),
-    ("http://env:9000", ["--storage-options", '{"anon": false, "endpoint_url": "http://json:9000"}'],
-     {"anon": False, "endpoint_url": "http://json:9000"}),
-    ("http://env:9000", ["--storage-options", '{"anon": false}', "--endpoint-url", "http://flag:9000"],
-     {"anon": False, "endpoint_url": "http://flag:9000"}),
-    (None, ["--storage-options", '{"client_kwargs": {"endpoint_url": "http://json:9000", "region_name": "x"}}',
-            "--endpoint-url", "http://flag:9000"],
-     {"client_kwargs": {"region_name": "x"}, "endpoint_url": "http://flag:9000"}),
-], ids=["none", "env", "json-over-env", "flag-over-all", "flag-over-client-kwargs"])
+@pytest.mark.parametrize(
+    ("env", "flags", "expected"),
+    [
+        (None, [], {}),
+        ("http://env:9000", [], {"endpoint_url": "http://env:9000"}),
+        (
+            "http://env:9000",
+            ["--storage-options", '{"anon": false, "endpoint_url": "http://json:9000"}'],
+            {"anon": False, "endpoint_url": "http://json:9000"},
+        ),
+        (
+            "http://env:9000",
+            ["--storage-options", '{"anon": false}', "--endpoint-url", "http://flag:9000"],
+            {"anon": False, "endpoint_url": "http://flag:9000"},
+        ),
+        (
+            None,
+            [
+                "--storage-options",
+                '{"client_kwargs": {"endpoint_url": "http://json:9000", "region_name": "x"}}',
+                "--endpoint-url",
+                "http://flag:9000",
+            ],
+            {"client_kwargs": {"region_name": "x"}, "endpoint_url": "http://flag:9000"},
+        ),
+    ],
+    ids=["none", "env", "json-over-env", "flag-over-all", "flag-over-client-kwargs"],
+)
 def test_storage_options_combine_the_same_way_on_every_command(monkeypatch, command, env, flags, expected):
     if env is None:
         monkeypatch.delenv(ENDPOINT_ENV, raising=False)
@@ -104,7 +140,7 @@ def test_storage_options_combine_the_same_way_on_every_command(monkeypatch, comm
     assert cli.main([*STORAGE_COMMANDS[command], *flags]) == 0
     (args,) = seen
     assert args.storage_options == expected
-    assert not hasattr(args, "endpoint_url")          # handlers see only the resolved options
+    assert not hasattr(args, "endpoint_url")  # handlers see only the resolved options
 
 
 @pytest.mark.parametrize("command", sorted(STORAGE_COMMANDS))
@@ -121,7 +157,7 @@ def test_upload_honours_the_endpoint_environment(monkeypatch, tmp_path, s3_endpo
     sample = write_raw_sample(tmp_path / "raw", slices=1, rows=1, cols=2, tile=16)
     monkeypatch.setenv(ENDPOINT_ENV, s3_endpoint)
     assert main(["upload", str(sample), f"s3://{s3_bucket}/raw.zarr", "--no-progress"]) == 0, capsys.readouterr().err
-    assert "4 tiles written" in capsys.readouterr().out   # 2 tiles x 2 channels
+    assert "4 tiles written" in capsys.readouterr().out  # 2 tiles x 2 channels
     fs, path = url_to_fs(f"s3://{s3_bucket}/raw.zarr", {"endpoint_url": s3_endpoint})
     assert fs.exists(f"{path}/zarr.json")
 

@@ -20,26 +20,53 @@ from imaxt_pipeline.service.notify import (
 
 # The example event from the AWS S3 documentation ("Event message structure"), verbatim fields.
 AWS_EVENT = {
-    "Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-west-2",
-        "eventTime": "1970-01-01T00:00:00.000Z", "eventName": "ObjectCreated:Put",
-        "userIdentity": {"principalId": "AIDAJDPLRKLG7UEXAMPLE"},
-        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-        "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810",
-                             "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/JRWeUWerMUE5JgHvANOjpD"},
-        "s3": {"s3SchemaVersion": "1.0", "configurationId": "testConfigRule",
-               "bucket": {"name": "imaxt-raw", "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
-                          "arn": "arn:aws:s3:::imaxt-raw"},
-               "object": {"key": "incoming/brain+01/tiles/S000_C0_R0_C0.tif", "size": 1024,
-                          "eTag": "d41d8cd98f00b204e9800998ecf8427e", "versionId": "096fKKXTRTtl3on89fVO.nfljtsv6qko",
-                          "sequencer": "0055AED6DCD90281E5"}}}]}
+    "Records": [
+        {
+            "eventVersion": "2.1",
+            "eventSource": "aws:s3",
+            "awsRegion": "us-west-2",
+            "eventTime": "1970-01-01T00:00:00.000Z",
+            "eventName": "ObjectCreated:Put",
+            "userIdentity": {"principalId": "AIDAJDPLRKLG7UEXAMPLE"},
+            "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+            "responseElements": {
+                "x-amz-request-id": "C3D13FE58DE4C810",
+                "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/JRWeUWerMUE5JgHvANOjpD",
+            },
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "testConfigRule",
+                "bucket": {
+                    "name": "imaxt-raw",
+                    "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
+                    "arn": "arn:aws:s3:::imaxt-raw",
+                },
+                "object": {
+                    "key": "incoming/brain+01/tiles/S000_C0_R0_C0.tif",
+                    "size": 1024,
+                    "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+                    "versionId": "096fKKXTRTtl3on89fVO.nfljtsv6qko",
+                    "sequencer": "0055AED6DCD90281E5",
+                },
+            },
+        }
+    ]
+}
 
 # MinIO webhook payload: same Records plus top-level EventName/Key.
-MINIO_EVENT = {"EventName": "s3:ObjectCreated:Put", "Key": "imaxt-raw/incoming/s2/_COMPLETE",
-               "Records": [{"eventVersion": "2.0", "eventSource": "minio:s3", "awsRegion": "",
-                            "eventName": "s3:ObjectCreated:Put",
-                            "s3": {"bucket": {"name": "imaxt-raw"},
-                                   "object": {"key": "incoming%2Fs2%2F_COMPLETE", "size": 0}}}]}
+MINIO_EVENT = {
+    "EventName": "s3:ObjectCreated:Put",
+    "Key": "imaxt-raw/incoming/s2/_COMPLETE",
+    "Records": [
+        {
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "awsRegion": "",
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {"bucket": {"name": "imaxt-raw"}, "object": {"key": "incoming%2Fs2%2F_COMPLETE", "size": 0}},
+        }
+    ],
+}
 
 
 # Amazon SNS HTTP/S delivery of the S3 event above ("HTTP/HTTPS notification JSON format"): the S3 event is
@@ -110,24 +137,31 @@ EVENTBRIDGE_EVENT = {
 
 def test_parse_real_events():
     (ev,) = parse_s3_event(json.dumps(AWS_EVENT).encode())
-    assert (ev.event_name, ev.bucket, ev.key) == ("ObjectCreated:Put", "imaxt-raw",
-                                                  "incoming/brain 01/tiles/S000_C0_R0_C0.tif")
+    assert (ev.event_name, ev.bucket, ev.key) == (
+        "ObjectCreated:Put",
+        "imaxt-raw",
+        "incoming/brain 01/tiles/S000_C0_R0_C0.tif",
+    )
     (ev,) = parse_s3_event(json.dumps(MINIO_EVENT))
     assert ev.key == "incoming/s2/_COMPLETE"
-    assert parse_s3_event(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent",
-                                      "Bucket": "imaxt-raw"})) == []
+    assert parse_s3_event(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "imaxt-raw"})) == []
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"not json", "not JSON"),
-    (b"\xff\xfe", "not JSON"),
-    (b"[1, 2]", "JSON object"),
-    (b"{}", "no 'Records'"),
-    (b'{"Records": []}', "no 'Records'"),
-    (b'{"Records": [{"eventName": "x"}]}', r"Records\[0\] lacks"),
-    (b'{"Records": [{"eventName": "x", "s3": {"bucket": {"name": "b"}, "object": {"key": 5}}}]}',
-     "non-empty strings"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b"{}", "no 'Records'"),
+        (b'{"Records": []}', "no 'Records'"),
+        (b'{"Records": [{"eventName": "x"}]}', r"Records\[0\] lacks"),
+        (
+            b'{"Records": [{"eventName": "x", "s3": {"bucket": {"name": "b"}, "object": {"key": 5}}}]}',
+            "non-empty strings",
+        ),
+    ],
+)
 def test_parse_rejects_malformed(payload, message):
     with pytest.raises(NotificationError, match=message):
         parse_s3_event(payload)
@@ -154,7 +188,7 @@ def test_server_accepts_events_and_rejects_garbage_with_400():
         assert post(f"{server.url}/elsewhere", b"{}")[0] == 404
         with urllib.request.urlopen(f"{server.url}/healthz") as resp:
             assert resp.status == 200
-    assert len(received) == 1                      # malformed payloads never reach the watcher
+    assert len(received) == 1  # malformed payloads never reach the watcher
 
 
 def test_server_bearer_token():
@@ -172,13 +206,27 @@ def test_watcher_maps_event_keys_to_samples(tmp_path):
     from imaxt_pipeline.service.state import Ledger, open_state_store
     from imaxt_pipeline.service.watcher import Watcher
 
-    w = Watcher("s3://imaxt-raw/incoming", CommandAction("true"), Ledger(open_state_store(str(tmp_path))),
-                storage_options={"anon": True})
+    w = Watcher(
+        "s3://imaxt-raw/incoming",
+        CommandAction("true"),
+        Ledger(open_state_store(str(tmp_path))),
+        storage_options={"anon": True},
+    )
     events = parse_s3_event(json.dumps(AWS_EVENT)) + parse_s3_event(json.dumps(MINIO_EVENT))
-    events += parse_s3_event(json.dumps({"Records": [
-        {"eventName": "x", "s3": {"bucket": {"name": "other"}, "object": {"key": "incoming/s9/a"}}},
-        {"eventName": "x", "s3": {"bucket": {"name": "imaxt-raw"}, "object": {"key": "incoming/_imaxt/state/s1.json"}}},
-        {"eventName": "x", "s3": {"bucket": {"name": "imaxt-raw"}, "object": {"key": "elsewhere/s8/a"}}}]}))
+    events += parse_s3_event(
+        json.dumps(
+            {
+                "Records": [
+                    {"eventName": "x", "s3": {"bucket": {"name": "other"}, "object": {"key": "incoming/s9/a"}}},
+                    {
+                        "eventName": "x",
+                        "s3": {"bucket": {"name": "imaxt-raw"}, "object": {"key": "incoming/_imaxt/state/s1.json"}},
+                    },
+                    {"eventName": "x", "s3": {"bucket": {"name": "imaxt-raw"}, "object": {"key": "elsewhere/s8/a"}}},
+                ]
+            }
+        )
+    )
     w.on_events(events)
     assert w._hints == {"brain 01", "s2"} and w._wake.is_set()
 

@@ -59,12 +59,12 @@ def test_compare_and_swap_retries_lost_races_then_gives_up(tmp_path):
     store.losses, store.puts = CAS_ATTEMPTS - 1, 0
     new, written = compare_and_swap(store, "s", lambda st, now: dataclasses.replace(st, attempts=7))
     assert written and new.attempts == 7 and store.get("s")[0].attempts == 7
-    assert store.puts == CAS_ATTEMPTS                      # lost CAS_ATTEMPTS - 1 races, then won
+    assert store.puts == CAS_ATTEMPTS  # lost CAS_ATTEMPTS - 1 races, then won
 
     store.losses, store.puts = CAS_ATTEMPTS, 0
     latest, written = compare_and_swap(store, "s", lambda st, now: dataclasses.replace(st, attempts=8))
-    assert not written and store.puts == CAS_ATTEMPTS      # gave up after CAS_ATTEMPTS writes
-    assert latest == store.get("s")[0] and latest.attempts == 7   # the stored record, re-read
+    assert not written and store.puts == CAS_ATTEMPTS  # gave up after CAS_ATTEMPTS writes
+    assert latest == store.get("s")[0] and latest.attempts == 7  # the stored record, re-read
 
 
 def test_compare_and_swap_without_change_writes_nothing(tmp_path):
@@ -78,12 +78,15 @@ def test_every_transition_survives_lost_races(tmp_path):
     """observe, claim, renew and finish share one retry policy: fewer than CAS_ATTEMPTS losses never matter."""
     store = RacingStore(tmp_path, losses=0)
     ledger = Ledger(store)
-    store.losses = CAS_ATTEMPTS - 1          # on create, the racing writer has nothing to bump
+    store.losses = CAS_ATTEMPTS - 1  # on create, the racing writer has nothing to bump
     assert ledger.observe("s", "c").status == "pending"
-    for step in (lambda: ledger.claim("s", "A", ttl=60), lambda: ledger.renew("s", "A", ttl=60),
-                 lambda: ledger.finish("s", "A")):
+    for step in (
+        lambda: ledger.claim("s", "A", ttl=60),
+        lambda: ledger.renew("s", "A", ttl=60),
+        lambda: ledger.finish("s", "A"),
+    ):
         store.losses = CAS_ATTEMPTS - 1
         assert step()
     assert store.get("s")[0].status == "done"
-    store.losses = CAS_ATTEMPTS              # a transition that loses every race is refused, not forced
+    store.losses = CAS_ATTEMPTS  # a transition that loses every race is refused, not forced
     assert ledger.observe("s", "other inputs").input_checksum == "c"

@@ -63,7 +63,7 @@ class StateStoreTests:
     def test_create_if_absent(self, store):
         store.put(SampleState(sample="s", attempts=1), version=None)
         with pytest.raises(StateConflict):
-            store.put(SampleState(sample="s", attempts=9), version=None)     # create twice
+            store.put(SampleState(sample="s", attempts=9), version=None)  # create twice
         state, version = store.get("s")
         assert state == SampleState(sample="s", attempts=1) and version is not None
 
@@ -71,11 +71,11 @@ class StateStoreTests:
         assert store.get("s") == (None, None)
         store.put(SampleState(sample="s"), version=None)
         with pytest.raises(StateConflict):
-            store.put(SampleState(sample="s", attempts=9), version=None)     # create twice
+            store.put(SampleState(sample="s", attempts=9), version=None)  # create twice
         state, v1 = store.get("s")
         store.put(dataclasses.replace(state, attempts=1), version=v1)
         with pytest.raises(StateConflict):
-            store.put(dataclasses.replace(state, attempts=2), version=v1)    # stale version
+            store.put(dataclasses.replace(state, attempts=2), version=v1)  # stale version
         assert store.get("s")[0].attempts == 1
         assert store.samples() == ["s"] and [x.sample for x in store.all()] == ["s"]
 
@@ -145,8 +145,9 @@ class StateStoreTests:
         results = []
 
         def bump(i: int) -> None:
-            results.append(compare_and_swap(
-                store, "s", lambda st, now: dataclasses.replace(st, runs=st.runs + 1), attempts=50)[1])
+            results.append(
+                compare_and_swap(store, "s", lambda st, now: dataclasses.replace(st, runs=st.runs + 1), attempts=50)[1]
+            )
 
         run_together(4, bump)
         assert results == [True] * 4 and store.get("s")[0].runs == 4
@@ -158,29 +159,29 @@ class StateStoreTests:
         assert ledger.observe("s", "c1").status == "pending"
         a = ledger.claim("s", "A", ttl=30)
         assert a.status == "running" and a.lease_owner == "A" and a.attempts == 1
-        assert ledger.claim("s", "B", ttl=30) is None                     # lease held
+        assert ledger.claim("s", "B", ttl=30) is None  # lease held
         clock.now += 20
         assert ledger.renew("s", "A", ttl=30) and not ledger.renew("s", "B", ttl=30)
-        clock.now += 25                                                   # 45 s, renewed to 50 s
+        clock.now += 25  # 45 s, renewed to 50 s
         assert ledger.claim("s", "B", ttl=30) is None
-        clock.now += 10                                                   # A crashed: lease expired
+        clock.now += 10  # A crashed: lease expired
         b = ledger.claim("s", "B", ttl=30)
         assert b.lease_owner == "B" and b.attempts == 2 and "expired" in b.last_error
-        assert ledger.finish("s", "A") is None                            # A lost its lease
+        assert ledger.finish("s", "A") is None  # A lost its lease
         failed = ledger.finish("s", "B", error="boom")
         assert failed.status == "pending" and failed.next_attempt_at == clock.now + 20  # 10 * 2**(2-1)
-        assert ledger.claim("s", "C", ttl=30) is None                     # backing off
+        assert ledger.claim("s", "C", ttl=30) is None  # backing off
         clock.now += 21
         c = ledger.claim("s", "C", ttl=30)
         assert c.attempts == 3
         final = ledger.finish("s", "C", error="boom again")
         assert (final.status, final.last_error) == ("failed", "boom again")
         assert ledger.claim("s", "D", ttl=30) is None
-        again = ledger.observe("s", "c2")                                 # inputs changed
+        again = ledger.observe("s", "c2")  # inputs changed
         assert (again.status, again.attempts, again.last_error) == ("pending", 0, None)
         assert ledger.claim("s", "D", ttl=30).attempts == 1
         assert ledger.finish("s", "D").status == "done"
-        assert ledger.observe("s", "c2").status == "done"                 # same inputs: stays done
+        assert ledger.observe("s", "c2").status == "done"  # same inputs: stays done
 
     def test_crash_on_last_attempt_marks_failed(self, store):
         clock = Clock()

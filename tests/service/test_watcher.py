@@ -38,8 +38,9 @@ class Bucket:
         self.opts = storage_options
         self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
 
-    def write_sample(self, name: str, *, complete: bool = True, tiles: int = 2,
-                     marker: bool = False, content: bytes = b"tile") -> None:
+    def write_sample(
+        self, name: str, *, complete: bool = True, tiles: int = 2, marker: bool = False, content: bytes = b"tile"
+    ) -> None:
         base = f"{self.root}/{name}"
         self.fs.makedirs(f"{base}/tiles", exist_ok=True)
         self.fs.pipe_file(f"{base}/acquisition.json", json.dumps({"sample": name}).encode())
@@ -88,8 +89,18 @@ def command(log: Path, seconds: float) -> str:
 
 def watch_proc(bucket: Bucket, log: Path, seconds: float, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), **bucket.env}
-    argv = [sys.executable, "-m", "imaxt_pipeline.service.cli", "watch", bucket.url,
-            "--command", command(log, seconds), "--poll", "0.2", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "imaxt_pipeline.service.cli",
+        "watch",
+        bucket.url,
+        "--command",
+        command(log, seconds),
+        "--poll",
+        "0.2",
+        *extra,
+    ]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
 
 
@@ -108,24 +119,30 @@ def finish(proc: subprocess.Popen, timeout: float = 90) -> str:
 def test_landing_processed_once_half_upload_waits(bucket, tmp_path):
     log = tmp_path / "runs.log"
     bucket.write_sample("s1")
-    bucket.write_sample("s2", complete=False)           # one tile still missing
+    bucket.write_sample("s2", complete=False)  # one tile still missing
     bucket.write_sample("s3", complete=False, marker=True)  # uploader says it is complete
-    watcher = Watcher(bucket.url, CommandAction(command(log, 0), env=bucket.env), bucket.ledger(),
-                      storage_options=bucket.opts, lease_ttl=30, poll_interval=1)
+    watcher = Watcher(
+        bucket.url,
+        CommandAction(command(log, 0), env=bucket.env),
+        bucket.ledger(),
+        storage_options=bucket.opts,
+        lease_ttl=30,
+        poll_interval=1,
+    )
     assert sorted(x.sample for x in find_landed(bucket.url, bucket.opts)) == ["s1", "s3"]
 
     done = watcher.poll_once()
     assert sorted(s.sample for s in done) == ["s1", "s3"]
     assert all(s.status == "done" for s in done)
-    assert watcher.poll_once() == []                     # nothing runs twice
+    assert watcher.poll_once() == []  # nothing runs twice
     counts = read_log(log)
     assert counts["start"] == {"s1": 1, "s3": 1}
     assert bucket.output_exists("s1") and not bucket.output_exists("s2")
-    assert bucket.ledger().store.get("s2")[0] is None    # never even recorded
+    assert bucket.ledger().store.get("s2")[0] is None  # never even recorded
 
-    bucket.write_sample("s2")                            # the last tile lands
+    bucket.write_sample("s2")  # the last tile lands
     assert [s.sample for s in watcher.poll_once()] == ["s2"]
-    bucket.write_sample("s1", content=b"new pixels")     # inputs of a done sample change
+    bucket.write_sample("s1", content=b"new pixels")  # inputs of a done sample change
     again = watcher.poll_once()
     assert [(s.sample, s.status, s.runs) for s in again] == [("s1", "done", 2)]
     assert read_log(log)["done"] == {"s1": 2, "s2": 1, "s3": 1}
@@ -136,8 +153,9 @@ def test_failing_sample_retried_then_failed(bucket, tmp_path):
     log = tmp_path / "runs.log"
     for name in ("bad1", "ok1", "ok2"):
         bucket.write_sample(name)
-    proc = watch_proc(bucket, log, 0.05, "--max-attempts", "3", "--backoff", "0.2",
-                      "--lease-ttl", "10", "--exit-when-settled")
+    proc = watch_proc(
+        bucket, log, 0.05, "--max-attempts", "3", "--backoff", "0.2", "--lease-ttl", "10", "--exit-when-settled"
+    )
     stderr = finish(proc)
     counts = read_log(log)
     assert counts["start"]["bad1"] == 3 and counts["done"]["bad1"] == 0
@@ -149,10 +167,21 @@ def test_failing_sample_retried_then_failed(bucket, tmp_path):
     assert sum(e["event"] == "run_failed" for e in events) == 3
     assert [e["status"] for e in events if e["event"] == "run_failed"] == ["pending", "pending", "failed"]
 
-    out = subprocess.run([sys.executable, "-m", "imaxt_pipeline.service.cli", "status", bucket.url,
-                          "--json", *(["--endpoint-url", bucket.opts["endpoint_url"]]
-                                      if bucket.opts else [])],
-                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imaxt_pipeline.service.cli",
+            "status",
+            bucket.url,
+            "--json",
+            *(["--endpoint-url", bucket.opts["endpoint_url"]] if bucket.opts else []),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0, out.stderr
     listed = {d["sample"]: d["status"] for d in map(json.loads, out.stdout.splitlines())}
     assert listed == {"bad1": "failed", "ok1": "done", "ok2": "done"}
@@ -166,7 +195,7 @@ def test_sigkill_mid_run_then_restart_processes_each_once(bucket, tmp_path):
     args = ("--lease-ttl", "2", "--exit-when-settled")
     proc = watch_proc(bucket, log, 1.5, *args)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:                   # wait until the second run is under way
+    while time.monotonic() < deadline:  # wait until the second run is under way
         counts = read_log(log)
         if sum(counts["start"].values()) == 2 and sum(counts["done"].values()) == 1:
             break
@@ -175,16 +204,16 @@ def test_sigkill_mid_run_then_restart_processes_each_once(bucket, tmp_path):
         proc.kill()
         raise AssertionError(f"no second run started: {read_log(log)}")
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()                                   # reaps it and closes its pipes
+    proc.communicate()  # reaps it and closes its pipes
     killed = next(s for s in read_log(log)["start"] if read_log(log)["done"][s] == 0)
-    time.sleep(2.0)                                      # the orphaned run would have finished by now
+    time.sleep(2.0)  # the orphaned run would have finished by now
     assert read_log(log)["done"][killed] == 0, "the run outlived its killed watcher"
     state, _ = bucket.ledger().store.get(killed)
-    assert state.status == "running"                     # the crash left a lease behind
+    assert state.status == "running"  # the crash left a lease behind
 
     finish(watch_proc(bucket, log, 0.3, *args))
     counts = read_log(log)
-    assert counts["done"] == {n: 1 for n in names}       # processed exactly once each
+    assert counts["done"] == {n: 1 for n in names}  # processed exactly once each
     assert counts["start"][killed] == 2 and sum(counts["start"].values()) == 4
     final = {s.sample: (s.status, s.attempts) for s in bucket.ledger().store.all()}
     assert final[killed] == ("done", 2)
@@ -215,19 +244,33 @@ def test_notification_wakes_watcher_early(s3_endpoint, tmp_path):
     name = create_bucket(s3_endpoint)
     bucket = Bucket(f"s3://{name}/incoming", {"endpoint_url": s3_endpoint})
     log = tmp_path / "runs.log"
-    watcher = Watcher(bucket.url, CommandAction(command(log, 0), env=bucket.env), bucket.ledger(),
-                      storage_options=bucket.opts, lease_ttl=30, poll_interval=60)
+    watcher = Watcher(
+        bucket.url,
+        CommandAction(command(log, 0), env=bucket.env),
+        bucket.ledger(),
+        storage_options=bucket.opts,
+        lease_ttl=30,
+        poll_interval=60,
+    )
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     with NotificationServer(watcher.on_events, port=0) as server:
         thread.start()
-        time.sleep(1.0)                                  # first (empty) poll is over
+        time.sleep(1.0)  # first (empty) poll is over
         bucket.write_sample("n1")
-        event = {"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3",
-                              "eventName": "ObjectCreated:Put",
-                              "s3": {"bucket": {"name": name}, "object": {"key": "incoming/n1/tiles.csv"}}}]}
-        req = urllib.request.Request(f"{server.url}/events", data=json.dumps(event).encode(),
-                                     headers={"Content-Type": "application/json"})
+        event = {
+            "Records": [
+                {
+                    "eventVersion": "2.1",
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": name}, "object": {"key": "incoming/n1/tiles.csv"}},
+                }
+            ]
+        }
+        req = urllib.request.Request(
+            f"{server.url}/events", data=json.dumps(event).encode(), headers={"Content-Type": "application/json"}
+        )
         t0 = time.monotonic()
         assert urllib.request.urlopen(req).status == 202
         while read_log(log)["done"]["n1"] == 0 and time.monotonic() - t0 < 20:
@@ -237,4 +280,4 @@ def test_notification_wakes_watcher_early(s3_endpoint, tmp_path):
         thread.join(timeout=30)  # let its last poll finish while the S3 endpoint is still up
     assert not thread.is_alive()
     assert read_log(log)["done"]["n1"] == 1
-    assert time.monotonic() - t0 < 20                    # well before the 60 s poll
+    assert time.monotonic() - t0 < 20  # well before the 60 s poll

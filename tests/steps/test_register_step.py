@@ -10,7 +10,6 @@ import pytest
 from imaxt_pipeline.algorithms.registration import apply_offset, canvas_padding
 from imaxt_pipeline.parallel.registration import align_stack
 from imaxt_pipeline.steps import register
-
 from imaxt_pipeline.testing import processed_sample
 
 
@@ -20,10 +19,12 @@ def test_align_stack_equals_numpy_kernel_on_uneven_chunks(dask_client):
     offsets = np.array([[0.0, 0.0], [3.3, -2.7], [-5.5, 7.25]])
     before, after = canvas_padding(offsets)
     shape = (50 + before[0] + after[0], 70 + before[1] + after[1])
-    expected = np.stack([apply_offset(stack[:, z], offsets[z], pad_before=before, out_shape=shape)
-                         for z in range(3)], axis=1)
-    lazy = align_stack(da.from_array(stack, chunks=(1, 1, 17, 23)), offsets, pad_before=before, out_shape=shape,
-                       chunks=(13, 29))
+    expected = np.stack(
+        [apply_offset(stack[:, z], offsets[z], pad_before=before, out_shape=shape) for z in range(3)], axis=1
+    )
+    lazy = align_stack(
+        da.from_array(stack, chunks=(1, 1, 17, 23)), offsets, pad_before=before, out_shape=shape, chunks=(13, 29)
+    )
     assert lazy.shape == expected.shape and lazy.dtype == np.float32
     got = dask_client.compute(lazy).result()
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -36,7 +37,7 @@ def _bead_table(rng, n_slices=8, n_beads=40):
     drift = np.cumsum(rng.normal(0, 3, (n_slices, 2)), axis=0)
     drift -= drift[0]
     rows = []
-    for b in range(n_beads):
+    for _ in range(n_beads):
         pos, r = rng.uniform(100, 3000, 2), rng.uniform(20, 40)
         s0 = rng.integers(-2, n_slices)
         for s in range(max(s0, 0), min(s0 + 5, n_slices)):
@@ -53,8 +54,9 @@ def test_register_table_and_fill_offsets():
     assert out["radius_outlier"].iloc[-1] and out["bead_id"].iloc[-1] == -1
     assert (out["bead_id"] >= 0).mean() > 0.9
     assert np.abs(sol.offsets - drift).max() < 0.3
-    full, err, missing = register.fill_offsets(np.array([0, 1, 3]), np.array([[0, 0], [1, 2], [3, 6.0]]),
-                                               np.full((3, 2), 0.1), 5)
+    full, err, missing = register.fill_offsets(
+        np.array([0, 1, 3]), np.array([[0, 0], [1, 2], [3, 6.0]]), np.full((3, 2), 0.1), 5
+    )
     np.testing.assert_allclose(full[2], [2, 4])
     np.testing.assert_allclose(full[4], [3, 6])
     assert missing.tolist() == [2, 4] and np.isnan(err[2]).all()
@@ -74,8 +76,9 @@ def test_register_without_beads_gives_zero_offsets_and_warns(tmp_path):
     from imaxt_pipeline.errors import DataWarning
 
     cols = {c: pd.Series(dtype=bool if c == "fit_ok" else float) for c in BEAD_COLUMNS}
-    empty = pd.DataFrame({"slice": pd.Series(dtype=int), **cols, "good": pd.Series(dtype=bool),
-                          "bead_id": pd.Series(dtype=int)})
+    empty = pd.DataFrame(
+        {"slice": pd.Series(dtype=int), **cols, "good": pd.Series(dtype=bool), "bead_id": pd.Series(dtype=int)}
+    )
     ctx = _register_ctx(tmp_path, empty, [0, 1, 2])
     with pytest.warns(DataWarning, match=r"slices \[1, 2\]"):
         result = register.run(ctx, register.Params())
@@ -130,9 +133,18 @@ def _write_bead_sample(root, *, slices=6, tile=200, rows=2, cols=2, overlap=0.1,
             beads.append(np.array([c[0], c[1], r, rng.uniform(-20, slices * 15 + 20)]))
     yy, xx = np.indices(shape, dtype=float)
     (root / "tiles").mkdir(parents=True)
-    acq = {"sample": "beads", "modality": "STPT", "pixel_size_um": 1.0, "slice_thickness_um": 15.0,
-           "tile_shape": [tile, tile], "overlap": overlap, "channels": ["tissue", "beads"], "rows": rows,
-           "cols": cols, "slices": slices}
+    acq = {
+        "sample": "beads",
+        "modality": "STPT",
+        "pixel_size_um": 1.0,
+        "slice_thickness_um": 15.0,
+        "tile_shape": [tile, tile],
+        "overlap": overlap,
+        "channels": ["tissue", "beads"],
+        "rows": rows,
+        "cols": cols,
+        "slices": slices,
+    }
     (root / "acquisition.json").write_text(json.dumps(acq))
     with open(root / "tiles.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -142,14 +154,13 @@ def _write_bead_sample(root, *, slices=6, tile=200, rows=2, cols=2, overlap=0.1,
             for y, x, r, zc in beads:
                 dz = s * 15.0 - zc
                 if abs(dz) < r:
-                    img += disc_model([y + drift[s, 0], x + drift[s, 1], np.sqrt(r * r - dz * dz), 1.5, 60, 0],
-                                      yy, xx)
+                    img += disc_model([y + drift[s, 0], x + drift[s, 1], np.sqrt(r * r - dz * dz), 1.5, 60, 0], yy, xx)
             for c, plane in enumerate((np.full(shape, 30.0), img)):
                 noisy = rng.poisson(plane).astype(np.uint16)
                 for r_ in range(rows):
                     for c_ in range(cols):
                         name = f"tiles/s{s}_c{c}_{r_}_{c_}.tif"
-                        tifffile.imwrite(root / name, noisy[r_ * step:r_ * step + tile, c_ * step:c_ * step + tile])
+                        tifffile.imwrite(root / name, noisy[r_ * step : r_ * step + tile, c_ * step : c_ * step + tile])
                         w.writerow([s, c, r_, c_, c_ * step, r_ * step, name])
     return root, drift
 
@@ -158,8 +169,13 @@ def _write_bead_sample(root, *, slices=6, tile=200, rows=2, cols=2, overlap=0.1,
 def pipeline_run(tmp_path_factory, dask_client):
     root = tmp_path_factory.mktemp("beadpipe")
     sample, drift = _write_bead_sample(root / "raw")
-    done = processed_sample(root, sample, steps=("mosaic", "beads", "register", "cube"), client=dask_client,
-                            **{"steps.mosaic.levels": 2, "steps.cube.levels": 2})
+    done = processed_sample(
+        root,
+        sample,
+        steps=("mosaic", "beads", "register", "cube"),
+        client=dask_client,
+        **{"steps.mosaic.levels": 2, "steps.cube.levels": 2},
+    )
     return done.out, drift
 
 
@@ -207,8 +223,9 @@ def _frame_shifts(stitched, truth_positions, n_slices):
     """
     out = np.zeros((n_slices, 2))
     for k in range(n_slices):
-        out[k] = np.mean([np.subtract(v, truth_positions[key]) for key, v in stitched.items()
-                          if key.split("/")[0] == str(k)], axis=0)
+        out[k] = np.mean(
+            [np.subtract(v, truth_positions[key]) for key, v in stitched.items() if key.split("/")[0] == str(k)], axis=0
+        )
     return out
 
 
@@ -222,9 +239,13 @@ def _in_mosaic(yx, k, meta, truth):
     th, tw = meta["acquisition"]["tile_shape"]
     out = np.array(yx, float)
     for i, p in enumerate(yx):
-        moves = [np.subtract(v, truth.tile_positions_px[key]) for key, v in stitched.items()
-                 if key.split("/")[0] == str(k) and 0 <= p[0] - truth.tile_positions_px[key][0] < th
-                 and 0 <= p[1] - truth.tile_positions_px[key][1] < tw]
+        moves = [
+            np.subtract(v, truth.tile_positions_px[key])
+            for key, v in stitched.items()
+            if key.split("/")[0] == str(k)
+            and 0 <= p[0] - truth.tile_positions_px[key][0] < th
+            and 0 <= p[1] - truth.tile_positions_px[key][1] < tw
+        ]
         out[i] += np.mean(moves, axis=0) if moves else 0.0
     return out
 
@@ -234,9 +255,12 @@ def synth_run(tmp_path_factory, dask_client):
     from imaxt_pipeline.synth import SynthParams
 
     root = tmp_path_factory.mktemp("synthbeads")
-    done = processed_sample(root, SynthParams(slices=6, rows=2, cols=2, tile_shape=(256, 256),
-                                              tissue_fraction=0.35, seed=3),
-                            steps=("calibrate", "stitch", "mosaic", "beads", "register", "cube"), client=dask_client)
+    done = processed_sample(
+        root,
+        SynthParams(slices=6, rows=2, cols=2, tile_shape=(256, 256), tissue_fraction=0.35, seed=3),
+        steps=("calibrate", "stitch", "mosaic", "beads", "register", "cube"),
+        client=dask_client,
+    )
     return done.out, done.truth
 
 
@@ -262,7 +286,8 @@ def test_synth_end_to_end_beads_and_offsets(synth_run):
         t, f = det[det["slice"] == k], good[good["slice"] == k]
         big = t["radius_px"].to_numpy() >= 5
         dist, idx = cKDTree(_in_mosaic(t[["y_px", "x_px"]].to_numpy(), k, meta, truth)).query(
-            f[["y_px", "x_px"]].to_numpy().reshape(-1, 2), distance_upper_bound=3.0)
+            f[["y_px", "x_px"]].to_numpy().reshape(-1, 2), distance_upper_bound=3.0
+        )
         hit = np.isfinite(dist)
         found_big += np.isin(np.flatnonzero(big), idx[hit]).sum()
         n_big += big.sum()

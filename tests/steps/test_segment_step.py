@@ -7,25 +7,39 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from imaxt_pipeline.acquisition import Acquisition
 from imaxt_pipeline.algorithms.segmentation import object_f1
 from imaxt_pipeline.io.output import OutputStore
-from imaxt_pipeline.acquisition import Acquisition
 from imaxt_pipeline.steps import StepContext, step_module
-
 from imaxt_pipeline.testing._segdata import two_channel_sample
 
 SHAPE = (220, 260)
 
 
 def _store(path, n_slices=2, name="mosaic", pixel_um=0.8):
-    acq = Acquisition(sample="seg", modality="STPT", pixel_size_um=pixel_um, slice_thickness_um=15.0,
-                      tile_shape=(128, 128), overlap=0.1, channels=["nuclear", "cyto"], rows=2, cols=2,
-                      slices=n_slices)
+    acq = Acquisition(
+        sample="seg",
+        modality="STPT",
+        pixel_size_um=pixel_um,
+        slice_thickness_um=15.0,
+        tile_shape=(128, 128),
+        overlap=0.1,
+        channels=["nuclear", "cyto"],
+        rows=2,
+        cols=2,
+        slices=n_slices,
+    )
     out = OutputStore(str(path))
     truth = []
-    image = out.create_image(name, channel_names=acq.channels, shape_czyx=(2, n_slices, *SHAPE),
-                             scale_zyx_um=(15.0, pixel_um, pixel_um), dtype="float32", levels=2,
-                             chunks_yx=(128, 128))
+    image = out.create_image(
+        name,
+        channel_names=acq.channels,
+        shape_czyx=(2, n_slices, *SHAPE),
+        scale_zyx_um=(15.0, pixel_um, pixel_um),
+        dtype="float32",
+        levels=2,
+        chunks_yx=(128, 128),
+    )
     for s in range(n_slices):
         img, nuc, _ = two_channel_sample(SHAPE, seed=40 + s, density=0.35 - 0.12 * s)
         image.write_plane(s, img * 1000)
@@ -47,8 +61,11 @@ def processed(tmp_path_factory, dask_client):
     acq, out, truth = _store(tmp_path_factory.mktemp("seg") / "out.zarr")
     ctx = _ctx(acq, out, dask_client, [0, 1])
     # diameter 8 µm = 10 px at 0.8 µm/px; 128-px blocks so that planes span several blocks
-    results = {"segment": _run(ctx, "segment", block=128, diameter_um=8.0, max_expansion_um=4.8),
-               "catalogue": _run(ctx, "catalogue"), "crops": _run(ctx, "crops", size=24)}
+    results = {
+        "segment": _run(ctx, "segment", block=128, diameter_um=8.0, max_expansion_um=4.8),
+        "catalogue": _run(ctx, "catalogue"),
+        "crops": _run(ctx, "crops", size=24),
+    }
     return acq, out, truth, results
 
 
@@ -83,8 +100,9 @@ def test_catalogue_rows_and_units(processed):
         assert (rows["centroid_z_um"] == s * 15.0).all()
     assert (cells["nucleus_label"] == cells["label"]).mean() > 0.99  # cells grow from their nuclei
     assert {"mean_nuclear", "integrated_cyto", "nucleus_feret_diameter_max_px"} <= set(cells.columns)
-    assert len(nuclei) == sum(len(np.unique(out.open_image("mosaic/labels/nuclei").read_plane(s))) - 1
-                              for s in range(2))
+    assert len(nuclei) == sum(
+        len(np.unique(out.open_image("mosaic/labels/nuclei").read_plane(s))) - 1 for s in range(2)
+    )
     assert out.location.exists("qc/catalogue_histograms.png")
 
 
@@ -100,8 +118,9 @@ def test_crops_follow_the_nuclei_catalogue(processed):
         lab = nuclei.read_plane(int(row["plane"]))
         crop = np.asarray(crops[i])
         assert (crop[0] > 0).sum() == (lab == row["label"]).sum()  # whole nucleus inside, nothing else
-        assert crop[0].sum() == pytest.approx(image.read_plane(int(row["plane"]))[0][lab == row["label"]].sum(),
-                                              rel=1e-4)
+        assert crop[0].sum() == pytest.approx(
+            image.read_plane(int(row["plane"]))[0][lab == row["label"]].sum(), rel=1e-4
+        )
     ranking = out.read_table("representative_slices")
     assert sorted(ranking["slice"]) == [0, 1] and ranking["rank"].tolist() == [1, 2]
     assert results["crops"].metrics["crops"] == len(index)
@@ -123,8 +142,14 @@ def test_live_processing_replaces_only_the_new_slice(processed, dask_client):
 @pytest.mark.slow  # cellpose over a whole cube on the cluster
 def test_cube_is_preferred_and_cellpose_backend_runs(tmp_path, dask_client):
     acq, out, truth = _store(tmp_path / "out.zarr", n_slices=1, name="cube", pixel_um=1.0)
-    out.create_image("mosaic", channel_names=acq.channels, shape_czyx=(2, 1, 8, 8), scale_zyx_um=(15, 1, 1),
-                     dtype="float32", levels=1)
+    out.create_image(
+        "mosaic",
+        channel_names=acq.channels,
+        shape_czyx=(2, 1, 8, 8),
+        scale_zyx_um=(15, 1, 1),
+        dtype="float32",
+        levels=1,
+    )
     ctx = _ctx(acq, out, dask_client, [0])
     result = _run(ctx, "segment", backend="cellpose", block=128, diameter_um=10.0)  # 2 x 3 blocks
     assert result.metrics["image"] == "cube" and not out.has("mosaic/labels/nuclei")

@@ -8,7 +8,6 @@ import zarr
 
 from imaxt_pipeline.io.output import OutputStore
 from imaxt_pipeline.synth import SynthParams
-
 from imaxt_pipeline.testing import only_steps, uploaded_sample
 
 pytestmark = pytest.mark.slow  # calibrate -> stitch -> mosaic through run_pipeline
@@ -93,4 +92,6 @@ def test_flat_refined_from_the_seams(stitched):
     # From tile statistics alone the seam bands are 1.3-2.4 % off (tests/test_flat_refine.py); refined < 1 %.
     for c in range(flat.shape[0]):
         assert _band_error(flat[c], truth.flat, PARAMS) < 0.01
-    assert any(e["name"] == "stitch" and "calibration/flat" in e.get("outputs", []) for e in store.imaxt_attrs()["provenance"])
+    assert any(
+        e["name"] == "stitch" and "calibration/flat" in e.get("outputs", []) for e in store.imaxt_attrs()["provenance"]
+    )

@@ -95,8 +95,9 @@ def _expected_raw(truth, s: int, ch: int, top_left: np.ndarray) -> np.ndarray:
     """Forward model on the clean truth plane: flat * clean(T + p + D(p)) + stray + dark."""
     dy, dx = displacement_field(truth.params.tile_shape, truth.distortion)
     yy, xx = np.indices(truth.params.tile_shape, dtype=np.float64)
-    scene = ndi.map_coordinates(truth.clean[s, ch].astype(np.float64),
-                                [yy + dy + top_left[0], xx + dx + top_left[1]], order=3, mode="nearest")
+    scene = ndi.map_coordinates(
+        truth.clean[s, ch].astype(np.float64), [yy + dy + top_left[0], xx + dx + top_left[1]], order=3, mode="nearest"
+    )
     return truth.flat * scene + truth.stray + truth.dark
 
 
@@ -111,7 +112,7 @@ def test_tiles_follow_the_forward_model_at_the_true_position(small, ch):
             chi2 = []
             for pos in (true[1, r, c], recorded[1, r, c]):
                 model = _expected_raw(truth, 1, ch, pos)
-                var = truth.gain * (model - truth.dark) + truth.read_noise ** 2 + 1 / 12
+                var = truth.gain * (model - truth.dark) + truth.read_noise**2 + 1 / 12
                 chi2.append(float(np.mean(((raw - model) ** 2 / var)[inner])))
             assert 0.85 < chi2[0] < 1.2, chi2
             assert chi2[1] > 10 * chi2[0], chi2
@@ -125,7 +126,7 @@ def test_true_positions_are_exact_to_a_small_fraction_of_a_pixel(small):
 
     def chi2(pos):
         model = _expected_raw(truth, 0, 0, pos)
-        var = truth.gain * (model - truth.dark) + truth.read_noise ** 2 + 1 / 12
+        var = truth.gain * (model - truth.dark) + truth.read_noise**2 + 1 / 12
         return float(np.mean(((raw - model) ** 2 / var)[inner]))
 
     at_truth = chi2(true[0, 1, 0])
@@ -144,8 +145,9 @@ def test_calibrated_tile_correlates_best_with_clean_plane_at_true_position(small
             calibrated = undistort((raw - truth.dark - truth.stray) / truth.flat, truth.distortion, order=3)
             corr = []
             for pos in (true[2, r, c], recorded[2, r, c]):
-                crop = ndi.map_coordinates(truth.clean[2, 1].astype(np.float64), [yy + pos[0], xx + pos[1]],
-                                           order=3, mode="nearest")
+                crop = ndi.map_coordinates(
+                    truth.clean[2, 1].astype(np.float64), [yy + pos[0], xx + pos[1]], order=3, mode="nearest"
+                )
                 corr.append(np.corrcoef(calibrated[inner].ravel(), crop[inner].ravel())[0, 1])
             assert corr[0] > 0.97 and corr[0] > corr[1], corr
 
@@ -175,7 +177,7 @@ def test_beads_are_cut_by_consecutive_slices(small):
     z = (det["slice"] + 0.5) * p.slice_thickness_um
     r_um = beads.loc[det["bead_id"], "radius_um"].to_numpy()
     dz = z.to_numpy() - beads.loc[det["bead_id"], "z_um"].to_numpy()
-    np.testing.assert_allclose(det["radius_px"], np.sqrt(r_um ** 2 - dz ** 2) / p.pixel_size_um)
+    np.testing.assert_allclose(det["radius_px"], np.sqrt(r_um**2 - dz**2) / p.pixel_size_um)
     assert (det["radius_px"] <= r_um / p.pixel_size_um).all()
     for bead_id, group in det.groupby("bead_id"):
         slices = np.sort(group["slice"].to_numpy())

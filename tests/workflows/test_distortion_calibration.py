@@ -112,8 +112,9 @@ def test_bad_input_is_one_line_error(calibration, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert "missing/acquisition.json" in err and "calibrate-distortion" in err
-    rc = main(["calibrate-distortion", str(out.parent / "raw"), str(tmp_path / "no" / "c.npz"),
-               "--stage-sigma-px", "0.2"])
+    rc = main(
+        ["calibrate-distortion", str(out.parent / "raw"), str(tmp_path / "no" / "c.npz"), "--stage-sigma-px", "0.2"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "does not exist" in err
     assert not (tmp_path / "c.npz").exists()
@@ -128,12 +129,14 @@ def test_pipeline_stitches_with_the_calibration_file(calibration, tmp_path, dask
 
     params, truth, out = calibration
     p = SynthParams(slices=1, rows=3, cols=3, seed=2, tile_shape=(256, 256))
-    strue = processed_sample(tmp_path, p, steps=("calibrate", "stitch"), client=dask_client,
-                             **{"steps.calibrate.calibration_file": str(out)}).truth
+    strue = processed_sample(
+        tmp_path, p, steps=("calibrate", "stitch"), client=dask_client, **{"steps.calibrate.calibration_file": str(out)}
+    ).truth
     attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["imaxt"]
     assert attrs["calibrate"]["source"]["distortion"] == "file"
-    assert attrs["stitch"]["distortion"] == pytest.approx(dict(zip(("mag_y", "mag_x", "k_y", "k_x"),
-                                                                   np.load(out)["distortion"], strict=True)))
+    assert attrs["stitch"]["distortion"] == pytest.approx(
+        dict(zip(("mag_y", "mag_x", "k_y", "k_x"), np.load(out)["distortion"], strict=True))
+    )
     pos = attrs["stitch"]["tile_positions_px"]
     keys = [k for k in pos if k not in attrs["stitch"]["unconstrained"]]
     got = np.array([pos[k] for k in keys])

@@ -31,8 +31,9 @@ def test_figures_remove_each_slice_translation_and_frame_shift(tmp_path):
     offsets = [[5.0 + 7, 5.0 + 7], [1.0 - 2.0 + 7 + 0.1, 2.0 + 1.0 + 7]]
     truth = tmp_path / "truth"
     truth.mkdir()
-    (truth / "truth.json").write_text(json.dumps(
-        {"tile_positions_px": true, "slice_offsets_px": drift, "n_nuclei": [3, 4]}))
+    (truth / "truth.json").write_text(
+        json.dumps({"tile_positions_px": true, "slice_offsets_px": drift, "n_nuclei": [3, 4]})
+    )
     f = demo_figures(_store(tmp_path, solved, offsets, 10), truth)
     assert f.tile_median_px == pytest.approx(0.15)
     assert f.tile_max_px == pytest.approx(0.3)

@@ -36,8 +36,9 @@ def polynomial_terms(degree: int, *, constant: bool = True) -> list[tuple[int, i
     return [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i) if i + j >= first]
 
 
-def polynomial_basis(v: npt.ArrayLike, u: npt.ArrayLike, degree: int, *, kind: PolynomialKind,
-                     constant: bool = True) -> npt.NDArray[np.float64]:
+def polynomial_basis(
+    v: npt.ArrayLike, u: npt.ArrayLike, degree: int, *, kind: PolynomialKind, constant: bool = True
+) -> npt.NDArray[np.float64]:
     """Values of every term of :func:`polynomial_terms` at normalised positions ``(v, u)``.
 
     Parameters
@@ -64,8 +65,9 @@ def polynomial_basis(v: npt.ArrayLike, u: npt.ArrayLike, degree: int, *, kind: P
     return out
 
 
-def polynomial_surface(coef: npt.ArrayLike, v: npt.ArrayLike, u: npt.ArrayLike, degree: int, *,
-                       kind: PolynomialKind, constant: bool = True) -> npt.NDArray[np.float64]:
+def polynomial_surface(
+    coef: npt.ArrayLike, v: npt.ArrayLike, u: npt.ArrayLike, degree: int, *, kind: PolynomialKind, constant: bool = True
+) -> npt.NDArray[np.float64]:
     """Surface ``basis @ coef`` on the grid ``v`` (rows) x ``u`` (columns), evaluated separably.
 
     A full ``(H * W, n_terms)`` basis would not fit in memory for large

@@ -86,15 +86,25 @@ class DistortionFit:
 
     def describe(self) -> str:
         """Human-readable coefficients ± sigma and fit quality."""
-        lines = [f"distortion from {self.n_used} of {self.n_pairs} pairs ({self.n_points} points), "
-                 f"median pair residual {self.residual_px:.3f} px, stage scatter {self.stage_scatter_px:.3f} px"]
-        lines += [f"  {k:5} = {v:+.6f} ± {s:.6f}"
-                  for k, v, s in zip(DistortionModel.COEFFICIENTS, self.coefficients(), self.sigmas(), strict=True)]
+        lines = [
+            f"distortion from {self.n_used} of {self.n_pairs} pairs ({self.n_points} points), "
+            f"median pair residual {self.residual_px:.3f} px, stage scatter {self.stage_scatter_px:.3f} px"
+        ]
+        lines += [
+            f"  {k:5} = {v:+.6f} ± {s:.6f}"
+            for k, v, s in zip(DistortionModel.COEFFICIENTS, self.coefficients(), self.sigmas(), strict=True)
+        ]
         return "\n".join(lines)
 
 
-def fit_calibration_distortion(matches: Sequence[PairMatch], stage_px: npt.ArrayLike, *, tile_shape: tuple[int, int],
-                               stage_sigma_px: float, min_pairs: int = 4) -> DistortionFit:
+def fit_calibration_distortion(
+    matches: Sequence[PairMatch],
+    stage_px: npt.ArrayLike,
+    *,
+    tile_shape: tuple[int, int],
+    stage_sigma_px: float,
+    min_pairs: int = 4,
+) -> DistortionFit:
     """Fit ``mag_y, mag_x, k_y, k_x`` with uncertainties from a calibration acquisition.
 
     Parameters
@@ -128,12 +138,20 @@ def fit_calibration_distortion(matches: Sequence[PairMatch], stage_px: npt.Array
     if not stage_sigma_px > 0:
         raise ValueError(f"stage_sigma_px must be > 0, got {stage_sigma_px}")
     stage = np.asarray(stage_px, np.float64)
-    sol = solve_positions(matches, stage, tile_shape=tile_shape, estimate_distortion=True, fit_magnification=True,
-                          prior_sigma_px=stage_sigma_px)
+    sol = solve_positions(
+        matches,
+        stage,
+        tile_shape=tile_shape,
+        estimate_distortion=True,
+        fit_magnification=True,
+        prior_sigma_px=stage_sigma_px,
+    )
     used = sol.pairs[sol.pairs["used"]]
     if len(used) < min_pairs:
-        raise ValueError(f"only {len(used)} of {len(sol.pairs)} tile pairs could be matched (need {min_pairs}): "
-                         "is the calibration sample textured and the overlap large?")
+        raise ValueError(
+            f"only {len(used)} of {len(sol.pairs)} tile pairs could be matched (need {min_pairs}): "
+            "is the calibration sample textured and the overlap large?"
+        )
     keep = sol.constrained
     if keep.sum() < 3:
         raise ValueError(f"only {int(keep.sum())} tiles are tied to a neighbour: no lever arm for the magnification")
@@ -145,6 +163,13 @@ def fit_calibration_distortion(matches: Sequence[PairMatch], stage_px: npt.Array
     inflate = max(1.0, scatter / stage_sigma_px)
     for k in ("mag_y", "mag_x"):
         sigma[k] *= inflate
-    return DistortionFit(model=sol.distortion, sigma=sigma, positions=sol.positions, n_pairs=len(sol.pairs),
-                         n_used=len(used), n_points=int(used["n_points"].sum()),
-                         residual_px=float(np.median(used["residual"])), stage_scatter_px=scatter)
+    return DistortionFit(
+        model=sol.distortion,
+        sigma=sigma,
+        positions=sol.positions,
+        n_pairs=len(sol.pairs),
+        n_used=len(used),
+        n_points=int(used["n_points"].sum()),
+        residual_px=float(np.median(used["residual"])),
+        stage_scatter_px=scatter,
+    )

@@ -20,9 +20,17 @@ from ._flatfield import TileModel, estimate_tile_model
 __all__ = ["estimate_calibration"]
 
 
-def estimate_calibration(tiles: npt.ArrayLike, *, dark: float | Sequence[float] | None = None, flat: bool = True,
-                         trim: bool = True, trim_threshold: float = 1.0, max_trim_px: int | None = None,
-                         degree: int = 2, shared_flat: bool = True) -> Calibration:
+def estimate_calibration(
+    tiles: npt.ArrayLike,
+    *,
+    dark: float | Sequence[float] | None = None,
+    flat: bool = True,
+    trim: bool = True,
+    trim_threshold: float = 1.0,
+    max_trim_px: int | None = None,
+    degree: int = 2,
+    shared_flat: bool = True,
+) -> Calibration:
     """Dark, flat, stray light and trim of every channel from the data.
 
     Parameters
@@ -57,8 +65,14 @@ def estimate_calibration(tiles: npt.ArrayLike, *, dark: float | Sequence[float] 
     given = None if dark is None else np.broadcast_to(np.asarray(dark, float), (c,))
 
     def model(i: int, known_flat: npt.NDArray[np.float32] | None = None) -> TileModel:
-        return estimate_tile_model(arr[i], dark=None if given is None else float(given[i]), flat=known_flat,
-                                   degree=degree, trim_threshold=trim_threshold, max_trim_px=max_trim_px)
+        return estimate_tile_model(
+            arr[i],
+            dark=None if given is None else float(given[i]),
+            flat=known_flat,
+            degree=degree,
+            trim_threshold=trim_threshold,
+            max_trim_px=max_trim_px,
+        )
 
     models = [model(i) for i in range(c)]
     if shared_flat and c > 1:
@@ -73,12 +87,24 @@ def estimate_calibration(tiles: npt.ArrayLike, *, dark: float | Sequence[float] 
         dark_src = "estimated" if kinds <= {"two-level fit", "flat + dim-class fit"} else "low-percentile (upper bound)"
     else:
         dark_src = "given"
-    tr = Trim(**{k: max(getattr(m.trim, k) for m in models) for k in ("top", "bottom", "left", "right")}) \
-        if trim else Trim()
+    tr = (
+        Trim(**{k: max(getattr(m.trim, k) for m in models) for k in ("top", "bottom", "left", "right")})
+        if trim
+        else Trim()
+    )
     flats = np.stack([m.flat for m in models]) if flat else None
     strays = np.stack([m.stray for m in models]) if flat else None
     if strays is not None and not np.any(strays):
         strays = None
-    return Calibration(dark=darks, flat=flats, trim=tr, stray=strays,
-                       source={"dark": dark_src, "flat": "estimated" if flat else "none",
-                               "trim": "estimated" if trim else "none", "distortion": "none"})
+    return Calibration(
+        dark=darks,
+        flat=flats,
+        trim=tr,
+        stray=strays,
+        source={
+            "dark": dark_src,
+            "flat": "estimated" if flat else "none",
+            "trim": "estimated" if trim else "none",
+            "distortion": "none",
+        },
+    )

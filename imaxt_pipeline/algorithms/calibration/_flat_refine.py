@@ -43,10 +43,20 @@ __all__ = ["refine_flat"]
 _Array = npt.NDArray[np.float64]
 
 
-def refine_flat(tiles: npt.ArrayLike | Callable[[int], npt.ArrayLike], positions: npt.ArrayLike,
-                pairs: Sequence[tuple[int, int]] | None = None, *, distortion: DistortionModel | None = None,
-                confidence: npt.ArrayLike | None = None, degree: int = 4, prior: float = 0.02, sigma: float = 4.0,
-                step: int = 2, min_signal: float = 0.2, min_support: float = 0.5) -> _Array:
+def refine_flat(
+    tiles: npt.ArrayLike | Callable[[int], npt.ArrayLike],
+    positions: npt.ArrayLike,
+    pairs: Sequence[tuple[int, int]] | None = None,
+    *,
+    distortion: DistortionModel | None = None,
+    confidence: npt.ArrayLike | None = None,
+    degree: int = 4,
+    prior: float = 0.02,
+    sigma: float = 4.0,
+    step: int = 2,
+    min_signal: float = 0.2,
+    min_support: float = 0.5,
+) -> _Array:
     """Multiplicative correction ``G`` of the flat field that equalises the overlaps of the tiles.
 
     Parameters
@@ -118,8 +128,9 @@ def refine_flat(tiles: npt.ArrayLike | Callable[[int], npt.ArrayLike], positions
             raise ValueError(f"tiles (C, T, H, W) and positions (T, 2) do not match: {arr.shape}, {pos.shape}")
         get = list(np.moveaxis(arr, 1, 0)).__getitem__  # i -> (C, H, W) view
     h, w = np.shape(confidence) if confidence is not None else np.shape(get(0))[-2:]
-    design, values, channel = _samples(get, pos, pairs, (int(h), int(w)), distortion or DistortionModel(),
-                                       confidence, degree, sigma, step, min_support)
+    design, values, channel = _samples(
+        get, pos, pairs, (int(h), int(w)), distortion or DistortionModel(), confidence, degree, sigma, step, min_support
+    )
     level = values.mean(axis=1)
     med = np.array([np.median(level[channel == ch]) for ch in range(channel.max() + 1)])[channel]
     ok = (values.min(axis=1) > min_signal * med) & (med > 0)
@@ -143,9 +154,18 @@ def refine_flat(tiles: npt.ArrayLike | Callable[[int], npt.ArrayLike], positions
     return out
 
 
-def _samples(get: Callable[[int], npt.ArrayLike], pos: _Array, pairs: Sequence[tuple[int, int]] | None,
-             shape: tuple[int, int], model: DistortionModel, confidence: npt.ArrayLike | None, degree: int,
-             sigma: float, step: int, min_support: float) -> tuple[_Array, _Array, npt.NDArray[np.int_]]:
+def _samples(
+    get: Callable[[int], npt.ArrayLike],
+    pos: _Array,
+    pairs: Sequence[tuple[int, int]] | None,
+    shape: tuple[int, int],
+    model: DistortionModel,
+    confidence: npt.ArrayLike | None,
+    degree: int,
+    sigma: float,
+    step: int,
+    min_support: float,
+) -> tuple[_Array, _Array, npt.NDArray[np.int_]]:
     """Design rows ``phi(p) - phi(q)``, smoothed values ``(A, B)`` and channel of every overlap sample."""
     rows: list[_Array] = []
     values: list[_Array] = []
@@ -157,20 +177,26 @@ def _samples(get: Callable[[int], npt.ArrayLike], pos: _Array, pairs: Sequence[t
         keep &= (both > 0) & (support >= min_support)
         if not keep.any():
             continue
-        my, mx = np.mgrid[region[0]:region[1], region[2]:region[3]].astype(np.float64)
-        pa, pb = (_log_gain_basis(*detector_coordinates(my - pos[k, 0], mx - pos[k, 1], shape, model), shape, degree)
-                  for k in (a, b))
+        my, mx = np.mgrid[region[0] : region[1], region[2] : region[3]].astype(np.float64)
+        pa, pb = (
+            _log_gain_basis(*detector_coordinates(my - pos[k, 0], mx - pos[k, 1], shape, model), shape, degree)
+            for k in (a, b)
+        )
         diff = pa - pb  # (rows, cols, terms)
         for ch in range(ov.image_a.shape[0]):
             # The model is smoothed as the data are, signal-weighted: near the ends of the band the
             # kernel is one-sided, and the slope across the band is what pins the even terms.
             sw = both * np.maximum(ov.image_a[ch] + ov.image_b[ch], 0.0)
             den = ndi.gaussian_filter(sw, sigma, mode="constant") if sigma > 0 else sw
-            num = ndi.gaussian_filter(diff * sw[..., None], (sigma, sigma, 0), mode="constant") if sigma > 0 \
+            num = (
+                ndi.gaussian_filter(diff * sw[..., None], (sigma, sigma, 0), mode="constant")
+                if sigma > 0
                 else diff * sw[..., None]
+            )
             rows.append(num[keep] / np.maximum(den[keep], 1e-12)[:, None])
-            values.append(np.stack([masked_smooth(img[ch], both, support, sigma)[keep]
-                                    for img in (ov.image_a, ov.image_b)], 1))
+            values.append(
+                np.stack([masked_smooth(img[ch], both, support, sigma)[keep] for img in (ov.image_a, ov.image_b)], 1)
+            )
             channel.append(np.full(int(keep.sum()), ch))
     if not rows:
         raise ValueError("no pixel is seen by two tiles: nothing to fit")

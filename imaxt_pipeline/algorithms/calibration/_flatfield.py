@@ -115,10 +115,20 @@ def estimate_dark(tiles: npt.ArrayLike, *, percentile: float = 0.5, smooth: floa
     return float(np.percentile(np.stack([ndi.gaussian_filter(t, smooth) for t in flat]), percentile))
 
 
-def estimate_tile_model(tiles: npt.ArrayLike, *, dark: float | None = None, flat: npt.ArrayLike | None = None,
-                        block: int | None = None, edge_px: int | None = None, degree: int = 2,
-                        stray_floor: float = 0.5, trim_threshold: float = 1.0, max_trim_px: int | None = None,
-                        bead_factor: float = 3.0, passes: int = 3) -> TileModel:
+def estimate_tile_model(
+    tiles: npt.ArrayLike,
+    *,
+    dark: float | None = None,
+    flat: npt.ArrayLike | None = None,
+    block: int | None = None,
+    edge_px: int | None = None,
+    degree: int = 2,
+    stray_floor: float = 0.5,
+    trim_threshold: float = 1.0,
+    max_trim_px: int | None = None,
+    bead_factor: float = 3.0,
+    passes: int = 3,
+) -> TileModel:
     """Dark offset, flat field and stray light of one channel from its tiles.
 
     Parameters
@@ -226,8 +236,9 @@ def estimate_tile_model(tiles: npt.ArrayLike, *, dark: float | None = None, flat
             region = stray_b <= 0.1 * max(background, stray_floor)
     cap = e // 2 if max_trim_px is None else int(max_trim_px)
     trim = trim_from_stray(stray, max(trim_threshold * background, stray_floor), cap)
-    return TileModel(float(d), surface.astype(np.float32), stray.astype(np.float32), trim, background, source,
-                     contrast, support)
+    return TileModel(
+        float(d), surface.astype(np.float32), stray.astype(np.float32), trim, background, source, contrast, support
+    )
 
 
 class _LevelFit:
@@ -240,8 +251,18 @@ class _LevelFit:
     sums make every step cost O(groups), not O(blocks).
     """
 
-    def __init__(self, data: _Array, cls: npt.NDArray[np.int8], region: npt.NDArray[np.bool_], robust: _Array,
-                 basis: _Array, coef: _Array | None, fb: _Array, dark: float, min_blocks: int = 3) -> None:
+    def __init__(
+        self,
+        data: _Array,
+        cls: npt.NDArray[np.int8],
+        region: npt.NDArray[np.bool_],
+        robust: _Array,
+        basis: _Array,
+        coef: _Array | None,
+        fb: _Array,
+        dark: float,
+        min_blocks: int = 3,
+    ) -> None:
         sel = (cls >= 0) & region[None]
         ii, yy, xx = np.nonzero(sel)
         key = ii * 2 + cls[sel]
@@ -273,8 +294,9 @@ class _LevelFit:
         self.a = np.stack([np.bincount(g, w * y * p, n) for p in P.T], axis=1)
         self.m = np.stack([np.stack([np.bincount(g, w * pi * pj, n) for pj in P.T], -1) for pi in P.T], -1)
 
-    def solve(self, dark: float, *, fit_flat: bool = True, iters: int = 100,
-              tol: float = 1e-9) -> tuple[_Array | None, _Array, float]:
+    def solve(
+        self, dark: float, *, fit_flat: bool = True, iters: int = 100, tol: float = 1e-9
+    ) -> tuple[_Array | None, _Array, float]:
         """Flat coefficients (None when given), group levels and weighted residual sum at ``dark``."""
         fixed = self.coef is None or not fit_flat
         coef = np.ones(1) if self.coef is None else self.coef
@@ -316,18 +338,20 @@ class _LevelFit:
         j = int(np.argmin(obj))
         if j in (0, n_grid - 1):
             return None
-        res = optimize.minimize_scalar(self.objective, bounds=(grid[j - 1], grid[j + 1]), method="bounded",
-                                       options={"xatol": 1e-3 * (hi - lo)})
+        res = optimize.minimize_scalar(
+            self.objective, bounds=(grid[j - 1], grid[j + 1]), method="bounded", options={"xatol": 1e-3 * (hi - lo)}
+        )
         best = float(res.x)
         levels = self.solve(best)[1]
         if counts.min() and np.median(levels[self.group_class == 1]) < min_ratio * np.median(
-                levels[self.group_class == 0]):
+            levels[self.group_class == 0]
+        ):
             return None
         return best
 
     def support(self) -> float:
         """``min(n / s²)`` over the classes: blocks ``n`` of relative scatter ``s``."""
-        return float(np.min(np.bincount(self.cls_row, minlength=2) / self.scatter ** 2))
+        return float(np.min(np.bincount(self.cls_row, minlength=2) / self.scatter**2))
 
     def robust_weights(self, dark: float, coef: _Array | None, levels: _Array, c: float = 4.685) -> _Array:
         """Tukey biweights of the blocks' standardised residuals for a solution of :meth:`solve`."""
@@ -337,8 +361,9 @@ class _LevelFit:
         return out
 
 
-def _classes(blocks: _Array, dark: float, fb: _Array,
-             bead_factor: float) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int8]]:
+def _classes(
+    blocks: _Array, dark: float, fb: _Array, bead_factor: float
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int8]]:
     """Dim mask and class per block (0 dim core, 1 bright core, -1 left out) of the dark- and flat-corrected blocks."""
     from skimage.filters import threshold_otsu as _otsu  # scikit-image: imported when the fit runs
 
@@ -365,5 +390,3 @@ def _block_means(arr: npt.NDArray[np.floating[Any]], b: int) -> _Array:
     hb, wb = h // b, w // b
     out: _Array = arr[:, : hb * b, : wb * b].reshape(t, hb, b, wb, b).mean(axis=(2, 4), dtype=np.float64)
     return out
-
-

@@ -26,9 +26,16 @@ __all__ = ["SeamOverlap", "masked_smooth", "overlap_mismatch", "overlapping_pair
 _Array = npt.NDArray[np.float64]
 
 
-def overlap_mismatch(tiles: npt.ArrayLike, positions: npt.ArrayLike, *, distortion: DistortionModel | None = None,
-                     weights: npt.ArrayLike | None = None, pairs: Sequence[tuple[int, int]] | None = None,
-                     sigma: float = 4.0, min_support: float = 0.5) -> float:
+def overlap_mismatch(
+    tiles: npt.ArrayLike,
+    positions: npt.ArrayLike,
+    *,
+    distortion: DistortionModel | None = None,
+    weights: npt.ArrayLike | None = None,
+    pairs: Sequence[tuple[int, int]] | None = None,
+    sigma: float = 4.0,
+    min_support: float = 0.5,
+) -> float:
     """Relative low-frequency intensity mismatch of overlapping tiles: how visible the seams are.
 
     Each tile of an overlapping pair is resampled alone onto the mosaic
@@ -77,8 +84,9 @@ def overlap_mismatch(tiles: npt.ArrayLike, positions: npt.ArrayLike, *, distorti
     if weights is not None and np.shape(weights) != (h, w):
         raise ValueError(f"weights of shape {np.shape(weights)} do not match the tiles' {(h, w)}")
     num = den = 0.0
-    for ov in resampled_overlaps(lambda i: arr[:, i], pos, (h, w), pairs, distortion=distortion, weights=weights,
-                                 sigma=sigma):
+    for ov in resampled_overlaps(
+        lambda i: arr[:, i], pos, (h, w), pairs, distortion=distortion, weights=weights, sigma=sigma
+    ):
         keep = (ov.both > 0) & (ov.support >= min_support)
         for ch in range(c):
             sa, sb = (masked_smooth(img[ch], ov.both, ov.support, sigma) for img in (ov.image_a, ov.image_b))
@@ -105,13 +113,24 @@ class SeamOverlap:
 def overlapping_pairs(positions: npt.ArrayLike, shape: tuple[int, int]) -> list[tuple[int, int]]:
     """Every pair of tiles of ``shape`` whose footprints at ``positions`` (T, 2) overlap."""
     pos, (h, w) = np.asarray(positions, np.float64), shape
-    return [(i, j) for i in range(len(pos)) for j in range(i + 1, len(pos))
-            if abs(pos[i, 0] - pos[j, 0]) < h and abs(pos[i, 1] - pos[j, 1]) < w]
+    return [
+        (i, j)
+        for i in range(len(pos))
+        for j in range(i + 1, len(pos))
+        if abs(pos[i, 0] - pos[j, 0]) < h and abs(pos[i, 1] - pos[j, 1]) < w
+    ]
 
 
-def resampled_overlaps(get: Callable[[int], npt.ArrayLike], positions: npt.ArrayLike, shape: tuple[int, int],
-                       pairs: Sequence[tuple[int, int]] | None = None, *, distortion: DistortionModel | None = None,
-                       weights: npt.ArrayLike | None = None, sigma: float = 4.0) -> Iterator[SeamOverlap]:
+def resampled_overlaps(
+    get: Callable[[int], npt.ArrayLike],
+    positions: npt.ArrayLike,
+    shape: tuple[int, int],
+    pairs: Sequence[tuple[int, int]] | None = None,
+    *,
+    distortion: DistortionModel | None = None,
+    weights: npt.ArrayLike | None = None,
+    sigma: float = 4.0,
+) -> Iterator[SeamOverlap]:
     """Each pair's overlap, both tiles resampled by :func:`..fusion.fuse_region` (sub-pixel, undistorted).
 
     ``get(i)`` returns tile ``i`` as (C, H, W); ``pairs`` defaults to :func:`overlapping_pairs`.

@@ -27,8 +27,16 @@ _Float = npt.NDArray[np.floating[Any]]
 SIDES = ("top", "bottom", "left", "right")
 
 
-def estimate_stray(tiles: _Float, dim: npt.NDArray[np.bool_], block: int, dark: float,
-                   flat: npt.ArrayLike, background: float, edge_px: int, floor: float) -> npt.NDArray[np.float64]:
+def estimate_stray(
+    tiles: _Float,
+    dim: npt.NDArray[np.bool_],
+    block: int,
+    dark: float,
+    flat: npt.ArrayLike,
+    background: float,
+    edge_px: int,
+    floor: float,
+) -> npt.NDArray[np.float64]:
     """Additive excess over ``dark + background * flat`` next to each border, from dim bands.
 
     Parameters
@@ -83,14 +91,14 @@ def estimate_stray(tiles: _Float, dim: npt.NDArray[np.bool_], block: int, dark: 
         prof = np.median(bands[horizontal][ok], axis=0)
         n = prof.size
         near = prof[:e] if side in ("left", "top") else prof[::-1][:e]
-        near = near - np.median(prof[e:2 * e] if side in ("left", "top") else prof[::-1][e:2 * e])
+        near = near - np.median(prof[e : 2 * e] if side in ("left", "top") else prof[::-1][e : 2 * e])
         excess = np.where(near > floor, near, 0.0)
-        excess[_run(excess > 0):] = 0.0  # only the run touching the border
+        excess[_run(excess > 0) :] = 0.0  # only the run touching the border
         full = np.zeros(n)
         if side in ("left", "top"):
             full[:e] = excess
         else:
-            full[n - e:] = excess[::-1]
+            full[n - e :] = excess[::-1]
         out += full[None, :] if horizontal else full[:, None]
     return out
 

@@ -29,8 +29,13 @@ class FusedRegion:
     weight: npt.NDArray[np.float32]
 
 
-def tiles_touching(positions: npt.ArrayLike, tile_shape: tuple[int, int], region: tuple[int, int, int, int], *,
-                   distortion: DistortionModel | None = None) -> list[int]:
+def tiles_touching(
+    positions: npt.ArrayLike,
+    tile_shape: tuple[int, int],
+    region: tuple[int, int, int, int],
+    *,
+    distortion: DistortionModel | None = None,
+) -> list[int]:
     """Indices of tiles whose (distorted) footprint intersects ``region``.
 
     Parameters
@@ -48,14 +53,20 @@ def tiles_touching(positions: npt.ArrayLike, tile_shape: tuple[int, int], region
     y0, y1, x0, x1 = region
     h, w = tile_shape
     pos = np.asarray(positions, np.float64)
-    hit = ((pos[:, 0] - pad < y1) & (pos[:, 0] + h + pad > y0) & (pos[:, 1] - pad < x1) & (pos[:, 1] + w + pad > x0))
+    hit = (pos[:, 0] - pad < y1) & (pos[:, 0] + h + pad > y0) & (pos[:, 1] - pad < x1) & (pos[:, 1] + w + pad > x0)
     return [int(i) for i in np.flatnonzero(hit)]
 
 
-def fuse_region(tiles: Sequence[npt.ArrayLike] | Callable[[int], npt.ArrayLike], positions: npt.ArrayLike,
-                region: tuple[int, int, int, int], *, indices: Iterable[int] | None = None,
-                weights: npt.ArrayLike | None = None, distortion: DistortionModel | None = None,
-                order: int = 1) -> FusedRegion:
+def fuse_region(
+    tiles: Sequence[npt.ArrayLike] | Callable[[int], npt.ArrayLike],
+    positions: npt.ArrayLike,
+    region: tuple[int, int, int, int],
+    *,
+    indices: Iterable[int] | None = None,
+    weights: npt.ArrayLike | None = None,
+    distortion: DistortionModel | None = None,
+    order: int = 1,
+) -> FusedRegion:
     """Weighted average of the tiles covering one rectangular mosaic region.
 
     Parameters
@@ -120,8 +131,12 @@ def fuse_region(tiles: Sequence[npt.ArrayLike] | Callable[[int], npt.ArrayLike],
     return FusedRegion(image.astype(np.float32), wsum.astype(np.float32))
 
 
-def _touching_lazy(pos: npt.NDArray[np.float64], get: Callable[[int], npt.ArrayLike],
-                   region: tuple[int, int, int, int], model: DistortionModel) -> list[int]:
+def _touching_lazy(
+    pos: npt.NDArray[np.float64],
+    get: Callable[[int], npt.ArrayLike],
+    region: tuple[int, int, int, int],
+    model: DistortionModel,
+) -> list[int]:
     # Without explicit indices, tile shape comes from the first tile read.
     shape = np.shape(get(0))[-2:]
     return tiles_touching(pos, (int(shape[0]), int(shape[1])), region, distortion=model)

@@ -19,8 +19,14 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = ["masked_crops", "representative_ranking"]
 
 
-def masked_crops(image: ArrayLike, labels: ArrayLike, centroids_yx: ArrayLike, object_labels: Sequence[int], *,
-                 size: tuple[int, int] = (32, 32)) -> NDArray[Any]:
+def masked_crops(
+    image: ArrayLike,
+    labels: ArrayLike,
+    centroids_yx: ArrayLike,
+    object_labels: Sequence[int],
+    *,
+    size: tuple[int, int] = (32, 32),
+) -> NDArray[Any]:
     """Fixed-size crops centred on objects, zero outside each object's mask.
 
     Parameters
@@ -60,12 +66,13 @@ def masked_crops(image: ArrayLike, labels: ArrayLike, centroids_yx: ArrayLike, o
         if sy0 >= sy1 or sx0 >= sx1:
             continue
         mask = lab_img[sy0:sy1, sx0:sx1] == lab
-        out[i, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[:, sy0:sy1, sx0:sx1] * mask
+        out[i, :, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = img[:, sy0:sy1, sx0:sx1] * mask
     return out
 
 
-def representative_ranking(n_cells: Sequence[float], mean_intensity: Sequence[float], *,
-                           index: Sequence[int] | None = None) -> pd.DataFrame:
+def representative_ranking(
+    n_cells: Sequence[float], mean_intensity: Sequence[float], *, index: Sequence[int] | None = None
+) -> pd.DataFrame:
     """Rank slices by the z-scored distance of (cells, intensity) to their centroid.
 
     Parameters
@@ -96,8 +103,16 @@ def representative_ranking(n_cells: Sequence[float], mean_intensity: Sequence[fl
     std = feats.std(axis=0)
     z = np.where(std > 0, (feats - feats.mean(axis=0)) / np.where(std > 0, std, 1.0), 0.0)
     dist = np.linalg.norm(z, axis=1)
-    table = pd.DataFrame({"slice": idx, "n_cells": feats[:, 0], "mean_intensity": feats[:, 1],
-                          "z_n_cells": z[:, 0], "z_mean_intensity": z[:, 1], "distance": dist})
+    table = pd.DataFrame(
+        {
+            "slice": idx,
+            "n_cells": feats[:, 0],
+            "mean_intensity": feats[:, 1],
+            "z_n_cells": z[:, 0],
+            "z_mean_intensity": z[:, 1],
+            "distance": dist,
+        }
+    )
     table = table.sort_values(["distance", "slice"], ignore_index=True)
     table["rank"] = np.arange(1, len(table) + 1)
     return table

@@ -17,12 +17,20 @@ from skimage.measure import regionprops_table
 
 __all__ = ["SHAPE_PROPERTIES", "cell_catalogue", "match_nuclei", "region_features"]
 
-SHAPE_PROPERTIES: tuple[str, ...] = ("label", "centroid", "area", "perimeter", "eccentricity",
-                                     "feret_diameter_max", "bbox")
+SHAPE_PROPERTIES: tuple[str, ...] = (
+    "label",
+    "centroid",
+    "area",
+    "perimeter",
+    "eccentricity",
+    "feret_diameter_max",
+    "bbox",
+)
 
 
-def region_features(labels: ArrayLike, image: ArrayLike, *, channel_names: Sequence[str],
-                    offset_yx: tuple[int, int] = (0, 0)) -> pd.DataFrame:
+def region_features(
+    labels: ArrayLike, image: ArrayLike, *, channel_names: Sequence[str], offset_yx: tuple[int, int] = (0, 0)
+) -> pd.DataFrame:
     """Shape and intensity features of every label.
 
     Parameters
@@ -52,19 +60,25 @@ def region_features(labels: ArrayLike, image: ArrayLike, *, channel_names: Seque
     if len(channel_names) != img.shape[0]:
         raise ValueError(f"{len(channel_names)} channel names for {img.shape[0]} channels")
     props = regionprops_table(  # type: ignore[no-untyped-call]  # scikit-image is untyped
-        lab.astype(np.int32, copy=False), intensity_image=np.moveaxis(img, 0, -1),
-        properties=(*SHAPE_PROPERTIES, "intensity_mean"))
-    out = pd.DataFrame({
-        "label": props["label"].astype(np.int64),
-        "centroid_y_px": props["centroid-0"] + offset_yx[0],
-        "centroid_x_px": props["centroid-1"] + offset_yx[1],
-        "area_px": props["area"].astype(np.float64),
-        "perimeter_px": props["perimeter"],
-        "eccentricity": props["eccentricity"],
-        "feret_diameter_max_px": props["feret_diameter_max"],
-        "bbox_y0": props["bbox-0"] + offset_yx[0], "bbox_x0": props["bbox-1"] + offset_yx[1],
-        "bbox_y1": props["bbox-2"] + offset_yx[0], "bbox_x1": props["bbox-3"] + offset_yx[1],
-    })
+        lab.astype(np.int32, copy=False),
+        intensity_image=np.moveaxis(img, 0, -1),
+        properties=(*SHAPE_PROPERTIES, "intensity_mean"),
+    )
+    out = pd.DataFrame(
+        {
+            "label": props["label"].astype(np.int64),
+            "centroid_y_px": props["centroid-0"] + offset_yx[0],
+            "centroid_x_px": props["centroid-1"] + offset_yx[1],
+            "area_px": props["area"].astype(np.float64),
+            "perimeter_px": props["perimeter"],
+            "eccentricity": props["eccentricity"],
+            "feret_diameter_max_px": props["feret_diameter_max"],
+            "bbox_y0": props["bbox-0"] + offset_yx[0],
+            "bbox_x0": props["bbox-1"] + offset_yx[1],
+            "bbox_y1": props["bbox-2"] + offset_yx[0],
+            "bbox_x1": props["bbox-3"] + offset_yx[1],
+        }
+    )
     for c, name in enumerate(channel_names):
         mean = props[f"intensity_mean-{c}"]
         out[f"mean_{name}"] = mean
@@ -104,9 +118,18 @@ def match_nuclei(cells: ArrayLike, nuclei: ArrayLike) -> pd.Series:
     return result
 
 
-def cell_catalogue(cells: ArrayLike, nuclei: ArrayLike, image: ArrayLike, *, channel_names: Sequence[str],
-                   pixel_size_um: float, z_um: float = 0.0, slice_index: int = 0, plane: int = 0,
-                   offset_yx: tuple[int, int] = (0, 0)) -> tuple[pd.DataFrame, pd.DataFrame]:
+def cell_catalogue(
+    cells: ArrayLike,
+    nuclei: ArrayLike,
+    image: ArrayLike,
+    *,
+    channel_names: Sequence[str],
+    pixel_size_um: float,
+    z_um: float = 0.0,
+    slice_index: int = 0,
+    plane: int = 0,
+    offset_yx: tuple[int, int] = (0, 0),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell and nucleus catalogues of one plane.
 
     Parameters

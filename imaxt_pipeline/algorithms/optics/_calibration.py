@@ -22,8 +22,9 @@ from ._trim import Trim, confidence_map
 __all__ = ["Calibration", "apply_flat"]
 
 
-def apply_flat(tile: npt.ArrayLike, flat: npt.ArrayLike, *, dark: float | npt.ArrayLike = 0.0,
-               stray: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:
+def apply_flat(
+    tile: npt.ArrayLike, flat: npt.ArrayLike, *, dark: float | npt.ArrayLike = 0.0, stray: npt.ArrayLike | None = None
+) -> npt.NDArray[np.float32]:
     """``(tile - dark - stray) / flat`` as float32 (works on (..., H, W) stacks)."""
     out = np.asarray(tile, np.float32) - np.asarray(dark, np.float32)
     if stray is not None:
@@ -61,8 +62,9 @@ class Calibration:
     @classmethod
     def identity(cls, n_channels: int) -> Calibration:
         """No correction at all for ``n_channels`` channels (dark 0, no flat, no trim, no distortion)."""
-        return cls(dark=np.zeros(n_channels), source={"dark": "none", "flat": "none", "trim": "none",
-                                                     "distortion": "none"})
+        return cls(
+            dark=np.zeros(n_channels), source={"dark": "none", "flat": "none", "trim": "none", "distortion": "none"}
+        )
 
     def apply(self, tiles: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Dark-, stray- and flat-correct tiles ``(C, H, W)`` or ``(C, T, H, W)`` (float32)."""
@@ -70,8 +72,11 @@ class Calibration:
         c = arr.shape[0]
         extra = (1,) * (arr.ndim - 3)
         dark = np.asarray(self.dark, np.float32).reshape(c, *extra, 1, 1)
-        stray = None if self.stray is None else np.asarray(self.stray, np.float32).reshape(
-            c, *extra, *self.stray.shape[-2:])
+        stray = (
+            None
+            if self.stray is None
+            else np.asarray(self.stray, np.float32).reshape(c, *extra, *self.stray.shape[-2:])
+        )
         if self.flat is None:
             return arr - dark if stray is None else arr - dark - stray
         flat = np.asarray(self.flat, np.float32).reshape(c, *extra, *self.flat.shape[-2:])
@@ -88,14 +93,25 @@ class Calibration:
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-able summary (the flat array is stored separately)."""
-        return {"dark": [float(d) for d in self.dark], "trim": self.trim.as_dict(),
-                "distortion": {k: float(v) for k, v in self.distortion.as_dict().items()},
-                "has_flat": self.flat is not None, "has_stray": self.stray is not None, "source": dict(self.source)}
+        return {
+            "dark": [float(d) for d in self.dark],
+            "trim": self.trim.as_dict(),
+            "distortion": {k: float(v) for k, v in self.distortion.as_dict().items()},
+            "has_flat": self.flat is not None,
+            "has_stray": self.stray is not None,
+            "source": dict(self.source),
+        }
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any], flat: npt.NDArray[Any] | None = None,
-                   stray: npt.NDArray[Any] | None = None) -> Calibration:
+    def from_attrs(
+        cls, attrs: dict[str, Any], flat: npt.NDArray[Any] | None = None, stray: npt.NDArray[Any] | None = None
+    ) -> Calibration:
         """Inverse of :meth:`to_attrs`, given the arrays stored beside the attrs."""
-        return cls(dark=np.asarray(attrs["dark"], float), flat=flat, trim=Trim(**attrs.get("trim", {})),
-                   distortion=DistortionModel(**attrs.get("distortion", {})), source=dict(attrs.get("source", {})),
-                   stray=stray)
+        return cls(
+            dark=np.asarray(attrs["dark"], float),
+            flat=flat,
+            trim=Trim(**attrs.get("trim", {})),
+            distortion=DistortionModel(**attrs.get("distortion", {})),
+            source=dict(attrs.get("source", {})),
+            stray=stray,
+        )

@@ -25,8 +25,9 @@ def tile_centre(shape: tuple[int, int]) -> tuple[float, float]:
     return (h - 1) / 2.0, (w - 1) / 2.0
 
 
-def tile_coordinates(y: npt.ArrayLike, x: npt.ArrayLike,
-                     shape: tuple[int, int]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def tile_coordinates(
+    y: npt.ArrayLike, x: npt.ArrayLike, shape: tuple[int, int]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Normalised coordinates ``(v, u)`` of detector positions ``(y, x)`` (see the module docstring).
 
     Parameters

@@ -30,8 +30,7 @@ import numpy.typing as npt
 
 from ._coordinates import tile_centre, tile_coordinates
 
-__all__ = ["DistortionModel", "detector_coordinates", "displacement_field", "distort", "max_displacement",
-           "undistort"]
+__all__ = ["DistortionModel", "detector_coordinates", "displacement_field", "distort", "max_displacement", "undistort"]
 
 _Array = npt.NDArray[np.float64]
 
@@ -182,8 +181,9 @@ def undistort(tile: npt.ArrayLike, model: DistortionModel, *, order: int = 1, it
     return out
 
 
-def detector_coordinates(y: npt.ArrayLike, x: npt.ArrayLike, shape: tuple[int, int], model: DistortionModel, *,
-                         iterations: int = 5) -> tuple[_Array, _Array]:
+def detector_coordinates(
+    y: npt.ArrayLike, x: npt.ArrayLike, shape: tuple[int, int], model: DistortionModel, *, iterations: int = 5
+) -> tuple[_Array, _Array]:
     """Detector pixel ``p`` that sees undistorted tile position ``q = (y, x)``.
 
     Solves ``p + D(p) = q`` by fixed-point iteration (the inverse of the

@@ -27,8 +27,15 @@ class MosaicGeometry:
         return out
 
 
-def mosaic_geometry(stage_px: npt.ArrayLike, *, rows: int, cols: int, tile_shape: tuple[int, int],
-                    overlap: float, margin: int | None = None) -> MosaicGeometry:
+def mosaic_geometry(
+    stage_px: npt.ArrayLike,
+    *,
+    rows: int,
+    cols: int,
+    tile_shape: tuple[int, int],
+    overlap: float,
+    margin: int | None = None,
+) -> MosaicGeometry:
     """Canvas that holds the nominal grid of tiles plus a margin on every side.
 
     Parameters
@@ -54,4 +61,3 @@ def mosaic_geometry(stage_px: npt.ArrayLike, *, rows: int, cols: int, tile_shape
     nominal = np.array([(rows - 1) * h * (1 - overlap) + h, (cols - 1) * w * (1 - overlap) + w])
     size = np.ceil(np.maximum(extent, nominal)).astype(int) + 2 * margin
     return MosaicGeometry((int(size[0]), int(size[1])), (float(origin[0]), float(origin[1])), int(margin))
-

@@ -35,8 +35,14 @@ class Trim:
         return slice(self.top, h - self.bottom), slice(self.left, w - self.right)
 
 
-def confidence_map(shape: tuple[int, int], *, trim: Trim | None = None, feather: float = 0.0,
-                   flat: npt.ArrayLike | None = None, min_flat: float = 0.3) -> npt.NDArray[np.float32]:
+def confidence_map(
+    shape: tuple[int, int],
+    *,
+    trim: Trim | None = None,
+    feather: float = 0.0,
+    flat: npt.ArrayLike | None = None,
+    min_flat: float = 0.3,
+) -> npt.NDArray[np.float32]:
     """Per-pixel weight of a tile in fusion and matching.
 
     0 on trimmed borders (and where ``flat < min_flat``: too vignetted to

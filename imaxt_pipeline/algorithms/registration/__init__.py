@@ -20,9 +20,24 @@ from ._tracks import build_tracks
 if TYPE_CHECKING:
     from ._bead_unet import BeadUNet
 
-__all__ = ["BEAD_COLUMNS", "BeadFit", "BeadUNet", "SliceOffsets", "apply_offset", "bead_channel_scores",
-           "bead_threshold", "build_tracks", "canvas_padding", "disc_model", "find_beads_numpy", "fit_bead",
-           "normalise", "pick_bead_channel", "radius_outliers", "solve_slice_offsets"]
+__all__ = [
+    "BEAD_COLUMNS",
+    "BeadFit",
+    "BeadUNet",
+    "SliceOffsets",
+    "apply_offset",
+    "bead_channel_scores",
+    "bead_threshold",
+    "build_tracks",
+    "canvas_padding",
+    "disc_model",
+    "find_beads_numpy",
+    "fit_bead",
+    "normalise",
+    "pick_bead_channel",
+    "radius_outliers",
+    "solve_slice_offsets",
+]
 
 _TORCH_NAMES = ("BeadUNet",)
 

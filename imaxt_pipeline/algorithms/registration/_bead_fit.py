@@ -94,8 +94,9 @@ def disc_model(params: ArrayLike, yy: NDArray[Any], xx: NDArray[Any]) -> NDArray
     return out
 
 
-def _model_and_jacobian(p: NDArray[np.float64], yy: NDArray[np.float64], xx: NDArray[np.float64]
-                        ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _model_and_jacobian(
+    p: NDArray[np.float64], yy: NDArray[np.float64], xx: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     yc, xc, r, w, a, b = p
     dy, dx = yy - yc, xx - xc
     rho = np.maximum(np.hypot(dy, dx), 1e-9)
@@ -171,10 +172,18 @@ def fit_bead(
     # Scale amplitude/background to O(1) so the optimiser sees a well-conditioned problem.
     scale = np.array([1.0, 1.0, 1.0, 1.0, a0, max(b0, 1e-3 * a0, 1e-6)])
     start = np.array([y0, x0, r0, width0, a0, max(b0, 1e-3 * a0)]) / scale
-    bounds = [(-0.25 * h, 1.25 * h), (-0.25 * w, 1.25 * w), (0.5, rmax), (0.3, max(3.0, 0.3 * r0)),
-              (1e-6, None), (1e-9, None)]
-    bounds = [(lo / s if lo is not None else None, hi / s if hi is not None else None)
-              for (lo, hi), s in zip(bounds, scale, strict=True)]
+    bounds = [
+        (-0.25 * h, 1.25 * h),
+        (-0.25 * w, 1.25 * w),
+        (0.5, rmax),
+        (0.3, max(3.0, 0.3 * r0)),
+        (1e-6, None),
+        (1e-9, None),
+    ]
+    bounds = [
+        (lo / s if lo is not None else None, hi / s if hi is not None else None)
+        for (lo, hi), s in zip(bounds, scale, strict=True)
+    ]
     nd = float(d.sum())
 
     def nll(q: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
@@ -185,8 +194,9 @@ def fit_bead(
         grad = jac @ (1.0 - d / m) * scale
         return val / nd, grad / nd
 
-    res = optimize.minimize(nll, start, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": 500, "ftol": 1e-12, "gtol": 1e-9})
+    res = optimize.minimize(
+        nll, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 500, "ftol": 1e-12, "gtol": 1e-9}
+    )
     p = res.x * scale
     m, jac = _model_and_jacobian(p, yy, xx)
     m = np.maximum(m, 1e-12)
@@ -201,9 +211,20 @@ def fit_bead(
     snr = float(p[4] / np.sqrt(max(p[5], 1e-12) * max(chi2, 1e-12)))
     ok = (bool(res.success) or res.status == 2) and np.all(np.isfinite(err))
     ok = ok and 0 <= p[0] < h and 0 <= p[1] < w and p[2] < 0.999 * rmax and p[4] > 0
-    return BeadFit(y=float(p[0] + origin[0]), x=float(p[1] + origin[1]), radius=float(p[2]), width=float(p[3]),
-                   amplitude=float(p[4]), background=float(p[5]), y_err=float(err[0]), x_err=float(err[1]),
-                   radius_err=float(err[2]), chi2=chi2, snr=snr, success=bool(ok))
+    return BeadFit(
+        y=float(p[0] + origin[0]),
+        x=float(p[1] + origin[1]),
+        radius=float(p[2]),
+        width=float(p[3]),
+        amplitude=float(p[4]),
+        background=float(p[5]),
+        y_err=float(err[0]),
+        x_err=float(err[1]),
+        radius_err=float(err[2]),
+        chi2=chi2,
+        snr=snr,
+        success=bool(ok),
+    )
 
 
 def fit_beads(
@@ -265,8 +286,15 @@ def fit_beads(
             own = (lab == 0) | (lab == i + 1)
             mask = own if mask is None else mask & own
         try:
-            fit = fit_bead(cut, y0=cy - y0, x0=cx - x0, r0=max(r, 1.0), origin=(y0, x0), mask=mask,
-                           max_radius=2.0 * max(r, 2.0) + min_margin)
+            fit = fit_bead(
+                cut,
+                y0=cy - y0,
+                x0=cx - x0,
+                r0=max(r, 1.0),
+                origin=(y0, x0),
+                mask=mask,
+                max_radius=2.0 * max(r, 2.0) + min_margin,
+            )
         except ValueError:
             fit = BeadFit(*(np.nan,) * 11, success=False)
         out.append(fit)

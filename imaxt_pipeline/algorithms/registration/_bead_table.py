@@ -25,16 +25,41 @@ if TYPE_CHECKING:
 
 __all__ = ["BEAD_COLUMNS", "find_beads_numpy"]
 
-BEAD_COLUMNS = ("y_px", "x_px", "radius_px", "y_err", "x_err", "radius_err", "width_px", "amplitude",
-                "background", "chi2", "snr", "fit_ok", "det_y", "det_x", "det_radius")
+BEAD_COLUMNS = (
+    "y_px",
+    "x_px",
+    "radius_px",
+    "y_err",
+    "x_err",
+    "radius_err",
+    "width_px",
+    "amplitude",
+    "background",
+    "chi2",
+    "snr",
+    "fit_ok",
+    "det_y",
+    "det_x",
+    "det_radius",
+)
 """Columns of a bead table: the fit (centre, radius, their errors, profile), its quality, the detection."""
 
 
-def find_beads_numpy(image: ArrayLike, *, detector: str = "classical", origin: tuple[int, int] = (0, 0),
-                     core: tuple[int, int, int, int] | None = None, min_radius: float = 4.0,
-                     max_radius: float = 80.0, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
-                     threshold: float | None = None, model: BeadUNet | None = None,
-                     model_config: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def find_beads_numpy(
+    image: ArrayLike,
+    *,
+    detector: str = "classical",
+    origin: tuple[int, int] = (0, 0),
+    core: tuple[int, int, int, int] | None = None,
+    min_radius: float = 4.0,
+    max_radius: float = 80.0,
+    sigma: float = 2.0,
+    nsigma: float = 5.0,
+    rel: float = 0.5,
+    threshold: float | None = None,
+    model: BeadUNet | None = None,
+    model_config: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     """Detect and fit the beads of one numpy region.
 
     Parameters
@@ -74,17 +99,23 @@ def find_beads_numpy(image: ArrayLike, *, detector: str = "classical", origin: t
     """
     img = np.asarray(image, dtype=np.float32)
     if detector == "classical":
-        cands = detect_beads(img, sigma=sigma, nsigma=nsigma, rel=rel, threshold=threshold, min_radius=min_radius,
-                             max_radius=max_radius)
+        cands = detect_beads(
+            img, sigma=sigma, nsigma=nsigma, rel=rel, threshold=threshold, min_radius=min_radius, max_radius=max_radius
+        )
     elif detector == "unet":
         if model is None:
             raise ValueError("detector='unet' needs a loaded model (imaxt_pipeline.io.weights.load_bead_unet)")
         from ._bead_unet import detect_beads_unet  # imports torch: only the U-Net path pays for it
 
         config = model_config or {}
-        cands = detect_beads_unet(img, model, downsample=int(config.get("downsample", 2)),
-                                  threshold=float(config.get("threshold", 0.5)), min_radius=min_radius,
-                                  max_radius=max_radius)
+        cands = detect_beads_unet(
+            img,
+            model,
+            downsample=int(config.get("downsample", 2)),
+            threshold=float(config.get("threshold", 0.5)),
+            min_radius=min_radius,
+            max_radius=max_radius,
+        )
     else:
         raise ValueError(f"detector must be 'classical' or 'unet', got {detector!r}")
     # Only the candidates whose centre lies in the core are fitted; pixels outside the tiles (exact 0) are masked.
@@ -97,9 +128,25 @@ def find_beads_numpy(image: ArrayLike, *, detector: str = "classical", origin: t
     fits = fit_beads(img, cands.centres, cands.radii, labels=cands.labels, valid=valid)
     rows = []
     for (dy, dx), dr, f in zip(cands.centres, cands.radii, fits, strict=True):
-        rows.append((f.y + origin[0], f.x + origin[1], f.radius, f.y_err, f.x_err, f.radius_err, f.width,
-                     f.amplitude, f.background, f.chi2, f.snr, bool(f.success), dy + origin[0], dx + origin[1],
-                     dr))
+        rows.append(
+            (
+                f.y + origin[0],
+                f.x + origin[1],
+                f.radius,
+                f.y_err,
+                f.x_err,
+                f.radius_err,
+                f.width,
+                f.amplitude,
+                f.background,
+                f.chi2,
+                f.snr,
+                bool(f.success),
+                dy + origin[0],
+                dx + origin[1],
+                dr,
+            )
+        )
     df = pd.DataFrame(rows, columns=list(BEAD_COLUMNS))
     df["fit_ok"] = df["fit_ok"].astype(bool)
     if core is not None and len(df):

@@ -28,8 +28,14 @@ __all__ = ["BeadUNet", "detect_beads_unet", "predict_bead_probability"]
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class BeadUNet(nn.Module):
@@ -49,8 +55,7 @@ class BeadUNet(nn.Module):
         self.base, self.depth = base, depth
         chans = [base * 2**i for i in range(depth)]
         self.down = nn.ModuleList([_block(1 if i == 0 else chans[i - 1], chans[i]) for i in range(depth)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2)
-                                 for i in range(depth - 1)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth - 1)])
         self.merge = nn.ModuleList([_block(2 * chans[i], chans[i]) for i in range(depth - 1)])
         self.head = nn.Conv2d(chans[0], 1, 1)
 
@@ -67,8 +72,15 @@ class BeadUNet(nn.Module):
         return out
 
 
-def predict_bead_probability(image: ArrayLike, model: BeadUNet, *, downsample: int = 2, patch: int = 256,
-                             overlap: int = 32, device: str | torch.device | None = None) -> NDArray[np.float32]:
+def predict_bead_probability(
+    image: ArrayLike,
+    model: BeadUNet,
+    *,
+    downsample: int = 2,
+    patch: int = 256,
+    overlap: int = 32,
+    device: str | torch.device | None = None,
+) -> NDArray[np.float32]:
     """Bead probability per pixel of ``image`` (full resolution).
 
     Parameters
@@ -109,25 +121,34 @@ def predict_bead_probability(image: ArrayLike, model: BeadUNet, *, downsample: i
     batch: list[tuple[int, int, NDArray[np.float32]]] = []
     for iy in range(ny):
         for ix in range(nx):
-            batch.append((iy, ix, padded[iy * core:iy * core + patch, ix * core:ix * core + patch]))
+            batch.append((iy, ix, padded[iy * core : iy * core + patch, ix * core : ix * core + patch]))
     with torch.no_grad():
         for start in range(0, len(batch), 16):
-            chunk = batch[start:start + 16]
+            chunk = batch[start : start + 16]
             arr = np.stack([c[2] for c in chunk])[:, None]
             pad = (-arr.shape[-1]) % mult
             t = torch.from_numpy(np.pad(arr, ((0, 0), (0, 0), (0, pad), (0, pad)))).to(dev)
             prob = torch.sigmoid(model(t)).cpu().numpy()[:, 0, :patch, :patch]
             for (iy, ix, _), p in zip(chunk, prob, strict=True):
-                out[iy * core:(iy + 1) * core, ix * core:(ix + 1) * core] = p[overlap:overlap + core,
-                                                                              overlap:overlap + core]
+                out[iy * core : (iy + 1) * core, ix * core : (ix + 1) * core] = p[
+                    overlap : overlap + core, overlap : overlap + core
+                ]
     out = out[:sh, :sw]
     full = ndi.zoom(out, f, order=1, grid_mode=True, mode="nearest")[:h, :w] if f > 1 else out
     return np.clip(full, 0.0, 1.0).astype(np.float32)
 
 
-def detect_beads_unet(image: ArrayLike, model: BeadUNet, *, downsample: int = 2, threshold: float = 0.5,
-                      min_radius: float = 4.0, max_radius: float = 80.0, min_solidity: float = 0.85,
-                      device: str | torch.device | None = None) -> BeadCandidates:
+def detect_beads_unet(
+    image: ArrayLike,
+    model: BeadUNet,
+    *,
+    downsample: int = 2,
+    threshold: float = 0.5,
+    min_radius: float = 4.0,
+    max_radius: float = 80.0,
+    min_solidity: float = 0.85,
+    device: str | torch.device | None = None,
+) -> BeadCandidates:
     """U-Net detector: probability, threshold, distance-transform watershed.
 
     Parameters

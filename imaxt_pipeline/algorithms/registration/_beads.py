@@ -18,8 +18,18 @@ from skimage.feature import peak_local_max
 from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
-__all__ = ["BeadCandidates", "background_stats", "bead_channel_scores", "bead_mask", "bead_threshold",
-           "candidates_from_labels", "detect_beads", "normalise", "pick_bead_channel", "split_beads"]
+__all__ = [
+    "BeadCandidates",
+    "background_stats",
+    "bead_channel_scores",
+    "bead_mask",
+    "bead_threshold",
+    "candidates_from_labels",
+    "detect_beads",
+    "normalise",
+    "pick_bead_channel",
+    "split_beads",
+]
 
 
 @dataclass(frozen=True)
@@ -72,8 +82,9 @@ def background_stats(image: ArrayLike, *, valid: ArrayLike | None = None) -> tup
     return med, max(1.4826 * mad, 1e-6)
 
 
-def bead_threshold(image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
-                   peak: float | None = None) -> float:
+def bead_threshold(
+    image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5, peak: float | None = None
+) -> float:
     """Intensity separating beads from background and tissue.
 
     Beads are uniformly filled discs far brighter than the tissue, so the
@@ -110,8 +121,9 @@ def bead_threshold(image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0,
     return float(level)
 
 
-def bead_mask(image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
-              threshold: float | None = None) -> NDArray[np.bool_]:
+def bead_mask(
+    image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5, threshold: float | None = None
+) -> NDArray[np.bool_]:
     """Pixels above the bead threshold after smoothing.
 
     Parameters
@@ -163,16 +175,17 @@ def split_beads(mask: ArrayLike, *, min_radius: float = 4.0) -> NDArray[np.int32
     comp, _ = ndi.label(fg)
     # scikit-image is untyped
     peaks: NDArray[np.intp] = peak_local_max(  # type: ignore[no-untyped-call]
-        smooth, min_distance=max(int(min_radius), 1), threshold_abs=0.6 * min_radius, labels=comp,
-        exclude_border=False)
+        smooth, min_distance=max(int(min_radius), 1), threshold_abs=0.6 * min_radius, labels=comp, exclude_border=False
+    )
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     split = watershed(-smooth, markers, mask=fg)  # type: ignore[no-untyped-call]  # scikit-image is untyped
     return np.asarray(split, dtype=np.int32)
 
 
-def candidates_from_labels(labels: ArrayLike, *, min_radius: float = 4.0, max_radius: float = 80.0,
-                           min_solidity: float = 0.85) -> BeadCandidates:
+def candidates_from_labels(
+    labels: ArrayLike, *, min_radius: float = 4.0, max_radius: float = 80.0, min_solidity: float = 0.85
+) -> BeadCandidates:
     """Keep round labelled regions within a radius range and relabel them.
 
     Parameters
@@ -202,9 +215,17 @@ def candidates_from_labels(labels: ArrayLike, *, min_radius: float = 4.0, max_ra
     return BeadCandidates(out, np.asarray(centres, float).reshape(-1, 2), np.asarray(radii, float))
 
 
-def detect_beads(image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5,
-                 threshold: float | None = None, min_radius: float = 4.0, max_radius: float = 80.0,
-                 min_solidity: float = 0.85) -> BeadCandidates:
+def detect_beads(
+    image: ArrayLike,
+    *,
+    sigma: float = 2.0,
+    nsigma: float = 5.0,
+    rel: float = 0.5,
+    threshold: float | None = None,
+    min_radius: float = 4.0,
+    max_radius: float = 80.0,
+    min_solidity: float = 0.85,
+) -> BeadCandidates:
     """Classical detector: :func:`bead_mask`, :func:`split_beads`, :func:`candidates_from_labels`.
 
     Parameters
@@ -241,8 +262,9 @@ def detect_beads(image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, r
     return candidates_from_labels(labels, min_radius=min_radius, max_radius=max_radius, min_solidity=min_solidity)
 
 
-def bead_channel_scores(planes: ArrayLike, *, scale: float = 1.0, sigma: float = 1.0, rel: float = 0.5,
-                        min_area: int = 3) -> NDArray[np.float64]:
+def bead_channel_scores(
+    planes: ArrayLike, *, scale: float = 1.0, sigma: float = 1.0, rel: float = 0.5, min_area: int = 3
+) -> NDArray[np.float64]:
     """How bead-like the brightest compact objects of each channel are.
 
     In each channel the objects brighter than half-way to the channel's

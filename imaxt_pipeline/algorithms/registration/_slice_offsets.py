@@ -102,9 +102,16 @@ def track_pairs(track: ArrayLike) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     return np.concatenate(first), np.concatenate(second)
 
 
-def _solve_axis(pos: NDArray[np.float64], sig: NDArray[np.float64], slice_idx: NDArray[np.intp],
-                track: NDArray[np.intp], n_slices: int, ref: int, free_index: NDArray[np.int_], n_free: int
-                ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float]:
+def _solve_axis(
+    pos: NDArray[np.float64],
+    sig: NDArray[np.float64],
+    slice_idx: NDArray[np.intp],
+    track: NDArray[np.intp],
+    n_slices: int,
+    ref: int,
+    free_index: NDArray[np.int_],
+    n_free: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float]:
     """Weighted pairwise solve for one axis; returns offsets, errors, residuals, chi2."""
     w = 1.0 / sig**2
     wsum = np.bincount(track, weights=w)
@@ -150,14 +157,16 @@ def _solve_axis(pos: NDArray[np.float64], sig: NDArray[np.float64], slice_idx: N
     return d, err, resid, chi2
 
 
-def _connected_slices(slice_idx: NDArray[np.intp], track: NDArray[np.intp], n_slices: int, ref: int
-                      ) -> NDArray[np.bool_]:
+def _connected_slices(
+    slice_idx: NDArray[np.intp], track: NDArray[np.intp], n_slices: int, ref: int
+) -> NDArray[np.bool_]:
     """Slices linked to ``ref`` through shared tracks (graph components)."""
     from scipy.sparse.csgraph import connected_components
 
     n_tracks = int(track.max()) + 1 if len(track) else 0
-    g = sparse.coo_matrix((np.ones(len(track)), (slice_idx, n_slices + track)),
-                          shape=(n_slices + n_tracks, n_slices + n_tracks))
+    g = sparse.coo_matrix(
+        (np.ones(len(track)), (slice_idx, n_slices + track)), shape=(n_slices + n_tracks, n_slices + n_tracks)
+    )
     _, comp = connected_components(g, directed=False)
     linked: NDArray[np.bool_] = comp[:n_slices] == comp[ref]
     return linked
@@ -213,8 +222,12 @@ def solve_slice_offsets(
     n = len(sl)
     if len(pos) != n or len(ids) != n:
         raise ValueError(f"slices, yx and bead_id must have the same length, got {n}, {len(pos)}, {len(ids)}")
-    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64).reshape(-1, 1) if np.ndim(sigma) == 1
-                          else np.asarray(sigma, dtype=np.float64), (n, 2)).copy()
+    sig = np.broadcast_to(
+        np.asarray(sigma, dtype=np.float64).reshape(-1, 1)
+        if np.ndim(sigma) == 1
+        else np.asarray(sigma, dtype=np.float64),
+        (n, 2),
+    ).copy()
     sig = np.where(np.isfinite(sig), np.maximum(sig, min_sigma), np.inf)
     uniq = np.unique(sl)
     if n == 0:
@@ -248,8 +261,9 @@ def solve_slice_offsets(
         resid = np.full((n, 2), np.nan)
         chi2 = np.zeros(2)
         for ax in range(2):
-            d, e, r, c2 = _solve_axis(pos[use, ax], sig[use, ax], slice_idx[use], tr, n_slices, ref,
-                                      free_index, int(free.sum()))
+            d, e, r, c2 = _solve_axis(
+                pos[use, ax], sig[use, ax], slice_idx[use], tr, n_slices, ref, free_index, int(free.sum())
+            )
             offsets[connected, ax] = d[connected]
             errors[connected, ax] = e[connected]
             resid[use, ax] = r
@@ -262,8 +276,9 @@ def solve_slice_offsets(
         inlier[use[bad]] = False
     final = np.zeros(n, bool)
     final[use] = True
-    return SliceOffsets(slices=uniq, offsets=offsets, errors=errors, inlier=final, residuals=resid, chi2=chi2,
-                        iterations=it)
+    return SliceOffsets(
+        slices=uniq, offsets=offsets, errors=errors, inlier=final, residuals=resid, chi2=chi2, iterations=it
+    )
 
 
 def canvas_padding(offsets: ArrayLike) -> tuple[NDArray[np.int_], NDArray[np.int_]]:
@@ -288,8 +303,9 @@ def canvas_padding(offsets: ArrayLike) -> tuple[NDArray[np.int_], NDArray[np.int
     return before, after
 
 
-def apply_offset(plane: ArrayLike, offset: ArrayLike, *, pad_before: ArrayLike, out_shape: tuple[int, int],
-                 order: int = 1) -> NDArray[np.float32]:
+def apply_offset(
+    plane: ArrayLike, offset: ArrayLike, *, pad_before: ArrayLike, out_shape: tuple[int, int], order: int = 1
+) -> NDArray[np.float32]:
     """Place one slice on the aligned canvas: pixel (y, x) goes to ``(y - dy, x - dx) + pad_before``.
 
     Parameters
@@ -316,8 +332,10 @@ def apply_offset(plane: ArrayLike, offset: ArrayLike, *, pad_before: ArrayLike, 
     canvas = np.zeros((*data.shape[:-2], *out_shape), np.float32)
     hh, ww = min(h, out_shape[0]), min(w, out_shape[1])
     canvas[..., :hh, :ww] = data[..., :hh, :ww]
-    shift = (0.0,) * (data.ndim - 2) + tuple(float(p) - float(o) for p, o in
-                                             zip(np.ravel(pad_before), np.ravel(offset), strict=True))
-    out: NDArray[np.float32] = ndi.shift(canvas, shift, order=order, mode="grid-constant", cval=0.0,
-                                         prefilter=order > 1)
+    shift = (0.0,) * (data.ndim - 2) + tuple(
+        float(p) - float(o) for p, o in zip(np.ravel(pad_before), np.ravel(offset), strict=True)
+    )
+    out: NDArray[np.float32] = ndi.shift(
+        canvas, shift, order=order, mode="grid-constant", cval=0.0, prefilter=order > 1
+    )
     return out

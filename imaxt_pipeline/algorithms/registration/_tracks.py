@@ -39,8 +39,9 @@ class Matches:
         return len(self.reference_index)
 
 
-def match_points(reference: ArrayLike, moving: ArrayLike, *, radius: float, iterations: int = 3,
-                 shift: ArrayLike | None = None) -> Matches:
+def match_points(
+    reference: ArrayLike, moving: ArrayLike, *, radius: float, iterations: int = 3, shift: ArrayLike | None = None
+) -> Matches:
     """Match two point sets allowing for an unknown common shift.
 
     Parameters
@@ -97,8 +98,9 @@ def match_points(reference: ArrayLike, moving: ArrayLike, *, radius: float, iter
     return result
 
 
-def build_tracks(slices: ArrayLike, yx: ArrayLike, *, radius: float = 20.0, max_gap: int = 1,
-                 min_length: int = 2) -> NDArray[np.int_]:
+def build_tracks(
+    slices: ArrayLike, yx: ArrayLike, *, radius: float = 20.0, max_gap: int = 1, min_length: int = 2
+) -> NDArray[np.int_]:
     """Chain detections of consecutive slices into tracks of one bead each.
 
     Parameters

@@ -11,5 +11,16 @@ from ._cellpose import CellposeSegmenter
 from ._label_merge import LabelMatch, MatchScore, match_labels, merge_tables, object_f1
 from ._watershed import CellGrowth, Segmentation, Segmenter, WatershedSegmenter, plane_thresholds
 
-__all__ = ["CellGrowth", "CellposeSegmenter", "LabelMatch", "MatchScore", "Segmentation", "Segmenter",
-           "WatershedSegmenter", "match_labels", "merge_tables", "object_f1", "plane_thresholds"]
+__all__ = [
+    "CellGrowth",
+    "CellposeSegmenter",
+    "LabelMatch",
+    "MatchScore",
+    "Segmentation",
+    "Segmenter",
+    "WatershedSegmenter",
+    "match_labels",
+    "merge_tables",
+    "object_f1",
+    "plane_thresholds",
+]

@@ -105,18 +105,31 @@ class CellposeSegmenter:
         if planes.ndim != 3:
             raise ValueError(f"image must be (C, H, W), got shape {planes.shape}")
         if self.net is None:
-            raise ValueError(f"no cellpose model bound: use .with_model(imaxt_pipeline.io.weights.cached_model("
-                             f"'cellpose', {self.model!r}))")
+            raise ValueError(
+                f"no cellpose model bound: use .with_model(imaxt_pipeline.io.weights.cached_model("
+                f"'cellpose', {self.model!r}))"
+            )
         torch.set_num_threads(max(1, int(self.threads)))
         normalize: Any = True
         if self.normalize_lowhigh is not None:
             lo, hi = (float(v) for v in self.normalize_lowhigh)
             # cellpose makes two channels from channels=[0, 0]; the second is all zeros and must stay so
             normalize = {"normalize": True, "lowhigh": [[lo, hi], [0.0, 1.0]]}
-        masks, _flows, _styles = self.net.eval(planes[self.nuclear_channel], diameter=self.diameter, channels=[0, 0],
-                                               flow_threshold=self.flow_threshold,
-                                               cellprob_threshold=self.cellprob_threshold, normalize=normalize)
+        masks, _flows, _styles = self.net.eval(
+            planes[self.nuclear_channel],
+            diameter=self.diameter,
+            channels=[0, 0],
+            flow_threshold=self.flow_threshold,
+            cellprob_threshold=self.cellprob_threshold,
+            normalize=normalize,
+        )
         nuclei = np.asarray(masks, np.int32)
-        cells = grow_cells(planes, nuclei, nuclear_channel=self.nuclear_channel, cyto_channel=self.cyto_channel,
-                           sigma=self.sigma, growth=self.growth)
+        cells = grow_cells(
+            planes,
+            nuclei,
+            nuclear_channel=self.nuclear_channel,
+            cyto_channel=self.cyto_channel,
+            sigma=self.sigma,
+            growth=self.growth,
+        )
         return Segmentation(nuclei=nuclei, cells=cells)

@@ -64,8 +64,9 @@ class MatchScore:
         return 2 * tp / max(1, 2 * tp + self.false_positives + self.false_negatives)
 
 
-def iou_pairs(labels_a: ArrayLike, labels_b: ArrayLike
-              ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+def iou_pairs(
+    labels_a: ArrayLike, labels_b: ArrayLike
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
     """IoU of every pair of overlapping non-zero labels.
 
     Parameters
@@ -126,12 +127,17 @@ def object_f1(truth: ArrayLike, predicted: ArrayLike, *, min_iou: float = 0.5) -
     n_true = len(np.unique(true_lab[true_lab > 0]))
     n_pred = len(np.unique(pred_lab[pred_lab > 0]))
     tp = len(m)
-    return MatchScore(true_positives=tp, false_positives=n_pred - tp, false_negatives=n_true - tp,
-                      mean_iou=float(m.iou.mean()) if tp else 0.0)
+    return MatchScore(
+        true_positives=tp,
+        false_positives=n_pred - tp,
+        false_negatives=n_true - tp,
+        mean_iou=float(m.iou.mean()) if tp else 0.0,
+    )
 
 
-def merge_tables(counts: Sequence[int], matches: Iterable[tuple[int, int, LabelMatch]], *,
-                 present: Sequence[ArrayLike] | None = None) -> list[NDArray[np.int64]]:
+def merge_tables(
+    counts: Sequence[int], matches: Iterable[tuple[int, int, LabelMatch]], *, present: Sequence[ArrayLike] | None = None
+) -> list[NDArray[np.int64]]:
     """Global, consecutive labels for per-block labels joined by margin matches.
 
     Parameters
@@ -180,6 +186,6 @@ def merge_tables(counts: Sequence[int], matches: Iterable[tuple[int, int, LabelM
     tables = []
     for k, n in enumerate(sizes):
         t = np.zeros(n + 1, np.int64)
-        t[1:] = glob[offsets[k] + 1: offsets[k] + n + 1]
+        t[1:] = glob[offsets[k] + 1 : offsets[k] + n + 1]
         tables.append(t)
     return tables

@@ -159,8 +159,14 @@ def robust_otsu(smooth: NDArray[np.floating[Any]], *, max_area: int | None = Non
     return _otsu(rest) if rest.size and np.ptp(rest) > 0 else t
 
 
-def plane_thresholds(image: ArrayLike, *, nuclear_channel: int = 0, cyto_channel: int | None = 1,
-                     sigma: float = 1.0, max_area: int | None = None) -> tuple[float, float | None]:
+def plane_thresholds(
+    image: ArrayLike,
+    *,
+    nuclear_channel: int = 0,
+    cyto_channel: int | None = 1,
+    sigma: float = 1.0,
+    max_area: int | None = None,
+) -> tuple[float, float | None]:
     """Otsu thresholds of the smoothed nuclear and combined cell signals.
 
     Blocks of a large plane are segmented independently; computing the
@@ -195,9 +201,15 @@ def plane_thresholds(image: ArrayLike, *, nuclear_channel: int = 0, cyto_channel
     return t_nuc, t_cell
 
 
-def segment_nuclei_watershed(image: ArrayLike, *, sigma: float = 1.0, threshold: float | None = None,
-                             min_distance: int = 3, min_area: int = 12, max_area: int | None = None,
-                             ) -> Labels:
+def segment_nuclei_watershed(
+    image: ArrayLike,
+    *,
+    sigma: float = 1.0,
+    threshold: float | None = None,
+    min_distance: int = 3,
+    min_area: int = 12,
+    max_area: int | None = None,
+) -> Labels:
     """Segment nuclei: smooth, threshold, split touching nuclei by watershed.
 
     Parameters
@@ -242,7 +254,8 @@ def segment_nuclei_watershed(image: ArrayLike, *, sigma: float = 1.0, threshold:
     blobs, n_blobs = ndi.label(mask)
     # one global peak search (per-blob searches are ~10x slower), then a seed for any blob left without one
     peaks: NDArray[np.intp] = peak_local_max(  # type: ignore[no-untyped-call]  # scikit-image is untyped
-        dist, min_distance=max(1, int(min_distance)), threshold_abs=1e-6, exclude_border=False)
+        dist, min_distance=max(1, int(min_distance)), threshold_abs=1e-6, exclude_border=False
+    )
     missing = np.setdiff1d(np.arange(1, n_blobs + 1), blobs[tuple(peaks.T)])
     if len(missing):
         extra = np.array(ndi.maximum_position(dist, blobs, missing), dtype=np.intp).reshape(-1, 2)
@@ -258,8 +271,15 @@ def _watershed(surface: NDArray[np.floating[Any]], markers: NDArray[np.int32], m
     return np.asarray(out, dtype=np.int32)
 
 
-def segment_cells_watershed(nuclear: ArrayLike, cyto: ArrayLike, nuclei: ArrayLike, *, sigma: float = 1.0,
-                            threshold: float | None = None, max_expansion: float = 10.0) -> Labels:
+def segment_cells_watershed(
+    nuclear: ArrayLike,
+    cyto: ArrayLike,
+    nuclei: ArrayLike,
+    *,
+    sigma: float = 1.0,
+    threshold: float | None = None,
+    max_expansion: float = 10.0,
+) -> Labels:
     """Grow whole cells from nuclei by a seeded watershed on nucleus + cytoplasm.
 
     Parameters
@@ -347,16 +367,33 @@ class WatershedSegmenter:
             raise ValueError(f"image must be (C, H, W), got shape {planes.shape}")
         d = self.diameter
         nuclei = segment_nuclei_watershed(
-            planes[self.nuclear_channel], sigma=self.sigma, threshold=self.nuclear_threshold,
-            min_distance=max(2, int(round(d * 0.3))), min_area=max(4, int(np.pi * (d / 4) ** 2)),
-            max_area=int(np.pi * d**2))
-        cells = grow_cells(planes, nuclei, nuclear_channel=self.nuclear_channel, cyto_channel=self.cyto_channel,
-                           sigma=self.sigma, growth=self.growth)
+            planes[self.nuclear_channel],
+            sigma=self.sigma,
+            threshold=self.nuclear_threshold,
+            min_distance=max(2, int(round(d * 0.3))),
+            min_area=max(4, int(np.pi * (d / 4) ** 2)),
+            max_area=int(np.pi * d**2),
+        )
+        cells = grow_cells(
+            planes,
+            nuclei,
+            nuclear_channel=self.nuclear_channel,
+            cyto_channel=self.cyto_channel,
+            sigma=self.sigma,
+            growth=self.growth,
+        )
         return Segmentation(nuclei=nuclei, cells=cells)
 
 
-def grow_cells(image: NDArray[np.float32], nuclei: Labels, *, nuclear_channel: int, cyto_channel: int | None,
-               sigma: float, growth: CellGrowth) -> Labels:
+def grow_cells(
+    image: NDArray[np.float32],
+    nuclei: Labels,
+    *,
+    nuclear_channel: int,
+    cyto_channel: int | None,
+    sigma: float,
+    growth: CellGrowth,
+) -> Labels:
     """Whole cells of a ``(C, H, W)`` image grown from ``nuclei`` (the nuclei themselves without a cytoplasm channel).
 
     Parameters
@@ -378,5 +415,11 @@ def grow_cells(image: NDArray[np.float32], nuclei: Labels, *, nuclear_channel: i
     """
     if cyto_channel is None:
         return nuclei.astype(np.int32, copy=True)
-    return segment_cells_watershed(image[nuclear_channel], image[cyto_channel], nuclei, sigma=sigma,
-                                   threshold=growth.threshold, max_expansion=growth.max_distance_px)
+    return segment_cells_watershed(
+        image[nuclear_channel],
+        image[cyto_channel],
+        nuclei,
+        sigma=sigma,
+        threshold=growth.threshold,
+        max_expansion=growth.max_distance_px,
+    )

@@ -83,9 +83,15 @@ def adjacent_pairs(rows: int, cols: int) -> list[tuple[int, int]]:
     return out
 
 
-def masked_ncc_shift(reference_image: npt.ArrayLike, moving_image: npt.ArrayLike, *, reference_mask: npt.ArrayLike,
-                     moving_mask: npt.ArrayLike, max_shift: int,
-                     min_overlap: float = 0.5) -> tuple[tuple[int, int], float]:
+def masked_ncc_shift(
+    reference_image: npt.ArrayLike,
+    moving_image: npt.ArrayLike,
+    *,
+    reference_mask: npt.ArrayLike,
+    moving_mask: npt.ArrayLike,
+    max_shift: int,
+    min_overlap: float = 0.5,
+) -> tuple[tuple[int, int], float]:
     """Integer shift ``d`` maximising the masked NCC of ``ref(p)`` and ``mov(p - d)``.
 
     Parameters
@@ -144,10 +150,21 @@ def masked_ncc_shift(reference_image: npt.ArrayLike, moving_image: npt.ArrayLike
     return (int(iy) - max_shift, int(ix) - max_shift), float(ncc[iy, ix])
 
 
-def match_pair(reference_tile: npt.ArrayLike, moving_tile: npt.ArrayLike, expected_shift: npt.ArrayLike, *,
-               reference_weights: npt.ArrayLike | None = None, moving_weights: npt.ArrayLike | None = None,
-               reference: int = 0, moving: int = 1, max_shift: int = 15, block_size: int | None = None,
-               min_ncc: float = 0.5, smooth: float = 1.0, sigma_floor: float = 0.05) -> PairMatch:
+def match_pair(
+    reference_tile: npt.ArrayLike,
+    moving_tile: npt.ArrayLike,
+    expected_shift: npt.ArrayLike,
+    *,
+    reference_weights: npt.ArrayLike | None = None,
+    moving_weights: npt.ArrayLike | None = None,
+    reference: int = 0,
+    moving: int = 1,
+    max_shift: int = 15,
+    block_size: int | None = None,
+    min_ncc: float = 0.5,
+    smooth: float = 1.0,
+    sigma_floor: float = 0.05,
+) -> PairMatch:
     """Register two neighbouring tiles and return point correspondences.
 
     Parameters
@@ -197,25 +214,39 @@ def match_pair(reference_tile: npt.ArrayLike, moving_tile: npt.ArrayLike, expect
     xb = (max(0, -e[1] - margin), min(wb_, wa_ - e[1] + margin))
     oa, ob = np.array([ya[0], xa[0]]), np.array([yb[0], xb[0]])
 
-    def strip(tile: npt.ArrayLike, weights: npt.ArrayLike | None, ys: tuple[int, int],
-              xs: tuple[int, int]) -> tuple[_Array, _Array]:
-        img = np.asarray(np.asarray(tile)[ys[0]:ys[1], xs[0]:xs[1]], np.float64)
-        wts = np.ones_like(img) if weights is None else \
-            np.asarray(np.asarray(weights)[ys[0]:ys[1], xs[0]:xs[1]], np.float64)
+    def strip(
+        tile: npt.ArrayLike, weights: npt.ArrayLike | None, ys: tuple[int, int], xs: tuple[int, int]
+    ) -> tuple[_Array, _Array]:
+        img = np.asarray(np.asarray(tile)[ys[0] : ys[1], xs[0] : xs[1]], np.float64)
+        wts = (
+            np.ones_like(img)
+            if weights is None
+            else np.asarray(np.asarray(weights)[ys[0] : ys[1], xs[0] : xs[1]], np.float64)
+        )
         return (ndi.gaussian_filter(img, smooth) if smooth > 0 else img), wts
 
     a, wa = strip(reference_tile, reference_weights, ya, xa)
     b, wb = strip(moving_tile, moving_weights, yb, xb)
     to_strips = ob - oa  # shift in strip coordinates = shift - oa + ob
     block_size = block_size or max(16, min(ha, wa_) // 16)
-    m = _match_strips(a, b, np.asarray(expected) + to_strips, wa, wb, max_shift=max_shift,
-                      block_size=block_size, min_ncc=min_ncc, sigma_floor=sigma_floor)
+    m = _match_strips(
+        a,
+        b,
+        np.asarray(expected) + to_strips,
+        wa,
+        wb,
+        max_shift=max_shift,
+        block_size=block_size,
+        min_ncc=min_ncc,
+        sigma_floor=sigma_floor,
+    )
     if m is None or m.points is None:
         return PairMatch(reference, moving, expected, expected, -1.0 if m is None else m.ncc, False)
     pref, pmov, pw = m.points
     shift = np.asarray(m.shift) - to_strips
-    return PairMatch(reference, moving, expected, (float(shift[0]), float(shift[1])), m.ncc, True, pref + oa,
-                     pmov + ob, pw)
+    return PairMatch(
+        reference, moving, expected, (float(shift[0]), float(shift[1])), m.ncc, True, pref + oa, pmov + ob, pw
+    )
 
 
 @dataclass(frozen=True)
@@ -227,8 +258,18 @@ class _StripMatch:
     points: tuple[_Array, _Array, _Array] | None = None  # points in a, points in b, weights; None: not ok
 
 
-def _match_strips(a: _Array, b: _Array, expected: _Array, wa: _Array, wb: _Array, *, max_shift: int,
-                  block_size: int, min_ncc: float, sigma_floor: float) -> _StripMatch | None:
+def _match_strips(
+    a: _Array,
+    b: _Array,
+    expected: _Array,
+    wa: _Array,
+    wb: _Array,
+    *,
+    max_shift: int,
+    block_size: int,
+    min_ncc: float,
+    sigma_floor: float,
+) -> _StripMatch | None:
     """:func:`match_pair` on smoothed strips; None when the strips cannot overlap."""
     e = np.rint(expected).astype(int)
     h, w = a.shape
@@ -267,10 +308,15 @@ def _match_strips(a: _Array, b: _Array, expected: _Array, wa: _Array, wb: _Array
     box = _overlap_box(shape_a, shape_b, overall.shift)
     # A grid of blocks over the overlap (long seams: one row of blocks; wide overlaps: several),
     # each small enough that the distortion is nearly linear across it.
-    edges = [np.linspace(sl.start, sl.stop, max(1, int(round((sl.stop - sl.start) / block_size))) + 1).astype(int)
-             for sl in box]
-    regions = [(slice(y0, y1), slice(x0, x1)) for y0, y1 in zip(edges[0][:-1], edges[0][1:], strict=True)
-               for x0, x1 in zip(edges[1][:-1], edges[1][1:], strict=True)]
+    edges = [
+        np.linspace(sl.start, sl.stop, max(1, int(round((sl.stop - sl.start) / block_size))) + 1).astype(int)
+        for sl in box
+    ]
+    regions = [
+        (slice(y0, y1), slice(x0, x1))
+        for y0, y1 in zip(edges[0][:-1], edges[0][1:], strict=True)
+        for x0, x1 in zip(edges[1][:-1], edges[1][1:], strict=True)
+    ]
     for est in mov.refine(a, wa, regions, overall.shift, max_step=4.0, tol=1e-2):
         if not est or est.ncc < min_ncc:
             continue
@@ -284,8 +330,9 @@ def _match_strips(a: _Array, b: _Array, expected: _Array, wa: _Array, wb: _Array
     return _StripMatch(overall.ncc, overall.shift, (np.array(pref), np.array(pmov), np.array(pw)))
 
 
-def _overlap_box(shape_a: tuple[int, int], shape_b: tuple[int, int], shift: tuple[float, float],
-                 inset: int = 2) -> tuple[slice, slice]:
+def _overlap_box(
+    shape_a: tuple[int, int], shape_b: tuple[int, int], shift: tuple[float, float], inset: int = 2
+) -> tuple[slice, slice]:
     """Pixels ``p`` of a whose partner ``p - shift`` lies inside b (minus an inset)."""
     sy, sx = shift
     y0 = int(np.ceil(max(0.0, sy) + inset))

@@ -84,14 +84,30 @@ class PositionSolution:
         r = used["residual"].to_numpy(float)
         if r.size == 0:
             return {"n_pairs": int(len(self.pairs)), "n_used": 0, "rejected": self.rejected}
-        return {"n_pairs": int(len(self.pairs)), "n_used": int(len(used)), "rejected": self.rejected,
-                "median_px": float(np.median(r)), "p95_px": float(np.percentile(r, 95)), "max_px": float(r.max())}
+        return {
+            "n_pairs": int(len(self.pairs)),
+            "n_used": int(len(used)),
+            "rejected": self.rejected,
+            "median_px": float(np.median(r)),
+            "p95_px": float(np.percentile(r, 95)),
+            "max_px": float(r.max()),
+        }
 
 
-def solve_positions(matches: Sequence[PairMatch], stage_px: npt.ArrayLike, *, tile_shape: tuple[int, int],
-                    estimate_distortion: bool = True, distortion: DistortionModel | None = None,
-                    fit_magnification: bool = True, prior_sigma_px: float = 5.0, distortion_prior: float = 0.05,
-                    reject_px: float = 1.0, reject_nsigma: float = 4.0, max_rounds: int = 10) -> PositionSolution:
+def solve_positions(
+    matches: Sequence[PairMatch],
+    stage_px: npt.ArrayLike,
+    *,
+    tile_shape: tuple[int, int],
+    estimate_distortion: bool = True,
+    distortion: DistortionModel | None = None,
+    fit_magnification: bool = True,
+    prior_sigma_px: float = 5.0,
+    distortion_prior: float = 0.05,
+    reject_px: float = 1.0,
+    reject_nsigma: float = 4.0,
+    max_rounds: int = 10,
+) -> PositionSolution:
     """Weighted least-squares tile positions with iterative outlier rejection.
 
     Parameters
@@ -146,13 +162,16 @@ def solve_positions(matches: Sequence[PairMatch], stage_px: npt.ArrayLike, *, ti
     active = np.array([m.ok and len(m.point_weights) > 0 for m in matches], bool)
     point_keep = [np.ones(len(m.point_weights), bool) for m in matches]
     rejected = 0
-    problem = _Problem(matches, stage, tile_shape, base, estimate_distortion, fit_mag, prior_sigma_px,
-                       distortion_prior)
+    problem = _Problem(matches, stage, tile_shape, base, estimate_distortion, fit_mag, prior_sigma_px, distortion_prior)
     for _ in range(max_rounds + 1):
         sol = problem.solve(active, point_keep)
         res = sol.residuals
-        norms = np.array([np.hypot(*r[k].mean(axis=0)) if a and k.any() else np.nan
-                          for r, k, a in zip(res, point_keep, active, strict=True)])
+        norms = np.array(
+            [
+                np.hypot(*r[k].mean(axis=0)) if a and k.any() else np.nan
+                for r, k, a in zip(res, point_keep, active, strict=True)
+            ]
+        )
         if np.isfinite(norms).sum() < 2:
             break
         # Scale from the best quarter of pairs (Rayleigh q25 = 0.758 sigma): an outlier in a small
@@ -179,14 +198,25 @@ def solve_positions(matches: Sequence[PairMatch], stage_px: npt.ArrayLike, *, ti
     for i, m in enumerate(matches):
         r, keep_i = sol.residuals[i], point_keep[i]
         meas = np.asarray(m.shift, float)
-        rows.append({"reference": m.reference, "moving": m.moving, "ok": bool(m.ok), "used": bool(active[i]),
-                     "n_points": int(point_keep[i].sum()) if active[i] else 0, "ncc": float(m.ncc),
-                     "expected_dy": m.expected[0], "expected_dx": m.expected[1], "measured_dy": meas[0],
-                     "measured_dx": meas[1], "solved_dy": float(pos[m.moving, 0] - pos[m.reference, 0]),
-                     "solved_dx": float(pos[m.moving, 1] - pos[m.reference, 1]),
-                     "residual_dy": float(r[keep_i, 0].mean()) if keep_i.any() else np.nan,
-                     "residual_dx": float(r[keep_i, 1].mean()) if keep_i.any() else np.nan,
-                     "residual": float(np.hypot(*r[keep_i].mean(axis=0))) if keep_i.any() else np.nan})
+        rows.append(
+            {
+                "reference": m.reference,
+                "moving": m.moving,
+                "ok": bool(m.ok),
+                "used": bool(active[i]),
+                "n_points": int(point_keep[i].sum()) if active[i] else 0,
+                "ncc": float(m.ncc),
+                "expected_dy": m.expected[0],
+                "expected_dx": m.expected[1],
+                "measured_dy": meas[0],
+                "measured_dx": meas[1],
+                "solved_dy": float(pos[m.moving, 0] - pos[m.reference, 0]),
+                "solved_dx": float(pos[m.moving, 1] - pos[m.reference, 1]),
+                "residual_dy": float(r[keep_i, 0].mean()) if keep_i.any() else np.nan,
+                "residual_dx": float(r[keep_i, 1].mean()) if keep_i.any() else np.nan,
+                "residual": float(np.hypot(*r[keep_i].mean(axis=0))) if keep_i.any() else np.nan,
+            }
+        )
     constrained = np.zeros(n_tiles, bool)
     for i, m in enumerate(matches):
         if active[i]:
@@ -232,8 +262,17 @@ class _Problem:
     ``k~`` per axis, then the fitted ``mag`` per axis.
     """
 
-    def __init__(self, matches: list[PairMatch], stage: _Array, tile_shape: tuple[int, int], base: DistortionModel,
-                 fit_k: bool, fit_mag: bool, prior_sigma: float, dist_prior: float) -> None:
+    def __init__(
+        self,
+        matches: list[PairMatch],
+        stage: _Array,
+        tile_shape: tuple[int, int],
+        base: DistortionModel,
+        fit_k: bool,
+        fit_mag: bool,
+        prior_sigma: float,
+        dist_prior: float,
+    ) -> None:
         self.matches, self.tile_shape = matches, tile_shape
         self.n_tiles = int(stage.shape[0])
         self.centre: _Array = stage.mean(axis=0) if self.n_tiles else np.zeros(2)
@@ -248,8 +287,12 @@ class _Problem:
         self.n_unk = n + len(self.k_col) + len(self.mag_col)
         self.w_prior, self.w_coef = 1.0 / prior_sigma**2, 1.0 / dist_prior**2
         # Per match: D(p_b) - D(p_a) per unit k (the cubic columns of the design), y and x.
-        self.dg: list[_Array] = [_cubic_design(m.points_mov, tile_shape) - _cubic_design(m.points_ref, tile_shape)
-                                 if len(m.point_weights) else np.zeros((0, 2)) for m in matches]
+        self.dg: list[_Array] = [
+            _cubic_design(m.points_mov, tile_shape) - _cubic_design(m.points_ref, tile_shape)
+            if len(m.point_weights)
+            else np.zeros((0, 2))
+            for m in matches
+        ]
 
     def _data(self, active: _Mask, point_keep: list[_Mask]) -> tuple[sparse.csr_matrix, _Array, _Array]:
         """Sparse design, right-hand side and weights of the seam equations."""
@@ -307,8 +350,9 @@ class _Problem:
         vals.append(np.ones(n))
         rhs.append(np.zeros(n))
         wts.append(np.full(n, self.w_coef))
-        a = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                              shape=(2 * n_t + n, self.n_unk))
+        a = sparse.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(2 * n_t + n, self.n_unk)
+        )
         return a, np.concatenate(rhs), np.concatenate(wts)
 
     def solve(self, active: _Mask, point_keep: list[_Mask]) -> _Solved:

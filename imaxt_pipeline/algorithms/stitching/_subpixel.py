@@ -40,10 +40,18 @@ class ShiftEstimate:
         return self.converged
 
 
-def refine_shift(reference_image: npt.ArrayLike, moving_image: npt.ArrayLike, shift: tuple[float, float], *,
-                 reference_weights: npt.ArrayLike | None = None, moving_weights: npt.ArrayLike | None = None,
-                 region: tuple[slice, slice] | None = None, iterations: int = 15, tol: float = 1e-3,
-                 max_step: float = 3.0) -> ShiftEstimate:
+def refine_shift(
+    reference_image: npt.ArrayLike,
+    moving_image: npt.ArrayLike,
+    shift: tuple[float, float],
+    *,
+    reference_weights: npt.ArrayLike | None = None,
+    moving_weights: npt.ArrayLike | None = None,
+    region: tuple[slice, slice] | None = None,
+    iterations: int = 15,
+    tol: float = 1e-3,
+    max_step: float = 3.0,
+) -> ShiftEstimate:
     """Sub-pixel shift minimising ``Σ w (ref(p) - g·mov(p - s) - o)^2`` by Gauss-Newton.
 
     ``mov`` is a cubic B-spline; because the region is a rectangle and the
@@ -77,12 +85,17 @@ def refine_shift(reference_image: npt.ArrayLike, moving_image: npt.ArrayLike, sh
     rx0, rx1, _ = region[1].indices(a.shape[1])
     # Only the part of ``mov`` the search can reach is interpolated (with margins for the spline taps).
     m = int(np.ceil(max_step)) + 4
-    window = (int(np.floor(ry0 - shift[0])) - m, int(np.ceil(ry1 - shift[0])) + m,
-              int(np.floor(rx0 - shift[1])) - m, int(np.ceil(rx1 - shift[1])) + m)
+    window = (
+        int(np.floor(ry0 - shift[0])) - m,
+        int(np.ceil(ry1 - shift[0])) + m,
+        int(np.floor(rx0 - shift[1])) - m,
+        int(np.ceil(rx1 - shift[1])) + m,
+    )
     mov = MovingSpline(moving_image, moving_weights, window)
     ref_w = None if reference_weights is None else np.asarray(reference_weights, np.float64)
-    return mov.refine(a, ref_w, [(slice(ry0, ry1), slice(rx0, rx1))], shift, iterations=iterations,
-                      tol=tol, max_step=max_step)[0]
+    return mov.refine(
+        a, ref_w, [(slice(ry0, ry1), slice(rx0, rx1))], shift, iterations=iterations, tol=tol, max_step=max_step
+    )[0]
 
 
 class MovingSpline:
@@ -91,8 +104,7 @@ class MovingSpline:
     Built once per pair and shared by the whole-overlap and the block fits.
     """
 
-    def __init__(self, image: npt.ArrayLike, weights: npt.ArrayLike | None,
-                 window: tuple[int, int, int, int]) -> None:
+    def __init__(self, image: npt.ArrayLike, weights: npt.ArrayLike | None, window: tuple[int, int, int, int]) -> None:
         img = np.asarray(image, np.float64)
         self.shape = img.shape
         self.y0, self.y1, self.x0, self.x1 = window
@@ -100,9 +112,17 @@ class MovingSpline:
         wts = np.ones(img.shape) if weights is None else np.asarray(weights, np.float64)
         self.weights = window_crop(wts, self.y0, self.y1 + 1, self.x0, self.x1 + 1)  # zero outside the tile
 
-    def refine(self, ref: _Array, ref_weights: _Array | None, regions: list[tuple[slice, slice]],
-               start: tuple[float, float], *, iterations: int = 15, tol: float = 1e-3,
-               max_step: float = 3.0) -> list[ShiftEstimate]:
+    def refine(
+        self,
+        ref: _Array,
+        ref_weights: _Array | None,
+        regions: list[tuple[slice, slice]],
+        start: tuple[float, float],
+        *,
+        iterations: int = 15,
+        tol: float = 1e-3,
+        max_step: float = 3.0,
+    ) -> list[ShiftEstimate]:
         """Gauss-Newton of :func:`refine_shift` for several regions of ``ref`` at once.
 
         Each region gets its own shift, gain and offset; all are iterated
@@ -139,16 +159,18 @@ class MovingSpline:
             s[idx] += step[:, :2]
             gain[idx] += step[:, 2]
             offset[idx] += step[:, 3]
-            diverged = ~np.all(np.isfinite(s[idx]), axis=1) | (gain[idx] <= 0) \
+            diverged = (
+                ~np.all(np.isfinite(s[idx]), axis=1)
+                | (gain[idx] <= 0)
                 | (np.max(np.abs(s[idx] - np.asarray(start)), axis=1) > max_step)
+            )
             ok[idx] &= good & ~diverged
             active[idx] = ok[idx] & (np.max(np.abs(step[:, :2]), axis=1) >= tol)
         model = self._sample(refs, wref, origin - s)  # the final linearisation, for every block
         ok &= model.valid
         converged = ok & ~active
         r, hess, _ = _linearise(model, refs, gain, offset)
-        return [self._estimate(i, s[i], model, refs[i], r[i], hess[i], bool(converged[i]), origin[i])
-                for i in range(n)]
+        return [self._estimate(i, s[i], model, refs[i], r[i], hess[i], bool(converged[i]), origin[i]) for i in range(n)]
 
     def _sample(self, refs: _Array, wref: _Array, first: _Array) -> _Samples:
         """Spline value, gradient and combined weight at ``first + (i, j)`` for every block."""
@@ -166,19 +188,21 @@ class MovingSpline:
         wx, dwx = _cubic_weights(tx)
         along_y, d_along_y = _taps(win, wy, ny, 1), _taps(win, dwy, ny, 1)
         value, grad_x, grad_y = _taps(along_y, wx, nx, 2), _taps(along_y, dwx, nx, 2), _taps(d_along_y, wx, nx, 2)
-        lin = self.weights[rows[:, 1:ny + 2, None], cols[:, None, 1:nx + 2]]
+        lin = self.weights[rows[:, 1 : ny + 2, None], cols[:, None, 1 : nx + 2]]
         wlin = _taps(_taps(lin, np.stack([1 - ty, ty], 1), ny, 1), np.stack([1 - tx, tx], 1), nx, 2)
         qy = y0[:, None] + self.y0 + np.arange(ny)  # tile coordinates of the samples
         qx = x0[:, None] + self.x0 + np.arange(nx)
-        inside = (((qy >= 0) & (qy <= self.shape[0] - 1))[:, :, None]
-                  & ((qx >= 0) & (qx <= self.shape[1] - 1))[:, None, :])
+        inside = ((qy >= 0) & (qy <= self.shape[0] - 1))[:, :, None] & ((qx >= 0) & (qx <= self.shape[1] - 1))[
+            :, None, :
+        ]
         weight = wref * wlin * inside * valid[:, None, None]
         valid &= np.count_nonzero(weight.reshape(n, -1), axis=1) >= 32
         return _Samples(value, grad_y, grad_x, weight, valid)
 
     @staticmethod
-    def _estimate(i: int, s: _Array, model: _Samples, ref: _Array, r: _Array, hess: _Array,
-                  converged: bool, origin: _Array) -> ShiftEstimate:
+    def _estimate(
+        i: int, s: _Array, model: _Samples, ref: _Array, r: _Array, hess: _Array, converged: bool, origin: _Array
+    ) -> ShiftEstimate:
         """Shift, its uncertainty (final linearisation) and the NCC of block ``i``."""
         fail = ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
         wt, bq = model.weight[i], model.value[i]
@@ -196,8 +220,14 @@ class MovingSpline:
         # Both tiles' confidences shape the weights (a trimmed border of either tile drops out).
         cy = origin[0] + float(np.sum(wt.sum(axis=1) * np.arange(wt.shape[0]))) / wsum
         cx = origin[1] + float(np.sum(wt.sum(axis=0) * np.arange(wt.shape[1]))) / wsum
-        return ShiftEstimate((float(s[0]), float(s[1])), (float(sig[0]), float(sig[1])), ncc,
-                             int(np.count_nonzero(wt)), converged and bool(np.all(np.isfinite(sig))), (cy, cx))
+        return ShiftEstimate(
+            (float(s[0]), float(s[1])),
+            (float(sig[0]), float(sig[1])),
+            ncc,
+            int(np.count_nonzero(wt)),
+            converged and bool(np.all(np.isfinite(sig))),
+            (cy, cx),
+        )
 
 
 def _linearise(model: _Samples, refs: _Array, gain: _Array, offset: _Array) -> tuple[_Array, _Array, _Array]:
@@ -208,8 +238,9 @@ def _linearise(model: _Samples, refs: _Array, gain: _Array, offset: _Array) -> t
     n = refs.shape[0]
     g = gain[:, None, None]
     r = refs - g * model.value - offset[:, None, None]
-    jac = np.stack([g * model.grad_y, g * model.grad_x, -model.value, -np.ones_like(model.value)],
-                   axis=-1).reshape(n, -1, 4)
+    jac = np.stack([g * model.grad_y, g * model.grad_x, -model.value, -np.ones_like(model.value)], axis=-1).reshape(
+        n, -1, 4
+    )
     jwt = (jac * model.weight.reshape(n, -1, 1)).transpose(0, 2, 1)
     return r, jwt @ jac, (jwt @ r.reshape(n, -1, 1))[..., 0]
 
@@ -264,7 +295,5 @@ def window_crop(image: npt.NDArray[_T], y0: int, y1: int, x0: int, x1: int) -> n
     h, w = image.shape
     sy0, sy1, sx0, sx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
     if sy0 < sy1 and sx0 < sx1:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
     return out
-
-

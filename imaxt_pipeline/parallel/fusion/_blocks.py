@@ -31,9 +31,18 @@ def block_regions(shape: tuple[int, int], block: int) -> list[tuple[int, int, in
     return [(y0, min(y0 + block, h), x0, min(x0 + block, w)) for y0 in range(0, h, block) for x0 in range(0, w, block)]
 
 
-def fuse_block(read_tile: Callable[[int], np.ndarray], write_block: Callable[..., None], positions: np.ndarray,
-               tile_shape: tuple[int, int], region: tuple[int, int, int, int], calibration: Calibration, *,
-               levels: int = 1, feather: float = 0.0, n_channels: int = 1) -> float:
+def fuse_block(
+    read_tile: Callable[[int], np.ndarray],
+    write_block: Callable[..., None],
+    positions: np.ndarray,
+    tile_shape: tuple[int, int],
+    region: tuple[int, int, int, int],
+    calibration: Calibration,
+    *,
+    levels: int = 1,
+    feather: float = 0.0,
+    n_channels: int = 1,
+) -> float:
     """Fuse one block and write all its pyramid levels (the kernel of each task).
 
     ``write_block(level, (y0, y1, x0, x1), image_cyx, weight_yx)`` receives
@@ -41,8 +50,14 @@ def fuse_block(read_tile: Callable[[int], np.ndarray], write_block: Callable[...
     """
     idx = tiles_touching(positions, tile_shape, region, distortion=calibration.distortion)
     weights = calibration.confidence(tile_shape, feather=feather)
-    fused = fuse_region(lambda i: calibration.apply(np.asarray(read_tile(i))), positions, region, indices=idx,
-                        weights=weights, distortion=calibration.distortion)
+    fused = fuse_region(
+        lambda i: calibration.apply(np.asarray(read_tile(i))),
+        positions,
+        region,
+        indices=idx,
+        weights=weights,
+        distortion=calibration.distortion,
+    )
     image, weight = fused.image, fused.weight
     if image.shape[0] == 0:
         image = np.zeros((n_channels, *weight.shape), np.float32)
@@ -55,9 +70,19 @@ def fuse_block(read_tile: Callable[[int], np.ndarray], write_block: Callable[...
     return float(fused.weight.mean())
 
 
-def fuse_blocks(read_tile: Callable[[int], np.ndarray], write_block: Callable[..., None], positions: np.ndarray,
-                tile_shape: tuple[int, int], canvas_shape: tuple[int, int], calibration: Calibration, *,
-                chunk: int, levels: int, feather: float = 0.0, n_channels: int = 1) -> list[Any]:
+def fuse_blocks(
+    read_tile: Callable[[int], np.ndarray],
+    write_block: Callable[..., None],
+    positions: np.ndarray,
+    tile_shape: tuple[int, int],
+    canvas_shape: tuple[int, int],
+    calibration: Calibration,
+    *,
+    chunk: int,
+    levels: int,
+    feather: float = 0.0,
+    n_channels: int = 1,
+) -> list[Any]:
     """Lazy :func:`fuse_block` for every block of one plane.
 
     Parameters
@@ -87,6 +112,9 @@ def fuse_blocks(read_tile: Callable[[int], np.ndarray], write_block: Callable[..
     block = chunk * 2 ** (levels - 1)
     cal = delayed(calibration, pure=False)
     pos = np.asarray(positions, np.float64)
-    return [delayed(fuse_block, pure=False)(read_tile, write_block, pos, tile_shape, region, cal, levels=levels,
-                                            feather=feather, n_channels=n_channels)
-            for region in block_regions(canvas_shape, block)]
+    return [
+        delayed(fuse_block, pure=False)(
+            read_tile, write_block, pos, tile_shape, region, cal, levels=levels, feather=feather, n_channels=n_channels
+        )
+        for region in block_regions(canvas_shape, block)
+    ]

@@ -22,8 +22,14 @@ from ...io.weights import cached_model
 __all__ = ["find_beads"]
 
 
-def _find_block(region: np.ndarray, *, detector: str = "classical", model_source: str | None = None,
-                device: str | None = None, **options: Any) -> pd.DataFrame:
+def _find_block(
+    region: np.ndarray,
+    *,
+    detector: str = "classical",
+    model_source: str | None = None,
+    device: str | None = None,
+    **options: Any,
+) -> pd.DataFrame:
     """One block's task: the U-Net (loaded once per worker process) if asked for, then the numpy kernel."""
     if detector == "unet":
         model, config = cached_model("bead_unet", model_source, device=device)
@@ -74,7 +80,7 @@ def find_beads(image: Any, *, block: int = 1024, depth: int | None = None, **opt
         for x0 in range(0, w, block):
             y1, x1 = min(y0 + block, h), min(x0 + block, w)
             ry0, rx0 = max(y0 - depth, 0), max(x0 - depth, 0)
-            region = image[ry0:min(y1 + depth, h), rx0:min(x1 + depth, w)]
+            region = image[ry0 : min(y1 + depth, h), rx0 : min(x1 + depth, w)]
             parts.append(kernel(region, origin=(ry0, rx0), core=(y0, y1, x0, x1), **options))
     return dask.delayed(_concat)(parts)
 

@@ -34,12 +34,18 @@ def _window(arr: Any, axis: int, start: int, length: int) -> Any:
 def _frac_shift(block: np.ndarray, *, shift: tuple[float, ...], order: int) -> np.ndarray:
     from scipy import ndimage as ndi
 
-    return ndi.shift(block.astype(np.float32), shift, order=order, mode="grid-constant", cval=0.0,
-                     prefilter=order > 1)
+    return ndi.shift(block.astype(np.float32), shift, order=order, mode="grid-constant", cval=0.0, prefilter=order > 1)
 
 
-def align_plane(plane: Any, offset: np.ndarray, *, pad_before: np.ndarray, out_shape: tuple[int, int],
-                order: int = 1, chunks: tuple[int, int] = (512, 512)) -> Any:
+def align_plane(
+    plane: Any,
+    offset: np.ndarray,
+    *,
+    pad_before: np.ndarray,
+    out_shape: tuple[int, int],
+    order: int = 1,
+    chunks: tuple[int, int] = (512, 512),
+) -> Any:
     """Lazily move one (c, y, x) plane onto the aligned canvas.
 
     Parameters
@@ -71,13 +77,27 @@ def align_plane(plane: Any, offset: np.ndarray, *, pad_before: np.ndarray, out_s
     out = out.rechunk((1, *chunks))
     if np.any(ft > 1e-9):
         depth = {0: 0, 1: order + 2, 2: order + 2}
-        out = out.map_overlap(_frac_shift, depth=depth, boundary=0, dtype=np.float32,
-                              meta=np.empty((0, 0, 0), np.float32), shift=(0.0, -ft[0], -ft[1]), order=order)
+        out = out.map_overlap(
+            _frac_shift,
+            depth=depth,
+            boundary=0,
+            dtype=np.float32,
+            meta=np.empty((0, 0, 0), np.float32),
+            shift=(0.0, -ft[0], -ft[1]),
+            order=order,
+        )
     return out[:, : out_shape[0], : out_shape[1]]
 
 
-def align_stack(stack: Any, offsets: np.ndarray, *, pad_before: np.ndarray, out_shape: tuple[int, int],
-                order: int = 1, chunks: tuple[int, int] = (512, 512)) -> Any:
+def align_stack(
+    stack: Any,
+    offsets: np.ndarray,
+    *,
+    pad_before: np.ndarray,
+    out_shape: tuple[int, int],
+    order: int = 1,
+    chunks: tuple[int, int] = (512, 512),
+) -> Any:
     """Lazily align every plane of a (c, z, y, x) stack (see :func:`align_plane`).
 
     Parameters
@@ -102,8 +122,11 @@ def align_stack(stack: Any, offsets: np.ndarray, *, pad_before: np.ndarray, out_
 
     offsets = np.asarray(offsets, dtype=np.float64).reshape(-1, 2)
     if stack.ndim != 4 or len(offsets) != stack.shape[1]:
-        raise ValueError(f"need a (c, z, y, x) stack and one offset per plane, got {stack.shape} and "
-                         f"{len(offsets)} offsets")
-    planes = [align_plane(stack[:, z], offsets[z], pad_before=pad_before, out_shape=out_shape, order=order,
-                          chunks=chunks) for z in range(stack.shape[1])]
+        raise ValueError(
+            f"need a (c, z, y, x) stack and one offset per plane, got {stack.shape} and {len(offsets)} offsets"
+        )
+    planes = [
+        align_plane(stack[:, z], offsets[z], pad_before=pad_before, out_shape=out_shape, order=order, chunks=chunks)
+        for z in range(stack.shape[1])
+    ]
     return da.stack(planes, axis=1)

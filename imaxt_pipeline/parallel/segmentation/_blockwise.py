@@ -93,8 +93,15 @@ def block_grid(shape: tuple[int, int], *, block: int | tuple[int, int], overlap:
     return BlockGrid(shape=(h, w), cores=cores, windows=windows, grid=(len(ys), len(xs)))
 
 
-def segment_blockwise(image: Any, segmenter: Segmenter, *, block: int | tuple[int, int] = 1024,
-                      overlap: int | None = None, min_iou: float = 0.5, gpu_resource: bool = False) -> da.Array:
+def segment_blockwise(
+    image: Any,
+    segmenter: Segmenter,
+    *,
+    block: int | tuple[int, int] = 1024,
+    overlap: int | None = None,
+    min_iou: float = 0.5,
+    gpu_resource: bool = False,
+) -> da.Array:
     """Segment a ``(C, H, W)`` plane block by block into global nucleus and cell labels.
 
     Parameters
@@ -145,15 +152,17 @@ def segment_blockwise(image: Any, segmenter: Segmenter, *, block: int | tuple[in
         with dask.annotate(**annotations):
             key = f"segment-block-{_token(image, segmenter, grid, k)}"
             segs.append(dask.delayed(_segment_window, pure=True)(window, segmenter, dask_key_name=key))
-    matches = [dask.delayed(_match_pair)(segs[k], segs[l_], grid.windows[k], grid.windows[l_], k, l_, min_iou)
-               for k, l_ in grid.neighbours()]
+    matches = [
+        dask.delayed(_match_pair)(segs[k], segs[l_], grid.windows[k], grid.windows[l_], k, l_, min_iou)
+        for k, l_ in grid.neighbours()
+    ]
     summaries = [dask.delayed(_summary)(segs[k], grid.windows[k], grid.cores[k]) for k in range(len(segs))]
     tables = dask.delayed(_tables)(summaries, matches)
     blocks = []
     for k, core in enumerate(grid.cores):
         out = dask.delayed(_apply)(segs[k], tables, k, grid.windows[k], core)
         blocks.append(da.from_delayed(out, shape=(2, core[1] - core[0], core[3] - core[2]), dtype=np.int32))
-    rows = [blocks[r * grid.grid[1]:(r + 1) * grid.grid[1]] for r in range(grid.grid[0])]
+    rows = [blocks[r * grid.grid[1] : (r + 1) * grid.grid[1]] for r in range(grid.grid[0])]
     return da.block(rows)
 
 
@@ -174,11 +183,18 @@ def _intersection(wa: tuple[int, ...], wb: tuple[int, ...]) -> tuple[int, int, i
 
 def _crop(seg: np.ndarray, window: tuple[int, ...], region: tuple[int, ...]) -> np.ndarray:
     y0, y1, x0, x1 = region
-    return seg[..., y0 - window[0]:y1 - window[0], x0 - window[2]:x1 - window[2]]
+    return seg[..., y0 - window[0] : y1 - window[0], x0 - window[2] : x1 - window[2]]
 
 
-def _match_pair(seg_k: np.ndarray, seg_l: np.ndarray, win_k: tuple[int, ...], win_l: tuple[int, ...], k: int,
-                l_: int, min_iou: float) -> tuple[int, int, LabelMatch]:
+def _match_pair(
+    seg_k: np.ndarray,
+    seg_l: np.ndarray,
+    win_k: tuple[int, ...],
+    win_l: tuple[int, ...],
+    k: int,
+    l_: int,
+    min_iou: float,
+) -> tuple[int, int, LabelMatch]:
     region = _intersection(win_k, win_l)
     return k, l_, match_labels(_crop(seg_k[0], win_k, region), _crop(seg_l[0], win_l, region), min_iou=min_iou)
 
@@ -189,8 +205,7 @@ def _summary(seg: np.ndarray, window: tuple[int, ...], core: tuple[int, ...]) ->
     return int(max(seg[0].max(initial=0), seg[1].max(initial=0))), present
 
 
-def _tables(summaries: list[tuple[int, np.ndarray]], matches: list[tuple[int, int, LabelMatch]]
-            ) -> list[np.ndarray]:
+def _tables(summaries: list[tuple[int, np.ndarray]], matches: list[tuple[int, int, LabelMatch]]) -> list[np.ndarray]:
     counts = [s[0] for s in summaries]
     tables = merge_tables(counts, matches, present=[s[1] for s in summaries])
     if sum(int(t.max(initial=0) > np.iinfo(np.int32).max) for t in tables):
@@ -198,6 +213,7 @@ def _tables(summaries: list[tuple[int, np.ndarray]], matches: list[tuple[int, in
     return tables
 
 
-def _apply(seg: np.ndarray, tables: list[np.ndarray], k: int, window: tuple[int, ...], core: tuple[int, ...]
-           ) -> np.ndarray:
+def _apply(
+    seg: np.ndarray, tables: list[np.ndarray], k: int, window: tuple[int, ...], core: tuple[int, ...]
+) -> np.ndarray:
     return tables[k][_crop(seg, window, core)].astype(np.int32)

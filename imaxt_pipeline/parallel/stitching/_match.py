@@ -20,9 +20,16 @@ from ...algorithms.stitching import PairMatch, match_pair
 __all__ = ["match_pairs", "match_tiles"]
 
 
-def match_tiles(read_tile: Callable[[int], np.ndarray], reference: int, moving: int,
-                expected_shift: tuple[float, float], calibration: Calibration, *, index_offset: int = 0,
-                **match_kwargs: Any) -> PairMatch:
+def match_tiles(
+    read_tile: Callable[[int], np.ndarray],
+    reference: int,
+    moving: int,
+    expected_shift: tuple[float, float],
+    calibration: Calibration,
+    *,
+    index_offset: int = 0,
+    **match_kwargs: Any,
+) -> PairMatch:
     """Read, calibrate and register one pair (the kernel each task runs).
 
     ``read_tile(i)`` returns the raw ``(C, H, W)`` tile ``i``; channels are
@@ -36,12 +43,27 @@ def match_tiles(read_tile: Callable[[int], np.ndarray], reference: int, moving: 
         scale = np.maximum(np.median(cal[:, ::4, ::4].reshape(cal.shape[0], -1), axis=1), 1e-3)
         imgs.append(np.sum(cal / scale[:, None, None], axis=0))
     conf = calibration.confidence(imgs[0].shape)
-    return match_pair(imgs[0], imgs[1], expected_shift, reference_weights=conf, moving_weights=conf,
-                      reference=reference + index_offset, moving=moving + index_offset, **match_kwargs)
+    return match_pair(
+        imgs[0],
+        imgs[1],
+        expected_shift,
+        reference_weights=conf,
+        moving_weights=conf,
+        reference=reference + index_offset,
+        moving=moving + index_offset,
+        **match_kwargs,
+    )
 
 
-def match_pairs(read_tile: Callable[[int], np.ndarray], pairs: Sequence[tuple[int, int]], stage_px: np.ndarray,
-                calibration: Calibration, *, index_offset: int = 0, **match_kwargs: Any) -> list[Any]:
+def match_pairs(
+    read_tile: Callable[[int], np.ndarray],
+    pairs: Sequence[tuple[int, int]],
+    stage_px: np.ndarray,
+    calibration: Calibration,
+    *,
+    index_offset: int = 0,
+    **match_kwargs: Any,
+) -> list[Any]:
     """Lazy :func:`match_tiles` for every pair; compute them with ``client.compute``.
 
     Parameters
@@ -69,6 +91,7 @@ def match_pairs(read_tile: Callable[[int], np.ndarray], pairs: Sequence[tuple[in
     out = []
     for a, b in pairs:
         exp = (float(stage[b, 0] - stage[a, 0]), float(stage[b, 1] - stage[a, 1]))
-        out.append(delayed(match_tiles, pure=False)(read_tile, a, b, exp, cal, index_offset=index_offset,
-                                                   **match_kwargs))
+        out.append(
+            delayed(match_tiles, pure=False)(read_tile, a, b, exp, cal, index_offset=index_offset, **match_kwargs)
+        )
     return out

@@ -36,7 +36,8 @@ def test_separable_surface_equals_basis_times_coefficients(kind, constant):
     v, u = tile_coordinates(np.arange(shape[0]), np.arange(shape[1]), shape)
     coef = np.random.default_rng(1).normal(size=len(polynomial_terms(3, constant=constant)))
     full = polynomial_basis(v[:, None], u[None, :], 3, kind=kind, constant=constant) @ coef
-    np.testing.assert_allclose(polynomial_surface(coef, v, u, 3, kind=kind, constant=constant), full, rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        polynomial_surface(coef, v, u, 3, kind=kind, constant=constant), full, rtol=1e-12, atol=1e-12
+    )
     with pytest.raises(ValueError, match="coefficients"):
         polynomial_surface(coef[:-1], v, u, 3, kind=kind, constant=constant)

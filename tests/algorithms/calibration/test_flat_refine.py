@@ -24,8 +24,13 @@ from imaxt_pipeline.parallel.stitching import match_tiles
 from imaxt_pipeline.testing import band_error as _band_error
 from imaxt_pipeline.testing import one_slice_grid
 
-CASES = {"seed0": {"seed": 0}, "seed1": {"seed": 1}, "seed2": {"seed": 2},
-         "empty": {"seed": 3, "empty_fraction": 0.4}, "demo-tiles": {"seed": 0, "tile_shape": (512, 512)}}
+CASES = {
+    "seed0": {"seed": 0},
+    "seed1": {"seed": 1},
+    "seed2": {"seed": 2},
+    "empty": {"seed": 3, "empty_fraction": 0.4},
+    "demo-tiles": {"seed": 0, "tile_shape": (512, 512)},
+}
 PAIRS = adjacent_pairs(3, 3)
 
 
@@ -54,8 +59,10 @@ def test_refined_flat_halves_seam_mismatch(sample, frame):
     raw = tiles.astype(np.float32) - truth.dark
     same, before, after = mismatch(raw), mismatch(corrected), mismatch(corrected / gain)
     err0, err1 = (_band_error(f, truth.flat, p) for f in (cal.flat[0], cal.flat[0] * gain))
-    print(f"\n{name} ({frame} positions): mismatch / raw on the same pixels {before / same:.3f} -> "
-          f"{after / same:.3f}; flat error in the seam bands {err0:.4f} -> {err1:.4f}")
+    print(
+        f"\n{name} ({frame} positions): mismatch / raw on the same pixels {before / same:.3f} -> "
+        f"{after / same:.3f}; flat error in the seam bands {err0:.4f} -> {err1:.4f}"
+    )
     assert after <= 0.5 * same, (before / same, after / same)
     assert after < before
     assert err1 < 0.5 * err0, (err0, err1)
@@ -79,8 +86,13 @@ def _grid_tiles(gain, *, channels=(1.0,), seed=1):
 def _known_gain(shape):
     v, u = (np.linspace(-1, 1, n) for n in shape)
     p2v, p2u, p3u = legendre.legval(v, [0, 0, 1]), legendre.legval(u, [0, 0, 1]), legendre.legval(u, [0, 0, 0, 1])
-    log_g = (0.03 * p2v[:, None] + 0.02 * u[None, :] + 0.015 * np.outer(v, u) - 0.01 * p3u[None, :]
-             + 0.01 * np.outer(p2v, p2u))  # up to degree 4, about -3 .. +7 %
+    log_g = (
+        0.03 * p2v[:, None]
+        + 0.02 * u[None, :]
+        + 0.015 * np.outer(v, u)
+        - 0.01 * p3u[None, :]
+        + 0.01 * np.outer(p2v, p2u)
+    )  # up to degree 4, about -3 .. +7 %
     g = np.exp(log_g)
     return g / g.mean()
 

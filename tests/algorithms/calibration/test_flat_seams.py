@@ -28,8 +28,13 @@ from imaxt_pipeline.algorithms.calibration import estimate_calibration, overlap_
 from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
 from imaxt_pipeline.testing._grids import one_slice_grid
 
-CASES = {"seed0": dict(seed=0), "seed1": dict(seed=1), "seed2": dict(seed=2),
-         "empty": dict(seed=3, empty_fraction=0.4), "demo-tiles": dict(seed=0, tile_shape=(512, 512))}
+CASES = {
+    "seed0": dict(seed=0),
+    "seed1": dict(seed=1),
+    "seed2": dict(seed=2),
+    "empty": dict(seed=3, empty_fraction=0.4),
+    "demo-tiles": dict(seed=0, tile_shape=(512, 512)),
+}
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -53,8 +58,10 @@ def test_estimated_calibration_halves_seam_mismatch(sample):
     before, after = mismatch(raw), mismatch(cal.apply(tiles), conf)
     ideal = mismatch((raw - truth.stray) / truth.flat)
     same = mismatch(raw, conf)  # raw on the pixels the calibrated mosaic keeps
-    print(f"\n{name}: mismatch raw {before:.4f} (trimmed pixels {same:.4f}) estimated {after:.4f} "
-          f"true {ideal:.4f}; dark {np.round(cal.dark, 1)} (truth {truth.dark}); estimate {seconds:.2f} s")
+    print(
+        f"\n{name}: mismatch raw {before:.4f} (trimmed pixels {same:.4f}) estimated {after:.4f} "
+        f"true {ideal:.4f}; dark {np.round(cal.dark, 1)} (truth {truth.dark}); estimate {seconds:.2f} s"
+    )
     assert ideal < 0.01  # the measure sees intensity only: true calibration, seams agree
     assert ideal <= 0.5 * before
     assert after <= 0.5 * before, (before, after)

@@ -48,7 +48,7 @@ def test_tile_model_recovers_dark_flat_stray():
     x = m.trim.left
     assert x >= 3 and x == max(m.trim.as_dict().values())
     assert np.median(m.stray[:, x]) == pytest.approx(stray[0, x], rel=0.35)
-    assert np.abs(m.stray[:, 3 * TILE // 4:]).max() < 10  # little at the far side (agarose: 50)
+    assert np.abs(m.stray[:, 3 * TILE // 4 :]).max() < 10  # little at the far side (agarose: 50)
 
 
 def test_shared_flat_across_channels():
@@ -85,7 +85,7 @@ def test_trim_and_confidence():
     trim = estimate_tile_model(raw).trim
     assert trim.top >= 3 and trim.top == max(trim.as_dict().values())
     conf = confidence_map((100, 100), trim=Trim(top=trim.top))
-    assert conf[: trim.top].max() == 0 and conf[trim.top:].min() == 1
+    assert conf[: trim.top].max() == 0 and conf[trim.top :].min() == 1
     feathered = confidence_map((100, 100), trim=Trim(left=5), feather=10)
     assert feathered[50, 4] == 0 and 0 < feathered[50, 8] < 1 and feathered[50, 50] == 1
 

@@ -46,11 +46,11 @@ def test_weights_zero_excluded_and_mean_in_overlap():
     w = np.ones((20, 20), np.float32)
     w[:, :5] = 0  # trimmed left border: b's left columns must not contribute
     out = fuse_region([a, b], np.array([[0.0, 0.0], [0.0, 10.0]]), (0, 20, 0, 30), weights=w)
-    assert np.allclose(out.image[0, :, 10:15], 10.0)          # b trimmed there
-    assert np.allclose(out.image[0, :, 15:20], 20.0)          # both, equal weight
+    assert np.allclose(out.image[0, :, 10:15], 10.0)  # b trimmed there
+    assert np.allclose(out.image[0, :, 15:20], 20.0)  # both, equal weight
     assert np.allclose(out.image[0, :, 20:30], 30.0)
     assert out.weight[:, 15:20].min() == pytest.approx(2.0)
-    assert out.weight[:, :5].max() == 0.0                     # a's own trim
+    assert out.weight[:, :5].max() == 0.0  # a's own trim
 
 
 def test_tiles_touching_selects_only_neighbours():
@@ -90,18 +90,33 @@ def test_blockwise_dask_fusion_equals_numpy(dask_client, tmp_path):
     canvas = (270, 270)
     store = zarr.open_group(str(tmp_path / "out.zarr"), mode="w")
     for level in range(2):
-        store.create_array(f"img{level}", shape=(1, -(-270 // 2**level), -(-270 // 2**level)),
-                           chunks=(1, 32, 32), dtype="float32", fill_value=0)
-        store.create_array(f"w{level}", shape=(-(-270 // 2**level),) * 2, chunks=(32, 32), dtype="float32",
-                           fill_value=0)
+        store.create_array(
+            f"img{level}",
+            shape=(1, -(-270 // 2**level), -(-270 // 2**level)),
+            chunks=(1, 32, 32),
+            dtype="float32",
+            fill_value=0,
+        )
+        store.create_array(
+            f"w{level}", shape=(-(-270 // 2**level),) * 2, chunks=(32, 32), dtype="float32", fill_value=0
+        )
     from functools import partial
 
-    lazy = fuse_blocks(partial(_read, str(tmp_path / "tiles.npy")), partial(_write, str(tmp_path / "out.zarr")),
-                       positions, (96, 96), canvas, cal, chunk=32, levels=2)
+    lazy = fuse_blocks(
+        partial(_read, str(tmp_path / "tiles.npy")),
+        partial(_write, str(tmp_path / "out.zarr")),
+        positions,
+        (96, 96),
+        canvas,
+        cal,
+        chunk=32,
+        levels=2,
+    )
     assert len(lazy) == len(block_regions(canvas, 64))
     dask_client.gather(dask_client.compute(lazy))
-    ref = fuse_region([cal.apply(tiles[:, i]) for i in range(9)], positions, (0, 270, 0, 270),
-                      weights=cal.confidence((96, 96)))
+    ref = fuse_region(
+        [cal.apply(tiles[:, i]) for i in range(9)], positions, (0, 270, 0, 270), weights=cal.confidence((96, 96))
+    )
     got = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     np.testing.assert_allclose(got["img0"][...], ref.image, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(got["w0"][...], ref.weight, rtol=1e-6)

@@ -19,7 +19,7 @@ def test_crops_are_centred_and_zero_outside_the_mask():
     assert crops.shape == (len(labels), 2, 24, 24) and crops.dtype == image.dtype
     for crop, (cy, cx), lab in zip(crops, centroids, labels, strict=True):
         y0, x0 = int(round(cy)) - 12, int(round(cx)) - 12
-        yy, xx = np.mgrid[y0:y0 + 24, x0:x0 + 24]
+        yy, xx = np.mgrid[y0 : y0 + 24, x0 : x0 + 24]
         inside = (yy >= 0) & (yy < 128) & (xx >= 0) & (xx < 128)
         mask = np.zeros((24, 24), bool)
         mask[inside] = nuclei[yy[inside], xx[inside]] == lab

@@ -53,9 +53,18 @@ def test_cell_catalogue_units_matching_and_nucleus_columns(sample):
     image, nuclei, cells = sample
     cells = cells.copy()
     free = np.argwhere(np.lib.stride_tricks.sliding_window_view(cells, (4, 4)).max(axis=(2, 3)) == 0)[0]
-    cells[free[0]:free[0] + 4, free[1]:free[1] + 4] = cells.max() + 1  # a cell without nucleus, on background
-    cat, nuc = cell_catalogue(cells, nuclei, image, channel_names=["nuc", "cyto"], pixel_size_um=0.5, z_um=30.0,
-                              slice_index=2, plane=4, offset_yx=(100, 200))
+    cells[free[0] : free[0] + 4, free[1] : free[1] + 4] = cells.max() + 1  # a cell without nucleus, on background
+    cat, nuc = cell_catalogue(
+        cells,
+        nuclei,
+        image,
+        channel_names=["nuc", "cyto"],
+        pixel_size_um=0.5,
+        z_um=30.0,
+        slice_index=2,
+        plane=4,
+        offset_yx=(100, 200),
+    )
     assert len(cat) == len(np.unique(cells)) - 1 and len(nuc) == len(np.unique(nuclei)) - 1
     assert (cat["slice"] == 2).all() and (cat["plane"] == 4).all() and (cat["centroid_z_um"] == 30.0).all()
     np.testing.assert_allclose(cat["centroid_x_um"], cat["centroid_x_px"] * 0.5)
@@ -78,5 +87,6 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="image must be"):
         region_features(np.zeros((4, 4), int), np.zeros((2, 4, 5)), channel_names=["a", "b"])
     with pytest.raises(ValueError, match="pixel_size_um"):
-        cell_catalogue(np.zeros((4, 4), int), np.zeros((4, 4), int), np.zeros((1, 4, 4)), channel_names=["a"],
-                       pixel_size_um=0)
+        cell_catalogue(
+            np.zeros((4, 4), int), np.zeros((4, 4), int), np.zeros((1, 4, 4)), channel_names=["a"], pixel_size_um=0
+        )

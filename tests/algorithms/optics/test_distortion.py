@@ -42,11 +42,14 @@ def test_undistort_round_trip():
 def test_fit_distortion_from_high_overlap_calibration():
     model = DistortionModel(k_y=0.004, k_x=0.007)
     tiles, true, stage = grid_tiles(11, rows=3, cols=3, tile=160, overlap=0.4, model=model, stage_err=0.5)
-    matches = [match_pair(tiles[a], tiles[b], stage[b] - stage[a], reference=a, moving=b, max_shift=6, block_size=24)
-               for a, b in adjacent_pairs(3, 3)]
+    matches = [
+        match_pair(tiles[a], tiles[b], stage[b] - stage[a], reference=a, moving=b, max_shift=6, block_size=24)
+        for a, b in adjacent_pairs(3, 3)
+    ]
     # The solver the stitch step runs (the positions it solves too are not looked at here).
-    fitted = solve_positions(matches, stage, tile_shape=(160, 160), estimate_distortion=True,
-                             fit_magnification=False, prior_sigma_px=5.0).distortion
+    fitted = solve_positions(
+        matches, stage, tile_shape=(160, 160), estimate_distortion=True, fit_magnification=False, prior_sigma_px=5.0
+    ).distortion
     assert fitted.k_x == pytest.approx(model.k_x, abs=1e-3)
     assert fitted.k_y == pytest.approx(model.k_y, abs=1e-3)
 

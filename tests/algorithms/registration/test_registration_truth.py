@@ -19,8 +19,9 @@ from imaxt_pipeline.synth import SynthParams, synthesize
 
 @pytest.fixture(scope="module")
 def registered():
-    truth = synthesize(tempfile.mkdtemp(), SynthParams(slices=6, rows=2, cols=2, tile_shape=(256, 256),
-                                                       tissue_fraction=0.35, seed=5))
+    truth = synthesize(
+        tempfile.mkdtemp(), SynthParams(slices=6, rows=2, cols=2, tile_shape=(256, 256), tissue_fraction=0.35, seed=5)
+    )
     rng = np.random.default_rng(5)
     planes = rng.poisson(np.clip(truth.clean[:, 1], 0, None)) + rng.normal(0, 5.0, truth.clean[:, 1].shape)
     tables = []

@@ -28,8 +28,9 @@ def test_shipped_model_loads_through_cellpose_model_api():
     assert float(model.diam_mean) == pytest.approx(10.0)  # read from the weights file, not the default 30
     assert 8.0 < float(model.diam_labels) < 13.0  # mean training nucleus diameter
     state = torch.load(SHIPPED_MODEL, map_location="cpu", weights_only=True)
-    np.testing.assert_allclose(model.net.state_dict()["output.2.weight"].numpy(),
-                               state["output.2.weight"].float().numpy())
+    np.testing.assert_allclose(
+        model.net.state_dict()["output.2.weight"].numpy(), state["output.2.weight"].float().numpy()
+    )
 
 
 def test_resolve_model_names_and_errors(tmp_path):

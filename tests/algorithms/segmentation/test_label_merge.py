@@ -53,15 +53,18 @@ def test_object_f1_counts_missing_and_extra_objects():
     n = len(np.unique(nuclei)) - 1
     assert score.false_negatives >= 3 and score.false_positives >= 1
     assert score.true_positives + score.false_negatives == n
-    assert score.f1 == pytest.approx(2 * score.true_positives / (2 * score.true_positives + score.false_positives
-                                                                 + score.false_negatives))
+    assert score.f1 == pytest.approx(
+        2 * score.true_positives / (2 * score.true_positives + score.false_positives + score.false_negatives)
+    )
     assert object_f1(nuclei, nuclei).f1 == 1.0
 
 
 def test_merge_tables_joins_chains_and_numbers_consecutively():
     # block 0 labels 1..3, block 1 labels 1..2, block 2 labels 1..2
-    matches = [(0, 1, LabelMatch(np.array([3]), np.array([1]), np.array([0.9]))),
-               (1, 2, LabelMatch(np.array([1]), np.array([2]), np.array([0.8])))]
+    matches = [
+        (0, 1, LabelMatch(np.array([3]), np.array([1]), np.array([0.9]))),
+        (1, 2, LabelMatch(np.array([1]), np.array([2]), np.array([0.8]))),
+    ]
     tables = merge_tables([3, 2, 2], matches)
     assert tables[0][3] == tables[1][1] == tables[2][2]
     everything = np.concatenate([t[1:] for t in tables])
@@ -92,7 +95,7 @@ def test_block_grid_covers_plane_once():
 
 
 def _disk_image(shape, centres, radius):
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
     img = np.full(shape, 0.05, np.float32)
     truth = np.zeros(shape, np.int32)
     for i, (cy, cx) in enumerate(centres, 1):
@@ -146,9 +149,13 @@ def test_gpu_tasks_run_only_on_gpu_workers():
     image, _, _ = two_channel_sample((160, 160), seed=7)
     seg = WatershedSegmenter(nuclear_threshold=0.4, growth=CellGrowth(threshold=0.25))
     lab = segment_blockwise(image, seg, block=64, gpu_resource=True)
-    workers = {"gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}, "memory_limit": "1GiB",
-                                                 "dashboard": False}},
-               "cpu": {"cls": Nanny, "options": {"nthreads": 1, "memory_limit": "1GiB", "dashboard": False}}}
+    workers = {
+        "gpu": {
+            "cls": Nanny,
+            "options": {"nthreads": 1, "resources": {"GPU": 1}, "memory_limit": "1GiB", "dashboard": False},
+        },
+        "cpu": {"cls": Nanny, "options": {"nthreads": 1, "memory_limit": "1GiB", "dashboard": False}},
+    }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}  # None would mean port 8787
     with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)

@@ -28,8 +28,9 @@ def test_masked_ncc_finds_integer_shift_despite_mask(dtype):
     mask[:, :8] = 0  # trimmed border
     mov_bad = mov.copy()
     mov_bad[:, :8] = 1e5  # garbage in masked pixels must not matter
-    shift, ncc = masked_ncc_shift(ref.astype(dtype), mov_bad.astype(dtype), reference_mask=np.ones_like(ref),
-                                  moving_mask=mask, max_shift=8)
+    shift, ncc = masked_ncc_shift(
+        ref.astype(dtype), mov_bad.astype(dtype), reference_mask=np.ones_like(ref), moving_mask=mask, max_shift=8
+    )
     assert shift == (3, -5)
     assert ncc > 0.95
 

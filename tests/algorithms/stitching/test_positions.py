@@ -19,8 +19,10 @@ def _errors(pos, true):
 
 
 def _matches(tiles, stage, rows, cols):
-    return [match_pair(tiles[a], tiles[b], stage[b] - stage[a], reference=a, moving=b)
-            for a, b in adjacent_pairs(rows, cols)]
+    return [
+        match_pair(tiles[a], tiles[b], stage[b] - stage[a], reference=a, moving=b)
+        for a, b in adjacent_pairs(rows, cols)
+    ]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -55,8 +57,17 @@ def test_outlier_pair_is_rejected():
     tiles, true, stage = grid_tiles(4, rows=3, cols=3, model=MODEL)
     matches = _matches(tiles, stage, 3, 3)
     bad = matches[5]
-    matches[5] = PairMatch(bad.reference, bad.moving, bad.expected, bad.shift, bad.ncc, True, bad.points_ref,
-                           bad.points_mov - np.array([0.0, 6.0]), bad.point_weights)
+    matches[5] = PairMatch(
+        bad.reference,
+        bad.moving,
+        bad.expected,
+        bad.shift,
+        bad.ncc,
+        True,
+        bad.points_ref,
+        bad.points_mov - np.array([0.0, 6.0]),
+        bad.point_weights,
+    )
     sol = solve_positions(matches, stage, tile_shape=(192, 192), fit_magnification=False)
     assert sol.rejected >= 1
     assert not sol.pairs.loc[5, "used"]
@@ -82,8 +93,13 @@ def _exact_matches(true, model, shape, pairs, rng, noise_px):
         lo = np.maximum(true[a], true[b]) + 8
         hi = np.minimum(true[a], true[b]) + np.array(shape) - 8
         ys, xs = np.meshgrid(*(np.linspace(lo[i], hi[i], 6) for i in range(2)), indexing="ij")
-        pts = [np.stack(detector_coordinates(ys.ravel() - true[t, 0], xs.ravel() - true[t, 1], shape, model,
-                                             iterations=30), axis=1) for t in (a, b)]
+        pts = [
+            np.stack(
+                detector_coordinates(ys.ravel() - true[t, 0], xs.ravel() - true[t, 1], shape, model, iterations=30),
+                axis=1,
+            )
+            for t in (a, b)
+        ]
         pb = pts[1] + rng.normal(0, noise_px, pts[1].shape)
         shift = tuple(np.mean(pts[0] - pb, axis=0))
         out.append(PairMatch(a, b, shift, shift, 1.0, True, pts[0], pb, np.full(len(pb), noise_px**-2)))
@@ -109,8 +125,13 @@ def test_fitted_magnification_is_unbiased_within_stage_noise():
         rng = np.random.default_rng(seed)
         true = grid + 40 + rng.normal(0, 1.0, grid.shape)
         stage = true + rng.normal(0, sigma, true.shape)
-        sol = solve_positions(_exact_matches(true, model, shape, pairs, rng, 0.05), stage, tile_shape=shape,
-                              fit_magnification=True, prior_sigma_px=sigma)
+        sol = solve_positions(
+            _exact_matches(true, model, shape, pairs, rng, 0.05),
+            stage,
+            tile_shape=shape,
+            fit_magnification=True,
+            prior_sigma_px=sigma,
+        )
         d, s = sol.distortion, sol.distortion_sigma
         t = true - true.mean(axis=0)
         oracle = np.sum((stage - true) * t, axis=0) / np.sum(t * t, axis=0)
@@ -133,8 +154,13 @@ def test_accurate_stage_pins_magnification():
     grid = np.stack(np.meshgrid(np.arange(5) * 141.0, np.arange(5) * 141.0, indexing="ij"), -1).reshape(-1, 2)
     true = grid + 40
     stage = true + rng.normal(0, sigma, true.shape)
-    sol = solve_positions(_exact_matches(true, model, shape, adjacent_pairs(5, 5), rng, 0.05), stage,
-                          tile_shape=shape, fit_magnification=True, prior_sigma_px=sigma)
+    sol = solve_positions(
+        _exact_matches(true, model, shape, adjacent_pairs(5, 5), rng, 0.05),
+        stage,
+        tile_shape=shape,
+        fit_magnification=True,
+        prior_sigma_px=sigma,
+    )
     s = sol.distortion_sigma
     assert s["mag_y"] == pytest.approx(sigma / np.sqrt(5 * 10 * 141.0**2), rel=0.05)
     assert abs(sol.distortion.mag_y - model.mag_y) < 3 * s["mag_y"]

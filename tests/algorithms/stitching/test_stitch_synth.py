@@ -26,8 +26,7 @@ from imaxt_pipeline.parallel.stitching import match_tiles
 from imaxt_pipeline.testing import one_slice_grid as _sample
 from imaxt_pipeline.testing import position_errors as _errors
 
-CASES = {"seed0": dict(seed=0), "seed1": dict(seed=1), "seed2": dict(seed=2),
-         "empty": dict(seed=3, empty_fraction=0.4)}
+CASES = {"seed0": dict(seed=0), "seed1": dict(seed=1), "seed2": dict(seed=2), "empty": dict(seed=3, empty_fraction=0.4)}
 
 
 @pytest.fixture(scope="module", params=list(CASES))
