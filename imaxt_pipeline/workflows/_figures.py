@@ -50,7 +50,9 @@ def demo_figures(output: str, truth_dir: str | Path, *, storage_options: dict[st
     import zarr
 
     truth: dict[str, Any] = json.loads((Path(truth_dir) / "truth.json").read_text())
-    attrs: dict[str, Any] = dict(zarr.open_group(output, mode="r", storage_options=storage_options).attrs.asdict()["imaxt"])  # type: ignore[arg-type]
+    attrs: dict[str, Any] = dict(
+        zarr.open_group(output, mode="r", storage_options=storage_options).attrs.asdict()["imaxt"]
+    )  # type: ignore[arg-type]
     solved = attrs["stitch"]["tile_positions_px"]
     true = truth["tile_positions_px"]
     errors: list[float] = []
