@@ -358,7 +358,8 @@ class _Upload:
             "start": utcnow(self.start), "end": utcnow(end), "host": socket.gethostname(),
             "version": __version__,
         }
-        meta["upload"] = {"complete": True, "source": self.sample.root, "tile_sha256": table}
+        meta["upload"] = {"complete": True, "source": self.sample.root, "tile_sha256": table,
+                          "stage_sha256": sha256(np.asarray(group["stage_um"][...]))}
         meta["owner"] = self._owner(table).to_json()
         meta["provenance"] = [*meta.get("provenance", []), entry]
         group.attrs["imaxt"] = meta

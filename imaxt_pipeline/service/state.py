@@ -19,6 +19,16 @@ its docstring). A watcher *claims* a sample by swapping it to ``running`` with i
 it renews the lease while it works, and a record whose lease has expired
 (crashed or killed watcher) can be claimed again. The host clocks of the
 watchers must agree to within a small fraction of the lease time (NTP).
+
+Fencing: every claim increments the record's ``lease_token`` (monotonic per sample, never
+reset). The attempt started by that claim passes its token with every later write (renew,
+finish) and the store refuses the write (:class:`StaleLease`) unless the stored record still
+carries that token: a stale attempt, whose lease was taken over, cannot overwrite the record of
+the attempt that replaced it, even when both run under the same owner id.
+
+Errors are classified once, here (:func:`is_permanent`, :func:`is_transient`): configuration
+and input errors are permanent (a sample fails at once, not retried); S3 errors are classified
+by their error code (``SlowDown``, ``ServiceUnavailable``... are transient), never by message text.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImaxtError
+from ..errors import ConfigError, ImaxtError, InputError
 from ..io.storage import protocols, url_to_fs
 
 STATUSES = ("pending", "running", "done", "failed")
@@ -44,6 +54,113 @@ STATUSES = ("pending", "running", "done", "failed")
 
 class StateConflict(ImaxtError):
     """A compare-and-swap lost against a concurrent writer."""
+
+
+class StaleLease(ImaxtError):
+    """A write fenced by a lease token that is no longer the record's (the lease was taken over)."""
+
+
+class PermanentError(ImaxtError):
+    """A failure that retrying cannot fix (configuration or input): the sample fails at once."""
+
+
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "OperationAborted",
+        "ConditionalRequestConflict",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+"""S3 error codes (``ClientError.response["Error"]["Code"]``) worth retrying after a back-off."""
+
+PERMANENT_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "InvalidBucketName",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "AccountProblem",
+    }
+)
+"""S3 error codes that only a configuration change fixes (bucket name, credentials)."""
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes/contexts (s3fs raises ``OSError`` *from* botocore's ``ClientError``)."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        yield node
+        node = node.__cause__ or node.__context__
+
+
+def s3_error_code(exc: BaseException) -> str | None:
+    """The S3 error code of a botocore ``ClientError`` in ``exc``'s chain, or ``None``."""
+    for err in _chain(exc):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            if code:
+                return str(code)
+    return None
+
+
+def _connection_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    with contextlib.suppress(ImportError):
+        from botocore.exceptions import ConnectionClosedError, HTTPClientError
+
+        types += [HTTPClientError, ConnectionClosedError]
+    with contextlib.suppress(ImportError):
+        from aiohttp import ClientConnectionError, ServerTimeoutError
+
+        types += [ClientConnectionError, ServerTimeoutError]
+    return tuple(types)
+
+
+def _permanent_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [PermanentError, ConfigError, InputError]
+    with contextlib.suppress(ImportError):
+        from pydantic import ValidationError
+
+        types.append(ValidationError)
+    return tuple(types)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether retrying cannot help: a configuration or input error, or a permanent S3 error code.
+
+    Classified by exception type and S3 error code, never by message text.
+    """
+    code = s3_error_code(exc)
+    if code is not None:
+        return code in PERMANENT_CODES
+    return any(isinstance(err, _permanent_types()) for err in _chain(exc))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a storage or network hiccup (transient S3 code, connection error, time-out)."""
+    code = s3_error_code(exc)
+    if code is not None:
+        return code in TRANSIENT_CODES
+    return any(isinstance(err, _connection_error_types()) for err in _chain(exc))
 
 
 @dataclass(frozen=True)
@@ -60,6 +177,7 @@ class SampleState:
     next_attempt_at: float = 0.0
     updated: float = 0.0
     runs: int = 0
+    lease_token: int = 0
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -83,18 +201,31 @@ class StateStore(abc.ABC):
         """Return the record and its version (both ``None`` when absent)."""
 
     @abc.abstractmethod
-    def put(self, state: SampleState, *, version: str | None) -> None:
+    def put(self, state: SampleState, *, version: str | None, fence: int | None = None) -> None:
         """Write ``state`` if the stored version is still ``version`` (``None``: absent).
+
+        With ``fence``, the write is also refused unless the stored record is ``running`` under
+        lease token ``fence`` (the write of an attempt whose lease was taken over).
 
         Raises
         ------
         StateConflict
             If another writer changed the record first.
+        StaleLease
+            If ``fence`` is not the stored record's lease token.
         """
 
     @abc.abstractmethod
     def samples(self) -> list[str]:
         """Names of all samples with a record."""
+
+    @staticmethod
+    def _check_fence(current: SampleState | None, state: SampleState, fence: int | None) -> None:
+        if fence is None:
+            return
+        if current is None or current.status != "running" or current.lease_token != fence:
+            held = None if current is None else current.lease_token
+            raise StaleLease(f"{state.sample}: lease token {fence} is stale (record holds {held})")
 
     def all(self) -> list[SampleState]:
         out = []
@@ -136,9 +267,10 @@ class LocalStateStore(StateStore):
         with self._locked(sample):
             return self._read(sample)
 
-    def put(self, state: SampleState, *, version: str | None) -> None:
+    def put(self, state: SampleState, *, version: str | None, fence: int | None = None) -> None:
         with self._locked(state.sample):
-            _, current = self._read(state.sample)
+            record, current = self._read(state.sample)
+            self._check_fence(record, state, fence)
             if current != version:
                 raise StateConflict(f"{state.sample}: state changed concurrently")
             tmp = self.root / f".{state.sample}.{os.getpid()}.tmp"
@@ -184,7 +316,14 @@ class S3StateStore(StateStore):
             return None, None
         return SampleState.from_json(data), etag
 
-    def put(self, state: SampleState, *, version: str | None) -> None:
+    def put(self, state: SampleState, *, version: str | None, fence: int | None = None) -> None:
+        if fence is not None:
+            # The conditional PUT below replaces exactly the version read here, so the token
+            # checked is the token replaced: a compare-and-swap on the token.
+            record, current = self.get(state.sample)
+            self._check_fence(record, state, fence)
+            if current != version:
+                raise StateConflict(f"{state.sample}: state changed concurrently")
         cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
         try:
             self.fs.call_s3(
@@ -195,12 +334,9 @@ class S3StateStore(StateStore):
                 ContentType="application/json",
                 **cond,
             )
-        except (FileExistsError, FileNotFoundError, OSError) as exc:
-            text = f"{exc} {exc.__cause__}"
-            if any(
-                code in text
-                for code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "does not exist")
-            ):
+        except OSError as exc:
+            # Lost the race: the precondition failed, or the record vanished under If-Match.
+            if s3_error_code(exc) in CONFLICT_CODES or isinstance(exc, (FileExistsError, FileNotFoundError)):
                 raise StateConflict(f"{state.sample}: state changed concurrently") from None
             raise
 
@@ -212,6 +348,10 @@ class S3StateStore(StateStore):
         except FileNotFoundError:
             return []
         return sorted(n.rsplit("/", 1)[-1][:-5] for n in names if n.endswith(".json"))
+
+
+CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
+"""S3 error codes of a lost conditional write."""
 
 
 def open_state_store(url: str, storage_options: dict[str, Any] | None = None) -> StateStore:
@@ -242,6 +382,7 @@ def compare_and_swap(
     *,
     clock: Callable[[], float] = time.time,
     attempts: int = CAS_ATTEMPTS,
+    fence: int | None = None,
 ) -> tuple[SampleState | None, bool]:
     """Read the record, compute its successor, write it if nobody else wrote first; retry on a lost race.
 
@@ -262,6 +403,9 @@ def compare_and_swap(
         Source of ``now``, read once per attempt.
     attempts : int, optional
         Conditional writes tried before giving up.
+    fence : int, optional
+        Lease token the stored record must still carry (see :meth:`StateStore.put`); a write
+        refused for a stale token is not retried.
 
     Returns
     -------
@@ -276,9 +420,11 @@ def compare_and_swap(
         if new is None:
             return state, False
         try:
-            store.put(new, version=version)
+            store.put(new, version=version, fence=fence)
         except StateConflict:
             continue
+        except StaleLease:  # the lease was taken over: refused, not retried
+            return state, False
         return new, True
     return store.get(sample)[0], False
 
@@ -311,8 +457,18 @@ class Ledger:
         self.retry = retry or RetryPolicy()
         self.clock = clock
 
-    def _swap(self, sample: str, update: Update) -> tuple[SampleState | None, bool]:
-        return compare_and_swap(self.store, sample, update, clock=self.clock)
+    def _swap(self, sample: str, update: Update, *, fence: int | None = None) -> tuple[SampleState | None, bool]:
+        return compare_and_swap(self.store, sample, update, clock=self.clock, fence=fence)
+
+    @staticmethod
+    def holds(state: SampleState | None, owner: str, token: int | None) -> bool:
+        """Whether ``state`` is ``running`` under ``owner``'s lease (and, if given, lease ``token``)."""
+        return (
+            state is not None
+            and state.status == "running"
+            and state.lease_owner == owner
+            and (token is None or state.lease_token == token)
+        )
 
     def observe(self, sample: str, checksum: str) -> SampleState:
         """Record that ``sample`` has landed with inputs ``checksum``.
@@ -353,7 +509,8 @@ class Ledger:
 
         A ``running`` record whose lease expired counts as a failed attempt of
         its crashed owner; when that exhausts the attempts the sample is marked
-        ``failed`` instead of claimed.
+        ``failed`` instead of claimed. Every claim takes the next ``lease_token``: the
+        fencing token that the attempt passes to :meth:`renew` and :meth:`finish`.
         """
 
         def update(state: SampleState | None, now: float) -> SampleState | None:
@@ -377,6 +534,7 @@ class Ledger:
                 attempts=state.attempts + 1,
                 lease_owner=owner,
                 lease_expires=now + ttl,
+                lease_token=state.lease_token + 1,
                 updated=now,
                 last_error=error,
             )
@@ -386,28 +544,42 @@ class Ledger:
             return None
         # Read back: guards against stores whose conditional write is not atomic.
         check, _ = self.store.get(sample)
-        return new if check is not None and check.lease_owner == owner else None
+        return new if self.holds(check, owner, new.lease_token) else None
 
-    def renew(self, sample: str, owner: str, *, ttl: float) -> bool:
-        """Extend the lease; ``False`` if ``owner`` no longer holds it."""
+    def renew(self, sample: str, owner: str, *, ttl: float, token: int | None = None) -> bool:
+        """Extend the lease; ``False`` if ``owner`` (under lease ``token``, if given) no longer holds it."""
 
         def update(state: SampleState | None, now: float) -> SampleState | None:
-            if state is None or state.status != "running" or state.lease_owner != owner:
+            if not self.holds(state, owner, token):
                 return None
+            assert state is not None
             return dataclasses.replace(state, lease_expires=now + ttl, updated=now)
 
-        return self._swap(sample, update)[1]
+        return self._swap(sample, update, fence=token)[1]
 
-    def finish(self, sample: str, owner: str, *, error: str | None = None) -> SampleState | None:
-        """Record the outcome of ``owner``'s run: done, pending again (back-off) or failed."""
+    def finish(
+        self,
+        sample: str,
+        owner: str,
+        *,
+        error: str | None = None,
+        permanent: bool = False,
+        token: int | None = None,
+    ) -> SampleState | None:
+        """Record the outcome of ``owner``'s run: done, pending again (back-off) or failed.
+
+        A ``permanent`` error (configuration, input) fails the sample at once. With ``token``
+        the write is fenced: refused (``None``) if the lease was taken over since.
+        """
 
         def update(state: SampleState | None, now: float) -> SampleState | None:
-            if state is None or state.status != "running" or state.lease_owner != owner:
+            if not self.holds(state, owner, token):
                 return None
+            assert state is not None
             common: dict[str, Any] = dict(lease_owner=None, lease_expires=0.0, updated=now)
             if error is None:
                 return dataclasses.replace(state, status="done", last_error=None, runs=state.runs + 1, **common)
-            if state.attempts >= self.retry.max_attempts:
+            if permanent or state.attempts >= self.retry.max_attempts:
                 return dataclasses.replace(state, status="failed", last_error=error, **common)
             return dataclasses.replace(
                 state,
@@ -417,5 +589,5 @@ class Ledger:
                 **common,
             )
 
-        new, written = self._swap(sample, update)
+        new, written = self._swap(sample, update, fence=token)
         return new if written else None
