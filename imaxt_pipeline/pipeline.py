@@ -4,12 +4,21 @@ The runner is the only place that knows the whole :class:`RunConfig`: each
 step gets a :class:`StepContext` (stores, client, slices, storage options)
 and its own parameters. It stamps the output with the results-contract
 version (``imaxt.format_version``) before any step writes.
+
+One sample per output: the output is claimed for the raw store's sample
+(:func:`~imaxt_pipeline.io.output.claim_output`) before anything is written, so an
+output of another sample, one made from different raw data, one holding foreign
+files or one that is (inside, around) the input is refused with one line.
+
+Each step's provenance entry is appended when the step starts (``status:
+"running"``, ``end: null``) and completed when it ends (``"finished"``, or
+``"failed"`` with the error). Entries still ``"running"`` when the next run starts
+belong to an attempt that was killed: that run marks them ``"interrupted"``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import logging
@@ -22,7 +31,8 @@ from typing import Any
 from . import __version__
 from .config import ClusterConfig, RunConfig
 from .errors import ConfigError
-from .io.output import OutputStore
+from .io.export import refresh_views
+from .io.output import OutputStore, claim_output
 from .io.provenance import software_versions, utcnow
 from .io.rawzarr import RawStore
 from .io.results import check_format_version
@@ -88,8 +98,17 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
     bad = [s for s in slices if not 0 <= s < acq.slices]
     if bad:
         raise ConfigError(f"slices {bad} outside 0..{acq.slices - 1} of sample {acq.sample!r}")
-    output = OutputStore(config.output_url, config.storage_options)
+    output = claim_output(
+        config.output_url,
+        config.storage_options,
+        source=raw.location,
+        sample=acq.sample,
+        sample_id=raw.sample_id,
+        sections=raw.section_checksums(),
+        processing=slices,
+    )
     check_format_version(output)
+    mark_interrupted(output)
     output.update_imaxt_attrs("complete", False)
     output.update_imaxt_attrs("sample", acq.sample)
     output.update_imaxt_attrs("acquisition", acq.model_dump(mode="json"))
@@ -106,31 +125,63 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
             if not params.enabled:
                 continue
             log.info("step %s: slices %s", name, slices)
-            start = _dt.datetime.now(_dt.UTC)
+            entry: dict[str, Any] = {
+                "name": name,
+                "status": "running",
+                "software": software_versions(),
+                "version": __version__,
+                "parameters": params.model_dump(mode="json"),
+                "inputs": {"raw": raw.url, "raw_sha256": checksum, "other": []},
+                "outputs": [],
+                "metrics": {},
+                "slices": list(ctx.slices),
+                "start": utcnow(),
+                "end": None,
+                "host": socket.gethostname(),
+            }
+            index = output.append_provenance(entry)
             t0 = time.perf_counter()
-            result = step_module(name).run(ctx, params)
+            try:
+                result = step_module(name).run(ctx, params)
+            except Exception as exc:
+                output.set_provenance(index, {**entry, "status": "failed", "end": utcnow(), "error": _one_line(exc)})
+                raise
             summary.steps[name] = time.perf_counter() - t0
             extra = sorted(set(result.rewritten_slices) - set(ctx.slices))
             if extra:
                 log.info("step %s rewrote slices %s: later steps redo them", name, extra)
-            output.append_provenance(
-                {
-                    "name": name,
-                    "software": software_versions(),
-                    "version": __version__,
-                    "parameters": params.model_dump(mode="json"),
-                    "inputs": {"raw": raw.url, "raw_sha256": checksum, "other": result.inputs},
-                    "outputs": result.outputs,
-                    "metrics": result.metrics,
-                    "slices": ctx.slices,
-                    "start": utcnow(start),
-                    "end": utcnow(),
-                    "host": socket.gethostname(),
-                }
+            entry.update(
+                status="finished",
+                inputs={**entry["inputs"], "other": result.inputs},
+                outputs=result.outputs,
+                metrics=result.metrics,
+                end=utcnow(),
             )
+            output.set_provenance(index, entry)
             if extra:
                 ctx.slices = sorted(set(ctx.slices) | set(extra))
     done = set(output.imaxt_attrs().get("slices_done", [])) | set(slices)
     output.update_imaxt_attrs("slices_done", sorted(done))
     output.update_imaxt_attrs("complete", len(done) == acq.slices)
+    refresh_views(output)  # data-derived display windows; the store root opens as the cube (io.export)
     return summary
+
+
+def mark_interrupted(output: OutputStore) -> list[int]:
+    """Mark provenance entries of an attempt that never finished (``status: "running"``) ``"interrupted"``.
+
+    Called when a run starts: only one run writes an output at a time, so an entry still
+    running then was left by a run that was killed. Returns the indices marked.
+    """
+    entries = list(output.imaxt_attrs().get("provenance", []))
+    marked = [i for i, e in enumerate(entries) if isinstance(e, dict) and e.get("status") == "running"]
+    for i in marked:
+        output.set_provenance(i, {**entries[i], "status": "interrupted"})
+    if marked:
+        log.warning("provenance: %d step(s) of an earlier run did not finish, marked interrupted", len(marked))
+    return marked
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}"

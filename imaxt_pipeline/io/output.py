@@ -14,25 +14,55 @@ reads and writes is typed in :mod:`.results`)::
 
 Only the process driving the run (the Dask client) writes root attributes;
 workers write array chunks and files of their own.
+
+One sample per output: :func:`claim_output` opens the output of a run only when it is
+apart from the raw store (not the same place, not inside it, not around it) and is
+empty, or is a store of this runner (``attrs["imaxt"]["owner"]``, :mod:`.ownership`) for
+the same sample holding only what the steps write, whose recorded sections were made
+from the same raw data (per-section checksums). Nothing is written before these checks.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import zarr
 
+from ..errors import StoreError
 from .ome import Mode, OmeImage, create_image, create_labels, open_image
+from .ownership import Owner, check_destination, owner_attrs, read_owner, relation, sample_identity
+from .provenance import redact
 from .urls import Location
 
 #: Version of the results contract (``docs/results-contract.md``) this package writes, kept in
 #: ``attrs["imaxt"]["format_version"]``. The major number changes when a reader of an older
 #: store would misread it.
 FORMAT_VERSION = "1.0"
+OUTPUT_TOOL = "imaxt-pipeline run"
+"""The ``tool`` recorded as owner of the output stores the runner writes."""
+
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's LocalStore writes <key>.<hex>.partial, then renames
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_OUTPUT_KEY = re.compile(
+    rf"zarr\.json"
+    rf"|(?:calibration|mosaic|confidence|cube|crops)(?:/[A-Za-z0-9_-]+)*(?:/zarr\.json)?"  # groups, arrays, chunks
+    rf"|tables(?:/{_NAME}\.parquet(?:\.tmp-[0-9a-f]+)?)?"
+    rf"|qc(?:/{_NAME}\.png(?:\.tmp-[0-9a-f]+)?)?"
+)
+
+
+def is_output_key(key: str) -> bool:
+    """Whether ``key`` (relative to the output store) is one the steps write (zarr's ``.partial`` files included).
+
+    >>> [is_output_key(k) for k in ("zarr.json", "mosaic/0/c/0/1/2/3", "tables/cells.parquet", "notes.txt")]
+    [True, True, True, False]
+    """
+    return _OUTPUT_KEY.fullmatch(_PARTIAL.sub("", key)) is not None
 
 
 class OutputStore:
@@ -78,10 +108,27 @@ class OutputStore:
         node[leaf] = _jsonable(value)
         self.root.attrs["imaxt"] = meta
 
-    def append_provenance(self, entry: dict[str, Any]) -> None:
+    def append_provenance(self, entry: dict[str, Any]) -> int:
+        """Append one provenance entry; return its index (for :meth:`set_provenance`)."""
         meta = self.imaxt_attrs()
-        meta["provenance"] = [*meta.get("provenance", []), _jsonable(entry)]
+        meta["provenance"] = [*meta.get("provenance", []), redact(_jsonable(entry))]
         self.root.attrs["imaxt"] = meta
+        return len(meta["provenance"]) - 1
+
+    def set_provenance(self, index: int, entry: dict[str, Any]) -> None:
+        """Replace provenance entry ``index`` (an entry appended when its step started)."""
+        meta = self.imaxt_attrs()
+        entries = list(meta.get("provenance", []))
+        entries[index] = redact(_jsonable(entry))
+        meta["provenance"] = entries
+        self.root.attrs["imaxt"] = meta
+
+    def owner(self) -> Owner | None:
+        """The ownership record (``attrs["imaxt"]["owner"]``), if any."""
+        return read_owner({"imaxt": self.imaxt_attrs()})
+
+    def record_owner(self, owner: Owner) -> None:
+        self.root.attrs["imaxt"] = owner_attrs(self.imaxt_attrs(), owner)
 
     # -- images ------------------------------------------------------------
     def create_image(
@@ -177,6 +224,90 @@ class OutputStore:
         with fs.open(tmp, "wb") as fh:
             fh.write(data)
         fs.mv(tmp, final)
+
+
+def claim_output(
+    url: str,
+    storage_options: dict[str, Any] | None,
+    *,
+    source: Location,
+    sample: str,
+    sample_id: str,
+    sections: Mapping[str, str],
+    processing: Sequence[int],
+) -> OutputStore:
+    """Open the output of a run of one sample, after checking it may be written; record its owner.
+
+    Parameters
+    ----------
+    url, storage_options
+        The output store.
+    source : Location
+        The raw store the run reads.
+    sample, sample_id : str
+        The sample's name and identity (:func:`.ownership.sample_identity` of its acquisition).
+    sections : mapping
+        ``{"<slice>": sha256}`` of the raw store, every section (:func:`.ownership.section_checksums`).
+    processing : sequence of int
+        Sections this run processes: their checksums are recorded before any step writes.
+
+    Raises
+    ------
+    StoreError
+        One line, nothing written: the output is the raw store, inside or around it, a file,
+        holds files the steps do not write, is another tool's store or another sample's output,
+        or holds sections processed from different raw data.
+    """
+    loc = Location(url, storage_options)
+    rel = relation(loc, source)
+    if rel is not None:
+        where = {
+            "the same as": "is the input store",
+            "inside": "is inside the input store",
+            "around": "contains the input store",
+        }[rel]
+        raise StoreError(f"{loc.url}: output {where} {source.url}; choose an output outside it")
+    found = check_destination(
+        loc, tool=OUTPUT_TOOL, sample=sample, sample_id=sample_id, owns=is_output_key, adopt=_adopt_legacy
+    )
+    version = (found.attrs.get("imaxt") or {}).get("format_version")
+    if version is not None and str(version).split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        raise StoreError(
+            f"{loc.url}: results format {version}, this version of imaxt-pipeline writes {FORMAT_VERSION}; "
+            f"write to a new output store"
+        )
+    recorded = found.owner.sections if found.owner is not None else {}
+    changed = sorted((s for s in recorded if sections.get(s) != recorded[s]), key=int)
+    if changed:
+        raise StoreError(
+            f"{loc.url}: section{'s' if len(changed) > 1 else ''} {', '.join(changed)} of this output "
+            f"{'were' if len(changed) > 1 else 'was'} processed from different raw data than {source.url} holds "
+            f"now (section checksums differ); choose a new output"
+        )
+    store = OutputStore(url, storage_options)
+    new = {str(s): sections[str(s)] for s in processing if str(s) in sections}
+    owner = Owner(OUTPUT_TOOL, sample, sample_id, {**recorded, **new})
+    if store.owner() != owner:
+        store.record_owner(owner)
+    return store
+
+
+def _adopt_legacy(attrs: Mapping[str, Any]) -> Owner | None:
+    """Recognise an output written before ownership was recorded (``imaxt.provenance`` and ``imaxt.acquisition``).
+
+    Its sections are unknown (none recorded), so only the sample identity is checked.
+    """
+    meta = attrs.get("imaxt")
+    if not isinstance(meta, Mapping) or "provenance" not in meta or "upload" in meta:
+        return None
+    acq = meta.get("acquisition")
+    if not isinstance(acq, Mapping) or not isinstance(acq.get("sample"), str):
+        return None
+    try:
+        identity = sample_identity(dict(acq))
+    except (TypeError, ValueError):
+        return None
+    return Owner(OUTPUT_TOOL, acq["sample"], identity)
 
 
 def _reopen(url: str, storage_options: dict[str, Any], mode: Mode) -> OutputStore:

@@ -47,7 +47,7 @@ def tile_key(slice_: int, z: int, channel: int, tile: int) -> str:
 
 def sha256(array: np.ndarray) -> str:
     """Checksum of an array's bytes in C order (dtype-exact); hashes the buffer without copying it."""
-    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -66,6 +66,9 @@ class RawStore:
         fsspec options (e.g. ``endpoint_url``).
     require_complete : bool
         Refuse a store whose upload did not finish.
+    check_stage : bool
+        Refuse a store whose ``stage_um`` is damaged; when false the problem is kept in
+        ``stage_problem`` instead (for :mod:`.verify`, which reports every problem).
 
     Raises
     ------
@@ -76,10 +79,15 @@ class RawStore:
     """
 
     def __init__(
-        self, url: str, storage_options: dict[str, Any] | None = None, *, require_complete: bool = True
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        require_complete: bool = True,
+        check_stage: bool = True,
     ) -> None:
         self.location = Location(url, storage_options)
-        self.require_complete = require_complete
+        self.require_complete, self.check_stage = require_complete, check_stage
         self.group = self._open_group()
         meta = self.group.attrs.get("imaxt", {})
         if not isinstance(meta, Mapping) or "acquisition" not in meta:
@@ -103,14 +111,16 @@ class RawStore:
         self.missing_tiles: frozenset[str] = (
             frozenset(str(k) for k in missing) if isinstance(missing, list) else (frozenset())
         )
-        self._check_owner()
         self.tiles: zarr.Array[Any] = self._array(TILES)
         stage = self._array(STAGE)
         self._check_shapes(self.tiles, stage)
-        self.stage_um = self._read_stage(stage)
+        self._check_owner()
+        self.stage_um, self.stage_problem = self._read_stage(stage)
+        if self.stage_problem is not None and check_stage:
+            raise StoreError(f"{self.stage_problem}; re-upload the sample")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.location.url, self.location.storage_options, self.require_complete))
+        return (_reopen, (self.location.url, self.location.storage_options, self.require_complete, self.check_stage))
 
     @property
     def url(self) -> str:
@@ -177,22 +187,28 @@ class RawStore:
                 f"found {list(stage.shape)})"
             )
 
-    def _read_stage(self, stage: zarr.Array[Any]) -> np.ndarray:
+    def _read_stage(self, stage: zarr.Array[Any]) -> tuple[np.ndarray, str | None]:
+        """``stage_um`` whole, and what is wrong with it (``None``: verified).
+
+        A chunk equal to the fill value may legitimately be absent (zarr does not write it), so
+        an absent chunk is a problem only when the recorded ``upload.stage_sha256`` disagrees
+        (or, in stores written before it was recorded, always).
+        """
         where = f"{self.url}/{STAGE}"
-        for coords in itertools.product(*(range(n) for n in stage.cdata_shape)):
-            key = stage.metadata.encode_chunk_key(coords)
-            if not self.location.exists(STAGE, key):
-                raise StoreError(f"{where}: chunk {key} is missing; re-upload the sample")
+        keys = [stage.metadata.encode_chunk_key(c) for c in itertools.product(*(range(n) for n in stage.cdata_shape))]
+        absent = [k for k in keys if not self.location.exists(STAGE, k)]
         try:
             values = np.asarray(stage[...])
         except Exception as exc:  # CRC-32C or Blosc failure
-            raise StoreError(
-                f"{where}: checksum mismatch (cannot decode: {_one_line(exc)}); re-upload the sample"
-            ) from None
+            return np.full(stage.shape, np.nan), f"{where}: checksum mismatch (cannot decode: {_one_line(exc)})"
         expected = self.upload.get("stage_sha256")
-        if isinstance(expected, str) and sha256(values) != expected:
-            raise StoreError(f"{where}: checksum mismatch; re-upload the sample")
-        return values
+        if isinstance(expected, str) and sha256(values) == expected:
+            return values, None
+        if absent:
+            return values, f"{where}: chunk {absent[0]} is missing"
+        if isinstance(expected, str):
+            return values, f"{where}: checksum mismatch"
+        return values, None
 
     # -- tiles ------------------------------------------------------------------
     def describe_tile(self, slice_: int, z: int, channel: int, tile: int) -> str:
@@ -278,5 +294,5 @@ class RawStore:
         return self.stage_um[slice_, z] / self.acquisition.pixel_size_um
 
 
-def _reopen(url: str, storage_options: dict[str, Any], require_complete: bool) -> RawStore:
-    return RawStore(url, storage_options, require_complete=require_complete)
+def _reopen(url: str, storage_options: dict[str, Any], require_complete: bool, check_stage: bool) -> RawStore:
+    return RawStore(url, storage_options, require_complete=require_complete, check_stage=check_stage)

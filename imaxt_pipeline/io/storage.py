@@ -11,13 +11,24 @@ same way for every command, the watcher and the launchers; later sources win:
 The endpoint is one setting wherever it is written: a later source's ``endpoint_url`` (top level
 or under ``client_kwargs``) replaces an earlier one's, and the result always carries it at the top
 level, which is what s3fs accepts and what :func:`normalise_storage_options` moves into place.
+
+S3 filesystems hold an aiohttp session each. s3fs closes those of its synchronous instances when
+they are collected, not those of asynchronous ones (what zarr's ``FsspecStore`` opens), which
+then print "Unclosed client session" errors. :func:`track_filesystem` closes them when collected,
+and :func:`close_filesystems` (called when every command ends, and at exit) closes what is left.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+import threading
+import weakref
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import fsspec
@@ -38,9 +49,10 @@ def parse_storage_options(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--storage-options is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from None
+        # The text itself is not echoed: it may hold credentials.
+        raise ConfigError(f"--storage-options is not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(value, dict):
-        raise ConfigError(f"--storage-options must be a JSON object, got {type(value).__name__}: {text!r}")
+        raise ConfigError(f"--storage-options must be a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -119,3 +131,95 @@ def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     """The protocol names of ``fs`` (fsspec gives a string or a tuple)."""
     proto = fs.protocol
     return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+# -- closing S3 sessions -----------------------------------------------------------------------
+#: id -> asynchronous S3 filesystem (by id: filesystems with the same options compare equal).
+_TRACKED: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+#: Closes in flight: asyncio keeps only weak references to tasks, so these hold them until done.
+_CLOSING: set[concurrent.futures.Future[Any]] = set()
+_ATEXIT = threading.Lock()
+_atexit_registered = False
+_CLOSE_TIMEOUT_S = 5.0
+
+
+def _is_s3(fs: Any) -> bool:
+    return any(p in ("s3", "s3a") for p in protocols(fs))
+
+
+def track_filesystem(fs: Any) -> Any:
+    """Close the HTTP session of asynchronous S3 filesystem ``fs`` when it is collected; return ``fs``.
+
+    The finalizer holds the instance's ``__dict__`` (where s3fs keeps its client once connected),
+    not the instance, so it does not keep ``fs`` alive. Other filesystems are returned untouched.
+    """
+    global _atexit_registered
+    if not getattr(fs, "asynchronous", False) or not _is_s3(fs):
+        return fs
+    _TRACKED[id(fs)] = fs
+    weakref.finalize(fs, _close_client, fs.__dict__, False)
+    with _ATEXIT:
+        if not _atexit_registered:
+            # Registered after zarr's own clean-up (atexit runs last-in first-out), so zarr's loop still runs.
+            atexit.register(close_filesystems)
+            _atexit_registered = True
+    return fs
+
+
+def _zarr_loop() -> tuple[asyncio.AbstractEventLoop | None, threading.Thread | None]:
+    try:
+        from zarr.core import sync as zsync
+    except ImportError:  # pragma: no cover - zarr is a dependency
+        return None, None
+    return zsync.loop[0], zsync.iothread[0]
+
+
+def _close_client(state: MutableMapping[str, Any], wait: bool) -> None:
+    """Close the s3fs client kept in ``state`` (an asynchronous instance's ``__dict__``) on zarr's loop."""
+    creator = state.get("_s3creator")
+    if creator is None:
+        return
+    state["_s3creator"] = None
+    state["_s3"] = None
+    loop, thread = _zarr_loop()
+    if loop is None or loop.is_closed() or not loop.is_running():
+        with contextlib.suppress(Exception):  # the loop is gone: close the sockets at least
+            creator._client._endpoint.http_session._connector._close()
+        return
+    future = asyncio.run_coroutine_threadsafe(creator.__aexit__(None, None, None), loop)
+    _CLOSING.add(future)
+    future.add_done_callback(_CLOSING.discard)
+    if wait and threading.current_thread() is not thread:
+        with contextlib.suppress(Exception):  # best effort: the command's outcome is already decided
+            future.result(_CLOSE_TIMEOUT_S)
+
+
+def close_filesystems() -> None:
+    """Close the HTTP session of every S3 filesystem this process opened, and empty s3fs's instance cache.
+
+    Covers the asynchronous instances registered with :func:`track_filesystem` and every instance in
+    s3fs's cache (synchronous ones on fsspec's loop). Safe to call more than once.
+    """
+    for fs in list(_TRACKED.values()):
+        _close_client(fs.__dict__, True)
+    _, thread = _zarr_loop()
+    if _CLOSING and threading.current_thread() is not thread:
+        concurrent.futures.wait(list(_CLOSING), timeout=_CLOSE_TIMEOUT_S)
+    try:
+        import s3fs
+    except ImportError:  # pragma: no cover - s3fs is a dependency
+        return
+    from fsspec.asyn import sync
+
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        if fs.asynchronous:
+            _close_client(fs.__dict__, True)
+            continue
+        creator = getattr(fs, "_s3creator", None)
+        if creator is None:
+            continue
+        with contextlib.suppress(Exception):
+            sync(fs.loop, creator.__aexit__, None, None, None, timeout=_CLOSE_TIMEOUT_S)
+        fs._s3creator = None
+        fs._s3 = None
+    s3fs.S3FileSystem.clear_instance_cache()

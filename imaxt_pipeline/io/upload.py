@@ -36,11 +36,11 @@ from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from .. import __version__
-from ..acquisition import Acquisition, RawSample, TileRecord
+from ..acquisition import Acquisition, TileRecord
 from ..errors import ImaxtError, InputError, StoreError
+from .formats import SourceSample, open_acquisition
 from .ownership import Destination, Owner, check_apart, check_destination, sample_identity, section_checksums
-from .provenance import software_versions, utcnow
-from .raw import read_raw_sample, read_tile
+from .provenance import redact, software_versions, utcnow
 from .rawzarr import COMPRESSOR, TILE_DIMS, sha256, tile_key
 from .urls import Location
 
@@ -91,13 +91,15 @@ def upload(
     progress: bool = True,
     on_tile: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    format: str | None = None,
+    reader_options: Mapping[str, Any] | None = None,
 ) -> UploadReport:
     """Upload the raw sample at ``raw_url`` to a Zarr store at ``dest_url``.
 
     Parameters
     ----------
     raw_url : str
-        Raw sample folder (generic layout), local or fsspec URL.
+        Raw acquisition folder in any registered format (:mod:`.formats`), local or fsspec URL.
     dest_url : str
         Destination store, e.g. ``/data/raw/s1.zarr`` or ``s3://bucket/raw/s1.zarr``: a new
         or empty folder or prefix, or a store this function wrote for the same sample.
@@ -116,6 +118,12 @@ def upload(
     overwrite : bool
         Rewrite every tile of an existing store of this sample (recreating its arrays
         with the current codecs) instead of verifying tiles in place.
+    format : str, optional
+        The source's format (``generic``, ``tissuecyte``); detected when omitted.
+    reader_options : dict, optional
+        Options of that format's reader, e.g. ``{"pixel_size_um": 0.56}`` for TissueCyte.
+        Tiles the reader reports as never acquired are not written (they read as zeros) and
+        are listed under ``imaxt.upload.missing_tiles``.
 
     Raises
     ------
@@ -132,7 +140,7 @@ def upload(
     src = Location(raw_url, raw_storage_options)
     dest = Location(dest_url, storage_options)
     check_apart(dest, src)
-    sample = read_raw_sample(raw_url, storage_options=raw_storage_options)
+    sample = open_acquisition(raw_url, format, storage_options=raw_storage_options, **dict(reader_options or {}))
     job = _Upload(src, dest, sample, workers=max(1, workers), progress=progress, on_tile=on_tile,
                   overwrite=overwrite, start=start)
     try:
@@ -148,7 +156,7 @@ def upload(
 class _Upload:
     """One upload: check (read only), then write."""
 
-    def __init__(self, src: Location, dest: Location, sample: RawSample, *, workers: int, progress: bool,
+    def __init__(self, src: Location, dest: Location, sample: SourceSample, *, workers: int, progress: bool,
                  on_tile: Callable[[str], None] | None, overwrite: bool, start: _dt.datetime) -> None:
         self.src, self.dest, self.sample = src, dest, sample
         self.acq: Acquisition = sample.acquisition
@@ -192,7 +200,7 @@ class _Upload:
 
         def check(rec: TileRecord) -> None:
             key = self._key(rec)
-            data = read_tile(self.src, rec, self.acq)
+            data = self.sample.read_tile(rec)
             digest = sha256(data)
             same = verify and _stored_digest(self.dest, tiles, self._index(rec), self.acq.tile_shape, zeros) == digest
             with self.lock:
@@ -226,7 +234,7 @@ class _Upload:
             key = self._key(rec)
             data = self.cache.pop(key, None)
             if data is None:
-                data = read_tile(self.src, rec, self.acq)
+                data = self.sample.read_tile(rec)
                 if sha256(data) != self.digests[key]:
                     raise InputError(self.src.join(rec.file), "changed while it was being uploaded; "
                                                               "re-run the upload once the sample folder is final")
@@ -303,7 +311,11 @@ class _Upload:
 
     def _base_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         return {**meta, "acquisition": self.acq_json, "owner": self._owner().to_json(),
-                "upload": {"complete": False, "source": self.sample.root}}
+                "upload": {"complete": False, "source": self.sample.root, **self._source_meta()}}
+
+    def _source_meta(self) -> dict[str, Any]:
+        """The source's format and the tiles it never acquired (absent from the store: they read as zeros)."""
+        return {"format": self.sample.format, "missing_tiles": list(self.sample.missing_tiles)}
 
     def _create(self) -> zarr.Group:
         # The ownership record is the first thing written: an upload stopped at any point leaves a store of ours.
@@ -358,10 +370,10 @@ class _Upload:
             "start": utcnow(self.start), "end": utcnow(end), "host": socket.gethostname(),
             "version": __version__,
         }
-        meta["upload"] = {"complete": True, "source": self.sample.root, "tile_sha256": table,
+        meta["upload"] = {"complete": True, "source": self.sample.root, **self._source_meta(), "tile_sha256": table,
                           "stage_sha256": sha256(np.asarray(group["stage_um"][...]))}
         meta["owner"] = self._owner(table).to_json()
-        meta["provenance"] = [*meta.get("provenance", []), entry]
+        meta["provenance"] = [*meta.get("provenance", []), redact(entry)]
         group.attrs["imaxt"] = meta
 
 

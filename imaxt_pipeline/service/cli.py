@@ -154,6 +154,15 @@ def add_synth(sub: SubParsers) -> None:
         help="a distortion-calibration acquisition instead (5x5 tiles, 45 %% overlap, 0.1 px stage, "
         "dense tissue; same optics), for `imaxt calibrate-distortion`",
     )
+    p.add_argument(
+        "--format",
+        choices=("generic", "tissuecyte"),
+        default="generic",
+        help="raw layout to write: generic (acquisition.json + tiles.csv) or TissueVision TissueCyte (Mosaic_*.txt)",
+    )
+    p.add_argument("--missing-tiles", type=int, default=0, help="tissuecyte: leave out N tiles (never acquired)")
+    p.add_argument("--restart", action="store_true", help="tissuecyte: restart half-way (new acqDate, tile prefix)")
+    p.add_argument("--gzip", action="store_true", help="tissuecyte: write .tif.gz tiles")
     p.set_defaults(handler=_synth)
 
 
@@ -171,8 +180,86 @@ def _synth(args: argparse.Namespace) -> int:
             seed=args.seed,
             tile_shape=(args.tile_size, args.tile_size),
         )
+    if args.format == "tissuecyte":
+        return _synth_tissuecyte(args, params)
+    if args.missing_tiles or args.restart or args.gzip:
+        raise ConfigError("--missing-tiles, --restart and --gzip need --format tissuecyte")
     synthesize(args.out, params)
     print(f"wrote synthetic sample {args.sample!r} to {args.out} (truth in {args.out / 'truth'})")
+    return 0
+
+
+def _synth_tissuecyte(args: argparse.Namespace, params: Any) -> int:
+    from ..synth import synthesize_tissuecyte
+
+    try:
+        _, missing = synthesize_tissuecyte(
+            args.out, params, missing_tiles=args.missing_tiles, restart=args.restart, compress=args.gzip
+        )
+    except (FileExistsError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(
+        f"wrote synthetic TissueCyte acquisition {params.sample!r} to {args.out} "
+        f"({len(missing)} tile images left out; truth in {args.out / 'truth'})"
+    )
+    return 0
+
+
+def _add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", dest="raw_format", help="raw layout (generic, tissuecyte); detected when omitted")
+    p.add_argument("--pixel-size-um", type=float, help="tissuecyte: pixel size in µm, overriding xres")
+    p.add_argument("--tile-orientation", help="tissuecyte: identity (default), flipud, fliplr, rot90, rot180, ...")
+
+
+def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The reader options the format flags name; unknown formats and options are configuration errors."""
+    from ..io.formats import get_reader
+
+    options = {
+        key: value
+        for key, value in (("pixel_size_um", args.pixel_size_um), ("orientation", args.tile_orientation))
+        if value is not None
+    }
+    if args.raw_format is not None:
+        try:
+            get_reader(args.raw_format).check_options(options)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(str(exc)) from None
+    return options
+
+
+def add_inspect(sub: SubParsers) -> None:
+    p = sub.add_parser("inspect", help="describe a raw acquisition: format, grid, channels, missing tiles, oddities")
+    p.add_argument("src")
+    _add_format(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_storage(p)
+    p.set_defaults(handler=_inspect)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from ..io.formats import describe, open_acquisition
+
+    options = _reader_options(args)
+    try:
+        sample = open_acquisition(args.src, args.raw_format, storage_options=args.storage_options, **options)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, ImaxtError):
+            raise
+        raise ConfigError(str(exc)) from None
+    if args.json:
+        out = {
+            "source": sample.root,
+            "format": sample.format,
+            "acquisition": sample.acquisition.model_dump(mode="json"),
+            "tile_images": len(sample.records),
+            "missing_tiles": sample.missing_tiles,
+            "suspicious": sample.notes,
+            "details": sample.details,
+        }
+        print(json.dumps(out, indent=1))
+    else:
+        print(describe(sample))
     return 0
 
 
@@ -180,6 +267,7 @@ def add_upload(sub: SubParsers) -> None:
     p = sub.add_parser("upload", help="upload a raw sample folder to a Zarr store (resumable)")
     p.add_argument("raw_dir")
     p.add_argument("dest_url")
+    _add_format(p)
     p.add_argument("--workers", type=int, default=8, help="parallel tile uploads")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -194,14 +282,22 @@ def add_upload(sub: SubParsers) -> None:
 def _upload(args: argparse.Namespace) -> int:
     from ..io.upload import upload
 
-    report = upload(
-        args.raw_dir,
-        args.dest_url,
-        storage_options=args.storage_options,
-        workers=args.workers,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
+    options = _reader_options(args)
+    try:
+        report = upload(
+            args.raw_dir,
+            args.dest_url,
+            storage_options=args.storage_options,
+            workers=args.workers,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            format=args.raw_format,
+            reader_options=options,
+        )
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, ImaxtError):
+            raise
+        raise ConfigError(str(exc)) from None
     print(report.summary())
     return 0
 
@@ -232,6 +328,46 @@ def _run(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, storage_options=args.storage_options, **overrides)
     summary = run_pipeline(config)
     print(summary.describe())
+    return 0
+
+
+def add_verify(sub: SubParsers) -> None:
+    p = sub.add_parser("verify", help="check every tile of a raw store (or an output store's metadata and owner)")
+    p.add_argument("store_url")
+    _add_storage(p)
+    p.set_defaults(handler=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ..io.verify import verify_store
+
+    report = verify_store(args.store_url, args.storage_options)
+    for line in report.problems:
+        print(line)
+    if report.ok:
+        print(report.summary())
+        return 0
+    print(f"imaxt verify: {report.summary()}", file=sys.stderr)
+    return 1
+
+
+def add_export_spatialdata(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "export-spatialdata",
+        help="write a SpatialData store (image, labels, cells table) beside a processed store (needs [export])",
+    )
+    p.add_argument("store_url", help="processed output store")
+    p.add_argument("out_url", help="new SpatialData store (outside the processed store)")
+    p.add_argument("--overwrite", action="store_true", help="replace out_url if it exists")
+    _add_storage(p)
+    p.set_defaults(handler=_export_spatialdata)
+
+
+def _export_spatialdata(args: argparse.Namespace) -> int:
+    from ..io.export import export_spatialdata
+
+    out = export_spatialdata(args.store_url, args.out_url, args.storage_options, overwrite=args.overwrite)
+    print(f"wrote {out}")
     return 0
 
 
@@ -266,6 +402,12 @@ def add_watch(sub: SubParsers) -> None:
     _add_kube(p)
     p.add_argument("--poll", type=float, default=30.0, help="seconds between bucket polls")
     p.add_argument("--lease-ttl", type=float, default=300.0, help="seconds a claim lives unrenewed")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="seconds a sample without _COMPLETE marker must stay unchanged (sizes, mtimes/ETags) before it is taken",
+    )
     p.add_argument("--max-attempts", type=int, default=3)
     p.add_argument("--backoff", type=float, default=60.0, help="first retry delay, doubled each time")
     p.add_argument("--notify-port", type=int, help="serve POST /events for S3/MinIO notifications")
@@ -301,6 +443,7 @@ def _watch(args: argparse.Namespace) -> int:
         owner=args.owner,
         lease_ttl=args.lease_ttl,
         poll_interval=args.poll,
+        settle_seconds=args.settle,
     )
     server = None
     if args.notify_port is not None:
@@ -484,7 +627,10 @@ def _calibrate_distortion(args: argparse.Namespace) -> int:
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_synth,
     add_upload,
+    add_inspect,
     add_run,
+    add_verify,
+    add_export_spatialdata,
     add_demo,
     add_watch,
     add_status,

@@ -125,9 +125,10 @@ def s3_error_code(exc: BaseException) -> str | None:
 def _connection_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [ConnectionError, TimeoutError]
     with contextlib.suppress(ImportError):
-        from botocore.exceptions import ConnectionClosedError, HTTPClientError
+        from botocore.exceptions import ConnectionClosedError, HTTPClientError, ReadTimeoutError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
-        types += [HTTPClientError, ConnectionClosedError]
+        types += [BotoConnectionError, HTTPClientError, ConnectionClosedError, ReadTimeoutError]
     with contextlib.suppress(ImportError):
         from aiohttp import ClientConnectionError, ServerTimeoutError
 
@@ -420,7 +421,10 @@ def compare_and_swap(
         if new is None:
             return state, False
         try:
-            store.put(new, version=version, fence=fence)
+            if fence is None:
+                store.put(new, version=version)
+            else:
+                store.put(new, version=version, fence=fence)
         except StateConflict:
             continue
         except StaleLease:  # the lease was taken over: refused, not retried

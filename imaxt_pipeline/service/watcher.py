@@ -1,20 +1,38 @@
 """The watcher: finds samples that have landed in a bucket and processes each once.
 
 A sample is a folder ``<bucket_url>/<sample>/`` in the raw layout
-(``spec/raw-layout.md``). It has *landed* when it holds an ``_COMPLETE`` marker,
-or ``acquisition.json``, ``tiles.csv`` and every file ``tiles.csv`` lists. Its
-input checksum is a hash of the listing (names, sizes, ETags or mtimes), so a
-sample whose inputs change is processed again.
+(``spec/raw-layout.md``). It has *landed* when it holds an ``_COMPLETE`` marker
+(taken at once: the uploader writes it last), or when ``acquisition.json``,
+``tiles.csv`` and every file ``tiles.csv`` lists are present *and unchanged over
+the settle interval*: the listing (names, sizes, ETags or mtimes) must be the same
+in two polls at least ``settle_seconds`` apart, so that a ``tiles.csv`` still being
+written row by row, or a tile still being written, is "not landed yet" and costs no
+attempt. The checksum of that listing is the sample's input checksum, so a sample
+whose inputs change is processed again.
 
 The loop polls the bucket through fsspec every ``poll_interval`` seconds;
 bucket notifications (:mod:`.notify`) wake it early for the samples they name.
 Claims, leases, retries and back-off live in :class:`~.state.Ledger`.
 Folders whose names start with ``_`` or ``.`` (``_imaxt/`` holds state and
 outputs by default) are never samples.
+
+Fencing: each claim carries a lease token; the attempt's renewals and its outcome are
+written fenced by it (refused once the lease was taken over). The lease is renewed every
+third of its time; when a renewal fails (state unreadable, store down) it is retried, and if
+no renewal succeeds within two thirds of the lease time after the last good one, the watcher
+assumes the lease lost: it cancels the attempt and waits until it has stopped, a third of the
+lease time before any other watcher may claim the sample.
+
+Errors: a configuration or input error of a run (:func:`~.state.is_permanent`) fails its
+sample at once (logged at ERROR); other failures are retried with back-off. A permanent
+error of the watcher's own (its run configuration, its bucket or credentials) stops it
+with :class:`WatcherStopped` (``imaxt watch`` exits 2); transient storage errors while
+polling are retried with back-off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -30,19 +48,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError
 from ..io.storage import protocols, url_to_fs
 from .launcher import Action, Job
 from .notify import ObjectEvent
-from .state import Ledger, SampleState
+from .state import Ledger, SampleState, is_permanent, is_transient
 
 log = logging.getLogger("imaxt.watcher")
 
 MARKER = "_COMPLETE"
 
 
-def emit(event: str, **fields: Any) -> None:
+class WatcherStopped(ConfigError):
+    """The watcher stopped on a permanent error of its own (configuration, bucket, credentials)."""
+
+
+def emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     """One structured log record: ``event`` plus fields (rendered as JSON by the CLI)."""
-    log.info(event, extra={"fields": {"event": event, **fields}})
+    log.log(level, event, extra={"fields": {"event": event, **fields}})
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,6 +90,7 @@ class Landed:
     sample: str
     url: str
     checksum: str
+    marker: bool = False
 
 
 def _tiles_listed(fs: Any, folder: str) -> list[str] | None:
@@ -123,7 +151,7 @@ def find_landed(
         listing = {p[len(folder) + 1 :]: info for p, info in found.items() if p.startswith(folder + "/")}
         if listing and sample_landed(fs, folder, listing):
             url = folder if protocol in ("file", "local") else f"{protocol}://{folder}"
-            landed.append(Landed(sample=name, url=url, checksum=listing_checksum(listing)))
+            landed.append(Landed(sample=name, url=url, checksum=listing_checksum(listing), marker=MARKER in listing))
     return landed
 
 
@@ -146,7 +174,11 @@ class Watcher:
         Where ``<sample>.zarr`` outputs and raw stores go; default
         ``<bucket_url>/_imaxt/processed`` and ``<bucket_url>/_imaxt/raw``.
     lease_ttl : float
-        Seconds a claim stays valid without renewal; renewed every third of it.
+        Seconds a claim stays valid without renewal; renewed every third of it. An attempt
+        whose lease could not be renewed for two thirds of it is cancelled.
+    settle_seconds : float
+        A sample without ``_COMPLETE`` marker is taken once its listing is unchanged over
+        this many seconds (two polls at least this far apart); 0 takes it at once.
     """
 
     def __init__(
@@ -161,9 +193,14 @@ class Watcher:
         owner: str | None = None,
         lease_ttl: float = 300.0,
         poll_interval: float = 30.0,
+        settle_seconds: float = 0.0,
     ) -> None:
         if lease_ttl <= 0 or poll_interval <= 0:
             raise ValueError(f"lease_ttl and poll_interval must be > 0, got {lease_ttl}, {poll_interval}")
+        if settle_seconds < 0:
+            raise ValueError(f"settle_seconds must be >= 0, got {settle_seconds}")
+        self.settle_seconds = float(settle_seconds)
+        self._seen: dict[str, tuple[str, float]] = {}  # sample -> (listing checksum, first seen, monotonic)
         self.bucket_url = bucket_url.rstrip("/")
         self.action = action
         self.ledger = ledger
@@ -204,30 +241,78 @@ class Watcher:
             output_url=f"{self.output_prefix}/{landed.sample}.zarr",
             raw_store_url=f"{self.raw_prefix}/{landed.sample}.zarr",
             attempt=state.attempts,
+            lease_token=state.lease_token,
         )
 
+    def settled(self, item: Landed) -> bool:
+        """Whether ``item`` may be taken: a marker, or a listing unchanged over ``settle_seconds``."""
+        if item.marker or self.settle_seconds == 0:
+            return True
+        now = time.monotonic()
+        seen = self._seen.get(item.sample)
+        if seen is None or seen[0] != item.checksum:
+            self._seen[item.sample] = (item.checksum, now)
+            # Inputs already recorded unchanged (e.g. by a watcher before a restart) have settled.
+            state, _ = self.ledger.store.get(item.sample)
+            if state is not None and state.input_checksum == item.checksum:
+                return True
+            emit("settling", sample=item.sample, settle_seconds=self.settle_seconds)
+            return False
+        return now - seen[1] >= self.settle_seconds
+
     def poll_once(self, only: Iterable[str] | None = None) -> list[SampleState]:
-        """Observe landed samples and run every one that is due; return the final states."""
+        """Observe landed samples and run every one that is due; return the final states.
+
+        Raises
+        ------
+        WatcherStopped
+            On a permanent error of the watcher's own storage (bucket, state store, credentials).
+        """
         landed = find_landed(self.bucket_url, self.storage_options, only=only)
         finished = []
         for item in landed:
-            state = self.ledger.observe(item.sample, item.checksum)
-            if not self.ledger.claimable(state):
+            try:
+                if not self.settled(item):
+                    continue
+                state = self.ledger.observe(item.sample, item.checksum)
+                if not self.ledger.claimable(state):
+                    continue
+                claimed_at = time.monotonic()
+                claimed = self.ledger.claim(item.sample, self.owner, ttl=self.lease_ttl)
+            except Exception as exc:  # one sample's state must not stall the others
+                self._storage_error(exc, sample=item.sample)
                 continue
-            claimed = self.ledger.claim(item.sample, self.owner, ttl=self.lease_ttl)
             if claimed is None:
                 continue
             if claimed.input_checksum != item.checksum:  # changed between observe and claim
-                self.ledger.finish(item.sample, self.owner, error="inputs changed before start")
+                with contextlib.suppress(Exception):
+                    self.ledger.finish(
+                        item.sample, self.owner, error="inputs changed before start", token=claimed.lease_token
+                    )
                 continue
-            result = self._run(item, claimed)
+            result = self._run(item, claimed, claimed_at)
             if result is not None:
                 finished.append(result)
         return finished
 
-    def _run(self, item: Landed, state: SampleState) -> SampleState | None:
+    def _storage_error(self, exc: Exception, **fields: Any) -> None:
+        """Log a storage error of the watcher's own; stop on a permanent one."""
+        if is_permanent(exc):
+            emit("stopped", level=logging.ERROR, error=_describe(exc), **fields)
+            raise WatcherStopped(f"{self.bucket_url}: {_describe(exc)}") from exc
+        emit("storage_error", level=logging.WARNING, error=_describe(exc), transient=is_transient(exc), **fields)
+
+    def _run(self, item: Landed, state: SampleState, claimed_at: float) -> SampleState | None:
         job = self.job_for(item, state)
-        emit("started", sample=job.sample, attempt=state.attempts, owner=self.owner, output=job.output_url)
+        token = state.lease_token
+        emit(
+            "started",
+            sample=job.sample,
+            attempt=state.attempts,
+            lease_token=token,
+            owner=self.owner,
+            output=job.output_url,
+        )
         cancel = threading.Event()
         errors: list[BaseException] = []
 
@@ -238,30 +323,67 @@ class Watcher:
                 errors.append(exc)
 
         t0 = time.monotonic()
+        lease = _LeaseKeeper(self, job.sample, token, claimed_at)
         worker = threading.Thread(target=target, name=f"imaxt-run-{job.sample}", daemon=True)
         worker.start()
-        while worker.is_alive():
-            worker.join(self.lease_ttl / 3)
-            if worker.is_alive() and not self.ledger.renew(job.sample, self.owner, ttl=self.lease_ttl):
-                emit("lease_lost", sample=job.sample, owner=self.owner)
-                cancel.set()
-                worker.join()
-                return None
-        error = None
-        if errors:
-            exc = errors[0]
-            error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
-        final = self.ledger.finish(job.sample, self.owner, error=error)
+        lease.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.05)
+                if worker.is_alive() and lease.lost():
+                    self._cancel(job, worker, cancel, lease, state)
+                    return None
+            error = _describe(errors[0]) if errors else None
+            permanent = bool(errors) and is_permanent(errors[0])
+            final = self._finish(job, lease, error=error, permanent=permanent)
+        finally:
+            lease.stop()
+        if final is None:
+            emit("lease_lost", level=logging.WARNING, sample=job.sample, lease_token=token, reason=lease.reason)
+            return None
+        if error is None:
+            level = logging.INFO
+        elif final.status == "failed":
+            level = logging.ERROR
+        else:
+            level = logging.WARNING
         emit(
             "finished" if error is None else "run_failed",
+            level=level,
             sample=job.sample,
-            status=final.status if final else "lease_lost",
+            status=final.status,
             attempt=state.attempts,
+            lease_token=token,
             seconds=round(time.monotonic() - t0, 3),
             error=error,
-            retry_at=final.next_attempt_at if final and final.status == "pending" else None,
+            permanent=permanent if error is not None else None,
+            retry_at=final.next_attempt_at if final.status == "pending" else None,
         )
         return final
+
+    def _cancel(
+        self, job: Job, worker: threading.Thread, cancel: threading.Event, lease: _LeaseKeeper, state: SampleState
+    ) -> None:
+        """Stop the attempt (the action returns once it is dead), then give the lease back if still ours."""
+        emit("lease_lost", level=logging.WARNING, sample=job.sample, lease_token=lease.token, reason=lease.reason)
+        cancel.set()
+        worker.join()
+        emit("cancelled", level=logging.WARNING, sample=job.sample, attempt=state.attempts, lease_token=lease.token)
+        lease.stop()
+        with contextlib.suppress(Exception):  # fenced: refused if another watcher took the sample over
+            self.ledger.finish(job.sample, self.owner, error=f"attempt cancelled: {lease.reason}", token=lease.token)
+
+    def _finish(self, job: Job, lease: _LeaseKeeper, *, error: str | None, permanent: bool) -> SampleState | None:
+        """Record the outcome, retrying storage errors while the lease is still safely ours."""
+        while True:
+            try:
+                return self.ledger.finish(job.sample, self.owner, error=error, permanent=permanent, token=lease.token)
+            except Exception as exc:
+                emit("finish_error", level=logging.WARNING, sample=job.sample, error=_describe(exc))
+                if lease.lost():
+                    lease.reason = f"outcome not recorded: {_describe(exc)}"
+                    return None
+                time.sleep(lease.retry_s)
 
     # -- loop --------------------------------------------------------------
     def all_settled(self) -> bool:
@@ -274,13 +396,31 @@ class Watcher:
         return True
 
     def run(self, stop: threading.Event | None = None, *, exit_when_settled: bool = False) -> None:
-        """Poll until ``stop`` is set (or, optionally, until every sample is settled)."""
+        """Poll until ``stop`` is set (or, optionally, until every sample is settled).
+
+        Raises
+        ------
+        WatcherStopped
+            On a permanent error of the watcher's own: its run configuration (checked before the
+            first poll), its bucket or its credentials. Transient errors are retried with back-off.
+        """
         stop = stop or threading.Event()
+        check = getattr(self.action, "check", None)
+        if callable(check):
+            try:
+                check()
+            except Exception as exc:
+                if not is_permanent(exc):
+                    raise
+                emit("stopped", level=logging.ERROR, error=_describe(exc))
+                raise WatcherStopped(_describe(exc)) from exc
         emit("watching", bucket=self.bucket_url, owner=self.owner, output=self.output_prefix)
+        failures = 0
         while not stop.is_set():
             with self._lock:
                 hints, self._hints = self._hints, set()
             self._wake.clear()
+            delay = self.poll_interval
             try:
                 if hints:
                     self.poll_once(only=hints)
@@ -288,6 +428,80 @@ class Watcher:
                 if exit_when_settled and self.all_settled():
                     emit("settled", bucket=self.bucket_url)
                     return
+                failures = 0
+            except WatcherStopped:
+                raise
             except Exception as exc:  # storage hiccups must not kill the watcher
-                log.exception("poll failed", extra={"fields": {"event": "poll_error", "error": str(exc)}})
-            self._wake.wait(self.poll_interval)
+                if is_permanent(exc):
+                    emit("stopped", level=logging.ERROR, error=_describe(exc))
+                    raise WatcherStopped(f"{self.bucket_url}: {_describe(exc)}") from exc
+                failures += 1
+                delay = min(self.poll_interval * 2**failures, max(self.poll_interval, 60.0))
+                emit(
+                    "poll_error",
+                    level=logging.WARNING,
+                    error=_describe(exc),
+                    transient=is_transient(exc),
+                    retry_in=round(delay, 3),
+                )
+            self._wake.wait(delay)
+
+
+class _LeaseKeeper:
+    """Renews one attempt's lease in the background; says when it must be assumed lost.
+
+    The lease is renewed every ``ttl/3`` (fenced by the attempt's token); a failed renewal is
+    retried every ``retry_s``. The lease counts as lost when a renewal is refused, or when none
+    has succeeded for ``2/3 ttl`` since the last good one (measured from the moment that
+    renewal was sent, so conservatively): a third of the lease is left to stop the attempt.
+    """
+
+    def __init__(self, watcher: Watcher, sample: str, token: int, claimed_at: float) -> None:
+        self.watcher = watcher
+        self.sample = sample
+        self.token = token
+        ttl = watcher.lease_ttl
+        self.every = ttl / 3
+        self.retry_s = min(1.0, ttl / 10)
+        self.safe_for = ttl - ttl / 3
+        self._renewed_at = claimed_at
+        self._refused = False
+        self.reason = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"imaxt-lease-{sample}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def lost(self) -> bool:
+        if self._refused:
+            self.reason = self.reason or "lease taken over"
+            return True
+        if time.monotonic() >= self._renewed_at + self.safe_for:
+            self.reason = self.reason or f"lease not renewed for {self.safe_for:.3g} s"
+            return True
+        return False
+
+    def _loop(self) -> None:
+        wait = self.every
+        while not self._stop.wait(wait):
+            sent = time.monotonic()
+            try:
+                ok = self.watcher.ledger.renew(
+                    self.sample, self.watcher.owner, ttl=self.watcher.lease_ttl, token=self.token
+                )
+            except Exception as exc:
+                emit("renew_error", level=logging.WARNING, sample=self.sample, error=_describe(exc))
+                wait = self.retry_s
+                continue
+            if self._stop.is_set():
+                return
+            if not ok:
+                self.reason = "lease taken over (renewal refused)"
+                self._refused = True
+                return
+            self._renewed_at = sent
+            wait = self.every

@@ -1,8 +1,13 @@
 """Per-cell and per-nucleus catalogues (Parquet tables ``cells`` and ``nuclei``).
 
-One row per cell per plane: position in px and µm in the frame of the
-segmented image (the cube when it exists), shape, mean and integrated
-intensity per channel, and the max-overlap nucleus with its own features.
+One row per cell per plane: its sample-wide ``cell_id`` (the value of the
+cell in the label image, ``plane << 32 | label``; ``label`` holds the same
+value), position in px and µm in the frame of the segmented image (the cube
+when it exists), shape, mean and integrated intensity per channel, and the
+max-overlap nucleus (``nucleus_id``, 0: none) with its own features. The nuclei
+table links back: ``cell_id`` of the cell grown from each nucleus (0: none).
+Every column is described in ``docs/tables.md``. The label images get each
+id's colour and properties (slice, plane, area, linked id) in ``image-label``.
 One Dask task per plane; rows of planes processed earlier are kept (live
 processing replaces only the slices of this run). Histograms of areas and
 intensities go to ``qc/catalogue_histograms.png``.
@@ -10,6 +15,7 @@ intensities go to ``qc/catalogue_histograms.png``.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ..io import results
@@ -37,12 +43,14 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         new = pd.concat([r[i] for r in planes], ignore_index=True) if planes else pd.DataFrame()
         tables[table_name] = results.replace_slices(ctx.output, table_name, new, ctx.slices, sort_by=("plane", "label"))
         ctx.output.write_table(table_name, tables[table_name])
+    _label_display(cells, tables[results.CELLS], link="nucleus_id")
+    _label_display(nuclei, tables[results.NUCLEI], link="cell_id")
     qc = ctx.output.write_png("catalogue_histograms", to_png(catalogue_histograms(tables[results.CELLS], channels)))
     cells_table = tables[results.CELLS]
     metrics = {
         "cells": int(len(cells_table)),
         "nuclei": int(len(tables[results.NUCLEI])),
-        "cells_without_nucleus": int((cells_table.get("nucleus_label", pd.Series([])) == 0).sum()),
+        "cells_without_nucleus": int((cells_table.get("nucleus_id", pd.Series([])) == 0).sum()),
     }
     labels = [results.label_path(name, lab) for lab in ("cells", "nuclei")]
     return StepResult(
@@ -50,6 +58,17 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         outputs=[results.table_path(results.CELLS), results.table_path(results.NUCLEI), qc],
         metrics=metrics,
     )
+
+
+def _label_display(image: OmeImage, table: pd.DataFrame, *, link: str) -> None:
+    """``image-label`` colours and properties of every id of ``table`` (see ``OmeImage.set_label_display``)."""
+    if "label" not in table.columns:
+        return
+    props = [
+        {"slice": int(s), "plane": int(p), "area_um2": round(float(a), 3), link: int(n)}
+        for s, p, a, n in zip(table["slice"], table["plane"], table["area_um2"], table[link], strict=True)
+    ]
+    image.set_label_display(table["label"].to_numpy(np.uint64).tolist(), props)
 
 
 def _plane_tables(
@@ -63,10 +82,11 @@ def _plane_tables(
     z_um: float,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from ..algorithms.measure import cell_catalogue
+    from ..parallel.segmentation import LABEL_DTYPE, global_labels, local_labels
 
-    return cell_catalogue(
-        cells.read_plane(plane),
-        nuclei.read_plane(plane),
+    cell_t, nuc_t = cell_catalogue(
+        local_labels(cells.read_plane(plane)),
+        local_labels(nuclei.read_plane(plane)),
         image.read_plane(plane),
         channel_names=channels,
         pixel_size_um=pixel_um,
@@ -74,3 +94,12 @@ def _plane_tables(
         slice_index=slice_,
         plane=plane,
     )
+    # per-plane labels -> the ids of the label images (sample-wide, uint64)
+    for table, column in ((cell_t, "label"), (cell_t, "nucleus_label"), (nuc_t, "label")):
+        table[column] = global_labels(table[column].to_numpy(np.int64), plane)
+    cell_t.insert(0, "cell_id", cell_t["label"].to_numpy(LABEL_DTYPE))
+    cell_t.insert(list(cell_t.columns).index("nucleus_label") + 1, "nucleus_id", cell_t["nucleus_label"].to_numpy())
+    grown = cell_t[cell_t["nucleus_id"] > 0].drop_duplicates("nucleus_id").set_index("nucleus_id")["cell_id"]
+    nuc_t.insert(0, "nucleus_id", nuc_t["label"].to_numpy(LABEL_DTYPE))
+    nuc_t.insert(1, "cell_id", grown.reindex(nuc_t["label"].to_numpy()).fillna(0).to_numpy(LABEL_DTYPE))
+    return cell_t, nuc_t

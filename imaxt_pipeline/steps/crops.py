@@ -3,7 +3,8 @@
 * Zarr array ``crops`` (N, C, h, w): a fixed-size crop centred on every
   nucleus of the ``nuclei`` catalogue, pixels outside that nucleus set to 0.
   Row ``i`` is described by row ``i`` of table ``crops`` (slice, plane,
-  label, centroid), a copy of the catalogue's index columns.
+  label = the nucleus's sample-wide id, centroid), a copy of the catalogue's
+  index columns.
 * Table ``representative_slices``: slices ranked by the z-scored Euclidean
   distance of (number of cells, mean nuclear intensity) to the centroid over
   all catalogued slices (NucleusNet's Table 3).
@@ -27,6 +28,8 @@ from .params import CropsParams as Params
 __all__ = ["Params", "run"]
 
 INDEX_COLUMNS = list(results.CROP_INDEX_COLUMNS)
+#: Id columns of the catalogue copied after the index columns when it has them (``label`` = ``nucleus_id``).
+ID_COLUMNS = ("nucleus_id", "cell_id")
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
@@ -38,13 +41,14 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     nuclei_img = ctx.output.open_image(results.label_path(name, "nuclei"))
     channels = list(ctx.raw.acquisition.channels)
     planes = [p for _, p in ctx.planes()]
-    new_index = catalogue[catalogue["plane"].isin(planes)][INDEX_COLUMNS].sort_values(["plane", "label"])
+    columns = INDEX_COLUMNS + [c for c in ID_COLUMNS if c in catalogue.columns]
+    new_index = catalogue[catalogue["plane"].isin(planes)][columns].sort_values(["plane", "label"])
 
     old_index = results.read_table_or_none(ctx.output, results.CROPS)
     rebuild = old_index is None or not ctx.output.has(results.CROPS) or bool(old_index["plane"].isin(planes).any())
     if rebuild and old_index is not None:
         # a re-processed slice: keep other slices' rows only if their crops can be re-cut from the catalogue
-        keep = catalogue[~catalogue["plane"].isin(planes)][INDEX_COLUMNS]
+        keep = catalogue[~catalogue["plane"].isin(planes)][columns]
         new_index = pd.concat([keep, new_index]).sort_values(["plane", "label"])
         planes = sorted(new_index["plane"].unique().tolist())
     start = 0 if rebuild or old_index is None else len(old_index)
@@ -97,9 +101,15 @@ def _plane_crops(
     image: OmeImage, nuclei: OmeImage, plane: int, centroids: np.ndarray, labels: Any, size: int
 ) -> tuple[int, np.ndarray]:
     from ..algorithms.measure import masked_crops
+    from ..parallel.segmentation import local_labels
 
+    # the ids of one plane differ only in their low bits: compare those (exact in int64)
     crops = masked_crops(
-        image.read_plane(plane).astype(np.float32), nuclei.read_plane(plane), centroids, labels, size=(size, size)
+        image.read_plane(plane).astype(np.float32),
+        local_labels(nuclei.read_plane(plane)),
+        centroids,
+        local_labels(labels).tolist(),
+        size=(size, size),
     )
     return plane, crops
 

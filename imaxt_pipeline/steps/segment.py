@@ -3,15 +3,19 @@
 The registered ``cube`` is segmented when it exists, else the ``mosaic``.
 Each plane is cut into overlapping blocks segmented on the workers (tasks ask
 for a ``GPU`` resource when ``gpu_resource`` is set), and block labels are
-merged into globally unique labels per plane
-(:func:`imaxt_pipeline.parallel.segmentation.segment_blockwise`). Cell ``i``
-is grown from nucleus ``i``. A QC overlay of one region is written to
-``qc/segment_overlay.png``.
+merged into unique labels per plane
+(:func:`imaxt_pipeline.parallel.segmentation.segment_blockwise`), written as
+sample-wide uint64 ids ``plane << 32 | label``
+(:func:`~imaxt_pipeline.parallel.segmentation.global_labels`): every value of
+the 3-D label images is one object of one plane, and re-segmenting a plane
+never renumbers another. Cell ``i`` is grown from nucleus ``i`` (same id).
+Each label gets a fixed colour (``image-label.colors``). A QC overlay of one
+region is written to ``qc/segment_overlay.png``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -75,22 +79,27 @@ def _sample(image: OmeImage, plane: int, max_px: int = 4_000_000) -> tuple[np.nd
 
 
 def _label_images(ctx: StepContext, name: str) -> dict[str, OmeImage]:
-    """The label images of ``name``, created anew unless they exist on the image's grid."""
+    """The label images of ``name``, created anew unless they exist on the image's grid with uint64 ids."""
+    from ..parallel.segmentation import LABEL_DTYPE
+
     out = {}
     shape = ctx.output.open_image(name).shape
     for lab in results.LABELS:
         path = results.label_path(name, lab)
-        if ctx.output.has(path) and ctx.output.open_image(path).shape == (shape[1], *shape[2:]):
-            out[lab] = ctx.output.open_image(path)
+        old = ctx.output.open_image(path) if ctx.output.has(path) else None
+        if old is not None and old.shape == (shape[1], *shape[2:]) and old.array(0, mode="r").dtype == LABEL_DTYPE:
+            out[lab] = old
         else:
-            out[lab] = ctx.output.create_labels(name, lab, dtype="uint32")
+            if old is not None and old.shape == (shape[1], *shape[2:]):
+                ctx.log.warning("segment: %s holds per-plane labels of another dtype; recreating it", path)
+            out[lab] = ctx.output.create_labels(name, lab, dtype=LABEL_DTYPE.name)
     return out
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
     import dask
 
-    from ..parallel.segmentation import segment_blockwise
+    from ..parallel.segmentation import local_labels, segment_blockwise
 
     name = results.source_image(ctx.output)
     image = ctx.output.open_image(name)
@@ -116,26 +125,32 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     metrics: dict[str, Any] = {"image": name, "backend": params.backend, "nuclei_per_plane": per_plane}
     if segmenter is not None:
         metrics["diameter_px"] = segmenter.expected_diameter_px
-    _set_colours(labels, max(counts, default=0))
+    _set_colours(labels, {p: int(c) for (_, p), c in zip(ctx.planes(), counts, strict=False)})
     outputs = [results.label_path(name, lab) for lab in results.LABELS]
     if counts:
         plane = ctx.planes()[0][1]
-        fig = segment_overlay(
-            image.read_plane(plane)[0], labels["cells"].read_plane(plane), plane=plane, region=params.qc_region
-        )
+        cells_local = local_labels(labels["cells"].read_plane(plane))  # the overlay colours labels 1..max
+        fig = segment_overlay(image.read_plane(plane)[0], cells_local, plane=plane, region=params.qc_region)
         outputs.append(ctx.output.write_png("segment_overlay", to_png(fig)))
     return StepResult(inputs=[name], outputs=outputs, metrics=metrics)
 
 
 def _write_plane(lab: np.ndarray, nuclei: OmeImage, cells: OmeImage, plane: int) -> int:
-    nuclei.write_plane(plane, lab[0])
-    cells.write_plane(plane, lab[1])
+    from ..parallel.segmentation import global_labels
+
+    nuclei.write_plane(plane, global_labels(lab[0], plane))
+    cells.write_plane(plane, global_labels(lab[1], plane))
     return int(lab[0].max(initial=0))
 
 
-def _set_colours(labels: dict[str, OmeImage], n: int, limit: int = 5000) -> None:
-    """NGFF ``image-label.colors``: a seeded random RGBA per label (first ``limit`` labels)."""
-    rgba = np.random.default_rng(0).integers(40, 256, size=(min(n, limit), 3))
-    colours = [{"label-value": i + 1, "rgba": [*map(int, c), 255]} for i, c in enumerate(rgba)]
+def _set_colours(labels: dict[str, OmeImage], counts: dict[int, int]) -> None:
+    """NGFF ``image-label.colors``: a fixed colour per id (ids of the planes segmented now, plus the
+    colours already stored for other planes), while there are at most ``MAX_LABEL_METADATA`` ids."""
+    from ..parallel.segmentation import global_labels, label_planes
+
+    new = [int(v) for p, n in sorted(counts.items()) for v in global_labels(np.arange(1, n + 1), p)]
     for img in labels.values():
-        img.set_label_colors(colours)
+        meta = cast(dict[str, Any], img.group(mode="r").attrs["ome"]).get("image-label", {})
+        stored = [int(c["label-value"]) for c in meta.get("colors", [])]
+        kept = [v for v, p in zip(stored, label_planes(np.asarray(stored, np.uint64)), strict=True) if p not in counts]
+        img.set_label_display(sorted(kept + new))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from ._cells import render_cells, render_nuclei_plane
 from ._params import SynthParams, calibration_params, demo_params
+from ._tissuecyte import synthesize_tissuecyte, write_tissuecyte
 from ._writer import Truth, load_truth, synthesize
 
 __all__ = [
@@ -29,4 +30,6 @@ __all__ = [
     "render_cells",
     "render_nuclei_plane",
     "synthesize",
+    "synthesize_tissuecyte",
+    "write_tissuecyte",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaxt_pipeline.io.ome import create_image, create_labels
+from imaxt_pipeline.io.ome import create_image, create_labels, write_entry_point
 from imaxt_pipeline.io.urls import Location
 
 
@@ -74,3 +74,91 @@ def test_scale_colours_and_reducer_metadata(image):
     assert meta["colors"] == [{"label-value": 1, "rgba": [1, 2, 3, 255]}] and meta["source"] == {"image": "../../"}
     with pytest.raises(ValueError, match="not a label image"):
         image.set_label_colors([])
+
+
+def test_levels_carry_scale_translation_and_the_reducer(image):
+    """Mean levels are shifted by half a block minus half a pixel; label levels (top-left sample) are not."""
+    from ome_zarr_models.v05.image import Image
+
+    from imaxt_pipeline.algorithms import fusion
+
+    ms = image.group(mode="r").attrs["ome"]["multiscales"][0]
+    for level, ds in enumerate(ms["datasets"]):
+        scale, shift = ds["coordinateTransformations"]
+        f = 2**level
+        assert scale == {"type": "scale", "scale": [1.0, 15.0, 0.5 * f, 0.5 * f]}
+        assert shift == {"type": "translation", "translation": [0.0, 0.0, (f - 1) / 2 * 0.5, (f - 1) / 2 * 0.5]}
+    assert ms["type"] == "mean" and hasattr(fusion, ms["metadata"]["method"].rsplit(".", 1)[1])
+    labels = create_labels(image, "cells")
+    lms = labels.group(mode="r").attrs["ome"]["multiscales"][0]
+    assert lms["type"] == "nearest" and lms["metadata"]["method"].endswith("downsample_labels")
+    assert all(ds["coordinateTransformations"][1]["translation"] == [0.0, 0.0, 0.0] for ds in lms["datasets"])
+    assert labels.array(0, mode="r").dtype == np.uint64
+    # the level-1 pixel centre is the mean of the level-0 centres it averages
+    image.write_plane(0, np.broadcast_to(np.arange(21, dtype=np.float32), (2, 37, 21)).copy())
+    assert image.read_plane(0, level=1)[0, 0, 0] == pytest.approx(0.5)  # x of pixels 0 and 1: centre 0.5 px
+    Image.from_zarr(image.group(mode="r"))
+
+
+def test_windows_come_from_the_data(image):
+    rng = np.random.default_rng(0)
+    before = image.group(mode="r").attrs["ome"]["omero"]["channels"]
+    assert [c["window"]["end"] for c in before] == [1.0, 1.0]  # nothing measured yet
+    plane = np.stack([rng.uniform(100, 4000, (37, 21)), rng.uniform(0.5, 4.0, (37, 21))]).astype(np.float32)
+    image.write_plane(1, plane)
+    windows = image.refresh_display()  # planes 0 and 2 are empty (fill value 0) and left out
+    coarse = image.refresh_display([1], max_px=10)  # the coarsest level (5 x 3) when every level is too big
+    assert coarse[0]["end"] == pytest.approx(np.percentile(image.read_plane(1, level=3)[0], 99.9), rel=1e-5)
+    windows = image.refresh_display()
+    for c, w in enumerate(windows):
+        lo, hi = np.percentile(plane[c], [0.1, 99.9])  # level 0 is small enough to be the one sampled
+        assert (w["start"], w["end"]) == pytest.approx((lo, hi), rel=1e-5)
+        assert w["min"] <= w["start"] < w["end"] <= w["max"]
+    assert windows[0]["end"] > 3000 and windows[1]["end"] < 5
+    stored = image.group(mode="r").attrs["ome"]["omero"]["channels"]
+    assert [c["window"] for c in stored] == windows and [c["label"] for c in stored] == ["a", "b"]
+    assert stored[0]["color"] != stored[1]["color"]
+    from ome_zarr_models.v05.image import Image
+
+    Image.from_zarr(image.group(mode="r"))
+    with pytest.raises(ValueError, match="no channel windows"):
+        create_labels(image, "nuclei").refresh_display()
+
+
+def test_label_display_colours_and_properties(image):
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    from imaxt_pipeline.io.ome import label_colour
+
+    labels = create_labels(image, "cells")
+    ids = [(1 << 32) | 1, (2 << 32) | 1]
+    assert labels.set_label_display(ids, [{"slice": 1, "area_um2": 2.5}, {"slice": 2, "area_um2": 3.0}])
+    meta = labels.group(mode="r").attrs["ome"]["image-label"]
+    assert [c["label-value"] for c in meta["colors"]] == ids
+    assert meta["colors"][0]["rgba"] == list(label_colour(ids[0])) != meta["colors"][1]["rgba"]
+    assert meta["properties"][1] == {"label-value": ids[1], "slice": 2, "area_um2": 3.0}
+    ImageLabel.from_zarr(labels.group(mode="r"))
+    assert not labels.set_label_display(range(1, 12), limit=10)  # too many: viewers colour them
+    assert labels.group(mode="r").attrs["ome"]["image-label"]["colors"] == []
+
+
+def test_entry_point_points_the_root_at_an_image(image, tmp_path):
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    from ome_zarr_models.v05.image import Image
+
+    create_labels(image, "nuclei")
+    root = zarr.open_group(str(tmp_path / "o.zarr"), mode="a")
+    root.attrs["imaxt"] = {"keep": True}
+    entry = write_entry_point(root, image, name="sample")
+    assert [d["path"] for d in entry["multiscales"][0]["datasets"]] == ["img/0", "img/1", "img/2", "img/3"]
+    assert entry["labels"] == ["img/labels/nuclei"]
+    fresh = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    assert fresh.attrs["imaxt"] == {"keep": True}
+    Image.from_zarr(fresh)
+    nodes = list(Reader(parse_url(str(tmp_path / "o.zarr")))())
+    assert nodes[0].data[0].shape == (2, 3, 37, 21) and nodes[0].metadata["channel_names"] == ["a", "b"]
+    assert [n.zarr.basename() for n in nodes if n.load(Label)] == ["nuclei"]
+    with pytest.raises(ValueError, match="directly under"):
+        write_entry_point(root, create_labels(image, "cells"), name="x")

@@ -141,3 +141,62 @@ def test_slices_rewritten_by_a_step_are_redone_downstream(tmp_path, dask_client,
     meta = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["imaxt"]
     assert [p["slices"] for p in meta["provenance"]] == [[2], [2], [0, 2]]
     assert meta["slices_done"] == [2]
+
+
+def test_provenance_of_an_interrupted_attempt_is_marked_when_the_next_run_starts(tmp_path, monkeypatch):
+    """A step killed mid-way leaves its entry ``running``; the next run marks it ``interrupted``."""
+    import types
+
+    from imaxt_pipeline import pipeline
+    from imaxt_pipeline.steps import StepResult
+
+    sample = write_raw_sample(tmp_path / "raw", slices=1, rows=1, cols=1, tile=16)
+    store = str(tmp_path / "raw.zarr")
+    upload(str(sample), store, progress=False)
+
+    def killed(ctx, params):
+        raise KeyboardInterrupt  # what a killed process leaves behind: no end, no status change
+
+    steps = {"calibrate": types.SimpleNamespace(run=lambda ctx, params: StepResult()), "mosaic": None}
+    steps["mosaic"] = types.SimpleNamespace(run=killed)
+    monkeypatch.setattr(pipeline, "step_module", lambda name: steps[name])
+    config = load_config(None, input_url=store, output_url=str(tmp_path / "o.zarr"), **only_steps(*steps))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, client=object())
+    meta = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["imaxt"]
+    assert [(p["name"], p["status"], p["end"] is None) for p in meta["provenance"]] == [
+        ("calibrate", "finished", False),
+        ("mosaic", "running", True),
+    ]
+    assert meta["complete"] is False
+
+    steps["mosaic"] = types.SimpleNamespace(run=lambda ctx, params: StepResult())
+    run_pipeline(config, client=object())
+    meta = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["imaxt"]
+    assert [(p["name"], p["status"]) for p in meta["provenance"]] == [
+        ("calibrate", "finished"),
+        ("mosaic", "interrupted"),
+        ("calibrate", "finished"),
+        ("mosaic", "finished"),
+    ]
+    assert meta["complete"] is True
+
+
+def test_a_failed_step_is_recorded_as_failed(tmp_path, monkeypatch):
+    import types
+
+    from imaxt_pipeline import pipeline
+
+    sample = write_raw_sample(tmp_path / "raw", slices=1, rows=1, cols=1, tile=16)
+    store = str(tmp_path / "raw.zarr")
+    upload(str(sample), store, progress=False)
+
+    def broken(ctx, params):
+        raise StoreError("tiles tile (slice 0, ...): checksum mismatch")
+
+    monkeypatch.setattr(pipeline, "step_module", lambda name: types.SimpleNamespace(run=broken))
+    config = load_config(None, input_url=store, output_url=str(tmp_path / "o.zarr"), **only_steps("mosaic"))
+    with pytest.raises(StoreError):
+        run_pipeline(config, client=object())
+    (entry,) = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["imaxt"]["provenance"]
+    assert entry["status"] == "failed" and entry["end"] and "checksum mismatch" in entry["error"]

@@ -9,15 +9,20 @@ import dataclasses
 
 import pytest
 
+from imaxt_pipeline.errors import ConfigError, InputError
 from imaxt_pipeline.service.state import (
     CAS_ATTEMPTS,
     Ledger,
     LocalStateStore,
+    PermanentError,
     RetryPolicy,
     SampleState,
     StateConflict,
     compare_and_swap,
+    is_permanent,
+    is_transient,
     open_state_store,
+    s3_error_code,
 )
 
 
@@ -29,7 +34,7 @@ class RacingStore(LocalStateStore):
         self.losses = losses
         self.puts = 0
 
-    def put(self, state: SampleState, *, version: str | None) -> None:
+    def put(self, state: SampleState, *, version: str | None, fence: int | None = None) -> None:
         self.puts += 1
         if self.losses > 0:
             self.losses -= 1
@@ -37,7 +42,7 @@ class RacingStore(LocalStateStore):
             if current is not None:  # a concurrent writer bumps the record
                 super().put(dataclasses.replace(current, updated=current.updated + 1), version=v)
             raise StateConflict(f"{state.sample}: state changed concurrently")
-        super().put(state, version=version)
+        super().put(state, version=version, fence=fence)
 
 
 def test_open_state_store_picks_backend(tmp_path):
@@ -90,3 +95,50 @@ def test_every_transition_survives_lost_races(tmp_path):
     assert store.get("s")[0].status == "done"
     store.losses = CAS_ATTEMPTS  # a transition that loses every race is refused, not forced
     assert ledger.observe("s", "other inputs").input_checksum == "c"
+
+
+def _client_error(code: str):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": "whatever the server says"}}, "GetObject")
+
+
+def _translated(code: str) -> OSError:
+    """What s3fs raises: a builtin error *from* botocore's ClientError."""
+    from s3fs.errors import translate_boto_error
+
+    exc = translate_boto_error(_client_error(code))
+    assert exc.__cause__ is not None
+    return exc
+
+
+@pytest.mark.parametrize("code", ["SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"])
+def test_transient_s3_codes_are_retried(code):
+    for exc in (_client_error(code), _translated(code)):
+        assert s3_error_code(exc) == code
+        assert is_transient(exc) and not is_permanent(exc)
+
+
+@pytest.mark.parametrize("code", ["NoSuchBucket", "AccessDenied", "InvalidAccessKeyId"])
+def test_permanent_s3_codes_stop(code):
+    for exc in (_client_error(code), _translated(code)):
+        assert is_permanent(exc) and not is_transient(exc)
+
+
+def test_errors_classified_by_type_not_text():
+    from botocore.exceptions import EndpointConnectionError
+
+    assert is_transient(EndpointConnectionError(endpoint_url="http://minio:9000"))
+    assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
+    for exc in (ConfigError("steps.mosaic.levles: extra"), InputError("tiles.csv", "bad row"), PermanentError("x")):
+        assert is_permanent(exc) and not is_transient(exc)
+    try:  # a wrapped configuration error is still one
+        try:
+            raise ConfigError("typo")
+        except ConfigError as inner:
+            raise RuntimeError("run failed") from inner
+    except RuntimeError as outer:
+        assert is_permanent(outer)
+    # Words in a message decide nothing.
+    for text in ("SlowDown", "ServiceUnavailable", "ConfigError: typo", "NoSuchBucket"):
+        assert not is_transient(RuntimeError(text)) and not is_permanent(RuntimeError(text))

@@ -18,6 +18,7 @@ from imaxt_pipeline.service.state import (
     RetryPolicy,
     S3StateStore,
     SampleState,
+    StaleLease,
     StateConflict,
     StateStore,
     compare_and_swap,
@@ -182,6 +183,40 @@ class StateStoreTests:
         assert ledger.claim("s", "D", ttl=30).attempts == 1
         assert ledger.finish("s", "D").status == "done"
         assert ledger.observe("s", "c2").status == "done"  # same inputs: stays done
+
+    # -- fencing -----------------------------------------------------------
+    def test_lease_tokens_fence_out_a_stale_attempt(self, store):
+        """A taken-over attempt cannot write, even under the same owner id; tokens only grow."""
+        clock = Clock()
+        ledger = Ledger(store, retry=RetryPolicy(max_attempts=5), clock=clock)
+        ledger.observe("s", "c1")
+        first = ledger.claim("s", "A", ttl=10)
+        assert first.lease_token == 1
+        clock.now += 11  # A's renewals stalled; its lease expired
+        second = ledger.claim("s", "A", ttl=10)  # the same watcher (owner id) starts attempt 2
+        assert second.lease_token == 2 and second.attempts == 2
+        before = store.get("s")
+        assert not ledger.renew("s", "A", ttl=10, token=1)
+        assert ledger.finish("s", "A", token=1) is None and ledger.finish("s", "A", error="x", token=1) is None
+        assert store.get("s") == before  # the stale attempt changed nothing
+        state, version = before
+        with pytest.raises(StaleLease):  # the store itself refuses the stale token
+            store.put(dataclasses.replace(state, status="done"), version=version, fence=1)
+        assert store.get("s") == before
+        assert ledger.renew("s", "A", ttl=10, token=2)
+        assert ledger.finish("s", "A", token=2).status == "done"
+        with pytest.raises(StaleLease):  # no lease at all any more
+            store.put(dataclasses.replace(state, status="done"), version=store.get("s")[1], fence=2)
+        ledger.observe("s", "c2")  # inputs change: a new run gets a new, larger token
+        assert ledger.claim("s", "B", ttl=10).lease_token == 3
+
+    def test_permanent_error_fails_at_once(self, store):
+        ledger = Ledger(store, retry=RetryPolicy(max_attempts=3))
+        ledger.observe("s", "c")
+        claimed = ledger.claim("s", "A", ttl=30)
+        final = ledger.finish("s", "A", error="ConfigError: bad key", permanent=True, token=claimed.lease_token)
+        assert (final.status, final.attempts, final.last_error) == ("failed", 1, "ConfigError: bad key")
+        assert ledger.claim("s", "B", ttl=30) is None  # not retried
 
     def test_crash_on_last_attempt_marks_failed(self, store):
         clock = Clock()

@@ -75,7 +75,7 @@ def bucket(request, tmp_path):
 
 
 def read_log(path: Path) -> dict[str, collections.Counter]:
-    counts = {"start": collections.Counter(), "done": collections.Counter()}
+    counts = collections.defaultdict(collections.Counter)  # start, beat, fail, done
     if path.exists():
         for line in path.read_text().splitlines():
             event, sample, *_ = line.split()
@@ -99,6 +99,8 @@ def watch_proc(bucket: Bucket, log: Path, seconds: float, *extra: str) -> subpro
         command(log, seconds),
         "--poll",
         "0.2",
+        "--settle",
+        "0.3",
         *extra,
     ]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)

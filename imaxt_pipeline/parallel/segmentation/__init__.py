@@ -2,9 +2,21 @@
 
 :func:`segment_blockwise` runs any :class:`~imaxt_pipeline.algorithms.segmentation.Segmenter` on the
 extended windows of a :func:`block_grid` (:class:`BlockGrid`) and returns globally numbered nucleus and
-cell labels as one lazy array.
+cell labels as one lazy array. :func:`global_labels` maps a plane's labels into the sample-wide id space
+(``plane << 32 | local``, uint64) written to the label images; :func:`local_labels` and
+:func:`label_planes` take ids apart.
 """
 
 from ._blockwise import BlockGrid, block_grid, segment_blockwise
+from ._ids import LABEL_BITS, LABEL_DTYPE, global_labels, label_planes, local_labels
 
-__all__ = ["BlockGrid", "block_grid", "segment_blockwise"]
+__all__ = [
+    "LABEL_BITS",
+    "LABEL_DTYPE",
+    "BlockGrid",
+    "block_grid",
+    "global_labels",
+    "label_planes",
+    "local_labels",
+    "segment_blockwise",
+]

@@ -1,0 +1,167 @@
+"""What a processed store shows to other tools: display metadata, the root entry point, a SpatialData export.
+
+* :func:`refresh_views` (the runner calls it after the steps): every image's ``omero``
+  windows measured from its data (:meth:`~.ome.OmeImage.refresh_display`), and the store's
+  root group made an NGFF image over the cube (the mosaic when there is no cube) with its
+  labels (:func:`~.ome.write_entry_point`), so that a viewer pointed at ``sample.zarr``
+  finds the image. Nothing is moved: ``cube/``, ``mosaic/``, ``tables/`` stay where the
+  results contract puts them.
+* :func:`export_spatialdata` (``imaxt export-spatialdata STORE OUT``): a SpatialData store
+  beside the processed one (never inside it) with the segmented image, its label images and
+  the cells as an AnnData table whose instance key ``cell_id`` is the label value
+  (``docs/tables.md``). Needs the ``export`` extra (``anndata``, ``spatialdata``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, StoreError
+from .ome import write_entry_point
+from .output import OutputStore
+from .results import CELLS, CONFIDENCE, CUBE, LABELS, MOSAIC, label_path, slices_done, source_image
+from .urls import Location
+
+__all__ = ["cells_anndata", "export_spatialdata", "refresh_views"]
+
+#: Columns of the cells table copied into the AnnData ``obs`` (when present).
+OBS_COLUMNS = (
+    "cell_id",
+    "slice",
+    "plane",
+    "nucleus_id",
+    "centroid_x_um",
+    "centroid_y_um",
+    "centroid_z_um",
+    "centroid_x_px",
+    "centroid_y_px",
+    "area_px",
+    "area_um2",
+    "perimeter_px",
+    "eccentricity",
+    "feret_diameter_max_px",
+)
+
+
+def refresh_views(output: OutputStore) -> dict[str, Any]:
+    """Data-derived ``omero`` windows for every image, and the root entry point; return the root ``ome``.
+
+    The windows sample the planes of the slices processed so far (``imaxt.slices_done``).
+    Returns ``{}`` when the store holds no image yet.
+    """
+    meta = output.imaxt_attrs()
+    per_slice = int((meta.get("acquisition") or {}).get("optical_sections", 1))
+    planes = [s * per_slice + z for s in slices_done(output) for z in range(per_slice)] or None
+    for name in (MOSAIC, CONFIDENCE, CUBE):
+        if output.has(name):
+            output.open_image(name).refresh_display(planes)
+    try:
+        image = source_image(output)
+    except StoreError:
+        return {}
+    return write_entry_point(output.root, output.open_image(image), name=str(meta.get("sample") or image))
+
+
+def cells_anndata(cells: Any, channels: list[str], *, region: str = "cells") -> Any:
+    """The cells table as AnnData: ``obs`` = :data:`OBS_COLUMNS` + ``region``, ``X`` = mean intensity per channel.
+
+    ``layers["integrated"]`` holds the integrated intensities, ``obsm["spatial"]`` the
+    centroids (x, y, z) in µm, ``obs_names`` the ``cell_id`` values as strings.
+
+    Raises
+    ------
+    StoreError
+        If the table has no ``cell_id`` (written before sample-wide ids) or repeats one.
+    """
+    import anndata as ad
+    import pandas as pd
+
+    if "cell_id" not in cells.columns:
+        raise StoreError("the cells table has no cell_id column; re-run the segment and catalogue steps")
+    if cells["cell_id"].duplicated().any():
+        raise StoreError("the cells table repeats cell_id values")
+    obs = cells[[c for c in OBS_COLUMNS if c in cells.columns]].reset_index(drop=True).copy()
+    obs["cell_id"] = obs["cell_id"].astype(np.uint64)
+    obs["region"] = pd.Categorical([region] * len(obs))
+    obs.index = obs["cell_id"].astype(str).to_numpy()
+    means = np.column_stack([cells[f"mean_{c}"].to_numpy(np.float32) for c in channels]) if len(channels) else None
+    integrated = [cells[f"integrated_{c}"].to_numpy(np.float32) for c in channels if f"integrated_{c}" in cells]
+    adata = ad.AnnData(
+        X=means if means is not None else np.zeros((len(obs), 0), np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=[str(c) for c in channels]),
+    )
+    if len(integrated) == len(channels) and channels:
+        adata.layers["integrated"] = np.column_stack(integrated)
+    adata.obsm["spatial"] = cells[["centroid_x_um", "centroid_y_um", "centroid_z_um"]].to_numpy(np.float64)
+    return adata
+
+
+def export_spatialdata(
+    store_url: str, out_url: str, storage_options: dict[str, Any] | None = None, *, overwrite: bool = False
+) -> str:
+    """Write a SpatialData store at ``out_url`` from the processed store ``store_url``; return ``out_url``.
+
+    Elements: ``images/<cube|mosaic>`` (c, z, y, x, the stored pyramid depth, channel names),
+    ``labels/nuclei`` and ``labels/cells`` (uint64 ids), each mapped to µm in the ``global``
+    coordinate system, and ``tables/cells`` (:func:`cells_anndata`, annotating ``labels/cells``
+    by ``cell_id``). The processed store is only read.
+
+    Raises
+    ------
+    ConfigError
+        If ``out_url`` is inside or equal to ``store_url``, exists (without ``overwrite``), or
+        the ``export`` extra is not installed.
+    StoreError
+        If the store has no segmented image or no cells table.
+    """
+    try:
+        import spatialdata as sd
+        from spatialdata.models import Image3DModel, Labels3DModel, TableModel
+        from spatialdata.transformations import Scale
+    except ImportError as exc:  # pragma: no cover - the export extra is a test dependency
+        raise ConfigError(
+            f"export-spatialdata needs the export extra (pip install 'imaxt-pipeline[export]'): {exc}"
+        ) from None
+
+    src, dst = Location(store_url, storage_options), Location(out_url, storage_options)
+    a, b = src.path().rstrip("/"), dst.path().rstrip("/")
+    if b == a or b.startswith(a + "/"):
+        raise ConfigError(f"{out_url}: the export goes beside the store, not into it ({store_url})")
+    if dst.exists("zarr.json") and not overwrite:
+        raise ConfigError(f"{out_url} exists; remove it or pass overwrite")
+    output = OutputStore(store_url, storage_options, mode="r")
+    name = source_image(output)
+    image = output.open_image(name)
+    if not output.has_table(CELLS):
+        raise StoreError(f"{store_url}: tables/cells.parquet is missing; run the catalogue step first")
+    channels = image.channel_names
+    z_um, y_um, x_um = image.scale_zyx()
+    to_um = {"global": Scale([z_um, y_um, x_um], axes=("z", "y", "x"))}
+    factors = [2] * (image.levels - 1) or None
+    images = {
+        name: Image3DModel.parse(
+            image.to_dask(0),
+            dims=("c", "z", "y", "x"),
+            c_coords=channels,
+            transformations=to_um,
+            scale_factors=factors,
+            method="xarray_coarsen" if factors else None,
+        )
+    }
+    labels = {}
+    for lab in LABELS:
+        path = label_path(name, lab)
+        if output.has(path):
+            labels[lab] = Labels3DModel.parse(
+                output.open_image(path).to_dask(0), dims=("z", "y", "x"), transformations=to_um, scale_factors=factors
+            )
+    cells = output.read_table(CELLS)
+    table = TableModel.parse(
+        cells_anndata(cells, channels, region="cells"), region="cells", region_key="region", instance_key="cell_id"
+    )
+    sdata = sd.SpatialData(images=images, labels=labels, tables={"cells": table})
+    sdata.write(dst.path() if dst.is_local else dst.url, overwrite=overwrite)
+    return out_url
