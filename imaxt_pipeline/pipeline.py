@@ -36,7 +36,7 @@ from .io.output import OutputStore, claim_output
 from .io.provenance import software_versions, utcnow
 from .io.rawzarr import RawStore
 from .io.results import check_format_version
-from .steps import STEP_ORDER, StepContext, step_module
+from .steps import STEP_ORDER, StepContext, check_channel_indices, step_module
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,14 @@ def dask_client(cluster: ClusterConfig) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if cluster.scheduler:
-        with Client(cluster.scheduler) as client:
+        try:
+            connected = Client(cluster.scheduler, timeout=cluster.connect_timeout_s)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {cluster.scheduler} within {cluster.connect_timeout_s:g} s "
+                f"(cluster.connect_timeout_s): {' '.join(str(exc).split())[:200]}"
+            ) from None
+        with connected as client:
             yield client
         return
     with (
@@ -98,6 +105,7 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
     bad = [s for s in slices if not 0 <= s < acq.slices]
     if bad:
         raise ConfigError(f"slices {bad} outside 0..{acq.slices - 1} of sample {acq.sample!r}")
+    check_channel_indices(acq.channels, config.steps)  # a wrong channel index fails before any step runs
     output = claim_output(
         config.output_url,
         config.storage_options,

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,7 @@ def export_spatialdata(
 
     Elements: ``images/<cube|mosaic>`` (c, z, y, x, the stored pyramid depth, channel names),
     ``labels/nuclei`` and ``labels/cells`` (uint64 ids), each mapped to µm in the ``global``
-    coordinate system, and ``tables/cells`` (:func:`cells_anndata`, annotating ``labels/cells``
+    coordinate system, and ``tables/table`` (:func:`cells_anndata`, annotating ``labels/cells``
     by ``cell_id``). The processed store is only read.
 
     Raises
@@ -117,21 +118,26 @@ def export_spatialdata(
     StoreError
         If the store has no segmented image or no cells table.
     """
-    try:
-        import spatialdata as sd
-        from spatialdata.models import Image3DModel, Labels3DModel, TableModel
-        from spatialdata.transformations import Scale
-    except ImportError as exc:  # pragma: no cover - the export extra is a test dependency
-        raise ConfigError(
-            f"export-spatialdata needs the export extra (pip install 'imaxt-pipeline[export]'): {exc}"
-        ) from None
-
     src, dst = Location(store_url, storage_options), Location(out_url, storage_options)
     a, b = src.path().rstrip("/"), dst.path().rstrip("/")
     if b == a or b.startswith(a + "/"):
         raise ConfigError(f"{out_url}: the export goes beside the store, not into it ({store_url})")
     if dst.exists("zarr.json") and not overwrite:
         raise ConfigError(f"{out_url} exists; remove it or pass overwrite")
+    try:
+        with warnings.catch_warnings():
+            # spatialdata's imports warn about their own dependencies (xarray-schema's pkg_resources,
+            # ome-zarr's deprecated Scaler default): nothing a user of the export can act on
+            warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+            warnings.filterwarnings("ignore", "Call to deprecated class Scaler", DeprecationWarning)
+            import spatialdata as sd
+            from spatialdata.models import Image3DModel, Labels3DModel, TableModel
+            from spatialdata.transformations import Scale
+    except ImportError as exc:  # pragma: no cover - the export extra is a test dependency
+        raise ConfigError(
+            f"export-spatialdata needs the export extra (pip install 'imaxt-pipeline[export]'): {exc}"
+        ) from None
+
     output = OutputStore(store_url, storage_options, mode="r")
     name = source_image(output)
     image = output.open_image(name)
@@ -140,7 +146,7 @@ def export_spatialdata(
     channels = image.channel_names
     z_um, y_um, x_um = image.scale_zyx()
     to_um = {"global": Scale([z_um, y_um, x_um], axes=("z", "y", "x"))}
-    factors = [2] * (image.levels - 1) or None
+    factors: list[Any] | None = [{"z": 1, "y": 2, "x": 2}] * (image.levels - 1) or None  # z is never reduced
     images = {
         name: Image3DModel.parse(
             image.to_dask(0),
@@ -148,7 +154,8 @@ def export_spatialdata(
             c_coords=channels,
             transformations=to_um,
             scale_factors=factors,
-            method="xarray_coarsen" if factors else None,
+            method="xarray_coarsen" if factors else None,  # the 2 x 2 mean, like the store's pyramid
+            chunks=(1, 1, 512, 512),  # regular chunks at every level (zarr needs them)
         )
     }
     labels = {}
@@ -156,12 +163,16 @@ def export_spatialdata(
         path = label_path(name, lab)
         if output.has(path):
             labels[lab] = Labels3DModel.parse(
-                output.open_image(path).to_dask(0), dims=("z", "y", "x"), transformations=to_um, scale_factors=factors
+                output.open_image(path).to_dask(0),
+                dims=("z", "y", "x"),
+                transformations=to_um,
+                scale_factors=factors,
+                chunks=(1, 512, 512),
             )
     cells = output.read_table(CELLS)
     table = TableModel.parse(
         cells_anndata(cells, channels, region="cells"), region="cells", region_key="region", instance_key="cell_id"
     )
-    sdata = sd.SpatialData(images=images, labels=labels, tables={"cells": table})
+    sdata = sd.SpatialData(images=images, labels=labels, tables={"table": table})
     sdata.write(dst.path() if dst.is_local else dst.url, overwrite=overwrite)
     return out_url

@@ -103,9 +103,7 @@ def redact(value: Any) -> Any:
     's3://user:<redacted>@host/bucket'
     """
     if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if is_credential_key(k) and v not in (None, "") else redact(v)) for k, v in value.items()
-        }
+        return {k: (REDACTED if is_credential_key(k) and v not in (None, "") else redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(redact(v) for v in value)
     if isinstance(value, str) and "@" in value:

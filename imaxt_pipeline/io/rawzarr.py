@@ -45,6 +45,18 @@ def tile_key(slice_: int, z: int, channel: int, tile: int) -> str:
     return f"{slice_}/{z}/{channel}/{tile}"
 
 
+TILE_DTYPES = ("uint16", "float32")
+"""Pixel types of raw tiles: uint16 (cameras, PMTs), float32 (imaging mass cytometry counts)."""
+
+
+def tile_dtype(acq: Acquisition) -> np.dtype[Any]:
+    """The tiles' pixel type: the acquisition's optional ``dtype`` (``float32`` for IMC), else uint16."""
+    name = str(getattr(acq, "dtype", None) or "uint16")
+    if name not in TILE_DTYPES:
+        raise ValueError(f"acquisition dtype {name!r} is not one of {', '.join(TILE_DTYPES)}")
+    return np.dtype(name)
+
+
 def sha256(array: np.ndarray) -> str:
     """Checksum of an array's bytes in C order (dtype-exact); hashes the buffer without copying it."""
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
@@ -175,9 +187,10 @@ class RawStore:
         acq = self.acquisition
         h, w = acq.tile_shape
         want = (acq.slices, acq.optical_sections, len(acq.channels), acq.n_tiles, h, w)
-        if tuple(tiles.shape) != want or tiles.dtype != np.uint16:
+        if tuple(tiles.shape) != want or tiles.dtype != tile_dtype(acq):
             raise StoreError(
-                f"{self.url}: acquisition attrs do not match the tiles array (expected uint16 {list(want)} from "
+                f"{self.url}: acquisition attrs do not match the tiles array "
+                f"(expected {tile_dtype(acq)} {list(want)} from "
                 f"slices, optical_sections, channels, rows x cols, tile_shape; found {tiles.dtype} {list(tiles.shape)})"
             )
         want_stage = (acq.slices, acq.optical_sections, acq.n_tiles, 2)
@@ -277,7 +290,8 @@ class RawStore:
             problem = self.tile_problem(slice_, z, c, tile, plane)
             if problem is not None:
                 raise StoreError(f"{self.describe_tile(slice_, z, c, tile)}: {problem}; re-upload the sample")
-            channels.append(plane if plane is not None else np.zeros(self.acquisition.tile_shape, np.uint16))
+            zeros = np.zeros(self.acquisition.tile_shape, tile_dtype(self.acquisition))
+            channels.append(plane if plane is not None else zeros)
         return data if data is not None else np.stack(channels)
 
     def iter_problems(self) -> Iterator[str]:

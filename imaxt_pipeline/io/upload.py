@@ -41,7 +41,7 @@ from ..errors import ImaxtError, InputError, StoreError
 from .formats import SourceSample, open_acquisition
 from .ownership import Destination, Owner, check_apart, check_destination, sample_identity, section_checksums
 from .provenance import redact, software_versions, utcnow
-from .rawzarr import COMPRESSOR, TILE_DIMS, sha256, tile_key
+from .rawzarr import COMPRESSOR, TILE_DIMS, sha256, tile_dtype, tile_key
 from .urls import Location
 
 UPLOAD_TOOL = "imaxt-pipeline upload"
@@ -161,6 +161,7 @@ class _Upload:
         self.src, self.dest, self.sample = src, dest, sample
         self.acq: Acquisition = sample.acquisition
         self.acq_json = self.acq.model_dump(mode="json")
+        self.dtype = tile_dtype(self.acq)
         self.owner = Owner(UPLOAD_TOOL, self.acq.sample, sample_identity(self.acq_json))
         self.workers, self.progress, self.on_tile = workers, progress, on_tile
         self.overwrite, self.start = overwrite, start
@@ -195,7 +196,7 @@ class _Upload:
                                  f"re-run with --overwrite to rewrite it") from None
             tiles = self._existing_tiles(group)
         verify = tiles is not None and not self.overwrite
-        zeros = sha256(np.zeros(self.acq.tile_shape, np.uint16))
+        zeros = sha256(np.zeros(self.acq.tile_shape, self.dtype))
         to_write: list[TileRecord] = []
 
         def check(rec: TileRecord) -> None:
@@ -286,7 +287,7 @@ class _Upload:
             tiles = stage = None
         h, w = self.acq.tile_shape
         if (not isinstance(tiles, zarr.Array) or not isinstance(stage, zarr.Array) or tiles.shape != self._shape()
-                or tiles.dtype != np.uint16 or tuple(tiles.chunks) != (1, 1, 1, 1, h, w)):
+                or tiles.dtype != self.dtype or tuple(tiles.chunks) != (1, 1, 1, 1, h, w)):
             if self.overwrite:
                 return None
             raise StoreError(f"{self.dest.url}: the store's arrays do not match this sample's acquisition; "
@@ -326,7 +327,7 @@ class _Upload:
 
     def _create_arrays(self, group: zarr.Group) -> None:
         h, w = self.acq.tile_shape
-        group.create_array("tiles", shape=self._shape(), chunks=(1, 1, 1, 1, h, w), dtype="uint16",
+        group.create_array("tiles", shape=self._shape(), chunks=(1, 1, 1, 1, h, w), dtype=self.dtype,
                            compressors=list(TILE_COMPRESSORS), fill_value=0, dimension_names=TILE_DIMS,
                            config={"write_empty_chunks": True})
         group.create_array("stage_um", data=self.sample.stage_um, compressors=list(TILE_COMPRESSORS),
@@ -411,19 +412,22 @@ def _stored_digest(dest: Location, tiles: zarr.Array, index: tuple[int, ...], sh
     except FileNotFoundError:
         # An absent chunk reads as the fill value (stores written before write_empty_chunks).
         return zeros if tiles.metadata.fill_value == 0 else None
-    pixels = decode_chunk(bytes(raw), tiles.metadata.codecs, shape)
+    pixels = decode_chunk(bytes(raw), tiles.metadata.codecs, shape, tiles.dtype)
     return None if pixels is None else sha256(pixels)
 
 
-def decode_chunk(raw: bytes, codecs: Iterable[Any], shape: tuple[int, ...]) -> np.ndarray | None:
-    """Decode one uint16 chunk written with ``bytes [+ blosc] [+ crc32c]``; ``None`` if it is damaged.
+def decode_chunk(
+    raw: bytes, codecs: Iterable[Any], shape: tuple[int, ...], dtype: Any = np.uint16
+) -> np.ndarray | None:
+    """Decode one uint16 (or ``dtype``) chunk written with ``bytes [+ blosc] [+ crc32c]``; ``None`` if it is damaged.
 
     Unlike a zarr read, this checks the CRC-32C and Blosc's header (sizes) before
     decompressing, so truncated or garbled bytes are reported, not handed to the
     decompressor; any other codec chain is reported as undecodable (and rewritten).
     """
     chain = list(codecs)
-    expected = int(np.prod(shape)) * 2
+    want = np.dtype(dtype)
+    expected = int(np.prod(shape)) * want.itemsize
     if not chain or not isinstance(chain[0], BytesCodec):
         return None
     buf = raw
@@ -447,8 +451,8 @@ def decode_chunk(raw: bytes, codecs: Iterable[Any], shape: tuple[int, ...]) -> n
     if len(buf) != expected:
         return None
     endian = getattr(chain[0].endian, "value", chain[0].endian) or "little"
-    dtype = np.dtype("<u2" if endian == "little" else ">u2")
-    return np.frombuffer(buf, dtype).reshape(shape).astype(np.uint16)
+    stored = want.newbyteorder("<" if endian == "little" else ">")
+    return np.frombuffer(buf, stored).reshape(shape).astype(want)
 
 
 def _crc32c(data: bytes) -> int:

@@ -15,7 +15,6 @@ from ..errors import ConfigError
 from .provenance import redact
 from .storage import normalise_storage_options, protocols, track_filesystem, url_to_fs
 
-
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<rest>.*)$")
 #: Protocols whose URLs are ``scheme://host-or-bucket/path`` (a missing bucket is an error).
 _NEEDS_HOST = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "adl", "abfss", "http", "https", "ftp", "sftp", "hf"})

@@ -10,6 +10,7 @@ before any handler runs), logging set-up, and error reporting: failures the user
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,7 +24,8 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ConfigError, ImaxtError
-from ..io.storage import ENDPOINT_ENV, resolve_storage_options
+from ..io.storage import ENDPOINT_ENV, close_filesystems, resolve_storage_options
+from ..io.urls import check_url
 
 Handler = Callable[[argparse.Namespace], int]
 SubParsers = Any  # argparse._SubParsersAction: private, and generic in typeshed
@@ -61,6 +63,47 @@ def _configure_logging(args: argparse.Namespace) -> None:
         logger.propagate = False
 
 
+def _slices(text: str | None) -> list[int] | None:
+    """``--slices 0,1,5`` as a list of non-negative ints (one-line error otherwise)."""
+    if not text:
+        return None
+    try:
+        slices = [int(s) for s in text.split(",")]
+    except ValueError:
+        slices = []
+    if not slices or any(s < 0 for s in slices):
+        raise ConfigError(f"--slices: expected comma-separated slice indices such as 0,1,5, got {text!r}")
+    return slices
+
+
+def _output_url(url: str, flag: str = "--out", storage: dict[str, Any] | None = None) -> str:
+    """``url`` checked as a destination: a valid URL, and not an existing regular file (local or remote)."""
+    check_url(url, flag)
+    if "://" not in url and "::" not in url:
+        is_file = Path(url).is_file()
+    else:
+        from ..io.storage import url_to_fs
+
+        try:
+            fs, path = url_to_fs(url, storage)
+            is_file = bool(fs.isfile(path.rstrip("/")))
+        except (OSError, ValueError):  # unreachable or refused: the command itself will say so
+            is_file = False
+    if is_file:
+        raise ConfigError(f"{flag}: {url} is an existing file, not a store (give a new or existing .zarr folder)")
+    return url
+
+
+def _scheduler_client(cluster: Any) -> contextlib.AbstractContextManager[Any]:
+    """A client on ``cluster.scheduler`` (one-line error after ``cluster.connect_timeout_s``), else nothing:
+    connected before anything is written."""
+    if not cluster.scheduler:
+        return contextlib.nullcontext()
+    from ..pipeline import dask_client
+
+    return dask_client(cluster)
+
+
 def _state_url(args: argparse.Namespace) -> str:
     return args.state or f"{args.bucket_url.rstrip('/')}/_imaxt/state"
 
@@ -79,6 +122,11 @@ def _add_kube(p: argparse.ArgumentParser) -> None:
     g.add_argument("--k8s-workers", type=int, help="CPU Dask workers")
     g.add_argument("--gpu-workers", type=int, help="GPU Dask workers (nvidia.com/gpu)")
     g.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID/SECRET (default imaxt-s3)")
+    g.add_argument(
+        "--credentials-secret",
+        help="Secret holding the credentials given as storage options, one key per option "
+        "(key, secret, client_kwargs.aws_session_token...); they then never reach the ConfigMap",
+    )
     g.add_argument("--service-account")
 
 
@@ -102,6 +150,7 @@ def _kube_settings(args: argparse.Namespace, storage: dict[str, Any]) -> Any:
         "workers": args.k8s_workers,
         "gpu_workers": args.gpu_workers,
         "s3_secret": args.s3_secret,
+        "credentials_secret": args.credentials_secret,
         "service_account": args.service_account,
         "endpoint_url": storage.get("endpoint_url"),
     }
@@ -280,7 +329,10 @@ def add_upload(sub: SubParsers) -> None:
 
 
 def _upload(args: argparse.Namespace) -> int:
+    check_url(args.raw_dir, "RAW_DIR")
+    _output_url(args.dest_url, "DEST_URL", args.storage_options)
     from ..io.upload import upload
+
 
     options = _reader_options(args)
     try:
@@ -308,6 +360,11 @@ def add_run(sub: SubParsers) -> None:
     p.add_argument("--out", dest="output_url", required=True)
     p.add_argument("--config", type=Path)
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: LocalCluster)")
+    p.add_argument(
+        "--scheduler-timeout",
+        type=float,
+        help="seconds to wait for --scheduler before giving up (cluster.connect_timeout_s, default 10)",
+    )
     p.add_argument("--workers", type=int, help="LocalCluster worker processes")
     p.add_argument("--slices", help="comma-separated slice indices to process")
     _add_storage(p)
@@ -318,15 +375,18 @@ def _run(args: argparse.Namespace) -> int:
     from ..pipeline import run_pipeline
     from .launcher import load_run_config
 
+    check_url(args.input_url, "INPUT_URL")
     overrides = {
         "input_url": args.input_url,
-        "output_url": args.output_url,
+        "output_url": _output_url(args.output_url, "--out", args.storage_options),
         "cluster.scheduler": args.scheduler,
+        "cluster.connect_timeout_s": args.scheduler_timeout,
         "cluster.n_workers": args.workers,
-        "slices": [int(s) for s in args.slices.split(",")] if args.slices else None,
+        "slices": _slices(args.slices),
     }
     config = load_run_config(args.config, storage_options=args.storage_options, **overrides)
-    summary = run_pipeline(config)
+    with _scheduler_client(config.cluster) as client:
+        summary = run_pipeline(config, client=client)
     print(summary.describe())
     return 0
 
@@ -507,6 +567,10 @@ def _submit(args: argparse.Namespace) -> int:
     from .launcher import Job
 
     storage = args.storage_options
+    check_url(args.raw_url, "RAW_URL")
+    _output_url(args.output_url, "--out", storage)
+    if args.raw_store:
+        _output_url(args.raw_store, "--raw-store", storage)
     action = _action(args, storage)
     sample = args.raw_url.rstrip("/").rsplit("/", 1)[-1]
     job = Job(
@@ -546,17 +610,30 @@ def add_process(sub: SubParsers) -> None:
 
 
 def _process(args: argparse.Namespace) -> int:
-    from .launcher import process_sample
+    from .launcher import load_run_config, process_sample
 
-    summary = process_sample(
-        args.raw_url,
-        args.raw_store or _default_raw_store(args.output_url),
-        args.output_url,
-        config_path=args.config,
+    check_url(args.raw_url, "RAW_URL")
+    storage = args.storage_options
+    out = _output_url(args.output_url, "--out", storage)
+    raw_store = _output_url(args.raw_store or _default_raw_store(out), "--raw-store", storage)
+    config = load_run_config(
+        args.config,
         storage_options=args.storage_options,
-        scheduler=args.scheduler,
-        n_workers=args.workers,
+        input_url=raw_store,
+        output_url=args.output_url,
+        **{"cluster.scheduler": args.scheduler},
     )
+    with _scheduler_client(config.cluster) as client:
+        summary = process_sample(
+            args.raw_url,
+            raw_store,
+            args.output_url,
+            config_path=args.config,
+            storage_options=args.storage_options,
+            scheduler=args.scheduler,
+            n_workers=args.workers,
+            client=client,
+        )
     print(summary.describe())
     return 0
 
@@ -661,8 +738,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(args)
         return handler(args)
     except ImaxtError as exc:
-        print(f"imaxt {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever a library put in the message
+        print(f"imaxt {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        close_filesystems()  # S3 sessions closed here, not reported as "Unclosed" at exit
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,15 @@ and configurable node selector and tolerations. S3 credentials come from a
 Secret (``envFrom``) and the run configuration from a ConfigMap mounted at
 ``/etc/imaxt``.
 
+Credentials never go into the ConfigMap. Those given as storage options
+(``key``, ``secret``, ``client_kwargs.aws_session_token``, anything
+:func:`~imaxt_pipeline.io.provenance.is_credential_key` recognises) are taken out
+of the configuration: the job container reads each from the Secret named by
+``credentials_secret`` (``--credentials-secret``; one Secret key per option, named
+by its dotted path) into an environment variable, and the configuration's
+``storage_options_env`` tells the job to put it back. Without that Secret,
+:func:`job_objects` refuses, saying how to create one.
+
 Every pod is compliant with the Pod Security Standards' ``restricted`` profile:
 non-root UID :data:`RUN_AS_UID` (the image's ``USER``), ``RuntimeDefault``
 seccomp, no privilege escalation, all capabilities dropped.
@@ -27,6 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from ..errors import ConfigError
+from ..io.provenance import credential_paths
 
 DASK_API = "kubernetes.dask.org/v1"
 CONFIG_DIR = "/etc/imaxt"
@@ -55,6 +67,7 @@ class KubeSettings:
     namespace: str = "imaxt"
     service_account: str | None = None
     s3_secret: str = "imaxt-s3"
+    credentials_secret: str | None = None
     endpoint_url: str | None = None
     workers: int = 2
     worker_resources: dict[str, Any] = field(
@@ -341,18 +354,78 @@ def process_args(raw_url: str, output_url: str, raw_store_url: str) -> list[str]
     ]
 
 
+#: Prefix of the environment variables that carry credentials from ``credentials_secret``.
+CREDENTIAL_ENV_PREFIX = "IMAXT_CREDENTIAL_"
+
+
+def credential_env_name(dotted: str) -> str:
+    """Environment variable of storage option ``dotted``: ``client_kwargs.aws_session_token`` ->
+    ``IMAXT_CREDENTIAL_CLIENT_KWARGS__AWS_SESSION_TOKEN``."""
+    return CREDENTIAL_ENV_PREFIX + re.sub(r"[^A-Z0-9_]", "_", dotted.upper().replace(".", "__"))
+
+
+def _secret_command(keys: list[str], namespace: str, name: str = "imaxt-credentials") -> str:
+    literals = " ".join(f"--from-literal={k}=..." for k in keys)
+    return f"kubectl create secret generic {name} -n {namespace} {literals}"
+
+
+def move_credentials(config_yaml: str, settings: KubeSettings) -> tuple[str, list[dict[str, Any]]]:
+    """Take the credentials out of a run configuration; return it and the env entries that restore them.
+
+    Each credential in ``storage_options`` is removed and replaced by an entry of
+    ``storage_options_env`` naming an environment variable, which the returned entries fill
+    from ``settings.credentials_secret`` (``secretKeyRef``, key = the option's dotted path).
+
+    Raises
+    ------
+    ConfigError
+        If there are credentials and no ``credentials_secret``: the message says how to create
+        the Secret, and never shows a value.
+    """
+    config = yaml.safe_load(config_yaml) or {}
+    options = config.get("storage_options") or {}
+    found = sorted(".".join(path) for path in credential_paths(options))
+    if not found:
+        return config_yaml, []
+    if not settings.credentials_secret:
+        raise ConfigError(
+            f"storage options hold credentials ({', '.join(found)}) that a ConfigMap would show in plain text: "
+            f"put them in a Secret ({_secret_command(found, settings.namespace)}) "
+            "and pass --credentials-secret imaxt-credentials (or use the AWS variables of --s3-secret)"
+        )
+    for dotted in found:
+        node = options
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        del node[leaf]
+    for key in [k for k, v in options.items() if v == {}]:  # e.g. client_kwargs emptied
+        del options[key]
+    env_map = {**(config.get("storage_options_env") or {}), **{d: credential_env_name(d) for d in found}}
+    config["storage_options"] = options
+    config["storage_options_env"] = env_map
+    env = [
+        {
+            "name": credential_env_name(d),
+            "valueFrom": {"secretKeyRef": {"name": settings.credentials_secret, "key": d}},
+        }
+        for d in found
+    ]
+    return yaml.safe_dump(config, sort_keys=False), env
+
+
 def job_objects(
     sample: str, settings: KubeSettings, *, raw_url: str, output_url: str, raw_store_url: str, config_yaml: str
 ) -> list[dict[str, Any]]:
     """Everything to ``kubectl apply`` for one sample: ConfigMap, DaskJob, GPU group."""
     name = k8s_name(f"imaxt-{sample}")
     cm = f"{name}-config"
-    objects = [
-        config_map(cm, config_yaml, namespace=settings.namespace, sample=sample),
-        dask_job(
-            name, settings, args=process_args(raw_url, output_url, raw_store_url), config_map_name=cm, sample=sample
-        ),
-    ]
+    config_yaml, credential_env = move_credentials(config_yaml, settings)
+    job = dask_job(
+        name, settings, args=process_args(raw_url, output_url, raw_store_url), config_map_name=cm, sample=sample
+    )
+    job["spec"]["job"]["spec"]["containers"][0]["env"] += credential_env
+    objects = [config_map(cm, config_yaml, namespace=settings.namespace, sample=sample), job]
     if settings.gpu_workers > 0:
         # The operator names the job's DaskCluster after the job.
         objects.append(gpu_worker_group(name, settings))

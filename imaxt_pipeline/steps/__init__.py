@@ -15,6 +15,7 @@ import importlib
 from types import ModuleType
 
 from ._base import StepContext, StepParams, StepResult
+from ._channels import check_channel_indices
 from .params import STEP_PARAMS
 
 STEP_ORDER: tuple[str, ...] = tuple(STEP_PARAMS)
@@ -27,4 +28,4 @@ def step_module(name: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{name}")
 
 
-__all__ = ["STEP_ORDER", "StepContext", "StepParams", "StepResult", "step_module"]
+__all__ = ["STEP_ORDER", "StepContext", "StepParams", "StepResult", "check_channel_indices", "step_module"]

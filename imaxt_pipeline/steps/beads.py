@@ -11,21 +11,39 @@ detector or U-Net) and its candidates are fitted by Poisson maximum
 likelihood on a Dask worker. Rows of the processed slices replace any
 earlier rows of those slices in ``tables/beads.parquet``; ``bead_id`` is
 filled in by the ``register`` step.
+
+A single-channel sample's bead channel is its only channel. A sample whose
+acquisition says ``beads: false`` (a coverslip, a slide) is not searched: the
+step warns on one line (:class:`~imaxt_pipeline.errors.DataWarning`) and writes
+an empty bead table, which ``register`` reads as "no beads".
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..errors import DataWarning
 from ..io import results
 from ..io.ome import OmeImage
 from ._base import StepContext, StepResult
+from ._channels import check_channel, has_beads
 from .params import BeadsParams as Params
 
-__all__ = ["Params", "flag_fits", "pick_channel", "run", "slice_thresholds"]
+__all__ = ["Params", "empty_table", "flag_fits", "pick_channel", "run", "slice_thresholds"]
+
+
+def empty_table() -> pd.DataFrame:
+    """A bead table without rows, with the columns of the results contract."""
+    from ..algorithms.registration import BEAD_COLUMNS
+
+    cols = {c: pd.Series(dtype=bool if c == "fit_ok" else float) for c in BEAD_COLUMNS}
+    return pd.DataFrame(
+        {"slice": pd.Series(dtype=np.int64), **cols, "good": pd.Series(dtype=bool), "bead_id": pd.Series(dtype=np.int64)}
+    )
 
 
 def _coarse(image: OmeImage, plane: int, level: int | None = None) -> tuple[np.ndarray, float]:
@@ -49,6 +67,8 @@ def pick_channel(ctx: StepContext, image: OmeImage, params: Params) -> int:
     if earlier.get("channel") is not None and based_on and not set(based_on) & set(ctx.slices):
         return int(earlier["channel"])
     acq = ctx.raw.acquisition
+    if len(acq.channels) == 1:
+        return 0
     scores = np.zeros(len(acq.channels))
     used = ctx.slices[:3]
     for s in used:
@@ -112,12 +132,14 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     from ..parallel.registration import find_beads
 
     acq = ctx.raw.acquisition
+    if not has_beads(acq):
+        return _no_beads(ctx)
     if params.z >= acq.optical_sections:
         raise ValueError(f"beads.z={params.z} but the sample has {acq.optical_sections} optical sections")
+    if params.channel is not None:
+        check_channel("steps.beads.channel", params.channel, acq.channels)
     image = ctx.output.open_image(results.MOSAIC)
     channel = params.channel if params.channel is not None else pick_channel(ctx, image, params)
-    if channel >= len(acq.channels):
-        raise ValueError(f"beads.channel={channel} but the sample has {len(acq.channels)} channels")
     planes = [s * acq.optical_sections + params.z for s in ctx.slices]
     earlier_peak = ctx.output.imaxt_attrs().get("beads", {}).get("peak")
     thresholds, peak = slice_thresholds(image, planes, channel, params, earlier_peak)
@@ -166,4 +188,16 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         "median_centre_err_px": float(np.median(np.hypot(good["y_err"], good["x_err"]))) if len(good) else None,
     }
     ctx.log.info("beads: %d candidates, %d good fits in slices %s", len(this), len(good), ctx.slices)
+    if not len(good):
+        ctx.log.warning("beads: no bead found in slices %s (channel %d)", ctx.slices, channel)
     return StepResult(inputs=[results.MOSAIC], outputs=[path], metrics=metrics)
+
+
+def _no_beads(ctx: StepContext) -> StepResult:
+    """The acquisition has no beads: warn once, write an empty table (``register`` then sets zero offsets)."""
+    message = f"beads: sample {ctx.raw.acquisition.sample!r} has no beads (acquisition beads: false); not searched"
+    warnings.warn(message, DataWarning, stacklevel=3)
+    ctx.log.warning(message)
+    ctx.output.update_imaxt_attrs("beads.present", False)
+    path = ctx.output.write_table(results.BEADS, empty_table())
+    return StepResult(outputs=[path], metrics={"skipped": "no beads", "candidates": 0, "good": 0})

@@ -10,7 +10,10 @@ Every column is described in ``docs/tables.md``. The label images get each
 id's colour and properties (slice, plane, area, linked id) in ``image-label``.
 One Dask task per plane; rows of planes processed earlier are kept (live
 processing replaces only the slices of this run). Histograms of areas and
-intensities go to ``qc/catalogue_histograms.png``.
+intensities go to ``qc/catalogue_histograms.png``. What the cells are (grown
+into a cytoplasm channel, grown from the nuclei without one, or the nuclei
+themselves; ``imaxt.segment.cells_from``) is recorded in both tables' metadata
+(``DataFrame.attrs["cells_from"]``, kept by Parquet) and ``imaxt.catalogue.cells_from``.
 """
 
 from __future__ import annotations
@@ -38,10 +41,15 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         for s, p in ctx.planes()
     ]
     planes = ctx.client.gather(futures)
+    cells_from = (ctx.output.imaxt_attrs().get("segment") or {}).get("cells_from")
+    if cells_from is not None:
+        ctx.output.update_imaxt_attrs("catalogue.cells_from", cells_from)
     tables = {}
     for i, table_name in enumerate((results.CELLS, results.NUCLEI)):
         new = pd.concat([r[i] for r in planes], ignore_index=True) if planes else pd.DataFrame()
         tables[table_name] = results.replace_slices(ctx.output, table_name, new, ctx.slices, sort_by=("plane", "label"))
+        if cells_from is not None:
+            tables[table_name].attrs["cells_from"] = cells_from
         ctx.output.write_table(table_name, tables[table_name])
     _label_display(cells, tables[results.CELLS], link="nucleus_id")
     _label_display(nuclei, tables[results.NUCLEI], link="cell_id")
@@ -51,6 +59,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         "cells": int(len(cells_table)),
         "nuclei": int(len(tables[results.NUCLEI])),
         "cells_without_nucleus": int((cells_table.get("nucleus_id", pd.Series([])) == 0).sum()),
+        "cells_from": cells_from,
     }
     labels = [results.label_path(name, lab) for lab in ("cells", "nuclei")]
     return StepResult(

@@ -9,7 +9,7 @@ module re-exports its model as ``Params``.
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -112,8 +112,14 @@ class CubeParams(StepParams):
 
 class SegmentParams(StepParams):
     backend: Literal["watershed", "cellpose"] = Field(default="watershed", description="segmentation backend")
-    nuclear_channel: int = Field(default=0, ge=0)
-    cyto_channel: int | None = Field(default=1, ge=0, description="None: cells are the nuclei")
+    nuclear_channel: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        default="auto", description="'auto': by channel name (DAPI, Hoechst, nuclear, ...), else 0"
+    )
+    cyto_channel: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(
+        default="auto",
+        description="'auto': by channel name (cyto, membrane, ...), else the first other channel, none with one "
+        "channel (cells grown from the nuclei); None: cells are the nuclei",
+    )
     diameter_um: float = Field(default=10.0, gt=0, description="expected nucleus diameter")
     sigma_px: float = Field(default=1.0, ge=0, description="Gaussian smoothing before thresholds")
     max_expansion_um: float = Field(default=6.0, ge=0, description="cell growth beyond the nucleus")

@@ -8,6 +8,11 @@ are interpolated from their neighbours, or set to zero, and listed in
 an empty bead table gives zero offsets for every slice), the bead table with ``bead_id`` filled in, and
 ``qc/register.png`` (offsets with 1-sigma bands and the bead radius
 histogram).
+
+Samples without beads (``beads: false`` in the acquisition, or no bead found)
+get zero offsets with every slice but 0 flagged unconstrained, and one warning
+line; a single-section sample (a coverslip) has nothing to register: the step
+writes its one zero offset and warns.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ..errors import DataWarning, NotEnoughOverlapError
 from ..io import results
 from ..qc import register_figure, to_png
 from ._base import StepContext, StepResult
+from ._channels import has_beads
 from .params import RegisterParams as Params
 
 __all__ = ["Params", "fill_offsets", "n_slices", "register_table", "run"]
@@ -91,19 +97,45 @@ def n_slices(ctx: StepContext, df: pd.DataFrame) -> int:
     return max(seen) + 1 if seen else 0
 
 
+def _warn(ctx: StepContext, message: str) -> None:
+    warnings.warn(message, DataWarning, stacklevel=3)
+    ctx.log.warning(message)
+
+
+def _single_section(ctx: StepContext) -> StepResult:
+    """One section (a coverslip): nothing to register; its offset is 0 by definition."""
+    _warn(ctx, "register: the sample has one section; nothing to register (slice 0 is the reference)")
+    results.write_slice_offsets(ctx.output, np.zeros((1, 2)), np.zeros((1, 2)), unconstrained=[], chi2=[None, None])
+    return StepResult(
+        outputs=["attrs:imaxt.register"],
+        metrics={"skipped": "one section", "slices": 1, "tracks": 0, "unconstrained": [], "chi2": [None, None]},
+    )
+
+
 def run(ctx: StepContext, params: Params) -> StepResult:
+    from ..algorithms.registration import BEAD_COLUMNS
+
+    acq = getattr(ctx.raw, "acquisition", None)
+    if acq is not None and acq.slices == 1:
+        return _single_section(ctx)
     df = results.read_table_or_none(ctx.output, results.BEADS)
+    beadless = acq is not None and not has_beads(acq)
+    if df is None and beadless:
+        df = pd.DataFrame(columns=["slice", *BEAD_COLUMNS, "good", "bead_id"])
     if df is None:
         raise FileNotFoundError(
             f"{ctx.output.url}: {results.table_path(results.BEADS)} missing; run the beads step first"
         )
     n = n_slices(ctx, df)
+    reason = ""
     try:
+        if beadless:
+            raise NotEnoughOverlapError("the sample has no beads (acquisition beads: false)")
         df, sol = register_table(df, params)
         offsets, errors, missing = fill_offsets(sol.slices, sol.offsets, sol.errors, n, mode=params.unconstrained)
         chi2 = sol.chi2.tolist()
     except NotEnoughOverlapError as exc:
-        ctx.log.warning("register: %s; offsets set to zero", exc)
+        reason = f" ({exc})"
         for col, value in (("bead_id", -1), ("radius_outlier", False), ("inlier", False)):
             df[col] = value
         df["resid_y"], df["resid_x"] = np.nan, np.nan
@@ -112,9 +144,9 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     unconstrained = [int(m) for m in missing if m != 0]
     if unconstrained:
         how = "set to 0" if params.unconstrained == "zero" or len(unconstrained) >= n - 1 else "interpolated"
-        message = f"register: no bead track constrains slices {unconstrained}; their offsets are {how}"
-        warnings.warn(message, DataWarning, stacklevel=2)
-        ctx.log.warning(message)
+        _warn(ctx, f"register: no bead track constrains slices {unconstrained}; their offsets are {how}{reason}")
+    elif reason:
+        ctx.log.warning("register: %s; offsets set to zero", reason.strip(" ()"))
     outputs = [ctx.output.write_table(results.BEADS, df)]
     results.write_slice_offsets(ctx.output, offsets, errors, unconstrained=unconstrained, chi2=chi2)
     if params.qc and n:

@@ -9,12 +9,18 @@ sample-wide uint64 ids ``plane << 32 | label``
 (:func:`~imaxt_pipeline.parallel.segmentation.global_labels`): every value of
 the 3-D label images is one object of one plane, and re-segmenting a plane
 never renumbers another. Cell ``i`` is grown from nucleus ``i`` (same id).
+Channel roles are resolved once from the acquisition's channel names or the
+configuration (:func:`~imaxt_pipeline.steps._channels.resolve_roles`); without a
+cytoplasm channel (e.g. a DAPI-only sample) cells are grown from the nuclei by
+``max_expansion_um`` (``cyto_channel: null``: cells are the nuclei). What the
+cells are is recorded in ``imaxt.segment.cells_from`` for the catalogue.
 Each label gets a fixed colour (``image-label.colors``). A QC overlay of one
 region is written to ``qc/segment_overlay.png``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -23,15 +29,62 @@ from ..io import results
 from ..io.ome import OmeImage
 from ..qc import segment_overlay, to_png
 from ._base import StepContext, StepResult
+from ._channels import ChannelRoles, resolve_roles
 from .params import SegmentParams as Params
 
-__all__ = ["Params", "make_segmenter", "run"]
+__all__ = ["GrownCells", "Params", "make_segmenter", "resolved_params", "run"]
+
+
+def resolved_params(params: Params, channels: list[str]) -> tuple[Params, ChannelRoles]:
+    """``params`` with integer channel indices for this sample's ``channels``, and the roles.
+
+    Raises
+    ------
+    ConfigError
+        If a configured channel is not a channel of the sample.
+    """
+    roles = resolve_roles(channels, params.nuclear_channel, params.cyto_channel)
+    return params.model_copy(update={"nuclear_channel": roles.nuclear, "cyto_channel": roles.cyto}), roles
+
+
+@dataclass(frozen=True)
+class GrownCells:
+    """A segmenter whose cells are its nuclei grown by ``distance_px`` (no cytoplasm channel).
+
+    Labels expand into the background only, never into a neighbour (each pixel goes to the nearest
+    nucleus), so cell ``i`` still contains nucleus ``i``.
+    """
+
+    inner: Any
+    distance_px: float
+
+    @property
+    def expected_diameter_px(self) -> float:
+        return float(self.inner.expected_diameter_px)
+
+    @property
+    def growth(self) -> Any:
+        return self.inner.growth
+
+    def segment(self, image: Any) -> Any:
+        from skimage.segmentation import expand_labels
+
+        from ..algorithms.segmentation import Segmentation
+
+        seg = self.inner.segment(image)
+        cells = expand_labels(seg.nuclei, distance=self.distance_px)  # type: ignore[no-untyped-call]
+        return Segmentation(nuclei=seg.nuclei, cells=np.asarray(cells, np.int32))
 
 
 def make_segmenter(params: Params, *, pixel_um: float, plane_sample: np.ndarray, sample_scale: float) -> Any:
-    """The configured segmenter with plane-wide thresholds/normalisation."""
+    """The configured segmenter with plane-wide thresholds/normalisation.
+
+    ``params`` carry integer channel indices (:func:`resolved_params`).
+    """
     from ..algorithms.segmentation import CellGrowth, WatershedSegmenter, plane_thresholds
 
+    if not isinstance(params.nuclear_channel, int) or isinstance(params.cyto_channel, str):
+        raise TypeError("make_segmenter needs resolved channel indices (steps.segment.resolved_params)")
     diameter = params.diameter_um / pixel_um
     t_nuc, t_cell = plane_thresholds(
         plane_sample,
@@ -101,6 +154,11 @@ def run(ctx: StepContext, params: Params) -> StepResult:
 
     from ..parallel.segmentation import local_labels, segment_blockwise
 
+    channels = list(ctx.raw.acquisition.channels)
+    params, roles = resolved_params(params, channels)
+    grow = roles.cyto is None and roles.grow and params.max_expansion_um > 0
+    cells_from = roles.cells_from(channels, params.max_expansion_um if grow else 0.0)
+    ctx.log.info("segment: nuclear channel %s, cells from %s", channels[roles.nuclear], cells_from)
     name = results.source_image(ctx.output)
     image = ctx.output.open_image(name)
     _, py, _ = image.scale_zyx()
@@ -110,6 +168,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     for _, plane in ctx.planes():
         sample, scale = _sample(image, plane)
         segmenter = make_segmenter(params, pixel_um=py, plane_sample=sample, sample_scale=scale)
+        if grow:
+            segmenter = GrownCells(segmenter, params.max_expansion_um / py)
         lab = segment_blockwise(
             stack[:, plane],
             segmenter,
@@ -122,7 +182,13 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     # no graph optimisation: fusing tasks would drop the GPU resource annotation
     counts = ctx.client.gather(ctx.client.compute(tasks, optimize_graph=False))
     per_plane = {str(p): int(c) for (_, p), c in zip(ctx.planes(), counts, strict=False)}
-    metrics: dict[str, Any] = {"image": name, "backend": params.backend, "nuclei_per_plane": per_plane}
+    metrics: dict[str, Any] = {
+        "image": name,
+        "backend": params.backend,
+        "nuclei_per_plane": per_plane,
+        "cells_from": cells_from,
+    }
+    ctx.output.update_imaxt_attrs("segment", {"channels": roles.as_dict(channels), "cells_from": cells_from})
     if segmenter is not None:
         metrics["diameter_px"] = segmenter.expected_diameter_px
     _set_colours(labels, {p: int(c) for (_, p), c in zip(ctx.planes(), counts, strict=False)})

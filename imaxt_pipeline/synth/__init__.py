@@ -17,11 +17,14 @@ Examples
 from __future__ import annotations
 
 from ._cells import render_cells, render_nuclei_plane
+from ._czi import synthesize_czi, write_axioscan, write_czi
+from ._imc import ImcAcquisition, write_imc, write_imc_txt, write_mcd
 from ._params import SynthParams, calibration_params, demo_params
 from ._tissuecyte import synthesize_tissuecyte, write_tissuecyte
 from ._writer import Truth, load_truth, synthesize
 
 __all__ = [
+    "ImcAcquisition",
     "SynthParams",
     "Truth",
     "calibration_params",
@@ -30,6 +33,12 @@ __all__ = [
     "render_cells",
     "render_nuclei_plane",
     "synthesize",
+    "synthesize_czi",
     "synthesize_tissuecyte",
+    "write_axioscan",
+    "write_czi",
+    "write_imc",
+    "write_imc_txt",
+    "write_mcd",
     "write_tissuecyte",
 ]

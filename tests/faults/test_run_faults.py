@@ -33,7 +33,7 @@ def stores(tmp_path_factory):
     steps = "".join(f"  {s}: {{enabled: {str(s == 'calibrate').lower()}}}\n" for s in STEPS)
     config.write_text(f"cluster: {{n_workers: 1, processes: false}}\nsteps:\n{steps}")
     upload(str(write_raw_sample(root / "a", slices=2, seed=1)), str(root / "a.zarr"), progress=False)
-    upload(str(write_raw_sample(root / "b", slices=2, seed=2)), str(root / "b.zarr"), progress=False)
+    upload(str(write_raw_sample(root / "b", slices=3, seed=2)), str(root / "b.zarr"), progress=False)  # another sample
     proc = _run(root / "a.zarr", root / "a-out.zarr", config)
     assert proc.returncode == 0, proc.stderr
     return root
@@ -206,6 +206,7 @@ def _truncate_chunk(tmp):
     return "tiles tile (slice 1, channel 1, row 0, col 0, z 0): checksum mismatch"
 
 
+@pytest.mark.slow  # runs calibrate
 @pytest.mark.parametrize("damage", [_flip_bytes, _swap_chunks, _delete_chunk, _truncate_chunk])
 def test_a_damaged_tile_stops_the_run_with_one_line(tmp, damage):
     fragment = damage(tmp)
@@ -224,6 +225,7 @@ def test_a_damaged_tile_stops_the_run_with_one_line(tmp, damage):
     assert fragment in proc.stdout
 
 
+@pytest.mark.slow  # runs calibrate
 def test_the_same_sample_reruns_into_its_own_output(tmp):
     """Live processing: ``--slices k`` into the sample's own output keeps working, and verify passes it."""
     proc = _run(tmp / "a.zarr", tmp / "a-out.zarr", tmp / "run.yaml", "--slices", "1")

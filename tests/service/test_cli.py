@@ -71,6 +71,7 @@ STORAGE_COMMANDS = {
     "status": ["status", "bucket"],
     "submit": ["submit", "raw", "--out", "out.zarr"],
     "process": ["process", "raw", "--out", "out.zarr"],
+    "verify": ["verify", "store.zarr"],
     "calibrate-distortion": ["calibrate-distortion", "raw", "cal.npz", "--stage-sigma-px", "0.1"],
 }
 

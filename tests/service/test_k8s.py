@@ -335,3 +335,64 @@ def test_backend_arguments_checked():
         PipelineAction("slurm")
     with pytest.raises(ValueError, match="scheduler address"):
         PipelineAction("dask")
+
+
+SECRETS = {"key": "AKIA-K8S-VALUE-1", "secret": "S3-SECRET-VALUE-2", "token": "TOKEN-VALUE-3"}
+
+
+def _credential_objects(**kw):
+    options = {"endpoint_url": "http://minio:9000", "key": SECRETS["key"], "secret": SECRETS["secret"]}
+    options["client_kwargs"] = {"aws_session_token": SECRETS["token"], "region_name": "eu-west-2"}
+    action = PipelineAction("kubernetes", storage_options=options, kube=k8s.KubeSettings(**kw))
+    job = Job("s1", "s3://raw/incoming/s1", "s3://raw/out/s1.zarr", "s3://raw/out/s1.raw.zarr")
+    return action.objects(job)
+
+
+def test_credentials_go_to_a_secret_reference_never_to_the_configmap():
+    objs = _credential_objects(credentials_secret="imaxt-credentials")
+    text = k8s.to_yaml(objs)
+    for value in SECRETS.values():
+        assert value not in text
+    for obj in objs:
+        validate(obj)
+    config = yaml.safe_load(objs[0]["data"]["config.yaml"])
+    assert config["storage_options"] == {
+        "endpoint_url": "http://minio:9000",
+        "client_kwargs": {"region_name": "eu-west-2"},
+    }
+    env = {e["name"]: e for e in objs[1]["spec"]["job"]["spec"]["containers"][0]["env"]}
+    for dotted, variable in config["storage_options_env"].items():
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "imaxt-credentials", "key": dotted}
+    assert sorted(config["storage_options_env"]) == ["client_kwargs.aws_session_token", "key", "secret"]
+
+
+def test_credentials_come_back_from_the_environment_in_the_job(monkeypatch, tmp_path):
+    from imaxt_pipeline.config import load_config
+
+    objs = _credential_objects(credentials_secret="imaxt-credentials")
+    (tmp_path / "config.yaml").write_text(objs[0]["data"]["config.yaml"])
+    for e in objs[1]["spec"]["job"]["spec"]["containers"][0]["env"]:
+        if "valueFrom" in e:
+            dotted = e["valueFrom"]["secretKeyRef"]["key"]
+            monkeypatch.setenv(
+                e["name"], {"key": SECRETS["key"], "secret": SECRETS["secret"]}.get(dotted, SECRETS["token"])
+            )
+    config = load_config(tmp_path / "config.yaml")
+    assert config.storage_options["key"] == SECRETS["key"]
+    assert config.storage_options["secret"] == SECRETS["secret"]
+    assert config.storage_options["client_kwargs"] == {
+        "region_name": "eu-west-2",
+        "aws_session_token": SECRETS["token"],
+    }
+
+
+def test_credentials_without_a_secret_are_refused_in_one_line():
+    from imaxt_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        _credential_objects()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "kubectl create secret generic" in message and "--credentials-secret" in message
+    for value in SECRETS.values():
+        assert value not in message

@@ -106,6 +106,33 @@ def test_catalogue_rows_and_units(processed):
     assert out.location.exists("qc/catalogue_histograms.png")
 
 
+def test_ids_are_unique_across_the_sample_and_equal_the_label_values(processed):
+    """cell_id = plane << 32 | label-in-plane: one id per object of the sample, the value in the 3-D label image."""
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    acq, out, _, _ = processed
+    cells, nuclei = out.read_table("cells"), out.read_table("nuclei")
+    assert cells["cell_id"].is_unique and nuclei["nucleus_id"].is_unique
+    assert len(cells) > 100 and cells["cell_id"].dtype == np.uint64
+    lab = out.open_image("mosaic/labels/cells")
+    assert lab.array(0, mode="r").dtype == np.uint64
+    volume = np.stack([lab.read_plane(s) for s in range(2)])
+    assert sorted(cells["cell_id"]) == sorted(np.unique(volume[volume > 0]))  # one id per 3-D label value
+    np.testing.assert_array_equal(cells["cell_id"].to_numpy() >> np.uint64(32), cells["plane"].to_numpy())
+    assert (cells["cell_id"] == cells["label"]).all()
+    # links both ways: cells grow from their nuclei (same id); each nucleus names its cell
+    linked = cells[cells["nucleus_id"] > 0]
+    assert len(linked) / len(cells) > 0.99 and linked["nucleus_id"].isin(nuclei["nucleus_id"]).all()
+    back = nuclei.set_index("nucleus_id")["cell_id"]
+    assert (back.loc[linked["nucleus_id"].to_numpy()].to_numpy() > 0).all()
+    # display metadata: a colour and properties per id, valid NGFF
+    meta = lab.group(mode="r").attrs["ome"]["image-label"]
+    assert {c["label-value"] for c in meta["colors"]} == set(cells["cell_id"].tolist())
+    first = next(p for p in meta["properties"] if p["label-value"] == int(cells["cell_id"].iloc[0]))
+    assert first["plane"] == cells["plane"].iloc[0] and first["nucleus_id"] == cells["nucleus_id"].iloc[0]
+    ImageLabel.from_zarr(lab.group(mode="r"))
+
+
 def test_crops_follow_the_nuclei_catalogue(processed):
     acq, out, _, results = processed
     index = out.read_table("crops")
