@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
-from .io.urls import check_url
+from .io.storage import check_url
 from .steps.params import StepParams, StepsConfig
 
 #: Seconds to wait for an existing Dask scheduler before giving up (``cluster.connect_timeout_s``).

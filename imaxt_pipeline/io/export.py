@@ -7,9 +7,11 @@
   finds the image. Nothing is moved: ``cube/``, ``mosaic/``, ``tables/`` stay where the
   results contract puts them.
 * :func:`export_spatialdata` (``imaxt export-spatialdata STORE OUT``): a SpatialData store
-  beside the processed one (never inside it) with the segmented image, its label images and
-  the cells as an AnnData table whose instance key ``cell_id`` is the label value
-  (``docs/tables.md``). Needs the ``export`` extra (``anndata``, ``spatialdata``).
+  beside the processed one (never inside it) holding the cells as an AnnData table that
+  annotates the label image ``cells`` with instance key ``cell_id`` (the label value,
+  ``docs/tables.md``). Images and labels are not copied yet: the spatialdata release that
+  installs beside dask 2026 (0.7.0) cannot write rasters with zarr 3. Needs the ``export``
+  extra (``anndata``, ``spatialdata``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from ..errors import ConfigError, StoreError
 from .ome import write_entry_point
 from .output import OutputStore
-from .results import CELLS, CONFIDENCE, CUBE, LABELS, MOSAIC, label_path, slices_done, source_image
+from .results import CELLS, CONFIDENCE, CUBE, MOSAIC, slices_done, source_image
 from .urls import Location
 
 __all__ = ["cells_anndata", "export_spatialdata", "refresh_views"]
@@ -85,14 +87,15 @@ def cells_anndata(cells: Any, channels: list[str], *, region: str = "cells") -> 
         raise StoreError("the cells table repeats cell_id values")
     obs = cells[[c for c in OBS_COLUMNS if c in cells.columns]].reset_index(drop=True).copy()
     obs["cell_id"] = obs["cell_id"].astype(np.uint64)
-    obs["region"] = pd.Categorical([region] * len(obs))
-    obs.index = obs["cell_id"].astype(str).to_numpy()
+    # plain object strings: anndata 0.12 cannot write pandas 3's default (Arrow) string arrays
+    obs["region"] = pd.Categorical([region] * len(obs), categories=pd.Index([region], dtype=object))
+    obs.index = pd.Index([str(v) for v in obs["cell_id"]], dtype=object)
     means = np.column_stack([cells[f"mean_{c}"].to_numpy(np.float32) for c in channels]) if len(channels) else None
     integrated = [cells[f"integrated_{c}"].to_numpy(np.float32) for c in channels if f"integrated_{c}" in cells]
     adata = ad.AnnData(
         X=means if means is not None else np.zeros((len(obs), 0), np.float32),
         obs=obs,
-        var=pd.DataFrame(index=[str(c) for c in channels]),
+        var=pd.DataFrame(index=pd.Index([str(c) for c in channels], dtype=object)),
     )
     if len(integrated) == len(channels) and channels:
         adata.layers["integrated"] = np.column_stack(integrated)
@@ -105,10 +108,9 @@ def export_spatialdata(
 ) -> str:
     """Write a SpatialData store at ``out_url`` from the processed store ``store_url``; return ``out_url``.
 
-    Elements: ``images/<cube|mosaic>`` (c, z, y, x, the stored pyramid depth, channel names),
-    ``labels/nuclei`` and ``labels/cells`` (uint64 ids), each mapped to µm in the ``global``
-    coordinate system, and ``tables/table`` (:func:`cells_anndata`, annotating ``labels/cells``
-    by ``cell_id``). The processed store is only read.
+    Element: ``tables/table`` (:func:`cells_anndata`, annotating the labels ``cells`` of the
+    segmented image by ``cell_id``; channel names from that image). The processed store is
+    only read.
 
     Raises
     ------
@@ -131,8 +133,7 @@ def export_spatialdata(
             warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
             warnings.filterwarnings("ignore", "Call to deprecated class Scaler", DeprecationWarning)
             import spatialdata as sd
-            from spatialdata.models import Image3DModel, Labels3DModel, TableModel
-            from spatialdata.transformations import Scale
+            from spatialdata.models import TableModel
     except ImportError as exc:  # pragma: no cover - the export extra is a test dependency
         raise ConfigError(
             f"export-spatialdata needs the export extra (pip install 'imaxt-pipeline[export]'): {exc}"
@@ -144,35 +145,14 @@ def export_spatialdata(
     if not output.has_table(CELLS):
         raise StoreError(f"{store_url}: tables/cells.parquet is missing; run the catalogue step first")
     channels = image.channel_names
-    z_um, y_um, x_um = image.scale_zyx()
-    to_um = {"global": Scale([z_um, y_um, x_um], axes=("z", "y", "x"))}
-    factors: list[Any] | None = [{"z": 1, "y": 2, "x": 2}] * (image.levels - 1) or None  # z is never reduced
-    images = {
-        name: Image3DModel.parse(
-            image.to_dask(0),
-            dims=("c", "z", "y", "x"),
-            c_coords=channels,
-            transformations=to_um,
-            scale_factors=factors,
-            method="xarray_coarsen" if factors else None,  # the 2 x 2 mean, like the store's pyramid
-            chunks=(1, 1, 512, 512),  # regular chunks at every level (zarr needs them)
-        )
-    }
-    labels = {}
-    for lab in LABELS:
-        path = label_path(name, lab)
-        if output.has(path):
-            labels[lab] = Labels3DModel.parse(
-                output.open_image(path).to_dask(0),
-                dims=("z", "y", "x"),
-                transformations=to_um,
-                scale_factors=factors,
-                chunks=(1, 512, 512),
-            )
     cells = output.read_table(CELLS)
     table = TableModel.parse(
         cells_anndata(cells, channels, region="cells"), region="cells", region_key="region", instance_key="cell_id"
     )
-    sdata = sd.SpatialData(images=images, labels=labels, tables={"table": table})
-    sdata.write(dst.path() if dst.is_local else dst.url, overwrite=overwrite)
+    # Images and labels are not copied: spatialdata 0.7.0 (the release compatible with dask 2026) cannot write
+    # rasters with zarr 3 (it hands dask's per-block chunks to zarr); viewers open them at the store root.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The table is annotating 'cells', which is not present", UserWarning)
+        sdata = sd.SpatialData(tables={"table": table})
+        sdata.write(dst.path() if dst.is_local else dst.url, overwrite=overwrite)
     return out_url

@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import threading
 import weakref
 from collections.abc import Mapping, MutableMapping
@@ -34,8 +35,59 @@ from typing import Any
 import fsspec
 
 from ..errors import ConfigError
+from .provenance import is_credential_key, redact
 
 ENDPOINT_ENV = "IMAXT_S3_ENDPOINT"
+_JSON_PAIR = re.compile(r'"(?P<key>[^"\\]*)"(?P<sep>\s*:\s*)"(?P<value>(?:[^"\\]|\\.)*)"')
+
+
+def _redact_json_text(text: str) -> str:
+    """``text`` (JSON, maybe broken) with the string values of credential keys replaced, for messages."""
+
+    def sub(m: re.Match[str]) -> str:
+        value = '"<redacted>"' if is_credential_key(m["key"]) else f'"{m["value"]}"'
+        return f'"{m["key"]}"{m["sep"]}{value}'
+
+    return _JSON_PAIR.sub(sub, text)
+
+
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<rest>.*)$")
+#: Protocols whose URLs are ``scheme://host-or-bucket/path`` (a missing bucket is an error).
+_NEEDS_HOST = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "adl", "abfss", "http", "https", "ftp", "sftp", "hf"})
+
+
+def check_url(url: object, what: str = "URL") -> str:
+    """``url`` if it is a local path or a well-formed fsspec URL, else a one-line :class:`ConfigError`.
+
+    Catches what fsspec would otherwise turn into a traceback or a folder with a strange name:
+    an empty value, a scheme with one slash (``s3:/bucket``), an unknown protocol, a URL
+    without a bucket (``s3://``) or with spaces around it.
+
+    >>> check_url("s3://bucket/raw.zarr")
+    's3://bucket/raw.zarr'
+    >>> check_url("s3:/bucket", "--out")
+    Traceback (most recent call last):
+    ...
+    imaxt_pipeline.errors.ConfigError: --out: 's3:/bucket' is not a valid URL (expected s3://bucket/path)
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{what}: must be a non-empty path or URL, got {url!r}")
+    shown = redact(url)
+    if url != url.strip() or "\n" in url:
+        raise ConfigError(f"{what}: {shown!r} has leading or trailing white space")
+    last = url.rsplit("::", 1)[-1]  # chained URLs (simplecache::s3://...): the target decides
+    match = _SCHEME.match(last)
+    if match is None:
+        return url  # a local path (also C:\\... : one-letter schemes never match)
+    scheme, rest = match["scheme"].lower(), match["rest"]
+    if not rest.startswith("//"):
+        raise ConfigError(f"{what}: {shown!r} is not a valid URL (expected {scheme}://bucket/path)")
+    if scheme not in fsspec.available_protocols():
+        raise ConfigError(f"{what}: {shown!r} has an unknown protocol {scheme!r}")
+    host = rest[2:].split("/", 1)[0]
+    if scheme in _NEEDS_HOST and not host:
+        raise ConfigError(f"{what}: {shown!r} names no bucket or host (expected {scheme}://bucket/path)")
+    return url
 
 
 def parse_storage_options(text: str) -> dict[str, Any]:
@@ -49,10 +101,10 @@ def parse_storage_options(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        # The text itself is not echoed: it may hold credentials.
-        raise ConfigError(f"--storage-options is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        shown = _redact_json_text(text)  # credentials never reach a message
+        raise ConfigError(f"--storage-options is not valid JSON ({exc.msg} at column {exc.colno}): {shown!r}") from None
     if not isinstance(value, dict):
-        raise ConfigError(f"--storage-options must be a JSON object, got {type(value).__name__}")
+        raise ConfigError(f"--storage-options must be a JSON object, got {type(value).__name__}: {redact(value)!r}")
     return value
 
 

@@ -3,55 +3,15 @@
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import zarr.storage
 from zarr.abc.store import Store
 
-from ..errors import ConfigError
-from .provenance import redact
-from .storage import normalise_storage_options, protocols, track_filesystem, url_to_fs
+from .storage import check_url, normalise_storage_options, protocols, track_filesystem, url_to_fs
 
-_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<rest>.*)$")
-#: Protocols whose URLs are ``scheme://host-or-bucket/path`` (a missing bucket is an error).
-_NEEDS_HOST = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "adl", "abfss", "http", "https", "ftp", "sftp", "hf"})
-
-
-def check_url(url: object, what: str = "URL") -> str:
-    """``url`` if it is a local path or a well-formed fsspec URL, else a one-line :class:`ConfigError`.
-
-    Catches what fsspec would otherwise turn into a traceback or a folder with a strange name:
-    an empty value, a scheme with one slash (``s3:/bucket``), an unknown protocol, a URL
-    without a bucket (``s3://``) or with spaces around it.
-
-    >>> check_url("s3://bucket/raw.zarr")
-    's3://bucket/raw.zarr'
-    >>> check_url("s3:/bucket", "--out")
-    Traceback (most recent call last):
-    ...
-    imaxt_pipeline.errors.ConfigError: --out: 's3:/bucket' is not a valid URL (expected s3://bucket/path)
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"{what}: must be a non-empty path or URL, got {url!r}")
-    shown = redact(url)
-    if url != url.strip() or "\n" in url:
-        raise ConfigError(f"{what}: {shown!r} has leading or trailing white space")
-    last = url.rsplit("::", 1)[-1]  # chained URLs (simplecache::s3://...): the target decides
-    match = _SCHEME.match(last)
-    if match is None:
-        return url  # a local path (also C:\\... : one-letter schemes never match)
-    scheme, rest = match["scheme"].lower(), match["rest"]
-    if not rest.startswith("//"):
-        raise ConfigError(f"{what}: {shown!r} is not a valid URL (expected {scheme}://bucket/path)")
-    if scheme not in fsspec.available_protocols():
-        raise ConfigError(f"{what}: {shown!r} has an unknown protocol {scheme!r}")
-    host = rest[2:].split("/", 1)[0]
-    if scheme in _NEEDS_HOST and not host:
-        raise ConfigError(f"{what}: {shown!r} names no bucket or host (expected {scheme}://bucket/path)")
-    return url
+__all__ = ["Location", "check_url"]
 
 
 class Location:

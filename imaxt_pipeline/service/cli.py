@@ -333,7 +333,6 @@ def _upload(args: argparse.Namespace) -> int:
     _output_url(args.dest_url, "DEST_URL", args.storage_options)
     from ..io.upload import upload
 
-
     options = _reader_options(args)
     try:
         report = upload(

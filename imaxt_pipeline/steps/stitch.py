@@ -1,7 +1,11 @@
 """Step `stitch`: tile positions of each slice (and the shared distortion).
 
 Per slice, every pair of neighbouring tiles is registered on the Dask
-cluster (one task per pair, calibrated tiles); then one weighted least-squares
+cluster (calibrated tiles; small tiles are matched in batches of consecutive
+pairs, one task per batch, each tile read once per batch from a cache of at
+most two grid rows and ``MAX_BATCH_BYTES``, so that a 50 x 50 coverslip grid
+neither floods the scheduler nor holds more than a few tiles in any task;
+large tiles get one task per pair); then one weighted least-squares
 solve on the client gives the tile positions of all slices of this run and,
 unless a calibration file fixed it, the distortion model shared by every
 tile. Correspondences of earlier slices (``tables/stitch_points``) also
@@ -39,11 +43,60 @@ from ..algorithms.calibration import refine_flat
 from ..algorithms.optics import Calibration
 from ..algorithms.stitching import PairMatch, adjacent_pairs, solve_positions
 from ..io import results
-from ..parallel.stitching import match_pairs
+from ..parallel.stitching import match_tiles
 from ._base import StepContext, StepResult
 from .params import StitchParams as Params
 
-__all__ = ["Params", "run"]
+__all__ = ["MAX_BATCH_BYTES", "Params", "batch_pairs", "run"]
+
+#: Raw tile bytes one pair-matching task may cache (it holds at most this, plus the pair it matches).
+MAX_BATCH_BYTES = 32 * 2**20
+#: Pairs per task at most, and batches per slice at least (so that the cluster stays busy).
+MAX_BATCH_PAIRS, MIN_BATCHES = 64, 16
+
+
+def batch_pairs(n_pairs: int, tile_bytes: int) -> int:
+    """Pairs per matching task: 1 for large tiles or few pairs, up to ``MAX_BATCH_PAIRS`` for small tiles.
+
+    >>> batch_pairs(12, 2 * 256 * 256), batch_pairs(1200, 2 * 64 * 64), batch_pairs(1200, 4 * 2 * 2048 * 2048)
+    (1, 64, 1)
+    """
+    by_memory = max(1, MAX_BATCH_BYTES // max(8 * tile_bytes, 1))
+    return int(max(1, min(MAX_BATCH_PAIRS, by_memory, -(-n_pairs // MIN_BATCHES))))
+
+
+def _match_batch(
+    read_tile: Any,
+    batch: list[tuple[int, int]],
+    expected: list[tuple[float, float]],
+    calibration: Calibration,
+    *,
+    cache: int,
+    index_offset: int,
+    **match_kwargs: Any,
+) -> list[PairMatch]:
+    """Match consecutive pairs, reading each tile once (an LRU cache of ``cache`` tiles)."""
+    cached = lru_cache(maxsize=cache)(read_tile)
+    return [
+        match_tiles(lambda i: np.array(cached(i)), a, b, exp, calibration, index_offset=index_offset, **match_kwargs)
+        for (a, b), exp in zip(batch, expected, strict=True)
+    ]
+
+
+def _lazy_matches(
+    read_tile: Any, pairs: list[tuple[int, int]], stage: np.ndarray, cal: Any, *, cols: int, tile_bytes: int, **kw: Any
+) -> list[Any]:
+    """Delayed batches (lists of :class:`PairMatch`, in ``pairs`` order) of one slice."""
+    from dask import delayed
+
+    size = batch_pairs(len(pairs), tile_bytes)
+    cache = int(max(2, min(2 * cols + 2, MAX_BATCH_BYTES // max(tile_bytes, 1))))
+    out = []
+    for k in range(0, len(pairs), size):
+        batch = pairs[k : k + size]
+        exp = [(float(stage[b, 0] - stage[a, 0]), float(stage[b, 1] - stage[a, 1])) for a, b in batch]
+        out.append(delayed(_match_batch, pure=False)(read_tile, batch, exp, cal, cache=cache, **kw))
+    return out
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
@@ -54,18 +107,25 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     pairs = adjacent_pairs(acq.rows, acq.cols)
     slices = list(ctx.slices)
     lazy = []
+    from dask import delayed
+
+    cal_task = delayed(cal, pure=False)
+    tile_bytes = 2 * len(acq.channels) * acq.tile_shape[0] * acq.tile_shape[1]
     for k, s in enumerate(slices):
-        lazy += match_pairs(
+        lazy += _lazy_matches(
             partial(ctx.raw.read_tile, s, z),
             pairs,
-            ctx.raw.stage_px(s, z),
-            cal,
+            np.asarray(ctx.raw.stage_px(s, z), np.float64),
+            cal_task,
+            cols=acq.cols,
+            tile_bytes=tile_bytes,
             index_offset=k * n_t,
             max_shift=params.max_shift_px,
             block_size=params.block_px,
             min_ncc=params.min_ncc,
         )
-    matches: list[PairMatch] = list(ctx.client.gather(ctx.client.compute(lazy))) if lazy else []
+    batches = ctx.client.gather(ctx.client.compute(lazy)) if lazy else []
+    matches: list[PairMatch] = [m for batch in batches for m in batch]
     stage = [ctx.raw.stage_px(s, z) for s in slices]
     estimate = params.estimate_distortion and cal.source.get("distortion") != "file"
     old = results.read_stitch_points(ctx.output, exclude=slices) if estimate else pd.DataFrame()

@@ -73,6 +73,8 @@ STORAGE_COMMANDS = {
     "process": ["process", "raw", "--out", "out.zarr"],
     "verify": ["verify", "store.zarr"],
     "calibrate-distortion": ["calibrate-distortion", "raw", "cal.npz", "--stage-sigma-px", "0.1"],
+    "inspect": ["inspect", "raw"],
+    "export-spatialdata": ["export-spatialdata", "store.zarr", "out.zarr"],
 }
 
 
