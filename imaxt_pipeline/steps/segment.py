@@ -72,7 +72,7 @@ class GrownCells:
         from ..algorithms.segmentation import Segmentation
 
         seg = self.inner.segment(image)
-        cells = expand_labels(seg.nuclei, distance=self.distance_px)  # type: ignore[no-untyped-call]
+        cells = expand_labels(seg.nuclei, distance=self.distance_px)
         return Segmentation(nuclei=seg.nuclei, cells=np.asarray(cells, np.int32))
 
 
@@ -164,7 +164,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     _, py, _ = image.scale_zyx()
     labels = _label_images(ctx, name)
     stack = image.to_dask()
-    tasks, segmenter = [], None
+    tasks: list[Any] = []
+    segmenter: Any = None
     for _, plane in ctx.planes():
         sample, scale = _sample(image, plane)
         segmenter = make_segmenter(params, pixel_um=py, plane_sample=sample, sample_scale=scale)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import readimc  # (the formats extra; a missing reader is a failure, not a skip)
 
 from imaxt_pipeline.errors import InputError
 from imaxt_pipeline.io.formats import detect_format, open_acquisition
@@ -13,8 +14,6 @@ from imaxt_pipeline.io.rawzarr import RawStore
 from imaxt_pipeline.io.upload import upload
 from imaxt_pipeline.service.cli import main
 from imaxt_pipeline.synth import ImcAcquisition, write_imc_txt, write_mcd
-
-readimc = pytest.importorskip("readimc")
 
 PANEL = [("DNA1", "Ir", 191), ("CD45", "Sm", 152), ("", "Nd", 148)]
 NAMES = ["Ir191_DNA1", "Sm152_CD45", "Nd148"]
