@@ -135,10 +135,11 @@ def resolve_roles(
     >>> r = resolve_roles(["CD45", "Hoechst 33342"])
     >>> r.nuclear, r.cyto, r.source["nuclear"]
     (1, 0, 'name')
-    >>> resolve_roles(["DAPI"], cyto=3)
-    Traceback (most recent call last):
-    ...
-    imaxt_pipeline.errors.ConfigError: steps.segment.cyto_channel: 3 is not a channel of this sample (channels: 0 'DAPI')
+    >>> try:
+    ...     resolve_roles(["DAPI"], cyto=3)
+    ... except ConfigError as exc:
+    ...     print(exc)
+    steps.segment.cyto_channel: 3 is not a channel of this sample (channels: 0 'DAPI')
     """
     source: dict[str, str] = {}
     if nuclear == "auto":
@@ -186,10 +187,11 @@ def check_channel_indices(channels: Sequence[str], steps: Any) -> None:
     crops ``ranking_channel``).
 
     >>> from imaxt_pipeline.steps.params import StepsConfig
-    >>> check_channel_indices(["DAPI"], StepsConfig.model_validate({"crops": {"ranking_channel": 1}}))
-    Traceback (most recent call last):
-    ...
-    imaxt_pipeline.errors.ConfigError: steps.crops.ranking_channel: 1 is not a channel of this sample (channels: 0 'DAPI')
+    >>> try:
+    ...     check_channel_indices(["DAPI"], StepsConfig.model_validate({"crops": {"ranking_channel": 1}}))
+    ... except ConfigError as exc:
+    ...     print(exc)
+    steps.crops.ranking_channel: 1 is not a channel of this sample (channels: 0 'DAPI')
     """
     checks: list[tuple[str, str, Any]] = [
         ("beads", "channel", None),

@@ -42,7 +42,12 @@ def empty_table() -> pd.DataFrame:
 
     cols = {c: pd.Series(dtype=bool if c == "fit_ok" else float) for c in BEAD_COLUMNS}
     return pd.DataFrame(
-        {"slice": pd.Series(dtype=np.int64), **cols, "good": pd.Series(dtype=bool), "bead_id": pd.Series(dtype=np.int64)}
+        {
+            "slice": pd.Series(dtype=np.int64),
+            **cols,
+            "good": pd.Series(dtype=bool),
+            "bead_id": pd.Series(dtype=np.int64),
+        }
     )
 
 
