@@ -17,7 +17,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
-from .io.storage import check_url
 from .steps.params import StepParams, StepsConfig
 
 #: Seconds to wait for an existing Dask scheduler before giving up (``cluster.connect_timeout_s``).
@@ -25,6 +24,9 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
 
 def _check_url(value: str, info: Any) -> str:
+    # Imported here: io.storage pulls in fsspec, and loading the configuration must stay cheap.
+    from .io.storage import check_url
+
     try:
         return check_url(value, info.field_name)
     except ConfigError as exc:

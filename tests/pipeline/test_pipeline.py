@@ -84,15 +84,21 @@ def test_output_records_the_results_format_version(processed):
 
 def test_config_import_loads_no_step_module():
     """The configuration validates every step's parameters without importing a step (or numpy)."""
+    import ast
     import subprocess
     import sys
 
+    from imaxt_pipeline.steps import STEP_ORDER
+
     code = (
         "import sys, imaxt_pipeline.config as c; c.load_config(None, input_url='a', output_url='b'); "
-        "print(sorted(m for m in sys.modules if m.startswith('imaxt_pipeline.steps.') or m == 'numpy'))"
+        "print(sorted(m for m in sys.modules if m.startswith('imaxt_pipeline.steps.') or m in ('numpy', 'zarr')))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    assert loaded.strip() == "['imaxt_pipeline.steps._base', 'imaxt_pipeline.steps.params']"
+    modules = ast.literal_eval(loaded.strip())
+    assert "imaxt_pipeline.steps.params" in modules
+    # No step module and no heavy dependency: shared light helpers of the steps package (private) are fine.
+    assert not [m for m in modules if m.rsplit(".", 1)[-1] in STEP_ORDER or m in ("numpy", "zarr")], modules
 
 
 def test_missing_input_store_is_a_clear_error(tmp_path):
