@@ -51,8 +51,12 @@ class Owner:
     sections: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"tool": self.tool, "sample": self.sample, "sample_id": self.sample_id,
-                "sections": dict(sorted(self.sections.items(), key=lambda kv: int(kv[0])))}
+        return {
+            "tool": self.tool,
+            "sample": self.sample,
+            "sample_id": self.sample_id,
+            "sections": dict(sorted(self.sections.items(), key=lambda kv: int(kv[0]))),
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Owner | None:
@@ -61,10 +65,13 @@ class Owner:
             return None
         tool, sample, sample_id = data.get("tool"), data.get("sample"), data.get("sample_id")
         sections = data.get("sections") or {}
-        if not all(isinstance(v, str) for v in (tool, sample, sample_id)) or not isinstance(sections, Mapping):
+        if not (isinstance(tool, str) and isinstance(sample, str) and isinstance(sample_id, str)):
             return None
-        return cls(tool=tool, sample=sample, sample_id=sample_id,
-                   sections={str(k): str(v) for k, v in sections.items()})
+        if not isinstance(sections, Mapping):
+            return None
+        return cls(
+            tool=tool, sample=sample, sample_id=sample_id, sections={str(k): str(v) for k, v in sections.items()}
+        )
 
 
 def sample_identity(acquisition: Mapping[str, Any]) -> str:
@@ -83,8 +90,10 @@ def section_checksums(tile_sha256: Mapping[str, str]) -> dict[str, str]:
     by_slice: dict[str, list[str]] = {}
     for key in sorted(tile_sha256):
         by_slice.setdefault(key.split("/", 1)[0], []).append(f"{key} {tile_sha256[key]}\n")
-    return {s: hashlib.sha256("".join(lines).encode()).hexdigest()
-            for s, lines in sorted(by_slice.items(), key=lambda kv: int(kv[0]))}
+    return {
+        s: hashlib.sha256("".join(lines).encode()).hexdigest()
+        for s, lines in sorted(by_slice.items(), key=lambda kv: int(kv[0]))
+    }
 
 
 # -- where: the same place, inside, around --------------------------------------
@@ -129,8 +138,11 @@ def check_apart(dest: Location, source: Location, *, what: str = "destination") 
     """
     rel = relation(dest, source)
     if rel is not None:
-        where = {"the same as": "is the source folder", "inside": "is inside the source folder",
-                 "around": "contains the source folder"}[rel]
+        where = {
+            "the same as": "is the source folder",
+            "inside": "is inside the source folder",
+            "around": "contains the source folder",
+        }[rel]
         raise StoreError(f"{dest.url}: {what} {where} {source.url}; choose a {what} outside it")
 
 
@@ -178,9 +190,15 @@ class Destination:
         return self.owner is None
 
 
-def check_destination(dest: Location, *, tool: str, sample: str, sample_id: str,
-                      owns: Callable[[str], bool],
-                      adopt: Callable[[Mapping[str, Any]], Owner | None] | None = None) -> Destination:
+def check_destination(
+    dest: Location,
+    *,
+    tool: str,
+    sample: str,
+    sample_id: str,
+    owns: Callable[[str], bool],
+    adopt: Callable[[Mapping[str, Any]], Owner | None] | None = None,
+) -> Destination:
     """Check that ``dest`` is empty or a store that ``tool`` wrote for this sample.
 
     Only reads. A store of ours may still be incomplete (an interrupted write) or
@@ -222,21 +240,28 @@ def check_destination(dest: Location, *, tool: str, sample: str, sample_id: str,
         owner = adopt(attrs)
     if owner is None:
         example = sorted(_relative(p, root) for p in top)[0]
-        raise StoreError(f"{dest.url}: destination is not empty and is not a store written by {tool} "
-                         f"(it holds {example!r}); choose a new or empty destination")
+        raise StoreError(
+            f"{dest.url}: destination is not empty and is not a store written by {tool} "
+            f"(it holds {example!r}); choose a new or empty destination"
+        )
     if owner.tool != tool:
-        raise StoreError(f"{dest.url}: destination is a store written by {owner.tool!r}, not by {tool}; "
-                         f"choose another destination")
+        raise StoreError(
+            f"{dest.url}: destination is a store written by {owner.tool!r}, not by {tool}; choose another destination"
+        )
     keys = tuple(sorted(_relative(p, root) for p in fs.find(root, withdirs=True)))
     foreign = [k for k in keys if k and not owns(k)]
     if foreign:
-        raise StoreError(f"{dest.url}: destination holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} "
-                         f"that {tool} did not write (e.g. {foreign[0]!r}); move them away or choose another "
-                         f"destination")
+        raise StoreError(
+            f"{dest.url}: destination holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} "
+            f"that {tool} did not write (e.g. {foreign[0]!r}); move them away or choose another "
+            f"destination"
+        )
     if owner.sample_id != sample_id:
         same_name = " of the same name" if owner.sample == sample else ""
-        raise StoreError(f"{dest.url}: store already holds a different sample{same_name} ({owner.sample!r}); "
-                         f"choose another destination")
+        raise StoreError(
+            f"{dest.url}: store already holds a different sample{same_name} ({owner.sample!r}); "
+            f"choose another destination"
+        )
     return Destination(dest, owner, attrs or {}, tuple(k for k in keys if k))
 
 
@@ -244,4 +269,4 @@ def _relative(path: str, root: str) -> str:
     path, root = path.rstrip("/"), root.rstrip("/")
     if path == root:
         return ""
-    return path[len(root) + 1:] if path.startswith(root + "/") else path
+    return path[len(root) + 1 :] if path.startswith(root + "/") else path

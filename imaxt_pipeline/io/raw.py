@@ -48,8 +48,12 @@ position may lie from where the nominal grid puts it."""
 MAX_JSON_BYTES = 1 << 20
 MAX_CSV_BYTES = 1 << 30
 
-_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
-         (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 
 
 def read_raw_sample(url: str, *, storage_options: dict | None = None, check_tiles: bool = True) -> RawSample:
@@ -281,9 +285,12 @@ def _check_stage_grid(path: str, records: list[TileRecord], lines: list[int], ac
         axis = int(np.argmax(deviation[i] / tolerance))
         name = ("y_um", "x_um")[axis]
         value = (rec.y_um, rec.x_um)[axis]
-        raise InputError(path, f"line {lines[i]}: stage position {name}={value:g} is "
-                               f"{deviation[i, axis] / tile_um[axis]:.3g} tile sizes from where the grid puts row="
-                               f"{rec.row} col={rec.col} (at most {STAGE_TOLERANCE_TILES:g} allowed)")
+        raise InputError(
+            path,
+            f"line {lines[i]}: stage position {name}={value:g} is "
+            f"{deviation[i, axis] / tile_um[axis]:.3g} tile sizes from where the grid puts row="
+            f"{rec.row} col={rec.col} (at most {STAGE_TOLERANCE_TILES:g} allowed)",
+        )
 
 
 # -- TIFF files ---------------------------------------------------------------------
@@ -305,6 +312,8 @@ def _open_tiff(loc: Location, name: str, acq: Acquisition, *, decode: bool) -> n
                 series_shape = tuple(tif.series[0].shape) if tif.series else tuple(page.shape)
                 if len(series_shape) != 2 or len(page.shape) != 2:
                     raise InputError(path, f"shape {series_shape} but a 2-D tile {tuple(acq.tile_shape)} is required")
+                if page.dtype is None:
+                    raise InputError(path, "TIFF page has no pixel data type")
                 _check_array(path, page.dtype, page.shape, acq)
                 ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
                 if not ends or min(page.databytecounts) <= 0 or max(ends) > size:

@@ -77,8 +77,10 @@ class UploadReport:
     def summary(self) -> str:
         mb = self.nbytes / 1e6
         rate = mb / self.seconds if self.seconds else float("nan")
-        return (f"uploaded to {self.dest}: {len(self.written)} tiles written, {len(self.verified)} already "
-                f"present and verified, {mb:.1f} MB in {self.seconds:.1f} s ({rate:.1f} MB/s)")
+        return (
+            f"uploaded to {self.dest}: {len(self.written)} tiles written, {len(self.verified)} already "
+            f"present and verified, {mb:.1f} MB in {self.seconds:.1f} s ({rate:.1f} MB/s)"
+        )
 
 
 def upload(
@@ -141,8 +143,9 @@ def upload(
     dest = Location(dest_url, storage_options)
     check_apart(dest, src)
     sample = open_acquisition(raw_url, format, storage_options=raw_storage_options, **dict(reader_options or {}))
-    job = _Upload(src, dest, sample, workers=max(1, workers), progress=progress, on_tile=on_tile,
-                  overwrite=overwrite, start=start)
+    job = _Upload(
+        src, dest, sample, workers=max(1, workers), progress=progress, on_tile=on_tile, overwrite=overwrite, start=start
+    )
     try:
         return job.run()
     except ImaxtError:
@@ -156,8 +159,18 @@ def upload(
 class _Upload:
     """One upload: check (read only), then write."""
 
-    def __init__(self, src: Location, dest: Location, sample: SourceSample, *, workers: int, progress: bool,
-                 on_tile: Callable[[str], None] | None, overwrite: bool, start: _dt.datetime) -> None:
+    def __init__(
+        self,
+        src: Location,
+        dest: Location,
+        sample: SourceSample,
+        *,
+        workers: int,
+        progress: bool,
+        on_tile: Callable[[str], None] | None,
+        overwrite: bool,
+        start: _dt.datetime,
+    ) -> None:
         self.src, self.dest, self.sample = src, dest, sample
         self.acq: Acquisition = sample.acquisition
         self.acq_json = self.acq.model_dump(mode="json")
@@ -185,15 +198,22 @@ class _Upload:
 
     # -- phase 1: read only ----------------------------------------------------------
     def run(self) -> UploadReport:
-        found = check_destination(self.dest, tool=UPLOAD_TOOL, sample=self.acq.sample,
-                                  sample_id=self.owner.sample_id, owns=is_store_key, adopt=_adopt_legacy)
+        found = check_destination(
+            self.dest,
+            tool=UPLOAD_TOOL,
+            sample=self.acq.sample,
+            sample_id=self.owner.sample_id,
+            owns=is_store_key,
+            adopt=_adopt_legacy,
+        )
         group = tiles = None
         if not found.empty:
             try:
                 group = zarr.open_group(self.store(), mode="r+")
             except Exception as exc:  # a store of ours whose metadata zarr cannot read
-                raise StoreError(f"{self.dest.url}: cannot open the store ({_one_line(exc)}); "
-                                 f"re-run with --overwrite to rewrite it") from None
+                raise StoreError(
+                    f"{self.dest.url}: cannot open the store ({_one_line(exc)}); re-run with --overwrite to rewrite it"
+                ) from None
             tiles = self._existing_tiles(group)
         verify = tiles is not None and not self.overwrite
         zeros = sha256(np.zeros(self.acq.tile_shape, self.dtype))
@@ -237,8 +257,10 @@ class _Upload:
             if data is None:
                 data = self.sample.read_tile(rec)
                 if sha256(data) != self.digests[key]:
-                    raise InputError(self.src.join(rec.file), "changed while it was being uploaded; "
-                                                              "re-run the upload once the sample folder is final")
+                    raise InputError(
+                        self.src.join(rec.file),
+                        "changed while it was being uploaded; re-run the upload once the sample folder is final",
+                    )
             tiles[self._index(rec)] = data
             with self.lock:
                 self.report.written.append(key)
@@ -263,9 +285,10 @@ class _Upload:
         records = list(records)
         if not records:
             return
-        with ThreadPoolExecutor(max_workers=self.workers) as pool, tqdm(
-            total=len(records), disable=not self.progress, unit="tile", desc=desc
-        ) as bar:
+        with (
+            ThreadPoolExecutor(max_workers=self.workers) as pool,
+            tqdm(total=len(records), disable=not self.progress, unit="tile", desc=desc) as bar,
+        ):
             futures = [pool.submit(fn, rec) for rec in records]
             try:
                 for fut in futures:
@@ -286,12 +309,19 @@ class _Upload:
         except Exception:  # unreadable array metadata
             tiles = stage = None
         h, w = self.acq.tile_shape
-        if (not isinstance(tiles, zarr.Array) or not isinstance(stage, zarr.Array) or tiles.shape != self._shape()
-                or tiles.dtype != self.dtype or tuple(tiles.chunks) != (1, 1, 1, 1, h, w)):
+        if (
+            not isinstance(tiles, zarr.Array)
+            or not isinstance(stage, zarr.Array)
+            or tiles.shape != self._shape()
+            or tiles.dtype != self.dtype
+            or tuple(tiles.chunks) != (1, 1, 1, 1, h, w)
+        ):
             if self.overwrite:
                 return None
-            raise StoreError(f"{self.dest.url}: the store's arrays do not match this sample's acquisition; "
-                             f"re-run with --overwrite to rewrite the store")
+            raise StoreError(
+                f"{self.dest.url}: the store's arrays do not match this sample's acquisition; "
+                f"re-run with --overwrite to rewrite the store"
+            )
         return tiles
 
     def _unchanged(self, group: zarr.Group, found: Destination) -> bool:
@@ -303,16 +333,26 @@ class _Upload:
             stage_same = np.array_equal(np.asarray(group["stage_um"][...]), self.sample.stage_um)
         except Exception:  # unreadable (e.g. a failed checksum): rewrite it
             stage_same = False
-        return (not self.overwrite and upload_meta.get("complete") is True and upload_meta.get("tile_sha256") == table
-                and meta.get("acquisition") == self.acq_json and stage_same and found.owner is not None
-                and meta.get("owner") == self._owner(table).to_json())
+        return (
+            not self.overwrite
+            and upload_meta.get("complete") is True
+            and upload_meta.get("tile_sha256") == table
+            and meta.get("acquisition") == self.acq_json
+            and stage_same
+            and found.owner is not None
+            and meta.get("owner") == self._owner(table).to_json()
+        )
 
     def _owner(self, table: Mapping[str, str] | None = None) -> Owner:
         return Owner(self.owner.tool, self.owner.sample, self.owner.sample_id, section_checksums(table or {}))
 
     def _base_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
-        return {**meta, "acquisition": self.acq_json, "owner": self._owner().to_json(),
-                "upload": {"complete": False, "source": self.sample.root, **self._source_meta()}}
+        return {
+            **meta,
+            "acquisition": self.acq_json,
+            "owner": self._owner().to_json(),
+            "upload": {"complete": False, "source": self.sample.root, **self._source_meta()},
+        }
 
     def _source_meta(self) -> dict[str, Any]:
         """The source's format and the tiles it never acquired (absent from the store: they read as zeros)."""
@@ -327,11 +367,22 @@ class _Upload:
 
     def _create_arrays(self, group: zarr.Group) -> None:
         h, w = self.acq.tile_shape
-        group.create_array("tiles", shape=self._shape(), chunks=(1, 1, 1, 1, h, w), dtype=self.dtype,
-                           compressors=list(TILE_COMPRESSORS), fill_value=0, dimension_names=TILE_DIMS,
-                           config={"write_empty_chunks": True})
-        group.create_array("stage_um", data=self.sample.stage_um, compressors=list(TILE_COMPRESSORS),
-                           dimension_names=("slice", "z", "tile", "yx"))
+        group.create_array(
+            "tiles",
+            shape=self._shape(),
+            chunks=(1, 1, 1, 1, h, w),
+            dtype=self.dtype,
+            compressors=list(TILE_COMPRESSORS),
+            fill_value=0,
+            dimension_names=TILE_DIMS,
+            config={"write_empty_chunks": True},
+        )
+        group.create_array(
+            "stage_um",
+            data=self.sample.stage_um,
+            compressors=list(TILE_COMPRESSORS),
+            dimension_names=("slice", "z", "tile", "yx"),
+        )
 
     def _invalidate(self, group: zarr.Group) -> None:
         """Mark the store incomplete and drop its checksum tables before changing anything else."""
@@ -363,16 +414,27 @@ class _Upload:
         entry = {
             "name": "upload",
             "software": software_versions(),
-            "parameters": {"compressor": "blosc-zstd-5-bitshuffle", "checksum": _checksum_name(group["tiles"]),
-                           "chunks": "one per tile", "overwrite": self.overwrite},
+            "parameters": {
+                "compressor": "blosc-zstd-5-bitshuffle",
+                "checksum": _checksum_name(group["tiles"]),
+                "chunks": "one per tile",
+                "overwrite": self.overwrite,
+            },
             "inputs": {"source": self.sample.root, "n_tiles": len(table)},
             "outputs": ["tiles", "stage_um"],
             "metrics": {"written": len(report.written), "verified": len(report.verified), "bytes": report.nbytes},
-            "start": utcnow(self.start), "end": utcnow(end), "host": socket.gethostname(),
+            "start": utcnow(self.start),
+            "end": utcnow(end),
+            "host": socket.gethostname(),
             "version": __version__,
         }
-        meta["upload"] = {"complete": True, "source": self.sample.root, **self._source_meta(), "tile_sha256": table,
-                          "stage_sha256": sha256(np.asarray(group["stage_um"][...]))}
+        meta["upload"] = {
+            "complete": True,
+            "source": self.sample.root,
+            **self._source_meta(),
+            "tile_sha256": table,
+            "stage_sha256": sha256(np.asarray(group["stage_um"][...])),
+        }
         meta["owner"] = self._owner(table).to_json()
         meta["provenance"] = [*meta.get("provenance", []), redact(entry)]
         group.attrs["imaxt"] = meta
@@ -403,8 +465,9 @@ def _adopt_legacy(attrs: Mapping[str, Any]) -> Owner | None:
 
 
 # -- reading existing chunks without trusting them -------------------------------------
-def _stored_digest(dest: Location, tiles: zarr.Array, index: tuple[int, ...], shape: tuple[int, int],
-                   zeros: str) -> str | None:
+def _stored_digest(
+    dest: Location, tiles: zarr.Array, index: tuple[int, ...], shape: tuple[int, int], zeros: str
+) -> str | None:
     """SHA-256 of the tile stored at ``index``; ``None`` when absent or undecodable."""
     key = tiles.metadata.encode_chunk_key((*index, 0, 0))
     try:
@@ -439,7 +502,7 @@ def decode_chunk(
         elif isinstance(codec, BloscCodec):
             if len(buf) < 16:
                 return None
-            nbytes, cbytes = (int.from_bytes(buf[i:i + 4], "little") for i in (4, 12))
+            nbytes, cbytes = (int.from_bytes(buf[i : i + 4], "little") for i in (4, 12))
             if nbytes != expected or cbytes != len(buf):
                 return None
             try:

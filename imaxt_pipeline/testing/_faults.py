@@ -88,8 +88,15 @@ def put_objects(endpoint_url: str, bucket: str, objects: dict[str, bytes]) -> No
 def put_folder(endpoint_url: str, bucket: str, prefix: str, folder: Path) -> None:
     """Copy a local folder to ``s3://bucket/prefix/`` (files only)."""
     folder = Path(folder)
-    put_objects(endpoint_url, bucket, {f"{prefix}/{p.relative_to(folder).as_posix()}": p.read_bytes()
-                                       for p in sorted(folder.rglob("*")) if p.is_file()})
+    put_objects(
+        endpoint_url,
+        bucket,
+        {
+            f"{prefix}/{p.relative_to(folder).as_posix()}": p.read_bytes()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        },
+    )
 
 
 def _s3(endpoint_url: str) -> Any:

@@ -60,7 +60,9 @@ def synthetic_pairs(
         for s in range(truth.clean.shape[0]):
             rows = det[det["slice"] == s]
             mask = disc_mask(
-                (int(truth.clean.shape[-2]), int(truth.clean.shape[-1])), rows[["y_px", "x_px"]].to_numpy(float), rows["radius_px"].to_numpy(float)
+                (int(truth.clean.shape[-2]), int(truth.clean.shape[-1])),
+                rows[["y_px", "x_px"]].to_numpy(float),
+                rows["radius_px"].to_numpy(float),
             )
             for c in range(truth.clean.shape[1]):
                 clean = np.clip(truth.clean[s, c].astype(np.float64), 0, None)

@@ -50,9 +50,8 @@ def demo_figures(output: str, truth_dir: str | Path, *, storage_options: dict[st
     import zarr
 
     truth: dict[str, Any] = json.loads((Path(truth_dir) / "truth.json").read_text())
-    attrs: dict[str, Any] = dict(
-        zarr.open_group(output, mode="r", storage_options=storage_options).attrs.asdict()["imaxt"]
-    )  # type: ignore[arg-type]
+    root = zarr.open_group(output, mode="r", storage_options=storage_options).attrs.asdict()
+    attrs: dict[str, Any] = dict(root["imaxt"])  # type: ignore[arg-type]  # JSON union: a mapping here
     solved = attrs["stitch"]["tile_positions_px"]
     true = truth["tile_positions_px"]
     errors: list[float] = []

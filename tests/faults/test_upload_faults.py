@@ -111,21 +111,38 @@ def _dest_is_a_foreign_zarr_store(tmp, raw):
     return tmp / "out.zarr", "is not a store written by"
 
 
-DEST_CASES = [_dest_is_source, _dest_is_source_spelled_otherwise, _dest_is_link_to_source, _dest_is_parent_of_source,
-              _dest_inside_source, _dest_with_other_files, _dest_is_an_existing_file, _dest_is_another_samples_store,
-              _dest_is_our_store_with_a_foreign_file, _dest_is_a_foreign_zarr_store]
+DEST_CASES = [
+    _dest_is_source,
+    _dest_is_source_spelled_otherwise,
+    _dest_is_link_to_source,
+    _dest_is_parent_of_source,
+    _dest_inside_source,
+    _dest_with_other_files,
+    _dest_is_an_existing_file,
+    _dest_is_another_samples_store,
+    _dest_is_our_store_with_a_foreign_file,
+    _dest_is_a_foreign_zarr_store,
+]
 
 
 # --overwrite changes nothing about what is refused: it only rewrites our own store of the same sample.
-OVERWRITE_CASES = [_dest_is_source, _dest_is_parent_of_source, _dest_with_other_files, _dest_is_another_samples_store,
-                   _dest_is_our_store_with_a_foreign_file, _dest_is_a_foreign_zarr_store]
+OVERWRITE_CASES = [
+    _dest_is_source,
+    _dest_is_parent_of_source,
+    _dest_with_other_files,
+    _dest_is_another_samples_store,
+    _dest_is_our_store_with_a_foreign_file,
+    _dest_is_a_foreign_zarr_store,
+]
 # Without --overwrite, another sample's local store was already refused in one line: tests/io covers that.
-LOCAL_CASES = ([(case, []) for case in DEST_CASES if case is not _dest_is_another_samples_store]
-               + [(case, ["--overwrite"]) for case in OVERWRITE_CASES])
+LOCAL_CASES = [(case, []) for case in DEST_CASES if case is not _dest_is_another_samples_store] + [
+    (case, ["--overwrite"]) for case in OVERWRITE_CASES
+]
 
 
-@pytest.mark.parametrize(("case", "extra"), LOCAL_CASES,
-                         ids=[c.__name__.strip("_") + ("-overwrite" if e else "") for c, e in LOCAL_CASES])
+@pytest.mark.parametrize(
+    ("case", "extra"), LOCAL_CASES, ids=[c.__name__.strip("_") + ("-overwrite" if e else "") for c, e in LOCAL_CASES]
+)
 def test_local_destination_that_is_not_ours_is_refused_untouched(tmp_path, raw, case, extra):
     dest, fragment = case(tmp_path, raw)
     before = tree_digest(tmp_path)
@@ -181,9 +198,15 @@ def _s3_dest_contains_source(endpoint, bucket, raw, tmp):
     return f"s3://{bucket}/incoming", "contains the source folder"
 
 
-S3_CASES = [_s3_prefix_with_other_objects, _s3_bucket_root_with_other_objects, _s3_another_samples_store,
-            _s3_our_store_with_a_foreign_object, _s3_our_store_with_tampered_arrays, _s3_source_is_dest,
-            _s3_dest_contains_source]
+S3_CASES = [
+    _s3_prefix_with_other_objects,
+    _s3_bucket_root_with_other_objects,
+    _s3_another_samples_store,
+    _s3_our_store_with_a_foreign_object,
+    _s3_our_store_with_tampered_arrays,
+    _s3_source_is_dest,
+    _s3_dest_contains_source,
+]
 
 
 @pytest.mark.parametrize("case", S3_CASES, ids=lambda c: c.__name__.strip("_"))
@@ -215,8 +238,11 @@ def test_our_own_stores_are_resumed_and_overwritten_not_refused(tmp_path, raw, s
     # The S3 store carries the same record (read over HTTP; no s3fs session in this process).
     import boto3
 
-    body = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").get_object(
-        Bucket=s3_bucket, Key="raw/s.zarr/zarr.json")["Body"].read()
+    body = (
+        boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+        .get_object(Bucket=s3_bucket, Key="raw/s.zarr/zarr.json")["Body"]
+        .read()
+    )
     assert json.loads(body)["attributes"]["imaxt"]["owner"] == owner
 
 
@@ -306,7 +332,7 @@ def _corrupt_compressed_tiff(root):
     with tifffile.TiffFile(path) as tif:
         offset = tif.pages[0].dataoffsets[0]
     data = bytearray(path.read_bytes())
-    data[offset + 2: offset + 40] = bytes(38)
+    data[offset + 2 : offset + 40] = bytes(38)
     path.write_bytes(bytes(data))
     return "s001_c0_r1_c0.tif: not a readable TIFF"
 
@@ -362,11 +388,31 @@ def _fifo_as_tile(root):
     return "s000_c1_r0_c1.tif: is not a regular file"
 
 
-INPUT_CASES = [_acq_utf16, _csv_utf16, _acq_latin1, _csv_latin1, _csv_nul, _csv_huge_field, _acq_deeply_nested,
-               _acq_infinite_pixel, _acq_giant_tiles, _stage("1e12"), _stage("1e300"), _stage("-3e9"),
-               _stage_off_grid, _truncated_tiff, _three_d_tiff, _corrupt_compressed_tiff, _symlink_outside,
-               _symlink_to_secret, _symlink_to_etc_passwd, _symlinked_tiles_folder, _symlinked_csv,
-               _text_file_as_tile, _fifo_as_tile]
+INPUT_CASES = [
+    _acq_utf16,
+    _csv_utf16,
+    _acq_latin1,
+    _csv_latin1,
+    _csv_nul,
+    _csv_huge_field,
+    _acq_deeply_nested,
+    _acq_infinite_pixel,
+    _acq_giant_tiles,
+    _stage("1e12"),
+    _stage("1e300"),
+    _stage("-3e9"),
+    _stage_off_grid,
+    _truncated_tiff,
+    _three_d_tiff,
+    _corrupt_compressed_tiff,
+    _symlink_outside,
+    _symlink_to_secret,
+    _symlink_to_etc_passwd,
+    _symlinked_tiles_folder,
+    _symlinked_csv,
+    _text_file_as_tile,
+    _fifo_as_tile,
+]
 
 
 @pytest.mark.parametrize("breaker", INPUT_CASES, ids=lambda b: b.__name__.strip("_"))
@@ -444,9 +490,15 @@ def _legacy_store(raw, dest):
     acq = sample.acquisition
     group = zarr.open_group(str(dest), mode="w")
     h, w = acq.tile_shape
-    tiles = group.create_array("tiles", shape=(acq.slices, 1, len(acq.channels), acq.n_tiles, h, w),
-                               chunks=(1, 1, 1, 1, h, w), dtype="uint16", compressors=[COMPRESSOR], fill_value=0,
-                               dimension_names=TILE_DIMS)
+    tiles = group.create_array(
+        "tiles",
+        shape=(acq.slices, 1, len(acq.channels), acq.n_tiles, h, w),
+        chunks=(1, 1, 1, 1, h, w),
+        dtype="uint16",
+        compressors=[COMPRESSOR],
+        fill_value=0,
+        dimension_names=TILE_DIMS,
+    )
     group.create_array("stage_um", data=sample.stage_um, dimension_names=("slice", "z", "tile", "yx"))
     table = {}
     for rec in sample.records:
@@ -454,8 +506,11 @@ def _legacy_store(raw, dest):
         index = (rec.slice, rec.z, rec.channel, acq.tile_index(rec.row, rec.col))
         tiles[index] = data
         table[tile_key(*index)] = sha256(data)
-    group.attrs["imaxt"] = {"acquisition": acq.model_dump(mode="json"), "provenance": [],
-                            "upload": {"complete": True, "source": sample.root, "tile_sha256": table}}
+    group.attrs["imaxt"] = {
+        "acquisition": acq.model_dump(mode="json"),
+        "provenance": [],
+        "upload": {"complete": True, "source": sample.root, "tile_sha256": table},
+    }
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["crc32c-store", "legacy-blosc-store"])

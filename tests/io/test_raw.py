@@ -11,7 +11,6 @@ import tifffile
 from imaxt_pipeline.errors import InputError
 from imaxt_pipeline.io.raw import read_raw_sample
 from imaxt_pipeline.io.upload import upload
-
 from imaxt_pipeline.testing._raw import rewrite_csv, write_raw_sample
 
 
@@ -70,8 +69,19 @@ def _break_range(root):
     return "tiles.csv", "slice=7 outside 0..1"
 
 
-@pytest.mark.parametrize("breaker", [_break_missing_file, _break_escape, _break_dtype, _break_shape,
-                                     _break_duplicate, _break_missing_tile, _break_json, _break_range])
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        _break_missing_file,
+        _break_escape,
+        _break_dtype,
+        _break_shape,
+        _break_duplicate,
+        _break_missing_tile,
+        _break_json,
+        _break_range,
+    ],
+)
 def test_bad_input_is_one_clear_line_and_writes_nothing(sample, tmp_path, breaker):
     filename, problem = breaker(sample)
     dest = tmp_path / "out.zarr"

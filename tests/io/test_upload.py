@@ -12,7 +12,6 @@ from imaxt_pipeline.errors import StoreError
 from imaxt_pipeline.io.raw import read_raw_sample
 from imaxt_pipeline.io.rawzarr import RawStore
 from imaxt_pipeline.io.upload import upload
-
 from imaxt_pipeline.testing._raw import write_raw_sample
 
 
@@ -77,7 +76,9 @@ def test_interrupted_upload_resumes_without_rewriting_finished_tiles(sample, tmp
         upload(str(sample), str(dest), progress=False, workers=1, on_tile=stop_after_ten)
     with pytest.raises(StoreError, match="upload is not complete"):
         RawStore(str(dest))
-    chunk_files = {p: p.stat().st_mtime_ns for p in (dest / "tiles").rglob("*") if p.is_file() and p.name != "zarr.json"}
+    chunk_files = {
+        p: p.stat().st_mtime_ns for p in (dest / "tiles").rglob("*") if p.is_file() and p.name != "zarr.json"
+    }
     assert len(chunk_files) == len(done) and 10 <= len(done) < 24
 
     rewritten: list[str] = []
