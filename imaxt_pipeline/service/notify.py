@@ -374,9 +374,11 @@ class NotificationServer:
 
     Examples
     --------
-    >>> server = NotificationServer(lambda events: None, port=0)  # doctest: +SKIP
-    >>> server.start(); server.url                                # doctest: +SKIP
-    'http://127.0.0.1:43125'
+    ::
+
+        server = NotificationServer(lambda events: None, port=0)
+        server.start()
+        server.url  # 'http://127.0.0.1:43125'
     """
 
     def __init__(

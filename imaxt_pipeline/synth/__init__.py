@@ -8,10 +8,11 @@ light, dark offset and shot/read noise. It writes the raw layout of
 
 Examples
 --------
->>> from imaxt_pipeline.synth import SynthParams, synthesize, load_truth
->>> truth = synthesize("/tmp/s", SynthParams(slices=3, rows=2, cols=2, seed=0))  # doctest: +SKIP
->>> load_truth("/tmp/s").slice_offsets_px.shape  # doctest: +SKIP
-(3, 2)
+Writing a sample (seconds of work, so not run as a doctest)::
+
+    from imaxt_pipeline.synth import SynthParams, synthesize, load_truth
+    truth = synthesize("/tmp/s", SynthParams(slices=3, rows=2, cols=2, seed=0))
+    load_truth("/tmp/s").slice_offsets_px.shape   # (3, 2)
 """
 
 from __future__ import annotations

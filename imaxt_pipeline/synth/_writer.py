@@ -120,7 +120,9 @@ def synthesize(out_dir: str | os.PathLike[str], params: SynthParams | None = Non
 
     Examples
     --------
-    >>> truth = synthesize(tmp_path / "s", SynthParams(slices=2, rows=2, cols=2))  # doctest: +SKIP
+    ::
+
+        truth = synthesize(tmp_path / "s", SynthParams(slices=2, rows=2, cols=2))
     """
     params = SynthParams() if params is None else params
     if not isinstance(params, SynthParams):

@@ -109,11 +109,11 @@ def refine_flat(
     Examples
     --------
     Refine a :class:`..optics.Calibration` ``cal`` from one slice's
-    raw tiles (C, T, H, W) at their stitched positions:
+    raw tiles (C, T, H, W) at their stitched positions::
 
-    >>> gain = refine_flat(cal.apply(raw), positions, pairs, distortion=cal.distortion,
-    ...                    confidence=cal.confidence(raw.shape[-2:]))  # doctest: +SKIP
-    >>> cal = dataclasses.replace(cal, flat=cal.flat * gain)  # doctest: +SKIP
+        gain = refine_flat(cal.apply(raw), positions, pairs, distortion=cal.distortion,
+                           confidence=cal.confidence(raw.shape[-2:]))
+        cal = dataclasses.replace(cal, flat=cal.flat * gain)
     """
     pos = np.asarray(positions, np.float64)
     if pos.ndim != 2 or pos.shape[1] != 2:

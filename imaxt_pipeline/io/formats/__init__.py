@@ -19,9 +19,11 @@ Registered formats, in detection order:
 
 Examples
 --------
->>> from imaxt_pipeline.io.formats import open_acquisition, describe
->>> sample = open_acquisition("scan/", pixel_size_um=0.56)  # doctest: +SKIP
->>> print(describe(sample))  # doctest: +SKIP
+Reading a TissueCyte folder (it must exist, so not run as a doctest)::
+
+    from imaxt_pipeline.io.formats import open_acquisition, describe
+    sample = open_acquisition("scan/", pixel_size_um=0.56)
+    print(describe(sample))
 """
 
 from __future__ import annotations

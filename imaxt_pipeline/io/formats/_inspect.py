@@ -13,9 +13,11 @@ def describe(sample: SourceSample) -> str:
 
     Examples
     --------
-    >>> print(describe(open_acquisition("scan/")))  # doctest: +SKIP
-    format: tissuecyte
-    ...
+    ::
+
+        print(describe(open_acquisition("scan/")))
+        # format: tissuecyte
+        # ...
     """
     acq, d = sample.acquisition, sample.details
     planned = acq.slices * acq.optical_sections * len(acq.channels) * acq.n_tiles
