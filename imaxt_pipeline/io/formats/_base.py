@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import posixpath
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -179,3 +181,20 @@ def open_acquisition(
     reader = get_reader(name)
     reader.check_options(reader_options)
     return reader.read(loc, **reader_options)
+
+
+def first_error(exc: Exception) -> str:
+    """The first problem of a validation error (pydantic's ``errors()``) or the first line of any other."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        err = errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "value"
+        return f"{where}: {err['msg']}"
+    return str(exc).splitlines()[0]
+
+
+def file_stem(path: str, suffix: str, default: str) -> str:
+    """A sample name from a file name: ``suffix`` (a regex, e.g. ``r"\\.czi"``) removed, odd characters replaced."""
+    name = posixpath.basename(path.rstrip("/"))
+    stem = re.sub(rf"{suffix}$", "", name, flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or default

@@ -21,8 +21,6 @@ The reader maps a CZI mosaic onto the generic acquisition model:
 from __future__ import annotations
 
 import math
-import posixpath
-import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from typing import Any
@@ -33,7 +31,7 @@ from ...acquisition import Acquisition, TileRecord
 from ...errors import InputError
 from ..rawzarr import tile_key
 from ..urls import Location
-from ._base import Reader, SourceSample
+from ._base import Reader, SourceSample, file_stem, first_error
 
 MAGIC = b"ZISRAWFILE"
 """First bytes of every CZI file."""
@@ -170,7 +168,7 @@ def _read(reader: CziReader, loc: Location, options: dict[str, Any]) -> SourceSa
     if thickness is None:
         thickness = DEFAULT_THICKNESS_UM
         notes.append(f"section thickness not recorded in a CZI: {thickness:g} µm assumed (option slice_thickness_um)")
-    sample_name = str(options.get("sample") or _stem(loc.root))
+    sample_name = str(options.get("sample") or file_stem(loc.root, r"\.czi", "czi"))
     overlaps = [1.0 - s / (side * pixel) for s, side in zip(step, tile_shape, strict=True) if s]
     overlap = float(min(max(float(np.mean(overlaps)), 0.0), 0.95)) if overlaps else 0.0
     try:
@@ -188,7 +186,7 @@ def _read(reader: CziReader, loc: Location, options: dict[str, Any]) -> SourceSa
             optical_sections=len(zs),
         )
     except ValueError as exc:
-        raise InputError(where, f"does not describe a valid acquisition ({_first_error(exc)})") from None
+        raise InputError(where, f"does not describe a valid acquisition ({first_error(exc)})") from None
 
     stage = np.zeros((acq.slices, acq.optical_sections, acq.n_tiles, 2), np.float64)
     records: list[TileRecord] = []
@@ -333,18 +331,3 @@ def _grid(
         seen[cell] = m
         grid[m] = cell
     return grid
-
-
-def _stem(path: str) -> str:
-    name = posixpath.basename(path.rstrip("/"))
-    stem = re.sub(r"\.czi$", "", name, flags=re.IGNORECASE)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "czi"
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        err = errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "value"
-        return f"{loc}: {err['msg']}"
-    return str(exc).splitlines()[0]

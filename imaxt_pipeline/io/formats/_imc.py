@@ -34,7 +34,7 @@ import numpy as np
 from ...acquisition import Acquisition, TileRecord
 from ...errors import InputError
 from ..urls import Location
-from ._base import Reader, SourceSample
+from ._base import Reader, SourceSample, file_stem, first_error
 
 TXT_HEADER = ("Start_push", "End_push", "Pushes_duration", "X", "Y", "Z")
 """The first columns of an IMC ``.txt`` acquisition (tab-separated), then one column per channel."""
@@ -136,7 +136,8 @@ def _read_txt(reader: ImcReader, loc: Location, options: dict[str, Any]) -> Sour
         raise InputError(where, f"not a readable IMC .txt acquisition ({_one_line(exc)})") from None
     if not names:
         raise InputError(where, "no channel columns after Start_push ... Z")
-    details: dict[str, Any] = {"kind": "txt", "acquisitions": [{"id": 1, "description": _stem(loc.root)}]}
+    stem = file_stem(loc.root, r"\.(mcd|txt)", "imc")
+    details: dict[str, Any] = {"kind": "txt", "acquisitions": [{"id": 1, "description": stem}]}
     images = _decode(loc.root, where, details, 0)  # the shape is only known from the pixels
     h, w = images.shape[1:]
     pixel = _positive(options.get("pixel_size_um"), "pixel_size_um", DEFAULT_PIXEL_UM)
@@ -239,7 +240,7 @@ def _sample(
     try:
         acq = Acquisition.model_validate(
             {
-                "sample": str(options.get("sample") or _stem(loc.root)),
+                "sample": str(options.get("sample") or file_stem(loc.root, r"\.(mcd|txt)", "imc")),
                 "modality": "IMC",
                 "pixel_size_um": pixel,
                 "slice_thickness_um": _positive(thickness, "slice_thickness_um", DEFAULT_THICKNESS_UM),
@@ -253,7 +254,7 @@ def _sample(
             }
         )
     except ValueError as exc:
-        raise InputError(where, f"does not describe a valid acquisition ({_first_error(exc)})") from None
+        raise InputError(where, f"does not describe a valid acquisition ({first_error(exc)})") from None
     stage = np.zeros((acq.slices, 1, 1, 2), np.float64)
     stage[:, 0, 0] = stage_yx
     records = [
@@ -334,18 +335,3 @@ def _positive(value: Any, what: str, default: float) -> float:
     if not math.isfinite(out) or out <= 0:
         raise ValueError(f"{what} must be a positive number, got {value!r}")
     return out
-
-
-def _stem(path: str) -> str:
-    name = posixpath.basename(path.rstrip("/"))
-    stem = re.sub(r"\.(mcd|txt)$", "", name, flags=re.IGNORECASE)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "imc"
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        err = errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "value"
-        return f"{loc}: {err['msg']}"
-    return str(exc).splitlines()[0]

@@ -34,7 +34,7 @@ from ...acquisition import Acquisition, TileRecord
 from ...errors import InputError
 from ..rawzarr import tile_key
 from ..urls import Location
-from ._base import Reader, SourceSample
+from ._base import Reader, SourceSample, first_error
 from ._mosaic import TILE_PREFIX_FORMAT, MosaicFile, read_mosaic
 
 ORIENTATIONS = {
@@ -151,7 +151,7 @@ class _Read:
                 optical_sections=layers,
             )
         except ValueError as exc:
-            raise InputError(root.path, f"does not describe a valid acquisition ({_first_error(exc)})") from None
+            raise InputError(root.path, f"does not describe a valid acquisition ({first_error(exc)})") from None
 
         records: list[TileRecord] = []
         missing: list[str] = []
@@ -444,15 +444,6 @@ def _step(positions: list[list[int]]) -> float | None:
         return None
     step = float(np.median(diffs))
     return float(np.median(diffs[diffs > 0.5 * step]))  # drop jitter of a stage that should not have moved
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        err = errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "value"
-        return f"{where}: {err['msg']}"
-    return str(exc).splitlines()[0]
 
 
 # -- tiles -------------------------------------------------------------------------------
