@@ -95,7 +95,7 @@ def read_calibration_file(
 
 
 def write_calibration_file(
-    path: str | Path, cal: Calibration, fit: DistortionFit, *, distortion_only: bool = False
+    path: str | Path, cal: Calibration, fit: DistortionFit, *, distortion_only: bool = False, overwrite: bool = False
 ) -> None:
     """Write ``cal`` as the ``.npz`` that the calibrate step loads, atomically (temp file, then rename).
 
@@ -103,9 +103,16 @@ def write_calibration_file(
     (C, H, W), ``trim`` (top, bottom, left, right), ``distortion`` (mag_y,
     mag_x, k_y, k_x), ``distortion_sigma`` (same order) and, when estimated,
     ``stray`` (C, H, W); only the version and the distortion with
-    ``distortion_only``. ``fit`` is the distortion fit ``cal`` carries.
+    ``distortion_only``. ``fit`` is the distortion fit ``cal`` carries. An existing ``path`` is
+    replaced only with ``overwrite`` and only when it is a calibration file itself.
     """
     path = Path(path)
+    # Never replace what this tool did not write: an existing file must be a calibration file.
+    if path.exists() or path.is_symlink():
+        if not path.is_file() or path.is_symlink() or not _is_calibration_file(path):
+            raise InputError(path, "exists and is not a calibration file; choose a new path")
+        if not overwrite:
+            raise InputError(path, "exists; pass --overwrite to replace this calibration file")
     t = cal.trim
     order = _DISTORTION_ORDER[FORMAT_VERSION]
     sigmas = dict(zip(DistortionModel.COEFFICIENTS, np.asarray(fit.sigmas(), float), strict=True))
@@ -128,3 +135,12 @@ def write_calibration_file(
         raise InputError(path, f"cannot write the calibration file ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _is_calibration_file(path: Path) -> bool:
+    """Whether ``path`` is an ``.npz`` holding a distortion (what :func:`write_calibration_file` writes)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "distortion" in data.files
+    except (OSError, ValueError, EOFError):
+        return False

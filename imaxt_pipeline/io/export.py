@@ -103,6 +103,10 @@ def cells_anndata(cells: Any, channels: list[str], *, region: str = "cells") -> 
     return adata
 
 
+#: File an export leaves in its folder, so that ``overwrite`` only ever replaces our own exports.
+EXPORT_MARKER = ".imaxt-export"
+
+
 def export_spatialdata(
     store_url: str, out_url: str, storage_options: dict[str, Any] | None = None, *, overwrite: bool = False
 ) -> str:
@@ -124,8 +128,12 @@ def export_spatialdata(
     a, b = src.path().rstrip("/"), dst.path().rstrip("/")
     if b == a or b.startswith(a + "/"):
         raise ConfigError(f"{out_url}: the export goes beside the store, not into it ({store_url})")
-    if dst.exists("zarr.json") and not overwrite:
+    # Never replace what this tool did not write: overwrite applies only to an export of ours.
+    present = dst.fs.exists(dst.path()) and (not dst.fs.isdir(dst.path()) or bool(dst.fs.ls(dst.path())))
+    if present and not overwrite:
         raise ConfigError(f"{out_url} exists; remove it or pass overwrite")
+    if present and not dst.exists(EXPORT_MARKER):
+        raise ConfigError(f"{out_url} holds data that is not an export of imaxt-pipeline; choose a new place")
     try:
         with warnings.catch_warnings():
             # spatialdata's imports warn about their own dependencies (xarray-schema's pkg_resources,
@@ -155,4 +163,5 @@ def export_spatialdata(
         warnings.filterwarnings("ignore", "The table is annotating 'cells', which is not present", UserWarning)
         sdata = sd.SpatialData(tables={"table": table})
         sdata.write(dst.path() if dst.is_local else dst.url, overwrite=overwrite)
+    dst.fs.pipe_file(dst.path(EXPORT_MARKER), f"imaxt-pipeline export of {store_url}\n".encode())
     return out_url

@@ -665,6 +665,7 @@ def add_calibrate_distortion(sub: SubParsers) -> None:
         action="store_true",
         help="write only the distortion (each sample's calibrate step then estimates dark and flat)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing calibration file at OUT")
     _add_storage(p)
     p.set_defaults(handler=_calibrate_distortion)
 
@@ -689,7 +690,7 @@ def _calibrate_distortion(args: argparse.Namespace) -> int:
         block_size=args.block,
         max_tiles=args.max_tiles,
     )
-    write_calibration_file(out, cal, fit, distortion_only=args.distortion_only)
+    write_calibration_file(out, cal, fit, distortion_only=args.distortion_only, overwrite=args.overwrite)
     if not args.distortion_only:
         print(
             f"dark {[round(float(d), 2) for d in cal.dark]} ({cal.source.get('dark')}), "

@@ -83,3 +83,19 @@ def test_distortion_only_and_unknown_version(tmp_path):
         np.savez(fh, format_version=np.array(FORMAT_VERSION + 1), distortion=np.zeros(4))
     with pytest.raises(InputError, match="newer"):
         _read(future)
+
+
+def test_an_existing_file_is_never_replaced_unless_it_is_ours_and_overwrite_is_given(tmp_path):
+    foreign = tmp_path / "new.npz"
+    foreign.write_bytes(b"somebody's notes")
+    with pytest.raises(InputError, match="is not a calibration file"):
+        _written(tmp_path)
+    assert foreign.read_bytes() == b"somebody's notes"
+    foreign.unlink()
+    cal, path = _written(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="pass --overwrite"):
+        _written(tmp_path)
+    assert path.read_bytes() == before
+    _written(tmp_path, overwrite=True)
+    assert _read(path)["distortion"] == MODEL

@@ -88,3 +88,15 @@ def test_export_goes_beside_the_store_not_into_it(tmp_path):
     with pytest.raises(ConfigError, match="beside the store"):
         export_spatialdata(out.url, out.url)
     assert not (tmp_path / "o.zarr" / "sd.zarr").exists()
+
+
+def test_export_never_replaces_data_it_did_not_write(tmp_path):
+    out = OutputStore(str(tmp_path / "o.zarr"))
+    foreign = tmp_path / "sd.zarr"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="exists"):
+        export_spatialdata(out.url, str(foreign))
+    with pytest.raises(ConfigError, match="not an export of imaxt-pipeline"):
+        export_spatialdata(out.url, str(foreign), overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "keep me"
