@@ -246,6 +246,12 @@ def _close_client(state: MutableMapping[str, Any], wait: bool) -> None:
             future.result(_CLOSE_TIMEOUT_S)
 
 
+def close_filesystem(fs: Any) -> None:
+    """Close the HTTP session of one asynchronous S3 filesystem now (others are left untouched)."""
+    if getattr(fs, "asynchronous", False) and _is_s3(fs):
+        _close_client(fs.__dict__, True)
+
+
 def close_filesystems() -> None:
     """Close the HTTP session of every S3 filesystem this process opened, and empty s3fs's instance cache.
 

@@ -42,6 +42,7 @@ from .formats import SourceSample, open_acquisition
 from .ownership import Destination, Owner, check_apart, check_destination, sample_identity, section_checksums
 from .provenance import redact, software_versions, utcnow
 from .rawzarr import COMPRESSOR, TILE_DIMS, sha256, tile_dtype, tile_key
+from .storage import close_filesystem
 from .urls import Location
 
 UPLOAD_TOOL = "imaxt-pipeline upload"
@@ -193,7 +194,7 @@ class _Upload:
 
     def close(self) -> None:
         for store in self.stores:
-            _release(store)
+            close_filesystem(getattr(store, "fs", None))
         self.stores.clear()
 
     # -- phase 1: read only ----------------------------------------------------------
@@ -526,27 +527,6 @@ def _crc32c(data: bytes) -> int:
 
         return int(crc32c(data))
     return int(google_crc32c.value(data))
-
-
-def _release(store: Any) -> None:
-    """Close the HTTP session of a store on an asynchronous s3fs instance.
-
-    s3fs closes the sessions of synchronous instances when they are collected but not
-    those of asynchronous ones (what zarr's ``FsspecStore.from_url`` makes), which
-    otherwise end the process with an "Unclosed client session" error on stderr.
-    """
-    fs = getattr(store, "fs", None)
-    creator = getattr(fs, "_s3creator", None)
-    if creator is None or not getattr(fs, "asynchronous", False):
-        return
-    from zarr.core.sync import sync
-
-    try:
-        sync(creator.__aexit__(None, None, None))
-    except Exception:  # closing is best effort: the upload's outcome is already decided
-        return
-    fs._s3 = None
-    fs._s3creator = None
 
 
 def _one_line(exc: BaseException) -> str:
