@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU build: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[dev,gpu,k8s,formats,export]'
+	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[dev,torch,gpu,k8s,formats,export]'
 	bash .ci/tools.sh $(VENV)/tools
 	touch $(STAMP)
 

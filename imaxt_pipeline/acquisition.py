@@ -11,16 +11,21 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Acquisition(BaseModel):
-    """Acquisition metadata of one sample (``acquisition.json``)."""
+    """Acquisition metadata of one sample (``acquisition.json``).
+
+    ``modality: coverslip`` is a 2-D tile grid on a coverslip or slide (e.g. a DAPI-only
+    nuclei scan): one section, and no fiducial beads unless ``beads: true`` says otherwise, so
+    the bead and register steps are skipped with one warning each.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     sample: str = Field(min_length=1)
-    modality: Literal["STPT", "AXIO", "IMC"]
+    modality: Literal["STPT", "AXIO", "IMC", "coverslip"]
     pixel_size_um: float = Field(gt=0)
     slice_thickness_um: float = Field(gt=0)
     tile_shape: tuple[int, int]
@@ -37,6 +42,12 @@ class Acquisition(BaseModel):
         if v[0] < 1 or v[1] < 1:
             raise ValueError(f"tile_shape must be positive, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _coverslip_is_one_section(self) -> Acquisition:
+        if self.modality == "coverslip" and self.slices != 1:
+            raise ValueError(f"a coverslip acquisition has one section, got slices={self.slices}")
+        return self
 
     @field_validator("sample")
     @classmethod

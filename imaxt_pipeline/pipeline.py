@@ -19,6 +19,7 @@ belong to an attempt that was killed: that run marks them ``"interrupted"``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -39,6 +40,12 @@ from .io.results import check_format_version
 from .steps import STEP_ORDER, StepContext, check_channel_indices, step_module
 
 log = logging.getLogger(__name__)
+
+#: Wraps every step: ``STEP_SCOPE.get()(name, params, ctx)`` is entered around the step's run. The
+#: Kubernetes job runner sets it to hold its GPU workers for ``segment`` only (:mod:`.service.gpu`).
+STEP_SCOPE: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "STEP_SCOPE", default=lambda name, params, ctx: contextlib.nullcontext()
+)
 
 
 @dataclass
@@ -150,7 +157,8 @@ def run_pipeline(config: RunConfig, *, client: Any = None) -> RunSummary:
             index = output.append_provenance(entry)
             t0 = time.perf_counter()
             try:
-                result = step_module(name).run(ctx, params)
+                with STEP_SCOPE.get()(name, params, ctx):
+                    result = step_module(name).run(ctx, params)
             except Exception as exc:
                 output.set_provenance(index, {**entry, "status": "failed", "end": utcnow(), "error": _one_line(exc)})
                 raise

@@ -6,12 +6,16 @@
   labels (:func:`~.ome.write_entry_point`), so that a viewer pointed at ``sample.zarr``
   finds the image. Nothing is moved: ``cube/``, ``mosaic/``, ``tables/`` stay where the
   results contract puts them.
+* :func:`load_spatialdata`: the processed store as an in-memory ``spatialdata.SpatialData``
+  (images and labels are lazy dask arrays read from the store, the cells table annotates the
+  labels ``cells`` by ``cell_id``), so nothing is copied.
 * :func:`export_spatialdata` (``imaxt export-spatialdata STORE OUT``): a SpatialData store
-  beside the processed one (never inside it) holding the cells as an AnnData table that
+  beside the processed one (never inside it) holding ONLY the cells table (AnnData) that
   annotates the label image ``cells`` with instance key ``cell_id`` (the label value,
-  ``docs/tables.md``). Images and labels are not copied yet: the spatialdata release that
-  installs beside dask 2026 (0.7.0) cannot write rasters with zarr 3. Needs the ``export``
-  extra (``anndata``, ``spatialdata``).
+  ``docs/tables.md``). Images and labels are not copied: the spatialdata release that
+  installs beside dask 2026 (0.7.0) cannot write rasters with zarr 3; use
+  :func:`load_spatialdata` for the whole object. Both need the ``export`` extra
+  (``anndata``, ``spatialdata``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, StoreError
-from .ome import write_entry_point
+from .ome import OmeImage, write_entry_point
 from .output import OutputStore
-from .results import CELLS, CONFIDENCE, CUBE, MOSAIC, slices_done, source_image
+from .results import CELLS, CONFIDENCE, CUBE, LABELS, MOSAIC, label_path, slices_done, source_image
 from .urls import Location
 
-__all__ = ["cells_anndata", "export_spatialdata", "refresh_views"]
+__all__ = ["cells_anndata", "export_spatialdata", "load_spatialdata", "refresh_views", "viewer_layers"]
 
 #: Columns of the cells table copied into the AnnData ``obs`` (when present).
 OBS_COLUMNS = (
@@ -134,6 +138,82 @@ def export_spatialdata(
         raise ConfigError(f"{out_url} exists; remove it or pass overwrite")
     if present and not dst.exists(EXPORT_MARKER):
         raise ConfigError(f"{out_url} holds data that is not an export of imaxt-pipeline; choose a new place")
+    sd = _spatialdata("export-spatialdata")
+    table = _cells_table(OutputStore(store_url, storage_options, mode="r"))
+    # Images and labels are not copied: spatialdata 0.7.0 (the release compatible with dask 2026) cannot write
+    # rasters with zarr 3 (it hands dask's per-block chunks to zarr); load_spatialdata builds the whole object
+    # in memory, and viewers open the rasters at the store root.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The table is annotating 'cells', which is not present", UserWarning)
+        sdata = sd.SpatialData(tables={"table": table})
+        sdata.write(dst.path() if dst.is_local else dst.url, overwrite=overwrite)
+    dst.fs.pipe_file(dst.path(EXPORT_MARKER), f"imaxt-pipeline export of {store_url}\n".encode())
+    return out_url
+
+
+def load_spatialdata(store_url: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The processed store as a ``spatialdata.SpatialData``, read lazily (nothing is copied).
+
+    Elements: the image ``cube`` (``mosaic`` when there is no cube; every pyramid level, axes
+    ``c, z, y, x``, channel names as ``c`` coordinates), the labels ``cells`` and ``nuclei``
+    of that image (axes ``z, y, x``, values = ``cell_id`` / ``nucleus_id``) when segmented,
+    and ``table`` (:func:`cells_anndata`, region ``cells``, instance key ``cell_id``) when the
+    catalogue exists. Every element maps to the coordinate system ``global`` in µm (a scale of
+    the store's level-0 pixel size; spatialdata derives the other levels from their shapes).
+
+    Raises
+    ------
+    ConfigError
+        If the ``export`` extra is not installed.
+    StoreError
+        If the store has neither a cube nor a mosaic.
+    """
+    sd = _spatialdata("load_spatialdata")
+    from spatialdata.models import Image3DModel, Labels3DModel
+
+    output = OutputStore(store_url, storage_options, mode="r")
+    name = source_image(output)
+    image = output.open_image(name)
+    images = {name: _raster(image, ("c", "z", "y", "x"), {"c": image.channel_names})}
+    Image3DModel().validate(images[name])
+    labels = {}
+    for lab in LABELS:
+        if output.has(label_path(name, lab)):
+            labels[lab] = _raster(output.open_image(label_path(name, lab)), ("z", "y", "x"), {})
+            Labels3DModel().validate(labels[lab])
+    tables = {"table": _cells_table(output)} if output.has_table(CELLS) and "cells" in labels else {}
+    return sd.SpatialData(images=images, labels=labels, tables=tables)
+
+
+def _raster(image: OmeImage, dims: tuple[str, ...], coords: dict[str, Any]) -> Any:
+    """A spatialdata multiscale element (``DataTree`` of ``scale<l>``) over every level of ``image``."""
+    from spatialdata.transformations import Scale, set_transformation
+    from xarray import DataArray, Dataset, DataTree
+
+    tree = DataTree.from_dict(
+        {
+            f"scale{level}": Dataset({"image": DataArray(image.to_dask(level), name="image", dims=dims, coords=coords)})
+            for level in range(image.levels)
+        }
+    )
+    scale = Scale(list(image.scale_zyx(0)), axes=("z", "y", "x"))
+    set_transformation(tree, {"global": scale}, set_all=True)
+    return tree
+
+
+def _cells_table(output: OutputStore) -> Any:
+    """The cells table as a spatialdata table annotating the labels ``cells`` by ``cell_id``."""
+    from spatialdata.models import TableModel
+
+    image = output.open_image(source_image(output))
+    if not output.has_table(CELLS):
+        raise StoreError(f"{output.url}: tables/cells.parquet is missing; run the catalogue step first")
+    adata = cells_anndata(output.read_table(CELLS), image.channel_names, region="cells")
+    return TableModel.parse(adata, region="cells", region_key="region", instance_key="cell_id")
+
+
+def _spatialdata(feature: str) -> Any:
+    """Import ``spatialdata`` quietly, or say which extra ``feature`` needs."""
     try:
         with warnings.catch_warnings():
             # spatialdata's imports warn about their own dependencies (xarray-schema's pkg_resources,
@@ -141,27 +221,45 @@ def export_spatialdata(
             warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
             warnings.filterwarnings("ignore", "Call to deprecated class Scaler", DeprecationWarning)
             import spatialdata as sd
-            from spatialdata.models import TableModel
     except ImportError as exc:  # pragma: no cover - the export extra is a test dependency
-        raise ConfigError(
-            f"export-spatialdata needs the export extra (pip install 'imaxt-pipeline[export]'): {exc}"
-        ) from None
+        raise ConfigError(f"{feature} needs the export extra (pip install 'imaxt-pipeline[export]'): {exc}") from None
+    return sd
 
-    output = OutputStore(store_url, storage_options, mode="r")
-    name = source_image(output)
-    image = output.open_image(name)
-    if not output.has_table(CELLS):
-        raise StoreError(f"{store_url}: tables/cells.parquet is missing; run the catalogue step first")
-    channels = image.channel_names
-    cells = output.read_table(CELLS)
-    table = TableModel.parse(
-        cells_anndata(cells, channels, region="cells"), region="cells", region_key="region", instance_key="cell_id"
-    )
-    # Images and labels are not copied: spatialdata 0.7.0 (the release compatible with dask 2026) cannot write
-    # rasters with zarr 3 (it hands dask's per-block chunks to zarr); viewers open them at the store root.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The table is annotating 'cells', which is not present", UserWarning)
-        sdata = sd.SpatialData(tables={"table": table})
-        sdata.write(dst.path() if dst.is_local else dst.url, overwrite=overwrite)
-    dst.fs.pipe_file(dst.path(EXPORT_MARKER), f"imaxt-pipeline export of {store_url}\n".encode())
-    return out_url
+
+def viewer_layers(store_url: str) -> list[dict[str, Any]]:
+    """What a viewer opening the store root finds, through ome-zarr's reader (what napari-ome-zarr uses).
+
+    One entry per distinct image or label image: ``kind`` (``"image"`` or ``"labels"``), ``name``,
+    ``path`` (the group the reader found it in), ``shapes`` (every pyramid level) and, for images,
+    ``channels``. The cube (or mosaic) appears once, though ome-zarr also reaches it again
+    through the labels' ``source`` link.
+
+    Raises
+    ------
+    StoreError
+        If the reader finds no image at the root (the store was written before the root entry
+        point, or no step has run: ``imaxt run`` refreshes it).
+    """
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    location = parse_url(store_url)
+    if location is None:
+        raise StoreError(f"{store_url}: not a Zarr store")
+    layers: list[dict[str, Any]] = []
+    seen: set[tuple[str, tuple[tuple[int, ...], ...]]] = set()
+    for node in Reader(location)():
+        shapes = [tuple(int(n) for n in d.shape) for d in node.data]
+        kind = "labels" if node.load(Label) else "image"
+        name = str(node.metadata.get("name") or node.zarr.basename())
+        key = (kind if kind == "image" else f"labels:{node.zarr.basename()}", tuple(shapes))
+        if not shapes or key in seen:
+            continue
+        seen.add(key)
+        entry: dict[str, Any] = {"kind": kind, "name": name, "path": node.zarr.path, "shapes": shapes}
+        if kind == "image":
+            entry["channels"] = list(node.metadata.get("channel_names") or [])
+        layers.append(entry)
+    if not any(e["kind"] == "image" for e in layers):
+        raise StoreError(f"{store_url}: no image at the store root; run the pipeline (imaxt run) to create it")
+    return layers

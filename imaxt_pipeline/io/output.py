@@ -142,6 +142,7 @@ class OutputStore:
         levels: int = 3,
         chunks_yx: tuple[int, int] = (512, 512),
         window: tuple[float, float] | None = None,
+        shard_yx: int | None = None,
     ) -> OmeImage:
         return create_image(
             self.location,
@@ -153,6 +154,7 @@ class OutputStore:
             levels=levels,
             chunks_yx=chunks_yx,
             window=window,
+            shard_yx=shard_yx,
         )
 
     def open_image(self, name: str) -> OmeImage:
@@ -217,8 +219,16 @@ class OutputStore:
         return rel
 
     def _write_bytes(self, rel: str, data: bytes) -> None:
-        # Write next to the target, then move: readers never see a partial file.
+        """Write ``data`` at ``rel`` so that readers never see a partial file.
+
+        On an object store one PUT is atomic already: a single ``pipe_file``, not an upload
+        to a temporary key plus a server-side copy and delete (twice the traffic). On a
+        local disk: a temporary file next to the target, then a rename.
+        """
         fs, final = self.location.fs, self.location.path(rel)
+        if not self.location.is_local:
+            fs.pipe_file(final, data)
+            return
         tmp = f"{final}.tmp-{np.random.default_rng().integers(1 << 62):x}"
         fs.makedirs(self.location.path(rel.rsplit("/", 1)[0]), exist_ok=True)
         with fs.open(tmp, "wb") as fh:

@@ -206,8 +206,8 @@ def stitch_record(output: OutputStore) -> dict[str, Any]:
 
 
 def write_stitch_record(output: OutputStore, record: dict[str, Any]) -> None:
-    """Replace ``imaxt.stitch`` (keys: ``tile_positions_px``, ``residuals``, ``unconstrained``, ``distortion``,
-    ``frame``; see ``docs/results-contract.md``)."""
+    """Replace ``imaxt.stitch`` (keys: ``tile_positions_px``, ``residuals``, ``unconstrained``,
+    ``position_sigma_px``, ``flags``, ``distortion``, ``frame``; see ``docs/results-contract.md``)."""
     output.update_imaxt_attrs("stitch", record)
 
 

@@ -12,7 +12,8 @@ fsspec URL) and keeping them in memory is storage work and lives here.
 * :func:`cached_model` -- what Dask tasks call: one cache for both kinds, keyed
   by ``(kind, source, device)``, so a worker process loads each model once.
 
-``torch`` and ``cellpose`` are imported on first use only.
+``torch`` and ``cellpose`` are optional (extras ``torch`` and ``gpu``) and imported on first use
+only; without them those features fail with one line saying what to install (:func:`require`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "clear_cache",
     "load_bead_unet",
     "load_cellpose",
+    "require",
     "resolve_cellpose_model",
     "resolve_device",
 ]
@@ -66,9 +68,35 @@ def resolve_device(device: str | None = None) -> str:
     """
     if device is not None:
         return str(device)
-    import torch
-
+    torch = require("torch", "running a network (bead U-Net, cellpose)", "torch")
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+#: What each optional module is for, and the extra that installs it.
+_EXTRAS = {"torch": "torch", "cellpose": "gpu"}
+_BEAD_UNET = "the bead U-Net detector (registration detector: unet)"
+_CELLPOSE = "the cellpose backend (segment backend: cellpose)"
+#: The feature and extra of each model kind.
+_FEATURES = {"bead_unet": (_BEAD_UNET, "torch"), "cellpose": (_CELLPOSE, "gpu")}
+
+
+def require(module: str, feature: str, extra: str | None = None) -> Any:
+    """Import optional ``module`` (``torch``, ``cellpose``) for ``feature``, or say in one line how to install it.
+
+    Raises
+    ------
+    ConfigError
+        If ``module`` is not installed (a plain ``pip install imaxt-pipeline`` has neither).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = extra or _EXTRAS.get(module, module)
+        raise ConfigError(
+            f"{feature} needs {module}, which is not installed: pip install 'imaxt-pipeline[{extra}]'"
+        ) from None
 
 
 def load_bead_unet(source: str | Path | None = None, *, device: str | None = None) -> tuple[BeadUNet, dict[str, Any]]:
@@ -93,8 +121,7 @@ def load_bead_unet(source: str | Path | None = None, *, device: str | None = Non
     FileNotFoundError
         If the checkpoint cannot be found.
     """
-    import torch
-
+    torch = require("torch", _BEAD_UNET)
     from ..algorithms.registration import BeadUNet
 
     src = DEFAULT_BEAD_UNET if source is None else source
@@ -134,7 +161,8 @@ def resolve_cellpose_model(model: str) -> str:
     """
     if model == "shipped":
         model = str(DEFAULT_CELLPOSE)
-    from cellpose import models
+    require("torch", _CELLPOSE, "gpu")
+    models = require("cellpose.models", _CELLPOSE, "gpu")
 
     if model in models.MODEL_NAMES:
         return model
@@ -165,9 +193,9 @@ def load_cellpose(model: str, *, device: str | None = None) -> Any:
     ConfigError
         If the model does not exist, or is a built-in one that is neither cached nor downloadable.
     """
+    name = resolve_cellpose_model(model)
     from cellpose import models
 
-    name = resolve_cellpose_model(model)
     gpu = resolve_device(device) != "cpu"
     if name in models.MODEL_NAMES:
         try:
@@ -199,6 +227,8 @@ def cached_model(kind: ModelKind, source: str | None = None, *, device: str | No
     -------
     object
     """
+    if kind in _FEATURES:
+        require("torch", *_FEATURES[kind])
     dev = resolve_device(device)
     key = (kind, source, dev)
     with _LOCK:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
@@ -22,12 +23,16 @@ class StitchPanel:
         Thumbnail of the sum of fusion weights.
     residuals : ndarray (n,)
         Residuals (px) of the pairs used by the position solve.
+    flags : sequence of str
+        Plain-words lines of the tiles the stitch step flagged (``imaxt.stitch.flags``); printed
+        under the mosaic, every one of them (a count when more than fit).
     """
 
     slice_index: int
     mosaic: np.ndarray
     confidence: np.ndarray
     residuals: np.ndarray
+    flags: Sequence[str] = field(default_factory=tuple)
 
 
 def stitch_figure(panels: Sequence[StitchPanel], *, level: int) -> Figure:
@@ -52,5 +57,20 @@ def stitch_figure(panels: Sequence[StitchPanel], *, level: int) -> Figure:
             row[2].text(0.5, 0.5, "no stitch residuals", ha="center", va="center")
             row[2].set_title("pair residuals")
         row[2].set_xlabel("px")
+        _flag_text(row[0], list(panel.flags))
     fig.tight_layout()
     return fig
+
+
+MAX_FLAG_LINES = 8
+
+
+def _flag_text(ax: Axes, flags: list[str]) -> None:
+    """Flagged tiles in plain words under the mosaic thumbnail (red), or that none were flagged."""
+    if not flags:
+        ax.text(0.0, -0.04, "all tiles placed from their overlaps", transform=ax.transAxes, va="top", fontsize=7)
+        return
+    lines = flags[:MAX_FLAG_LINES]
+    if len(flags) > MAX_FLAG_LINES:
+        lines.append(f"... and {len(flags) - MAX_FLAG_LINES} more flagged tiles (imaxt.stitch.flags)")
+    ax.text(0.0, -0.04, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=7, color="tab:red")

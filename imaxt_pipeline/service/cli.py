@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import shtab
+
 from .. import __version__
 from ..errors import ConfigError, ImaxtError
 from ..io.storage import ENDPOINT_ENV, close_filesystems, resolve_storage_options
@@ -45,9 +47,11 @@ def _resolve_storage(args: argparse.Namespace) -> None:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    # Our own progress (one line per step) at INFO; Dask's chatter only with -v.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("imaxt_pipeline").setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO)
+    # Our own progress (one line per step) at INFO; Dask's chatter only with -v. JSON for every logger
+    # with --log-format json (service.logs).
+    from .logs import configure_logging
+
+    configure_logging(args.verbose, getattr(args, "log_format", None))
     if not args.verbose:
         # distributed sets its loggers from dask config when first imported (also in worker processes).
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
@@ -413,7 +417,7 @@ def _verify(args: argparse.Namespace) -> int:
 def add_export_spatialdata(sub: SubParsers) -> None:
     p = sub.add_parser(
         "export-spatialdata",
-        help="write a SpatialData store (image, labels, cells table) beside a processed store (needs [export])",
+        help="write the cells table as a SpatialData store beside a processed store (needs [export])",
     )
     p.add_argument("store_url", help="processed output store")
     p.add_argument("out_url", help="new SpatialData store (outside the processed store)")
@@ -427,6 +431,37 @@ def _export_spatialdata(args: argparse.Namespace) -> int:
 
     out = export_spatialdata(args.store_url, args.out_url, args.storage_options, overwrite=args.overwrite)
     print(f"wrote {out}")
+    return 0
+
+
+# -- open ----------------------------------------------------------------------
+def add_open(sub: SubParsers) -> None:
+    p = sub.add_parser("open", help="open a processed store in napari: the cube with its labels (needs [viewer])")
+    p.add_argument("store_url", help="processed output store (its root)")
+    p.add_argument("--list", action="store_true", help="only print the layers napari would show")
+    p.set_defaults(handler=_open)
+
+
+#: How to get the viewer when napari is missing.
+VIEWER_INSTALL = "pip install 'imaxt-pipeline[viewer]' (napari and napari-ome-zarr)"
+
+
+def _open(args: argparse.Namespace) -> int:
+    from ..io.export import viewer_layers
+
+    layers = viewer_layers(args.store_url)
+    for layer in layers:
+        extra = f", channels {', '.join(layer['channels'])}" if layer.get("channels") else ""
+        print(f"{layer['kind']} {layer['name']}: {' '.join('x'.join(map(str, s)) for s in layer['shapes'])}{extra}")
+    if args.list:
+        return 0
+    try:
+        import napari
+    except ImportError:
+        raise ConfigError(f"napari is not installed: {VIEWER_INSTALL}") from None
+    viewer = napari.Viewer(title=args.store_url)  # pragma: no cover - needs napari and a display
+    viewer.open(args.store_url, plugin="napari-ome-zarr")  # pragma: no cover
+    napari.run()  # pragma: no cover
     return 0
 
 
@@ -467,6 +502,12 @@ def add_watch(sub: SubParsers) -> None:
         default=30.0,
         help="seconds a sample without _COMPLETE marker must stay unchanged (sizes, mtimes/ETags) before it is taken",
     )
+    p.add_argument(
+        "--section-quiet",
+        type=float,
+        default=600.0,
+        help="TissueCyte: seconds an incomplete last section must stay unchanged before it counts as acquired",
+    )
     p.add_argument("--max-attempts", type=int, default=3)
     p.add_argument("--backoff", type=float, default=60.0, help="first retry delay, doubled each time")
     p.add_argument("--notify-port", type=int, help="serve POST /events for S3/MinIO notifications")
@@ -503,6 +544,7 @@ def _watch(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl,
         poll_interval=args.poll,
         settle_seconds=args.settle,
+        section_quiet_seconds=args.section_quiet,
     )
     server = None
     if args.notify_port is not None:
@@ -609,7 +651,13 @@ def add_process(sub: SubParsers) -> None:
 
 
 def _process(args: argparse.Namespace) -> int:
+    from ..pipeline import STEP_SCOPE
+    from .gpu import step_scope_from_env
     from .launcher import load_run_config, process_sample
+
+    gpu_scope = step_scope_from_env()  # a Kubernetes job with a GPU group holds it for segmentation only
+    if gpu_scope is not None:
+        STEP_SCOPE.set(gpu_scope)
 
     check_url(args.raw_url, "RAW_URL")
     storage = args.storage_options
@@ -701,6 +749,43 @@ def _calibrate_distortion(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- register-modality --------------------------------------------------------
+def add_register_modality(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "register-modality", help="register a slide-scanner slide or IMC acquisition onto an STPT cube by its beads"
+    )
+    p.add_argument("slide", help="slide file: .czi, IMC .txt/.mcd, OME-TIFF or plain TIFF (with --pixel-size-um)")
+    p.add_argument("--reference", required=True, help="processed STPT store (cube, beads, register)")
+    p.add_argument("--out", required=True, help="the slide's OME-Zarr store to write")
+    p.add_argument("--via", help="registered Axioscan store to chain an IMC acquisition through")
+    p.add_argument("--scene", type=int, help="CZI scene (0-based) when the file holds several")
+    p.add_argument("--roi", type=int, help="MCD acquisition (0-based) when the file holds several")
+    p.add_argument("--pixel-size-um", type=float, help="slide pixel size (a plain TIFF records none)")
+    _add_storage(p)
+    p.set_defaults(handler=_register_modality)
+
+
+def _register_modality(args: argparse.Namespace) -> int:
+    from ..workflows.federate import register_modality
+
+    fed = register_modality(
+        args.slide,
+        args.reference,
+        args.out,
+        via=args.via,
+        scene=args.scene,
+        roi=args.roi,
+        pixel_size_um=args.pixel_size_um,
+        storage_options=args.storage_options,
+    )
+    print(
+        f"{args.slide}: section {fed['section']}, {fed['matched_beads']} beads, held-out residual median "
+        f"{fed['residual_px']['median']:.2f} px (max {fed['residual_px']['max']:.2f}), flip {fed['flip']}, "
+        f"rotation {fed['rotation_deg']:.1f} deg -> {args.out}"
+    )
+    return 0
+
+
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_synth,
     add_upload,
@@ -708,12 +793,14 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_run,
     add_verify,
     add_export_spatialdata,
+    add_open,
     add_demo,
     add_watch,
     add_status,
     add_submit,
     add_process,
     add_calibrate_distortion,
+    add_register_modality,
 )
 
 
@@ -724,6 +811,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text, or JSON for every logger (env IMAXT_LOG_FORMAT)",
+    )
+    shtab.add_argument_to(parser, "--print-completion", help="print a shell completion script (bash, zsh, tcsh)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)

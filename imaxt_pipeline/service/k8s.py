@@ -7,7 +7,11 @@ environment holds ``DASK_SCHEDULER_ADDRESS``; the runner executes
 cluster. An optional ``DaskWorkerGroup`` adds GPU workers to the same cluster:
 the GPU image (``<image>-cuda`` unless given), one ``nvidia.com/gpu`` per worker
 as a resource limit, the Dask resource ``GPU=1`` advertised to the scheduler,
-and configurable node selector and tolerations. S3 credentials come from a
+and configurable node selector and tolerations. With GPU workers the run
+configuration segments with cellpose on tasks that ask for ``GPU=1``
+(:func:`gpu_segmentation`), and the group starts with 0 replicas: the job runner
+scales it to the segmentation work when the segment step starts and back to 0
+when it ends (:mod:`.gpu`, through :func:`gpu_env`). S3 credentials come from a
 Secret (``envFrom``) and the run configuration from a ConfigMap mounted at
 ``/etc/imaxt``.
 
@@ -75,6 +79,8 @@ class KubeSettings:
     )
     worker_threads: int = 1
     gpu_workers: int = 0
+    #: Service account of the job runner when there are GPU workers: it scales their group (deploy/rbac.yaml).
+    job_service_account: str = "imaxt-job"
     gpu_resources: dict[str, Any] = field(
         default_factory=lambda: {
             "requests": {"cpu": "2", "memory": "16Gi"},
@@ -226,10 +232,8 @@ def worker_spec(settings: KubeSettings, *, gpu: bool = False) -> dict[str, Any]:
             extra["tolerations"] = [dict(t) for t in settings.gpu_tolerations]
         if settings.gpu_node_selector:
             extra["nodeSelector"] = dict(settings.gpu_node_selector)
-    return {
-        "replicas": settings.gpu_workers if gpu else settings.workers,
-        "spec": _pod_spec(settings, container, **extra),
-    }
+    # The GPU group starts empty: the job runner scales it up for the segment step only (service.gpu).
+    return {"replicas": 0 if gpu else settings.workers, "spec": _pod_spec(settings, container, **extra)}
 
 
 def scheduler_spec(settings: KubeSettings, cluster_name: str) -> dict[str, Any]:
@@ -421,15 +425,53 @@ def job_objects(
     name = k8s_name(f"imaxt-{sample}")
     cm = f"{name}-config"
     config_yaml, credential_env = move_credentials(config_yaml, settings)
+    if settings.gpu_workers > 0:
+        config_yaml = gpu_segmentation(config_yaml)
+        credential_env += gpu_env(f"{name}-gpu", settings)
     job = dask_job(
         name, settings, args=process_args(raw_url, output_url, raw_store_url), config_map_name=cm, sample=sample
     )
     job["spec"]["job"]["spec"]["containers"][0]["env"] += credential_env
+    if settings.gpu_workers > 0:
+        job["spec"]["job"]["spec"]["serviceAccountName"] = settings.job_service_account
     objects = [config_map(cm, config_yaml, namespace=settings.namespace, sample=sample), job]
     if settings.gpu_workers > 0:
         # The operator names the job's DaskCluster after the job.
         objects.append(gpu_worker_group(name, settings))
     return objects
+
+
+def gpu_segmentation(config_yaml: str) -> str:
+    """The run configuration with segmentation on the GPU workers: cellpose, tasks asking ``GPU=1``.
+
+    Raises
+    ------
+    ConfigError
+        If the configuration chose the watershed backend, which would leave the GPUs idle.
+    """
+    config = yaml.safe_load(config_yaml) or {}
+    steps = config.setdefault("steps", {}) or {}
+    config["steps"] = steps
+    segment = steps.setdefault("segment", {}) or {}
+    steps["segment"] = segment
+    if segment.get("backend", "cellpose") != "cellpose":
+        raise ConfigError(
+            f"--gpu-workers runs segmentation with cellpose on the GPUs, but steps.segment.backend is "
+            f"{segment['backend']!r}: drop --gpu-workers or the backend setting"
+        )
+    segment.update(backend="cellpose", gpu_resource=True)
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def gpu_env(group: str, settings: KubeSettings) -> list[dict[str, Any]]:
+    """Environment of the job runner that lets it scale its GPU group (:mod:`.gpu`)."""
+    from .gpu import GROUP_ENV, NAMESPACE_ENV, WORKERS_ENV
+
+    return [
+        {"name": GROUP_ENV, "value": group},
+        {"name": WORKERS_ENV, "value": str(settings.gpu_workers)},
+        {"name": NAMESPACE_ENV, "value": settings.namespace},
+    ]
 
 
 class _Dumper(yaml.SafeDumper):

@@ -66,6 +66,8 @@ class Job:
     raw_store_url: str
     attempt: int = 1
     lease_token: int = 0
+    sections: tuple[int, ...] | None = None
+    """TissueCyte acquisitions still running: the section numbers landed so far (:mod:`.live`)."""
 
 
 class Action(Protocol):
@@ -196,7 +198,8 @@ class CommandAction:
     """Run a command template per sample, e.g. ``"imaxt process {sample_url} --out {output_url}"``.
 
     Fields: ``{sample}``, ``{sample_url}``, ``{output_url}``, ``{raw_store_url}``, ``{attempt}``,
-    ``{lease_token}`` (also in the environment as ``IMAXT_LEASE_TOKEN``). An exit status in
+    ``{lease_token}`` (also in the environment as ``IMAXT_LEASE_TOKEN``), ``{sections}`` (a TissueCyte
+    acquisition still running: the landed section numbers, ``1,2,3``; empty otherwise). An exit status in
     ``permanent_exit_codes`` (default 2: the ``imaxt`` CLI's status for configuration and input
     errors) is a permanent failure; any other non-zero status is retried.
     """
@@ -216,6 +219,7 @@ class CommandAction:
             "raw_store_url": job.raw_store_url,
             "attempt": job.attempt,
             "lease_token": job.lease_token,
+            "sections": ",".join(str(n) for n in job.sections) if job.sections is not None else "",
         }
         return [part.format(**fields) for part in shlex.split(self.template)]
 
@@ -255,8 +259,14 @@ def process_sample(
     scheduler: str | None = None,
     n_workers: int | None = None,
     client: Any = None,
+    sections: Sequence[int] | None = None,
 ) -> Any:
-    """Upload ``raw_url`` to ``raw_store_url`` (resumable) and run the pipeline into ``output_url``."""
+    """Upload ``raw_url`` to ``raw_store_url`` (resumable) and run the pipeline into ``output_url``.
+
+    With ``sections`` (a TissueCyte acquisition still running: the section numbers landed so far)
+    only those sections are read and uploaded, into a store sized for every planned section, and
+    only the slices the output has not processed yet are run; ``None`` when there are none.
+    """
     from ..io.upload import upload
     from ..pipeline import run_pipeline
 
@@ -268,8 +278,36 @@ def process_sample(
         **{"cluster.scheduler": scheduler, "cluster.n_workers": n_workers},
     )
     # The config file may carry the storage options (the Kubernetes ConfigMap does).
-    upload(raw_url, raw_store_url, storage_options=config.storage_options or None, progress=False)
-    return run_pipeline(config, client=client)
+    options = config.storage_options or None
+    if sections is None:
+        upload(raw_url, raw_store_url, storage_options=options, progress=False)
+        return run_pipeline(config, client=client)
+    reader = {"landed_sections": list(sections)}
+    upload(
+        raw_url,
+        raw_store_url,
+        storage_options=options,
+        raw_storage_options=options,  # the bucket watched may be S3 while the stores are local
+        progress=False,
+        format="tissuecyte",
+        reader_options=reader,
+    )
+    todo = sorted({int(n) - 1 for n in sections} - slices_done(output_url, options))
+    if not todo:
+        return None
+    return run_pipeline(config.model_copy(update={"slices": todo}), client=client)
+
+
+def slices_done(output_url: str, storage_options: Mapping[str, Any] | None = None) -> set[int]:
+    """Slices an output has processed (``imaxt.slices_done``); none when it does not exist yet."""
+    from ..io.output import OutputStore
+    from ..io.results import slices_done as recorded
+
+    try:
+        output = OutputStore(output_url, dict(storage_options or {}), mode="r")
+    except FileNotFoundError:  # zarr's GroupNotFoundError
+        return set()
+    return set(recorded(output))
 
 
 class PipelineAction:
@@ -352,6 +390,7 @@ class PipelineAction:
             "storage_options": self.storage_options,
             "scheduler": self.scheduler if self.backend == "dask" else None,
             "n_workers": self.n_workers,
+            "sections": list(job.sections) if job.sections is not None else None,
         }
         with tempfile.TemporaryDirectory(prefix="imaxt-run-") as tmp:
             result = Path(tmp) / "result.json"

@@ -10,6 +10,13 @@ written row by row, or a tile still being written, is "not landed yet" and costs
 attempt. The checksum of that listing is the sample's input checksum, so a sample
 whose inputs change is processed again.
 
+A TissueCyte acquisition folder (a root ``Mosaic_*.txt``, no ``acquisition.json``) is taken
+section by section while the instrument runs (:mod:`.live`): its input checksum covers only the
+sections landed so far, so each newly landed section starts one more run, which uploads the new
+section into the same raw store and processes only the sections not processed yet. The sample
+is complete (``acquisition_complete`` event, the output's ``complete`` flag) once every section
+the root Mosaic file requested has been processed.
+
 The loop polls the bucket through fsspec every ``poll_interval`` seconds;
 bucket notifications (:mod:`.notify`) wake it early for the samples they name.
 Claims, leases, retries and back-off live in :class:`~.state.Ledger`.
@@ -51,6 +58,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..io.storage import protocols, url_to_fs
 from .launcher import Action, Job
+from .live import QuietClock, is_tissuecyte, landed_sections
 from .notify import ObjectEvent
 from .state import Ledger, SampleState, is_permanent, is_transient
 
@@ -91,6 +99,17 @@ class Landed:
     url: str
     checksum: str
     marker: bool = False
+    sections: tuple[int, ...] | None = None
+    """TissueCyte acquisitions: the section numbers landed so far (else ``None``: the whole sample)."""
+    planned: int | None = None
+    """TissueCyte acquisitions: the sections requested (the root ``sections`` key)."""
+
+    @property
+    def acquiring(self) -> bool:
+        """Whether sections are still to come (a TissueCyte acquisition not complete yet)."""
+        if self.sections is None:
+            return False
+        return self.planned is None or not set(range(1, self.planned + 1)) <= set(self.sections)
 
 
 def _tiles_listed(fs: Any, folder: str) -> list[str] | None:
@@ -125,9 +144,19 @@ def listing_checksum(listing: dict[str, dict[str, Any]]) -> str:
 
 
 def find_landed(
-    bucket_url: str, storage_options: dict[str, Any] | None = None, *, only: Iterable[str] | None = None
+    bucket_url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    only: Iterable[str] | None = None,
+    quiet: QuietClock | None = None,
+    quiet_seconds: float = 600.0,
 ) -> list[Landed]:
-    """List the landed samples under ``bucket_url`` (optionally only the named ones)."""
+    """List the landed samples under ``bucket_url`` (optionally only the named ones).
+
+    TissueCyte folders are listed as soon as one section has landed (:func:`.live.landed_sections`,
+    ``quiet``/``quiet_seconds`` for a last section with a missing tile); one whose first section is
+    still being written is listed with ``sections=()``: not taken, but keeping the bucket unsettled.
+    """
     fs, root = url_to_fs(bucket_url, storage_options)
     root = root.rstrip("/")
     fs.invalidate_cache()
@@ -149,8 +178,16 @@ def find_landed(
         except FileNotFoundError:
             continue
         listing = {p[len(folder) + 1 :]: info for p, info in found.items() if p.startswith(folder + "/")}
+        url = folder if protocol in ("file", "local") else f"{protocol}://{folder}"
+        if listing and MARKER not in listing and is_tissuecyte(listing):
+            sections = landed_sections(fs, folder, listing, quiet=quiet, quiet_seconds=quiet_seconds)
+            if sections is not None and sections.landed:
+                checksum = listing_checksum({k: listing[k] for k in sections.files})
+                landed.append(Landed(name, url, checksum, sections=sections.landed, planned=sections.planned))
+            elif sections is not None:  # started, no section landed yet: nothing to take, but not settled either
+                landed.append(Landed(name, url, "", sections=(), planned=sections.planned))
+            continue
         if listing and sample_landed(fs, folder, listing):
-            url = folder if protocol in ("file", "local") else f"{protocol}://{folder}"
             landed.append(Landed(sample=name, url=url, checksum=listing_checksum(listing), marker=MARKER in listing))
     return landed
 
@@ -179,6 +216,9 @@ class Watcher:
     settle_seconds : float
         A sample without ``_COMPLETE`` marker is taken once its listing is unchanged over
         this many seconds (two polls at least this far apart); 0 takes it at once.
+    section_quiet_seconds : float
+        A TissueCyte section that is not complete (a missing tile), with no later section and
+        no trigger file, lands once nothing in its folder changed for this long.
     """
 
     def __init__(
@@ -194,12 +234,15 @@ class Watcher:
         lease_ttl: float = 300.0,
         poll_interval: float = 30.0,
         settle_seconds: float = 0.0,
+        section_quiet_seconds: float = 600.0,
     ) -> None:
         if lease_ttl <= 0 or poll_interval <= 0:
             raise ValueError(f"lease_ttl and poll_interval must be > 0, got {lease_ttl}, {poll_interval}")
         if settle_seconds < 0:
             raise ValueError(f"settle_seconds must be >= 0, got {settle_seconds}")
         self.settle_seconds = float(settle_seconds)
+        self.section_quiet_seconds = float(section_quiet_seconds)
+        self._quiet = QuietClock()
         self._seen: dict[str, tuple[str, float]] = {}  # sample -> (listing checksum, first seen, monotonic)
         self.bucket_url = bucket_url.rstrip("/")
         self.action = action
@@ -242,6 +285,16 @@ class Watcher:
             raw_store_url=f"{self.raw_prefix}/{landed.sample}.zarr",
             attempt=state.attempts,
             lease_token=state.lease_token,
+            sections=landed.sections,
+        )
+
+    def _find(self, only: Iterable[str] | None = None) -> list[Landed]:
+        return find_landed(
+            self.bucket_url,
+            self.storage_options,
+            only=only,
+            quiet=self._quiet,
+            quiet_seconds=self.section_quiet_seconds,
         )
 
     def settled(self, item: Landed) -> bool:
@@ -268,9 +321,11 @@ class Watcher:
         WatcherStopped
             On a permanent error of the watcher's own storage (bucket, state store, credentials).
         """
-        landed = find_landed(self.bucket_url, self.storage_options, only=only)
+        landed = self._find(only)
         finished = []
         for item in landed:
+            if item.sections == ():  # an acquisition whose first section is still being written
+                continue
             try:
                 if not self.settled(item):
                     continue
@@ -312,6 +367,7 @@ class Watcher:
             lease_token=token,
             owner=self.owner,
             output=job.output_url,
+            sections=list(job.sections) if job.sections is not None else None,
         )
         cancel = threading.Event()
         errors: list[BaseException] = []
@@ -359,6 +415,8 @@ class Watcher:
             permanent=permanent if error is not None else None,
             retry_at=final.next_attempt_at if final.status == "pending" else None,
         )
+        if error is None and item.sections is not None and not item.acquiring:
+            emit("acquisition_complete", sample=job.sample, sections=len(item.sections), output=job.output_url)
         return final
 
     def _cancel(
@@ -387,9 +445,11 @@ class Watcher:
 
     # -- loop --------------------------------------------------------------
     def all_settled(self) -> bool:
-        """True when every landed sample is done or failed."""
-        landed = find_landed(self.bucket_url, self.storage_options)
+        """True when every landed sample is done or failed (and no acquisition is still adding sections)."""
+        landed = self._find()
         for item in landed:
+            if item.acquiring:
+                return False
             state, _ = self.ledger.store.get(item.sample)
             if state is None or state.status in ("pending", "running") or state.input_checksum != item.checksum:
                 return False

@@ -164,16 +164,19 @@ def resolve_roles(
 
 
 def has_beads(acquisition: Any) -> bool:
-    """Whether the acquisition carries fiducial beads: ``beads: false`` in ``acquisition.json`` says not.
+    """Whether the acquisition carries fiducial beads: ``beads: false`` in ``acquisition.json`` says not,
+    and a ``coverslip`` has none unless ``beads: true`` says it has.
 
     >>> from types import SimpleNamespace
     >>> has_beads(SimpleNamespace()), has_beads(SimpleNamespace(beads=False))
     (True, False)
+    >>> has_beads(SimpleNamespace(modality="coverslip")), has_beads(SimpleNamespace(modality="coverslip", beads=True))
+    (False, True)
     """
     value = getattr(acquisition, "beads", None)
     if value is None:
         extra = getattr(acquisition, "model_extra", None) or {}
-        value = extra.get("beads", True)
+        value = extra.get("beads", getattr(acquisition, "modality", None) != "coverslip")
     if isinstance(value, str):
         return value.strip().lower() not in ("false", "no", "none", "0", "")
     return bool(value)

@@ -1,14 +1,18 @@
 """Detect and fit the fiducial beads of each slice into the ``beads`` table.
 
 Works per slice on the ``mosaic`` image. The bead channel is the one whose
-bright compact objects are largest (beads are ~40 px discs bright in every
-channel; a nuclear stain's brightest objects are thousands of ~5 px nuclei);
+bright compact objects are largest (beads of ~90 µm are bright in every
+channel; a nuclear stain's brightest objects are thousands of ~10 µm nuclei);
 ``channel`` forces it. The classical threshold of each slice sits half-way
 between the background and the bead plateau (measured on the coarsest
-pyramid level), well above tissue and nuclei in the bead channel. The
-plane is cut into overlapping blocks, each block is searched (classical
-detector or U-Net) and its candidates are fitted by Poisson maximum
-likelihood on a Dask worker. Rows of the processed slices replace any
+pyramid level), well above tissue and nuclei in the bead channel. Beads are
+searched by size and shape in µm (``bead_diameter_um``, the acquisition's
+pixel size): the plane is cut into overlapping blocks, each block is
+block-averaged so the smallest cut searched is ~3 px in radius, its regions
+are screened (radius of a cut sphere, round, convex, standing out from their
+surroundings, flat inside) and only the survivors are fitted at full
+resolution by Poisson maximum likelihood on a ring around the rim, on a
+Dask worker. Rows of the processed slices replace any
 earlier rows of those slices in ``tables/beads.parquet``; ``bead_id`` is
 filled in by the ``register`` step.
 
@@ -33,7 +37,7 @@ from ._base import StepContext, StepResult
 from ._channels import check_channel, has_beads
 from .params import BeadsParams as Params
 
-__all__ = ["Params", "empty_table", "flag_fits", "pick_channel", "run", "slice_thresholds"]
+__all__ = ["Params", "bead_spec", "empty_table", "pick_channel", "run", "slice_thresholds"]
 
 
 def empty_table() -> pd.DataFrame:
@@ -107,33 +111,20 @@ def slice_thresholds(
     return thr, top
 
 
-def flag_fits(
-    df: pd.DataFrame,
-    *,
-    min_snr: float,
-    max_chi2_ratio: float,
-    min_radius: float = 0.0,
-    max_radius: float = np.inf,
-    min_amplitude_ratio: float = 0.0,
-) -> np.ndarray:
-    """Good fits of one slice: converged, bright, radius in range, chi2 and amplitude close to the slice median."""
-    ok = df["fit_ok"].to_numpy(bool) & np.isfinite(df["y_err"].to_numpy(float))
-    r = df["radius_px"].to_numpy(float)
-    ok &= (r >= min_radius) & (r <= max_radius)
-    if not ok.any():
-        return ok
-    chi2 = df["chi2"].to_numpy(float)
-    amp = df["amplitude"].to_numpy(float)
-    med, med_amp = float(np.median(chi2[ok])), float(np.median(amp[ok]))
-    return (
-        ok
-        & (df["snr"].to_numpy(float) >= min_snr)
-        & (chi2 <= max_chi2_ratio * max(med, 1e-12))
-        & (amp >= min_amplitude_ratio * med_amp)
+def bead_spec(params: Params, pixel_size_um: float) -> Any:
+    """The beads searched (a ``BeadSpec``): the config's sizes in µm at this pixel size."""
+    from ..algorithms.registration import BeadSpec
+
+    return BeadSpec(
+        pixel_size_um=pixel_size_um,
+        diameter_um=params.bead_diameter_um,
+        size_tolerance=params.bead_size_tolerance,
+        min_cut_fraction=params.min_cut_fraction,
     )
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
+    from ..algorithms.registration import good_beads
     from ..parallel.registration import find_beads
 
     acq = ctx.raw.acquisition
@@ -149,16 +140,16 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     earlier_peak = ctx.output.imaxt_attrs().get("beads", {}).get("peak")
     thresholds, peak = slice_thresholds(image, planes, channel, params, earlier_peak)
     stack = image.to_dask(0)
+    spec = bead_spec(params, acq.pixel_size_um)
     lazy = [
         find_beads(
             stack[channel, p],
+            spec,
             block=params.block,
             detector=params.detector,
             model_source=params.model,
-            min_radius=params.min_radius_px,
-            max_radius=params.max_radius_px,
-            sigma=params.sigma,
             nsigma=params.nsigma,
+            rel=params.rel_threshold,
             threshold=thr if params.detector == "classical" else None,
         )
         for p, thr in zip(planes, thresholds, strict=False)
@@ -168,12 +159,11 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     for s, df in zip(ctx.slices, tables, strict=False):
         df = df.copy()
         df.insert(0, "slice", s)
-        df["good"] = flag_fits(
+        df["good"] = good_beads(
             df,
+            spec,
             min_snr=params.min_snr,
             max_chi2_ratio=params.max_chi2_ratio,
-            min_radius=params.min_radius_px,
-            max_radius=params.max_radius_px,
             min_amplitude_ratio=params.min_amplitude_ratio,
         )
         df["bead_id"] = -1

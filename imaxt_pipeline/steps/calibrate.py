@@ -7,7 +7,10 @@ a calibration file. Results go to the output store for every later step
 
 - ``attrs["imaxt"]["calibrate"]``: dark per channel, trim, distortion
   coefficients (from the file, else identity until `stitch` fits them), and
-  where each came from;
+  where each came from; ``dark_check``: for a dark estimated from the data, per
+  channel its bounds from the data (photon-transfer lower bound, darkest-pixel
+  upper bound), their uncertainty and whether the estimate was consistent (an
+  inconsistent one is clipped into the bounds, logged, and its source says so);
 - ``calibration/flat``: float32 array (C, H, W), the flat field, and
   ``calibration/stray`` (C, H, W), the additive stray light, when estimated.
 
@@ -17,11 +20,12 @@ in :mod:`..io.calibration_file`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ..algorithms.calibration import estimate_calibration
+from ..algorithms.calibration import checked_darks, estimate_calibration
 from ..algorithms.optics import Calibration, DistortionModel
 from ..io import results
 from ..io.calibration_file import read_calibration_file
@@ -70,7 +74,17 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             trim_threshold=params.trim_threshold,
             max_trim_px=int(params.max_trim_fraction * acq.overlap * min(acq.tile_shape)),
         )
-    else:
+    checks: list[dict[str, Any]] = []
+    if need_data and dark is None:
+        darks, found = checked_darks(tiles, cal.dark)
+        for c, ck in enumerate(found):
+            (ctx.log.info if ck.consistent else ctx.log.warning)("calibrate: %s", ck.describe(c))
+            checks.append({**ck.as_dict(), "used": float(darks[c])})
+        if not all(ck.consistent for ck in found):
+            cal = replace(
+                cal, dark=darks, source={**cal.source, "dark": cal.source["dark"] + ", clipped to data bounds"}
+            )
+    if not need_data:
         cal = Calibration(
             dark=np.broadcast_to(np.asarray(dark, float), (n_ch,)).copy(),
             source={"dark": "given", "flat": "none", "trim": "none", "distortion": "none"},
@@ -96,12 +110,18 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         # stray light estimated here belongs with the estimated flat, not with a file's flat
         stray=from_file.get("stray", None if "flat" in from_file else cal.stray),
     )
-    outputs = results.write_calibration(
-        ctx.output, cal, slices_used=slices, **{k: previous[k] for k in ("distortion_points",) if k in previous}
-    )
+    extra: dict[str, Any] = {k: previous[k] for k in ("distortion_points",) if k in previous}
+    if checks:
+        extra["dark_check"] = checks
+    outputs = results.write_calibration(ctx.output, cal, slices_used=slices, **extra)
     ctx.log.info("calibrate: dark %s, trim %s, sources %s", np.round(cal.dark, 2).tolist(), cal.trim, src)
     return StepResult(
         inputs=inputs,
         outputs=outputs + ["attrs:imaxt.calibrate"],
-        metrics={"dark": [float(d) for d in cal.dark], "trim": cal.trim.as_dict(), "source": src},
+        metrics={
+            "dark": [float(d) for d in cal.dark],
+            "trim": cal.trim.as_dict(),
+            "source": src,
+            "dark_consistent": [bool(c["consistent"]) for c in checks],
+        },
     )

@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..io import results
 from ..io.ome import OmeImage
+from ..parallel.progress import compute_with_progress
 from ..qc import catalogue_histograms, to_png
 from ._base import StepContext, StepResult
 from .params import CatalogueParams as Params
@@ -40,7 +41,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         ctx.client.submit(_plane_tables, image, cells, nuclei, s, p, channels, py, z_um, pure=False)
         for s, p in ctx.planes()
     ]
-    planes = ctx.client.gather(futures)
+    planes = compute_with_progress(ctx.client, futures, "catalogue", unit="planes", logger=ctx.log)
     cells_from = (ctx.output.imaxt_attrs().get("segment") or {}).get("cells_from")
     if cells_from is not None:
         ctx.output.update_imaxt_attrs("catalogue.cells_from", cells_from)

@@ -1,8 +1,11 @@
 """Build the aligned ``cube`` image (c, z, y, x) from ``mosaic`` and the slice offsets.
 
 Each plane of slice ``k`` is moved by ``-register.slice_offsets_px[k]``
-(sub-pixel, lazily, chunk by chunk) onto a canvas padded so that no shifted
-content is cut off, and written with its pyramid by a Dask task. The padding
+(sub-pixel) onto a canvas padded so that no shifted content is cut off, block
+by block: one Dask task per output block reads only the mosaic window it needs
+and writes the block's first pyramid levels
+(:func:`~imaxt_pipeline.parallel.registration.shift_block`); coarser levels of
+the full pyramid are reduced block by block afterwards. The padding
 is rounded up to ``margin_px`` so that refined offsets rarely change the
 canvas; when they do, the cube is recreated. Planes written earlier are
 rewritten when their slice's offset moved by more than ``rewrite_tol_px``.
@@ -15,23 +18,21 @@ from typing import Any
 import numpy as np
 
 from ..io import results
-from ..io.ome import OmeImage
+from ..io.ome import BLOCK_LEVELS, block_edge, check_shard, pyramid_levels
 from ._base import StepContext, StepResult
 from .params import CubeParams as Params
 
 __all__ = ["Params", "run"]
 
 
-def _write(image: OmeImage, plane: int, data: np.ndarray) -> int:
-    image.write_plane(plane, data)
-    return plane
-
-
 def run(ctx: StepContext, params: Params) -> StepResult:
     import dask
 
     from ..algorithms.registration import canvas_padding
-    from ..parallel.registration import align_plane
+    from ..parallel.fusion import block_regions
+    from ..parallel.progress import compute_with_progress
+    from ..parallel.pyramid import reduce_levels
+    from ..parallel.registration import shift_block
 
     acq = ctx.raw.acquisition
     registered = results.read_slice_offsets(ctx.output, acq.slices)
@@ -47,11 +48,14 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     mosaic = ctx.output.open_image(results.MOSAIC)
     c, n_planes, h, w = mosaic.shape
     shape = (c, n_planes, h + before[0] + after[0], w + before[1] + after[1])
+    levels = params.levels or pyramid_levels(shape[2:])
+    check_shard(params.shard, params.chunk, levels)
     cube_meta = ctx.output.imaxt_attrs().get("cube", {})
     written = {int(k): v for k, v in cube_meta.get("written", {}).items()}
     same_canvas = (
         ctx.output.has(results.CUBE)
         and ctx.output.open_image(results.CUBE).shape == shape
+        and ctx.output.open_image(results.CUBE).levels == levels
         and cube_meta.get("pad_before") == before.tolist()
     )
     if same_canvas:
@@ -64,8 +68,9 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             shape_czyx=shape,
             dtype="float32",
             scale_zyx_um=(z_um, acq.pixel_size_um, acq.pixel_size_um),
-            levels=params.levels,
+            levels=levels,
             chunks_yx=(params.chunk, params.chunk),
+            shard_yx=params.shard,
         )
         written = {}
     todo = [
@@ -75,21 +80,25 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         or s not in written
         or np.max(np.abs(np.asarray(written[s]) - offsets[s])) > params.rewrite_tol_px
     ]
-    stack = mosaic.to_dask(0)
-    tasks: list[Any] = []
-    for s in todo:
-        for z in range(acq.optical_sections):
-            p = s * acq.optical_sections + z
-            aligned = align_plane(
-                stack[:, p],
-                offsets[s],
-                pad_before=before,
-                out_shape=shape[2:],
-                order=params.order,
-                chunks=(params.chunk, params.chunk),
-            )
-            tasks.append(dask.delayed(_write, pure=False)(cube, p, aligned))
-    ctx.client.gather(ctx.client.compute(tasks))
+    in_block = min(levels, BLOCK_LEVELS)
+    regions = block_regions(shape[2:], block_edge(params.chunk, levels))
+    planes = [s * acq.optical_sections + z for s in todo for z in range(acq.optical_sections)]
+    tasks: list[Any] = [
+        dask.delayed(shift_block, pure=False)(
+            mosaic,
+            cube,
+            p,
+            region,
+            offsets[p // acq.optical_sections],
+            pad_before=before,
+            order=params.order,
+            levels=in_block,
+        )
+        for p in planes
+        for region in regions
+    ]
+    compute_with_progress(ctx.client, tasks, "cube", unit="blocks", logger=ctx.log)
+    reduce_levels(ctx.client, cube, planes, written=in_block, chunk=params.chunk, label="cube")
     for s in todo:
         written[s] = offsets[s].round(4).tolist()
     ctx.output.update_imaxt_attrs(
@@ -100,12 +109,14 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             "written": {str(k): v for k, v in sorted(written.items())},
         },
     )
-    ctx.log.info("cube: wrote %d planes of slices %s onto a %s canvas", len(tasks), todo, shape)
+    ctx.log.info("cube: wrote %d planes of slices %s onto a %s canvas", len(planes), todo, shape)
     return StepResult(
         inputs=[results.MOSAIC],
         outputs=[results.CUBE],
         metrics={
-            "planes_written": len(tasks),
+            "planes_written": len(planes),
+            "blocks": len(tasks),
+            "levels": levels,
             "slices_written": todo,
             "shape": list(shape),
             "pad_before": before.tolist(),

@@ -10,8 +10,10 @@ Outputs: ``mosaic`` (c, z, y, x) float32 and ``confidence`` (Σ confidence,
 one channel) on the same canvas for every slice, with pyramids; and
 ``qc/stitch.png`` (thumbnails, confidence, pair residual histogram). Each
 plane is fused block by block (one Dask task per block, reading only the
-tiles that touch it, writing its own block pyramid with
-:meth:`OmeImage.write_region`), so a slice never has to fit in memory.
+tiles that touch it, writing its first ``BLOCK_LEVELS`` pyramid levels with
+:meth:`OmeImage.write_region`); the coarser levels of the full pyramid (down to
+~512 px, unless ``levels`` is given) are reduced block by block afterwards
+(:mod:`...parallel.pyramid`), so a slice never has to fit in memory.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import numpy as np
 
 from ..algorithms.optics import MosaicGeometry
 from ..io import results
-from ..io.ome import OmeImage
+from ..io.ome import BLOCK_LEVELS, OmeImage, check_shard, pyramid_levels
 from ..parallel.fusion import fuse_blocks
+from ..parallel.progress import compute_with_progress
+from ..parallel.pyramid import reduce_levels
 from ..qc import StitchPanel, stitch_figure, to_png
 from ._base import StepContext, StepResult
 from .params import MosaicParams as Params
@@ -62,11 +66,13 @@ def write_block(
     confidence.write_region(plane, level, (y0, x0), weight[None])
 
 
-def _image(ctx: StepContext, name: str, channels: list[str], shape: tuple[int, ...], params: Params) -> OmeImage:
+def _image(
+    ctx: StepContext, name: str, channels: list[str], shape: tuple[int, ...], params: Params, levels: int
+) -> OmeImage:
     acq = ctx.raw.acquisition
     if ctx.output.has(name):
         img = ctx.output.open_image(name)
-        if img.shape == shape and img.levels == params.levels:
+        if img.shape == shape and img.levels == levels:  # an image kept keeps its shard layout
             return img
     z_um = acq.slice_thickness_um / acq.optical_sections
     return ctx.output.create_image(
@@ -75,8 +81,9 @@ def _image(ctx: StepContext, name: str, channels: list[str], shape: tuple[int, .
         shape_czyx=shape,
         dtype="float32",
         scale_zyx_um=(z_um, acq.pixel_size_um, acq.pixel_size_um),
-        levels=params.levels,
+        levels=levels,
         chunks_yx=(params.chunk, params.chunk),
+        shard_yx=params.shard,
     )
 
 
@@ -87,10 +94,14 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     cal = results.read_calibration(ctx.output, n_ch)
     if cal.source.get("dark") == "none" and params.dark:
         cal = replace(cal, dark=np.full(n_ch, params.dark), source={**cal.source, "dark": "given"})
-    mosaic = _image(ctx, results.MOSAIC, list(acq.channels), (n_ch, acq.n_planes, *geom.shape), params)
-    confidence = _image(ctx, results.CONFIDENCE, ["confidence"], (1, acq.n_planes, *geom.shape), params)
+    levels = params.levels or pyramid_levels(geom.shape)
+    check_shard(params.shard, params.chunk, levels)
+    mosaic = _image(ctx, results.MOSAIC, list(acq.channels), (n_ch, acq.n_planes, *geom.shape), params, levels)
+    confidence = _image(ctx, results.CONFIDENCE, ["confidence"], (1, acq.n_planes, *geom.shape), params, levels)
+    in_block = min(levels, BLOCK_LEVELS)
     lazy: list[Any] = []
     stitched = results.read_tile_positions(ctx.output)
+    scattered = ctx.client.scatter(cal, broadcast=True)  # flat fields: sent once, not in every graph
     for s in ctx.slices:
         positions = tile_positions(ctx, geom, s, stitched)
         for z in range(acq.optical_sections):
@@ -101,19 +112,23 @@ def run(ctx: StepContext, params: Params) -> StepResult:
                 positions,
                 acq.tile_shape,
                 geom.shape,
-                cal,
+                scattered,
                 chunk=params.chunk,
-                levels=params.levels,
+                levels=in_block,
                 feather=params.feather,
                 n_channels=n_ch,
             )
-    ctx.client.gather(ctx.client.compute(lazy))
+    compute_with_progress(ctx.client, lazy, "mosaic", unit="blocks", logger=ctx.log)
+    planes = [s * acq.optical_sections + z for s in ctx.slices for z in range(acq.optical_sections)]
+    for image in (mosaic, confidence):
+        reduce_levels(ctx.client, image, planes, written=in_block, chunk=params.chunk, label=f"mosaic {image.path}")
     outputs = [results.MOSAIC, results.CONFIDENCE]
     if params.qc and ctx.slices:
         done = sorted(set(results.slices_done(ctx.output)) | set(ctx.slices))
         outputs.append(ctx.output.write_png("stitch", to_png(_stitch_qc(ctx, mosaic, confidence, done))))
     return StepResult(
-        outputs=outputs, metrics={"canvas": list(geom.shape), "blocks": len(lazy), "calibration": cal.source}
+        outputs=outputs,
+        metrics={"canvas": list(geom.shape), "blocks": len(lazy), "levels": levels, "calibration": cal.source},
     )
 
 

@@ -62,8 +62,16 @@ class StitchParams(StepParams):
 
 
 class MosaicParams(StepParams):
-    levels: int = Field(default=3, ge=1, le=8, description="pyramid levels incl. full resolution")
+    levels: int | None = Field(
+        default=None, ge=1, le=12, description="pyramid levels incl. full resolution; None: down to ~512 px"
+    )
     chunk: int = Field(default=512, ge=16, description="output chunk edge in px")
+    shard: int | None = Field(
+        default=None,
+        ge=16,
+        description="zarr shard edge of level 0 in px (object stores): a multiple of chunk "
+        "dividing 4 * chunk; None: one object per chunk",
+    )
     dark: float = Field(default=0.0, description="dark offset subtracted when no calibration exists")
     feather: float = Field(default=0.0, ge=0, description="px of linear confidence ramp at tile borders")
     qc: bool = Field(default=True, description="write qc/stitch.png")
@@ -74,10 +82,14 @@ class BeadsParams(StepParams):
     model: str | None = Field(default=None, description="U-Net checkpoint path/URL (default: packaged)")
     channel: int | None = Field(default=None, ge=0, description="bead channel; None picks it automatically")
     z: int = Field(default=0, ge=0, description="optical section searched in each slice")
-    block: int = Field(default=1024, ge=128, description="core block edge in px")
-    min_radius_px: float = Field(default=4.0, gt=0)
-    max_radius_px: float = Field(default=80.0, gt=0)
-    sigma: float = Field(default=2.0, ge=0, description="classical detector smoothing (px)")
+    block: int = Field(default=2048, ge=128, description="core block edge in px")
+    bead_diameter_um: float = Field(default=90.0, gt=0, description="nominal bead (sphere) diameter")
+    bead_size_tolerance: float = Field(
+        default=0.15, ge=0, description="relative spread of bead diameters: cuts up to (1 + this) x radius"
+    )
+    min_cut_fraction: float = Field(
+        default=0.3, gt=0, lt=1, description="smallest cut searched, fraction of the bead radius (95 % of cuts)"
+    )
     nsigma: float = Field(default=5.0, gt=0, description="classical detector threshold (background sigmas)")
     rel_threshold: float = Field(
         default=0.5, ge=0, lt=1, description="classical threshold: this fraction of the way to the bead plateau"
@@ -104,8 +116,16 @@ class RegisterParams(StepParams):
 
 class CubeParams(StepParams):
     order: int = Field(default=1, ge=0, le=3, description="interpolation order of the sub-pixel shift")
-    levels: int = Field(default=3, ge=1, le=8)
+    levels: int | None = Field(
+        default=None, ge=1, le=12, description="pyramid levels incl. full resolution; None: down to ~512 px"
+    )
     chunk: int = Field(default=512, ge=64)
+    shard: int | None = Field(
+        default=None,
+        ge=64,
+        description="zarr shard edge of level 0 in px (object stores): a multiple of chunk "
+        "dividing 4 * chunk; None: one object per chunk",
+    )
     margin_px: int = Field(default=32, ge=1, description="canvas padding is a multiple of this")
     rewrite_tol_px: float = Field(default=0.05, ge=0, description="rewrite planes whose offset moved more")
 

@@ -180,8 +180,10 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             gpu_resource=params.gpu_resource,
         )
         tasks.append(dask.delayed(_write_plane)(lab, labels["nuclei"], labels["cells"], plane))
+    from ..parallel.progress import compute_with_progress
+
     # no graph optimisation: fusing tasks would drop the GPU resource annotation
-    counts = ctx.client.gather(ctx.client.compute(tasks, optimize_graph=False))
+    counts = compute_with_progress(ctx.client, tasks, "segment", unit="planes", logger=ctx.log, optimize_graph=False)
     per_plane = {str(p): int(c) for (_, p), c in zip(ctx.planes(), counts, strict=False)}
     metrics: dict[str, Any] = {
         "image": name,

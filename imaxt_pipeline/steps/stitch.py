@@ -20,7 +20,13 @@ Writes (results contract, ``spec/raw-layout.md``):
   calibrated (undistorted) tile in the slice's mosaic frame;
 - ``imaxt.stitch.residuals``: per-slice pair residual statistics (px);
 - ``imaxt.stitch.unconstrained``: ``{"s/r/c": true}`` for tiles no informative
-  pair ties to a neighbour (empty agarose): left at their stage position;
+  pair ties to a neighbour (empty agarose): placed by their stage position plus
+  their section's median offset;
+- ``imaxt.stitch.position_sigma_px``: ``{"s/r/c": sigma}``, 1-sigma of each tile's
+  position relative to its section (for a tile placed by the stage, the stage
+  scatter measured on the solved tiles);
+- ``imaxt.stitch.flags``: ``{"s/r/c": "tile (r,c): overlaps with ... empty — placed
+  by stage, ±3.0 px"}``, one plain-words line per flagged tile (also logged);
 - ``imaxt.calibrate.distortion`` (when estimated) and ``calibration/flat``
   (when refined, source ``estimated+overlaps``);
 - ``tables/stitch_pairs`` (one row per pair, with residuals) and
@@ -41,7 +47,7 @@ import pandas as pd
 
 from ..algorithms.calibration import refine_flat
 from ..algorithms.optics import Calibration
-from ..algorithms.stitching import PairMatch, adjacent_pairs, solve_positions
+from ..algorithms.stitching import PairMatch, adjacent_pairs, describe_flags, rematch_plan, solve_positions
 from ..io import results
 from ..parallel.stitching import match_tiles
 from ._base import StepContext, StepResult
@@ -126,6 +132,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         )
     batches = ctx.client.gather(ctx.client.compute(lazy)) if lazy else []
     matches: list[PairMatch] = [m for batch in batches for m in batch]
+    matches = _rematch(ctx, matches, slices, z, cal_task, params, tile_bytes)
     stage = [ctx.raw.stage_px(s, z) for s in slices]
     estimate = params.estimate_distortion and cal.source.get("distortion") != "file"
     old = results.read_stitch_points(ctx.output, exclude=slices) if estimate else pd.DataFrame()
@@ -149,7 +156,13 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     positions = dict(meta.get("tile_positions_px", {}))
     residuals = dict(meta.get("residuals", {}))
     unconstrained = {k: v for k, v in meta.get("unconstrained", {}).items() if int(k.split("/")[0]) not in slices}
+    sigmas = {k: v for k, v in meta.get("position_sigma_px", {}).items() if int(k.split("/")[0]) not in slices}
+    flags = {k: v for k, v in meta.get("flags", {}).items() if int(k.split("/")[0]) not in slices}
+    flagged = sol.flagged
+    words = describe_flags(sol.flags, lambda t: "({},{})".format(*acq.tile_grid(t % n_t)))
+    flag_text = {f.tile: w for f, w in zip(sol.flags, words, strict=True)}
     pair_tab = sol.pairs.copy()
+    pair_tab["information"] = [float(m.information) for m in matches]
     pair_tab["slice"] = [
         slices[r // n_t] if r // n_t < len(slices) else old_slices[r // n_t - len(slices)]
         for r in pair_tab["reference"]
@@ -161,6 +174,9 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             positions[results.position_key(s, r, c)] = [float(pos[t, 0]), float(pos[t, 1])]
             if not sol.constrained[k * n_t + t]:
                 unconstrained[results.position_key(s, r, c)] = True
+            sigmas[results.position_key(s, r, c)] = float(sol.position_sigma[k * n_t + t])
+            if flagged[k * n_t + t]:
+                flags[results.position_key(s, r, c)] = f"slice {s} " + flag_text[k * n_t + t]
         tab = pair_tab[pair_tab["slice"] == s]
         used = tab[tab["used"]]
         res = used["residual"].to_numpy(float)
@@ -179,6 +195,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             "tile_positions_px": positions,
             "residuals": residuals,
             "unconstrained": unconstrained,
+            "position_sigma_px": sigmas,
+            "flags": flags,
             "distortion": sol.distortion.as_dict(),
             "frame": {"origin_px": list(geom.origin_px), "margin": geom.margin, "shape": list(geom.shape)},
         },
@@ -193,7 +211,9 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     refine = params.refine_flat and cal.flat is not None and cal.source.get("flat") == "estimated"
     if estimate or refine:
         extra = {
-            k: v for k, v in results.calibration_record(ctx.output).items() if k in ("slices_used", "distortion_points")
+            k: v
+            for k, v in results.calibration_record(ctx.output).items()
+            if k in ("slices_used", "distortion_points", "dark_check")
         }
         if estimate:
             cal = cal.with_distortion(sol.distortion, "estimated-from-overlaps")
@@ -203,8 +223,57 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             cal = _refine_flat(ctx, cal, sol, matches, slices, z, params.flat_pairs)
         outputs += results.write_calibration(ctx.output, cal, **extra)
     stats = sol.residual_stats()
-    ctx.log.info("stitch: slices %s, %s, distortion %s", slices, stats, sol.distortion)
-    return StepResult(outputs=outputs, metrics={**stats, "distortion": sol.distortion.as_dict()})
+    current_flags = [flags[k] for k in sorted(flags) if int(k.split("/")[0]) in slices]
+    for line in current_flags:
+        ctx.log.warning("stitch: %s", line)
+    ctx.log.info(
+        "stitch: slices %s, %s, distortion %s, %d tiles flagged", slices, stats, sol.distortion, len(current_flags)
+    )
+    metrics = {**stats, "distortion": sol.distortion.as_dict(), "flagged": current_flags}
+    return StepResult(outputs=outputs, metrics=metrics)
+
+
+def _rematch(
+    ctx: StepContext,
+    matches: list[PairMatch],
+    slices: list[int],
+    z: int,
+    cal_task: Any,
+    params: Params,
+    tile_bytes: int,
+) -> list[PairMatch]:
+    """Redo failed / edge-of-window pairs with the radius the matched pairs' stage error asks for."""
+    radius, redo = rematch_plan(matches, params.max_shift_px)
+    if not redo:
+        return matches
+    acq = ctx.raw.acquisition
+    n_t = acq.n_tiles
+    lazy = []
+    for k, s in enumerate(slices):
+        mine = [
+            (matches[i].reference - k * n_t, matches[i].moving - k * n_t)
+            for i in redo
+            if matches[i].reference // n_t == k
+        ]
+        if mine:
+            lazy += _lazy_matches(
+                partial(ctx.raw.read_tile, s, z),
+                mine,
+                np.asarray(ctx.raw.stage_px(s, z), np.float64),
+                cal_task,
+                cols=acq.cols,
+                tile_bytes=tile_bytes,
+                index_offset=k * n_t,
+                max_shift=radius,
+                block_size=params.block_px,
+                min_ncc=params.min_ncc,
+            )
+    batches = ctx.client.gather(ctx.client.compute(lazy)) if lazy else []
+    new = {(m.reference, m.moving): m for batch in batches for m in batch}
+    ctx.log.info(
+        "stitch: %d pairs matched again with a %d px search (stage error larger than expected)", len(new), radius
+    )
+    return [new.get((m.reference, m.moving), m) for m in matches]
 
 
 def _refine_flat(

@@ -20,19 +20,30 @@ from __future__ import annotations
 from ._cells import render_cells, render_nuclei_plane
 from ._czi import synthesize_czi, write_axioscan, write_czi
 from ._imc import ImcAcquisition, write_imc, write_imc_txt, write_mcd
+from ._multimodal import ImcTruth, SlideTruth, render_imc, render_slide, write_slide_czi
 from ._params import SynthParams, calibration_params, demo_params
+from ._random_instrument import InstrumentDraw, RandomSample, cut_tiles, draw_instrument, render_random_sample
 from ._tissuecyte import synthesize_tissuecyte, write_tissuecyte
 from ._writer import Truth, load_truth, synthesize
 
 __all__ = [
     "ImcAcquisition",
+    "ImcTruth",
+    "InstrumentDraw",
+    "RandomSample",
+    "SlideTruth",
     "SynthParams",
     "Truth",
     "calibration_params",
+    "cut_tiles",
     "demo_params",
+    "draw_instrument",
     "load_truth",
     "render_cells",
+    "render_imc",
     "render_nuclei_plane",
+    "render_random_sample",
+    "render_slide",
     "synthesize",
     "synthesize_czi",
     "synthesize_tissuecyte",
@@ -41,5 +52,6 @@ __all__ = [
     "write_imc",
     "write_imc_txt",
     "write_mcd",
+    "write_slide_czi",
     "write_tissuecyte",
 ]

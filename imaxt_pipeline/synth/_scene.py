@@ -11,8 +11,10 @@ Slice ``k`` images one thin optical plane at depth ``z_k = (k + 0.5) *
 slice_thickness_um``. A bead (sphere of radius ``R`` centred at ``z_c``) cut by
 that plane is a uniformly bright disc of radius ``sqrt(R**2 - (z_k - z_c)**2)``
 (rendered when at least 1 px). The tissue outline evolves slowly with depth;
-nuclei are drawn independently for every slice (15 µm apart, a nucleus is
-rarely cut twice) as non-overlapping ellipses inside the tissue.
+its texture and nuclei are drawn independently for every slice (15 µm apart,
+a nucleus is rarely cut twice and the 8 µm texture is not shared), nuclei as
+non-overlapping ellipses inside the tissue: only the beads persist from one
+section to the next, so registration cannot rest on tissue texture.
 
 Rendered planes carry a 1 px soft edge on every object and are blurred by a
 Gaussian PSF, so that they are smooth enough for sub-pixel resampling.
@@ -20,6 +22,7 @@ Gaussian PSF, so that they are smooth enough for sub-pixel resampling.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -85,7 +88,7 @@ class Scene:
         px = params.pixel_size_um
         corr = 0.1 * min(h, w)
         self._outline = [_spectrum(rng, self.fft_shape, corr) for _ in range(2)]
-        self._texture = _spectrum(rng, self.fft_shape, 8.0 / px)
+        _spectrum(rng, self.fft_shape, 8.0 / px)  # was a texture shared by all sections; drawn to keep seeds' beads
         self._x_empty = w * (1.0 - params.empty_fraction)
         # the blob envelope: centred in the non-empty part of the frame
         self._centre = (h / 2.0, self._x_empty / 2.0)
@@ -160,14 +163,16 @@ class Scene:
         xx = np.arange(wp, dtype=np.float64) - pad
         field = self._envelope(yy, xx, dy, dx) + 0.2 * noise
         wt = np.clip((field - self._threshold[k]) / self._ramp + 0.5, 0.0, 1.0)
-        tex_lo = _irfft(shift * self._texture, self.fft_shape, self.padded)
         tex_hi = _irfft(_spectrum(rng, self.fft_shape, 1.5 / p.pixel_size_um), self.fft_shape, self.padded)
         agarose = AGAROSE * (1.0 + 0.04 * noise)
-        cyto = 550.0 + 220.0 * np.tanh(0.5 * (0.8 * tex_lo + 0.6 * tex_hi))
-        nuclear = 130.0 + 25.0 * tex_lo + 10.0 * tex_hi
         tissue = wt[pad : pad + h, pad : pad + w] >= 0.5
 
         centres, axes, angles, bright = place_nuclei(p, tissue, rng)
+        # the 8 µm texture is this section's own (drawn after the nuclei, so that a seed's nuclei are those
+        # it always had): sections 15 µm apart share no texture, only the slowly changing outline and the beads
+        tex_lo = _irfft(_spectrum(rng, self.fft_shape, 8.0 / p.pixel_size_um), self.fft_shape, self.padded)
+        cyto = 550.0 + 220.0 * np.tanh(0.5 * (0.8 * tex_lo + 0.6 * tex_hi))
+        nuclear = 130.0 + 25.0 * tex_lo + 10.0 * tex_hi
         cover, signal, labels = render_nuclei(
             self.padded, pad, self.shape, centres, axes, angles, bright, first_label=first_label
         )
@@ -186,10 +191,31 @@ class Scene:
         return SlicePlane(planes=planes, labels=labels, tissue=tissue, detections=detections)
 
     def _draw_beads(self, planes: np.ndarray, k: int) -> pd.DataFrame:
+        rows = []
+        for row, (y0, y1, x0, x1), wb in self._bead_discs(k):
+            view = planes[:, y0:y1, x0:x1]
+            view *= 1.0 - wb
+            view += self.params.bead_intensity * wb
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["slice", "bead_id", "y_px", "x_px", "radius_px"])
+
+    def bead_cover(self, k: int) -> np.ndarray:
+        """Fractional cover of the padded plane of slice ``k`` by bead discs (before the PSF).
+
+        A slice rendered with ``bead_intensity=0`` plus ``I * cover`` (both blurred
+        alike) is the slice with beads of brightness ``I`` (see :meth:`render`).
+        """
+        cover = np.zeros(self.padded)
+        for _row, (y0, y1, x0, x1), wb in self._bead_discs(k):
+            cover[y0:y1, x0:x1] += wb
+        return np.minimum(cover, 1.0)
+
+    def _bead_discs(self, k: int) -> Iterator[tuple[tuple[int, int, float, float, float], tuple[int, ...], np.ndarray]]:
+        """Truth row, padded-plane box and 1 px soft-edged cover of every bead disc cut by slice ``k``."""
         p, pad = self.params, self.pad
         dy, dx = self.offsets[k]
         z_k = (k + 0.5) * p.slice_thickness_um
-        rows = []
+        hp, wp = self.padded
         for bead in self.beads.itertuples(index=False):
             dz = z_k - bead.z_um
             if abs(dz) >= bead.radius_um:
@@ -201,16 +227,12 @@ class Scene:
             y0, x0 = int(np.floor(cy - r - 2)) + pad, int(np.floor(cx - r - 2)) + pad
             y1, x1 = int(np.ceil(cy + r + 2)) + pad + 1, int(np.ceil(cx + r + 2)) + pad + 1
             y0, x0 = max(y0, 0), max(x0, 0)
-            y1, x1 = min(y1, planes.shape[1]), min(x1, planes.shape[2])
+            y1, x1 = min(y1, hp), min(x1, wp)
             if y1 <= y0 or x1 <= x0:
                 continue
             gy, gx = np.ogrid[y0 - pad : y1 - pad, x0 - pad : x1 - pad]
             wb = np.clip(r - np.hypot(gy - cy, gx - cx) + 0.5, 0.0, 1.0)
-            view = planes[:, y0:y1, x0:x1]
-            view *= 1.0 - wb
-            view += p.bead_intensity * wb
-            rows.append((k, int(bead.bead_id), cy, cx, r))
-        return pd.DataFrame(rows, columns=["slice", "bead_id", "y_px", "x_px", "radius_px"])
+            yield (k, int(bead.bead_id), float(cy), float(cx), float(r)), (y0, y1, x0, x1), wb
 
 
 def _drift(params: SynthParams, rng: np.random.Generator) -> np.ndarray:

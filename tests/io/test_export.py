@@ -100,3 +100,70 @@ def test_export_never_replaces_data_it_did_not_write(tmp_path):
     with pytest.raises(ConfigError, match="not an export of imaxt-pipeline"):
         export_spatialdata(out.url, str(foreign), overwrite=True)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow  # importing spatialdata takes most of it
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+# anndata 0.12's views set pandas' 'mode.chained_assignment', which pandas 3 deprecates: not ours to fix
+@pytest.mark.filterwarnings("ignore:The 'mode.chained_assignment' option is deprecated")
+def test_load_spatialdata_holds_the_image_labels_and_the_table_that_annotates_them(tmp_path):
+    import dask.array as da
+
+    from imaxt_pipeline.io.export import load_spatialdata
+
+    out = OutputStore(str(tmp_path / "o.zarr"))
+    _image(out, "cube", 100.0, shape=(2, 3, 30, 20))
+    cells_img, nuclei_img = (out.create_labels("cube", lab, dtype="uint64") for lab in ("cells", "nuclei"))
+    ids = [(1 << 32) | 1, (1 << 32) | 2, (2 << 32) | 1]  # plane << 32 | local: unique across the sample
+    for z, rows in ((1, (ids[0], ids[1])), (2, (ids[2],))):
+        plane = np.zeros((30, 20), np.uint64)
+        for k, value in enumerate(rows):
+            plane[2 + 10 * k : 8 + 10 * k, 3:9] = value
+        cells_img.write_plane(z, plane)
+        nuclei_img.write_plane(z, np.where(plane > 0, plane, 0)[:, ::-1].copy())
+    table = _cells(ids + [(3 << 32) | 7])  # one cell the labels do not hold
+    out.write_table("cells", table)
+
+    sdata = load_spatialdata(out.url)  # imports spatialdata quietly (its own dependencies warn)
+    import spatialdata as sd
+    from spatialdata.transformations import get_transformation
+
+    assert set(sdata.images) == {"cube"} and set(sdata.labels) == {"cells", "nuclei"} and set(sdata.tables) == {"table"}
+    image = sdata.images["cube"]
+    assert [image[f"scale{lv}"]["image"].shape for lv in (0, 1)] == [(2, 3, 30, 20), (2, 3, 15, 10)]
+    assert list(image["scale0"]["image"].coords["c"].values) == ["nuclear", "cyto"]
+    assert isinstance(image["scale0"]["image"].data, da.Array)  # lazy, read from the store
+    np.testing.assert_array_equal(image["scale0"]["image"].data[:, 1].compute(), out.open_image("cube").read_plane(1))
+    for element in (image, sdata.labels["cells"]):
+        assert get_transformation(element, "global").to_affine_matrix(("z", "y", "x"), ("z", "y", "x"))[
+            [0, 1, 2], [0, 1, 2]
+        ].tolist() == [15.0, 1.0, 1.0]  # µm per level-0 voxel
+    labels = sdata.labels["cells"]["scale0"]["image"]
+    assert labels.dtype == np.uint64 and labels.dims == ("z", "y", "x")
+    attrs = sdata.tables["table"].uns["spatialdata_attrs"]
+    assert (attrs["region"], attrs["instance_key"]) == ("cells", "cell_id")
+    # the table <-> labels link spatialdata itself computes: label values matched to cell_id
+    matched = sd.match_table_to_element(sdata, "cells")
+    assert sorted(matched.obs["cell_id"].tolist()) == sorted(ids)
+    assert set(np.unique(labels.data.compute())) - {0} == set(ids)
+
+
+def test_viewer_layers_are_the_cube_and_its_labels_once_each(tmp_path):
+    from imaxt_pipeline.io.export import viewer_layers
+
+    out = OutputStore(str(tmp_path / "o.zarr"))
+    out.update_imaxt_attrs("sample", "s1")
+    out.update_imaxt_attrs("slices_done", [1])
+    with pytest.raises(StoreError, match="no image at the store root"):
+        viewer_layers(out.url)
+    _image(out, "mosaic", 10.0)
+    _image(out, "cube", 10.0, shape=(2, 2, 34, 24))
+    for lab in ("nuclei", "cells"):
+        out.create_labels("cube", lab, dtype="uint64")
+    refresh_views(out)
+    layers = viewer_layers(out.url)
+    # what napari-ome-zarr shows: the cube (not the mosaic) once, though ome-zarr reaches it again via the labels
+    assert [(e["kind"], e["name"]) for e in layers[:1]] == [("image", "s1")]
+    assert sorted((e["kind"], e["name"]) for e in layers[1:]) == [("labels", "cells"), ("labels", "nuclei")]
+    assert layers[0]["shapes"] == [(2, 2, 34, 24), (2, 2, 17, 12)] and layers[0]["channels"] == ["nuclear", "cyto"]
+    assert all(e["shapes"][0] == (2, 34, 24) for e in layers[1:])

@@ -65,3 +65,60 @@ def test_importing_the_numpy_and_dask_layers_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- torch is optional --------------------------------------------------------------------------
+_BLOCK_TORCH = """
+import importlib.abc, sys
+
+class _NoTorch(importlib.abc.MetaPathFinder):  # as if torch and cellpose were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "cellpose"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+_IMPORT_ALL = """
+import importlib, pkgutil, sys
+import imaxt_pipeline
+
+skip = ("imaxt_pipeline.training", "imaxt_pipeline.testing", "imaxt_pipeline.algorithms.registration._bead_unet")
+found = pkgutil.walk_packages(imaxt_pipeline.__path__, "imaxt_pipeline.")
+names = [m.name for m in found if not m.name.startswith(skip)]
+for name in names:
+    importlib.import_module(name)
+assert "torch" not in sys.modules and "cellpose" not in sys.modules
+from imaxt_pipeline.errors import ConfigError
+from imaxt_pipeline.io.weights import cached_model, resolve_cellpose_model
+for call in (lambda: cached_model("bead_unet"), lambda: resolve_cellpose_model("shipped")):
+    try:
+        call()
+    except ConfigError as exc:
+        print("ERROR:", exc)
+print("imported", len(names))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter imports every module, then runs the CLI twice
+def test_a_plain_install_needs_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "sitecustomize.py").write_text(_BLOCK_TORCH)
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _IMPORT_ALL], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert int(lines[-1].split()[1]) > 80  # every module of the processing path, service and CLI included
+    assert lines[:2] == [
+        "ERROR: the bead U-Net detector (registration detector: unet) needs torch, which is not installed: "
+        "pip install 'imaxt-pipeline[torch]'",
+        "ERROR: the cellpose backend (segment backend: cellpose) needs torch, which is not installed: "
+        "pip install 'imaxt-pipeline[gpu]'",
+    ]
+    cli = [sys.executable, "-c", "from imaxt_pipeline.service.cli import main; raise SystemExit(main())"]
+    for args in (["--help"], ["run", "--help"]):
+        out = subprocess.run(cli + args, capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0 and out.stdout and not out.stderr, (args, out.stderr)

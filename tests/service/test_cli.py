@@ -75,6 +75,7 @@ STORAGE_COMMANDS = {
     "calibrate-distortion": ["calibrate-distortion", "raw", "cal.npz", "--stage-sigma-px", "0.1"],
     "inspect": ["inspect", "raw"],
     "export-spatialdata": ["export-spatialdata", "store.zarr", "out.zarr"],
+    "register-modality": ["register-modality", "slide.czi", "--reference", "stpt.zarr", "--out", "slide.zarr"],
 }
 
 

@@ -107,12 +107,27 @@ def test_watcher_read_only_root_has_a_writable_tmp():
     assert "emptyDir" in volumes[mounts["/tmp"]]
 
 
-def test_rbac_binds_the_watcher_service_account():
-    sa, role, binding = yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text())
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "imaxt"}]
-    resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"daskjobs", "daskworkergroups", "configmaps"}
+def test_rbac_binds_the_watcher_and_job_service_accounts():
+    docs = list(yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "Role", "RoleBinding"] * 2
+    granted = {}
+    for sa, role, binding in (docs[:3], docs[3:]):
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "imaxt"}]
+        granted[sa["metadata"]["name"]] = {
+            (r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]
+        }
+    assert {r for r, _ in granted["imaxt-watcher"]} == {"daskjobs", "daskworkergroups", "configmaps"}
+    # the job runner may only read and scale worker groups (its GPU group: service.gpu)
+    assert {r for r, v in granted["imaxt-job"] if v in ("patch", "update")} == {"daskworkergroups/scale"}
+    assert {v for _, v in granted["imaxt-job"]} <= {"get", "patch", "update"}
+    assert k8s_default_job_account() == "imaxt-job"
+
+
+def k8s_default_job_account() -> str:
+    from imaxt_pipeline.service.k8s import KubeSettings
+
+    return KubeSettings().job_service_account
 
 
 # -- Dockerfile ------------------------------------------------------------------

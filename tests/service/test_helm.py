@@ -138,7 +138,8 @@ def test_rendered_chart_is_valid_kubernetes(gpu, dashboard, tmp_path):
     docs = render_chart(vals)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
-        ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service"]
+        ["ServiceAccount", "Role", "RoleBinding"] * 2
+        + ["ConfigMap", "Deployment", "Service"]
         + (["Service"] if dashboard else [])
     )
     for d in docs:
@@ -194,7 +195,11 @@ def test_default_chart_holds_no_gpu_node():
     assert "gpu_image" not in kube
     (group,) = [o for o in job_objects_of(KubeSettings(**kube)) if o["kind"] == "DaskWorkerGroup"]
     pod = group["spec"]["worker"]["spec"]
-    assert group["spec"]["worker"]["replicas"] == 2
+    assert group["spec"]["worker"]["replicas"] == 0  # scaled up by the job for the segment step only
+    (job,) = [o for o in job_objects_of(KubeSettings(**kube)) if o["kind"] == "DaskJob"]
+    env = {e["name"]: e.get("value") for e in job["spec"]["job"]["spec"]["containers"][0]["env"]}
+    assert env["IMAXT_GPU_WORKERS"] == "2" and env["IMAXT_GPU_WORKER_GROUP"] == group["metadata"]["name"]
+    assert job["spec"]["job"]["spec"]["serviceAccountName"] == f"{RELEASE['Name']}-job"
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]
     gc = pod["containers"][0]
@@ -208,7 +213,13 @@ def test_rendered_pods_were_checked():
 
 
 def test_rbac_is_least_privilege():
-    role = next(d for d in render_chart(values()) if d["kind"] == "Role")
+    roles = {d["metadata"]["name"]: d for d in render_chart(values()) if d["kind"] == "Role"}
+    job = roles.pop(f"{RELEASE['Name']}-job")  # the job runner scales its GPU group, nothing else
+    assert {(r, v) for rule in job["rules"] for r in rule["resources"] for v in rule["verbs"] if v != "get"} == {
+        ("daskworkergroups/scale", "patch"),
+        ("daskworkergroups/scale", "update"),
+    }
+    (role,) = roles.values()
     granted = {
         (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
     }

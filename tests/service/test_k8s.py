@@ -107,7 +107,15 @@ def test_kubectl_parses_dry_run_output(tmp_path):
         ("DaskJob", "imaxt-s1", "lab"),
         ("DaskWorkerGroup", "imaxt-s1-gpu", "lab"),
     ]
-    assert parsed[2]["spec"]["worker"]["replicas"] == 2
+    assert parsed[2]["spec"]["worker"]["replicas"] == 0  # the job scales it up for the segment step only
+    runner = parsed[1]["spec"]["job"]["spec"]
+    env = {e["name"]: e.get("value") for e in runner["containers"][0]["env"]}
+    assert (env["IMAXT_GPU_WORKER_GROUP"], env["IMAXT_GPU_WORKERS"], env["IMAXT_NAMESPACE"]) == (
+        "imaxt-s1-gpu",
+        "2",
+        "lab",
+    )
+    assert runner["serviceAccountName"] == "imaxt-job"
     gpu = parsed[2]["spec"]["worker"]["spec"]["containers"][0]
     assert gpu["image"] == "registry.local:5000/imaxt/pipeline:1.2.3-cuda"  # derived: no --gpu-image
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -118,6 +126,8 @@ def test_kubectl_parses_dry_run_output(tmp_path):
     assert config["input_url"] == "s3://raw/out/s1.raw.zarr"
     assert config["output_url"] == "s3://raw/out/s1.zarr"
     assert config["storage_options"] == {"endpoint_url": "http://minio:9000"}
+    # --gpu-workers implies cellpose on tasks that ask for the GPU resource
+    assert (config["steps"]["segment"]["backend"], config["steps"]["segment"]["gpu_resource"]) == ("cellpose", True)
 
 
 def test_job_wiring_gpu_group_secret_and_config():
@@ -171,7 +181,7 @@ def test_gpu_image_from_a_digest_must_be_given():
     with pytest.raises(ValueError, match="gpu_image"):
         k8s.gpu_worker_group("c", k8s.KubeSettings(image=digest, gpu_workers=1))
     ok = k8s.KubeSettings(image=digest, gpu_image="ghcr.io/imaxt/imaxt-pipeline:0.1.0-cuda", gpu_workers=1)
-    assert k8s.gpu_worker_group("c", ok)["spec"]["worker"]["replicas"] == 1
+    assert k8s.gpu_worker_group("c", ok)["spec"]["worker"]["replicas"] == 0  # scaled up by the job (service.gpu)
 
 
 def test_gpu_limit_is_always_set_and_matches_the_dask_resource():
@@ -179,7 +189,7 @@ def test_gpu_limit_is_always_set_and_matches_the_dask_resource():
     settings = k8s.KubeSettings(gpu_workers=3, gpu_resources={"limits": {"cpu": "4", "memory": "24Gi"}})
     spec = k8s.worker_spec(settings, gpu=True)
     container = spec["spec"]["containers"][0]
-    assert spec["replicas"] == 3
+    assert spec["replicas"] == 0  # up to 3 while segment runs (service.gpu)
     assert container["resources"]["limits"] == {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"}
     assert container["args"][-2:] == ["--resources", "GPU=1"]
     assert settings.gpu_resources == {"limits": {"cpu": "4", "memory": "24Gi"}}  # settings not mutated
@@ -396,3 +406,121 @@ def test_credentials_without_a_secret_are_refused_in_one_line():
     assert "kubectl create secret generic" in message and "--credentials-secret" in message
     for value in SECRETS.values():
         assert value not in message
+
+
+# -- GPU segmentation: configuration, task annotations, the group held for segment only --------
+def test_gpu_workers_imply_cellpose_on_gpu_tasks_and_refuse_watershed():
+    from imaxt_pipeline.config import RunConfig
+    from imaxt_pipeline.errors import ConfigError
+
+    base = "input_url: /r.zarr\noutput_url: /o.zarr\nsteps:\n  segment:\n    diameter_um: 8\n"
+    config = RunConfig(**yaml.safe_load(k8s.gpu_segmentation(base)))
+    seg = config.steps.segment
+    assert (seg.backend, seg.gpu_resource, seg.diameter_um) == ("cellpose", True, 8.0)  # the rest is kept
+    assert yaml.safe_load(k8s.gpu_segmentation("input_url: /r.zarr\n"))["steps"]["segment"]["gpu_resource"] is True
+    with pytest.raises(ConfigError, match="watershed"):
+        k8s.gpu_segmentation(base + "    backend: watershed\n")
+    cm, job, gpu = objects(gpu_workers=1)
+    assert yaml.safe_load(cm["data"]["config.yaml"])["steps"]["segment"]["backend"] == "cellpose"
+    cm0, job0 = objects(gpu_workers=0)
+    assert "gpu_resource" not in cm0["data"]["config.yaml"] and "IMAXT_GPU" not in str(job0)
+    assert "serviceAccountName" not in job0["spec"]["job"]["spec"]
+
+
+def test_segmentation_tasks_carry_the_gpu_resource_annotation():
+    import numpy as np
+
+    from imaxt_pipeline.algorithms.segmentation import CellGrowth, WatershedSegmenter
+    from imaxt_pipeline.parallel.segmentation import segment_blockwise
+
+    seg = WatershedSegmenter(
+        nuclear_channel=0, cyto_channel=None, diameter=6.0, nuclear_threshold=0.5, growth=CellGrowth(0.0, 1.0)
+    )
+    plane = np.zeros((1, 96, 96), np.float32)
+    for gpu in (True, False):
+        graph = segment_blockwise(plane, seg, block=48, overlap=12, gpu_resource=gpu).__dask_graph__()
+        # dask keeps annotations per layer, as a value or a per-key lookup once layers are merged
+        annotated = {str(k) for layer in graph.layers.values() for k in layer if _resources(layer, k) == {"GPU": 1}}
+        segment_keys = {str(k) for k in graph if str(k).startswith("segment-block-")}
+        assert len(segment_keys) == 4
+        if not gpu:
+            assert annotated == set()
+            continue
+        assert segment_keys <= annotated  # every segmentation task asks for the GPU...
+        merge = ("_match_pair", "_summary", "_tables", "_apply", "concatenate")
+        assert not {k for k in annotated if k.startswith(merge)}  # ...and the label merging does not
+
+
+def _resources(layer, key):
+    value = (layer.annotations or {}).get("resources")
+    value = value(key) if callable(value) else value
+    return value if isinstance(value, dict) else None
+
+
+class _Ctx:
+    def __init__(self, tmp_path, planes):
+        from imaxt_pipeline.io.output import OutputStore
+
+        self.output = OutputStore(str(tmp_path / "o.zarr"))
+        self.output.create_image(
+            "cube", channel_names=["n"], shape_czyx=(1, planes, 3000, 1500), scale_zyx_um=(1, 1, 1), dtype="uint8"
+        )
+        self._planes = planes
+
+    def planes(self):
+        return [(0, p) for p in range(self._planes)]
+
+
+def test_gpu_group_is_sized_to_the_blocks_and_released_after_segment_even_on_failure(tmp_path):
+    from imaxt_pipeline.service import gpu
+    from imaxt_pipeline.steps.params import SegmentParams
+
+    calls = []
+    scope = gpu.step_scope_from_env(
+        {gpu.GROUP_ENV: "imaxt-s1-gpu", gpu.WORKERS_ENV: "8", gpu.NAMESPACE_ENV: "lab"},
+        scaler=lambda group, ns: lambda n: calls.append((group, ns, n)),
+    )
+    assert gpu.step_scope_from_env({}) is None  # not a GPU job: the pipeline's default scope
+    on_gpu = SegmentParams(backend="cellpose", gpu_resource=True, block=1024)
+    ctx = _Ctx(tmp_path, planes=1)  # 3000 x 1500 px: 3 x 2 blocks of 1024 px
+    assert gpu.segmentation_blocks(ctx, on_gpu) == 6
+    with scope("stitch", on_gpu, ctx):
+        assert calls == []  # other steps never hold the GPU group
+    with scope("segment", on_gpu, ctx):
+        assert calls == [("imaxt-s1-gpu", "lab", 6)]  # fewer workers than blocks would idle: 6, not 8
+    assert calls[-1] == ("imaxt-s1-gpu", "lab", 0)
+    calls.clear()
+    with pytest.raises(RuntimeError), scope("segment", on_gpu, _Ctx(tmp_path / "b", planes=2)):
+        raise RuntimeError("a worker died")
+    assert calls == [("imaxt-s1-gpu", "lab", 8), ("imaxt-s1-gpu", "lab", 0)]  # released on failure too
+    calls.clear()
+    with scope("segment", SegmentParams(), ctx):
+        assert calls == []  # segmentation on the CPU workers: no GPU group
+
+
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use:UserWarning")
+def test_gpu_tasks_run_only_on_the_worker_that_advertises_a_gpu():
+    import numpy as np
+    from distributed import Client, LocalCluster, Worker, get_task_stream
+
+    from imaxt_pipeline.algorithms.segmentation import CellGrowth, WatershedSegmenter
+    from imaxt_pipeline.parallel.segmentation import segment_blockwise
+
+    seg = WatershedSegmenter(nuclear_channel=0, cyto_channel=None, diameter=6.0, growth=CellGrowth(0.0, 1.0))
+    rng = np.random.default_rng(3)
+    plane = (rng.random((1, 96, 96)) > 0.995).astype(np.float32)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        cluster.worker_spec = {
+            "cpu": {"cls": Worker, "options": {"nthreads": 1}},
+            "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+        }
+        cluster.sync(cluster._correct_state)
+        with Client(cluster) as client:
+            client.wait_for_workers(2)
+            gpu_worker = next(a for a, w in client.scheduler_info()["workers"].items() if w["resources"])
+            labels = segment_blockwise(plane, seg, block=48, overlap=12, gpu_resource=True)
+            with get_task_stream(client) as ts:
+                client.compute(labels, optimize_graph=False).result()
+    ran = {str(t["key"]): t["worker"] for t in ts.data}
+    on_gpu = {k: w for k, w in ran.items() if "segment-block-" in k}
+    assert len(on_gpu) == 4 and set(on_gpu.values()) == {gpu_worker}

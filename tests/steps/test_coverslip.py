@@ -159,8 +159,10 @@ def test_coverslip_grids_stitch_and_fuse_with_bounded_memory(tmp_path, dask_clie
     reads = {n: {k: max(p[k] for p in per_worker) for k in ("match", "fuse")} for n, per_worker in probes.items()}
     for n, per_worker in probes.items():
         assert sum(p["tasks"] for p in per_worker) >= 16, per_worker  # the work is spread over many tasks
-        # a batch of consecutive pairs reads about one tile per pair (capped), a 256-px fusion block <= 6 x 6 tiles
-        assert 2 <= reads[n]["match"] <= MAX_BATCH_PAIRS + 2 and 0 < reads[n]["fuse"] <= 36, reads
+        # a batch of consecutive pairs reads about one tile per pair (capped), a 256-px fusion block <= 7 x 7 tiles
+        # (6 x 6 on a regular grid; these tiles are independent noise, so the stitcher places them within its
+        # stage scatter and a block may touch one more row or column)
+        assert 2 <= reads[n]["match"] <= MAX_BATCH_PAIRS + 2 and 0 < reads[n]["fuse"] <= 49, reads
     small = max(p["grown"] for p in probes[12])
     large = max(p["grown"] for p in probes[24])
     assert large <= 1.5 * small + 64 * 2**20, (small, large)  # 4x the tiles, not 4x the memory

@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
 
-from imaxt_pipeline.algorithms.registration import apply_offset, canvas_padding
-from imaxt_pipeline.parallel.registration import align_stack
 from imaxt_pipeline.steps import register
 from imaxt_pipeline.testing import processed_sample
-
-
-def test_align_stack_equals_numpy_kernel_on_uneven_chunks(dask_client):
-    rng = np.random.default_rng(0)
-    stack = rng.random((2, 3, 50, 70)).astype(np.float32)
-    offsets = np.array([[0.0, 0.0], [3.3, -2.7], [-5.5, 7.25]])
-    before, after = canvas_padding(offsets)
-    shape = (50 + before[0] + after[0], 70 + before[1] + after[1])
-    expected = np.stack(
-        [apply_offset(stack[:, z], offsets[z], pad_before=before, out_shape=shape) for z in range(3)], axis=1
-    )
-    lazy = align_stack(
-        da.from_array(stack, chunks=(1, 1, 17, 23)), offsets, pad_before=before, out_shape=shape, chunks=(13, 29)
-    )
-    assert lazy.shape == expected.shape and lazy.dtype == np.float32
-    got = dask_client.compute(lazy).result()
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_allclose(got.sum(axis=(2, 3)), stack.sum(axis=(2, 3)), rtol=1e-5)  # nothing cut off
-    with pytest.raises(ValueError, match="one offset per plane"):
-        align_stack(da.from_array(stack), offsets[:2], pad_before=before, out_shape=shape)
 
 
 def _bead_table(rng, n_slices=8, n_beads=40):

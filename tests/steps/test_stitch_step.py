@@ -95,3 +95,13 @@ def test_flat_refined_from_the_seams(stitched):
     assert any(
         e["name"] == "stitch" and "calibration/flat" in e.get("outputs", []) for e in store.imaxt_attrs()["provenance"]
     )
+
+
+def test_a_single_tile_section_stitches_to_its_stage_position(tmp_path, dask_client):
+    """An IMC acquisition or a one-field coverslip has no overlapping pairs: stitch places the tile, no error."""
+    sample = uploaded_sample(tmp_path, SynthParams(slices=1, rows=1, cols=1, seed=3, tile_shape=(96, 96)))
+    sample.run(client=dask_client, **only_steps("stitch"))
+    meta = OutputStore(sample.out, mode="r").imaxt_attrs()["stitch"]
+    assert list(meta["tile_positions_px"]) == ["0/0/0"]
+    assert meta["residuals"]["0"]["n_pairs"] == 0
+    assert len(OutputStore(sample.out, mode="r").read_table("stitch_pairs")) == 0

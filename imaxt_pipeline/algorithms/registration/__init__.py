@@ -1,7 +1,9 @@
 """Registration: fiducial beads found and fitted in each slice, tracked through the stack, slice offsets solved.
 
 Beads: :func:`find_beads_numpy` (classical detector or a loaded :class:`BeadUNet`, Poisson profile fits,
-columns :data:`BEAD_COLUMNS`), :func:`fit_bead`, :func:`disc_model`, bead-channel choice
+columns :data:`BEAD_COLUMNS`, :func:`good_beads`); the classical :func:`detect_beads` finds them by size and shape in µm
+(:class:`BeadSpec`: bead diameter, pixel size) on a :func:`block_mean` image; :func:`fit_bead`,
+:func:`disc_model`, bead-channel choice
 (:func:`bead_channel_scores`, :func:`pick_bead_channel`, :func:`bead_threshold`), :func:`radius_outliers`.
 Offsets: :func:`build_tracks`, :func:`solve_slice_offsets` (:class:`SliceOffsets`), :func:`canvas_padding`,
 :func:`apply_offset`. :class:`BeadUNet` (its input: :func:`normalise`) imports torch on first use.
@@ -11,8 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._bead_detect import BeadSpec, block_mean, detect_beads
 from ._bead_fit import BeadFit, disc_model, fit_bead, radius_outliers
-from ._bead_table import BEAD_COLUMNS, find_beads_numpy
+from ._bead_table import BEAD_COLUMNS, find_beads_numpy, good_beads
 from ._beads import bead_channel_scores, bead_threshold, normalise, pick_bead_channel
 from ._slice_offsets import SliceOffsets, apply_offset, canvas_padding, solve_slice_offsets
 from ._tracks import build_tracks
@@ -23,16 +26,20 @@ if TYPE_CHECKING:
 __all__ = [
     "BEAD_COLUMNS",
     "BeadFit",
+    "BeadSpec",
     "BeadUNet",
     "SliceOffsets",
     "apply_offset",
     "bead_channel_scores",
     "bead_threshold",
+    "block_mean",
     "build_tracks",
     "canvas_padding",
+    "detect_beads",
     "disc_model",
     "find_beads_numpy",
     "fit_bead",
+    "good_beads",
     "normalise",
     "pick_bead_channel",
     "radius_outliers",

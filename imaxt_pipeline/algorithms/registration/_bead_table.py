@@ -1,7 +1,9 @@
 """Detect and fit the beads of one image region into a table (the per-block kernel of bead finding).
 
-Candidates come from the classical detector or the U-Net (a loaded model is
-passed in); each candidate whose centre lies in the region's core is fitted
+Candidates come from the classical detector (by size and shape in µm on a
+block-averaged image, :func:`~imaxt_pipeline.algorithms.registration.detect_beads`)
+or the U-Net (a loaded model is passed in); each candidate whose centre lies in
+the region's core is fitted at full resolution on a ring around its rim
 (:func:`~imaxt_pipeline.algorithms.registration.fit_beads`) and the fits are
 returned in full-image coordinates, one row per bead. The blockwise Dask
 layout over a whole plane is :func:`imaxt_pipeline.parallel.registration.find_beads`.
@@ -17,13 +19,14 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage as ndi
 
+from ._bead_detect import BeadSpec, detect_beads
 from ._bead_fit import fit_beads
-from ._beads import BeadCandidates, detect_beads
+from ._beads import BeadCandidates
 
 if TYPE_CHECKING:
     from ._bead_unet import BeadUNet
 
-__all__ = ["BEAD_COLUMNS", "find_beads_numpy"]
+__all__ = ["BEAD_COLUMNS", "find_beads_numpy", "good_beads"]
 
 BEAD_COLUMNS = (
     "y_px",
@@ -47,13 +50,11 @@ BEAD_COLUMNS = (
 
 def find_beads_numpy(
     image: ArrayLike,
+    spec: BeadSpec,
     *,
     detector: str = "classical",
     origin: tuple[int, int] = (0, 0),
     core: tuple[int, int, int, int] | None = None,
-    min_radius: float = 4.0,
-    max_radius: float = 80.0,
-    sigma: float = 2.0,
     nsigma: float = 5.0,
     rel: float = 0.5,
     threshold: float | None = None,
@@ -66,6 +67,8 @@ def find_beads_numpy(
     ----------
     image : ndarray (H, W)
         Bead-channel region.
+    spec : BeadSpec
+        Bead diameter (µm) and the image's pixel size: the radii searched.
     detector : {"classical", "unet"}, optional
         Candidate detector.
     origin : (int, int), optional
@@ -73,10 +76,8 @@ def find_beads_numpy(
     core : (y0, y1, x0, x1), optional
         Keep only beads whose fitted (else detected) centre lies here, in
         full-image coordinates; default everything.
-    min_radius, max_radius : float, optional
-        Radius range of candidates in px.
-    sigma, nsigma, rel : float, optional
-        Classical detector smoothing and threshold rules
+    nsigma, rel : float, optional
+        Classical detector threshold rules
         (:func:`~imaxt_pipeline.algorithms.registration.bead_threshold`).
     threshold : float, optional
         Absolute classical threshold shared by all blocks of a plane
@@ -99,9 +100,8 @@ def find_beads_numpy(
     """
     img = np.asarray(image, dtype=np.float32)
     if detector == "classical":
-        cands = detect_beads(
-            img, sigma=sigma, nsigma=nsigma, rel=rel, threshold=threshold, min_radius=min_radius, max_radius=max_radius
-        )
+        cands = detect_beads(img, spec, threshold=threshold, nsigma=nsigma, rel=rel)
+        grow = spec.factor + 3  # labels are block-quantised
     elif detector == "unet":
         if model is None:
             raise ValueError("detector='unet' needs a loaded model (imaxt_pipeline.io.weights.load_bead_unet)")
@@ -113,9 +113,10 @@ def find_beads_numpy(
             model,
             downsample=int(config.get("downsample", 2)),
             threshold=float(config.get("threshold", 0.5)),
-            min_radius=min_radius,
-            max_radius=max_radius,
+            min_radius=spec.min_radius_px,
+            max_radius=spec.max_radius_px,
         )
+        grow = 4
     else:
         raise ValueError(f"detector must be 'classical' or 'unet', got {detector!r}")
     # Only the candidates whose centre lies in the core are fitted; pixels outside the tiles (exact 0) are masked.
@@ -125,7 +126,7 @@ def find_beads_numpy(
         inner = (cy >= core[0] - pad) & (cy < core[1] + pad) & (cx >= core[2] - pad) & (cx < core[3] + pad)
         cands = _subset(cands, inner)
     valid = ndi.binary_erosion(img != 0, iterations=2, border_value=1)  # resampled data edges are partial
-    fits = fit_beads(img, cands.centres, cands.radii, labels=cands.labels, valid=valid)
+    fits = fit_beads(img, cands.centres, cands.radii, labels=cands.labels, valid=valid, grow=grow, ring=8.0)
     rows = []
     for (dy, dx), dr, f in zip(cands.centres, cands.radii, fits, strict=True):
         rows.append(
@@ -155,6 +156,50 @@ def find_beads_numpy(
         keep = (y >= core[0]) & (y < core[1]) & (x >= core[2]) & (x < core[3])
         df = df[keep].reset_index(drop=True)
     return df
+
+
+def good_beads(
+    df: pd.DataFrame,
+    spec: BeadSpec,
+    *,
+    min_snr: float = 3.0,
+    max_chi2_ratio: float = 20.0,
+    min_amplitude_ratio: float = 0.3,
+) -> NDArray[np.bool_]:
+    """Good fits of one section: converged, fitted radius a cut of the bead, bright, chi2 and amplitude near the median.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Bead table of one section (:data:`BEAD_COLUMNS`).
+    spec : BeadSpec
+        The radius range of a cut bead (``min_radius_px`` to ``max_radius_px``).
+    min_snr : float, optional
+        Least fitted S/N.
+    max_chi2_ratio : float, optional
+        Largest chi2 over the section's median (a bead of the wrong shape).
+    min_amplitude_ratio : float, optional
+        Least amplitude over the section's median (beads are alike; a faint disc is not one).
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    ok: NDArray[np.bool_] = df["fit_ok"].to_numpy(bool) & np.isfinite(df["y_err"].to_numpy(float))
+    r = df["radius_px"].to_numpy(float)
+    ok &= (r >= spec.min_radius_px) & (r <= spec.max_radius_px)
+    if not ok.any():
+        return ok
+    chi2 = df["chi2"].to_numpy(float)
+    amp = df["amplitude"].to_numpy(float)
+    med, med_amp = float(np.median(chi2[ok])), float(np.median(amp[ok]))
+    good: NDArray[np.bool_] = (
+        ok
+        & (df["snr"].to_numpy(float) >= min_snr)
+        & (chi2 <= max_chi2_ratio * max(med, 1e-12))
+        & (amp >= min_amplitude_ratio * med_amp)
+    )
+    return good
 
 
 def _subset(cands: BeadCandidates, keep: NDArray[np.bool_]) -> BeadCandidates:

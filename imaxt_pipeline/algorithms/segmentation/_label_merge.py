@@ -3,8 +3,8 @@
 Blocks of a large plane are segmented independently with overlapping
 margins. Two blocks then hold their own labels of every object in the region
 they share; objects whose labels overlap there with an IoU above a threshold
-are the same object. :func:`merge_tables` joins those matches with a
-union-find into one global, consecutive numbering.
+are the same object. :func:`merge_tables` joins those matches (the connected
+components of the match graph, scipy's ``csgraph``) into one global, consecutive numbering.
 
 The same IoU machinery scores a segmentation against truth
 (:func:`object_f1`).
@@ -155,32 +155,32 @@ def merge_tables(
         block ``k`` (``tables[k][0] == 0``). Global labels are 1..N with no
         gaps, numbered in block order.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     sizes = [int(c) for c in counts]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    parent = np.arange(int(offsets[-1]) + 1, dtype=np.int64)  # index 0 unused (background)
-
-    def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = int(parent[root])
-        while parent[i] != root:
-            parent[i], i = root, int(parent[i])
-        return root
-
+    n_nodes = int(offsets[-1]) + 1  # node 0 is the background, alone in its component
+    rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for k, l_, match in matches:
-        for la, lb in zip(match.a.tolist(), match.b.tolist(), strict=True):
-            if not (0 < la <= sizes[k] and 0 < lb <= sizes[l_]):
-                raise ValueError(f"match ({k}:{la}, {l_}:{lb}) outside the block label ranges {sizes}")
-            ra, rb = find(int(offsets[k] + la)), find(int(offsets[l_] + lb))
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(i) for i in range(len(parent))], np.int64)
+        a, b = np.asarray(match.a, np.int64), np.asarray(match.b, np.int64)
+        bad = (a <= 0) | (a > sizes[k]) | (b <= 0) | (b > sizes[l_])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"match ({k}:{a[i]}, {l_}:{b[i]}) outside the block label ranges {sizes}")
+        rows.append(offsets[k] + a)
+        cols.append(offsets[l_] + b)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(n_nodes, n_nodes))
+    # components are numbered in order of their smallest node: the numbering a union-find by minimum gives
+    _, comp = connected_components(graph, directed=False)
+    roots = np.asarray(comp, np.int64)
     if present is None:
         used = np.unique(roots[1:])
     else:
         flat = [offsets[k] + np.asarray(p, np.int64)[np.asarray(p) > 0] for k, p in enumerate(present)]
         used = np.unique(roots[np.concatenate(flat)]) if flat else np.zeros(0, np.int64)
-    compact = np.zeros(len(parent), np.int64)
+    compact = np.zeros(n_nodes, np.int64)
     compact[used] = np.arange(1, len(used) + 1)
     glob = compact[roots]
     tables = []

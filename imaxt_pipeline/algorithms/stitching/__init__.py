@@ -2,11 +2,23 @@
 
 Pairwise registration of neighbouring tiles with point correspondences along the seam (:func:`match_pair`,
 :class:`PairMatch`, :func:`adjacent_pairs`) and one weighted sparse least-squares solve for the positions
-and the distortion (:func:`solve_positions`, :class:`PositionSolution`). The distortion model itself is
-:class:`..optics.DistortionModel`.
+and the distortion (:func:`solve_positions`, :class:`PositionSolution`), with each tile's position
+uncertainty and the tiles it could not place from the overlaps, in plain words (:func:`describe_flags`,
+:class:`TileFlag`). The distortion model itself is :class:`..optics.DistortionModel`.
 """
 
 from ._overlap import PairMatch, adjacent_pairs, match_pair
 from ._positions import PositionSolution, solve_positions
+from ._uncertainty import TileFlag, describe_flags, rematch_plan, search_radius
 
-__all__ = ["PairMatch", "PositionSolution", "adjacent_pairs", "match_pair", "solve_positions"]
+__all__ = [
+    "PairMatch",
+    "PositionSolution",
+    "TileFlag",
+    "adjacent_pairs",
+    "describe_flags",
+    "match_pair",
+    "rematch_plan",
+    "search_radius",
+    "solve_positions",
+]

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
+from ._seam_blocks import information, refine_blocks
 from ._subpixel import MovingSpline, ShiftEstimate, window_crop
 
 __all__ = ["PairMatch", "adjacent_pairs", "masked_ncc_shift", "match_pair"]
@@ -52,6 +53,10 @@ class PairMatch:
         Corresponding (y, x) detector positions in the two tiles.
     point_weights : ndarray (K,)
         Inverse variance (1/px²) of each correspondence.
+    information : float
+        Texture energy of the overlap: the Fisher information (1/px²) a shift measurement over the
+        reference's side of the overlap can carry, ``Σ |∇a|² / σ_noise²`` (NaN when not measured).
+        Near zero on empty agarose; it is what the matched shift's precision would be at best.
     """
 
     reference: int
@@ -63,6 +68,7 @@ class PairMatch:
     points_ref: _Array = field(default_factory=lambda: np.zeros((0, 2)))
     points_mov: _Array = field(default_factory=lambda: np.zeros((0, 2)))
     point_weights: _Array = field(default_factory=lambda: np.zeros(0))
+    information: float = float("nan")
 
     def __bool__(self) -> bool:
         return self.ok
@@ -201,6 +207,49 @@ def match_pair(
         ``ok`` is False (and ``shift == expected``) when no reliable match exists.
     """
     exp = np.asarray(expected_shift, np.float64)
+
+    def once(radius: int) -> tuple[PairMatch, bool]:
+        return _match_pair_once(
+            reference_tile,
+            moving_tile,
+            exp,
+            reference_weights,
+            moving_weights,
+            reference,
+            moving,
+            radius,
+            block_size=block_size,
+            min_ncc=min_ncc,
+            smooth=smooth,
+            sigma_floor=sigma_floor,
+        )
+
+    out, at_edge = once(max_shift)
+    # A correlation peak on the border of the search window means the stage (or the distortion) was
+    # further off than max_shift: search a wider window (up to 4x) rather than keep a wrong peak.
+    limit = 4 * max_shift
+    while at_edge and max_shift < limit:
+        max_shift = min(2 * max_shift, limit)
+        out, at_edge = once(max_shift)
+    return out
+
+
+def _match_pair_once(
+    reference_tile: npt.ArrayLike,
+    moving_tile: npt.ArrayLike,
+    exp: _Array,
+    reference_weights: npt.ArrayLike | None,
+    moving_weights: npt.ArrayLike | None,
+    reference: int,
+    moving: int,
+    max_shift: int,
+    *,
+    block_size: int | None,
+    min_ncc: float,
+    smooth: float,
+    sigma_floor: float,
+) -> tuple[PairMatch, bool]:
+    """:func:`match_pair` with one search radius; also whether the integer peak lay on its border."""
     expected = (float(exp[0]), float(exp[1]))
     e = np.rint(expected).astype(int)
     # Work on the strips that can overlap (plus the search radius and the smoothing support):
@@ -227,6 +276,7 @@ def match_pair(
 
     a, wa = strip(reference_tile, reference_weights, ya, xa)
     b, wb = strip(moving_tile, moving_weights, yb, xb)
+    info = information(np.asarray(reference_tile)[ya[0] : ya[1], xa[0] : xa[1]], a, wa, smooth)
     to_strips = ob - oa  # shift in strip coordinates = shift - oa + ob
     block_size = block_size or max(16, min(ha, wa_) // 16)
     m = _match_strips(
@@ -240,13 +290,15 @@ def match_pair(
         min_ncc=min_ncc,
         sigma_floor=sigma_floor,
     )
+    edge = m is not None and m.at_edge
     if m is None or m.points is None:
-        return PairMatch(reference, moving, expected, expected, -1.0 if m is None else m.ncc, False)
+        return PairMatch(
+            reference, moving, expected, expected, -1.0 if m is None else m.ncc, False, information=info
+        ), edge
     pref, pmov, pw = m.points
     shift = np.asarray(m.shift) - to_strips
-    return PairMatch(
-        reference, moving, expected, (float(shift[0]), float(shift[1])), m.ncc, True, pref + oa, pmov + ob, pw
-    )
+    sh = (float(shift[0]), float(shift[1]))
+    return PairMatch(reference, moving, expected, sh, m.ncc, True, pref + oa, pmov + ob, pw, info), edge
 
 
 @dataclass(frozen=True)
@@ -256,6 +308,7 @@ class _StripMatch:
     ncc: float
     shift: tuple[float, float] = (0.0, 0.0)
     points: tuple[_Array, _Array, _Array] | None = None  # points in a, points in b, weights; None: not ok
+    at_edge: bool = False  # the integer peak lay on the border of the search window
 
 
 def _match_strips(
@@ -284,8 +337,10 @@ def _match_strips(
     win = (y0 - e[0], y1 - e[0], x0 - e[1], x1 - e[1])
     cb, cwb = window_crop(b, *win), window_crop(wb, *win)
     d, ncc0 = masked_ncc_shift(ca, cb, reference_mask=cwa, moving_mask=cwb, max_shift=max_shift)
+    # (on empty agarose the peak lands anywhere: a wider search is worth it only with some correlation)
+    edge = max(abs(d[0]), abs(d[1])) >= max_shift and ncc0 > 0.5 * min_ncc
     if ncc0 < min_ncc:
-        return _StripMatch(ncc0)
+        return _StripMatch(ncc0, at_edge=edge)
     s0 = (float(e[0] + d[0]), float(e[1] + d[1]))
     m = max(max_shift, 6) + 4
     mov = MovingSpline(b, wb, (-m, hb + m, -m, wb_ + m))  # one spline serves every fit below
@@ -301,7 +356,7 @@ def _match_strips(
         start = (float(expected[0]), float(expected[1]))
         overall = fit(_overlap_box(shape_a, shape_b, start), start, float(max_shift))
     if not overall or overall.ncc < min_ncc:
-        return _StripMatch(max(ncc0, overall.ncc))
+        return _StripMatch(max(ncc0, overall.ncc), at_edge=edge)
     pref: list[tuple[float, float]] = []
     pmov: list[tuple[float, float]] = []
     pw: list[float] = []
@@ -317,7 +372,7 @@ def _match_strips(
         for y0, y1 in zip(edges[0][:-1], edges[0][1:], strict=True)
         for x0, x1 in zip(edges[1][:-1], edges[1][1:], strict=True)
     ]
-    for est in mov.refine(a, wa, regions, overall.shift, max_step=4.0, tol=1e-2):
+    for est in refine_blocks(mov, a, wa, box, regions, overall.shift, max_shift):
         if not est or est.ncc < min_ncc:
             continue
         cy, cx = est.centroid
@@ -326,8 +381,8 @@ def _match_strips(
         pmov.append((cy - est.shift[0], cx - est.shift[1]))
         pw.append(1.0 / var)
     if not pref:
-        return _StripMatch(overall.ncc)
-    return _StripMatch(overall.ncc, overall.shift, (np.array(pref), np.array(pmov), np.array(pw)))
+        return _StripMatch(overall.ncc, at_edge=edge)
+    return _StripMatch(overall.ncc, overall.shift, (np.array(pref), np.array(pmov), np.array(pw)), edge)
 
 
 def _overlap_box(

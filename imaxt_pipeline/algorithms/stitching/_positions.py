@@ -27,7 +27,7 @@ with hundreds of precise points.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from scipy.sparse import linalg as splinalg
 
 from ..optics import DistortionModel
 from ._overlap import PairMatch
+from ._uncertainty import TileFlag, components, flag_tiles, relative_sigma, stage_placement, unverified_tiles
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,6 +70,13 @@ class PositionSolution:
         1-sigma uncertainty of each coefficient (0 for fixed terms). The point
         weights are rescaled by the data's reduced chi-square when it exceeds
         1; the stage error is taken as stated (``prior_sigma_px``).
+    position_sigma : ndarray (T,)
+        1-sigma (px, larger axis) of each tile's position relative to its
+        section (:mod:`._uncertainty`); for an unconstrained tile the stage
+        scatter measured on the section's constrained tiles.
+    flags : tuple of TileFlag
+        Tiles placed by the stage, or weakly constrained (3-sigma above
+        ``WEAK_3SIGMA_PX``); :func:`describe_flags` words them.
     """
 
     positions: _Array
@@ -77,6 +85,15 @@ class PositionSolution:
     rejected: int
     constrained: _Mask
     distortion_sigma: dict[str, float]
+    position_sigma: _Array = field(default_factory=lambda: np.zeros(0))
+    flags: tuple[TileFlag, ...] = ()
+
+    @property
+    def flagged(self) -> _Mask:
+        """(T,) True for every tile in :attr:`flags`."""
+        out = np.zeros(len(self.positions), bool)
+        out[[f.tile for f in self.flags]] = True
+        return out
 
     def residual_stats(self) -> dict[str, float | int]:
         """Median / p95 / max of residual norms over used pairs (px)."""
@@ -221,7 +238,22 @@ def solve_positions(
     for i, m in enumerate(matches):
         if active[i]:
             constrained[[m.reference, m.moving]] = True
-    return PositionSolution(pos, sol.model, pd.DataFrame(rows), rejected, constrained, problem.sigma(sol))
+    comp = components(n_tiles, [(m.reference, m.moving) for m in matches])
+    pos, scatter = stage_placement(pos, stage, constrained, comp, prior_sigma_px)
+    psig = problem.position_sigma(sol, comp, constrained)
+    loose = unverified_tiles(n_tiles, [(m.reference, m.moving) for m, a in zip(matches, active, strict=True) if a])
+    psig = np.where(constrained & ~loose, psig, np.maximum(psig, scatter))
+    flags = flag_tiles(matches, active, constrained, psig, loose)
+    # a single-tile section (an IMC acquisition, a one-field coverslip) has no pairs: keep the columns anyway
+    # (and boolean flags: an empty object column used as a mask would select columns, not rows)
+    table = pd.DataFrame(rows, columns=_PAIR_COLUMNS).astype({"ok": bool, "used": bool})
+    return PositionSolution(pos, sol.model, table, rejected, constrained, problem.sigma(sol), psig, tuple(flags))
+
+
+_PAIR_COLUMNS = (
+    "reference moving ok used n_points ncc expected_dy expected_dx measured_dy measured_dx "
+    "solved_dy solved_dx residual_dy residual_dx residual"
+).split()
 
 
 @dataclass(frozen=True)
@@ -390,6 +422,20 @@ class _Problem:
             pred = q[m.moving] - q[m.reference] + dg * kt
             out.append(m.points_ref - m.points_mov - pred)
         return out
+
+    def _scaled_normal(self, nm: _Normal) -> sparse.csc_matrix:
+        """Normal matrix with the data weights scaled to their observed scatter (reduced chi-square >= 1)."""
+        r = nm.design @ nm.x - nm.rhs
+        dof = max(len(nm.rhs) - self.n_unk, 1)
+        s2 = max(1.0, float(np.sum(nm.weights * r * r)) / dof) if len(nm.rhs) else 1.0
+        return (nm.data / s2 + nm.prior).tocsc()
+
+    def position_sigma(self, solved: _Solved, comp: npt.NDArray[np.int_], gauge: _Mask) -> _Array:
+        """1-sigma of each tile's position relative to its component (see :mod:`._uncertainty`)."""
+        if not self.n_tiles:
+            return np.zeros(0)
+        normal = self._scaled_normal(solved.normal)
+        return relative_sigma(normal, self.n_tiles, comp, 1.0 + solved.normal.mag, gauge)
 
     def sigma(self, solved: _Solved) -> dict[str, float]:
         """1-sigma of each coefficient from the normal matrix, data weights scaled to their scatter."""

@@ -14,6 +14,14 @@ The reader maps the instrument's own layout onto the generic acquisition model:
   1-based channel; the prefix comes from the section's own ``acqDate`` (it changes after a
   restart), and files are matched by ``-<N>_<CC>.tif`` whatever their prefix;
 - a planned tile without a file was never acquired: it is listed in ``missing_tiles``, not an error.
+
+While the instrument is still acquiring, ``landed_sections`` (1-based folder numbers) reads only
+those sections: the acquisition then has the *planned* sections (the root ``sections`` key, or
+the last landed folder if more), section ``N`` is slice ``N - 1``, and every tile of a section not
+landed yet is a missing tile (stage positions copied from the first landed section). The
+acquisition metadata (hence the sample's identity) stays the same as sections land, so the
+uploader adds each new section to the same raw store; the stage step (the overlap) comes from the
+first landed section alone for the same reason.
 """
 
 from __future__ import annotations
@@ -76,6 +84,8 @@ class TissueCyteReader(Reader):
         "orientation": f"tile orientation relative to the stage: {', '.join(ORIENTATIONS)} (default identity)",
         "channel_names": "channel names in channel order (default ch01, ch02, ...)",
         "check_tiles": "accepted for symmetry with the generic reader; tiles are checked when decoded",
+        "landed_sections": "read only these section folders (1-based numbers) of an acquisition still running; "
+        "slices are the planned sections",
     }
 
     def detect(self, location: Location) -> bool:
@@ -109,6 +119,10 @@ class _Read:
         self.pixel_size = options.get("pixel_size_um")
         self.thickness = options.get("slice_thickness_um")
         self.channel_names = options.get("channel_names")
+        landed = options.get("landed_sections")
+        self.landed = None if landed is None else sorted({int(n) for n in landed})
+        if self.landed is not None and (not self.landed or self.landed[0] < 1):
+            raise ValueError(f"landed_sections must be section numbers >= 1, got {landed!r}")
         self.notes: list[str] = []
 
     def run(self, reader: TissueCyteReader) -> SourceSample:
@@ -127,8 +141,10 @@ class _Read:
         n_tiles = mrows * mcols
         sections = self._section_folders(root, sample_id)
         mosaics = [self._section_mosaic(root, sample_id, num, folder, layers) for num, folder in sections]
+        n_slices, slice_of = self._slices(root, sections)
 
-        step_x, step_y = (_step([m.xpos for m in mosaics]), _step([m.ypos for m in mosaics]))
+        stepping = mosaics[:1] if self.landed is not None else mosaics  # stable while sections land
+        step_x, step_y = (_step([m.xpos for m in stepping]), _step([m.ypos for m in stepping]))
         pixel, pixel_key = self._pixel_size(root)
         thickness = self._thickness(root)
         stored = (h, w)
@@ -147,7 +163,7 @@ class _Read:
                 channels=channels,
                 rows=mrows,
                 cols=mcols,
-                slices=len(sections),
+                slices=n_slices,
                 optical_sections=layers,
             )
         except ValueError as exc:
@@ -157,7 +173,8 @@ class _Read:
         missing: list[str] = []
         stage = np.zeros((acq.slices, layers, n_tiles, 2), np.float64)
         prefixes: list[str] = []
-        for s, ((num, folder), mosaic) in enumerate(zip(sections, mosaics, strict=True)):
+        for (num, folder), mosaic in zip(sections, mosaics, strict=True):
+            s = slice_of[num]
             grid = self._grid(mosaic, mrows, mcols, step_x, step_y, folder)
             startnum = mosaic.integer("startnum", default=(num - 1) * n_tiles * layers, minimum=0)
             prefix = self._prefix(mosaic, root)
@@ -186,6 +203,12 @@ class _Read:
                                     file=f"{folder}/{name}",
                                 )
                             )
+        absent = sorted(set(range(n_slices)) - set(slice_of.values()))
+        for s in absent:  # planned sections not landed yet: every tile missing, the first section's stage
+            stage[s] = stage[slice_of[sections[0][0]]]
+            missing += [tile_key(s, z, c, t) for z in range(layers) for c in range(n_ch) for t in range(n_tiles)]
+        if absent:
+            self.notes.append(f"{len(sections)} of {n_slices} planned sections landed so far")
         missing.sort(key=lambda k: tuple(int(p) for p in k.split("/")))
         self._note_restarts(sections, prefixes)
         if missing:
@@ -196,6 +219,8 @@ class _Read:
         details = {
             "root_mosaic": names[0],
             "sections": [num for num, _ in sections],
+            "slices_of_sections": [slice_of[num] for num, _ in sections],
+            "landed_sections": self.landed,
             "section_folders": [folder for _, folder in sections],
             "requested_sections": root.integer("sections", default=0) if root.has("sections") else None,
             "tile_prefixes": prefixes,
@@ -289,6 +314,13 @@ class _Read:
         return names
 
     # -- sections ----------------------------------------------------------------------
+    def _slices(self, root: MosaicFile, sections: list[tuple[int, str]]) -> tuple[int, dict[int, int]]:
+        """Number of slices and the slice of each section folder present (all of them, or the landed ones)."""
+        if self.landed is None:
+            return len(sections), {num: s for s, (num, _) in enumerate(sections)}
+        requested = root.integer("sections", minimum=1) if root.has("sections") else 0
+        return max(requested, sections[-1][0]), {num: num - 1 for num, _ in sections}
+
     def _section_folders(self, root: MosaicFile, sample_id: str) -> list[tuple[int, str]]:
         pattern = re.compile(re.escape(sample_id) + r"-(\d{4})")
         found = []
@@ -298,6 +330,12 @@ class _Read:
             if match and entry.get("type") == "directory":
                 found.append((int(match.group(1)), name))
         found.sort()
+        if self.landed is not None:
+            present = {n for n, _ in found}
+            gone = [n for n in self.landed if n not in present]
+            if gone:
+                raise InputError(self.loc.join(f"{sample_id}-{gone[0]:04d}"), "landed section folder is missing")
+            return [(n, name) for n, name in found if n in self.landed]
         if not found:
             raise InputError(root.path, f"no section folders {sample_id}-NNNN next to it")
         if found[0][0] < 1:

@@ -76,7 +76,7 @@ def fuse_blocks(
     positions: np.ndarray,
     tile_shape: tuple[int, int],
     canvas_shape: tuple[int, int],
-    calibration: Calibration,
+    calibration: Calibration | Any,
     *,
     chunk: int,
     levels: int,
@@ -95,12 +95,14 @@ def fuse_blocks(
         Stitched top-left of each undistorted tile in the mosaic frame.
     tile_shape, canvas_shape : (int, int)
         Detector tile and mosaic canvas shapes.
-    calibration : Calibration
-        Dark, flat, trim and distortion applied to every tile.
+    calibration : Calibration or distributed.Future
+        Dark, flat, trim and distortion applied to every tile (scatter it once, flat fields
+        are large, rather than embed it in the graph).
     chunk : int
         Output chunk edge; blocks are ``chunk * 2**(levels-1)`` px.
     levels : int
-        Pyramid levels written (1 = full resolution only).
+        Pyramid levels each block writes (1 = full resolution only); coarser ones are reduced
+        from the last of them afterwards (:mod:`..pyramid`).
     feather : float
         Width in px of the linear weight ramp at tile borders (0 = flat weights).
 
@@ -110,7 +112,8 @@ def fuse_blocks(
         One per block, each yielding the block's mean weight.
     """
     block = chunk * 2 ** (levels - 1)
-    cal = delayed(calibration, pure=False)
+    # A scattered calibration (a Future) travels once per worker; a concrete one is embedded once.
+    cal = delayed(calibration, pure=False) if isinstance(calibration, Calibration) else calibration
     pos = np.asarray(positions, np.float64)
     return [
         delayed(fuse_block, pure=False)(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ...algorithms.registration import BEAD_COLUMNS, find_beads_numpy
+from ...algorithms.registration import BEAD_COLUMNS, BeadSpec, find_beads_numpy
 from ...io.weights import cached_model
 
 __all__ = ["find_beads"]
@@ -24,6 +24,7 @@ __all__ = ["find_beads"]
 
 def _find_block(
     region: np.ndarray,
+    spec: BeadSpec,
     *,
     detector: str = "classical",
     model_source: str | None = None,
@@ -34,24 +35,26 @@ def _find_block(
     if detector == "unet":
         model, config = cached_model("bead_unet", model_source, device=device)
         options = {**options, "model": model, "model_config": config}
-    return find_beads_numpy(region, detector=detector, **options)
+    return find_beads_numpy(region, spec, detector=detector, **options)
 
 
-def find_beads(image: Any, *, block: int = 1024, depth: int | None = None, **options: Any) -> Any:
+def find_beads(image: Any, spec: BeadSpec, *, block: int = 2048, depth: int | None = None, **options: Any) -> Any:
     """Lazy blockwise :func:`~imaxt_pipeline.algorithms.registration.find_beads_numpy` over a 2-D Dask array.
 
     Parameters
     ----------
     image : dask.array.Array (H, W)
         Bead-channel plane (any chunking; blocks are cut independently).
+    spec : BeadSpec
+        Bead diameter (µm) and pixel size of ``image``.
     block : int, optional
         Core block edge in px.
     depth : int, optional
-        Margin read around each block (default ``2 * max_radius + 16``, so
-        a bead centred in the core and its fit cutout are fully inside).
+        Margin read around each block (default ``2 * spec.max_radius_px + 16``,
+        so a bead centred in the core and its fit cutout are fully inside).
     **options
         Passed to :func:`~imaxt_pipeline.algorithms.registration.find_beads_numpy` (``detector``,
-        ``max_radius``...), except ``model_source`` (U-Net checkpoint path/URL, default the shipped
+        ``threshold``...), except ``model_source`` (U-Net checkpoint path/URL, default the shipped
         weights) and ``device`` (torch device, default CUDA when available) that choose the U-Net.
 
     Returns
@@ -70,9 +73,8 @@ def find_beads(image: Any, *, block: int = 1024, depth: int | None = None, **opt
         raise ValueError(f"image must be 2-D, got shape {image.shape}")
     if block <= 0:
         raise ValueError(f"block must be positive, got {block}")
-    max_radius = float(options.get("max_radius", 80.0))
     if depth is None:
-        depth = int(np.ceil(2 * max_radius + 16))
+        depth = int(np.ceil(2 * spec.max_radius_px + 16))
     h, w = image.shape
     parts = []
     kernel = dask.delayed(_find_block, pure=True)
@@ -81,7 +83,7 @@ def find_beads(image: Any, *, block: int = 1024, depth: int | None = None, **opt
             y1, x1 = min(y0 + block, h), min(x0 + block, w)
             ry0, rx0 = max(y0 - depth, 0), max(x0 - depth, 0)
             region = image[ry0 : min(y1 + depth, h), rx0 : min(x1 + depth, w)]
-            parts.append(kernel(region, origin=(ry0, rx0), core=(y0, y1, x0, x1), **options))
+            parts.append(kernel(region, spec, origin=(ry0, rx0), core=(y0, y1, x0, x1), **options))
     return dask.delayed(_concat)(parts)
 
 

@@ -1,4 +1,8 @@
-"""Lazy slice alignment of a (c, z, y, x) Dask stack.
+"""Slice alignment: block tasks writing the cube (:func:`shift_block`).
+
+:func:`shift_block` is what the ``cube`` step runs: one task per output block of a plane reads
+only the mosaic window it needs (a margin of ``order + 2`` px), shifts it and writes the block's
+first pyramid levels, so no task ever holds a whole plane and the graph carries no data.
 
 Each plane is moved by its own sub-pixel offset: the integer part by
 cropping/zero-padding (no computation), the fractional part by
@@ -9,26 +13,11 @@ plane by plane (exactly for ``order=1``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-__all__ = ["align_plane", "align_stack"]
+from ...io.ome import OmeImage
 
-
-def _window(arr: Any, axis: int, start: int, length: int) -> Any:
-    """``arr`` indices ``start .. start + length`` along ``axis``, zero outside."""
-    import dask.array as da
-
-    n = arr.shape[axis]
-    lo, hi = max(start, 0), min(start + length, n)
-    index = [slice(None)] * arr.ndim
-    index[axis] = slice(lo, max(hi, lo))
-    part = arr[tuple(index)]
-    pad = [(0, 0)] * arr.ndim
-    before = max(-start, 0)
-    pad[axis] = (before, length - before - part.shape[axis])
-    return da.pad(part, pad, mode="constant") if any(pad[axis]) else part
+__all__ = ["shift_block"]
 
 
 def _frac_shift(block: np.ndarray, *, shift: tuple[float, ...], order: int) -> np.ndarray:
@@ -37,96 +26,38 @@ def _frac_shift(block: np.ndarray, *, shift: tuple[float, ...], order: int) -> n
     return ndi.shift(block.astype(np.float32), shift, order=order, mode="grid-constant", cval=0.0, prefilter=order > 1)
 
 
-def align_plane(
-    plane: Any,
+def shift_block(
+    mosaic: OmeImage,
+    cube: OmeImage,
+    plane: int,
+    region: tuple[int, int, int, int],
     offset: np.ndarray,
     *,
     pad_before: np.ndarray,
-    out_shape: tuple[int, int],
     order: int = 1,
-    chunks: tuple[int, int] = (512, 512),
-) -> Any:
-    """Lazily move one (c, y, x) plane onto the aligned canvas.
+    levels: int = 1,
+) -> int:
+    """Write block ``region`` (``y0, y1, x0, x1`` of the cube canvas) of one aligned plane.
 
-    Parameters
-    ----------
-    plane : dask.array.Array (c, H, W)
-        Mosaic plane.
-    offset : ndarray (2,)
-        ``(dy, dx)`` of the slice.
-    pad_before : ndarray (2,) of int
-        Canvas origin shift.
-    out_shape : (int, int)
-        Canvas size.
-    order : int, optional
-        Interpolation order.
-    chunks : (int, int), optional
-        Output chunk size in y, x.
-
-    Returns
-    -------
-    dask.array.Array (c, out_shape[0], out_shape[1]) of float32
+    Canvas pixel ``y'`` samples mosaic row
+    ``y' - pad_before + offset`` (zero outside the mosaic); ``levels`` pyramid levels are written
+    (:meth:`~imaxt_pipeline.io.ome.OmeImage.write_block`). Returns the plane.
     """
-    # Output pixel y' reads input y' - pad + dy = y' + it + ft, it = floor, ft in [0, 1).
+    y0, y1, x0, x1 = (int(v) for v in region)
     src = np.asarray(offset, dtype=np.float64) - np.asarray(pad_before, dtype=np.float64)
     it = np.floor(src).astype(int)
     ft = src - it
-    out = plane.astype(np.float32)
-    for ax, (start, length) in enumerate(zip(it, out_shape, strict=True)):
-        out = _window(out, ax + 1, int(start), int(length) + 1)
-    out = out.rechunk((1, *chunks))
-    if np.any(ft > 1e-9):
-        depth = {0: 0, 1: order + 2, 2: order + 2}
-        out = out.map_overlap(
-            _frac_shift,
-            depth=depth,
-            boundary=0,
-            dtype=np.float32,
-            meta=np.empty((0, 0, 0), np.float32),
-            shift=(0.0, -ft[0], -ft[1]),
-            order=order,
-        )
-    return out[:, : out_shape[0], : out_shape[1]]
-
-
-def align_stack(
-    stack: Any,
-    offsets: np.ndarray,
-    *,
-    pad_before: np.ndarray,
-    out_shape: tuple[int, int],
-    order: int = 1,
-    chunks: tuple[int, int] = (512, 512),
-) -> Any:
-    """Lazily align every plane of a (c, z, y, x) stack (see :func:`align_plane`).
-
-    Parameters
-    ----------
-    stack : dask.array.Array (c, z, H, W)
-        Mosaic planes.
-    offsets : ndarray (z, 2)
-        ``(dy, dx)`` per plane.
-    pad_before, out_shape, order, chunks
-        See :func:`align_plane`.
-
-    Returns
-    -------
-    dask.array.Array (c, z, out_shape[0], out_shape[1]) of float32
-
-    Raises
-    ------
-    ValueError
-        If ``offsets`` does not have one row per plane.
-    """
-    import dask.array as da
-
-    offsets = np.asarray(offsets, dtype=np.float64).reshape(-1, 2)
-    if stack.ndim != 4 or len(offsets) != stack.shape[1]:
-        raise ValueError(
-            f"need a (c, z, y, x) stack and one offset per plane, got {stack.shape} and {len(offsets)} offsets"
-        )
-    planes = [
-        align_plane(stack[:, z], offsets[z], pad_before=pad_before, out_shape=out_shape, order=order, chunks=chunks)
-        for z in range(stack.shape[1])
-    ]
-    return da.stack(planes, axis=1)
+    margin = order + 2 if np.any(ft > 1e-9) else 0
+    top, left = y0 + int(it[0]) - margin, x0 + int(it[1]) - margin
+    h, w = y1 - y0 + 1 + 2 * margin, x1 - x0 + 1 + 2 * margin
+    arr = mosaic.array(0, mode="r")
+    height, width = arr.shape[-2:]
+    window = np.zeros((arr.shape[0], h, w), np.float32)
+    ys, ye, xs, xe = max(top, 0), min(top + h, height), max(left, 0), min(left + w, width)
+    if ys < ye and xs < xe:
+        window[:, ys - top : ye - top, xs - left : xe - left] = arr[:, plane, ys:ye, xs:xe]
+    if margin:
+        window = np.stack([_frac_shift(ch, shift=(-ft[0], -ft[1]), order=order) for ch in window])
+    out = window[:, margin : margin + y1 - y0, margin : margin + x1 - x0]
+    cube.write_block(plane, (y0, x0), out, n_levels=levels)
+    return plane

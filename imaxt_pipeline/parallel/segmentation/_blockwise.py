@@ -4,8 +4,8 @@ The plane is cut into core blocks; each block is segmented with a margin of
 ``overlap`` px on every side (``overlap >= 2 x`` the expected diameter, so an
 object cut by a core boundary is seen whole by both blocks). Neighbouring
 blocks' nucleus labels are matched by IoU in the region both blocks saw;
-a union-find over those matches (:func:`~imaxt_pipeline.algorithms.segmentation.merge_tables`)
-gives every object one global label, and each block's core is written with
+the connected components of those matches (:func:`~imaxt_pipeline.algorithms.segmentation.merge_tables`)
+give every object one global label, and each block's core is written with
 its labels mapped through that table. Cells share their nucleus's label.
 A cellpose segmenter travels without its model; each worker process loads
 it once (:func:`imaxt_pipeline.io.weights.cached_model`) and binds it.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from imaxt_pipeline.algorithms.registration import BeadUNet, find_beads_numpy
+from imaxt_pipeline.algorithms.registration import BeadSpec, BeadUNet, find_beads_numpy
 from imaxt_pipeline.algorithms.registration._bead_unet import predict_bead_probability
 from imaxt_pipeline.io.weights import DEFAULT_BEAD_UNET as DEFAULT_WEIGHTS
 from imaxt_pipeline.io.weights import load_bead_unet
@@ -59,7 +59,7 @@ def test_unet_detector_accuracy():
     model, config = load_bead_unet(device="cpu")
 
     def detect(plane):
-        df = find_beads_numpy(plane, detector="unet", model=model, model_config=config)
+        df = find_beads_numpy(plane, BeadSpec(pixel_size_um=1.0), detector="unet", model=model, model_config=config)
         df["good"] = df["fit_ok"] & (df["snr"] > 3)
         return df
 

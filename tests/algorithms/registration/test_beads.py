@@ -8,33 +8,42 @@ import pytest
 from scipy.spatial import cKDTree
 
 from imaxt_pipeline.algorithms.registration import (
+    BeadSpec,
     bead_channel_scores,
     bead_threshold,
+    detect_beads,
     disc_model,
     find_beads_numpy,
+    good_beads,
     pick_bead_channel,
 )
-from imaxt_pipeline.algorithms.registration._beads import detect_beads, split_beads
+from imaxt_pipeline.algorithms.registration._beads import split_beads
 from imaxt_pipeline.parallel.registration import find_beads
 from imaxt_pipeline.testing import bead_scene, synth_planes, synth_score
-from imaxt_pipeline.testing import bead_score as score
+from imaxt_pipeline.testing._beads import bead_truth_score
 
 
 def test_classical_detect_and_fit_meets_accuracy_targets():
     # One channel whose tissue holds nuclei-sized spots as bright as the beads: only the noise threshold
-    # (rel=0), which merges the tissue into one region that the size/solidity rules reject, keeps them out.
+    # (rel=0) is used, so the tissue is one region that the size/shape rules must reject.
     img, truth = bead_scene(0)
-    df = find_beads_numpy(img, detector="classical", rel=0.0)
-    df["good"] = df["fit_ok"] & (df["snr"] > 3)
-    recall, precision, err = score(df, truth)
-    assert recall >= 0.9 and precision >= 0.95
-    assert err <= 0.3
+    spec = BeadSpec(pixel_size_um=1.0, diameter_um=90.0)  # cuts of 13.5-54 px searched
+    df = find_beads_numpy(img, spec, detector="classical", rel=0.0)
+    df["good"] = good_beads(df, spec)
+    truth = np.column_stack([truth, np.full(len(truth), np.nan)])
+    n, found, false, n_det, errors = bead_truth_score(
+        df, truth, img.shape, min_radius=spec.min_radius_px, edge=spec.factor + 2
+    )
+    assert n >= 10 and found == n and false == 0
+    assert np.median(errors[:, 0]) <= 0.3
 
 
 def test_touching_beads_are_split():
     yy, xx = np.indices((120, 160), dtype=float)
     img = disc_model([60, 50, 25, 1.0, 50, 5], yy, xx) + disc_model([60, 98, 25, 1.0, 50, 0], yy, xx)
-    cands = detect_beads(np.random.default_rng(0).poisson(img).astype(float))
+    cands = detect_beads(
+        np.random.default_rng(0).poisson(img).astype(float), BeadSpec(pixel_size_um=1.0, diameter_um=50)
+    )
     assert len(cands) == 2
     np.testing.assert_allclose(np.sort(cands.centres[:, 1]), [50, 98], atol=2.0)
     assert set(np.unique(cands.labels)) == {0, 1, 2}
@@ -44,12 +53,13 @@ def test_touching_beads_are_split():
 def test_blockwise_equals_whole_image(dask_client):
     img, truth = bead_scene(1, shape=(600, 520), n=20)
     thr = bead_threshold(img)  # one threshold for the whole plane, as the beads step does
-    whole = find_beads_numpy(img, threshold=thr)
-    lazy = find_beads(da.from_array(img, chunks=(173, 211)), block=256, max_radius=50.0, threshold=thr)
+    spec = BeadSpec(pixel_size_um=1.0, diameter_um=90.0)
+    whole = find_beads_numpy(img, spec, threshold=thr)
+    lazy = find_beads(da.from_array(img, chunks=(173, 211)), spec, block=256, threshold=thr)
     blocks = dask_client.compute(lazy).result()
     w = whole[whole["fit_ok"]][["y_px", "x_px"]].to_numpy()
     b = blocks[blocks["fit_ok"]][["y_px", "x_px"]].to_numpy()
-    assert len(b) == len(w) >= 10
+    assert len(b) == len(w) >= 8  # the cuts of 13.5 px and more
     dist, _ = cKDTree(w).query(b)
     assert len(np.unique(_, return_counts=True)[1]) == len(b)  # same beads, each reported once
     # identical fits except where a neighbour cut by the block margin masks a slightly different rim
@@ -57,28 +67,36 @@ def test_blockwise_equals_whole_image(dask_client):
 
 
 def test_bad_inputs_and_channel_pick():
+    spec = BeadSpec(pixel_size_um=1.0)
     with pytest.raises(ValueError, match="2-D"):
-        detect_beads(np.zeros((2, 8, 8)))
+        detect_beads(np.zeros((2, 8, 8)), spec)
     with pytest.raises(ValueError, match="detector"):
-        find_beads_numpy(np.zeros((32, 32)), detector="magic")
+        find_beads_numpy(np.zeros((32, 32)), spec, detector="magic")
     with pytest.raises(ValueError, match="2-D"):
-        find_beads(da.zeros((2, 8, 8)))
+        find_beads(da.zeros((2, 8, 8)), spec)
+    with pytest.raises(ValueError, match="pixel_size_um"):
+        BeadSpec(pixel_size_um=0.0)
+    with pytest.raises(ValueError, match="min_cut_fraction"):
+        BeadSpec(pixel_size_um=1.0, min_cut_fraction=1.0)
     assert pick_bead_channel(np.array([1.0, 7.0, 3.0])) == 1
     with pytest.raises(ValueError, match="non-empty"):
         pick_bead_channel(np.zeros(0))
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         bead_channel_scores(np.zeros((8, 8)))
-    assert len(find_beads_numpy(np.zeros((64, 64)))) == 0
+    assert len(find_beads_numpy(np.zeros((64, 64)), spec)) == 0
+
+
+_SPEC = BeadSpec(pixel_size_um=1.0)  # synth's default sample: 1 µm px, beads of 80-100 µm
 
 
 def _classical(plane):
-    df = find_beads_numpy(plane, detector="classical")
-    df["good"] = df["fit_ok"] & (df["snr"] > 3)
+    df = find_beads_numpy(plane, _SPEC, detector="classical")
+    df["good"] = good_beads(df, _SPEC)
     return df
 
 
 def test_on_synth_truth_planes():
-    recall, precision, err = synth_score(_classical)
+    recall, precision, err = synth_score(_classical, min_radius=_SPEC.min_radius_px)
     assert recall >= 0.9 and precision >= 0.95
     assert err <= 0.3
 
@@ -90,9 +108,9 @@ def test_channel_pick_prefers_beads_over_nuclei():
     binned = planes[0][:, :h, :w].reshape(2, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
     scores = bead_channel_scores(binned, scale=2.0)
     assert pick_bead_channel(scores) == 1 and scores[1] > 3 * scores[0]
-    # The default detector on the nuclear channel picks up nuclei; the relative threshold keeps tissue out of
-    # the bead channel even when it is forced to the plain noise threshold on the nuclear channel.
-    nuclear = detect_beads(planes[0, 0], rel=0.0)
-    beads = detect_beads(planes[0, 1])
-    assert len(nuclear) > 3 * len(beads) and np.median(beads.radii) > 15
+    # Found by size in µm, even the nuclear channel's candidates are the beads, not its nuclei (5 µm).
+    nuclear = detect_beads(planes[0, 0], _SPEC)
+    beads = detect_beads(planes[0, 1], _SPEC)
+    assert len(beads) >= 3 and np.median(beads.radii) > 15
+    assert len(nuclear) <= len(beads) + 1 and (len(nuclear) == 0 or np.min(nuclear.radii) > 0.7 * _SPEC.min_radius_px)
     assert bead_threshold(planes[0, 1]) > np.percentile(planes[0, 1], 90)

@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from imaxt_pipeline.algorithms.registration import build_tracks, find_beads_numpy, solve_slice_offsets
+from imaxt_pipeline.algorithms.registration import BeadSpec, build_tracks, find_beads_numpy, solve_slice_offsets
 from imaxt_pipeline.synth import SynthParams, synthesize
 
 
@@ -26,7 +26,7 @@ def registered():
     planes = rng.poisson(np.clip(truth.clean[:, 1], 0, None)) + rng.normal(0, 5.0, truth.clean[:, 1].shape)
     tables = []
     for s, plane in enumerate(planes.astype(np.float32)):
-        df = find_beads_numpy(plane, detector="classical")
+        df = find_beads_numpy(plane, BeadSpec(pixel_size_um=truth.params.pixel_size_um), detector="classical")
         df = df[df["fit_ok"]].assign(slice=s)
         tables.append(df)
     import pandas as pd

@@ -250,3 +250,21 @@ def test_corrupt_gzip_tile_fails_on_read(generic, tmp_path):
     rec = next(r for r in sample.records if r.file.endswith("-0_01.tif.gz"))
     with pytest.raises(InputError, match="05072024-1305-0_01.tif.gz"):
         sample.read_tile(rec)
+
+
+def test_landed_sections_read_an_acquisition_still_running(generic, tmp_path):
+    out = tmp_path / "tc"
+    write_tissuecyte(generic, out)
+    full = open_acquisition(str(out))
+    shutil.rmtree(out / "synth-0003")  # not started yet
+    first = open_acquisition(str(out), landed_sections=[1])
+    assert first.acquisition == full.acquisition  # the planned sections: the sample's identity does not change
+    assert first.details["slices_of_sections"] == [0] and "1 of 3 planned sections landed so far" in first.notes
+    assert {r.slice for r in first.records} == {0} and len(first.records) == PARAMS.rows * PARAMS.cols * 2
+    assert {int(k.split("/")[0]) for k in first.missing_tiles} == {1, 2}
+    np.testing.assert_array_equal(first.stage_um[1], full.stage_um[0])  # the first section's, until it lands
+    two = open_acquisition(str(out), landed_sections=[1, 2])
+    np.testing.assert_array_equal(two.stage_um[:2], full.stage_um[:2])
+    assert [r.file for r in two.records] == [r.file for r in full.records if r.slice < 2]
+    with pytest.raises(InputError, match=r"synth-0003: landed section folder is missing"):
+        open_acquisition(str(out), landed_sections=[1, 2, 3])

@@ -115,3 +115,26 @@ def test_cli_synth_inspect_upload(tmp_path, capsys):
     assert len(RawStore(str(tmp_path / "s.zarr")).attrs["upload"]["missing_tiles"]) == 2
     assert main(["inspect", str(out), "--format", "generic", "--pixel-size-um", "1"]) == 2
     assert "pixel_size_um" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # stitch on both stores
+def test_generic_and_tissuecyte_stores_stitch_to_the_same_tile_positions(tmp_path, dask_client):
+    from imaxt_pipeline.io.output import OutputStore
+    from imaxt_pipeline.io.results import read_tile_positions
+    from imaxt_pipeline.testing import uploaded_sample
+
+    params = SynthParams(slices=1, rows=2, cols=3, tile_shape=(128, 128), seed=11, pixel_size_um=1.13)
+    synthesize(tmp_path / "g", params)
+    _round_positions(tmp_path / "g")
+    write_tissuecyte(tmp_path / "g", tmp_path / "tc")
+    positions = []
+    for name in ("g", "tc"):
+        sample = uploaded_sample(tmp_path / f"run-{name}", tmp_path / name)
+        sample.run(steps=["stitch"], client=dask_client)
+        positions.append(read_tile_positions(OutputStore(sample.out, mode="r")))
+    generic, tc = positions
+    assert sorted(generic) == sorted(tc) and len(generic) == 6
+    diff = max(float(np.max(np.abs(np.subtract(generic[k], tc[k])))) for k in generic)
+    assert diff <= 0.01, f"tile positions differ by {diff:.4f} px"
+    nominal = RawStore(str(tmp_path / "run-g" / "raw.zarr")).stage_px(0, 0)
+    assert np.ptp(nominal[:, 1]) > 0  # a real grid, not one tile

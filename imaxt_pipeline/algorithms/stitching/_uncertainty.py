@@ -1,0 +1,247 @@
+"""How well each tile is placed: position uncertainty from the solve, tiles without information, plain-word flags.
+
+The covariance of a solve is the inverse of its normal matrix, with the data weights scaled to their
+observed scatter. What matters downstream is a tile's position *relative to its section* (the section's
+common translation is the registration's business), so the reported 1-sigma is that of ``P_t - mean(P)``
+over the tile's connected component of the pair graph, the larger of its two axes.
+
+A tile no used pair ties to its neighbours (empty agarose on every seam, or every pair rejected) can
+only be placed by the stage: it is put at its stage position plus the median offset (solved minus
+stage) of the constrained tiles of its section, and its uncertainty is the stage's scatter measured
+on those tiles (robust), not the nominal ``prior_sigma_px``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+from scipy.sparse import linalg as splinalg
+from scipy.sparse.csgraph import connected_components
+
+__all__ = [
+    "TileFlag",
+    "describe_flags",
+    "flag_tiles",
+    "relative_sigma",
+    "rematch_plan",
+    "search_radius",
+    "stage_placement",
+]
+
+if TYPE_CHECKING:
+    from ._overlap import PairMatch
+
+_Array = npt.NDArray[np.float64]
+_Mask = npt.NDArray[np.bool_]
+#: Positions whose 3-sigma exceeds this (px) are flagged as weakly constrained.
+WEAK_3SIGMA_PX = 0.5
+
+
+@dataclass(frozen=True)
+class TileFlag:
+    """Why a tile is flagged: ``kind`` is ``"stage"`` (no information, placed by the stage), ``"unverified"``
+    (placed only by pairs no loop checks: its sigma is the stage's) or ``"weak"`` (3-sigma above 0.5 px).
+
+    ``empty`` / ``rejected`` name the neighbours whose overlap carried no information / whose pair was
+    rejected as inconsistent; ``sigma_px`` is the reported 1-sigma position uncertainty.
+    """
+
+    tile: int
+    kind: str
+    sigma_px: float
+    empty: tuple[int, ...] = ()
+    rejected: tuple[int, ...] = ()
+
+
+def components(n_tiles: int, pairs: Sequence[tuple[int, int]]) -> npt.NDArray[np.int_]:
+    """Connected component of every tile in the graph of *all* pairs (informative or not): the sections."""
+    if not len(pairs):
+        return np.arange(n_tiles)
+    a = np.array([p[0] for p in pairs])
+    b = np.array([p[1] for p in pairs])
+    g = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n_tiles, n_tiles))
+    return np.asarray(connected_components(g, directed=False)[1])
+
+
+def relative_sigma(
+    normal: sparse.spmatrix, n_tiles: int, comp: npt.NDArray[np.int_], scale: _Array, gauge: _Mask
+) -> _Array:
+    """1-sigma (T,) of each tile's position relative to the mean of its component's ``gauge`` tiles.
+
+    ``normal`` is the (scaled) normal matrix whose first ``2 T`` unknowns are the positions (tile t
+    axis a at ``2 t + a``); ``scale`` (2,) multiplies them into positions (``1 + mag``). The gauge is
+    the constrained tiles: a tile placed by the stage must not inflate its solid neighbours' sigma.
+    """
+    lu = splinalg.splu(sparse.csc_matrix(normal))
+    n_unk = normal.shape[0]
+    var = np.zeros((n_tiles, 2))
+    ref = np.where(gauge, comp, -1)
+    ref_of = {int(c): np.flatnonzero(ref == c) for c in np.unique(comp)}
+    cols = np.arange(2 * n_tiles)
+    for start in range(0, len(cols), 256):
+        chunk = cols[start : start + 256]
+        e = np.zeros((n_unk, len(chunk)))
+        for j, c in enumerate(chunk):
+            t, ax = divmod(int(c), 2)
+            members = ref_of[int(comp[t])]
+            if len(members):
+                e[2 * members + ax, j] = -1.0 / len(members)
+            e[c, j] += 1.0
+        x = lu.solve(e)
+        v = np.einsum("ij,ij->j", e, x)
+        for j, c in enumerate(chunk):
+            t, ax = divmod(int(c), 2)
+            var[t, ax] = max(float(v[j]), 0.0) * scale[ax] ** 2
+    out: _Array = np.sqrt(var.max(axis=1))
+    return out
+
+
+def stage_placement(
+    positions: _Array, stage: _Array, constrained: _Mask, comp: npt.NDArray[np.int_], fallback_sigma: float
+) -> tuple[_Array, _Array]:
+    """Positions with unconstrained tiles re-placed by the stage, and each component's stage scatter (T,).
+
+    The scatter is 1.4826 x the median absolute deviation of (solved - stage) from each component's
+    median, pooled over the constrained tiles of all components (both axes; one stage); ``fallback_sigma``
+    where fewer than 4 tiles are constrained.
+    """
+    out = positions.copy()
+    devs = []
+    for c in np.unique(comp):
+        members = comp == c
+        solid = members & constrained
+        if not solid.any():  # nothing measured in this component: the stage is all there is
+            out[members] = stage[members]
+            continue
+        off = positions[solid] - stage[solid]
+        med = np.median(off, axis=0)
+        devs.append((off - med).ravel())
+        loose = members & ~constrained
+        out[loose] = stage[loose] + med
+    # one stage for every section: pool the deviations (a 2 x 2 section alone says little)
+    dev = np.concatenate(devs) if devs else np.zeros(0)
+    sigma = 1.4826 * float(np.median(np.abs(dev))) if dev.size >= 8 else float(fallback_sigma)
+    return out, np.full(len(stage), max(sigma, 0.1))
+
+
+def describe_flags(flags: Sequence[TileFlag], name: Callable[[int], str]) -> list[str]:
+    """One plain-words line per flagged tile; ``name(t)`` names tile ``t`` (e.g. ``"(2,3)"``).
+
+    >>> describe_flags([TileFlag(5, "stage", 3.2, empty=(4, 1))], lambda t: f"({t // 3},{t % 3})")
+    ['tile (1,2): overlaps with (1,1) and (0,1) empty — placed by stage, ±3.2 px']
+    """
+
+    def names(ts: Sequence[int]) -> str:
+        words = [name(t) for t in ts]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+    out = []
+    for f in flags:
+        why = []
+        if f.empty:
+            why.append(f"overlap{'s' if len(f.empty) > 1 else ''} with {names(f.empty)} empty")
+        if f.rejected:
+            why.append(f"pair{'s' if len(f.rejected) > 1 else ''} with {names(f.rejected)} rejected as inconsistent")
+        if f.kind == "stage":
+            reason = ", ".join(why) if why else "no usable overlap"
+            out.append(f"tile {name(f.tile)}: {reason} — placed by stage, ±{f.sigma_px:.1f} px")
+        elif f.kind == "unverified":
+            reason = (", ".join(why) + "; ") if why else ""
+            out.append(
+                f"tile {name(f.tile)}: {reason}placed by pairs no loop checks (a false match would go unseen) — "
+                f"±{f.sigma_px:.1f} px (stage)"
+            )
+        else:
+            reason = ", ".join(why) if why else "little texture in its overlaps"
+            out.append(f"tile {name(f.tile)}: weakly constrained ({reason}), ±{f.sigma_px:.2f} px")
+    return out
+
+
+def search_radius(deviations: npt.ArrayLike, max_shift: int, *, cap: int = 128) -> int:
+    """Search radius (px) that covers the stage error measured on the pairs that matched.
+
+    ``deviations`` (N, 2) are measured minus stage-predicted shifts of informative pairs. A radius of
+    ``|median| + 5 x 1.4826 MAD`` (per axis, the larger) catches the pairs whose true shift lay beyond
+    ``max_shift``; never less than ``max_shift``, never more than ``cap``.
+
+    >>> search_radius(np.zeros((0, 2)), 15), search_radius(np.array([[0.0, 10.0], [0.0, -10.0]] * 4), 15)
+    (15, 75)
+    """
+    d = np.asarray(deviations, np.float64).reshape(-1, 2)
+    if len(d) < 3:
+        return int(max_shift)
+    med = np.median(d, axis=0)
+    mad = 1.4826 * np.median(np.abs(d - med), axis=0)
+    need = float(np.max(np.abs(med) + 5.0 * mad))
+    return int(min(cap, max(max_shift, int(np.ceil(need)))))
+
+
+def rematch_plan(matches: Sequence[PairMatch], max_shift: int) -> tuple[int, list[int]]:
+    """Wider radius from the matched pairs' stage deviations (:func:`search_radius`), and the pairs to redo.
+
+    Redone: pairs that failed or matched within 20 % of the radius' edge. Empty when the radius
+    would not grow.
+    """
+    dev = np.array([np.subtract(m.shift, m.expected) for m in matches if m.ok]).reshape(-1, 2)
+    radius = search_radius(dev, max_shift)
+    if radius <= max_shift:
+        return max_shift, []
+    redo = [
+        i
+        for i, m in enumerate(matches)
+        if not m.ok or np.max(np.abs(np.subtract(m.shift, m.expected))) > 0.8 * max_shift
+    ]
+    return radius, redo
+
+
+def unverified_tiles(n_tiles: int, pairs: Sequence[tuple[int, int]]) -> _Mask:
+    """Tiles whose every used pair is a bridge of the used-pair graph: no loop checks where they are.
+
+    A false match on such a pair (a bead edge, repetitive texture, an overlap the jitter almost closed)
+    leaves no residual anywhere, so the solve's sigma cannot see it.
+    """
+    if not len(pairs):
+        return np.zeros(n_tiles, bool)
+    edges = np.asarray(pairs, int)
+    bridge = np.zeros(len(edges), bool)
+    for i in range(len(edges)):
+        rest = np.delete(edges, i, axis=0)
+        comp = components(n_tiles, [tuple(e) for e in rest])
+        bridge[i] = comp[edges[i, 0]] != comp[edges[i, 1]]
+    has_loop = np.zeros(n_tiles, bool)
+    has_loop[edges[~bridge].ravel()] = True
+    touched = np.zeros(n_tiles, bool)
+    touched[edges.ravel()] = True
+    out: _Mask = touched & ~has_loop  # a section whose used pairs form a tree is unverified everywhere
+    return out
+
+
+def flag_tiles(
+    matches: Sequence[PairMatch], active: _Mask, constrained: _Mask, sigma: _Array, unverified: _Mask | None = None
+) -> list[TileFlag]:
+    """Tiles placed by the stage, unverified (on bridge pairs only) or weakly constrained, with the failed pairs."""
+    empty: dict[int, list[int]] = {}
+    rejected: dict[int, list[int]] = {}
+    for m, used in zip(matches, active, strict=True):
+        if used:
+            continue
+        book = rejected if m.ok and len(m.point_weights) else empty
+        book.setdefault(m.reference, []).append(m.moving)
+        book.setdefault(m.moving, []).append(m.reference)
+    loose = np.zeros(len(constrained), bool) if unverified is None else unverified
+    out = []
+    for t in range(len(constrained)):
+        if not constrained[t]:
+            kind = "stage"
+        elif loose[t]:
+            kind = "unverified"
+        else:
+            kind = "weak" if 3 * sigma[t] > WEAK_3SIGMA_PX else ""
+        if kind:
+            out.append(TileFlag(t, kind, float(sigma[t]), tuple(empty.get(t, ())), tuple(rejected.get(t, ()))))
+    return out

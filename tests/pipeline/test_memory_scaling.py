@@ -1,0 +1,68 @@
+"""Peak memory of mosaic + cube is bounded by blocks, not by the section.
+
+Twice the tiles per section must not cost more than 1.2x the workers' peak RSS above their
+baseline. Blocks are made small (chunk 128 -> blocks of 512 px) and tiles large (1024 px, two
+channels), so a whole plane (8 tiles: ~60 MB of float32 per plane, more with the copies a
+whole-plane task makes) is well above a block's working set: a step that gathered planes would
+show ~2x. Peaks are the workers' ``VmHWM``, reset through ``/proc/self/clear_refs`` before each run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from imaxt_pipeline.config import load_config
+from imaxt_pipeline.io.upload import upload
+from imaxt_pipeline.pipeline import run_pipeline
+from imaxt_pipeline.testing import only_steps, write_raw_sample
+
+# The workers cannot import this test module: its helpers travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _reset_peak() -> float:
+    """Reset this process's peak RSS to its current RSS; return that RSS (MB)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS")
+
+
+def _status(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def _peak() -> float:
+    return _status("VmHWM")
+
+
+def _growth(client, tmp_path: Path, cols: int, rows: int = 2) -> float:
+    raw = write_raw_sample(tmp_path / f"raw{cols}", slices=1, rows=rows, cols=cols, tile=1024, seed=cols)
+    store, out = str(tmp_path / f"raw{cols}.zarr"), str(tmp_path / f"out{cols}.zarr")
+    upload(str(raw), store, progress=False)
+    config = load_config(
+        None,
+        input_url=store,
+        output_url=out,
+        **only_steps("mosaic", "cube"),
+        **{"steps.mosaic.chunk": 128, "steps.mosaic.qc": False, "steps.cube.chunk": 128},
+    )
+    base = client.run(_reset_peak)
+    run_pipeline(config, client=client)
+    peak = client.run(_peak)
+    return max(peak[w] - base[w] for w in peak)
+
+
+@pytest.mark.slow
+def test_twice_the_tiles_costs_at_most_1p2x_the_peak_rss(dask_client, tmp_path):
+    _growth(dask_client, tmp_path / "warm", 1, rows=1)  # imports and allocator pools of the workers
+    small = _growth(dask_client, tmp_path, 2)
+    large = _growth(dask_client, tmp_path, 4)
+    print(f"peak growth: 2x2 tiles +{small:.0f} MB, 2x4 tiles +{large:.0f} MB")
+    assert small > 20, f"the run should allocate data on the workers (peak +{small:.0f} MB)"
+    assert large <= 1.2 * small, f"2x the tiles: peak +{large:.0f} MB vs +{small:.0f} MB (> 1.2x)"
