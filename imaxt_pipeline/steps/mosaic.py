@@ -139,6 +139,7 @@ def _stitch_qc(
     acq = ctx.raw.acquisition
     level = mosaic.levels - 1
     pairs = results.read_table_or_none(ctx.output, results.STITCH_PAIRS)
+    flags = results.stitch_record(ctx.output).get("flags", {})  # "slice/row/col" -> plain words
     panels = []
     for s in slices[-max_slices:]:
         plane = s * acq.optical_sections
@@ -149,7 +150,11 @@ def _stitch_qc(
         )
         panels.append(
             StitchPanel(
-                s, mosaic.read_plane(plane, level=level).sum(axis=0), confidence.read_plane(plane, level=level)[0], res
+                s,
+                mosaic.read_plane(plane, level=level).sum(axis=0),
+                confidence.read_plane(plane, level=level)[0],
+                res,
+                flags=[words for key, words in flags.items() if key.split("/")[0] == str(s)],
             )
         )
     return stitch_figure(panels, level=level)

@@ -105,3 +105,20 @@ def test_a_single_tile_section_stitches_to_its_stage_position(tmp_path, dask_cli
     assert list(meta["tile_positions_px"]) == ["0/0/0"]
     assert meta["residuals"]["0"]["n_pairs"] == 0
     assert len(OutputStore(sample.out, mode="r").read_table("stitch_pairs")) == 0
+
+
+def test_flagged_tiles_are_named_in_the_mosaic_qc(tmp_path, dask_client, monkeypatch):
+    """Independent-noise tiles share nothing: every tile is flagged, and the QC figure gets those lines."""
+    from imaxt_pipeline.steps import mosaic
+    from imaxt_pipeline.testing import write_raw_sample
+
+    seen = []
+    real = mosaic.stitch_figure
+    monkeypatch.setattr(mosaic, "stitch_figure", lambda panels, **kw: seen.extend(panels) or real(panels, **kw))
+    raw = write_raw_sample(tmp_path / "raw", slices=1, rows=2, cols=2, tile=48, channels=("DAPI",))
+    sample = uploaded_sample(tmp_path, raw)
+    sample.run(client=dask_client, **only_steps("stitch", "mosaic"), **{"steps.mosaic.levels": 1})
+    flags = OutputStore(sample.out, mode="r").imaxt_attrs()["stitch"]["flags"]
+    assert len(flags) == 4
+    assert [p.slice_index for p in seen] == [0] and sorted(seen[0].flags) == sorted(flags.values())
+    assert all("placed by stage" in line for line in seen[0].flags)
