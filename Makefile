@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	PATH="$(CURDIR)/$(VENV)/tools/bin:$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+	PATH="$(CURDIR)/$(VENV)/tools/bin:$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q --durations=30
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
