@@ -206,3 +206,48 @@ def test_a_failed_step_is_recorded_as_failed(tmp_path, monkeypatch):
         run_pipeline(config, client=object())
     (entry,) = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["imaxt"]["provenance"]
     assert entry["status"] == "failed" and entry["end"] and "checksum mismatch" in entry["error"]
+
+
+def test_the_step_scope_wraps_each_step_and_sees_its_failure(tmp_path, monkeypatch, dask_client):
+    """``pipeline.STEP_SCOPE`` (the GPU job's hook) is entered around each step, in order, and exited on failure."""
+    import contextlib
+    import types
+
+    from imaxt_pipeline import pipeline
+    from imaxt_pipeline.steps import StepResult
+
+    sample = write_raw_sample(tmp_path / "raw", slices=1, rows=1, cols=1, tile=16)
+    store = str(tmp_path / "raw.zarr")
+    upload(str(sample), store, progress=False)
+    events: list[tuple[str, str]] = []
+
+    def step(name, fail=False):
+        def run(ctx, params):
+            events.append(("run", name))
+            if fail:
+                raise RuntimeError(f"{name} broke")
+            return StepResult()
+
+        return types.SimpleNamespace(run=run)
+
+    @contextlib.contextmanager
+    def scope(name, params, ctx):
+        events.append(("enter", name))
+        try:
+            yield
+        finally:
+            events.append(("exit", name))
+
+    modules = {"mosaic": step("mosaic"), "segment": step("segment", fail=True)}
+    monkeypatch.setattr(pipeline, "step_module", lambda name: modules[name])
+    config = load_config(None, input_url=store, output_url=str(tmp_path / "o.zarr"), **only_steps(*modules))
+    token = pipeline.STEP_SCOPE.set(scope)
+    try:
+        with pytest.raises(RuntimeError, match="segment broke"):
+            run_pipeline(config, client=dask_client)
+    finally:
+        pipeline.STEP_SCOPE.reset(token)
+    assert events == [
+        ("enter", "mosaic"), ("run", "mosaic"), ("exit", "mosaic"),
+        ("enter", "segment"), ("run", "segment"), ("exit", "segment"),
+    ]  # fmt: skip
