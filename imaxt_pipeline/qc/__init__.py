@@ -9,9 +9,18 @@ registry; :func:`to_png` renders one to the bytes the steps store under
 
 from __future__ import annotations
 
+from ._federation import federation_figure
 from ._registration import register_figure
 from ._render import to_png
 from ._segmentation import catalogue_histograms, segment_overlay
 from ._stitching import StitchPanel, stitch_figure
 
-__all__ = ["StitchPanel", "catalogue_histograms", "register_figure", "segment_overlay", "stitch_figure", "to_png"]
+__all__ = [
+    "StitchPanel",
+    "catalogue_histograms",
+    "federation_figure",
+    "register_figure",
+    "segment_overlay",
+    "stitch_figure",
+    "to_png",
+]

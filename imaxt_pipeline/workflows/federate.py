@@ -43,8 +43,7 @@ from ..algorithms.federation import (
 from ..errors import InputError, StoreError
 from ..io.ownership import Owner
 from ..io.provenance import software_versions, utcnow
-from ..qc import to_png
-from ..qc._federation import federation_figure
+from ..qc import federation_figure, to_png
 from ._slides import (
     FEDERATION_TOOL,
     Reference,
