@@ -41,7 +41,9 @@ def federation_figure(
     if section_image is not None:
         h, w = section_image.shape
         lo, hi = np.percentile(section_image, [1, 99.5])
-        b.imshow(section_image, cmap="gray", vmin=lo, vmax=hi, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        b.imshow(
+            section_image, cmap="gray", vmin=lo, vmax=hi, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest"
+        )
     b.scatter(reference_xy[:, 0], reference_xy[:, 1], s=30, facecolors="none", edgecolors="C1", label="STPT beads")
     b.scatter(mapped_xy[:, 0], mapped_xy[:, 1], s=14, marker="x", color="C2", label="slide beads, mapped")
     b.set(title="beads over the section (cube px)", xlabel="x", ylabel="y")

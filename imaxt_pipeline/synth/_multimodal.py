@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 
 from ..algorithms.federation import apply_affine, compose_affine, decompose_affine, invert_affine
 from ._czi import write_czi
-from ._imc import write_imc_txt
+from ._imc import ImcAcquisition, write_imc_txt, write_mcd
 from ._writer import Truth
 
 __all__ = ["ImcTruth", "SlideTruth", "render_imc", "render_slide", "write_slide_czi"]
@@ -238,22 +238,36 @@ def _invert_warped(affine: Array, field: tuple[Array, Array, Array], target: Arr
     return apply_affine(inv, s)
 
 
-def write_slide_czi(path: str | os.PathLike[str], image: NDArray[np.uint16], pixel_size_um: float) -> None:
-    """Write a (C, H, W) slide as a one-scene CZI mosaic of 2 x 2 abutting tiles (edges padded with the border)."""
-    c, h, w = image.shape
-    th, tw = -(-h // 2), -(-w // 2)
-    full = np.pad(image, ((0, 0), (0, 2 * th - h), (0, 2 * tw - w)), mode="edge")
-    tiles = np.stack(
-        [full[:, r * th : (r + 1) * th, q * tw : (q + 1) * tw] for r in range(2) for q in range(2)], axis=1
-    )
-    stage = np.array([[r * th * pixel_size_um, q * tw * pixel_size_um] for r in range(2) for q in range(2)])
+def write_slide_czi(
+    path: str | os.PathLike[str],
+    image: NDArray[np.uint16] | list[NDArray[np.uint16]],
+    pixel_size_um: float,
+) -> None:
+    """Write (C, H, W) slides as a CZI mosaic of 2 x 2 abutting tiles per slide, one scene each.
+
+    ``image`` is one slide or a list of them (same channels and pixel size: the sections of one glass
+    slide); scene tiles are padded with their border to a common size and the scenes laid side by
+    side on the glass, 1 mm apart.
+    """
+    images = [np.asarray(image)] if not isinstance(image, list) else [np.asarray(i) for i in image]
+    c = images[0].shape[0]
+    th = max(-(-i.shape[1] // 2) for i in images)
+    tw = max(-(-i.shape[2] // 2) for i in images)
+    scenes, stages = [], []
+    for s, img in enumerate(images):
+        full = np.pad(img, ((0, 0), (0, 2 * th - img.shape[1]), (0, 2 * tw - img.shape[2])), mode="edge")
+        scenes.append(
+            np.stack([full[:, r * th : (r + 1) * th, q * tw : (q + 1) * tw] for r in range(2) for q in range(2)], 1)
+        )
+        x0 = s * (2 * tw * pixel_size_um + 1000.0)
+        stages.append([[r * th * pixel_size_um, x0 + q * tw * pixel_size_um] for r in range(2) for q in range(2)])
     write_czi(
         path,
-        tiles[None],
-        stage[None],
+        np.stack(scenes),
+        np.asarray(stages),
         channels=["brightfield"] if c == 1 else [f"ch{i}" for i in range(c)],
         pixel_size_um=pixel_size_um,
-        scene_names=["slide"],
+        scene_names=["slide"] if len(images) == 1 else [f"section {s + 1}" for s in range(len(images))],
     )
 
 
@@ -265,11 +279,13 @@ def render_imc(
     seed: int = 0,
     min_beads: int = 10,
     out_txt: str | os.PathLike[str] | None = None,
+    out_mcd: str | os.PathLike[str] | None = None,
 ) -> tuple[NDArray[np.float32], ImcTruth]:
     """An IMC acquisition (1 um/px) of the slide window holding the most beads (at least ``min_beads`` if any does).
 
     Channels :data:`IMC_PANEL`: two DNA channels (nuclei, from the slide's dark nuclei), one bead
-    channel; Poisson counts. Written as an IMC ``.txt`` when ``out_txt`` is given.
+    channel; Poisson counts. Written as an IMC ``.txt`` when ``out_txt`` is given, as a one-acquisition
+    ``.mcd`` when ``out_mcd`` is.
     """
     rng = np.random.default_rng([seed, 29])
     img = slide[0].astype(np.float64)
@@ -306,6 +322,8 @@ def render_imc(
     )
     if out_txt is not None:
         write_imc_txt(out_txt, counts, IMC_PANEL)
+    if out_mcd is not None:
+        write_mcd(out_mcd, [ImcAcquisition(counts, description="window")], IMC_PANEL)
     return counts, ImcTruth(1.0, affine, table[inside].reset_index(drop=True))
 
 

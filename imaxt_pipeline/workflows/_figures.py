@@ -36,6 +36,37 @@ class DemoFigures:
         )
 
 
+@dataclass(frozen=True)
+class FederationFigures:
+    """One slide of the demo registered onto its STPT cube, against the simulator's truth.
+
+    ``section`` is the section found (``None`` when registration failed: ``error`` says why),
+    ``true_section`` the one the slide was cut from; residuals are of held-out beads, in STPT px
+    (``stpt_um`` per px) and µm.
+    """
+
+    modality: str
+    true_section: int
+    section: int | None
+    matched_beads: int = 0
+    median_px: float = float("nan")
+    max_px: float = float("nan")
+    stpt_um: float = 1.0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def describe(self) -> str:
+        head = f"  {self.modality}: "
+        if self.error is not None:
+            return f"{head}not registered ({self.error})"
+        verdict = "right" if self.section == self.true_section else "WRONG"
+        return (
+            f"{head}section {self.section} (truth {self.true_section}, {verdict}), {self.matched_beads} beads matched, "
+            f"held-out residual median {self.median_px:.2f} px ({self.median_px * self.stpt_um:.2f} um), "
+            f"max {self.max_px:.2f} px ({self.max_px * self.stpt_um:.2f} um), {self.seconds:.1f} s"
+        )
+
+
 def demo_figures(output: str, truth_dir: str | Path, *, storage_options: dict[str, Any] | None = None) -> DemoFigures:
     """Score the output store ``output`` against the truth folder written by ``imaxt synth``.
 

@@ -34,6 +34,8 @@ __all__ = [
     "prepare_destination",
     "read_reference",
     "read_slide",
+    "section_offsets",
+    "slide_sections",
 ]
 
 FEDERATION_TOOL = "imaxt-pipeline register-modality"
@@ -68,6 +70,8 @@ class Reference:
     pad_before: list[int]
     pad_after: list[int]
     optical_sections: int
+    offsets: np.ndarray
+    """(sections, 2) registered (dy, dx) offset of each section, cube px (the cube's ``written`` where it has one)."""
 
 
 def _ome_tiff_pixel_size(tif: Any) -> float | None:
@@ -111,6 +115,23 @@ def _from_reader(url: str, fmt: str, index: int | None, what: str, pixel_size_um
     modality = "imc" if fmt == "imc" else "axioscan"
     ident = hashlib.sha256(f"{fmt}|{index}|{acq.model_dump_json()}".encode())
     return Slide(url, image, px, modality, list(acq.channels), f"{acq.sample}:{what}{index}", ident.hexdigest())
+
+
+def slide_sections(url: str, *, pixel_size_um: float | None = None, storage_options: Any = None) -> tuple[str, int]:
+    """What a slide file's sections are called (``scene``, ``roi``; ``""`` for a TIFF) and how many it holds.
+
+    Raises
+    ------
+    InputError
+        One line naming the file: unreadable.
+    """
+    low = url.lower().rstrip("/")
+    kind = "czi" if low.endswith(".czi") else "imc" if low.endswith((".txt", ".mcd")) else None
+    if kind is None:
+        return "", 1
+    options: dict[str, Any] = {} if pixel_size_um is None else {"pixel_size_um": pixel_size_um}
+    acq = open_acquisition(url, kind, storage_options=storage_options, **options).acquisition
+    return ("scene" if kind == "czi" else "roi"), int(acq.slices)
 
 
 def read_slide(
@@ -178,10 +199,7 @@ def read_reference(url: str, storage_options: Any = None) -> Reference:
     cube = store.open_image("cube")
     n_opt = int(acq.get("optical_sections", 1) or 1)
     n_sections = int(acq.get("slices", cube.shape[1] // n_opt))
-    offsets = np.zeros((n_sections, 2))
-    reg = (meta.get("register") or {}).get("slice_offsets_px") or []
-    for k, row in enumerate(reg[:n_sections]):
-        offsets[k] = [0.0 if v is None else float(v) for v in row]
+    offsets = section_offsets(meta, n_sections)
     pad = np.asarray(cube_meta["pad_before"], np.float64)
     table = store.read_table("beads")
     # every detection with a position: the bead matching is robust to false ones, and the quality flags
@@ -203,7 +221,21 @@ def read_reference(url: str, storage_options: Any = None) -> Reference:
         pad_before=[int(v) for v in cube_meta["pad_before"]],
         pad_after=[int(v) for v in cube_meta.get("pad_after", [0, 0])],
         optical_sections=n_opt,
+        offsets=offsets,
     )
+
+
+def section_offsets(meta: dict[str, Any], n_sections: int) -> np.ndarray:
+    """(dy, dx) offset of every section in a processed store's root attrs: the one its cube was built with
+    (``imaxt.cube.written``), else the registered one, else 0."""
+    offsets = np.zeros((n_sections, 2))
+    reg = (meta.get("register") or {}).get("slice_offsets_px") or []
+    for k, row in enumerate(reg[:n_sections]):
+        offsets[k] = [0.0 if v is None else float(v) for v in row]
+    for k, row in ((meta.get("cube") or {}).get("written") or {}).items():
+        if int(k) < n_sections and row is not None:
+            offsets[int(k)] = [float(v) for v in row]
+    return offsets
 
 
 def prepare_destination(out_url: str, slide: Slide, sources: list[str], storage_options: Any = None) -> Location:

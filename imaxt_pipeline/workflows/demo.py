@@ -1,4 +1,10 @@
-"""The embedded default: synthetic sample -> upload to a local bucket -> full pipeline."""
+"""The embedded default: synthetic sample -> upload to a local bucket -> full pipeline -> federation.
+
+After the STPT pipeline, one Axioscan slide (CZI) of the middle section and one IMC acquisition
+(MCD) of a window of it are simulated under ``incoming/slides/<sample>/`` and registered onto the
+processed cube (the IMC through the slide) into ``bucket/slides/``; the summary prints the
+section found against the truth, the matched beads and the held-out residuals.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ from pathlib import Path
 from ..config import load_config
 from ..io.upload import upload
 from ..pipeline import run_pipeline
-from ._figures import DemoFigures, demo_figures
+from ._federation_demo import demo_federation
+from ._figures import DemoFigures, FederationFigures, demo_figures
 
 
 @dataclass
@@ -19,6 +26,8 @@ class DemoResult:
     output: str
     seconds: dict[str, float] = field(default_factory=dict)
     figures: DemoFigures | None = None
+    federation: list[FederationFigures] = field(default_factory=list)
+    slides: str | None = None
 
     def describe(self) -> str:
         times = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
@@ -28,7 +37,13 @@ class DemoResult:
             f"  raw Zarr (bucket)  : {self.bucket_store}\n"
             f"  processed OME-Zarr : {self.output}\n"
             f"  QC plots           : {self.output}/qc/"
+            + (f"\n  registered slides  : {self.slides}" if self.slides else "")
             + (f"\naccuracy against the simulator's truth:\n{self.figures.describe()}" if self.figures else "")
+            + (
+                "\nslides registered onto the STPT cube:\n" + "\n".join(f.describe() for f in self.federation)
+                if self.federation
+                else ""
+            )
         )
 
 
@@ -45,7 +60,7 @@ def run_demo(directory: Path, *, n_workers: int = 2, synth_params=None) -> DemoR
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    synthesize(raw_dir, params)
+    truth = synthesize(raw_dir, params)
     seconds["synth"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -57,4 +72,17 @@ def run_demo(directory: Path, *, n_workers: int = 2, synth_params=None) -> DemoR
     run_pipeline(config)
     seconds["pipeline"] = time.perf_counter() - t0
     figures = demo_figures(output, raw_dir / "truth")
-    return DemoResult(raw_dir=raw_dir, bucket_store=store, output=output, seconds=seconds, figures=figures)
+
+    t0 = time.perf_counter()
+    slides = bucket / "slides"
+    federation = demo_federation(truth, output, directory / "incoming" / "slides" / params.sample, slides)
+    seconds["federation"] = time.perf_counter() - t0
+    return DemoResult(
+        raw_dir=raw_dir,
+        bucket_store=store,
+        output=output,
+        seconds=seconds,
+        figures=figures,
+        federation=federation,
+        slides=str(slides),
+    )

@@ -1,8 +1,10 @@
-"""``imaxt register-modality`` on a processed synthetic STPT sample: Axioscan CZI, IMC via it, orphan, no beads."""
+"""``imaxt register-modality`` on a processed synthetic STPT sample: the demo's Axioscan CZI and IMC MCD (via it,
+and directly), orphan, no beads, a two-scene CZI landing in a watched bucket, a mapping following a re-made cube."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -40,76 +42,87 @@ def stpt(tmp_path_factory, dask_client):
     return root, done
 
 
-def _to_cube(stpt, section):
+def _to_cube(stpt, section, out=None):
     """Truth mosaic px (x, y) of ``section`` -> the reference cube's px: the mosaic canvas, then the cube's shift."""
     from imaxt_pipeline.io import results
     from imaxt_pipeline.io.rawzarr import RawStore
 
     _, done = stpt
     geom = results.mosaic_canvas(RawStore(done.store))
-    meta = OutputStore(done.out, mode="r").imaxt_attrs()
+    meta = OutputStore(out or done.out, mode="r").imaxt_attrs()
     offsets = (meta.get("register") or {}).get("slice_offsets_px")
     off = np.asarray(offsets[section], float) if offsets else np.zeros(2)
     shift_yx = geom.to_mosaic(np.zeros(2)) - off + np.asarray(meta["cube"]["pad_before"], float)
     return np.hstack([np.eye(2), shift_yx[::-1, None]])
 
 
+def _bead_error(fed, truth_affine_to_cube, xy):
+    return np.hypot(*(apply_affine(np.array(fed["affine_px"]), xy) - apply_affine(truth_affine_to_cube, xy)).T)
+
+
+def _one_line(capsys):
+    return capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.mark.slow
-def test_axioscan_and_imc_register_onto_their_section(stpt):
-    from imaxt_pipeline.synth import render_imc, render_slide, write_slide_czi
-    from imaxt_pipeline.workflows.federate import register_modality
+def test_demo_registers_an_axioscan_slide_and_an_imc_acquisition(stpt, capsys):
+    """The demo's federation part on a processed store: a CZI slide, an MCD acquisition via it, and directly."""
+    from imaxt_pipeline.service.cli import main
+    from imaxt_pipeline.workflows._federation_demo import register_demo_slides, write_demo_slides
 
     root, done = stpt
     section = 3
-    img, truth = render_slide(done.truth, section, seed=6)  # flipped, rotated by -80 degrees, 0.89 um px
-    assert truth.flip
-    czi = root / "slide.czi"
-    write_slide_czi(czi, img, truth.pixel_size_um)
-    out = str(root / "slide.zarr")
-    fed = register_modality(str(czi), done.out, out)
-    assert fed["section"] == section and fed["flip"] is True
+    slides = write_demo_slides(done.truth, root / "incoming", section=section, seed=6)
+    truth = slides.slide_truth  # flipped, rotated by -80 degrees, 0.89 um px
+    assert truth.flip and slides.slide_file.suffix == ".czi" and slides.imc_file.suffix == ".mcd"
+    px = done.truth.params.pixel_size_um
+    figures = register_demo_slides(slides, done.out, root / "slides", name="s", stpt_um=px)
+    axio, imc = figures
+    print("\n".join(f.describe() for f in figures))
+    assert axio.error is None and imc.error is None
+    assert axio.section == imc.section == section and "(truth 3, right)" in axio.describe()
+    assert axio.median_px <= 1.0 and f"({axio.median_px * px:.2f} um)" in axio.describe()
+    out = str(root / "slides" / "s-slide.zarr")
     stored = OutputStore(out, mode="r").imaxt_attrs()["federation"]
     assert FED_KEYS <= set(stored) and stored["section"] == section and stored["chain"] == []
+    assert stored["flip"] is True and stored["stale"] is False
     assert stored["reference_cube"]["shape"] == list(OutputStore(done.out, mode="r").open_image("cube").shape)
     to_cube = compose_affine(_to_cube(stpt, section), truth.affine_px)
-    xy = truth.beads[["x_px", "y_px"]].to_numpy()
-    err = np.hypot(*(apply_affine(np.array(fed["affine_px"]), xy) - apply_affine(to_cube, xy)).T)
-    px = done.truth.params.pixel_size_um
+    err = _bead_error(stored, to_cube, truth.beads[["x_px", "y_px"]].to_numpy())
     print(
-        f"axioscan: median bead error {np.median(err):.3f} px ({np.median(err) * px:.2f} um), "
-        f"held-out {fed['residual_px']}"
+        f"axioscan: median bead error {np.median(err):.3f} px ({np.median(err) * px:.2f} um), {stored['residual_px']}"
     )
-    assert np.median(err) <= 1.0 and fed["residual_px"]["median"] <= 1.0 and fed["matched_beads"] >= 10
-    assert np.all(np.array(fed["affine_sigma_px"]) > 0)
+    assert np.median(err) <= 1.0 and stored["residual_px"]["median"] <= 1.0 and stored["matched_beads"] >= 10
+    assert np.all(np.array(stored["affine_sigma_px"]) > 0)
     store = OutputStore(out, mode="r")
     assert store.location.exists("qc/federation.png") and store.has_table("beads")
     assert store.owner().tool == "imaxt-pipeline register-modality"
     assert store.imaxt_attrs()["provenance"][-1]["step"] == "register-modality"
 
-    imc, itruth = render_imc(img, truth, seed=6, out_txt=root / "roi.txt")
+    itruth = slides.imc_truth
     assert len(itruth.beads) >= 10
-    fed2 = register_modality(str(root / "roi.txt"), done.out, str(root / "roi.zarr"), via=out)
-    assert fed2["section"] == section and fed2["chain"] == [out]
-    ixy = itruth.beads[["x_px", "y_px"]].to_numpy()
-    ierr = np.hypot(
-        *(
-            apply_affine(np.array(fed2["affine_px"]), ixy)
-            - apply_affine(compose_affine(to_cube, itruth.affine_px), ixy)
-        ).T
-    )
-    print(
-        f"imc: median bead error {np.median(ierr):.3f} px ({np.median(ierr) * px:.2f} um), "
-        f"{len(itruth.beads)} beads in the field"
-    )
+    fed2 = OutputStore(str(root / "slides" / "s-imc.zarr"), mode="r").imaxt_attrs()["federation"]
+    assert fed2["section"] == section and fed2["chain"] == [out] and fed2["modality"] == "imc"
+    ierr = _bead_error(fed2, compose_affine(to_cube, itruth.affine_px), itruth.beads[["x_px", "y_px"]].to_numpy())
+    print(f"imc: median bead error {np.median(ierr):.3f} px ({np.median(ierr) * px:.2f} um), {len(itruth.beads)} beads")
     assert np.median(ierr) <= 2.0
 
+    # IMC straight onto the cube (no --via): >= 10 beads in its field, but a 400 um window has too few beads
+    # and no outline to pick its section among the reference's: one line, never a guess, nothing written
+    rc = main(["register-modality", str(slides.imc_file), "--reference", done.out, "--out", str(root / "d.zarr")])
+    err_lines = _one_line(capsys)
+    assert rc == 2 and len(err_lines) == 1 and "not enough fiducials" in err_lines[0], err_lines
+    assert "--via" in err_lines[0] and not (root / "d.zarr").exists()
+
     # a re-run replaces our own store; a foreign destination is refused before any work
-    register_modality(str(czi), done.out, out)
+    from imaxt_pipeline.workflows.federate import register_modality
+
+    register_modality(str(slides.slide_file), done.out, out)
     foreign = root / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(StoreError, match="not a store written by"):
-        register_modality(str(czi), done.out, str(foreign))
+        register_modality(str(slides.slide_file), done.out, str(foreign))
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
@@ -143,6 +156,73 @@ def test_orphan_and_beadless_slides_fail_with_one_line_and_write_nothing(stpt, c
         register_modality(str(root / "raw" / "acquisition.json"), done.out, str(root / "x.zarr"))
 
 
+@pytest.mark.slow
+def test_watched_two_scene_slide_registers_each_once_and_follows_a_remade_cube(stpt, tmp_path, dask_client, capsys):
+    """A 2-scene CZI (section 4, and an orphan) lands under slides/<sample>/ of a watched bucket once the sample is
+    done: the watcher registers it once, scene 0 into its store, scene 1 failing with one line. Then sections
+    land (registration refined, the cube re-made on another canvas) and --refresh moves the mapping onto it."""
+    from imaxt_pipeline.service.cli import main
+    from imaxt_pipeline.service.slides import SlideStep, slide_key
+    from imaxt_pipeline.service.state import Ledger, LocalStateStore
+    from imaxt_pipeline.service.watcher import Watcher
+    from imaxt_pipeline.synth import render_slide, write_slide_czi
+    from imaxt_pipeline.testing import Sample
+
+    _, done = stpt
+    bucket = tmp_path / "bucket"
+    ref = bucket / "_imaxt" / "processed" / "synth.zarr"
+    shutil.copytree(done.out, ref)  # the sample as the watcher processed it
+    ledger = Ledger(LocalStateStore(tmp_path / "state"))
+    ledger.observe("synth", "inputs")
+    claimed = ledger.claim("synth", "w", ttl=60)
+    ledger.finish("synth", "w", token=claimed.lease_token)
+    # section 4 holds 10 STPT beads (section 2 only 5 of this sparse sample's: too few to register by)
+    img0, truth0 = render_slide(done.truth, 4, seed=1, pixel_size_um=0.9)
+    img1, _ = render_slide(done.truth, -1, seed=2, pixel_size_um=0.9)
+    write_slide_czi(bucket / "slides" / "synth" / "two.czi", [img0, img1], 0.9)
+
+    def no_sample(job, cancel):
+        raise AssertionError(f"the slides folder is not a sample: {job.sample}")
+
+    watcher = Watcher(str(bucket), no_sample, ledger, slides=SlideStep(), poll_interval=1.0)
+    (state,) = watcher.poll_once()
+    assert state.sample == slide_key("synth", "two.czi") and state.status == "failed" and state.attempts == 1
+    assert "scene 1: no partner section" in state.last_error and "1 of 2 sections" in state.last_error
+    scene0 = bucket / "_imaxt" / "processed" / "slides" / "synth" / "two-scene0.zarr"
+    assert scene0.exists() and not scene0.with_name("two-scene1.zarr").exists()
+    fed = OutputStore(str(scene0), mode="r").imaxt_attrs()["federation"]
+    xy = truth0.beads[["x_px", "y_px"]].to_numpy()
+    to_cube = compose_affine(_to_cube(stpt, 4), truth0.affine_px)
+    assert fed["section"] == 4 and np.median(_bead_error(fed, to_cube, xy)) <= 1.0
+    assert watcher.poll_once() == []  # exactly once: the same file is not taken again
+
+    # sections landing: a refined registration moves every section, the cube is re-made on a larger canvas
+    reference = OutputStore(str(ref))
+    drift = [[3.0 * k, -40.0 * k] for k in range(6)]  # (dy, dx) per section
+    reference.update_imaxt_attrs("register", {"slice_offsets_px": drift})
+    Sample(raw=done.raw, store=done.store, out=str(ref)).run(
+        steps=("cube",), client=dask_client, **{"steps.cube.levels": 2}
+    )
+    cube = OutputStore(str(ref), mode="r").imaxt_attrs()["cube"]
+    assert cube["pad_before"] != fed["reference_cube"]["pad_before"]
+    capsys.readouterr()
+    assert main(["register-modality", "--refresh", str(scene0)]) == 0
+    assert "moved by" in capsys.readouterr().out
+    moved = OutputStore(str(scene0), mode="r").imaxt_attrs()["federation"]
+    err = _bead_error(moved, compose_affine(_to_cube(stpt, 4, out=str(ref)), truth0.affine_px), xy)
+    print(f"refreshed: median bead error {np.median(err):.3f} px on the re-made cube, {moved['refreshed'][-1]}")
+    assert np.median(err) <= 1.0 and moved["reference_cube"]["pad_before"] == cube["pad_before"]
+    beads = OutputStore(str(scene0), mode="r").read_table("beads")
+    assert np.allclose(beads["x_cube_px"], apply_affine(np.array(moved["affine_px"]), beads[["x_px", "y_px"]])[:, 0])
+    assert main(["register-modality", "--refresh", str(scene0)]) == 0
+    assert "current" in capsys.readouterr().out
+    shutil.rmtree(ref / "cube")  # the cube gone: the mapping is stale, and says why
+    assert main(["register-modality", "--refresh", str(scene0)]) == 1
+    assert "stale" in capsys.readouterr().out
+    gone = OutputStore(str(scene0), mode="r").imaxt_attrs()["federation"]
+    assert gone["stale"] is True and "no cube" in gone["stale_reason"]
+
+
 def test_reprojection_maps_points_tables_and_labels_both_ways():
     import pandas as pd
 
@@ -165,3 +245,15 @@ def test_reprojection_maps_points_tables_and_labels_both_ways():
     assert np.all(got[np.rint(my).astype(int), np.rint(mx).astype(int)] == 7)
     back = reproject_image(got, a, labels.shape, inverse=True, labels=True).compute()
     np.testing.assert_array_equal(back, labels)
+
+
+def test_register_modality_needs_reference_and_out_unless_refreshing(tmp_path, capsys):
+    from imaxt_pipeline.service.cli import main
+
+    assert main(["register-modality", str(tmp_path / "s.czi"), "--out", str(tmp_path / "o.zarr")]) == 2
+    (err,) = _one_line(capsys)
+    assert "--reference and --out are required (unless --refresh)" in err
+    assert main(["register-modality", "--refresh", str(tmp_path / "none.zarr")]) == 2
+    (err,) = _one_line(capsys)
+    assert "not a slide store" in err
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "none.zarr").exists()

@@ -14,6 +14,7 @@ search is small (~1000 FFTs of ~100 px images, well under a second) and has no l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,8 @@ class CoarseMatch:
     scale: float
     score: float
     runner_up: float
+    reference_index: int = 0
+    """Which of several references (:func:`coarse_orientation`) the pose is on."""
 
 
 def block_mean(image: Array, factor: int) -> Array:
@@ -57,7 +60,7 @@ def block_mean(image: Array, factor: int) -> Array:
 
 
 def foreground_fraction(image: Array, factor: int) -> Array:
-    """Share of each ``factor`` x ``factor`` block that is foreground (Otsu on the distance to the background).
+    """Share of each ``factor`` x ``factor`` block that is foreground (Otsu on the log distance to the background).
 
     The background level is the median of the image border (agarose or bare glass), so bright-on-dark
     and dark-on-bright images give the same map.
@@ -66,7 +69,10 @@ def foreground_fraction(image: Array, factor: int) -> Array:
     img = ndi.gaussian_filter(np.asarray(image, np.float64), max(1.0, factor / 4.0))
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     dist = np.abs(img - float(np.median(border)))
-    fg = dist > _otsu(dist)
+    # Otsu on a log scale: beads far brighter than the tissue (fluorescent beads in STPT) must not take the
+    # threshold for themselves and leave the tissue as background
+    scale = float(np.median(dist)) + 1e-12
+    fg = dist > scale * np.expm1(_otsu(np.log1p(dist / scale)))
     return block_mean(fg.astype(np.float64), factor)
 
 
@@ -95,13 +101,8 @@ def _rotation(flip: bool, angle_deg: float, scale: float) -> Array:
     return m @ np.diag([-1.0, 1.0]) if flip else m
 
 
-def _score(
-    moving: Array, ref_spec: Array, ref_norm: float, ref_shape: tuple[int, int], shape: tuple[int, int], m: Array
-) -> tuple[float, Array]:
-    """Warp ``moving`` by the linear map ``m`` (about the canvas origin), correlate with the reference.
-
-    Returns the normalised peak and the (2, 3) affine moving-coarse (x, y) -> reference-coarse (x, y).
-    """
+def _warp(moving: Array, m: Array, shape: tuple[int, int]) -> tuple[Array, Array, float]:
+    """Warp ``moving`` by the linear map ``m`` (about the canvas origin) onto a canvas; its spectrum, offset, norm."""
     h, w = moving.shape
     corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64) @ m.T
     lo = np.floor(corners.min(axis=0))
@@ -111,14 +112,29 @@ def _score(
     mat_yx = inv[::-1, ::-1]
     off_xy = inv @ lo
     warped = ndi.affine_transform(moving, mat_yx, offset=off_xy[::-1], output_shape=(out_h, out_w), order=1)
-    spec = fft.rfft2(warped, s=shape)
+    return fft.rfft2(warped, s=shape), lo, float(np.sqrt(np.sum(warped**2)))
+
+
+def _score(
+    warped: tuple[Array, Array, float],
+    ref_spec: Array,
+    ref_norm: float,
+    ref_shape: tuple[int, int],
+    shape: tuple[int, int],
+    m: Array,
+) -> tuple[float, Array]:
+    """Correlate a warped slide (:func:`_warp`) with one reference (its spectrum on the canvas ``shape``).
+
+    Returns the normalised peak and the (2, 3) affine moving-coarse (x, y) -> reference-coarse (x, y).
+    """
+    spec, lo, w_norm = warped
     corr = fft.irfft2(ref_spec * np.conj(spec), s=shape)
     k = int(np.argmax(corr))
     dy, dx = divmod(k, shape[1])
     # shifts run from -(out - 1) to ref - 1; the FFT canvas holds both without aliasing
     dy = dy - shape[0] if dy >= ref_shape[0] else dy
     dx = dx - shape[1] if dx >= ref_shape[1] else dx
-    norm = float(np.sqrt(np.sum(warped**2)) * ref_norm)
+    norm = w_norm * ref_norm
     peak = float(corr.ravel()[k]) / norm if norm > 0 else 0.0
     # canvas pixel (x, y) = m @ p - lo; reference pixel = canvas pixel + (dx, dy)
     affine = np.hstack([m, (np.array([dx, dy], np.float64) - lo)[:, None]])
@@ -128,7 +144,7 @@ def _score(
 def coarse_orientation(
     slide: Array,
     slide_factor: int,
-    reference: Array,
+    reference: Array | Sequence[Array],
     reference_factor: int,
     *,
     nominal_scale: float,
@@ -137,12 +153,15 @@ def coarse_orientation(
     flips: tuple[bool, ...] = (False, True),
     max_rotation_deg: float = 180.0,
 ) -> list[CoarseMatch]:
-    """Search flips, rotations and scales for the slide's pose on a reference section.
+    """Search flips, rotations and scales for the slide's pose on a reference section (or the best of several).
 
     Parameters
     ----------
-    slide, reference : ndarray (H, W)
-        Full-resolution images (any contrast).
+    slide : ndarray (H, W)
+        Full-resolution image (any contrast).
+    reference : ndarray (H, W) or sequence of them
+        Reference section(s), all of one shape: each warped slide is correlated with every one
+        (the warp and its FFT, most of the cost, are shared), the best one's pose refined.
     slide_factor, reference_factor : int
         Down-sampling of each to a common coarse pixel (the same physical size).
     nominal_scale : float
@@ -159,17 +178,21 @@ def coarse_orientation(
     Returns
     -------
     list of CoarseMatch
-        The best pose of each flip, best first (the bead matches decide a close call).
+        The best pose of each flip, best first (the bead matches decide a close call), each with the
+        index of the reference it is on.
     """
+    refs_in = [reference] if isinstance(reference, np.ndarray) and reference.ndim == 2 else list(reference)
+    refs = [foreground_fraction(r, reference_factor) for r in refs_in]
+    if len({r.shape for r in refs}) != 1:
+        raise ValueError(f"references of different shapes: {sorted({r.shape for r in refs})}")
     mov = foreground_fraction(slide, slide_factor)
-    ref = foreground_fraction(reference, reference_factor)
     coarse_scale = nominal_scale * slide_factor / reference_factor
     diag = int(np.ceil(float(np.hypot(mov.shape[0], mov.shape[1])) * coarse_scale * (1 + scale_range)))
-    ref_shape = (int(ref.shape[0]), int(ref.shape[1]))
-    shape = (fft.next_fast_len(ref.shape[0] + diag), fft.next_fast_len(ref.shape[1] + diag))
-    ref_spec = fft.rfft2(ref, s=shape)
-    ref_norm = float(np.sqrt(np.sum(ref**2)))
-    best: dict[bool, tuple[float, Array, float, float]] = {}
+    ref_shape = (int(refs[0].shape[0]), int(refs[0].shape[1]))
+    shape = (fft.next_fast_len(ref_shape[0] + diag), fft.next_fast_len(ref_shape[1] + diag))
+    specs = [fft.rfft2(r, s=shape) for r in refs]
+    norms = [float(np.sqrt(np.sum(r**2))) for r in refs]
+    best: dict[bool, tuple[float, Array, float, float, int]] = {}
     step = min(angle_step_deg, max(max_rotation_deg / 4.0, 0.5))
     sweep = (
         np.arange(-180.0, 180.0, step)
@@ -177,24 +200,28 @@ def coarse_orientation(
         else np.arange(-max_rotation_deg, max_rotation_deg + 1e-9, step)
     )
     for flip in flips:
-        top = (-np.inf, np.zeros((2, 3)), 0.0, coarse_scale)
+        top = (-np.inf, np.zeros((2, 3)), 0.0, coarse_scale, 0)
         for a in sweep:
-            sc, aff = _score(mov, ref_spec, ref_norm, ref_shape, shape, _rotation(flip, a, coarse_scale))
-            if sc > top[0]:
-                top = (sc, aff, a, coarse_scale)
-        # refine angle (1 degree) and scale around the best step
-        a0 = top[2]
+            m = _rotation(flip, a, coarse_scale)
+            warped = _warp(mov, m, shape)
+            for i, (spec, norm) in enumerate(zip(specs, norms, strict=True)):
+                sc, aff = _score(warped, spec, norm, ref_shape, shape, m)
+                if sc > top[0]:
+                    top = (sc, aff, a, coarse_scale, i)
+        # refine angle (1 degree) and scale around the best step, on the best reference
+        a0, i = top[2], top[4]
         for s in coarse_scale * np.array([1 - scale_range, 1.0, 1 + scale_range]):
             for a in a0 + np.arange(-step, step + 1e-9, min(1.0, step / 2)):
-                sc, aff = _score(mov, ref_spec, ref_norm, ref_shape, shape, _rotation(flip, a, s))
+                m = _rotation(flip, a, s)
+                sc, aff = _score(_warp(mov, m, shape), specs[i], norms[i], ref_shape, shape, m)
                 if sc > top[0]:
-                    top = (sc, aff, a, s)
+                    top = (sc, aff, a, s, i)
         best[flip] = top
     alternatives = []
     from_full = np.array([[1 / slide_factor, 0, -0.5 * (slide_factor - 1) / slide_factor],
                           [0, 1 / slide_factor, -0.5 * (slide_factor - 1) / slide_factor]])  # fmt: skip
     for flip in sorted(best, key=lambda f: -best[f][0]):
-        score, aff_c, angle, s = best[flip]
+        score, aff_c, angle, s, i = best[flip]
         affine = compose_affine(compose_affine(_coarse_to_full(reference_factor), aff_c), from_full)
         alternatives.append(
             CoarseMatch(
@@ -204,6 +231,7 @@ def coarse_orientation(
                 scale=float(s * reference_factor / slide_factor),
                 score=float(score),
                 runner_up=float(best[not flip][0]) if (not flip) in best else 0.0,
+                reference_index=int(i),
             )
         )
     return alternatives

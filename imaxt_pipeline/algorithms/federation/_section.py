@@ -67,13 +67,14 @@ def _fit_profile(n: Array, z: Array, min_sigma: float) -> tuple[float, float, fl
     """Grid search of (mu, sigma) with the linear parameters solved exactly, then a finer grid around the best."""
     lo, hi = -3.0, len(n) + 2.0
     sig_grid = min_sigma * np.geomspace(1.0, max(2.0, len(n) / (2 * min_sigma)), 12)
-    mu_grid = np.arange(lo, hi + 1e-9, 0.25)
+    # half-section steps first (a peak is at least a section wide), then 0.02 around the best
+    mu_grid = np.arange(lo, hi + 1e-9, 0.5)
     for _ in range(2):
         mm, ss = (a.ravel() for a in np.meshgrid(mu_grid, sig_grid, indexing="ij"))
         g = np.exp(-0.5 * ((z[None, :] - mm[:, None]) / ss[:, None]) ** 2)
         dev, amp, bg = _ml_linear(n, g)
         i = int(np.argmin(dev))
-        mu_grid = np.clip(mm[i] + np.arange(-0.25, 0.2501, 0.02), lo, hi)
+        mu_grid = np.clip(mm[i] + np.arange(-0.5, 0.5001, 0.02), lo, hi)
         sig_grid = np.clip(ss[i] * np.geomspace(0.8, 1.25, 9), min_sigma, None)
     return float(dev[i]), float(amp[i]), float(mm[i]), float(ss[i]), float(bg[i])
 

@@ -168,3 +168,30 @@ def test_slides_find_their_section_flip_and_pose(stpt_truth):
         assert np.median(fit.loo_residual_px) <= 1.0
     print(f"worst median bead error {worst:.3f} STPT px ({worst * truth.params.pixel_size_um:.2f} um)")
     assert flips == {False, True}
+
+
+def test_coarse_orientation_picks_the_reference_the_slide_was_cut_from():
+    """Several references share the slide's warps: the best pose is on the right one, as if searched alone."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:160, 0:160]
+    shapes = [
+        ((yy > 30) & (yy < 130) & (xx > 40) & (xx < 65)) | ((yy > 105) & (yy < 130) & (xx > 40) & (xx < 120)),  # an L
+        np.hypot(yy - 80, xx - 80) < 45,  # a disc
+        (yy > 45) & (yy < 115) & (xx > 20) & (xx < 140),  # a bar
+    ]
+    refs = [100.0 + 900.0 * ndi.gaussian_filter(s.astype(float), 1) + rng.normal(0, 20, s.shape) for s in shapes]
+    theta = np.radians(70.0)
+    lin = 0.5 * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) @ np.diag([-1.0, 1.0])
+    true = np.hstack([lin, (np.array([80.0, 80.0]) - lin @ [160.0, 160.0])[:, None]])  # slide -> ref 0, mirrored
+    slide = ndi.affine_transform(refs[0], lin[::-1, ::-1], offset=true[::-1, 2], output_shape=(320, 320), cval=100.0)
+    slide += rng.normal(0, 20, slide.shape)
+    poses = coarse_orientation(slide, 8, refs, 4, nominal_scale=0.5)
+    best = poses[0]
+    assert best.reference_index == 0 and best.flip and abs((best.rotation_deg - 70.0 + 180) % 360 - 180) <= 3.0
+    centre = np.array([[160.0, 160.0]])
+    assert np.hypot(*(apply_affine(best.affine, centre) - apply_affine(true, centre))[0]) <= 8.0  # 2 coarse px
+    alone = coarse_orientation(slide, 8, refs[0], 4, nominal_scale=0.5)[0]
+    assert alone.flip == best.flip and alone.rotation_deg == best.rotation_deg
+    np.testing.assert_allclose(alone.affine, best.affine)
