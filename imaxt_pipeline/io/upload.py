@@ -16,6 +16,13 @@ Nothing is lost, nothing corrupt is processed:
   missing or different tiles. Before changing anything in an existing store it marks
   the store incomplete and drops its checksum table; it marks it complete again with
   the new per-tile SHA-256 table only after every tile is in place.
+- **Sections as they land.** With ``new_sections_only`` (an acquisition still running, one
+  more section landed), a section the store already holds complete and verified (its tiles'
+  SHA-256 in the table of a complete upload, matching the owner record's section checksum, the
+  same tiles as the source lists now) is neither read nor verified again: only the new sections
+  are. What the pipeline reads is still checked against the table (:mod:`.rawzarr`), so a chunk
+  damaged since is caught there; a tile *file* rewritten in a section that had already landed is
+  not noticed (the instrument writes each section once).
 """
 
 from __future__ import annotations
@@ -72,15 +79,18 @@ class UploadReport:
     dest: str
     written: list[str] = field(default_factory=list)
     verified: list[str] = field(default_factory=list)
+    trusted: list[str] = field(default_factory=list)
+    """Tiles of sections verified by an earlier upload, neither read nor checked again (``new_sections_only``)."""
     nbytes: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
         mb = self.nbytes / 1e6
         rate = mb / self.seconds if self.seconds else float("nan")
+        earlier = f", {len(self.trusted)} in sections verified earlier" if self.trusted else ""
         return (
             f"uploaded to {self.dest}: {len(self.written)} tiles written, {len(self.verified)} already "
-            f"present and verified, {mb:.1f} MB in {self.seconds:.1f} s ({rate:.1f} MB/s)"
+            f"present and verified{earlier}, {mb:.1f} MB in {self.seconds:.1f} s ({rate:.1f} MB/s)"
         )
 
 
@@ -96,6 +106,7 @@ def upload(
     overwrite: bool = False,
     format: str | None = None,
     reader_options: Mapping[str, Any] | None = None,
+    new_sections_only: bool = False,
 ) -> UploadReport:
     """Upload the raw sample at ``raw_url`` to a Zarr store at ``dest_url``.
 
@@ -127,6 +138,9 @@ def upload(
         Options of that format's reader, e.g. ``{"pixel_size_um": 0.56}`` for TissueCyte.
         Tiles the reader reports as never acquired are not written (they read as zeros) and
         are listed under ``imaxt.upload.missing_tiles``.
+    new_sections_only : bool
+        Read and verify only the sections the store does not hold complete and verified yet
+        (sections landing one by one, see the module docstring); ignored with ``overwrite``.
 
     Raises
     ------
@@ -145,7 +159,15 @@ def upload(
     check_apart(dest, src)
     sample = open_acquisition(raw_url, format, storage_options=raw_storage_options, **dict(reader_options or {}))
     job = _Upload(
-        src, dest, sample, workers=max(1, workers), progress=progress, on_tile=on_tile, overwrite=overwrite, start=start
+        src,
+        dest,
+        sample,
+        workers=max(1, workers),
+        progress=progress,
+        on_tile=on_tile,
+        overwrite=overwrite,
+        start=start,
+        new_sections_only=new_sections_only,
     )
     try:
         return job.run()
@@ -171,6 +193,7 @@ class _Upload:
         on_tile: Callable[[str], None] | None,
         overwrite: bool,
         start: _dt.datetime,
+        new_sections_only: bool = False,
     ) -> None:
         self.src, self.dest, self.sample = src, dest, sample
         self.acq: Acquisition = sample.acquisition
@@ -179,6 +202,7 @@ class _Upload:
         self.owner = Owner(UPLOAD_TOOL, self.acq.sample, sample_identity(self.acq_json))
         self.workers, self.progress, self.on_tile = workers, progress, on_tile
         self.overwrite, self.start = overwrite, start
+        self.new_sections_only = new_sections_only
         self.report = UploadReport(dest=dest.url)
         self.digests: dict[str, str] = {}
         self.cache: dict[str, np.ndarray] = {}
@@ -219,6 +243,11 @@ class _Upload:
         verify = tiles is not None and not self.overwrite
         zeros = sha256(np.zeros(self.acq.tile_shape, self.dtype))
         to_write: list[TileRecord] = []
+        trusted = self._verified_sections(group, found) if verify and self.new_sections_only else {}
+        for table in trusted.values():
+            self.digests.update(table)
+            self.report.trusted.extend(table)
+        records = [rec for rec in self.sample.records if rec.slice not in trusted]
 
         def check(rec: TileRecord) -> None:
             key = self._key(rec)
@@ -235,7 +264,7 @@ class _Upload:
                         self.cache[key] = data
                         self.cached_bytes += data.nbytes
 
-        self._map(check, self.sample.records, f"check {self.acq.sample}")
+        self._map(check, records, f"check {self.acq.sample}")
         if group is not None and not to_write and self._unchanged(group, found):
             return self._finish(group, mark=False)
 
@@ -325,6 +354,38 @@ class _Upload:
             )
         return tiles
 
+    def _verified_sections(self, group: zarr.Group | None, found: Destination) -> dict[int, dict[str, str]]:
+        """``{slice: {tile key: sha256}}`` of the sections a complete upload of ours already verified.
+
+        A section counts when its entries of ``imaxt.upload.tile_sha256`` give the owner record's
+        checksum of that section and name exactly the tiles the source lists for it now (a tile
+        that appeared or went means it is checked again, whole).
+        """
+        meta = group.attrs.get("imaxt", {}) if group is not None else {}
+        upload_meta = meta.get("upload") if isinstance(meta, Mapping) else None
+        if found.owner is None or not isinstance(upload_meta, Mapping) or upload_meta.get("complete") is not True:
+            return {}
+        table = upload_meta.get("tile_sha256")
+        if not isinstance(table, Mapping):
+            return {}
+        stored: dict[int, dict[str, str]] = {}
+        for key, digest in table.items():
+            stored.setdefault(int(str(key).split("/", 1)[0]), {})[str(key)] = str(digest)
+        listed: dict[int, set[str]] = {}
+        for rec in self.sample.records:
+            listed.setdefault(rec.slice, set()).add(self._key(rec))
+        recorded = found.owner.sections
+        verified = {}
+        for s, entries in stored.items():
+            checksum = recorded.get(str(s))
+            if (
+                checksum is not None
+                and section_checksums(entries).get(str(s)) == checksum
+                and set(entries) == listed.get(s)
+            ):
+                verified[s] = entries
+        return verified
+
     def _unchanged(self, group: zarr.Group, found: Destination) -> bool:
         """Whether a store of ours already holds exactly this upload, marked complete."""
         meta = dict(group.attrs.get("imaxt", {}))
@@ -404,6 +465,7 @@ class _Upload:
         self.report.seconds = (end - self.start).total_seconds()
         self.report.written.sort(key=_key_order)
         self.report.verified.sort(key=_key_order)
+        self.report.trusted.sort(key=_key_order)
         if mark:
             self._mark_complete(group, end)
         return self.report
@@ -423,7 +485,12 @@ class _Upload:
             },
             "inputs": {"source": self.sample.root, "n_tiles": len(table)},
             "outputs": ["tiles", "stage_um"],
-            "metrics": {"written": len(report.written), "verified": len(report.verified), "bytes": report.nbytes},
+            "metrics": {
+                "written": len(report.written),
+                "verified": len(report.verified),
+                "verified_earlier": len(report.trusted),
+                "bytes": report.nbytes,
+            },
             "start": utcnow(self.start),
             "end": utcnow(end),
             "host": socket.gethostname(),

@@ -56,11 +56,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
         # distributed sets its loggers from dask config when first imported (also in worker processes).
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     if getattr(args, "json_events", False):
-        # Service events (imaxt.watcher) as one JSON object per line, for log collectors.
-        from .watcher import JsonFormatter
+        # Service events (imaxt.watcher) as one JSON object per line, for log collectors: the same
+        # python-json-logger formatter as --log-format json, the event's fields at the top level.
+        from .logs import EventJsonFormatter
 
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(EventJsonFormatter())
         logger = logging.getLogger("imaxt")
         logger.handlers[:] = [handler]
         logger.setLevel(logging.INFO)
@@ -417,7 +418,7 @@ def _verify(args: argparse.Namespace) -> int:
 def add_export_spatialdata(sub: SubParsers) -> None:
     p = sub.add_parser(
         "export-spatialdata",
-        help="write the cells table as a SpatialData store beside a processed store (needs [export])",
+        help="write the image, labels and cells table as a SpatialData store beside a processed store (needs [export])",
     )
     p.add_argument("store_url", help="processed output store")
     p.add_argument("out_url", help="new SpatialData store (outside the processed store)")
@@ -508,6 +509,13 @@ def add_watch(sub: SubParsers) -> None:
         default=600.0,
         help="TissueCyte: seconds an incomplete last section must stay unchanged before it counts as acquired",
     )
+    p.add_argument(
+        "--acquisition-quiet",
+        type=float,
+        default=4 * 3600.0,
+        help="TissueCyte: seconds without any new file after which an acquisition that stopped short of its "
+        "planned sections is complete with the sections it has (also ended by an _COMPLETE file); default 4 h",
+    )
     p.add_argument("--max-attempts", type=int, default=3)
     p.add_argument("--backoff", type=float, default=60.0, help="first retry delay, doubled each time")
     p.add_argument("--notify-port", type=int, help="serve POST /events for S3/MinIO notifications")
@@ -518,6 +526,12 @@ def add_watch(sub: SubParsers) -> None:
         help="required bearer token for notifications (env IMAXT_NOTIFY_TOKEN)",
     )
     p.add_argument("--exit-when-settled", action="store_true", help="exit once every landed sample is done or failed")
+    p.add_argument(
+        "--slides-prefix",
+        default="slides",
+        help="folder of the bucket whose SAMPLE/ subfolders receive slides (CZI, TIFF, IMC MCD/TXT) registered "
+        "onto that sample's processed store once it is done (register-modality); '' turns this off",
+    )
     p.add_argument("--owner", help="lease owner id (default host:pid:random)")
     _add_storage(p)
     p.set_defaults(handler=_watch, json_events=True)
@@ -525,6 +539,7 @@ def add_watch(sub: SubParsers) -> None:
 
 def _watch(args: argparse.Namespace) -> int:
     from .notify import NotificationServer
+    from .slides import SlideStep
     from .state import Ledger, RetryPolicy, open_state_store
     from .watcher import Watcher
 
@@ -545,6 +560,8 @@ def _watch(args: argparse.Namespace) -> int:
         poll_interval=args.poll,
         settle_seconds=args.settle,
         section_quiet_seconds=args.section_quiet,
+        acquisition_quiet_seconds=args.acquisition_quiet,
+        slides=SlideStep(args.slides_prefix) if args.slides_prefix else None,
     )
     server = None
     if args.notify_port is not None:
@@ -646,8 +663,31 @@ def add_process(sub: SubParsers) -> None:
         help="Dask scheduler (default $DASK_SCHEDULER_ADDRESS, else a LocalCluster)",
     )
     p.add_argument("--workers", type=int)
+    p.add_argument(
+        "--sections",
+        help="TissueCyte acquisition still running: the section numbers landed so far (1-based, 1,2,3); "
+        "only those are uploaded, only the ones not processed yet are run",
+    )
+    p.add_argument(
+        "--acquisition-ended",
+        action="store_true",
+        help="with --sections: the acquisition ended short of its plan; mark the output complete with them",
+    )
     _add_storage(p)
     p.set_defaults(handler=_process)
+
+
+def _sections(text: str | None) -> list[int] | None:
+    """``--sections 1,2,3`` as 1-based section numbers (one-line error otherwise)."""
+    if text is None:
+        return None
+    try:
+        numbers = [int(n) for n in text.split(",")]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        raise ConfigError(f"--sections: expected comma-separated section numbers from 1 such as 1,2,3, got {text!r}")
+    return numbers
 
 
 def _process(args: argparse.Namespace) -> int:
@@ -660,6 +700,9 @@ def _process(args: argparse.Namespace) -> int:
         STEP_SCOPE.set(gpu_scope)
 
     check_url(args.raw_url, "RAW_URL")
+    sections = _sections(args.sections)
+    if args.acquisition_ended and sections is None:
+        raise ConfigError("--acquisition-ended needs --sections (the sections the acquisition has)")
     storage = args.storage_options
     out = _output_url(args.output_url, "--out", storage)
     raw_store = _output_url(args.raw_store or _default_raw_store(out), "--raw-store", storage)
@@ -680,8 +723,10 @@ def _process(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
             n_workers=args.workers,
             client=client,
+            sections=sections,
+            acquisition_ended=args.acquisition_ended,
         )
-    print(summary.describe())
+    print(summary.describe() if summary is not None else f"sections {args.sections}: nothing new to process")
     return 0
 
 
@@ -754,21 +799,41 @@ def add_register_modality(sub: SubParsers) -> None:
     p = sub.add_parser(
         "register-modality", help="register a slide-scanner slide or IMC acquisition onto an STPT cube by its beads"
     )
-    p.add_argument("slide", help="slide file: .czi, IMC .txt/.mcd, OME-TIFF or plain TIFF (with --pixel-size-um)")
-    p.add_argument("--reference", required=True, help="processed STPT store (cube, beads, register)")
-    p.add_argument("--out", required=True, help="the slide's OME-Zarr store to write")
+    p.add_argument(
+        "slide",
+        help="slide file: .czi, IMC .txt/.mcd, OME-TIFF or plain TIFF (with --pixel-size-um); "
+        "with --refresh, a slide store written by this command",
+    )
+    p.add_argument("--reference", help="processed STPT store (cube, beads, register); required unless --refresh")
+    p.add_argument(
+        "--out",
+        help="the slide's OME-Zarr store to write; a file of several scenes/ROIs writes one store per section, "
+        "OUT with -sceneK / -roiK before .zarr (slide.zarr -> slide-scene0.zarr, slide-scene1.zarr, ...)",
+    )
     p.add_argument("--via", help="registered Axioscan store to chain an IMC acquisition through")
-    p.add_argument("--scene", type=int, help="CZI scene (0-based) when the file holds several")
-    p.add_argument("--roi", type=int, help="MCD acquisition (0-based) when the file holds several")
+    p.add_argument("--scene", type=int, help="CZI scene (0-based): register only this one (into OUT)")
+    p.add_argument("--roi", type=int, help="MCD acquisition (0-based): register only this one (into OUT)")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="SLIDE is a registered slide store: follow its reference cube if re-made (moved by the change in "
+        "padding/offset) or mark the mapping stale",
+    )
     p.add_argument("--pixel-size-um", type=float, help="slide pixel size (a plain TIFF records none)")
     _add_storage(p)
     p.set_defaults(handler=_register_modality)
 
 
 def _register_modality(args: argparse.Namespace) -> int:
-    from ..workflows.federate import register_modality
+    from ..workflows import federate
 
-    fed = register_modality(
+    if args.refresh:
+        state, fed = federate.refresh_mapping(args.slide, storage_options=args.storage_options)
+        print(federate.describe_refresh(args.slide, state, fed))
+        return 1 if state == "stale" else 0
+    if not args.reference or not args.out:
+        raise ConfigError("register-modality: --reference and --out are required (unless --refresh)")
+    outcomes = federate.register_sections(
         args.slide,
         args.reference,
         args.out,
@@ -778,11 +843,12 @@ def _register_modality(args: argparse.Namespace) -> int:
         pixel_size_um=args.pixel_size_um,
         storage_options=args.storage_options,
     )
-    print(
-        f"{args.slide}: section {fed['section']}, {fed['matched_beads']} beads, held-out residual median "
-        f"{fed['residual_px']['median']:.2f} px (max {fed['residual_px']['max']:.2f}), flip {fed['flip']}, "
-        f"rotation {fed['rotation_deg']:.1f} deg -> {args.out}"
-    )
+    for o in outcomes:
+        if o.error is None:
+            print(federate.describe_outcome(args.slide, o))
+    error = federate.sections_error(args.slide, outcomes)
+    if error is not None:
+        raise error
     return 0
 
 

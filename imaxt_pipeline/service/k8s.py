@@ -4,7 +4,9 @@ The dask-kubernetes operator turns a ``DaskJob`` into a ``DaskCluster``
 (scheduler + CPU workers, named after the job) plus a job-runner pod whose
 environment holds ``DASK_SCHEDULER_ADDRESS``; the runner executes
 ``imaxt process`` which uploads the raw sample and runs the pipeline on that
-cluster. An optional ``DaskWorkerGroup`` adds GPU workers to the same cluster:
+cluster (for a landed section of a TissueCyte acquisition still running, with
+``--sections`` so that it uploads and processes only those, :func:`process_args`).
+An optional ``DaskWorkerGroup`` adds GPU workers to the same cluster:
 the GPU image (``<image>-cuda`` unless given), one ``nvidia.com/gpu`` per worker
 as a resource limit, the Dask resource ``GPU=1`` advertised to the scheduler,
 and configurable node selector and tolerations. With GPU workers the run
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,9 +346,22 @@ def dask_job(
     }
 
 
-def process_args(raw_url: str, output_url: str, raw_store_url: str) -> list[str]:
-    """Command line of the job runner: upload + run on ``$DASK_SCHEDULER_ADDRESS``."""
-    return [
+def process_args(
+    raw_url: str,
+    output_url: str,
+    raw_store_url: str,
+    *,
+    sections: Sequence[int] | None = None,
+    acquisition_ended: bool = False,
+) -> list[str]:
+    """Command line of the job runner: upload + run on ``$DASK_SCHEDULER_ADDRESS``.
+
+    ``sections`` (a TissueCyte acquisition still running: the section numbers landed so far)
+    becomes ``--sections 1,2,3``, as the local launcher passes them to
+    :func:`~.launcher.process_sample`: only those are uploaded, only the new ones processed;
+    ``acquisition_ended`` adds ``--acquisition-ended``.
+    """
+    args = [
         "imaxt",
         "process",
         raw_url,
@@ -356,6 +372,16 @@ def process_args(raw_url: str, output_url: str, raw_store_url: str) -> list[str]
         "--config",
         f"{CONFIG_DIR}/config.yaml",
     ]
+    if sections is not None:
+        numbers = sorted({int(n) for n in sections})
+        if not numbers or numbers[0] < 1:
+            raise ValueError(f"sections must be section numbers >= 1, got {sections!r}")
+        args += ["--sections", ",".join(str(n) for n in numbers)]
+    if acquisition_ended:
+        if sections is None:
+            raise ValueError("acquisition_ended needs the sections the acquisition has")
+        args.append("--acquisition-ended")
+    return args
 
 
 #: Prefix of the environment variables that carry credentials from ``credentials_secret``.
@@ -419,18 +445,33 @@ def move_credentials(config_yaml: str, settings: KubeSettings) -> tuple[str, lis
 
 
 def job_objects(
-    sample: str, settings: KubeSettings, *, raw_url: str, output_url: str, raw_store_url: str, config_yaml: str
+    sample: str,
+    settings: KubeSettings,
+    *,
+    raw_url: str,
+    output_url: str,
+    raw_store_url: str,
+    config_yaml: str,
+    sections: Sequence[int] | None = None,
+    acquisition_ended: bool = False,
 ) -> list[dict[str, Any]]:
-    """Everything to ``kubectl apply`` for one sample: ConfigMap, DaskJob, GPU group."""
+    """Everything to ``kubectl apply`` for one sample: ConfigMap, DaskJob, GPU group.
+
+    With ``sections`` (a landed section of an acquisition still running, :func:`process_args`)
+    the job processes only those sections, and its objects are named after the landing
+    (``imaxt-<sample>-s<last section>``, ``-end`` when the acquisition ended), so that the next
+    landing's job never collides with the previous one while Kubernetes is still deleting it.
+    """
     name = k8s_name(f"imaxt-{sample}")
+    args = process_args(raw_url, output_url, raw_store_url, sections=sections, acquisition_ended=acquisition_ended)
+    if sections is not None:
+        name = k8s_name(f"imaxt-{sample}-s{max(sections)}{'-end' if acquisition_ended else ''}")
     cm = f"{name}-config"
     config_yaml, credential_env = move_credentials(config_yaml, settings)
     if settings.gpu_workers > 0:
         config_yaml = gpu_segmentation(config_yaml)
         credential_env += gpu_env(f"{name}-gpu", settings)
-    job = dask_job(
-        name, settings, args=process_args(raw_url, output_url, raw_store_url), config_map_name=cm, sample=sample
-    )
+    job = dask_job(name, settings, args=args, config_map_name=cm, sample=sample)
     job["spec"]["job"]["spec"]["containers"][0]["env"] += credential_env
     if settings.gpu_workers > 0:
         job["spec"]["job"]["spec"]["serviceAccountName"] = settings.job_service_account

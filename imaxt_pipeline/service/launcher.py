@@ -68,6 +68,8 @@ class Job:
     lease_token: int = 0
     sections: tuple[int, ...] | None = None
     """TissueCyte acquisitions still running: the section numbers landed so far (:mod:`.live`)."""
+    acquisition_ended: bool = False
+    """With ``sections``: the acquisition ended short of its plan; ``sections`` are all it has."""
 
 
 class Action(Protocol):
@@ -199,7 +201,8 @@ class CommandAction:
 
     Fields: ``{sample}``, ``{sample_url}``, ``{output_url}``, ``{raw_store_url}``, ``{attempt}``,
     ``{lease_token}`` (also in the environment as ``IMAXT_LEASE_TOKEN``), ``{sections}`` (a TissueCyte
-    acquisition still running: the landed section numbers, ``1,2,3``; empty otherwise). An exit status in
+    acquisition still running: the landed section numbers, ``1,2,3``; empty otherwise), ``{acquisition_ended}``
+    (``1`` when such an acquisition ended short of its planned sections, else empty). An exit status in
     ``permanent_exit_codes`` (default 2: the ``imaxt`` CLI's status for configuration and input
     errors) is a permanent failure; any other non-zero status is retried.
     """
@@ -220,6 +223,7 @@ class CommandAction:
             "attempt": job.attempt,
             "lease_token": job.lease_token,
             "sections": ",".join(str(n) for n in job.sections) if job.sections is not None else "",
+            "acquisition_ended": "1" if job.acquisition_ended else "",
         }
         return [part.format(**fields) for part in shlex.split(self.template)]
 
@@ -260,12 +264,16 @@ def process_sample(
     n_workers: int | None = None,
     client: Any = None,
     sections: Sequence[int] | None = None,
+    acquisition_ended: bool = False,
 ) -> Any:
     """Upload ``raw_url`` to ``raw_store_url`` (resumable) and run the pipeline into ``output_url``.
 
     With ``sections`` (a TissueCyte acquisition still running: the section numbers landed so far)
     only those sections are read and uploaded, into a store sized for every planned section, and
     only the slices the output has not processed yet are run; ``None`` when there are none.
+    Sections uploaded and verified by an earlier landing are not read again (``new_sections_only``).
+    ``acquisition_ended``: those sections are all the acquisition has; the output is then marked
+    complete with them (:func:`.live.end_acquisition`).
     """
     from ..io.upload import upload
     from ..pipeline import run_pipeline
@@ -291,11 +299,15 @@ def process_sample(
         progress=False,
         format="tissuecyte",
         reader_options=reader,
+        new_sections_only=True,
     )
     todo = sorted({int(n) - 1 for n in sections} - slices_done(output_url, options))
-    if not todo:
-        return None
-    return run_pipeline(config.model_copy(update={"slices": todo}), client=client)
+    summary = run_pipeline(config.model_copy(update={"slices": todo}), client=client) if todo else None
+    if acquisition_ended:
+        from .live import end_acquisition
+
+        end_acquisition(output_url, sections, options)
+    return summary
 
 
 def slices_done(output_url: str, storage_options: Mapping[str, Any] | None = None) -> set[int]:
@@ -365,6 +377,8 @@ class PipelineAction:
             output_url=job.output_url,
             raw_store_url=job.raw_store_url,
             config_yaml=self.config_yaml(job),
+            sections=job.sections,
+            acquisition_ended=job.acquisition_ended,
         )
 
     def check(self) -> None:
@@ -391,6 +405,7 @@ class PipelineAction:
             "scheduler": self.scheduler if self.backend == "dask" else None,
             "n_workers": self.n_workers,
             "sections": list(job.sections) if job.sections is not None else None,
+            "acquisition_ended": job.acquisition_ended,
         }
         with tempfile.TemporaryDirectory(prefix="imaxt-run-") as tmp:
             result = Path(tmp) / "result.json"

@@ -15,7 +15,9 @@ section by section while the instrument runs (:mod:`.live`): its input checksum 
 sections landed so far, so each newly landed section starts one more run, which uploads the new
 section into the same raw store and processes only the sections not processed yet. The sample
 is complete (``acquisition_complete`` event, the output's ``complete`` flag) once every section
-the root Mosaic file requested has been processed.
+the root Mosaic file requested has been processed, or once the acquisition ended short of them (an
+``_COMPLETE`` file, or ``acquisition_quiet_seconds`` without a new file: one more run marks the
+output complete with the sections it has, and the event is a warning naming how many never came).
 
 The loop polls the bucket through fsspec every ``poll_interval`` seconds;
 bucket notifications (:mod:`.notify`) wake it early for the samples they name.
@@ -43,7 +45,6 @@ import contextlib
 import csv
 import hashlib
 import io
-import json
 import logging
 import os
 import posixpath
@@ -60,6 +61,7 @@ from ..io.storage import protocols, url_to_fs
 from .launcher import Action, Job
 from .live import QuietClock, is_tissuecyte, landed_sections
 from .notify import ObjectEvent
+from .slides import SlideStep
 from .state import Ledger, SampleState, is_permanent, is_transient
 
 log = logging.getLogger("imaxt.watcher")
@@ -72,23 +74,12 @@ class WatcherStopped(ConfigError):
 
 
 def emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
-    """One structured log record: ``event`` plus fields (rendered as JSON by the CLI)."""
+    """One structured log record: ``event`` plus fields (JSON lines: :class:`~.logs.EventJsonFormatter`)."""
     log.log(level, event, extra={"fields": {"event": event, **fields}})
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
-
-
-class JsonFormatter(logging.Formatter):
-    """Format records as one JSON object per line (``fields`` from :func:`emit`)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname, "logger": record.name}
-        doc.update(getattr(record, "fields", None) or {"message": record.getMessage()})
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
 
 
 @dataclass(frozen=True)
@@ -103,11 +94,15 @@ class Landed:
     """TissueCyte acquisitions: the section numbers landed so far (else ``None``: the whole sample)."""
     planned: int | None = None
     """TissueCyte acquisitions: the sections requested (the root ``sections`` key)."""
+    ended: str | None = None
+    """TissueCyte acquisitions that ended short of ``planned``: why (``marker``, ``quiet``; :mod:`.live`)."""
+    action: Action | None = None
+    """Run instead of the watcher's action (a landed slide: :mod:`.slides`)."""
 
     @property
     def acquiring(self) -> bool:
         """Whether sections are still to come (a TissueCyte acquisition not complete yet)."""
-        if self.sections is None:
+        if self.sections is None or self.ended is not None:
             return False
         return self.planned is None or not set(range(1, self.planned + 1)) <= set(self.sections)
 
@@ -150,6 +145,7 @@ def find_landed(
     only: Iterable[str] | None = None,
     quiet: QuietClock | None = None,
     quiet_seconds: float = 600.0,
+    acquisition_quiet_seconds: float | None = None,
 ) -> list[Landed]:
     """List the landed samples under ``bucket_url`` (optionally only the named ones).
 
@@ -179,11 +175,29 @@ def find_landed(
             continue
         listing = {p[len(folder) + 1 :]: info for p, info in found.items() if p.startswith(folder + "/")}
         url = folder if protocol in ("file", "local") else f"{protocol}://{folder}"
-        if listing and MARKER not in listing and is_tissuecyte(listing):
-            sections = landed_sections(fs, folder, listing, quiet=quiet, quiet_seconds=quiet_seconds)
+        if listing and is_tissuecyte(listing):  # an _COMPLETE marker too: it ends the acquisition (.live)
+            sections = landed_sections(
+                fs,
+                folder,
+                listing,
+                quiet=quiet,
+                quiet_seconds=quiet_seconds,
+                acquisition_quiet_seconds=acquisition_quiet_seconds,
+            )
             if sections is not None and sections.landed:
                 checksum = listing_checksum({k: listing[k] for k in sections.files})
-                landed.append(Landed(name, url, checksum, sections=sections.landed, planned=sections.planned))
+                if sections.ended is not None:  # one more run, which marks the output complete
+                    checksum = hashlib.sha256(f"{checksum}\0ended".encode()).hexdigest()
+                landed.append(
+                    Landed(
+                        name,
+                        url,
+                        checksum,
+                        sections=sections.landed,
+                        planned=sections.planned,
+                        ended=sections.ended,
+                    )
+                )
             elif sections is not None:  # started, no section landed yet: nothing to take, but not settled either
                 landed.append(Landed(name, url, "", sections=(), planned=sections.planned))
             continue
@@ -219,6 +233,13 @@ class Watcher:
     section_quiet_seconds : float
         A TissueCyte section that is not complete (a missing tile), with no later section and
         no trigger file, lands once nothing in its folder changed for this long.
+    acquisition_quiet_seconds : float or None
+        A TissueCyte acquisition ends (complete with the sections it has) once nothing in its
+        folder changed for this long; ``None``: only an ``_COMPLETE`` marker or the requested
+        section count ends it.
+    slides : SlideStep, optional
+        Also register slides landing under ``<bucket_url>/<slides.prefix>/<sample>/`` onto their
+        processed sample, each once (:mod:`.slides`); that folder is then never a sample.
     """
 
     def __init__(
@@ -235,6 +256,8 @@ class Watcher:
         poll_interval: float = 30.0,
         settle_seconds: float = 0.0,
         section_quiet_seconds: float = 600.0,
+        acquisition_quiet_seconds: float | None = 4 * 3600.0,
+        slides: SlideStep | None = None,
     ) -> None:
         if lease_ttl <= 0 or poll_interval <= 0:
             raise ValueError(f"lease_ttl and poll_interval must be > 0, got {lease_ttl}, {poll_interval}")
@@ -242,6 +265,8 @@ class Watcher:
             raise ValueError(f"settle_seconds must be >= 0, got {settle_seconds}")
         self.settle_seconds = float(settle_seconds)
         self.section_quiet_seconds = float(section_quiet_seconds)
+        self.acquisition_quiet_seconds = acquisition_quiet_seconds
+        self.slides = slides  # slides landing under <bucket>/<slides.prefix>/<sample>/ (.slides)
         self._quiet = QuietClock()
         self._seen: dict[str, tuple[str, float]] = {}  # sample -> (listing checksum, first seen, monotonic)
         self.bucket_url = bucket_url.rstrip("/")
@@ -286,15 +311,24 @@ class Watcher:
             attempt=state.attempts,
             lease_token=state.lease_token,
             sections=landed.sections,
+            acquisition_ended=landed.ended is not None,
         )
 
     def _find(self, only: Iterable[str] | None = None) -> list[Landed]:
+        found = self._find_samples(only)
+        if self.slides is None:
+            return found
+        found = [x for x in found if not self.slides.is_slides_folder(x.sample)]
+        return found if only is not None else found + self.slides.find(self)
+
+    def _find_samples(self, only: Iterable[str] | None = None) -> list[Landed]:
         return find_landed(
             self.bucket_url,
             self.storage_options,
             only=only,
             quiet=self._quiet,
             quiet_seconds=self.section_quiet_seconds,
+            acquisition_quiet_seconds=self.acquisition_quiet_seconds,
         )
 
     def settled(self, item: Landed) -> bool:
@@ -374,7 +408,7 @@ class Watcher:
 
         def target() -> None:
             try:
-                self.action(job, cancel)
+                (item.action or self.action)(job, cancel)
             except BaseException as exc:  # reported through the ledger, never lost
                 errors.append(exc)
 
@@ -416,7 +450,17 @@ class Watcher:
             retry_at=final.next_attempt_at if final.status == "pending" else None,
         )
         if error is None and item.sections is not None and not item.acquiring:
-            emit("acquisition_complete", sample=job.sample, sections=len(item.sections), output=job.output_url)
+            never = max((item.planned or 0) - len(item.sections), 0)  # planned sections that never came
+            emit(
+                "acquisition_complete",
+                level=logging.WARNING if never else logging.INFO,
+                sample=job.sample,
+                sections=len(item.sections),
+                planned=item.planned,
+                never_acquired=never,
+                ended=item.ended,
+                output=job.output_url,
+            )
         return final
 
     def _cancel(

@@ -110,3 +110,118 @@ def test_refuses_to_mix_samples(sample, tmp_path):
     upload(str(sample), str(dest), progress=False)
     with pytest.raises(StoreError, match="different sample"):
         upload(str(other), str(dest), progress=False)
+
+
+# -- sections as they land ----------------------------------------------------------
+def _tissuecyte(tmp_path, slices=3):
+    from imaxt_pipeline.synth import SynthParams
+    from imaxt_pipeline.synth._tissuecyte import synthesize_tissuecyte
+
+    src = tmp_path / "scan"
+    params = SynthParams(sample="tc", slices=slices, rows=2, cols=2, tile_shape=(48, 48), seed=5)
+    synthesize_tissuecyte(src, params)
+    return src
+
+
+class _Reads:
+    """Counts source tile reads and stored-chunk verifications per slice (spies on both functions)."""
+
+    def __init__(self, monkeypatch):
+        from imaxt_pipeline.io import upload as upload_module
+        from imaxt_pipeline.io.formats._tissuecyte import TissueCyteReader
+
+        self.source: list[int] = []
+        self.stored: list[int] = []
+        read_tile, stored_digest = TissueCyteReader.read_tile, upload_module._stored_digest
+
+        def counted_read(reader, sample, record):
+            self.source.append(record.slice)
+            return read_tile(reader, sample, record)
+
+        def counted_digest(dest, tiles, index, shape, zeros):
+            self.stored.append(index[0])
+            return stored_digest(dest, tiles, index, shape, zeros)
+
+        monkeypatch.setattr(TissueCyteReader, "read_tile", counted_read)
+        monkeypatch.setattr(upload_module, "_stored_digest", counted_digest)
+
+    def take(self):
+        got = (sorted(set(self.source)), len(self.source), sorted(set(self.stored)))
+        self.source.clear()
+        self.stored.clear()
+        return got
+
+
+def test_a_landing_reads_and_verifies_only_the_new_sections_tiles(tmp_path, monkeypatch):
+    src = _tissuecyte(tmp_path)
+    dest, per_section = str(tmp_path / "live.zarr"), 2 * 2 * 2  # channels x rows x cols
+    reads = _Reads(monkeypatch)
+
+    def land(*sections, **kw):
+        return upload(
+            str(src),
+            dest,
+            progress=False,
+            format="tissuecyte",
+            reader_options={"landed_sections": list(sections)},
+            new_sections_only=True,
+            **kw,
+        )
+
+    first = land(1)
+    assert len(first.written) == per_section and reads.take() == ([0], per_section, [])  # a new store
+    second = land(1, 2)
+    assert len(second.written) == per_section and len(second.trusted) == per_section
+    assert reads.take() == ([1], per_section, [1])  # section 1 neither read nor verified again
+    third = land(1, 2, 3)
+    assert len(third.trusted) == 2 * per_section and reads.take() == ([2], per_section, [2])
+    assert "16 in sections verified earlier" in third.summary()
+    again = land(1, 2, 3)  # nothing new: nothing read at all
+    assert not again.written and reads.take() == ([], 0, [])
+
+    # The store is exactly what one upload of the finished acquisition writes.
+    once = str(tmp_path / "once.zarr")
+    upload(str(src), once, progress=False, format="tissuecyte", reader_options={"landed_sections": [1, 2, 3]})
+    assert reads.take()[1] == 3 * per_section
+    live, whole = RawStore(dest), RawStore(once)
+    assert live.tile_checksums() == whole.tile_checksums() and len(live.tile_checksums()) == 3 * per_section
+    assert live.section_checksums() == whole.section_checksums()
+    np.testing.assert_array_equal(live.tiles[...], whole.tiles[...])
+    np.testing.assert_array_equal(live.stage_um, whole.stage_um)
+    # Without new_sections_only every landed tile is read and checked again.
+    upload(str(src), dest, progress=False, format="tissuecyte", reader_options={"landed_sections": [1, 2, 3]})
+    assert reads.take() == ([0, 1, 2], 3 * per_section, [0, 1, 2])
+
+
+def test_an_earlier_section_is_checked_again_when_its_tiles_changed_or_the_store_is_incomplete(tmp_path, monkeypatch):
+    import zarr
+
+    src = _tissuecyte(tmp_path, slices=2)
+    dest, per_section = str(tmp_path / "live.zarr"), 8
+    late = sorted((src / "tc-0001").glob("*-3_02.tif"))[0]
+    held = late.read_bytes()
+    late.unlink()  # section 1 landed with a tile missing
+    reads = _Reads(monkeypatch)
+    opts = {"format": "tissuecyte", "progress": False, "new_sections_only": True}
+    upload(str(src), dest, reader_options={"landed_sections": [1]}, **opts)
+    assert reads.take()[1] == per_section - 1
+    late.write_bytes(held)  # ...and the tile turns up later: section 1 is read again, whole
+    report = upload(str(src), dest, reader_options={"landed_sections": [1, 2]}, **opts)
+    assert not report.trusted and reads.take() == ([0, 1], 2 * per_section, [0, 1])
+    assert "0/0/1/3" not in RawStore(dest).missing_tiles
+
+    # A store left incomplete (an interrupted upload) trusts nothing.
+    group = zarr.open_group(dest, mode="r+")
+    meta = dict(group.attrs["imaxt"])
+    group.attrs["imaxt"] = {**meta, "upload": {**meta["upload"], "complete": False}}
+    report = upload(str(src), dest, reader_options={"landed_sections": [1, 2]}, **opts)
+    assert not report.trusted and reads.take() == ([0, 1], 2 * per_section, [0, 1])
+    # A section whose recorded checksum disagrees with its tiles' entries is checked again.
+    group = zarr.open_group(dest, mode="r+")
+    meta = dict(group.attrs["imaxt"])
+    table = dict(meta["upload"]["tile_sha256"])
+    table["0/0/0/0"] = "0" * 64
+    group.attrs["imaxt"] = {**meta, "upload": {**meta["upload"], "tile_sha256": table}}
+    report = upload(str(src), dest, reader_options={"landed_sections": [1, 2]}, **opts)
+    assert len(report.trusted) == per_section and reads.take() == ([0], per_section, [0])
+    assert RawStore(dest).tile_checksums()["0/0/0/0"] != "0" * 64

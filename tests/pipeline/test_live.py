@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 from imaxt_pipeline.io.output import OutputStore
+from imaxt_pipeline.steps.params import CubeParams
 from imaxt_pipeline.synth import SynthParams
 from imaxt_pipeline.testing import only_steps, uploaded_sample
 
@@ -20,10 +21,23 @@ def test_slices_processed_one_by_one_give_a_complete_consistent_output(tmp_path,
         tmp_path, SynthParams(slices=2, rows=2, cols=2, tile_shape=(256, 256), tissue_fraction=0.35, seed=7)
     )
     out = sample.out
+    cubes = []
     for s in (0, 1):
         sample.run(slices=[s], client=dask_client)
         meta = zarr.open_group(out, mode="r").attrs["imaxt"]
         assert meta["slices_done"] == list(range(s + 1)) and meta["complete"] is (s == 1)
+        cubes.append(meta["cube"])
+
+    # The new slice refines registration over every slice so far; an earlier cube slice is rewritten
+    # only when its offset (or the canvas, padded to the offsets' range) changed.
+    last = {e["name"]: e for e in meta["provenance"] if e["slices"] == [1]}
+    assert last["register"]["metrics"]["slices"] == 2 and last["register"]["metrics"]["unconstrained"] == []
+    offsets = np.asarray(meta["register"]["slice_offsets_px"])
+    moved = np.max(np.abs(offsets[0] - np.asarray(cubes[0]["written"]["0"]))) > CubeParams().rewrite_tol_px
+    regrown = cubes[1]["pad_before"] != cubes[0]["pad_before"]
+    assert (0 in last["cube"]["metrics"]["slices_written"]) is (moved or regrown)
+    assert 1 in last["cube"]["metrics"]["slices_written"]
+    np.testing.assert_allclose([cubes[1]["written"][k] for k in ("0", "1")], offsets, atol=1e-3)
 
     output = OutputStore(out, mode="r")
     cells, crops = output.read_table("cells"), output.read_table("crops")

@@ -498,7 +498,6 @@ def test_gpu_group_is_sized_to_the_blocks_and_released_after_segment_even_on_fai
         assert calls == []  # segmentation on the CPU workers: no GPU group
 
 
-@pytest.mark.filterwarnings("ignore:Port 8787 is already in use:UserWarning")
 def test_gpu_tasks_run_only_on_the_worker_that_advertises_a_gpu():
     import numpy as np
     from distributed import Client, LocalCluster, Worker, get_task_stream
@@ -509,7 +508,7 @@ def test_gpu_tasks_run_only_on_the_worker_that_advertises_a_gpu():
     seg = WatershedSegmenter(nuclear_channel=0, cyto_channel=None, diameter=6.0, growth=CellGrowth(0.0, 1.0))
     rng = np.random.default_rng(3)
     plane = (rng.random((1, 96, 96)) > 0.995).astype(np.float32)
-    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
         cluster.worker_spec = {
             "cpu": {"cls": Worker, "options": {"nthreads": 1}},
             "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
@@ -524,3 +523,74 @@ def test_gpu_tasks_run_only_on_the_worker_that_advertises_a_gpu():
     ran = {str(t["key"]): t["worker"] for t in ts.data}
     on_gpu = {k: w for k, w in ran.items() if "segment-block-" in k}
     assert len(on_gpu) == 4 and set(on_gpu.values()) == {gpu_worker}
+
+
+# -- sections as they land -----------------------------------------------------------
+def _landing(sections, ended=False, gpu_workers=1):
+    settings = k8s.KubeSettings(gpu_workers=gpu_workers)
+    action = PipelineAction("kubernetes", storage_options={"endpoint_url": "http://minio:9000"}, kube=settings)
+    job = Job(
+        sample="Brain_01",
+        sample_url="s3://raw/incoming/Brain_01",
+        output_url="s3://raw/_imaxt/processed/Brain_01.zarr",
+        raw_store_url="s3://raw/_imaxt/raw/Brain_01.zarr",
+        sections=sections,
+        acquisition_ended=ended,
+    )
+    return action.objects(job)
+
+
+def test_a_landed_sections_job_processes_only_those_sections(monkeypatch, tmp_path):
+    from imaxt_pipeline.service import cli, launcher
+
+    calls = []
+    monkeypatch.setattr(launcher, "process_sample", lambda *a, **kw: calls.append((a, kw)))
+
+    def runner(objs):
+        (job,) = [o for o in objs if o["kind"] == "DaskJob"]
+        return job, job["spec"]["job"]["spec"]["containers"][0]["args"]
+
+    whole = objects()
+    _, args = runner(whole)
+    assert "--sections" not in args and "--acquisition-ended" not in args
+    names = {whole[1]["metadata"]["name"]}
+    for sections, ended in (((1,), False), ((2, 1, 3), False), ((1, 2, 3), True)):
+        objs = _landing(sections, ended)
+        job, args = runner(objs)
+        if ended:
+            validate(job)  # the schema check is slow: once is enough
+        assert args[args.index("--sections") + 1] == ",".join(str(n) for n in sorted(sections))
+        assert ("--acquisition-ended" in args) is ended
+        # The job runner's own command line (the ConfigMap's file as mounted) reaches process_sample
+        # with exactly these sections.
+        config = tmp_path / "config.yaml"
+        config.write_text(objs[0]["data"]["config.yaml"])
+        assert args[args.index("--config") + 1] == f"{k8s.CONFIG_DIR}/config.yaml"
+        args[args.index("--config") + 1] = str(config)
+        local = {
+            args[2]: "raw",
+            args[args.index("--out") + 1]: "out.zarr",
+            args[args.index("--raw-store") + 1]: "r.zarr",
+        }
+        assert cli.main([str(tmp_path / local[a]) if a in local else a for a in args[1:]]) == 0
+        (_, kw) = calls.pop()
+        assert kw["sections"] == sorted(sections) and kw["acquisition_ended"] is ended
+        # Each landing's objects are named apart (the previous job may still be being deleted).
+        (group,) = [o for o in objs if o["kind"] == "DaskWorkerGroup"]
+        assert group["spec"]["cluster"] == job["metadata"]["name"] not in names
+        names.add(job["metadata"]["name"])
+    assert len(names) == 4
+
+
+def test_bad_sections_are_refused_in_one_line(capsys):
+    from imaxt_pipeline.service import cli
+
+    with pytest.raises(ValueError, match="section numbers"):
+        _landing((0, 1))
+    with pytest.raises(ValueError, match="needs the sections"):
+        k8s.process_args("s3://r/in/s", "s3://r/o.zarr", "s3://r/s.zarr", acquisition_ended=True)
+    args = ["process", "s3://r/in/s", "--out", "s3://r/o.zarr", "--raw-store", "s3://r/s.zarr"]
+    assert cli.main([*args, "--sections", "1,x"]) == 2
+    assert cli.main([*args, "--acquisition-ended"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--sections: expected" in err[0] and "needs --sections" in err[1]

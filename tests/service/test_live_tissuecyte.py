@@ -12,6 +12,7 @@ they are refined as sections land while earlier sections are not reprocessed, by
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -29,7 +30,14 @@ from imaxt_pipeline.io.output import OutputStore
 from imaxt_pipeline.io.upload import upload
 from imaxt_pipeline.pipeline import run_pipeline
 from imaxt_pipeline.service.launcher import process_sample
-from imaxt_pipeline.service.live import QuietClock, Sections, is_tissuecyte, landed_sections
+from imaxt_pipeline.service.live import (
+    ENDED_KEY,
+    QuietClock,
+    Sections,
+    end_acquisition,
+    is_tissuecyte,
+    landed_sections,
+)
 from imaxt_pipeline.service.state import Ledger, open_state_store
 from imaxt_pipeline.service.watcher import Watcher
 from imaxt_pipeline.synth import SynthParams
@@ -239,3 +247,145 @@ def test_sections_are_processed_as_they_land_and_equal_a_one_shot_run(tmp_path, 
     per_live = live.read_table("cells").groupby("slice").size().to_dict()
     per_once = once.read_table("cells").groupby("slice").size().to_dict()
     assert per_live == per_once and sorted(per_once) == [0, 1] and min(per_once.values()) > 0
+
+
+# -- an acquisition that stops short of its planned sections ------------------------
+def _planned(src: Path, sample: str, sections: int) -> None:
+    """Say the root Mosaic file requested ``sections`` (more than the instrument will acquire)."""
+    root = src / f"Mosaic_{sample}.txt"
+    lines = [f"sections:{sections}" if ln.startswith("sections:") else ln for ln in root.read_text().splitlines()]
+    root.write_text("\n".join(lines) + "\n")
+
+
+def test_an_acquisition_ends_short_on_an_end_marker_or_after_a_long_quiet_period(tmp_path):
+    src = _acquisition(tmp_path, slices=2)  # section 1 lacks a tile image
+    _planned(src, "live", 4)
+    dest = tmp_path / "bucket" / "live"
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("truth"))
+    started = sorted((dest / "live-0002").glob("*.tif"))
+    for tile in started[2:]:
+        tile.unlink()  # section 2 stopped after two tile images
+    clock = FakeClock()
+    quiet = QuietClock(clock)
+    fs = fsspec.filesystem("file")
+
+    def sections(**kw) -> Sections | None:
+        found = fs.find(str(dest), detail=True)
+        listing = {k[len(str(dest)) + 1 :]: v for k, v in found.items()}
+        return landed_sections(fs, str(dest), listing, quiet=quiet, quiet_seconds=600.0, **kw)
+
+    hours = 3 * 3600.0
+    got = sections(acquisition_quiet_seconds=hours)
+    assert got.landed == (1,) and got.ended is None and not got.complete
+    clock.now += 601.0
+    got = sections(acquisition_quiet_seconds=hours)
+    assert got.landed == (1, 2) and got.ended is None and not got.complete  # a quiet section, not the end
+    clock.now += hours - 602.0
+    assert not sections(acquisition_quiet_seconds=hours).complete
+    assert not sections(acquisition_quiet_seconds=None).complete  # never ends on quiet alone
+    clock.now += 2.0
+    got = sections(acquisition_quiet_seconds=hours)
+    assert got == Sections("live", 4, (1, 2), got.files, ended="quiet") and got.complete
+    shutil.copyfile(src / "live-0002" / started[2].name, started[2])  # the instrument went on after all
+    got = sections(acquisition_quiet_seconds=hours)
+    assert got.ended is None and not got.complete
+    clock.now += hours + 1.0
+    assert sections(acquisition_quiet_seconds=hours).ended == "quiet"
+
+    # An end marker ends it at once; a started section lands with what it has.
+    quiet = QuietClock(clock)
+    (dest / "live-0003").mkdir()
+    (dest / "live-0003" / "Mosaic_live-0003.txt").write_bytes(
+        (dest / "live-0002" / "Mosaic_live-0002.txt").read_bytes()
+    )
+    assert sections(acquisition_quiet_seconds=hours).landed == (1, 2)
+    (dest / "_COMPLETE").write_text("")
+    got = sections(acquisition_quiet_seconds=hours)
+    assert got.landed == (1, 2, 3) and got.ended == "marker" and got.complete
+    assert "_COMPLETE" not in got.files and "live-0003/Mosaic_live-0003.txt" in got.files
+    # Every requested section there: complete as planned, not ended early.
+    _planned(dest, "live", 3)
+    got = sections(acquisition_quiet_seconds=hours)
+    assert got.complete and got.ended is None
+
+
+def test_an_acquisition_that_stopped_short_is_complete_with_the_sections_it_has(tmp_path, dask_client, caplog):
+    from imaxt_pipeline.steps import STEP_ORDER
+
+    bucket = tmp_path / "bucket"
+    for name, acquired in (("quiet", 2), ("aborted", 2)):
+        params = SynthParams(sample=name, slices=acquired, rows=2, cols=2, tile_shape=(48, 48), seed=11)
+        synthesize_tissuecyte(tmp_path / name, params)
+        _planned(tmp_path / name, name, 3)
+        shutil.copytree(tmp_path / name, bucket / name, ignore=shutil.ignore_patterns("truth"))
+    for tile in sorted((bucket / "aborted" / "aborted-0002").glob("*.tif"))[3:]:
+        tile.unlink()  # aborted during section 2
+    config = tmp_path / "config.yaml"  # the processing is not what is tested here: every step off
+    config.write_text(yaml.safe_dump({"steps": {name: {"enabled": False} for name in STEP_ORDER}}))
+    jobs = []
+
+    def action(job, cancel):
+        jobs.append((job.sample, job.sections, job.acquisition_ended))
+        process_sample(
+            job.sample_url,
+            job.raw_store_url,
+            job.output_url,
+            config_path=config,
+            client=dask_client,
+            sections=job.sections,
+            acquisition_ended=job.acquisition_ended,
+        )
+
+    hours = 2 * 3600.0
+    watcher = Watcher(
+        str(bucket),
+        action,
+        Ledger(open_state_store(str(tmp_path / "state"))),
+        output_prefix=str(tmp_path / "processed"),
+        raw_prefix=str(tmp_path / "raw"),
+        acquisition_quiet_seconds=hours,
+    )
+    clock = FakeClock()
+    watcher._quiet = QuietClock(clock)  # hours of quiet without waiting for them
+
+    def output(name: str) -> dict:
+        return dict(zarr.open_group(str(tmp_path / "processed" / f"{name}.zarr"), mode="r").attrs["imaxt"])
+
+    watcher.poll_once()
+    assert sorted(jobs) == [("aborted", (1,), False), ("quiet", (1, 2), False)]
+    assert output("quiet")["complete"] is False and not watcher.all_settled()
+    (bucket / "aborted" / "_COMPLETE").write_text("")
+    jobs.clear()
+    with caplog.at_level(logging.WARNING, logger="imaxt"):
+        watcher.poll_once()
+    assert jobs == [("aborted", (1, 2), True)]
+    aborted = output("aborted")
+    assert aborted["complete"] is True and aborted["slices_done"] == [0, 1]
+    assert aborted[ENDED_KEY] == {"sections": [1, 2], "planned": 3, "never_acquired": [3]}
+    raw = zarr.open_group(str(tmp_path / "raw" / "aborted.zarr"), mode="r").attrs["imaxt"]["upload"]
+    assert len([k for k in raw["missing_tiles"] if k.startswith("1/")]) == 8 - 3
+    ended = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "acquisition_complete"]
+    assert len(ended) == 1 and ended[0].levelno == logging.WARNING
+    assert ended[0].fields["never_acquired"] == 1 and ended[0].fields["ended"] == "marker"
+    warned = [r.getMessage() for r in caplog.records if r.name == "imaxt.live"]
+    assert len(warned) == 1 and "2 of its 3 planned sections: 1 never came (3)" in warned[0]
+
+    jobs.clear()
+    clock.now += hours - 1.0
+    watcher.poll_once()
+    assert not jobs and output("quiet")["complete"] is False and not watcher.all_settled()
+    clock.now += 2.0
+    watcher.poll_once()  # nothing new for two hours: the acquisition is over
+    assert jobs == [("quiet", (1, 2), True)]
+    quiet = output("quiet")
+    assert quiet["complete"] is True and quiet[ENDED_KEY]["never_acquired"] == [3]
+    assert quiet["slices_done"] == [0, 1]
+    jobs.clear()
+    watcher.poll_once()
+    assert not jobs and watcher.all_settled()  # each run once; the watcher may exit
+
+
+def test_ending_an_acquisition_never_creates_an_output(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        end_acquisition(str(tmp_path / "none.zarr"), [1, 2])
+    assert not (tmp_path / "none.zarr").exists()
