@@ -9,19 +9,21 @@
 * :func:`load_spatialdata`: the processed store as an in-memory ``spatialdata.SpatialData``
   (images and labels are lazy dask arrays read from the store, the cells table annotates the
   labels ``cells`` by ``cell_id``), so nothing is copied.
-* :func:`export_spatialdata` (``imaxt export-spatialdata STORE OUT``): a SpatialData store
-  beside the processed one (never inside it) holding ONLY the cells table (AnnData) that
-  annotates the label image ``cells`` with instance key ``cell_id`` (the label value,
-  ``docs/tables.md``). Images and labels are not copied: the spatialdata release that
-  installs beside dask 2026 (0.7.0) cannot write rasters with zarr 3; use
-  :func:`load_spatialdata` for the whole object. Both need the ``export`` extra
-  (``anndata``, ``spatialdata``).
+* :func:`export_spatialdata` (``imaxt export-spatialdata STORE OUT``): the same object written
+  by spatialdata as an on-disk SpatialData zarr beside the processed store (never inside it):
+  the image (every pyramid level), the labels ``cells`` and ``nuclei`` and the table that
+  annotates ``cells`` by ``cell_id`` (the label value, ``docs/tables.md``);
+  ``spatialdata.read_zarr(OUT)`` loads it. Both need the ``export`` extra (``anndata``,
+  ``spatialdata``).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -114,19 +116,20 @@ EXPORT_MARKER = ".imaxt-export"
 def export_spatialdata(
     store_url: str, out_url: str, storage_options: dict[str, Any] | None = None, *, overwrite: bool = False
 ) -> str:
-    """Write a SpatialData store at ``out_url`` from the processed store ``store_url``; return ``out_url``.
+    """Write the processed store ``store_url`` as a SpatialData zarr at ``out_url``; return ``out_url``.
 
-    Element: ``tables/table`` (:func:`cells_anndata`, annotating the labels ``cells`` of the
-    segmented image by ``cell_id``; channel names from that image). The processed store is
-    only read.
+    Elements are those of :func:`load_spatialdata` (image, labels ``cells`` and ``nuclei``,
+    ``tables/table`` annotating ``cells`` by ``cell_id``), copied by spatialdata's own writer
+    with each level's chunk shape. The processed store is only read; a failed write leaves
+    nothing at ``out_url``.
 
     Raises
     ------
     ConfigError
-        If ``out_url`` is inside or equal to ``store_url``, exists (without ``overwrite``), or
-        the ``export`` extra is not installed.
+        If ``out_url`` is inside or equal to ``store_url``, exists (without ``overwrite``), holds
+        something that is not an export of ours, or the ``export`` extra is not installed.
     StoreError
-        If the store has no segmented image or no cells table.
+        If the store has no image, no cell labels or no cells table.
     """
     src, dst = Location(store_url, storage_options), Location(out_url, storage_options)
     a, b = src.path().rstrip("/"), dst.path().rstrip("/")
@@ -138,17 +141,49 @@ def export_spatialdata(
         raise ConfigError(f"{out_url} exists; remove it or pass overwrite")
     if present and not dst.exists(EXPORT_MARKER):
         raise ConfigError(f"{out_url} holds data that is not an export of imaxt-pipeline; choose a new place")
-    sd = _spatialdata("export-spatialdata")
-    table = _cells_table(OutputStore(store_url, storage_options, mode="r"))
-    # Images and labels are not copied: spatialdata 0.7.0 (the release compatible with dask 2026) cannot write
-    # rasters with zarr 3 (it hands dask's per-block chunks to zarr); load_spatialdata builds the whole object
-    # in memory, and viewers open the rasters at the store root.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The table is annotating 'cells', which is not present", UserWarning)
-        sdata = sd.SpatialData(tables={"table": table})
-        sdata.write(dst.path() if dst.is_local else dst.url, overwrite=overwrite)
+    sdata = load_spatialdata(store_url, storage_options)
+    if "cells" not in sdata.labels:
+        raise StoreError(f"{store_url}: the image has no cell labels; run the segment step first")
+    if "table" not in sdata.tables:
+        raise StoreError(f"{store_url}: tables/cells.parquet is missing; run the catalogue step first")
+    try:
+        with _regular_chunks():
+            sdata.write(dst.path() if dst.is_local else dst.url, overwrite=overwrite)
+    except BaseException:
+        # what is there is ours (a new export, or the one overwrite replaced): a half-written one goes
+        if dst.fs.exists(dst.path()):
+            dst.fs.rm(dst.path(), recursive=True)
+        raise
     dst.fs.pipe_file(dst.path(EXPORT_MARKER), f"imaxt-pipeline export of {store_url}\n".encode())
     return out_url
+
+
+@contextmanager
+def _regular_chunks() -> Iterator[None]:
+    """Make spatialdata 0.7 give ome-zarr one chunk shape per pyramid level while writing rasters.
+
+    Why: spatialdata hands ome-zarr each level's dask ``.chunks`` (one size per block,
+    ``((1, 1), (30,), ...)``); with dask >= 2026.3 ome-zarr passes them on to zarr 3, which
+    takes only a regular chunk shape and raises. The ``chunksize`` of the same level (its
+    largest block, the zarr chunk the data was read with) is what zarr wants; ome-zarr then
+    rechunks the level to it. spatialdata 0.7.3 does this conversion itself but pins dask < 2026.1.2
+    (we use 2026.8); with it installed the patch changes nothing for our regular chunks.
+    """
+    from spatialdata._io import io_raster
+
+    levels = getattr(io_raster, "get_pyramid_levels", None)
+    if levels is None:  # a later spatialdata, writing rasters its own way
+        yield
+        return
+
+    def chunk_shapes(image: Any, attr: str | None = None, n: int | None = None) -> Any:
+        if attr != "chunks":
+            return levels(image, attr, n)
+        shapes = [tuple(int(c) for c in data.chunksize) for data in levels(image, "data")]
+        return shapes if n is None else shapes[n]
+
+    with mock.patch.object(io_raster, "get_pyramid_levels", chunk_shapes):
+        yield
 
 
 def load_spatialdata(store_url: str, storage_options: dict[str, Any] | None = None) -> Any:

@@ -2,9 +2,11 @@
 
 Each plane of slice ``k`` is moved by ``-register.slice_offsets_px[k]``
 (sub-pixel) onto a canvas padded so that no shifted content is cut off, block
-by block: one Dask task per output block reads only the mosaic window it needs
-and writes the block's first pyramid levels
-(:func:`~imaxt_pipeline.parallel.registration.shift_block`); coarser levels of
+by block: dask-image's ``affine_transform`` computes each output block from the
+mosaic window it needs
+(:func:`~imaxt_pipeline.parallel.registration.aligned_plane`) and one task per
+block writes its first pyramid levels
+(:func:`~imaxt_pipeline.parallel.registration.write_blocks`); coarser levels of
 the full pyramid are reduced block by block afterwards. The padding
 is rounded up to ``margin_px`` so that refined offsets rarely change the
 canvas; when they do, the cube is recreated. Planes written earlier are
@@ -26,13 +28,10 @@ __all__ = ["Params", "run"]
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
-    import dask
-
     from ..algorithms.registration import canvas_padding
-    from ..parallel.fusion import block_regions
     from ..parallel.progress import compute_with_progress
     from ..parallel.pyramid import reduce_levels
-    from ..parallel.registration import shift_block
+    from ..parallel.registration import aligned_plane, write_blocks
 
     acq = ctx.raw.acquisition
     registered = results.read_slice_offsets(ctx.output, acq.slices)
@@ -81,22 +80,19 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         or np.max(np.abs(np.asarray(written[s]) - offsets[s])) > params.rewrite_tol_px
     ]
     in_block = min(levels, BLOCK_LEVELS)
-    regions = block_regions(shape[2:], block_edge(params.chunk, levels))
     planes = [s * acq.optical_sections + z for s in todo for z in range(acq.optical_sections)]
-    tasks: list[Any] = [
-        dask.delayed(shift_block, pure=False)(
+    tasks: list[Any] = []
+    for p in planes:
+        moved = aligned_plane(
             mosaic,
-            cube,
             p,
-            region,
             offsets[p // acq.optical_sections],
             pad_before=before,
+            out_shape=shape[2:],
+            block=block_edge(params.chunk, levels),
             order=params.order,
-            levels=in_block,
         )
-        for p in planes
-        for region in regions
-    ]
+        tasks += write_blocks(cube, p, moved, levels=in_block)
     compute_with_progress(ctx.client, tasks, "cube", unit="blocks", logger=ctx.log)
     reduce_levels(ctx.client, cube, planes, written=in_block, chunk=params.chunk, label="cube")
     for s in todo:

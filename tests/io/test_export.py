@@ -1,4 +1,4 @@
-"""What a processed store shows to other tools: the root entry point, measured windows, the AnnData cells table."""
+"""What a processed store shows to other tools: the root entry point, measured windows, AnnData and SpatialData."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_export_never_replaces_data_it_did_not_write(tmp_path):
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 # anndata 0.12's views set pandas' 'mode.chained_assignment', which pandas 3 deprecates: not ours to fix
 @pytest.mark.filterwarnings("ignore:The 'mode.chained_assignment' option is deprecated")
-def test_load_spatialdata_holds_the_image_labels_and_the_table_that_annotates_them(tmp_path):
+def test_spatialdata_in_memory_and_on_disk_holds_the_image_labels_and_the_table(tmp_path, monkeypatch):
     import dask.array as da
 
     from imaxt_pipeline.io.export import load_spatialdata
@@ -147,6 +147,38 @@ def test_load_spatialdata_holds_the_image_labels_and_the_table_that_annotates_th
     assert sorted(matched.obs["cell_id"].tolist()) == sorted(ids)
     assert set(np.unique(labels.data.compute())) - {0} == set(ids)
 
+    # on disk: spatialdata writes the same object beside the store and reads it back with the rasters
+    export_spatialdata(out.url, str(tmp_path / "sd.zarr"))
+    back = sd.read_zarr(str(tmp_path / "sd.zarr"))
+    assert set(back.images) == {"cube"} and set(back.labels) == {"cells", "nuclei"} and set(back.tables) == {"table"}
+    assert [back.images["cube"][f"scale{lv}"]["image"].shape for lv in (0, 1)] == [(2, 3, 30, 20), (2, 3, 15, 10)]
+    assert list(back.images["cube"]["scale0"]["image"].coords["c"].values) == ["nuclear", "cyto"]
+    for name, element in (
+        ("cube", back.images["cube"]),
+        ("cells", back.labels["cells"]),
+        ("nuclei", back.labels["nuclei"]),
+    ):
+        source = sdata.images[name] if name == "cube" else sdata.labels[name]
+        for lv in (0, 1):
+            np.testing.assert_array_equal(
+                element[f"scale{lv}"]["image"].data.compute(), source[f"scale{lv}"]["image"].data.compute()
+            )
+        assert get_transformation(element, "global").to_affine_matrix(("z", "y", "x"), ("z", "y", "x"))[
+            [0, 1, 2], [0, 1, 2]
+        ].tolist() == [15.0, 1.0, 1.0]
+    assert back.tables["table"].uns["spatialdata_attrs"]["instance_key"] == "cell_id"
+    assert sorted(sd.match_table_to_element(back, "cells").obs["cell_id"].tolist()) == sorted(ids)
+
+    def write_half_then_fail(self, path, **kwargs):
+        (tmp_path / "half.zarr").mkdir()
+        (tmp_path / "half.zarr" / "zarr.json").write_text("{}")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sd.SpatialData, "write", write_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_spatialdata(out.url, str(tmp_path / "half.zarr"))
+    assert not (tmp_path / "half.zarr").exists()  # nothing half-written is left
+
 
 def test_viewer_layers_are_the_cube_and_its_labels_once_each(tmp_path):
     from imaxt_pipeline.io.export import viewer_layers
@@ -167,3 +199,15 @@ def test_viewer_layers_are_the_cube_and_its_labels_once_each(tmp_path):
     assert sorted((e["kind"], e["name"]) for e in layers[1:]) == [("labels", "cells"), ("labels", "nuclei")]
     assert layers[0]["shapes"] == [(2, 2, 34, 24), (2, 2, 17, 12)] and layers[0]["channels"] == ["nuclear", "cyto"]
     assert all(e["shapes"][0] == (2, 34, 24) for e in layers[1:])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_export_of_a_store_without_cells_says_so_and_writes_nothing(tmp_path):
+    out = OutputStore(str(tmp_path / "o.zarr"))
+    _image(out, "cube", 10.0)
+    with pytest.raises(StoreError, match="no cell labels"):
+        export_spatialdata(out.url, str(tmp_path / "sd.zarr"))
+    out.create_labels("cube", "cells", dtype="uint64")
+    with pytest.raises(StoreError, match=r"cells\.parquet is missing"):
+        export_spatialdata(out.url, str(tmp_path / "sd.zarr"))
+    assert not (tmp_path / "sd.zarr").exists()

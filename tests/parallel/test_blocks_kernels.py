@@ -1,7 +1,8 @@
-"""The cube's block kernel equals the numpy slice shift; fast fusion kernels equal scipy's."""
+"""The cube's plane shift (dask-image) equals the numpy slice shift; fast fusion kernels equal scipy's."""
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -11,41 +12,35 @@ from imaxt_pipeline.algorithms.optics import DistortionModel, detector_coordinat
 from imaxt_pipeline.algorithms.registration import apply_offset
 from imaxt_pipeline.io.ome import create_image
 from imaxt_pipeline.io.urls import Location
-from imaxt_pipeline.parallel.fusion import block_regions
-from imaxt_pipeline.parallel.registration import shift_block
+from imaxt_pipeline.parallel.registration import aligned_plane, write_blocks
 
 
-@pytest.mark.parametrize("offset", [(2.3, -4.7), (-3.0, 1.0), (0.0, 0.0)])
-def test_shift_block_equals_apply_offset(tmp_path, offset):
+@pytest.mark.parametrize(
+    ("offset", "order", "atol"),
+    # order 1 is scipy's shift to the float32 ulp; order 3 differs by the chunked prefilter's rounding only
+    [((2.3, -4.7), 1, 1e-6), ((-3.0, 1.0), 1, 0.0), ((0.0, 0.0), 3, 1e-12), ((5.61, 3.2), 3, 1e-6)],
+)
+def test_aligned_plane_written_block_by_block_equals_apply_offset(tmp_path, offset, order, atol):
     rng = np.random.default_rng(1)
     plane = rng.random((2, 70, 90)).astype(np.float32)
     pad, out_shape = np.array([8, 8]), (86, 106)
     loc = Location(str(tmp_path / "o.zarr"))
-    mosaic = create_image(
-        loc,
-        "mosaic",
-        shape_czyx=(2, 1, 70, 90),
-        scale_zyx_um=(1, 1, 1),
-        channel_names=["a", "b"],
-        dtype="float32",
-        levels=1,
-        chunks_yx=(16, 16),
-    )
+    kw = {"scale_zyx_um": (1, 1, 1), "channel_names": ["a", "b"], "dtype": "float32", "chunks_yx": (16, 16)}
+    mosaic = create_image(loc, "mosaic", shape_czyx=(2, 1, 70, 90), levels=1, **kw)
     mosaic.write_plane(0, plane)
-    cube = create_image(
-        loc,
-        "cube",
-        shape_czyx=(2, 1, *out_shape),
-        scale_zyx_um=(1, 1, 1),
-        channel_names=["a", "b"],
-        dtype="float32",
-        levels=2,
-        chunks_yx=(16, 16),
-    )
-    for region in block_regions(out_shape, 32):
-        shift_block(mosaic, cube, 0, region, np.array(offset), pad_before=pad, order=1, levels=2)
-    want = apply_offset(plane, np.array(offset), pad_before=pad, out_shape=out_shape, order=1)
-    np.testing.assert_allclose(cube.read_plane(0), want, atol=1e-5)
+    cube = create_image(loc, "cube", shape_czyx=(2, 1, *out_shape), levels=2, **kw)
+    moved = aligned_plane(mosaic, 0, np.array(offset), pad_before=pad, out_shape=out_shape, block=32, order=order)
+    assert moved.chunks == ((1, 1), (32, 32, 22), (32, 32, 32, 10))
+    tasks = write_blocks(cube, 0, moved, levels=2)
+    assert len(tasks) == 12
+    dask.compute(*tasks, scheduler="threads")
+    want = apply_offset(plane, np.array(offset), pad_before=pad, out_shape=out_shape, order=order)
+    got = cube.read_plane(0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    assert np.abs(got).max() > 0.5  # the content landed on the canvas
+    if np.all(np.equal(offset, np.round(offset))):  # an integral shift copies the mosaic bit for bit
+        dy, dx = (pad - np.asarray(offset)).astype(int)
+        np.testing.assert_array_equal(got[:, dy : dy + 70, dx : dx + 90], plane)
     assert cube.read_plane(0, level=1).shape == (2, 43, 53)
 
 

@@ -1,8 +1,10 @@
-"""What a user of the CLI expects of it: shell completion, JSON logs for every logger, ``imaxt open``."""
+"""What a user of the CLI expects of it: shell completion, JSON logs for every logger and the watcher's events,
+``imaxt open``."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -76,6 +78,41 @@ def test_json_logs_cover_every_logger(how):
     assert by_logger["imaxt.watcher"]["event"] == "run_failed" and by_logger["imaxt.watcher"]["sample"] == "s1"
     assert "a warning from a library" in by_logger["py.warnings"]["message"]
     assert all({"time", "level", "logger", "message"} <= set(d) for d in docs)
+
+
+def test_watch_events_are_json_lines_with_the_event_fields_at_the_top_level(capsys, monkeypatch):
+    import imaxt_pipeline.service.cli as cli
+    from imaxt_pipeline.service.watcher import emit
+
+    def handler(args):
+        emit("claimed", sample="s1", attempt=2, store=Path("/data/s1.zarr"))
+        try:
+            raise OSError("bucket down")
+        except OSError:
+            logging.getLogger("imaxt.watcher").exception("poll failed")
+        return 0
+
+    def build():
+        parser = build_parser()
+        (sub,) = [a for a in parser._actions if a.dest == "command"]
+        sub.choices["watch"].set_defaults(handler=handler)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build)
+    monkeypatch.delenv("IMAXT_LOG_FORMAT", raising=False)
+    service, ours, root = (logging.getLogger(n) for n in ("imaxt", "imaxt_pipeline", ""))
+    saved = (service.handlers[:], service.level, service.propagate, ours.level, root.handlers[:])
+    try:  # the CLI configures the process's loggers: put them back for the other tests
+        assert cli.main(["-v", "watch", "s3://bucket/incoming"]) == 0
+    finally:
+        service.handlers[:], service.level, service.propagate, _, root.handlers[:] = saved
+        ours.setLevel(saved[3])
+    claimed, failed = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert claimed["event"] == "claimed" and claimed["sample"] == "s1" and claimed["attempt"] == 2
+    assert claimed["store"] == "/data/s1.zarr"  # what json cannot encode comes out as text
+    assert (claimed["logger"], claimed["level"], claimed["message"]) == ("imaxt.watcher", "INFO", "claimed")
+    assert set(claimed) >= {"time", "level", "logger", "message"} and "fields" not in claimed
+    assert failed["message"] == "poll failed" and "OSError: bucket down" in failed["exc_info"]
 
 
 def test_text_logs_stay_text_and_a_bad_format_is_one_line():
