@@ -8,8 +8,11 @@ max-overlap nucleus (``nucleus_id``, 0: none) with its own features. The nuclei
 table links back: ``cell_id`` of the cell grown from each nucleus (0: none).
 Every column is described in ``docs/tables.md``. The label images get each
 id's colour and properties (slice, plane, area, linked id) in ``image-label``.
-One Dask task per plane; rows of planes processed earlier are kept (live
-processing replaces only the slices of this run). Histograms of areas and
+Planes are measured in blocks of ``block`` px (one Dask task each: its labels with a 2-px
+halo and its intensities, never a whole plane), whose partial sums merge by label into the
+plane's tables (:func:`~imaxt_pipeline.algorithms.measure.catalogue_parts`,
+:func:`~imaxt_pipeline.algorithms.measure.catalogue_from_parts`); rows of planes processed
+earlier are kept (live processing replaces only the slices of this run). Histograms of areas and
 intensities go to ``qc/catalogue_histograms.png``. What the cells are (grown
 into a cytoplasm channel, grown from the nuclei without one, or the nuclei
 themselves; ``imaxt.segment.cells_from``) is recorded in both tables' metadata
@@ -20,9 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from dask import delayed
 
+from ..algorithms.measure import CatalogueParts
 from ..io import results
 from ..io.ome import OmeImage
+from ..parallel.fusion import block_regions
 from ..parallel.progress import compute_with_progress
 from ..qc import catalogue_histograms, to_png
 from ._base import StepContext, StepResult
@@ -37,11 +43,21 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     nuclei, cells = results.open_label_images(ctx.output, name)
     z_um, py, _ = image.scale_zyx()
     channels = list(ctx.raw.acquisition.channels)
-    futures = [
-        ctx.client.submit(_plane_tables, image, cells, nuclei, s, p, channels, py, z_um, pure=False)
+    tasks = [
+        delayed(_plane_tables)(
+            [
+                delayed(_block_parts)(image, cells, nuclei, p, region)
+                for region in block_regions((image.shape[-2], image.shape[-1]), params.block)
+            ],
+            s,
+            p,
+            channels,
+            py,
+            z_um,
+        )
         for s, p in ctx.planes()
     ]
-    planes = compute_with_progress(ctx.client, futures, "catalogue", unit="planes", logger=ctx.log)
+    planes = compute_with_progress(ctx.client, tasks, "catalogue", unit="planes", logger=ctx.log)
     cells_from = (ctx.output.imaxt_attrs().get("segment") or {}).get("cells_from")
     if cells_from is not None:
         ctx.output.update_imaxt_attrs("catalogue.cells_from", cells_from)
@@ -81,23 +97,35 @@ def _label_display(image: OmeImage, table: pd.DataFrame, *, link: str) -> None:
     image.set_label_display(table["label"].to_numpy(np.uint64).tolist(), props)
 
 
+def _block_parts(
+    image: OmeImage, cells: OmeImage, nuclei: OmeImage, plane: int, region: tuple[int, int, int, int]
+) -> CatalogueParts:
+    """One block's parts: its labels (plane-local) with a ``HALO``-px margin, its intensities."""
+    from ..algorithms.measure import HALO, catalogue_parts
+    from ..parallel.segmentation import local_labels
+
+    y0, y1, x0, x1 = region
+    h, w = cells.shape[-2:]
+    ry0, ry1, rx0, rx1 = max(0, y0 - HALO), min(h, y1 + HALO), max(0, x0 - HALO), min(w, x1 + HALO)
+    pad = ((ry0 - (y0 - HALO), y1 + HALO - ry1), (rx0 - (x0 - HALO), x1 + HALO - rx1))
+    windows = [np.pad(local_labels(lab.array(0, mode="r")[plane, ry0:ry1, rx0:rx1]), pad) for lab in (cells, nuclei)]
+    pixels = np.asarray(image.array(0, mode="r")[:, plane, y0:y1, x0:x1])
+    return catalogue_parts(windows[0], windows[1], pixels, offset_yx=(y0, x0))
+
+
 def _plane_tables(
-    image: OmeImage,
-    cells: OmeImage,
-    nuclei: OmeImage,
+    parts: list[CatalogueParts],
     slice_: int,
     plane: int,
     channels: list[str],
     pixel_um: float,
     z_um: float,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from ..algorithms.measure import cell_catalogue
-    from ..parallel.segmentation import LABEL_DTYPE, global_labels, local_labels
+    from ..algorithms.measure import catalogue_from_parts
+    from ..parallel.segmentation import LABEL_DTYPE, global_labels
 
-    cell_t, nuc_t = cell_catalogue(
-        local_labels(cells.read_plane(plane)),
-        local_labels(nuclei.read_plane(plane)),
-        image.read_plane(plane),
+    cell_t, nuc_t = catalogue_from_parts(
+        parts,
         channel_names=channels,
         pixel_size_um=pixel_um,
         z_um=plane * z_um,

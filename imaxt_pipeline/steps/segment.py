@@ -3,12 +3,15 @@
 The registered ``cube`` is segmented when it exists, else the ``mosaic``.
 Each plane is cut into overlapping blocks segmented on the workers (tasks ask
 for a ``GPU`` resource when ``gpu_resource`` is set), and block labels are
-merged into unique labels per plane
-(:func:`imaxt_pipeline.parallel.segmentation.segment_blockwise`), written as
+merged into unique labels per plane (the IoU matches of
+:func:`imaxt_pipeline.parallel.segmentation.segment_blockwise`), written as
 sample-wide uint64 ids ``plane << 32 | label``
 (:func:`~imaxt_pipeline.parallel.segmentation.global_labels`): every value of
 the 3-D label images is one object of one plane, and re-segmenting a plane
-never renumbers another. Cell ``i`` is grown from nucleus ``i`` (same id).
+never renumbers another. Labels are written block by block, with their pyramid
+(:func:`~imaxt_pipeline.parallel.segmentation.segment_plane_labels`, then
+:func:`~imaxt_pipeline.parallel.pyramid.reduce_levels`): no task holds a plane.
+Cell ``i`` is grown from nucleus ``i`` (same id).
 Channel roles are resolved once from the acquisition's channel names or the
 configuration (:func:`~imaxt_pipeline.steps._channels.resolve_roles`); without a
 cytoplasm channel (e.g. a DAPI-only sample) cells are grown from the nuclei by
@@ -131,28 +134,56 @@ def _sample(image: OmeImage, plane: int, max_px: int = 4_000_000) -> tuple[np.nd
     return image.read_plane(plane, level=level).astype(np.float32), float(2**level)
 
 
-def _label_images(ctx: StepContext, name: str) -> dict[str, OmeImage]:
-    """The label images of ``name``, created anew unless they exist on the image's grid with uint64 ids."""
-    from ..parallel.segmentation import LABEL_DTYPE
+def _label_images(ctx: StepContext, name: str, block: int) -> dict[str, OmeImage]:
+    """The label images of ``name``, created anew unless they exist on the image's grid with uint64 ids.
 
-    out = {}
-    shape = ctx.output.open_image(name).shape
+    New ones get the chunks of a kept one, else chunks dividing ``block``
+    (:func:`~imaxt_pipeline.parallel.segmentation.label_chunk`), so that segmentation blocks write whole chunks.
+    """
+    from ..io.ome import create_labels
+    from ..parallel.segmentation import LABEL_DTYPE, label_chunk
+
+    image = ctx.output.open_image(name)
+    shape = image.shape
+    kept: dict[str, OmeImage] = {}
     for lab in results.LABELS:
         path = results.label_path(name, lab)
         old = ctx.output.open_image(path) if ctx.output.has(path) else None
         if old is not None and old.shape == (shape[1], *shape[2:]) and old.array(0, mode="r").dtype == LABEL_DTYPE:
-            out[lab] = old
-        else:
-            if old is not None and old.shape == (shape[1], *shape[2:]):
-                ctx.log.warning("segment: %s holds per-plane labels of another dtype; recreating it", path)
-            out[lab] = ctx.output.create_labels(name, lab, dtype=LABEL_DTYPE.name)
-    return out
+            kept[lab] = old
+        elif old is not None and old.shape == (shape[1], *shape[2:]):
+            ctx.log.warning("segment: %s holds per-plane labels of another dtype; recreating it", path)
+    chunks = (label_chunk(block), label_chunk(block))
+    if kept:
+        arr = next(iter(kept.values())).array(0, mode="r")
+        chunks = (int(arr.chunks[-2]), int(arr.chunks[-1]))
+    return {
+        lab: kept.get(lab) or create_labels(image, lab, dtype=LABEL_DTYPE.name, chunks_yx=chunks)
+        for lab in results.LABELS
+    }
+
+
+def _block(ctx: StepContext, labels: dict[str, OmeImage], block: int) -> int:
+    """``block``, rounded up where existing label images have chunks it does not start on."""
+    from ..parallel.segmentation import aligned_block
+
+    arr = labels["nuclei"].array(0, mode="r")
+    chunks = (int(arr.chunks[-2]), int(arr.chunks[-1]))
+    aligned = aligned_block(block, chunks, (int(arr.shape[-2]), int(arr.shape[-1])))
+    if aligned != block:
+        ctx.log.warning(
+            "segment: block %d px does not start on the label chunks %s; segmenting in blocks of %d px",
+            block,
+            chunks,
+            aligned,
+        )
+    return aligned
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
-    import dask
-
-    from ..parallel.segmentation import local_labels, segment_blockwise
+    from ..parallel.progress import compute_with_progress
+    from ..parallel.pyramid import reduce_levels
+    from ..parallel.segmentation import local_labels, segment_plane_labels, written_levels
 
     channels = list(ctx.raw.acquisition.channels)
     params, roles = resolved_params(params, channels)
@@ -162,29 +193,48 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     name = results.source_image(ctx.output)
     image = ctx.output.open_image(name)
     _, py, _ = image.scale_zyx()
-    labels = _label_images(ctx, name)
+    labels = _label_images(ctx, name, params.block)
+    block = _block(ctx, labels, params.block)
     stack = image.to_dask()
-    tasks: list[Any] = []
+    segmentation: list[Any] = []
+    writes: list[list[Any]] = []
     segmenter: Any = None
     for _, plane in ctx.planes():
         sample, scale = _sample(image, plane)
         segmenter = make_segmenter(params, pixel_um=py, plane_sample=sample, sample_scale=scale)
         if grow:
             segmenter = GrownCells(segmenter, params.max_expansion_um / py)
-        lab = segment_blockwise(
+        seg, write = segment_plane_labels(
             stack[:, plane],
             segmenter,
-            block=params.block,
+            labels["nuclei"],
+            labels["cells"],
+            plane,
+            block=block,
             overlap=params.overlap,
             min_iou=params.min_iou,
             gpu_resource=params.gpu_resource,
         )
-        tasks.append(dask.delayed(_write_plane)(lab, labels["nuclei"], labels["cells"], plane))
-    from ..parallel.progress import compute_with_progress
-
+        segmentation += seg
+        writes.append(write)
     # no graph optimisation: fusing tasks would drop the GPU resource annotation
-    counts = compute_with_progress(ctx.client, tasks, "segment", unit="planes", logger=ctx.log, optimize_graph=False)
-    per_plane = {str(p): int(c) for (_, p), c in zip(ctx.planes(), counts, strict=False)}
+    done = compute_with_progress(
+        ctx.client,
+        [*segmentation, *(w for plane_writes in writes for w in plane_writes)],
+        "segment",
+        unit="blocks",
+        logger=ctx.log,
+        optimize_graph=False,
+    )[len(segmentation) :]
+    counts, i = [], 0
+    for plane_writes in writes:
+        counts.append(max(done[i : i + len(plane_writes)], default=0))
+        i += len(plane_writes)
+    planes = [p for _, p in ctx.planes()]
+    chunk = int(labels["nuclei"].array(0, mode="r").chunks[-1])
+    for lab, img in labels.items():
+        reduce_levels(ctx.client, img, planes, written=written_levels(img), chunk=chunk, label=f"segment {lab}")
+    per_plane = {str(p): int(c) for p, c in zip(planes, counts, strict=True)}
     metrics: dict[str, Any] = {
         "image": name,
         "backend": params.backend,
@@ -194,22 +244,14 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     ctx.output.update_imaxt_attrs("segment", {"channels": roles.as_dict(channels), "cells_from": cells_from})
     if segmenter is not None:
         metrics["diameter_px"] = segmenter.expected_diameter_px
-    _set_colours(labels, {p: int(c) for (_, p), c in zip(ctx.planes(), counts, strict=False)})
+    _set_colours(labels, {p: int(c) for p, c in zip(planes, counts, strict=True)})
     outputs = [results.label_path(name, lab) for lab in results.LABELS]
     if counts:
-        plane = ctx.planes()[0][1]
+        plane = planes[0]
         cells_local = local_labels(labels["cells"].read_plane(plane))  # the overlay colours labels 1..max
         fig = segment_overlay(image.read_plane(plane)[0], cells_local, plane=plane, region=params.qc_region)
         outputs.append(ctx.output.write_png("segment_overlay", to_png(fig)))
     return StepResult(inputs=[name], outputs=outputs, metrics=metrics)
-
-
-def _write_plane(lab: np.ndarray, nuclei: OmeImage, cells: OmeImage, plane: int) -> int:
-    from ..parallel.segmentation import global_labels
-
-    nuclei.write_plane(plane, global_labels(lab[0], plane))
-    cells.write_plane(plane, global_labels(lab[1], plane))
-    return int(lab[0].max(initial=0))
 
 
 def _set_colours(labels: dict[str, OmeImage], counts: dict[int, int]) -> None:

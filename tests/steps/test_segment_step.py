@@ -63,7 +63,7 @@ def processed(tmp_path_factory, dask_client):
     # diameter 8 µm = 10 px at 0.8 µm/px; 128-px blocks so that planes span several blocks
     results = {
         "segment": _run(ctx, "segment", block=128, diameter_um=8.0, max_expansion_um=4.8),
-        "catalogue": _run(ctx, "catalogue"),
+        "catalogue": _run(ctx, "catalogue", block=96),  # 3 x 3 blocks: objects cut by seams
         "crops": _run(ctx, "crops", size=24),
     }
     return acq, out, truth, results
@@ -83,6 +83,48 @@ def test_labels_are_ngff_and_match_truth(processed):
     for s in range(2):
         assert object_f1(truth[s], nuclei.read_plane(s)).f1 >= 0.85
     assert out.location.exists("qc/segment_overlay.png")
+
+
+def test_labels_equal_the_whole_plane_merge(processed):
+    """Block-written labels are those of merging each plane whole (the step before labels went block by block)."""
+    from imaxt_pipeline.parallel.segmentation import global_labels, segment_blockwise
+
+    acq, out, _, _ = processed
+    seg_mod = step_module("segment")
+    image = out.open_image("mosaic")
+    params, _ = seg_mod.resolved_params(seg_mod.Params(block=128, diameter_um=8.0, max_expansion_um=4.8), acq.channels)
+    for s in range(2):
+        sample, scale = seg_mod._sample(image, s)
+        segmenter = seg_mod.make_segmenter(params, pixel_um=0.8, plane_sample=sample, sample_scale=scale)
+        whole = segment_blockwise(image.to_dask()[:, s], segmenter, block=128).compute(scheduler="sync")
+        for i, name in enumerate(("nuclei", "cells")):
+            np.testing.assert_array_equal(
+                out.open_image(f"mosaic/labels/{name}").read_plane(s), global_labels(whole[i], s)
+            )
+
+
+def test_catalogue_in_blocks_equals_the_whole_plane_catalogue(processed):
+    from imaxt_pipeline.algorithms.measure import cell_catalogue
+    from imaxt_pipeline.parallel.segmentation import local_labels
+
+    acq, out, _, _ = processed
+    cells = out.read_table("cells")
+    image = out.open_image("mosaic")
+    for s in range(2):
+        labs = [local_labels(out.open_image(f"mosaic/labels/{n}").read_plane(s)) for n in ("cells", "nuclei")]
+        ref, _ = cell_catalogue(*labs, image.read_plane(s), channel_names=acq.channels, pixel_size_um=0.8)
+        got = cells[cells["slice"] == s].sort_values("label")
+        assert len(got) == len(ref) > 50
+        for column in (
+            "area_px",
+            "centroid_y_px",
+            "perimeter_px",
+            "eccentricity",
+            "feret_diameter_max_px",
+            "mean_cyto",
+        ):
+            np.testing.assert_allclose(got[column].to_numpy(), ref[column].to_numpy(), rtol=1e-9, atol=1e-7)
+        np.testing.assert_array_equal(local_labels(got["nucleus_label"].to_numpy()), ref["nucleus_label"].to_numpy())
 
 
 def test_catalogue_rows_and_units(processed):

@@ -3,29 +3,30 @@
 The per-cell catalogue has one row per cell per plane: position (px and µm
 in the cube frame), shape (area, perimeter, eccentricity, maximum Feret
 diameter), mean and integrated intensity per channel, and the matched
-nucleus (largest overlap) with the nucleus's own features.
+nucleus (largest overlap) with the nucleus's own features. A plane is measured
+whole (:func:`cell_catalogue`) or block by block (:func:`catalogue_parts` per
+block, :func:`catalogue_from_parts` per plane): the same sums either way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike
-from skimage.measure import regionprops_table
+from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["SHAPE_PROPERTIES", "cell_catalogue", "match_nuclei", "region_features"]
+from ._parts import HALO, ObjectParts, features_from_parts, object_parts, pad_halo
 
-SHAPE_PROPERTIES: tuple[str, ...] = (
-    "label",
-    "centroid",
-    "area",
-    "perimeter",
-    "eccentricity",
-    "feret_diameter_max",
-    "bbox",
-)
+__all__ = [
+    "CatalogueParts",
+    "catalogue_from_parts",
+    "catalogue_parts",
+    "cell_catalogue",
+    "match_nuclei",
+    "region_features",
+]
 
 
 def region_features(
@@ -51,7 +52,9 @@ def region_features(
         One row per label, sorted by label, with ``label``, ``centroid_y_px``,
         ``centroid_x_px``, ``area_px``, ``perimeter_px``, ``eccentricity``,
         ``feret_diameter_max_px``, ``bbox_y0``..``bbox_x1`` and
-        ``mean_<c>``/``integrated_<c>`` for each channel.
+        ``mean_<c>``/``integrated_<c>`` for each channel: the values of
+        ``skimage.measure.regionprops`` (``bbox_*1`` exclusive), measured by
+        partial sums (:mod:`._parts`).
     """
     lab = np.asarray(labels)
     img = np.asarray(image, np.float32)
@@ -59,31 +62,44 @@ def region_features(
         raise ValueError(f"image must be (C, *labels.shape) = (C, {lab.shape}), got {img.shape}")
     if len(channel_names) != img.shape[0]:
         raise ValueError(f"{len(channel_names)} channel names for {img.shape[0]} channels")
-    props = regionprops_table(  # type: ignore[no-untyped-call]  # scikit-image is untyped
-        lab.astype(np.int32, copy=False),
-        intensity_image=np.moveaxis(img, 0, -1),
-        properties=(*SHAPE_PROPERTIES, "intensity_mean"),
+    parts = object_parts(pad_halo(lab), img, channels=img.shape[0], offset_yx=offset_yx)
+    return features_from_parts([parts], channel_names=channel_names)
+
+
+@dataclass(frozen=True)
+class CatalogueParts:
+    """One block's share of a plane's catalogue: cell and nucleus parts, and (cell, nucleus, pixels) overlaps."""
+
+    cells: ObjectParts
+    nuclei: ObjectParts
+    overlaps: pd.DataFrame
+
+
+def catalogue_parts(
+    cells: ArrayLike, nuclei: ArrayLike, image: ArrayLike, *, offset_yx: tuple[int, int] = (0, 0)
+) -> CatalogueParts:
+    """One block's parts: ``cells``/``nuclei`` labels of its core and a ``HALO``-px margin, ``image`` of its core."""
+    img = np.asarray(image, np.float32)
+    c_lab, n_lab = np.asarray(cells, np.int64), np.asarray(nuclei, np.int64)
+    if c_lab.shape != n_lab.shape:
+        raise ValueError(f"cells {c_lab.shape} and nuclei {n_lab.shape} differ in shape")
+    core = (slice(HALO, c_lab.shape[0] - HALO), slice(HALO, c_lab.shape[1] - HALO))
+    return CatalogueParts(
+        object_parts(c_lab, img, channels=img.shape[0], offset_yx=offset_yx),
+        object_parts(n_lab, img, channels=img.shape[0], offset_yx=offset_yx),
+        _overlaps(c_lab[core], n_lab[core]),
     )
-    out = pd.DataFrame(
-        {
-            "label": props["label"].astype(np.int64),
-            "centroid_y_px": props["centroid-0"] + offset_yx[0],
-            "centroid_x_px": props["centroid-1"] + offset_yx[1],
-            "area_px": props["area"].astype(np.float64),
-            "perimeter_px": props["perimeter"],
-            "eccentricity": props["eccentricity"],
-            "feret_diameter_max_px": props["feret_diameter_max"],
-            "bbox_y0": props["bbox-0"] + offset_yx[0],
-            "bbox_x0": props["bbox-1"] + offset_yx[1],
-            "bbox_y1": props["bbox-2"] + offset_yx[0],
-            "bbox_x1": props["bbox-3"] + offset_yx[1],
-        }
-    )
-    for c, name in enumerate(channel_names):
-        mean = props[f"intensity_mean-{c}"]
-        out[f"mean_{name}"] = mean
-        out[f"integrated_{name}"] = mean * out["area_px"].to_numpy()
-    return out.sort_values("label", ignore_index=True)
+
+
+def _overlaps(cells: NDArray[np.int64], nuclei: NDArray[np.int64]) -> pd.DataFrame:
+    c, n = cells.ravel(), nuclei.ravel()
+    both = (c > 0) & (n > 0)
+    if not both.any():
+        return pd.DataFrame(
+            {"cell": np.zeros(0, np.int64), "nucleus": np.zeros(0, np.int64), "pixels": np.zeros(0, np.int64)}
+        )
+    pairs, counts = np.unique(np.stack([c[both], n[both]]), axis=1, return_counts=True)
+    return pd.DataFrame({"cell": pairs[0], "nucleus": pairs[1], "pixels": counts.astype(np.int64)})
 
 
 def match_nuclei(cells: ArrayLike, nuclei: ArrayLike) -> pd.Series:
@@ -104,17 +120,21 @@ def match_nuclei(cells: ArrayLike, nuclei: ArrayLike) -> pd.Series:
     cell_lab, nuc_lab = np.asarray(cells), np.asarray(nuclei)
     if cell_lab.shape != nuc_lab.shape:
         raise ValueError(f"cells {cell_lab.shape} and nuclei {nuc_lab.shape} differ in shape")
-    c, n = cell_lab.ravel().astype(np.int64), nuc_lab.ravel().astype(np.int64)
-    all_cells = np.unique(c[c > 0])
-    both = (c > 0) & (n > 0)
+    c = cell_lab.ravel().astype(np.int64)
+    return _best_nucleus(np.unique(c[c > 0]), [_overlaps(cell_lab.astype(np.int64), nuc_lab.astype(np.int64))])
+
+
+def _best_nucleus(all_cells: NDArray[np.int64], overlaps: Sequence[pd.DataFrame]) -> pd.Series:
     result = pd.Series(0, index=pd.Index(all_cells, name="label"), dtype=np.int64)
-    if both.any():
-        pairs, counts = np.unique(np.stack([c[both], n[both]]), axis=1, return_counts=True)
+    table = pd.concat(overlaps, ignore_index=True)
+    if len(table):
+        summed = table.groupby(["cell", "nucleus"], as_index=False, sort=False)["pixels"].sum()
+        cell, nuc, counts = (summed[k].to_numpy(np.int64) for k in ("cell", "nucleus", "pixels"))
         # sort by cell, then overlap descending, then nucleus ascending; first row per cell wins
-        order = np.lexsort((pairs[1], -counts, pairs[0]))
-        cell_sorted = pairs[0][order]
+        order = np.lexsort((nuc, -counts, cell))
+        cell_sorted = cell[order]
         first = np.r_[True, cell_sorted[1:] != cell_sorted[:-1]]
-        result.loc[cell_sorted[first]] = pairs[1][order][first]
+        result.loc[cell_sorted[first]] = nuc[order][first]
     return result
 
 
@@ -158,11 +178,36 @@ def cell_catalogue(
         prefixed ``nucleus_`` (NaN for cells without a nucleus).
         ``nuclei_table`` holds the nuclei's own rows.
     """
+    img = np.asarray(image, np.float32)
+    c_lab, n_lab = np.asarray(cells), np.asarray(nuclei)
+    if img.ndim != 3 or img.shape[1:] != c_lab.shape:
+        raise ValueError(f"image must be (C, *labels.shape) = (C, {c_lab.shape}), got {img.shape}")
+    parts = catalogue_parts(pad_halo(c_lab), pad_halo(n_lab), img, offset_yx=offset_yx)
+    return catalogue_from_parts(
+        [parts],
+        channel_names=channel_names,
+        pixel_size_um=pixel_size_um,
+        z_um=z_um,
+        slice_index=slice_index,
+        plane=plane,
+    )
+
+
+def catalogue_from_parts(
+    parts: Sequence[CatalogueParts],
+    *,
+    channel_names: Sequence[str],
+    pixel_size_um: float,
+    z_um: float = 0.0,
+    slice_index: int = 0,
+    plane: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cell and nucleus catalogues of a plane from its blocks' parts (columns: :func:`cell_catalogue`)."""
     if pixel_size_um <= 0:
         raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
     tables = []
-    for labels in (cells, nuclei):
-        t = region_features(labels, image, channel_names=channel_names, offset_yx=offset_yx)
+    for which in ("cells", "nuclei"):
+        t = features_from_parts([getattr(p, which) for p in parts], channel_names=channel_names)
         t.insert(1, "slice", np.int32(slice_index))
         t.insert(2, "plane", np.int32(plane))
         t.insert(5, "centroid_y_um", t["centroid_y_px"] * pixel_size_um)
@@ -171,7 +216,7 @@ def cell_catalogue(
         t.insert(9, "area_um2", t["area_px"] * pixel_size_um**2)
         tables.append(t)
     cell_t, nuc_t = tables
-    match = match_nuclei(cells, nuclei)
+    match = _best_nucleus(cell_t["label"].to_numpy(np.int64), [p.overlaps for p in parts])
     cell_t["nucleus_label"] = match.reindex(cell_t["label"]).fillna(0).astype(np.int64).to_numpy()
     nuc_cols = [c for c in nuc_t.columns if c not in ("slice", "plane", "centroid_z_um")]
     nuc_prefixed = nuc_t[nuc_cols].rename(columns={c: f"nucleus_{c}" for c in nuc_cols})

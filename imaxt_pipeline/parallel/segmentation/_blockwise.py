@@ -33,7 +33,7 @@ from ...io.weights import cached_model
 if TYPE_CHECKING:
     from ...algorithms.segmentation import Segmenter
 
-__all__ = ["BlockGrid", "block_grid", "segment_blockwise"]
+__all__ = ["BlockGrid", "block_grid", "block_overlap", "segment_blockwise"]
 
 
 @dataclass(frozen=True)
@@ -134,13 +134,7 @@ def segment_blockwise(
     """
     if image.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
-    diameter = float(segmenter.expected_diameter_px)
-    min_overlap = int(np.ceil(2 * diameter))
-    if overlap is None:
-        growth = getattr(segmenter, "growth", None)
-        overlap = min_overlap + (int(np.ceil(growth.max_distance_px)) if isinstance(growth, CellGrowth) else 0)
-    if overlap < min_overlap:
-        raise ValueError(f"overlap {overlap} px is below 2 x expected diameter ({min_overlap} px)")
+    overlap = block_overlap(segmenter, overlap)
     if not isinstance(image, da.Array):
         image = da.from_array(np.asarray(image), chunks=(image.shape[0], *(min(s, 1024) for s in image.shape[1:])))
     grid = block_grid(image.shape[1:], block=block, overlap=overlap)
@@ -164,6 +158,23 @@ def segment_blockwise(
         blocks.append(da.from_delayed(out, shape=(2, core[1] - core[0], core[3] - core[2]), dtype=np.int32))
     rows = [blocks[r * grid.grid[1] : (r + 1) * grid.grid[1]] for r in range(grid.grid[0])]
     return da.block(rows)
+
+
+def block_overlap(segmenter: Any, overlap: int | None) -> int:
+    """The block margin: ``overlap``, or ``2 * ceil(expected diameter)`` plus the cell growth when ``None``.
+
+    Raises
+    ------
+    ValueError
+        If ``overlap`` is below twice the expected diameter.
+    """
+    min_overlap = int(np.ceil(2 * float(segmenter.expected_diameter_px)))
+    if overlap is None:
+        growth = getattr(segmenter, "growth", None)
+        overlap = min_overlap + (int(np.ceil(growth.max_distance_px)) if isinstance(growth, CellGrowth) else 0)
+    if overlap < min_overlap:
+        raise ValueError(f"overlap {overlap} px is below 2 x expected diameter ({min_overlap} px)")
+    return int(overlap)
 
 
 def _token(image: da.Array, segmenter: Any, grid: BlockGrid, k: int) -> str:

@@ -90,3 +90,45 @@ def test_bad_arguments():
         cell_catalogue(
             np.zeros((4, 4), int), np.zeros((4, 4), int), np.zeros((1, 4, 4)), channel_names=["a"], pixel_size_um=0
         )
+
+
+def _blockwise(cells, nuclei, image, block):
+    """The catalogue of a plane measured in ``block``-px blocks (labels with the halo, zero beyond the plane)."""
+    from imaxt_pipeline.algorithms.measure import HALO, catalogue_from_parts, catalogue_parts
+
+    h, w = cells.shape
+    pads = [np.pad(lab.astype(np.int64), HALO) for lab in (cells, nuclei)]
+    parts = [
+        catalogue_parts(
+            *(p[y0 : min(h, y0 + block) + 2 * HALO, x0 : min(w, x0 + block) + 2 * HALO] for p in pads),
+            image[:, y0 : y0 + block, x0 : x0 + block],
+            offset_yx=(y0, x0),
+        )
+        for y0 in range(0, h, block)
+        for x0 in range(0, w, block)
+    ]
+    return catalogue_from_parts(parts, channel_names=["nuc", "cyto"], pixel_size_um=0.5, plane=1)
+
+
+@pytest.mark.parametrize("seed", [3, 13])
+def test_blocks_merge_to_the_regionprops_values_of_the_whole_plane(seed):
+    """Any block size gives regionprops' values: objects cut by seams, touching the plane edge, in pieces."""
+    rng = np.random.default_rng(seed)
+    image, nuclei, cells = two_channel_sample((120, 140), seed=seed, density=float(rng.uniform(0.2, 0.4)))
+    cells = cells.copy()
+    cells[rng.random(cells.shape) < 0.002] = cells.max()  # one object scattered over the plane, in pieces
+    whole = region_features(cells, image, channel_names=["nuc", "cyto"])
+    props = {p.label: p for p in regionprops(cells, intensity_image=np.moveaxis(image, 0, -1))}
+    assert whole["label"].tolist() == sorted(props)
+    for name in ("perimeter", "eccentricity", "feret_diameter_max", "area"):
+        ref = np.array([getattr(props[lab], name) for lab in whole["label"]])
+        column = f"{name}_px" if name in ("perimeter", "feret_diameter_max", "area") else name
+        np.testing.assert_allclose(whole[column].to_numpy(), ref, rtol=1e-9, atol=1e-9, err_msg=name)
+    ref_cells, ref_nuclei = cell_catalogue(
+        cells, nuclei, image, channel_names=["nuc", "cyto"], pixel_size_um=0.5, plane=1
+    )
+    # atol: the eccentricity of a round object is sqrt(1 - l2 / l1), so rounding in l2 / l1 shows as ~1e-8
+    for block in (int(rng.integers(17, 40)), 64):
+        got_cells, got_nuclei = _blockwise(cells, nuclei, image, block)
+        pd.testing.assert_frame_equal(got_cells, ref_cells, rtol=1e-9, atol=1e-7)
+        pd.testing.assert_frame_equal(got_nuclei, ref_nuclei, rtol=1e-9, atol=1e-7)
