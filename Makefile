@@ -28,7 +28,9 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	PATH="$(CURDIR)/$(VENV)/tools/bin:$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q --durations=30
+	# Two pytest processes, one test file each at a time (module fixtures are built once): the 2 cores
+	# are otherwise idle while tests wait on subprocesses, the S3 endpoint and cluster start-up.
+	PATH="$(CURDIR)/$(VENV)/tools/bin:$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with (
         LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="3GiB"
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="3GiB"
         ) as cluster,
         Client(cluster) as client,
     ):

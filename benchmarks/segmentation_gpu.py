@@ -67,7 +67,7 @@ def _blockwise_on_gpu_worker(seg, image: np.ndarray, block: int) -> tuple[float,
 
     with (
         LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, resources={"GPU": 1}, dashboard_address=None
+            n_workers=1, threads_per_worker=1, processes=True, resources={"GPU": 1}, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -75,6 +75,7 @@ def dask_client(cluster: ClusterConfig) -> Iterator[Any]:
                 f"(cluster.connect_timeout_s): {' '.join(str(exc).split())[:200]}"
             ) from None
         with connected as client:
+            _set_up_workers(client)
             yield client
         return
     with (
@@ -83,11 +84,22 @@ def dask_client(cluster: ClusterConfig) -> Iterator[Any]:
             threads_per_worker=cluster.threads_per_worker,
             processes=cluster.processes,
             memory_limit=cluster.memory_limit,
-            dashboard_address=None,
+            # No dashboard, and its HTTP server (health, metrics) on a free port: distributed's default
+            # 8787 warns "already in use" whenever two runs share a machine (two watchers, parallel tests).
+            dashboard_address=":0",
+            scheduler_kwargs={"dashboard": False},
         ) as lc,
         Client(lc) as client,
     ):
+        _set_up_workers(client)
         yield client
+
+
+def _set_up_workers(client: Any) -> None:
+    # Dask's nanny starts workers with an allocator setting that made numpy-heavy tasks 2.5x slower.
+    from .parallel.workers import RoomyAllocator
+
+    client.register_plugin(RoomyAllocator())
 
 
 def input_checksum(raw: RawStore) -> str:

@@ -155,7 +155,7 @@ class SegmentParams(StepParams):
 
 
 class CatalogueParams(StepParams):
-    pass
+    block: int = Field(default=1024, ge=16, description="measurement block edge, px (memory per task)")
 
 
 class CropsParams(StepParams):

@@ -73,19 +73,22 @@ def batch_pairs(n_pairs: int, tile_bytes: int) -> int:
 
 def _match_batch(
     read_tile: Any,
-    batch: list[tuple[int, int]],
-    expected: list[tuple[float, float]],
+    batch: np.ndarray,
+    expected: np.ndarray,
     calibration: Calibration,
     *,
     cache: int,
     index_offset: int,
     **match_kwargs: Any,
 ) -> list[PairMatch]:
-    """Match consecutive pairs, reading each tile once (an LRU cache of ``cache`` tiles)."""
+    """Match consecutive pairs ``batch`` (K, 2), stage-predicted shifts ``expected`` (K, 2), reading each tile
+    once (an LRU cache of ``cache`` tiles)."""
     cached = lru_cache(maxsize=cache)(read_tile)
     return [
-        match_tiles(lambda i: np.array(cached(i)), a, b, exp, calibration, index_offset=index_offset, **match_kwargs)
-        for (a, b), exp in zip(batch, expected, strict=True)
+        match_tiles(
+            lambda i: np.array(cached(i)), a, b, (ey, ex), calibration, index_offset=index_offset, **match_kwargs
+        )
+        for (a, b), (ey, ex) in zip(np.asarray(batch).tolist(), np.asarray(expected).tolist(), strict=True)
     ]
 
 
@@ -97,12 +100,14 @@ def _lazy_matches(
 
     size = batch_pairs(len(pairs), tile_bytes)
     cache = int(max(2, min(2 * cols + 2, MAX_BATCH_BYTES // max(tile_bytes, 1))))
-    out = []
-    for k in range(0, len(pairs), size):
-        batch = pairs[k : k + size]
-        exp = [(float(stage[b, 0] - stage[a, 0]), float(stage[b, 1] - stage[a, 1])) for a, b in batch]
-        out.append(delayed(_match_batch, pure=False)(read_tile, batch, exp, cal, cache=cache, **kw))
-    return out
+    idx = np.asarray(pairs, np.int64).reshape(-1, 2)
+    expected = stage[idx[:, 1]] - stage[idx[:, 0]]
+    # Arrays, not lists of tuples: dask walks every list argument looking for tasks (seconds for 50 x 50 tiles).
+    task = delayed(_match_batch, pure=False)
+    return [
+        task(read_tile, idx[k : k + size], expected[k : k + size], cal, cache=cache, **kw)
+        for k in range(0, len(idx), size)
+    ]
 
 
 def run(ctx: StepContext, params: Params) -> StepResult:
@@ -112,27 +117,11 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     z = min(params.z, acq.optical_sections - 1)
     pairs = adjacent_pairs(acq.rows, acq.cols)
     slices = list(ctx.slices)
-    lazy = []
     from dask import delayed
 
     cal_task = delayed(cal, pure=False)
-    tile_bytes = 2 * len(acq.channels) * acq.tile_shape[0] * acq.tile_shape[1]
-    for k, s in enumerate(slices):
-        lazy += _lazy_matches(
-            partial(ctx.raw.read_tile, s, z),
-            pairs,
-            np.asarray(ctx.raw.stage_px(s, z), np.float64),
-            cal_task,
-            cols=acq.cols,
-            tile_bytes=tile_bytes,
-            index_offset=k * n_t,
-            max_shift=params.max_shift_px,
-            block_size=params.block_px,
-            min_ncc=params.min_ncc,
-        )
-    batches = ctx.client.gather(ctx.client.compute(lazy)) if lazy else []
-    matches: list[PairMatch] = [m for batch in batches for m in batch]
-    matches = _rematch(ctx, matches, slices, z, cal_task, params, tile_bytes)
+    matches = _match_slices(ctx, [pairs] * len(slices), slices, z, cal_task, params, params.max_shift_px)
+    matches = _rematch(ctx, matches, slices, z, cal_task, params)
     stage = [ctx.raw.stage_px(s, z) for s in slices]
     estimate = params.estimate_distortion and cal.source.get("distortion") != "file"
     old = results.read_stitch_points(ctx.output, exclude=slices) if estimate else pd.DataFrame()
@@ -233,43 +222,55 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     return StepResult(outputs=outputs, metrics=metrics)
 
 
-def _rematch(
+def _match_slices(
     ctx: StepContext,
-    matches: list[PairMatch],
+    pairs_of: list[list[tuple[int, int]]],
     slices: list[int],
     z: int,
     cal_task: Any,
     params: Params,
-    tile_bytes: int,
+    max_shift: int,
 ) -> list[PairMatch]:
-    """Redo failed / edge-of-window pairs with the radius the matched pairs' stage error asks for."""
-    radius, redo = rematch_plan(matches, params.max_shift_px)
-    if not redo:
-        return matches
+    """Match ``pairs_of[k]`` (tile indices within slice ``slices[k]``) on the cluster, in that order.
+
+    The one place both the first pass and :func:`_rematch` build their tasks: indices come back
+    global (``k * n_tiles + t``).
+    """
     acq = ctx.raw.acquisition
-    n_t = acq.n_tiles
+    tile_bytes = 2 * len(acq.channels) * acq.tile_shape[0] * acq.tile_shape[1]
     lazy = []
-    for k, s in enumerate(slices):
-        mine = [
-            (matches[i].reference - k * n_t, matches[i].moving - k * n_t)
-            for i in redo
-            if matches[i].reference // n_t == k
-        ]
-        if mine:
+    for k, (s, pairs) in enumerate(zip(slices, pairs_of, strict=True)):
+        if pairs:
             lazy += _lazy_matches(
                 partial(ctx.raw.read_tile, s, z),
-                mine,
+                pairs,
                 np.asarray(ctx.raw.stage_px(s, z), np.float64),
                 cal_task,
                 cols=acq.cols,
                 tile_bytes=tile_bytes,
-                index_offset=k * n_t,
-                max_shift=radius,
+                index_offset=k * acq.n_tiles,
+                max_shift=max_shift,
                 block_size=params.block_px,
                 min_ncc=params.min_ncc,
             )
     batches = ctx.client.gather(ctx.client.compute(lazy)) if lazy else []
-    new = {(m.reference, m.moving): m for batch in batches for m in batch}
+    return [m for batch in batches for m in batch]
+
+
+def _rematch(
+    ctx: StepContext, matches: list[PairMatch], slices: list[int], z: int, cal_task: Any, params: Params
+) -> list[PairMatch]:
+    """Redo failed / edge-of-window pairs once, with the radius the matched pairs' stage error asks for."""
+    radius, redo = rematch_plan(matches, params.max_shift_px)
+    if not redo:
+        return matches
+    n_t = ctx.raw.acquisition.n_tiles
+    pairs_of: list[list[tuple[int, int]]] = [[] for _ in slices]
+    for i in redo:
+        k = matches[i].reference // n_t
+        pairs_of[k].append((matches[i].reference - k * n_t, matches[i].moving - k * n_t))
+    again = _match_slices(ctx, pairs_of, slices, z, cal_task, params, radius)
+    new = {(m.reference, m.moving): m for m in again}
     ctx.log.info(
         "stitch: %d pairs matched again with a %d px search (stage error larger than expected)", len(new), radius
     )

@@ -9,7 +9,8 @@ Every name used by more than one test module lives here (test modules never impo
   :func:`position_errors`, :func:`band_error`;
 * beads: :func:`bead_scene`, :func:`bead_score`, :func:`synth_planes`, :func:`synth_score`;
 * segmentation data: :func:`two_channel_sample`, :func:`synth_plane`;
-* a raw-layout writer independent of the simulator: :func:`write_raw_sample`, :func:`rewrite_csv`.
+* a raw-layout writer independent of the simulator: :func:`write_raw_sample`, :func:`rewrite_csv`;
+* coverslip grids of real nuclei texture and a peak-RSS sampler: :func:`write_coverslip_grid`, :class:`PeakRss`.
 
 The S3 endpoint (``imaxt_pipeline.testing._s3``, a pytest fixture) and the Kubernetes schema checks
 (``imaxt_pipeline.testing._k8s``, which need the ``k8s`` extra) are imported from their modules.
@@ -20,6 +21,7 @@ Truth comes from :mod:`imaxt_pipeline.synth` only, never from ``imaxt_pipeline.t
 from __future__ import annotations
 
 from ._beads import bead_scene, bead_score, synth_planes, synth_score
+from ._coverslip import PeakRss, write_coverslip_grid
 from ._grids import band_error, grid_tiles, one_slice_grid, position_errors
 from ._pipeline import Sample, processed_sample, uploaded_sample
 from ._raw import rewrite_csv, write_raw_sample
@@ -27,6 +29,7 @@ from ._segdata import synth_plane, two_channel_sample
 from ._steps import only_steps
 
 __all__ = [
+    "PeakRss",
     "Sample",
     "band_error",
     "bead_scene",
@@ -42,5 +45,6 @@ __all__ = [
     "synth_score",
     "two_channel_sample",
     "uploaded_sample",
+    "write_coverslip_grid",
     "write_raw_sample",
 ]

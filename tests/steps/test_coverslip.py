@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from types import SimpleNamespace
 
+import cloudpickle
 import numpy as np
 import pytest
 
@@ -98,6 +100,10 @@ def test_single_channel_coverslip_runs_every_step(tmp_path, dask_client):
     assert (cells["area_px"] > cells["nucleus_area_px"]).mean() > 0.9
     assert out.root["crops"].shape[:2] == (len(nuclei), 1)
     assert [e["status"] for e in meta["provenance"]] == ["finished"] * 9
+
+
+# The probes below run on the workers: send them by value (this module is not importable there).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _install_probe(dask_worker):

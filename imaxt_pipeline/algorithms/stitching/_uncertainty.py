@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 
 __all__ = [
     "TileFlag",
+    "bridges",
     "describe_flags",
     "flag_tiles",
     "relative_sigma",
@@ -207,17 +208,60 @@ def unverified_tiles(n_tiles: int, pairs: Sequence[tuple[int, int]]) -> _Mask:
     """
     if not len(pairs):
         return np.zeros(n_tiles, bool)
-    edges = np.asarray(pairs, int)
-    bridge = np.zeros(len(edges), bool)
-    for i in range(len(edges)):
-        rest = np.delete(edges, i, axis=0)
-        comp = components(n_tiles, [tuple(e) for e in rest])
-        bridge[i] = comp[edges[i, 0]] != comp[edges[i, 1]]
+    edges = np.asarray(pairs, int).reshape(-1, 2)
+    bridge = bridges(n_tiles, edges)
     has_loop = np.zeros(n_tiles, bool)
     has_loop[edges[~bridge].ravel()] = True
     touched = np.zeros(n_tiles, bool)
     touched[edges.ravel()] = True
     out: _Mask = touched & ~has_loop  # a section whose used pairs form a tree is unverified everywhere
+    return out
+
+
+def bridges(n_nodes: int, edges: npt.NDArray[np.int_]) -> _Mask:
+    """(E,) True for each edge whose removal disconnects its ends (Tarjan's low-link, iterative: O(V + E)).
+
+    Parallel edges are told apart by their index, so a doubled pair is never a bridge.
+
+    >>> bridges(4, np.array([[0, 1], [1, 2], [2, 0], [2, 3]])).tolist()
+    [False, False, False, True]
+    >>> bridges(2, np.array([[0, 1], [1, 0]])).tolist()
+    [False, False]
+    """
+    adj: list[list[tuple[int, int]]] = [[] for _ in range(n_nodes)]
+    for i, (a, b) in enumerate(edges.tolist()):
+        adj[a].append((b, i))
+        adj[b].append((a, i))
+    order = [-1] * n_nodes  # discovery time
+    low = [0] * n_nodes
+    out = np.zeros(len(edges), bool)
+    clock = 0
+    for root in range(n_nodes):
+        if order[root] >= 0 or not adj[root]:
+            continue
+        order[root] = low[root] = clock
+        clock += 1
+        stack = [(root, -1, 0)]  # node, edge it was reached by, next neighbour to visit
+        while stack:
+            node, via, k = stack[-1]
+            if k < len(adj[node]):
+                stack[-1] = (node, via, k + 1)
+                nxt, e = adj[node][k]
+                if e == via:
+                    continue
+                if order[nxt] < 0:
+                    order[nxt] = low[nxt] = clock
+                    clock += 1
+                    stack.append((nxt, e, 0))
+                else:
+                    low[node] = min(low[node], order[nxt])
+                continue
+            stack.pop()
+            if stack:
+                parent = stack[-1][0]
+                low[parent] = min(low[parent], low[node])
+                if low[node] > order[parent]:
+                    out[via] = True
     return out
 
 

@@ -92,3 +92,20 @@ def test_blocks_refined_together_match_one_by_one():
         np.testing.assert_allclose(est.shift, alone.shift, atol=1e-6)
         np.testing.assert_allclose(est.sigma, alone.sigma, rtol=1e-3)
         np.testing.assert_allclose(est.shift, true, atol=0.03)
+
+
+def test_blocks_far_from_the_seam_shift_are_found_from_their_quarter():
+    """A seam whose local shift sweeps 12 px end to end (a strong distortion): the end blocks, out of reach
+    from the seam's mean shift, are refitted from their quarter's shift and land on the truth."""
+    rng = np.random.default_rng(3)
+    img = ndi.gaussian_filter(rng.uniform(0, 1000, (300, 560)), 2.0)
+    yy, xx = np.indices((256, 256), dtype=float)
+    bend = 6.0 * (yy - 128) / 128  # x-shift of the moving tile's rows: -6 .. +6 px
+    ref = img[10:266, 10:266]
+    mov = ndi.map_coordinates(img, [yy + 10, xx + 10 + 230 + bend], order=3)  # mov(q) = img(q + (0, 230 + bend))
+    m = match_pair(ref, mov, (0.0, 230.0), block_size=16, max_shift=15)
+    assert m.ok
+    local = (m.points_ref - m.points_mov)[:, 1]  # measured x-shift at each block
+    truth = 230.0 + 6.0 * (m.points_mov[:, 0] - 128) / 128
+    assert np.ptp(local) > 9.0  # the ends were found, not left at the seam's mean
+    assert np.max(np.abs(local - truth)) < 0.3, np.abs(local - truth).max()
