@@ -30,9 +30,13 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 def _reset_peak() -> float:
     """Reset this process's peak RSS to its current RSS; return that RSS (MB)."""
-    # Free memory the worker keeps for reuse (``parallel.workers.roomy_allocator``, which earlier tests
-    # set on the shared workers) goes back to the OS first: it would absorb the run's allocations.
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    # Back to the nanny's allocator settings (trim at 64 KiB, mmap from 128 KiB), which earlier tests may
+    # have raised on the shared workers (``parallel.workers.roomy_allocator``), and free memory kept for
+    # reuse goes back to the OS: it would absorb the run's allocations and hide what the data cost.
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 65536)  # M_TRIM_THRESHOLD
+    libc.malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     return _status("VmRSS")
 
