@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="worker counts to compare")
     ap.add_argument("--steps", default=DEFAULT_STEPS)
     ap.add_argument("--cache", default="~/.cache/imaxt-bench")
+    ap.add_argument("--out", default=None, help="folder for the runs' outputs (default: beside the cached sample)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument(
         "--keep-output",
@@ -195,7 +196,9 @@ def main() -> None:
     )
     rows = []
     for n in [int(v) for v in args.workers.split(",")]:
-        out = str(Path(store).with_name(f"out_{n}w.zarr"))
+        out_dir = Path(args.out).expanduser() if args.out else Path(store).parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out = str(out_dir / f"out_{n}w.zarr")
         cmd = [sys.executable, __file__, "--_run", store, out, str(n), args.steps]
         if args.profile:
             cmd.append("--_profile")
