@@ -303,10 +303,12 @@ class Watcher:
 
     # -- one pass ----------------------------------------------------------
     def job_for(self, landed: Landed, state: SampleState) -> Job:
+        # a landed slide's action writes its own store: log that, not a processed/<key>.zarr it never makes
+        output = getattr(landed.action, "out_url", None) or f"{self.output_prefix}/{landed.sample}.zarr"
         return Job(
             sample=landed.sample,
             sample_url=landed.url,
-            output_url=f"{self.output_prefix}/{landed.sample}.zarr",
+            output_url=output,
             raw_store_url=f"{self.raw_prefix}/{landed.sample}.zarr",
             attempt=state.attempts,
             lease_token=state.lease_token,

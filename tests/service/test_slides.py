@@ -50,6 +50,9 @@ def test_slides_wait_for_their_sample_then_imc_waits_for_the_slides_and_chains_t
     assert a.out_url == f"{bucket}/_imaxt/processed/slides/synth/a.zarr"
     assert a.argv()[3:] == ["register-modality", f"{bucket}/slides/synth/a.czi", "--reference", a.reference,
                             "--out", a.out_url]  # fmt: skip
+    # the watcher's events (started, finished) name the store the slide run writes
+    state = ledger.observe(slide_key("synth", "a.czi"), "inputs")
+    assert watcher.job_for(found[slide_key("synth", "a.czi")], state).output_url == a.out_url
 
     _done(ledger, slide_key("synth", "a.czi"))
     assert slide_key("synth", "a_roi1.mcd") not in {x.sample for x in watcher._find()}  # b.tif not done yet
