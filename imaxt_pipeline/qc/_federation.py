@@ -20,12 +20,14 @@ def federation_figure(
     residual_px: np.ndarray,
     *,
     title: str = "",
+    image_scale: float = 1.0,
 ) -> Figure:
     """Three panels: bead matches N(z) per reference section with the Gaussian fit; the slide's beads
     mapped into the cube (crosses) over the section and its beads (circles); the CDF of held-out residuals.
 
-    ``fit`` is ``(amplitude, mu, sigma, background)`` or ``None``; ``section_image`` a (down-sampled is fine)
-    plane of the section whose extent is the cube's level-0 frame.
+    ``fit`` is ``(amplitude, mu, sigma, background)`` or ``None``; ``section_image`` a plane of the section,
+    down-sampled by ``image_scale`` (cube level-0 px per image px): the axes stay in level-0 cube px, the
+    frame the points are given in.
     """
     fig = Figure(figsize=(13, 4.2))
     a, b, c = fig.subplots(1, 3)
@@ -41,12 +43,12 @@ def federation_figure(
     if section_image is not None:
         h, w = section_image.shape
         lo, hi = np.percentile(section_image, [1, 99.5])
-        b.imshow(
-            section_image, cmap="gray", vmin=lo, vmax=hi, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest"
-        )
+        f = float(image_scale)
+        extent = (-0.5 * f, (w - 0.5) * f, (h - 0.5) * f, -0.5 * f)
+        b.imshow(section_image, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
     b.scatter(reference_xy[:, 0], reference_xy[:, 1], s=30, facecolors="none", edgecolors="C1", label="STPT beads")
     b.scatter(mapped_xy[:, 0], mapped_xy[:, 1], s=14, marker="x", color="C2", label="slide beads, mapped")
-    b.set(title="beads over the section (cube px)", xlabel="x", ylabel="y")
+    b.set(title="beads over the section (cube level-0 px)", xlabel="x", ylabel="y")
     b.legend(fontsize=8, loc="lower right")
     r = np.sort(np.asarray(residual_px, np.float64)[np.isfinite(residual_px)])
     if len(r):

@@ -63,10 +63,11 @@ def write_slide_store(
             info.get("gauss"),
             k,
             plane,
-            rb[:, :2] / s,
-            mapped / s,
+            rb[:, :2],
+            mapped,
             m.fit.loo_residual_px * 1.0,
             title=f"{slide.name} -> section {k} of {ref.url}",
+            image_scale=s,
         )
         store.write_png("federation", to_png(fig))
         store.update_imaxt_attrs("federation", attrs)

@@ -54,3 +54,18 @@ def test_every_figure_renders_to_png_without_switching_the_backend():
     assert figures["stitch"].get_axes()[2].get_title().startswith("pair residuals: median 0.15 px")
     assert matplotlib.get_backend() == backend
     assert "matplotlib.pyplot" not in sys.modules or not matplotlib.pyplot.get_fignums()
+
+
+def test_federation_panel_keeps_points_and_a_down_sampled_section_in_level0_cube_px():
+    from imaxt_pipeline.qc import federation_figure
+
+    points = np.array([[100.0, 40.0], [700.0, 300.0]])  # (x, y), level-0 cube px
+    fig = federation_figure(
+        np.array([0, 3, 9, 2]), None, 2, np.ones((100, 200)), points, points + 0.5, np.array([0.2, 0.3]),
+        image_scale=4.0,
+    )  # fmt: skip
+    panel = fig.get_axes()[1]
+    left, right, bottom, top = panel.get_images()[0].get_extent()
+    assert (left, right, bottom, top) == (-2.0, 798.0, 398.0, -2.0)  # 200 x 100 image px = 800 x 400 cube px
+    assert np.allclose(panel.collections[0].get_offsets(), points)  # not divided by the image's scale
+    assert "level-0" in panel.get_title()
