@@ -23,14 +23,17 @@ from ._imc import ImcAcquisition, write_imc, write_imc_txt, write_mcd
 from ._multimodal import ImcTruth, SlideTruth, render_imc, render_slide, write_slide_czi
 from ._params import SynthParams, calibration_params, demo_params
 from ._random_instrument import InstrumentDraw, RandomSample, cut_tiles, draw_instrument, render_random_sample
+from ._scene import AGAROSE, Scene
 from ._tissuecyte import synthesize_tissuecyte, write_tissuecyte
 from ._writer import Truth, load_truth, synthesize
 
 __all__ = [
+    "AGAROSE",
     "ImcAcquisition",
     "ImcTruth",
     "InstrumentDraw",
     "RandomSample",
+    "Scene",
     "SlideTruth",
     "SynthParams",
     "Truth",

@@ -99,7 +99,7 @@ def bead_field(seed=0, pixel_size_um=0.56, shape=(1024, 1024), diameter_um=90.0)
     """One bead-channel section drawn by the simulator's scene renderer under a randomised instrument.
 
     The scene (tissue blob with nuclei and section-own texture, 90 µm beads in the agarose cut at
-    every height) comes from :class:`imaxt_pipeline.synth._scene.Scene` at ``pixel_size_um``; the
+    every height) comes from :class:`imaxt_pipeline.synth.Scene` at ``pixel_size_um``; the
     seed also draws the instrument: background level (10-400 counts), read noise (2-8 counts), PSF
     (0.5-1.5 px), bead S/N (4-80, amplitude over the background noise), tissue brightness in the
     bead channel (10-90 % of the bead amplitude, so the relative threshold cuts into some tissue),
@@ -108,8 +108,7 @@ def bead_field(seed=0, pixel_size_um=0.56, shape=(1024, 1024), diameter_um=90.0)
     """
     from scipy import ndimage as ndi
 
-    from imaxt_pipeline.synth import SynthParams
-    from imaxt_pipeline.synth._scene import AGAROSE, Scene
+    from imaxt_pipeline.synth import AGAROSE, Scene, SynthParams
 
     rng = np.random.default_rng(seed)
     psf = rng.uniform(0.5, 1.5)
