@@ -16,15 +16,25 @@ last worker count. On a shared machine the wall time measures the neighbours too
 the workers and the client (``getrusage``) are printed as well, and raw MB per CPU-second is what
 MB/s per core would be with the cores to itself. ``--profile`` also prints the top functions of the
 workers' statistical profile (``distributed``'s own sampler, by self time) and of a cProfile of the client.
+
+When ``stitch`` is among the steps, ASHLAR's alignment (``ashlar.reg.EdgeAligner``, through the worker of
+``benchmarks/stitching.py``, in the interpreter ``--ashlar-python``, a fresh one per section) runs on the
+nuclear channel of each section's raw tiles of the same store (stage positions, pixel size, max_shift
+15 µm, its defaults otherwise): its seconds per section (the alignment call; JVM start apart) are printed
+beside ours (the stitch step's seconds / sections, all channels, with ``n`` workers) and their ratio
+(the issue's target: ours <= 0.5x ASHLAR's). Skipped, with a line, when that interpreter is absent.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -160,6 +170,50 @@ def run_once(
     }
 
 
+def _stitching_bench() -> Any:
+    """``benchmarks/stitching.py`` as a module (its ASHLAR worker), as ``stitching_sweep.py`` loads it."""
+    spec = importlib.util.spec_from_file_location("_stitching_bench", Path(__file__).resolve().parent / "stitching.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def ashlar_per_section(store: str, python: str) -> dict[str, Any]:
+    """ASHLAR's ``EdgeAligner`` on channel 0 of every section of the raw store: seconds per section.
+
+    Returns ``time_s`` (the alignment call of each section), ``start_s`` (import + JVM start of each),
+    ``cpu_s`` (each child's CPU seconds, its JVM start included), or ``error``.
+    """
+    import numpy as np
+
+    from imaxt_pipeline.io.rawzarr import RawStore
+
+    if not python or python == "none" or not Path(python).exists():
+        return {"error": f"skipped: no ASHLAR interpreter at {python!r} (--ashlar-python PATH)"}
+    bench = _stitching_bench()
+    raw = RawStore(store)
+    acq = raw.acquisition
+    out: dict[str, Any] = {"time_s": [], "start_s": [], "cpu_s": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in range(acq.slices):
+            tiles = np.stack([raw.read_tile(s, 0, t)[0] for t in range(acq.n_tiles)])[None]  # (1, T, H, W)
+            npz = str(Path(tmp) / f"section{s}.npz")
+            np.savez(npz, tiles=tiles, stage_um=raw.stage_um[s, 0], pixel_size=acq.pixel_size_um)
+            del tiles
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            res = bench.run_isolated(python, "ashlar", {"corrected": False, "sigma": 0.0}, npz, timeout=1800)
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            Path(npz).unlink()
+            if "error" in res:
+                return {"error": f"failed on section {s}: {res['error']}"}
+            out["time_s"].append(res["time_s"])
+            out["start_s"].append(res["start_s"])
+            out["cpu_s"].append(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime)
+            out["note"] = res.get("note", "")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2x2 tiles of 1024 px, 2 channels, 2 sections, 2 workers")
@@ -177,6 +231,11 @@ def main() -> None:
         "--keep-output",
         action="store_true",
         help="run --steps on the output a previous run left (e.g. --steps mosaic,cube after a full run)",
+    )
+    ap.add_argument(
+        "--ashlar-python",
+        default="/tmp/ashvenv/bin/python",
+        help="interpreter with ashlar installed, for the stitch comparison ('none': skip)",
     )
     ap.add_argument("--_run", nargs=4, metavar=("STORE", "OUT", "N", "STEPS"), help=argparse.SUPPRESS)
     ap.add_argument("--_profile", action="store_true", help=argparse.SUPPRESS)
@@ -228,6 +287,25 @@ def main() -> None:
     if len(rows) > 1:
         (n0, r0), (n1, r1) = rows[0], rows[-1]
         print(f"scaling {n0} -> {n1} workers: {r0['wall_s'] / r1['wall_s']:.2f}x faster")
+    if "stitch" in args.steps.split(","):
+        _print_ashlar(store, args, rows)
+
+
+def _print_ashlar(store: str, args: argparse.Namespace, rows: list[tuple[int, dict[str, Any]]]) -> None:
+    ash = ashlar_per_section(store, args.ashlar_python)
+    if "error" in ash:
+        print(f"ASHLAR stitch comparison {ash['error']}")
+        return
+    per = sum(ash["time_s"]) / len(ash["time_s"])
+    print(
+        f"ASHLAR EdgeAligner, channel 0 of each section: {per:.1f} s per section "
+        f"({', '.join(f'{t:.1f}' for t in ash['time_s'])}; start {sum(ash['start_s']) / len(ash['start_s']):.1f} s "
+        f"each, apart; CPU {sum(ash['cpu_s']) / len(ash['cpu_s']):.1f} s per section with the start; {ash['note']})",
+        flush=True,
+    )
+    for n, res in rows:
+        ours = res["steps"].get("stitch", float("nan")) / args.sections
+        print(f"  ours, stitch step, {n} worker(s), all channels: {ours:.1f} s per section, {ours / per:.2f}x ASHLAR's")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from imaxt_pipeline.testing._k8s import (
 REPO = Path(__file__).resolve().parents[2]
 
 
-def objects(gpu_workers: int = 1, **kw):
+def objects(gpu_workers: int = 1, *, sections=None, acquisition_ended=False, **kw):
+    """The launcher's objects for one sample (``sections``: one landing of a live acquisition)."""
     settings = k8s.KubeSettings(
         gpu_workers=gpu_workers,
         endpoint_url="http://minio:9000",
@@ -38,6 +39,8 @@ def objects(gpu_workers: int = 1, **kw):
         sample_url="s3://raw/incoming/Brain_01",
         output_url="s3://raw/_imaxt/processed/Brain_01.zarr",
         raw_store_url="s3://raw/_imaxt/raw/Brain_01.zarr",
+        sections=sections,
+        acquisition_ended=acquisition_ended,
     )
     return action.objects(job)
 
@@ -526,18 +529,8 @@ def test_gpu_tasks_run_only_on_the_worker_that_advertises_a_gpu():
 
 
 # -- sections as they land -----------------------------------------------------------
-def _landing(sections, ended=False, gpu_workers=1):
-    settings = k8s.KubeSettings(gpu_workers=gpu_workers)
-    action = PipelineAction("kubernetes", storage_options={"endpoint_url": "http://minio:9000"}, kube=settings)
-    job = Job(
-        sample="Brain_01",
-        sample_url="s3://raw/incoming/Brain_01",
-        output_url="s3://raw/_imaxt/processed/Brain_01.zarr",
-        raw_store_url="s3://raw/_imaxt/raw/Brain_01.zarr",
-        sections=sections,
-        acquisition_ended=ended,
-    )
-    return action.objects(job)
+def _landing(sections, ended=False):
+    return objects(sections=sections, acquisition_ended=ended)
 
 
 def test_a_landed_sections_job_processes_only_those_sections(monkeypatch, tmp_path):

@@ -98,7 +98,12 @@ def _overlaps(cells: NDArray[np.int64], nuclei: NDArray[np.int64]) -> pd.DataFra
         return pd.DataFrame(
             {"cell": np.zeros(0, np.int64), "nucleus": np.zeros(0, np.int64), "pixels": np.zeros(0, np.int64)}
         )
-    pairs, counts = np.unique(np.stack([c[both], n[both]]), axis=1, return_counts=True)
+    span = int(n[both].max()) + 1
+    if int(c[both].max()) < (1 << 62) // span:  # one int64 key per pair: a 1-d unique (axis=1 sorts rows of objects)
+        keys, counts = np.unique(c[both] * span + n[both], return_counts=True)
+        pairs = np.stack([keys // span, keys % span])
+    else:
+        pairs, counts = np.unique(np.stack([c[both], n[both]]), axis=1, return_counts=True)
     return pd.DataFrame({"cell": pairs[0], "nucleus": pairs[1], "pixels": counts.astype(np.int64)})
 
 

@@ -15,7 +15,7 @@ measures what it holds and blocks merge exactly, in any number, by label
   vertices of what it holds, and objects in several blocks are re-measured from their vertices; the object's
   hull image (pixels whose centres are inside or on the hull), its boundary crossings and their
   largest distance are then those of ``regionprops`` (``image_convex``, ``find_contours``, ``pdist``)
-  without rasterising the object.
+  without rasterising the object, for all objects at once (:mod:`._feret`).
 
 Values equal ``skimage.measure.regionprops`` to float precision (intensity means are float64 sums
 here, float32 means there). Numpy/scipy only; no I/O.
@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from ._feret import feret_diameters
+
 __all__ = ["HALO", "ObjectParts", "features_from_parts", "object_parts", "pad_halo"]
 
 #: Label margin (px) every block needs around its core for the perimeter (border of the border).
@@ -40,7 +42,7 @@ _PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
 _PERIMETER_WEIGHTS[[21, 33]] = _SQRT2
 _PERIMETER_WEIGHTS[[13, 23]] = (1 + _SQRT2) / 2
 _DIAMOND = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
-_EPS = 1e-9
+_DIAMOND2 = (2 * _DIAMOND).astype(np.int64)  # its corners on the half-pixel grid
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def object_parts(
     else:
         empty = ["mean_y", "mean_x", "m_yy", "m_xx", "m_xy", "perimeter", *(f"sum_{c}" for c in range(channels))]
         sums |= {k: np.zeros(0) for k in empty} | {k: np.zeros(0, np.int64) for k in ("y0", "x0", "y1", "x1")}
-    pixels = _hull_points(core, offset_yx)
+    pixels = _hull_points(idx, vals, w, offset_yx)
     corners = pd.DataFrame(
         {
             "label": np.repeat(pixels["label"].to_numpy(), len(_DIAMOND2)),
@@ -140,18 +142,16 @@ def _perimeter_weights(lab: NDArray[np.int64], h: int, w: int) -> NDArray[np.flo
     return np.where(core_border, _PERIMETER_WEIGHTS[code], 0.0)
 
 
-def _hull_points(core: NDArray[np.int64], offset_yx: tuple[int, int]) -> pd.DataFrame:
+def _hull_points(idx: NDArray[np.intp], vals: NDArray[np.int64], w: int, offset_yx: tuple[int, int]) -> pd.DataFrame:
     """The first and last pixel of every object in each row of the core (global px).
 
+    ``idx``: the core's object pixels (flat, width ``w``) sorted by label ``vals``, row-major within each.
     Every other pixel lies between two of these, so they hold the vertices of the object's convex hull.
     """
-    flat = core.ravel()
-    idx = np.flatnonzero(flat > 0)  # row-major, so ordered within each label after a stable sort
-    idx = idx[np.argsort(flat[idx], kind="stable")]
-    vals, rows = flat[idx], idx // core.shape[1]
+    rows = idx // w
     new = np.r_[True, (vals[1:] != vals[:-1]) | (rows[1:] != rows[:-1])] if len(idx) else np.zeros(0, bool)
     keep = new | np.r_[new[1:], True] if len(idx) else new
-    y, x = rows[keep], idx[keep] % core.shape[1]
+    y, x = rows[keep], idx[keep] % w
     return pd.DataFrame({"label": vals[keep], "y": y + offset_yx[0], "x": x + offset_yx[1]})
 
 
@@ -231,70 +231,3 @@ def _table(m: pd.DataFrame, feret: NDArray[np.float64], channel_names: Sequence[
 
 
 _BBOX = {"bbox_y0": "y0", "bbox_x0": "x0", "bbox_y1": "y1", "bbox_x1": "x1"}
-
-
-def feret_diameters(corners: pd.DataFrame, labels: NDArray[np.int64]) -> tuple[NDArray[np.float64], pd.DataFrame]:
-    """Maximum Feret diameter (``regionprops``' definition) of each of ``labels``, and their hulls' vertices.
-
-    ``corners`` holds ``label, y2, x2``: points on the half-pixel grid (twice the px coordinates) whose
-    convex hull is the object's (its pixels' diamonds, or hull vertices of its pieces).
-    """
-    out = np.zeros(len(labels))
-    if corners.empty:
-        return out, corners.iloc[:0]
-    corners = corners.sort_values("label", kind="stable")
-    vals = corners["label"].to_numpy(np.int64)
-    points = corners[["y2", "x2"]].to_numpy(np.int64)
-    starts = np.flatnonzero(np.r_[True, vals[1:] != vals[:-1]])
-    bounds = dict(zip(vals[starts].tolist(), zip(starts, np.r_[starts[1:], len(vals)], strict=True), strict=True))
-    vertices = []
-    for i, lab in enumerate(labels.tolist()):
-        a, b = bounds[lab]
-        out[i], hull = feret_diameter(points[a:b])
-        vertices.append(hull)
-    stacked = np.concatenate(vertices)
-    sizes = [len(v) for v in vertices]
-    return out, pd.DataFrame({"label": np.repeat(labels, sizes), "y2": stacked[:, 0], "x2": stacked[:, 1]})
-
-
-def feret_diameter(corners2: NDArray[np.int64]) -> tuple[float, NDArray[np.int64]]:
-    """Largest distance between the boundary crossings of the hull image of the hull of ``corners2 / 2``.
-
-    Returns the diameter and the hull's vertices (on the half-pixel grid, as given).
-    """
-    from scipy.spatial import ConvexHull
-
-    # deduplicated (qhull dislikes repeated points)
-    keys = np.unique((corners2[:, 0] << 32) + (corners2[:, 1] + (1 << 31)))
-    unique2 = np.column_stack([keys >> 32, (keys & 0xFFFFFFFF) - (1 << 31)])
-    hull = ConvexHull(unique2 / 2.0).vertices
-    poly = unique2[hull] / 2.0
-    rows, cols = _run_ends(poly[:, 0], poly[:, 1]), _run_ends(poly[:, 1], poly[:, 0])
-    pts = np.concatenate([rows, cols[:, ::-1]])
-    d2 = (pts[:, None, 0] - pts[None, :, 0]) ** 2 + (pts[:, None, 1] - pts[None, :, 1]) ** 2
-    return float(np.sqrt(d2.max())), unique2[hull]
-
-
-_DIAMOND2 = (2 * _DIAMOND).astype(np.int64)
-
-
-def _run_ends(u: NDArray[np.float64], v: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Crossings ``(line, position)`` just outside the hull image's run on each pixel line ``u = r``.
-
-    The hull image holds the pixels whose centre is inside or on the convex polygon of vertices
-    ``(u, v)``; on each line its pixels form one run ``[a, b]`` and the 0.5 contour crosses the line
-    at ``a - 0.5`` and ``b + 0.5``. Every vertex is the end of a non-degenerate edge, so edges lying
-    on a line need no case of their own.
-    """
-    lines = np.arange(np.ceil(u.min() - _EPS), np.floor(u.max() + _EPS) + 1)
-    u2, v2 = np.concatenate((u[1:], u[:1])), np.concatenate((v[1:], v[:1]))
-    du = u2 - u
-    slanted = du != 0
-    u, v, du, dv = u[slanted], v[slanted], du[slanted], (v2 - v)[slanted]
-    t = (lines[:, None] - u[None]) / du[None]
-    valid = (t >= -_EPS) & (t <= 1 + _EPS)
-    pos = v[None] + np.clip(t, 0.0, 1.0) * dv[None]
-    a = np.ceil(np.where(valid, pos, np.inf).min(1) - _EPS)
-    b = np.floor(np.where(valid, pos, -np.inf).max(1) + _EPS)
-    ok = a <= b
-    return np.concatenate([np.column_stack([lines[ok], a[ok] - 0.5]), np.column_stack([lines[ok], b[ok] + 0.5])])

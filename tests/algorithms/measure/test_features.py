@@ -9,6 +9,7 @@ from skimage.measure import regionprops
 
 from imaxt_pipeline.algorithms.measure import cell_catalogue
 from imaxt_pipeline.algorithms.measure._features import match_nuclei, region_features
+from imaxt_pipeline.testing._catalogue import blockwise_catalogue
 from imaxt_pipeline.testing._segdata import two_channel_sample
 
 
@@ -93,21 +94,7 @@ def test_bad_arguments():
 
 
 def _blockwise(cells, nuclei, image, block):
-    """The catalogue of a plane measured in ``block``-px blocks (labels with the halo, zero beyond the plane)."""
-    from imaxt_pipeline.algorithms.measure import HALO, catalogue_from_parts, catalogue_parts
-
-    h, w = cells.shape
-    pads = [np.pad(lab.astype(np.int64), HALO) for lab in (cells, nuclei)]
-    parts = [
-        catalogue_parts(
-            *(p[y0 : min(h, y0 + block) + 2 * HALO, x0 : min(w, x0 + block) + 2 * HALO] for p in pads),
-            image[:, y0 : y0 + block, x0 : x0 + block],
-            offset_yx=(y0, x0),
-        )
-        for y0 in range(0, h, block)
-        for x0 in range(0, w, block)
-    ]
-    return catalogue_from_parts(parts, channel_names=["nuc", "cyto"], pixel_size_um=0.5, plane=1)
+    return blockwise_catalogue(cells, nuclei, image, block, channel_names=["nuc", "cyto"], pixel_size_um=0.5, plane=1)
 
 
 @pytest.mark.parametrize("seed", [3, 13])
