@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from imaxt_pipeline.algorithms.fusion._fuse import _add_bilinear, _detector_grid
+from imaxt_pipeline.algorithms.fusion._fuse import _add_bilinear, _detector_grid, _DetectorGrid
 from imaxt_pipeline.algorithms.optics import DistortionModel, detector_coordinates
 from imaxt_pipeline.algorithms.registration import apply_offset
 from imaxt_pipeline.io.ome import create_image
@@ -44,19 +44,36 @@ def test_aligned_plane_written_block_by_block_equals_apply_offset(tmp_path, offs
     assert cube.read_plane(0, level=1).shape == (2, 43, 53)
 
 
-def test_bilinear_kernel_equals_map_coordinates():
-    rng = np.random.default_rng(0)
-    tile, base = rng.random((3, 60, 50), dtype=np.float32), rng.random((60, 50), dtype=np.float32)
-    dy, dx = np.meshgrid(np.linspace(-3, 63, 70), np.linspace(-2.5, 52.7, 65), indexing="ij")
-    dy, dx = dy + rng.normal(0, 0.3, dy.shape), dx + rng.normal(0, 0.3, dx.shape)
-    acc, wsum = np.zeros((3, *dy.shape)), np.zeros(dy.shape)
-    _add_bilinear(acc, wsum, tile, base, dy, dx)
+@pytest.mark.parametrize("seed", range(3))
+def test_bilinear_kernel_equals_map_coordinates(seed):
+    # a detector window of a larger tile, a distorted grid overhanging the detector on every side
+    rng = np.random.default_rng(seed)
+    shape = (60, 50)
+    tile, base = rng.random((3, *shape), dtype=np.float32) * 1000, rng.random(shape, dtype=np.float32)
+    model = DistortionModel(k_y=rng.uniform(-0.02, 0.02), k_x=rng.uniform(-0.02, 0.02), mag_y=rng.uniform(-0.01, 0.01))
+    rows, cols = np.linspace(-3, 63, 70) + rng.uniform(0, 1), np.linspace(-2.5, 52.7, 65) + rng.uniform(0, 1)
+    grid = _DetectorGrid(rows, cols, shape, model, step=4)
+    dy, dx = grid.rows(0, rows.size)
+    window = grid.window()
+    assert window == (slice(0, 60), slice(0, 50))  # the grid overhangs: the whole detector
+    acc, wsum = np.zeros((3, *dy.shape), np.float32), np.zeros(dy.shape, np.float32)
+    _add_bilinear(acc, wsum, tile, base, grid, (0, 0))
     wt = ndi.map_coordinates(base, [dy, dx], order=1, mode="constant", cval=0.0)
     np.testing.assert_allclose(wsum, wt, atol=1e-5)
     for c in range(3):
         ref = wt * ndi.map_coordinates(tile[c], [dy, dx], order=1, mode="nearest")
-        np.testing.assert_allclose(acc[c], ref, atol=1e-5)
+        np.testing.assert_allclose(acc[c], ref, rtol=1e-5, atol=1e-3)
     assert (wsum == 0).any() and (wsum > 0).any()
+    # a grid over the middle of the detector samples only a window of it, with the same values
+    inner = _DetectorGrid(rows[20:40] * 0.5 + 12, cols[10:30] * 0.5 + 9, shape, model, step=4)
+    window = inner.window()
+    assert window is not None and window[0].stop - window[0].start < 30 and window[1].stop - window[1].start < 30
+    dy, dx = inner.rows(0, 20)
+    acc, wsum = np.zeros((3, 20, 20), np.float32), np.zeros((20, 20), np.float32)
+    _add_bilinear(acc, wsum, tile[(slice(None), *window)], base[window], inner, (window[0].start, window[1].start))
+    wt = ndi.map_coordinates(base, [dy, dx], order=1, mode="constant", cval=0.0)
+    np.testing.assert_allclose(wsum, wt, atol=1e-5)
+    np.testing.assert_allclose(acc[1], wt * ndi.map_coordinates(tile[1], [dy, dx], order=1), rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("seed", range(3))

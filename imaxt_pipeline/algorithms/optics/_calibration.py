@@ -66,21 +66,28 @@ class Calibration:
             dark=np.zeros(n_channels), source={"dark": "none", "flat": "none", "trim": "none", "distortion": "none"}
         )
 
-    def apply(self, tiles: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """Dark-, stray- and flat-correct tiles ``(C, H, W)`` or ``(C, T, H, W)`` (float32)."""
-        arr = np.asarray(tiles, np.float32)
+    def apply(self, tiles: npt.ArrayLike, *, window: tuple[slice, slice] | None = None) -> npt.NDArray[np.float32]:
+        """Dark-, stray- and flat-correct tiles ``(C, H, W)`` or ``(C, T, H, W)`` (float32).
+
+        ``window`` (rows, cols) says which part of the detector ``tiles`` hold (default all of
+        it): the matching part of the flat and stray fields is used, so a caller needing a strip
+        of a tile corrects only that strip. One float32 array is allocated, corrected in place.
+        """
+        arr = np.asarray(tiles)
         c = arr.shape[0]
         extra = (1,) * (arr.ndim - 3)
-        dark = np.asarray(self.dark, np.float32).reshape(c, *extra, 1, 1)
-        stray = (
-            None
-            if self.stray is None
-            else np.asarray(self.stray, np.float32).reshape(c, *extra, *self.stray.shape[-2:])
-        )
-        if self.flat is None:
-            return arr - dark if stray is None else arr - dark - stray
-        flat = np.asarray(self.flat, np.float32).reshape(c, *extra, *self.flat.shape[-2:])
-        return apply_flat(arr, flat, dark=dark, stray=stray)
+        part = (slice(None),) if window is None else (slice(None), *window)
+        out = np.subtract(arr, np.asarray(self.dark, np.float32).reshape(c, *extra, 1, 1), dtype=np.float32)
+        for term, correct in ((self.stray, np.subtract), (self.flat, np.true_divide)):
+            if term is None:
+                continue
+            values = np.asarray(term, np.float32)[part]
+            if values.shape[-2:] != out.shape[-2:]:
+                raise ValueError(
+                    f"tiles of shape {out.shape[-2:]} do not match the calibration window {values.shape[-2:]}"
+                )
+            correct(out, values.reshape(c, *extra, *values.shape[-2:]), out=out)
+        return out
 
     def confidence(self, shape: tuple[int, int], *, feather: float = 0.0) -> npt.NDArray[np.float32]:
         """Tile weight map (0 on the trimmed border)."""

@@ -120,6 +120,15 @@ def block_mean(image: ArrayLike, factor: int) -> NDArray[np.float32]:
     return out
 
 
+def _block_all(mask: NDArray[np.bool_], factor: int) -> NDArray[np.bool_]:
+    """Whether every pixel of each ``factor`` x ``factor`` block is set (``block_mean(mask) == 1``)."""
+    if factor <= 1:
+        return mask
+    h, w = (mask.shape[0] // factor) * factor, (mask.shape[1] // factor) * factor
+    out: NDArray[np.bool_] = mask[:h, :w].reshape(h // factor, factor, w // factor, factor).all(axis=(1, 3))
+    return out
+
+
 def detect_beads(
     image: ArrayLike,
     spec: BeadSpec,
@@ -180,7 +189,7 @@ def detect_beads(
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
     f = spec.factor
     coarse = block_mean(img, f)
-    valid = block_mean(img != 0, f) == 1.0  # a block with any missing pixel is missing
+    valid = _block_all(img != 0, f)  # a block with any missing pixel is missing
     empty = BeadCandidates(np.zeros(img.shape, np.int32), np.zeros((0, 2)), np.zeros(0))
     if coarse.size == 0 or not valid.any():
         return empty
@@ -224,8 +233,9 @@ def detect_beads(
     for n, (lab, *_rest) in enumerate(kept, start=1):
         lut[lab] = n
     full = np.zeros(img.shape, np.int32)
-    up = np.repeat(np.repeat(lut[labels], f, axis=0), f, axis=1)
-    full[: up.shape[0], : up.shape[1]] = up
+    ch, cw = labels.shape
+    # each coarse label fills its f x f block: one broadcast copy, no intermediate full-size arrays
+    full[: ch * f, : cw * f].reshape(ch, f, cw, f)[...] = lut[labels][:, None, :, None]
     arr = np.asarray([k[1:] for k in kept], dtype=np.float64)
     centres = (arr[:, :2] + 0.5) * f - 0.5  # coarse pixel centres to full-resolution coordinates
     return BeadCandidates(full, centres, arr[:, 2] * f)

@@ -51,12 +51,13 @@ def fuse_block(
     idx = tiles_touching(positions, tile_shape, region, distortion=calibration.distortion)
     weights = calibration.confidence(tile_shape, feather=feather)
     fused = fuse_region(
-        lambda i: calibration.apply(np.asarray(read_tile(i))),
+        read_tile,
         positions,
         region,
         indices=idx,
         weights=weights,
         distortion=calibration.distortion,
+        calibration=calibration,
     )
     image, weight = fused.image, fused.weight
     if image.shape[0] == 0:

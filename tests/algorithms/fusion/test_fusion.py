@@ -136,3 +136,23 @@ def _write(path, level, region, image, weight):
     y0, y1, x0, x1 = region
     g[f"img{level}"][:, y0:y1, x0:x1] = image
     g[f"w{level}"][y0:y1, x0:x1] = weight
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_raw_tiles_with_calibration_equal_calibrated_tiles(seed):
+    # each region corrects only the part of a tile it samples: the same pixels as correcting it all
+    rng = np.random.default_rng(seed)
+    model = DistortionModel(k_y=rng.uniform(-8e-3, 8e-3), k_x=rng.uniform(-8e-3, 8e-3), mag_x=rng.uniform(-2e-3, 2e-3))
+    positions = np.array([[r * 85.0, c * 85.0] for r in range(2) for c in range(2)]) + rng.uniform(0, 4, (4, 2))
+    raw = [rng.integers(100, 3000, (2, 96, 96)).astype(np.uint16) for _ in range(4)]
+    cal = Calibration(
+        dark=np.array([80.0, 95.0]), flat=rng.uniform(0.6, 1.2, (2, 96, 96)).astype(np.float32), trim=Trim(left=2)
+    )
+    weights = cal.confidence((96, 96))
+    for _ in range(4):
+        y0, x0 = (int(v) for v in rng.integers(0, 150, 2))
+        region = (y0, y0 + int(rng.integers(5, 60)), x0, x0 + int(rng.integers(5, 60)))
+        got = fuse_region(raw, positions, region, weights=weights, distortion=model, calibration=cal)
+        want = fuse_region([cal.apply(t) for t in raw], positions, region, weights=weights, distortion=model)
+        np.testing.assert_allclose(got.image, want.image, rtol=1e-6, atol=1e-4)
+        np.testing.assert_array_equal(got.weight, want.weight)

@@ -1,0 +1,60 @@
+"""CPU seconds of the fusion kernel on one worker-sized block, per output megapixel.
+
+    python benchmarks/fusion_kernels.py [--quick] [--tile 2048] [--channels 2] [--seeds 3]
+
+Data: a 3x3 grid of raw uint16 tiles (``--tile`` px, ``--channels``) at a ~10 % overlap with
+stage jitter, a flat field, a border trim and a distortion of ~12 px at the corners of a 2048 px
+tile (random per seed); the block is the middle one of ``2 * tile`` px (nine tiles touch it), as
+:func:`imaxt_pipeline.parallel.fusion.fuse_block` fuses it with its three pyramid levels. Printed:
+CPU seconds (``time.process_time``, one thread) per seed and the worst case, and
+output Mpx per CPU-second. No I/O: what the readers and the codec cost is measured by
+``benchmarks/scale.py`` (with the cube step's dask-image shift) and ``benchmarks/fusion_codecs.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _fuse_once(tile: int, channels: int, seed: int) -> tuple[float, int]:
+    from imaxt_pipeline.algorithms.optics import Calibration, DistortionModel, Trim
+    from imaxt_pipeline.parallel.fusion import fuse_block
+
+    rng = np.random.default_rng(seed)
+    pitch = 0.9 * tile
+    tiles = [rng.integers(0, 4000, (channels, tile, tile)).astype(np.uint16) for _ in range(9)]
+    pos = np.array([[r * pitch, c * pitch] for r in range(3) for c in range(3)]) + rng.normal(0, 3, (9, 2)) + 20
+    k = 12.0 / 2048  # ~12 px at the corners of a 2048 px tile (k u r² cx with u = 1, r² = 2)
+    model = DistortionModel(*rng.uniform(-1, 1, 2) * 1e-3, *rng.uniform(-k, k, 2))
+    flat = (0.8 + 0.2 * rng.random((channels, tile, tile))).astype(np.float32)
+    cal = Calibration(dark=np.full(channels, 100.0), flat=flat, trim=Trim(4, 4, 4, 4), distortion=model)
+    region = (tile // 2, tile // 2 + tile, tile // 2, tile // 2 + tile)
+    t0 = time.process_time()
+    fuse_block(tiles.__getitem__, lambda *a: None, pos, (tile, tile), region, cal, levels=3, n_channels=channels)
+    return time.process_time() - t0, tile * tile
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="512 px tiles, 2 seeds")
+    ap.add_argument("--tile", type=int, default=2048)
+    ap.add_argument("--channels", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    tile, seeds = (512, 2) if args.quick else (args.tile, args.seeds)
+    for name, kernel in (("fuse_block", _fuse_once),):
+        runs = [kernel(tile, args.channels, seed) for seed in range(seeds)]
+        worst = max(cpu for cpu, _ in runs)
+        px = runs[0][1]
+        per_seed = ", ".join(f"{cpu:.2f}" for cpu, _ in runs)
+        print(
+            f"{name}: {tile} px block, {args.channels} channels: CPU s per seed {per_seed}; worst {worst:.2f} s, "
+            f"{px / 1e6 / worst:.1f} output Mpx per CPU-second"
+        )
+
+
+if __name__ == "__main__":
+    main()
