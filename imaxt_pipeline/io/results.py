@@ -39,6 +39,7 @@ __all__ = [
     "REPRESENTATIVE_SLICES",
     "STITCH_PAIRS",
     "STITCH_POINTS",
+    "STITCH_FLAT_SAMPLES",
     "STRAY",
     "FORMAT_VERSION",
     "calibration_record",
@@ -76,6 +77,9 @@ CALIBRATION_ARRAYS: Final = ((FLAT, "has_flat"), (STRAY, "has_stray"))  #: array
 
 STITCH_PAIRS: Final = "stitch_pairs"  #: one row per tile pair of a slice, with residuals
 STITCH_POINTS: Final = "stitch_points"  #: seam correspondences of every informative pair
+#: block means of both tiles over the seams of each slice's best pairs (raw counts): the flat is refined from
+#: every slice's seams jointly (step ``stitch``)
+STITCH_FLAT_SAMPLES: Final = "stitch_flat_samples"
 BEADS: Final = "beads"  #: bead detections and fits, ``bead_id`` from ``register``
 CELLS: Final = "cells"  #: one row per cell per plane
 NUCLEI: Final = "nuclei"  #: one row per nucleus per plane

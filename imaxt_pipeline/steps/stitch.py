@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..algorithms.calibration import refine_flat
+from ..algorithms.calibration import SEAM_SAMPLE_COLUMNS, refine_flat_from_samples
 from ..algorithms.optics import Calibration
 from ..algorithms.stitching import PairMatch, adjacent_pairs, describe_flags, rematch_plan, solve_positions
 from ..io import results
@@ -59,6 +59,8 @@ __all__ = ["MAX_BATCH_BYTES", "Params", "batch_pairs", "run"]
 MAX_BATCH_BYTES = 32 * 2**20
 #: Pairs per task at most, and batches per slice at least (so that the cluster stays busy).
 MAX_BATCH_PAIRS, MIN_BATCHES = 64, 16
+#: Seam samples the flat's fit takes at most (every slice's; a degree-4 surface needs far fewer).
+MAX_FLAT_SAMPLES = 400_000
 
 
 def batch_pairs(n_pairs: int, tile_bytes: int) -> int:
@@ -84,6 +86,9 @@ def _match_batch(
     """Match consecutive pairs ``batch`` (K, 2), stage-predicted shifts ``expected`` (K, 2), reading each tile
     once (an LRU cache of ``cache`` tiles)."""
     cached = lru_cache(maxsize=cache)(read_tile)
+    # An estimated flat is refined from the seams: the task that holds the pair's strips samples them.
+    estimated = calibration.flat is not None and calibration.source.get("flat") == "estimated"
+    match_kwargs.setdefault("flat_samples", estimated)
     return [
         match_tiles(
             lambda i: np.array(cached(i)), a, b, (ey, ex), calibration, index_offset=index_offset, **match_kwargs
@@ -139,6 +144,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         prior_sigma_px=params.prior_sigma_px,
         reject_px=params.reject_px,
     )
+    magnification = sol.magnification.as_dict() if sol.magnification is not None else None
     geom = results.mosaic_canvas(ctx.raw)
     meta = results.stitch_record(ctx.output)
     positions = dict(meta.get("tile_positions_px", {}))
@@ -186,6 +192,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             "position_sigma_px": sigmas,
             "flags": flags,
             "distortion": sol.distortion.as_dict(),
+            "magnification": magnification,
+            "estimates": _provenance(sol, estimate, cal.source.get("distortion")),
             "frame": {"origin_px": list(geom.origin_px), "margin": geom.margin, "shape": list(geom.shape)},
         },
     )
@@ -208,7 +216,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             extra["distortion_points"] = int(sum(len(m.point_weights) for m in matches if m.ok))
             outputs.append("attrs:imaxt.calibrate.distortion")
         if refine:
-            cal = _refine_flat(ctx, cal, sol, matches, slices, z, params.flat_pairs)
+            cal, seams = _refine_flat(ctx, cal, sol, matches, slices, params.flat_pairs)
+            outputs.append(seams)
         outputs += results.write_calibration(ctx.output, cal, **extra)
     stats = sol.residual_stats()
     current_flags = [flags[k] for k in sorted(flags) if int(k.split("/")[0]) in slices]
@@ -217,7 +226,21 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     ctx.log.info(
         "stitch: slices %s, %s, distortion %s, %d tiles flagged", slices, stats, sol.distortion, len(current_flags)
     )
-    metrics = {**stats, "distortion": sol.distortion.as_dict(), "flagged": current_flags}
+    if sol.magnification is not None:
+        m = sol.magnification
+        ctx.log.info(
+            "stitch: magnification from the stage (y, x) %s ± %s, %s; translation error it implies %.2f px",
+            [f"{v:+.2e}" for v in m.mag],
+            [f"{v:.1e}" for v in m.mag_sigma],
+            "applied" if any(m.applied) else "not significant, nominal kept (the dominant uncertainty)",
+            m.predicted_px,
+        )
+    metrics = {
+        **stats,
+        "distortion": sol.distortion.as_dict(),
+        "magnification": magnification,
+        "flagged": current_flags,
+    }
     return StepResult(outputs=outputs, metrics=metrics)
 
 
@@ -277,36 +300,75 @@ def _rematch(
 
 
 def _refine_flat(
-    ctx: StepContext, cal: Calibration, sol: Any, matches: list[PairMatch], slices: list[int], z: int, n_pairs: int
-) -> Calibration:
-    """The calibration with its flat refined from the seams of this run's best-matched pairs.
+    ctx: StepContext, cal: Calibration, sol: Any, matches: list[PairMatch], slices: list[int], n_pairs: int
+) -> tuple[Calibration, str]:
+    """The calibration with its flat refined from every slice's seams, and the seam table written.
 
-    The estimated flat cannot tell the scene's large-scale variation from vignetting; the
-    overlaps at the solved positions can (:func:`..algorithms.flat_refine.refine_flat`).
+    The estimated flat cannot tell the scene's large-scale variation from vignetting; the overlaps can.
+    The pair tasks took each matched pair's seam samples (block means of both tiles, in raw counts); the
+    ``n_pairs`` best used pairs of each slice of this run are stored (``tables/stitch_flat_samples``)
+    beside those of earlier slices, and the flat is fitted to all of them under the current calibration
+    (:func:`..algorithms.calibration.refine_flat_from_samples`): one flat for the sample, improving as
+    slices land, as the distortion does, and no tile is read here.
     """
     n_t = ctx.raw.acquisition.n_tiles
-    used = [m for m, ok in zip(matches, sol.pairs["used"], strict=False) if ok and m.reference < len(slices) * n_t]
-    used = sorted(used, key=lambda m: (-len(m.point_weights), -m.ncc))[:n_pairs]
-    if not used:
-        return cal
-
-    @lru_cache(maxsize=64)
-    def corrected(i: int) -> np.ndarray:
-        return cal.apply(ctx.raw.read_tile(slices[i // n_t], z, i % n_t))
-
-    if cal.flat is None:  # the caller refines estimated flats only
-        return cal
-    gain = refine_flat(
-        corrected,
-        sol.positions,
-        [(m.reference, m.moving) for m in used],
-        distortion=sol.distortion,
-        confidence=cal.confidence(ctx.raw.acquisition.tile_shape),
+    used = sol.pairs["used"].to_numpy(bool)
+    frames = []
+    for k, s in enumerate(slices):
+        mine = [
+            m
+            for m, ok in zip(matches, used, strict=False)
+            if ok and m.reference // n_t == k and m.flat_samples is not None and len(m.flat_samples)
+        ]
+        for m in sorted(mine, key=lambda m: (-len(m.point_weights), -m.ncc))[:n_pairs]:
+            df = pd.DataFrame(m.flat_samples, columns=list(SEAM_SAMPLE_COLUMNS)).astype({"channel": np.int64})
+            frames.append(df.assign(slice=s, reference=m.reference % n_t, moving=m.moving % n_t))
+    columns = ["slice", "reference", "moving", *SEAM_SAMPLE_COLUMNS]
+    new = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    table = results.replace_slices(
+        ctx.output, results.STITCH_FLAT_SAMPLES, new, slices, sort_by=("slice", "reference", "moving", "channel")
     )
+    written = ctx.output.write_table(results.STITCH_FLAT_SAMPLES, table)
+    if cal.flat is None or not len(table):  # the caller refines estimated flats only
+        return cal, written
+    samples = table[list(SEAM_SAMPLE_COLUMNS)].to_numpy(np.float64)
+    # A fixed stride keeps the fit bounded on long samples (and is the same whichever run stored the rows).
+    samples = samples[:: -(-len(samples) // MAX_FLAT_SAMPLES)]
+    try:
+        gain = refine_flat_from_samples(samples, cal, ctx.raw.acquisition.tile_shape)
+    except ValueError as exc:
+        ctx.log.warning("stitch: flat not refined from the seams: %s", exc)
+        return cal, written
     flat = cal.flat * gain[None]
     flat /= flat.mean(axis=(1, 2), keepdims=True)
-    ctx.log.info("stitch: flat refined from %d seams (gain %.4f-%.4f)", len(used), gain.min(), gain.max())
-    return replace(cal, flat=flat.astype(np.float32), source={**cal.source, "flat": "estimated+overlaps"})
+    n_slices = int(table["slice"].nunique())
+    ctx.log.info(
+        "stitch: flat refined from %d seam samples of %d slices (gain %.4f-%.4f)",
+        len(samples),
+        n_slices,
+        gain.min(),
+        gain.max(),
+    )
+    return replace(cal, flat=flat.astype(np.float32), source={**cal.source, "flat": "estimated+overlaps"}), written
+
+
+def _provenance(sol: Any, estimated: bool, distortion_source: str | None) -> dict[str, Any]:
+    """Which of the solve's estimates came from the data, from what, and with what 1-sigma."""
+    mag = sol.magnification
+    applied = bool(mag is not None and any(mag.applied))
+    rec = mag.as_dict() if mag is not None else {}
+    fixed = "calibration file" if distortion_source == "file" else "nominal"
+    return {
+        "tile_positions": {"source": "overlaps", "sigma": "position_sigma_px"},
+        "distortion": {
+            "source": "overlaps" if estimated else fixed,
+            "sigma": {k: float(v) for k, v in sol.distortion_sigma.items() if k.startswith("k_")},
+        },
+        "magnification": {
+            "source": "stage statistics" if applied else f"{fixed} (stage statistics not significant)",
+            "sigma": None if mag is None else {"y": rec["mag_sigma_y"], "x": rec["mag_sigma_x"]},
+        },
+    }
 
 
 def _points_table(matches: list[PairMatch], slices: list[int], n_t: int) -> pd.DataFrame:

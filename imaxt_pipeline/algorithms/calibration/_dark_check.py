@@ -14,12 +14,13 @@ lowest-variance blocks, and the line is fitted through those robustly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from ._flatfield import estimate_dark
+from ._summary import TileStats, low_percentile, summarise
 
 __all__ = ["DarkCheck", "check_dark", "checked_darks"]
 
@@ -74,27 +75,21 @@ class DarkCheck:
         )
 
 
-def _block_stats(tile: _Array, b: int) -> tuple[_Array, _Array]:
-    """Per ``b x b`` block: mean, and the white-noise variance from the 4-neighbour Laplacian (robust)."""
-    h, w = (tile.shape[0] // b) * b, (tile.shape[1] // b) * b
-    t = tile[:h, :w]
-    lap = t[1:-1, 1:-1] - 0.25 * (t[:-2, 1:-1] + t[2:, 1:-1] + t[1:-1, :-2] + t[1:-1, 2:])
-    lap = np.pad(lap, 1, mode="edge")
-    means = t.reshape(h // b, b, w // b, b).mean(axis=(1, 3)).ravel()
-    blocks = lap.reshape(h // b, b, w // b, b).transpose(0, 2, 1, 3).reshape(-1, b * b)
-    mad = np.median(np.abs(blocks - np.median(blocks, axis=1, keepdims=True)), axis=1)
-    # var(lap) = (1 + 4/16) var for white noise
-    return means, (1.4826 * mad) ** 2 / 1.25
+def check_dark(tiles: npt.ArrayLike | TileStats, estimate: float, *, block: int = 16, bins: int = 12) -> DarkCheck:
+    """Bounds on the dark of one channel's raw tiles ``(T, H, W)`` or their statistics; the check of ``estimate``.
 
-
-def check_dark(tiles: npt.ArrayLike, estimate: float, *, block: int = 16, bins: int = 12) -> DarkCheck:
-    """Bounds on the dark of one channel's raw tiles ``(T, H, W)`` and the check of ``estimate``."""
-    arr = np.asarray(tiles, np.float64)
-    arr = arr.reshape(-1, *arr.shape[-2:])
-    upper = estimate_dark(arr)
-    stats = [_block_stats(t, block) for t in arr[:: max(1, len(arr) // 16)]]
-    m = np.concatenate([s[0] for s in stats])
-    v = np.concatenate([s[1] for s in stats])
+    Raw tiles are summarised here, the noise blocks (``block`` px) taken from at most 16 of them; a
+    :class:`TileStats` carries its own (:func:`._summary.summarise_tile` with ``noise``).
+    """
+    if isinstance(tiles, TileStats):
+        stats = tiles
+    else:
+        arr = np.asarray(tiles)
+        arr = arr.reshape(-1, *arr.shape[-2:])
+        stats = summarise(arr, noise_every=max(1, len(arr) // 16), noise_block=block)
+    upper = low_percentile(stats, 0.5)
+    m = stats.noise_means.astype(np.float64)
+    v = stats.noise_vars.astype(np.float64)
     nan = float("nan")
     if len(m) < 20 or np.ptp(m) <= 0:
         return DarkCheck(float(estimate), nan, float(upper), nan, nan)
@@ -130,14 +125,16 @@ def check_dark(tiles: npt.ArrayLike, estimate: float, *, block: int = 16, bins: 
     return DarkCheck(float(estimate), float(lower), float(upper), float(np.sqrt(var_a) / g), g)
 
 
-def checked_darks(tiles: npt.ArrayLike, darks: npt.ArrayLike) -> tuple[_Array, list[DarkCheck]]:
-    """Check every channel's dark (tiles ``(C, T, H, W)``); an inconsistent one is clipped into the data's bounds.
+def checked_darks(tiles: npt.ArrayLike | Sequence[TileStats], darks: npt.ArrayLike) -> tuple[_Array, list[DarkCheck]]:
+    """Check every channel's dark; an inconsistent one is clipped into the data's bounds.
+
+    ``tiles`` are raw ``(C, T, H, W)`` or one :class:`TileStats` per channel.
 
     Returns the darks to use and the checks (of the *original* estimates).
     """
-    arr = np.asarray(tiles)
     est = np.asarray(darks, np.float64).reshape(-1)
-    checks = [check_dark(arr[c], float(est[c])) for c in range(arr.shape[0])]
+    per_channel = tiles if isinstance(tiles, Sequence) and isinstance(tiles[0], TileStats) else np.asarray(tiles)
+    checks = [check_dark(per_channel[c], float(est[c])) for c in range(len(per_channel))]
     out = est.copy()
     for c, ck in enumerate(checks):
         if not ck.consistent:

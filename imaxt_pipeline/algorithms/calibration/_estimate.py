@@ -1,8 +1,10 @@
 """The calibration record of a sample estimated from its own tiles: dark, flat, stray light and trim per channel.
 
-:func:`estimate_calibration` runs :func:`._flatfield.estimate_tile_model` on
-every channel and gathers the results in the :class:`..optics.Calibration`
-record that every step applies; the distortion is fitted later, from the
+:func:`calibration_estimate` runs :func:`._flatfield.estimate_tile_model` on
+the statistics of every channel's tiles (:mod:`._summary`) and gathers the results in the
+:class:`..optics.Calibration` record that every step applies, with the estimates' own
+uncertainty from a bootstrap over the tiles (:class:`CalibrationEstimate`);
+:func:`estimate_calibration` does the same from raw tiles in memory; the distortion is fitted later, from the
 seams (:mod:`..stitching`) or a calibration acquisition
 (:mod:`._distortion_fit`).
 """
@@ -10,14 +12,18 @@ seams (:mod:`..stitching`) or a calibration acquisition
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ..optics import Calibration, Trim
+from ._dark_check import DarkCheck, checked_darks
 from ._flatfield import TileModel, estimate_tile_model
+from ._summary import TileStats, summarise
 
-__all__ = ["estimate_calibration"]
+__all__ = ["CalibrationEstimate", "calibration_estimate", "estimate_calibration"]
 
 
 def estimate_calibration(
@@ -31,12 +37,111 @@ def estimate_calibration(
     degree: int = 2,
     shared_flat: bool = True,
 ) -> Calibration:
-    """Dark, flat, stray light and trim of every channel from the data.
+    """Dark, flat, stray light and trim of every channel from the raw tiles ``(C, T, H, W)``.
+
+    The tiles are summarised (:func:`._summary.summarise`) and :func:`calibration_estimate` runs on the
+    summaries, as the ``calibrate`` step does with summaries made on the workers.
 
     Parameters
     ----------
     tiles : ndarray (C, T, H, W)
         Raw tiles (any number of slices stacked along T).
+    dark, flat, trim, trim_threshold, max_trim_px, degree, shared_flat
+        See :func:`calibration_estimate`.
+
+    Returns
+    -------
+    Calibration
+    """
+    arr = np.asarray(tiles)
+    if arr.ndim != 4:
+        raise ValueError(f"tiles must be (C, T, H, W), got shape {arr.shape}")
+    stats = [summarise(arr[c]) for c in range(arr.shape[0])]
+    return calibration_estimate(
+        stats,
+        dark=dark,
+        flat=flat,
+        trim=trim,
+        trim_threshold=trim_threshold,
+        max_trim_px=max_trim_px,
+        degree=degree,
+        shared_flat=shared_flat,
+    ).calibration
+
+
+@dataclass(frozen=True)
+class CalibrationEstimate:
+    """A :class:`..optics.Calibration` estimated from the data, with the estimates' own uncertainty.
+
+    Attributes
+    ----------
+    calibration : Calibration
+    dark_sigma : ndarray (C,)
+        1-sigma of each channel's dark (bootstrap over the tiles; 0 when given, NaN when the data
+        could not separate it from the flat: the dark check's bounds are its uncertainty then).
+    flat_sigma : ndarray (C, H // block, W // block) float32, optional
+        1-sigma relative error of the flat at the block centres (None when no flat was estimated).
+    stray_amplitude, stray_sigma : ndarray (C,)
+        Largest stray light per channel (counts) and its 1-sigma.
+    bootstrap : int
+        Replicates drawn (0: no uncertainties).
+    checks : list of DarkCheck
+        The dark check of every channel's estimate (``check_darks``; empty otherwise).
+    dark_sigma_from : list of str
+        Per channel: what ``dark_sigma`` comes from.
+    stray_unmeasured : list of tuple of str
+        Per channel: sides with too little agarose next to them to measure stray light (``stray_sigma`` NaN).
+    """
+
+    calibration: Calibration
+    dark_sigma: npt.NDArray[np.float64]
+    flat_sigma: npt.NDArray[np.float32] | None
+    stray_amplitude: npt.NDArray[np.float64]
+    stray_sigma: npt.NDArray[np.float64]
+    bootstrap: int = 0
+    checks: list[DarkCheck] = field(default_factory=list)
+    dark_sigma_from: list[str] = field(default_factory=list)
+    stray_unmeasured: list[tuple[str, ...]] = field(default_factory=list)
+
+    def uncertainty(self) -> dict[str, Any]:
+        """JSON-ready per-channel summary (NaN becomes None): what ``attrs["imaxt"]["calibrate"]`` records."""
+
+        def num(x: float) -> float | None:
+            return float(x) if np.isfinite(x) else None
+
+        fs = self.flat_sigma
+        return {
+            "method": f"bootstrap over the sampled tiles ({self.bootstrap} draws), 1 sigma",
+            "dark_adu": [num(x) for x in self.dark_sigma],
+            "dark_from": list(self.dark_sigma_from),
+            "flat_rel_rms": None if fs is None else [num(float(np.sqrt(np.mean(f.astype(float) ** 2)))) for f in fs],
+            "flat_rel_max": None if fs is None else [num(float(f.max())) for f in fs],
+            "stray_adu": [num(x) for x in self.stray_amplitude],
+            "stray_sigma_adu": [num(x) for x in self.stray_sigma],
+            "stray_unmeasured_sides": [list(x) for x in self.stray_unmeasured],
+        }
+
+
+def calibration_estimate(
+    stats: Sequence[TileStats],
+    *,
+    dark: float | Sequence[float] | None = None,
+    flat: bool = True,
+    trim: bool = True,
+    trim_threshold: float = 1.0,
+    max_trim_px: int | None = None,
+    degree: int = 2,
+    shared_flat: bool = True,
+    bootstrap: int = 0,
+    seed: int = 0,
+    check_darks: bool = False,
+) -> CalibrationEstimate:
+    """Dark, flat, stray light and trim of every channel from the tiles' statistics, with uncertainties.
+
+    Parameters
+    ----------
+    stats : sequence of TileStats
+        One per channel (:func:`._summary.summarise_tile` of every sampled tile, gathered).
     dark : float or sequence of float, optional
         Known dark offsets; estimated per channel when None.
     flat, trim : bool
@@ -49,38 +154,49 @@ def estimate_calibration(
         optics), taken from the channel that pins it best (most agarose
         and tissue blocks, least scatter: ``TileModel.support``); the other
         channels' dark offsets are refitted with it.
+    bootstrap, seed : int
+        Bootstrap replicates over the tiles for the uncertainties (0: none) and their seed.
+    check_darks : bool
+        Check estimated darks against the data's bounds (:func:`._dark_check.checked_darks`; the
+        statistics need noise blocks), clip an inconsistent one into them, and widen the dark's
+        uncertainty to the bounds' (the bootstrap sees the fit's scatter from tile to tile, not its
+        biases: the bounds say how far the data let the dark move), the flat's by what that dark
+        range does to the flat.
 
     Returns
     -------
-    Calibration
-        With identity distortion (fitted by :func:`..stitching.solve_positions`
+    CalibrationEstimate
+        Its calibration has identity distortion (fitted by :func:`..stitching.solve_positions`
         or :func:`._distortion_fit.fit_calibration_distortion`).
         ``source["dark"]`` tells whether the offset was separated from the
         flat (``"estimated"``) or is only a low-percentile upper bound.
     """
-    arr = np.asarray(tiles)
-    if arr.ndim != 4:
-        raise ValueError(f"tiles must be (C, T, H, W), got shape {arr.shape}")
-    c = arr.shape[0]
+    c = len(stats)
+    if c == 0:
+        raise ValueError("no channels to calibrate")
     given = None if dark is None else np.broadcast_to(np.asarray(dark, float), (c,))
 
     def model(i: int, known_flat: npt.NDArray[np.float32] | None = None) -> TileModel:
         return estimate_tile_model(
-            arr[i],
+            stats[i],
             dark=None if given is None else float(given[i]),
             flat=known_flat,
             degree=degree,
             trim_threshold=trim_threshold,
             max_trim_px=max_trim_px,
+            bootstrap=bootstrap,
+            seed=seed + i,
         )
 
     models = [model(i) for i in range(c)]
+    flat_sigma = [m.flat_sigma for m in models]
     if shared_flat and c > 1:
         # Vignetting is a property of the shared optics: take the flat of the channel that pins it
         # best (a speckled nuclear stain has few clean tissue blocks) and refit the others' dark.
         score = [m.support for m in models]
         ref = int(np.argmax(score))
         models = [m if i == ref else model(i, models[ref].flat) for i, m in enumerate(models)]
+        flat_sigma = [flat_sigma[ref]] * c
     darks = np.array([m.dark for m in models])
     if given is None:
         kinds = {m.dark_source for m in models}
@@ -96,7 +212,7 @@ def estimate_calibration(
     strays = np.stack([m.stray for m in models]) if flat else None
     if strays is not None and not np.any(strays):
         strays = None
-    return Calibration(
+    cal = Calibration(
         dark=darks,
         flat=flats,
         trim=tr,
@@ -107,4 +223,32 @@ def estimate_calibration(
             "trim": "estimated" if trim else "none",
             "distortion": "none",
         },
+    )
+    dark_sigma = np.array([m.dark_sigma for m in models])
+    # no sigma where the fit could not separate dark from flat (the flat was left uniform: not pinned)
+    have = flat and bootstrap > 0 and all(f is not None for f in flat_sigma)
+    flat_sigma_map = np.stack([f for f in flat_sigma if f is not None]) if have else None
+    dark_from = ["given" if given is not None else "bootstrap" for _ in range(c)]
+    checks: list[DarkCheck] = []
+    if check_darks and given is None:
+        used, checks = checked_darks(stats, darks)
+        check_sigma = np.array([ck.sigma for ck in checks])
+        boot = np.where(np.isfinite(dark_sigma), dark_sigma, 0.0)
+        dark_sigma = np.where(np.isfinite(check_sigma), np.hypot(boot, check_sigma), dark_sigma)
+        dark_from = [
+            ("bootstrap + dark check bounds" if np.isfinite(b) else "dark check bounds") if np.isfinite(k) else f
+            for b, k, f in zip([m.dark_sigma for m in models], check_sigma, dark_from, strict=True)
+        ]
+        if not all(ck.consistent for ck in checks):
+            cal = replace(cal, dark=used, source={**cal.source, "dark": dark_src + ", clipped to data bounds"})
+    return CalibrationEstimate(
+        calibration=cal,
+        dark_sigma=dark_sigma,
+        flat_sigma=flat_sigma_map,
+        stray_amplitude=np.array([m.stray_amplitude if flat else 0.0 for m in models]),
+        stray_sigma=np.array([m.stray_sigma if flat else float("nan") for m in models]),
+        bootstrap=int(bootstrap),
+        checks=checks,
+        dark_sigma_from=dark_from,
+        stray_unmeasured=[m.stray_unmeasured if flat else () for m in models],
     )

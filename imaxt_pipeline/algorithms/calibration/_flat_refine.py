@@ -34,13 +34,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from ..optics import DistortionModel, detector_coordinates, tile_coordinates
+from ..optics import Calibration, DistortionModel, detector_coordinates, tile_coordinates
 from ._basis import polynomial_basis, polynomial_surface, polynomial_terms
-from ._seams import masked_smooth, resampled_overlaps
+from ._seams import SEAM_SAMPLE_COLUMNS, masked_smooth, resampled_overlaps
 
-__all__ = ["refine_flat"]
+__all__ = ["refine_flat", "refine_flat_from_samples"]
 
 _Array = npt.NDArray[np.float64]
+#: Seam samples further than this many sigma (MAD) from the fit are left out (:func:`refine_flat_from_samples`).
+_CLIP = 2.0
 
 
 def refine_flat(
@@ -131,8 +133,89 @@ def refine_flat(
     design, values, channel = _samples(
         get, pos, pairs, (int(h), int(w)), distortion or DistortionModel(), confidence, degree, sigma, step, min_support
     )
+    # Smoothed samples 2 sigma apart and closer are not independent: the noise the prior weighs against
+    # counts the samples one smoothing kernel spans.
+    return _fit_gain(design, values, channel, (int(h), int(w)), degree, prior, min_signal, (2 * sigma / step) ** 2)
+
+
+def refine_flat_from_samples(
+    samples: npt.ArrayLike,
+    calibration: Calibration,
+    shape: tuple[int, int],
+    *,
+    degree: int = 4,
+    prior: float = 0.02,
+    min_signal: float = 0.2,
+) -> _Array:
+    """:func:`refine_flat` from seam samples the pair tasks took (:func:`._seams.seam_samples`): the same fit.
+
+    Each sample (a row, columns :data:`._seams.SEAM_SAMPLE_COLUMNS`) is one small block of a seam, seen
+    by tile ``a`` at one detector position and by tile ``b`` at another, as block means of the tiles
+    corrected by the calibration of its run; it is re-expressed here under ``calibration``'s flat and
+    dark (the flat and dark it was corrected with are in the row), so that samples stored with earlier
+    sections fit together with new ones: the flat belongs to the optics, not to a section. Blocks do not
+    overlap: each counts as one independent sample. Returns ``G`` (H, W) with mean 1 for
+    ``calibration.flat``, as :func:`refine_flat`.
+    """
+    arr = np.asarray(samples, np.float64)
+    if arr.ndim != 2 or arr.shape[1] != len(SEAM_SAMPLE_COLUMNS):
+        raise ValueError(f"seam samples must be (N, {len(SEAM_SAMPLE_COLUMNS)}), got shape {arr.shape}")
+    if len(arr) == 0:
+        raise ValueError("no seam samples: nothing to fit")
+    col = {c: arr[:, k] for k, c in enumerate(SEAM_SAMPLE_COLUMNS)}
+    ch = col["channel"].astype(np.int_)
+    pa, pb = arr[:, 1:3], arr[:, 3:5]
+    values = np.stack(
+        [
+            _reexpressed(calibration, ch, at, col[f"value_{side}"], col[f"flat_{side}"], col["dark"], shape)
+            for at, side in ((pa, "ref"), (pb, "mov"))
+        ],
+        axis=1,
+    )
+    design = _log_gain_basis(pa[:, 0], pa[:, 1], shape, degree) - _log_gain_basis(pb[:, 0], pb[:, 1], shape, degree)
+    return _fit_gain(design, values, ch, shape, degree, prior, min_signal, 1.0, robust=True)
+
+
+def _reexpressed(
+    cal: Calibration,
+    ch: npt.NDArray[np.int_],
+    at: _Array,
+    value: _Array,
+    flat_then: _Array,
+    dark_then: _Array,
+    shape: tuple[int, int],
+) -> _Array:
+    """A block mean corrected with ``flat_then``/``dark_then``, corrected with ``cal``'s flat and dark instead.
+
+    Both flats are smooth, so their values at the block's centre (nearest pixel) stand for the block.
+    """
+    now = np.ones(len(value))
+    if cal.flat is not None:
+        iy = np.clip(np.rint(at[:, 0]).astype(np.int_), 0, shape[0] - 1)
+        ix = np.clip(np.rint(at[:, 1]).astype(np.int_), 0, shape[1] - 1)
+        now = np.asarray(cal.flat, np.float64)[ch, iy, ix]
+    same = (flat_then == now) & (dark_then == np.asarray(cal.dark, np.float64)[ch])
+    out = (value * flat_then + dark_then - np.asarray(cal.dark, np.float64)[ch]) / now
+    return np.where(same, value, out)  # samples of this run stay exactly as taken
+
+
+def _fit_gain(
+    design: _Array,
+    values: _Array,
+    channel: npt.NDArray[np.int_],
+    shape: tuple[int, int],
+    degree: int,
+    prior: float,
+    min_signal: float,
+    correlated: float,
+    *,
+    robust: bool = False,
+) -> _Array:
+    """Weighted least squares of ``log A - log B`` on ``design``, with the degree prior; ``G`` on the tile."""
+    h, w = shape
     level = values.mean(axis=1)
-    med = np.array([np.median(level[channel == ch]) for ch in range(channel.max() + 1)])[channel]
+    present = range(int(channel.max()) + 1)
+    med = np.array([np.median(level[channel == ch]) if np.any(channel == ch) else 0.0 for ch in present])[channel]
     ok = (values.min(axis=1) > min_signal * med) & (med > 0)
     if ok.sum() < design.shape[1]:
         raise ValueError(f"only {int(ok.sum())} overlap pixels above {min_signal} of the median level: nothing to fit")
@@ -142,9 +225,17 @@ def refine_flat(
     normal, rhs = d.T @ (d * wt[:, None]), d.T @ (wt * r)
     floor = 1e-9 * np.trace(normal) / len(rhs) * np.eye(len(rhs))
     coef = np.linalg.solve(normal + floor, rhs)
-    # Residual variance per unit weight, times the samples one smoothing kernel spans (they are
-    # not independent): the noise the prior is weighed against.
-    noise = np.sum(wt * (r - d @ coef) ** 2) / np.sum(wt) * max(1.0, (2 * sigma / step) ** 2)
+    for _ in range(3 if robust else 0):
+        # Unsmoothed blocks on a sharp edge (a bead) misregistered by a tenth of a px are off by percents,
+        # and bright ones weigh most: leave out samples beyond ``_CLIP`` sigma (MAD) of the fit, and fit again.
+        res = r - d @ coef
+        inlier = np.abs(res - np.median(res)) <= _CLIP * 1.4826 * np.median(np.abs(res - np.median(res))) + 1e-12
+        d, wt, r = d[inlier], wt[inlier], r[inlier]
+        normal, rhs = d.T @ (d * wt[:, None]), d.T @ (wt * r)
+        coef = np.linalg.solve(normal + floor, rhs)
+    # Residual variance per unit weight, times the samples that are not independent of each other
+    # (``correlated``): the noise the prior is weighed against.
+    noise = np.sum(wt * (r - d @ coef) ** 2) / np.sum(wt) * max(1.0, correlated)
     order = np.array([i + j for i, j in polynomial_terms(degree, constant=False)], np.float64)
     coef = np.linalg.solve(normal + floor + np.diag(noise * order**6 / prior**2), rhs)
     v, u = tile_coordinates(np.arange(h), np.arange(w), (h, w))

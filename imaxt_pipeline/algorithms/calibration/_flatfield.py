@@ -40,11 +40,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
-from scipy import optimize
 
 from ..optics import Trim, tile_coordinates
 from ._basis import polynomial_basis, polynomial_surface
-from ._stray import estimate_stray, trim_from_stray
+from ._bootstrap import Bootstrap
+from ._dark_check import check_dark
+from ._level_fit import LevelFit
+from ._stray import SIDES, estimate_stray, measured_sides, trim_from_stray
+from ._summary import TileStats, default_block, low_percentile, summarise
 
 __all__ = ["TileModel", "estimate_dark", "estimate_tile_model"]
 
@@ -78,6 +81,15 @@ class TileModel:
         ``min(n / s²)`` over the two classes of the last fit that separated
         the dark from the flat (``n`` blocks of relative scatter ``s``; 0 if
         none did): how well this channel pins dark and flat.
+    dark_sigma : float
+        1-sigma of ``dark`` over a bootstrap of the tiles (NaN without one; 0 for a given dark).
+    flat_sigma : ndarray (H // block, W // block) float32, optional
+        1-sigma relative error of the flat at the block centres (bootstrap; None when not fitted).
+    stray_amplitude, stray_sigma : float
+        Largest stray light (counts, at the border) and its bootstrap 1-sigma (NaN without one, or
+        when a side could not be measured).
+    stray_unmeasured : tuple of str
+        Sides without enough agarose next to them to measure stray light there (it may be there).
     """
 
     dark: float
@@ -88,6 +100,11 @@ class TileModel:
     dark_source: str
     contrast: float = float("nan")
     support: float = 0.0
+    dark_sigma: float = float("nan")
+    flat_sigma: npt.NDArray[np.float32] | None = None
+    stray_amplitude: float = 0.0
+    stray_sigma: float = float("nan")
+    stray_unmeasured: tuple[str, ...] = ()
 
 
 def estimate_dark(tiles: npt.ArrayLike, *, percentile: float = 0.5, smooth: float = 2.0) -> float:
@@ -108,15 +125,15 @@ def estimate_dark(tiles: npt.ArrayLike, *, percentile: float = 0.5, smooth: floa
     -------
     float
     """
-    arr = np.asarray(tiles, dtype=np.float32)
+    arr = np.asarray(tiles)
     if arr.ndim < 2:
         raise ValueError(f"tiles must have at least 2 dimensions, got shape {arr.shape}")
-    flat = arr.reshape(-1, *arr.shape[-2:])
-    return float(np.percentile(np.stack([ndi.gaussian_filter(t, smooth) for t in flat]), percentile))
+    stats = summarise(arr.reshape(-1, *arr.shape[-2:]), block=max(1, min(arr.shape[-2:]) // 2), smooth=smooth)
+    return low_percentile(stats, percentile)
 
 
 def estimate_tile_model(
-    tiles: npt.ArrayLike,
+    tiles: npt.ArrayLike | TileStats,
     *,
     dark: float | None = None,
     flat: npt.ArrayLike | None = None,
@@ -128,20 +145,24 @@ def estimate_tile_model(
     max_trim_px: int | None = None,
     bead_factor: float = 3.0,
     passes: int = 3,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> TileModel:
     """Dark offset, flat field and stray light of one channel from its tiles.
 
     Parameters
     ----------
-    tiles : ndarray (T, H, W)
-        Raw tiles of one channel (any slices); a few dozen suffice.
+    tiles : ndarray (T, H, W) or TileStats
+        Raw tiles of one channel (any slices; a few dozen suffice), or their
+        statistics (:func:`._summary.summarise_tile`, reduced where they were read).
     dark : float, optional
         Known dark offset; estimated when None.
     flat : ndarray (H, W), optional
         Known flat field (e.g. another channel's, the optics being shared);
         only the dark, levels and stray light are then fitted.
     block : int, optional
-        Block edge in px for the statistics (default ``min(H, W) // 32``, >= 4).
+        Block edge in px for the statistics (default ``min(H, W) // 32``, >= 4;
+        that of ``tiles`` when they are statistics).
     edge_px : int, optional
         Border width left out of the first fit and searched for stray light
         (default 8 % of the tile, >= 2 blocks).
@@ -161,6 +182,9 @@ def estimate_tile_model(
         are left out of the tissue class.
     passes : int
         Fits, each with the classes redrawn from the previous one.
+    bootstrap, seed : int
+        Replicates of the last fit over tiles drawn with replacement (0: none), giving
+        ``dark_sigma``, ``flat_sigma`` and ``stray_sigma``; the seed of the draws.
 
     Returns
     -------
@@ -171,15 +195,20 @@ def estimate_tile_model(
     ValueError
         If ``tiles`` is not 3-D or too small, or ``flat`` does not match.
     """
-    arr = np.asarray(tiles, dtype=np.float32)
-    if arr.ndim != 3:
-        raise ValueError(f"tiles must be (T, H, W), got shape {arr.shape}")
-    t, h, w = arr.shape
-    b = block or max(4, min(h, w) // 32)
+    if isinstance(tiles, TileStats):
+        stats = tiles
+        if block is not None and block != stats.block:
+            raise ValueError(f"block {block} differs from the statistics' {stats.block}")
+    else:
+        arr = np.asarray(tiles)
+        if arr.ndim != 3:
+            raise ValueError(f"tiles must be (T, H, W), got shape {arr.shape}")
+        stats = summarise(arr, block=block or default_block(arr.shape[1:]))
+    (h, w), b = stats.shape, stats.block
     e = edge_px if edge_px is not None else max(2 * b, int(0.08 * min(h, w)))
     if min(h, w) < 4 * b or min(h, w) <= 2 * e + 2 * b:
         raise ValueError(f"tiles of shape {(h, w)} too small for block {b} and edge {e}")
-    blocks = _block_means(arr, b)
+    blocks = stats.blocks
     hb, wb = blocks.shape[1:]
     cy, cx = (np.arange(hb) + 0.5) * b - 0.5, (np.arange(wb) + 0.5) * b - 0.5
     bv, bu = tile_coordinates(cy, cx, (h, w))
@@ -201,7 +230,7 @@ def estimate_tile_model(
     d = float(np.percentile(blocks, 0.5)) if dark is None else float(dark)
     source = "given" if dark is not None else "low-percentile"
     robust = np.ones(blocks.shape)
-    stray = np.zeros((h, w))
+    stray, stray_tail = np.zeros((h, w)), 0.0
     stray_b = np.zeros((hb, wb))
     background, contrast, support, dim = 0.0, float("nan"), 0.0, np.zeros(blocks.shape, bool)
     for it in range(max(1, passes)):
@@ -209,7 +238,7 @@ def estimate_tile_model(
         dim, cls = _classes(data, d, fb, bead_factor)
         if (cls == 0).any() and (cls == 1).any():
             contrast = float(np.median(blocks[cls == 1]) / max(np.median(blocks[cls == 0]), 1e-6))
-        fit = _LevelFit(data, cls, region, robust, basis, coef, fb, d)
+        fit = LevelFit(data, cls, region, robust, basis, coef, fb, d)
         if fit.n_groups == 0:
             break
         separated = dark is not None
@@ -230,135 +259,37 @@ def estimate_tile_model(
         dim_levels = levels[fit.group_class == 0]
         background = float(np.median(dim_levels)) if dim_levels.size else 0.0
         if it == 0 or it == passes - 1:
-            stray = estimate_stray(arr, dim, b, d, surface, background, e, stray_floor)
+            stray, stray_tail = estimate_stray(stats, dim, d, surface, background, e, stray_floor)
             stray_b = _block_means(stray[None], b)[0]
             # From now on the fit reaches the border lines, where the seams are, unless stray light rules them.
             region = stray_b <= 0.1 * max(background, stray_floor)
     cap = e // 2 if max_trim_px is None else int(max_trim_px)
     trim = trim_from_stray(stray, max(trim_threshold * background, stray_floor), cap)
+    unmeasured = tuple(side for side in SIDES if side not in measured_sides(dim, b, e))
+    spread: dict[str, Any] = {}
+    if bootstrap > 0 and fit.n_groups:
+        draw = Bootstrap(stats, fit, basis, coef, dim, background, e, stray_floor)
+        fixed = dark is not None or source == "low-percentile"
+        check = check_dark(stats, d) if not fixed and stats.noise_means.size else None
+        spread = draw.sigmas(d, surface, fixed_dark=fixed, n=bootstrap, seed=seed, check=check)
     return TileModel(
-        float(d), surface.astype(np.float32), stray.astype(np.float32), trim, background, source, contrast, support
+        float(d),
+        surface.astype(np.float32),
+        stray.astype(np.float32),
+        trim,
+        background,
+        source,
+        contrast,
+        support,
+        dark_sigma=0.0 if dark is not None else spread.get("dark", float("nan")),
+        flat_sigma=spread.get("flat"),
+        stray_amplitude=float(stray.max()),
+        # the draws' scatter and what may lie past the window the stray light is measured against
+        stray_sigma=float(np.hypot(spread["stray"], stray_tail))
+        if "stray" in spread and not unmeasured
+        else float("nan"),
+        stray_unmeasured=unmeasured,
     )
-
-
-class _LevelFit:
-    """Weighted least squares of ``block = dark + f(p) * L_g`` over (tile, class) groups ``g``.
-
-    ``f`` is the polynomial ``basis @ coef`` (mean 1 over the blocks), or
-    the given flat when ``coef`` is None. Each group is weighted by
-    ``1 / (s L)²`` with ``s`` the relative scatter of its class, frozen at
-    construction so that residuals at different darks compare. Per-group
-    sums make every step cost O(groups), not O(blocks).
-    """
-
-    def __init__(
-        self,
-        data: _Array,
-        cls: npt.NDArray[np.int8],
-        region: npt.NDArray[np.bool_],
-        robust: _Array,
-        basis: _Array,
-        coef: _Array | None,
-        fb: _Array,
-        dark: float,
-        min_blocks: int = 3,
-    ) -> None:
-        sel = (cls >= 0) & region[None]
-        ii, yy, xx = np.nonzero(sel)
-        key = ii * 2 + cls[sel]
-        _, g, counts = np.unique(key, return_inverse=True, return_counts=True)
-        keep = counts[g] >= min_blocks
-        uniq, g = np.unique(key[keep], return_inverse=True)
-        self.index = (ii[keep], yy[keep], xx[keep])
-        self.n_groups, self.g = len(uniq), g
-        self.group_class = (uniq % 2).astype(int)
-        self.cls_row = self.group_class[g]
-        self.y = data[self.index].astype(np.float64)
-        self.coef: _Array | None = None if coef is None else np.array(coef, float)
-        self.P = basis[self.index[1:]] if coef is not None else fb[self.index[1:]][:, None]
-        self.mean_basis = basis.reshape(-1, basis.shape[-1]).mean(axis=0)
-        if not self.n_groups:
-            return
-        rel = (self.y - dark) / np.maximum(self.P @ (self.coef if coef is not None else [1.0]), 1e-6)
-        level = np.array([np.median(rel[g == k]) for k in range(self.n_groups)])
-        self.scatter = np.ones(2)
-        for k in (0, 1):
-            r = rel[self.cls_row == k] / level[g[self.cls_row == k]] - 1
-            if r.size:
-                self.scatter[k] = max(1.4826 * np.median(np.abs(r - np.median(r))), 1e-3)
-        self.scale = self.scatter[self.group_class] * np.maximum(np.abs(level), 1e-3)
-        w = robust[self.index] / self.scale[g] ** 2
-        n, y, P = self.n_groups, self.y, self.P
-        self.s0, self.s1, self.s2 = (np.bincount(g, w * y**k, n) for k in range(3))
-        self.c = np.stack([np.bincount(g, w * p, n) for p in P.T], axis=1)
-        self.a = np.stack([np.bincount(g, w * y * p, n) for p in P.T], axis=1)
-        self.m = np.stack([np.stack([np.bincount(g, w * pi * pj, n) for pj in P.T], -1) for pi in P.T], -1)
-
-    def solve(
-        self, dark: float, *, fit_flat: bool = True, iters: int = 100, tol: float = 1e-9
-    ) -> tuple[_Array | None, _Array, float]:
-        """Flat coefficients (None when given), group levels and weighted residual sum at ``dark``."""
-        fixed = self.coef is None or not fit_flat
-        coef = np.ones(1) if self.coef is None else self.coef
-        ay = self.a - dark * self.c  # per group: sum w y p
-        yy = self.s2 - 2 * dark * self.s1 + dark * dark * self.s0
-        prev = np.inf
-        for _ in range(iters):
-            fy, ff = ay @ coef, np.einsum("i,gij,j->g", coef, self.m, coef)
-            levels = fy / np.maximum(ff, 1e-300)
-            obj = float(np.sum(yy - levels * fy))
-            if fixed or prev - obj <= tol * abs(obj):
-                break
-            prev = obj
-            coef = np.linalg.lstsq(np.einsum("g,gij->ij", levels**2, self.m), levels @ ay, rcond=None)[0]
-            coef = coef / max(float(self.mean_basis @ coef), 1e-12)
-        if not fixed:
-            self.coef = coef
-        return (None if self.coef is None else coef), levels, obj
-
-    def objective(self, dark: float) -> float:
-        """Weighted residual sum of squares at ``dark`` (fitting the flat when it is not given)."""
-        return self.solve(dark)[2]
-
-    def best_dark(self, n_grid: int = 16, min_ratio: float = 1.5) -> float | None:
-        """Dark with the smallest residual, or None when the data cannot tell.
-
-        That is: one class only, a minimum at the end of the range searched,
-        or class levels less than ``min_ratio`` apart (one population split
-        in two, e.g. tiles of pure agarose).
-        """
-        counts = np.bincount(self.cls_row, minlength=2)
-        if counts.sum() < 3 or self.coef is not None and counts.min() < 3 * self.P.shape[1]:
-            return None
-        low = self.y[self.cls_row == (0 if counts[0] else 1)]
-        hi = float(np.percentile(low, 1.0))
-        lo = min(0.0, hi) - 2 * abs(float(np.median(low)) - hi)
-        grid = np.linspace(lo, hi, n_grid)
-        obj = [self.objective(x) for x in grid]
-        j = int(np.argmin(obj))
-        if j in (0, n_grid - 1):
-            return None
-        res = optimize.minimize_scalar(
-            self.objective, bounds=(grid[j - 1], grid[j + 1]), method="bounded", options={"xatol": 1e-3 * (hi - lo)}
-        )
-        best = float(res.x)
-        levels = self.solve(best)[1]
-        if counts.min() and np.median(levels[self.group_class == 1]) < min_ratio * np.median(
-            levels[self.group_class == 0]
-        ):
-            return None
-        return best
-
-    def support(self) -> float:
-        """``min(n / s²)`` over the classes: blocks ``n`` of relative scatter ``s``."""
-        return float(np.min(np.bincount(self.cls_row, minlength=2) / self.scatter**2))
-
-    def robust_weights(self, dark: float, coef: _Array | None, levels: _Array, c: float = 4.685) -> _Array:
-        """Tukey biweights of the blocks' standardised residuals for a solution of :meth:`solve`."""
-        f = self.P @ (np.ones(1) if coef is None else coef)
-        z = (self.y - dark - f * levels[self.g]) / self.scale[self.g] / c
-        out: _Array = np.where(np.abs(z) < 1, (1 - z * z) ** 2, 0.0)
-        return out
 
 
 def _classes(

@@ -19,11 +19,37 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from ..fusion import fuse_region
-from ..optics import DistortionModel
+from ..optics import Calibration, DistortionModel
+from ..stitching import window_crop
 
-__all__ = ["SeamOverlap", "masked_smooth", "overlap_mismatch", "overlapping_pairs", "resampled_overlaps"]
+__all__ = [
+    "SEAM_SAMPLE_COLUMNS",
+    "SeamOverlap",
+    "masked_smooth",
+    "overlap_mismatch",
+    "overlapping_pairs",
+    "resampled_overlaps",
+    "seam_samples",
+]
 
 _Array = npt.NDArray[np.float64]
+
+#: Columns of :func:`seam_samples`' rows: channel, detector (y, x) of the block in the reference and in the
+#: moving tile, both block means of the corrected tiles, the flat at both (nearest pixel) and the dark they
+#: were corrected with, and the pixels averaged.
+SEAM_SAMPLE_COLUMNS = (
+    "channel",
+    "y_ref",
+    "x_ref",
+    "y_mov",
+    "x_mov",
+    "value_ref",
+    "value_mov",
+    "flat_ref",
+    "flat_mov",
+    "dark",
+    "pixels",
+)
 
 
 def overlap_mismatch(
@@ -155,3 +181,172 @@ def masked_smooth(img: npt.ArrayLike, mask: npt.ArrayLike, support: npt.ArrayLik
         return arr.astype(np.float64)
     out: _Array = ndi.gaussian_filter(arr * np.asarray(mask), sigma, mode="constant") / np.maximum(support, 1e-12)
     return out
+
+
+def seam_samples(
+    strip_a: npt.ArrayLike,
+    strip_b: npt.ArrayLike,
+    origin_a: tuple[int, int],
+    origin_b: tuple[int, int],
+    weights_a: npt.ArrayLike,
+    weights_b: npt.ArrayLike,
+    points_a: npt.ArrayLike,
+    points_b: npt.ArrayLike,
+    point_weights: npt.ArrayLike,
+    *,
+    block: int,
+    calibration: Calibration | None = None,
+) -> _Array:
+    """Block means of both tiles of a matched pair over their overlap, where they see the same scene.
+
+    The flat's correction is a low-degree surface, so coarse samples of the seam pin it as well as
+    every pixel: the overlap (in ``a``'s pixels) is cut into ``block`` px squares, and each gives the
+    mean of ``a`` over it and of ``b`` over the same square moved by the local shift ``s`` (a smooth
+    fit to the pair's block correspondences: the shift varies along a distorted seam), bilinear in the
+    shift's fraction. Sums come from integral images (no per-pixel resampling); samples either tile
+    does not see whole (confidence 0 anywhere) are left out. The strips are corrected per pixel (stray
+    light falls steeply at a tile's edge: its value at a block's centre is not its mean); the flat and
+    dark they were corrected with are recorded, so that a later run can re-express stored samples
+    under its own flat and dark (:func:`._flat_refine.refine_flat_from_samples`).
+
+    Parameters
+    ----------
+    strip_a, strip_b : ndarray (C, h, w)
+        A window of each tile, corrected by ``calibration`` (dark, stray light, flat).
+    origin_a, origin_b : (int, int)
+        Detector (y, x) of each window's first pixel.
+    weights_a, weights_b : ndarray (h, w)
+        Tile confidence over each window (0: not used).
+    points_a, points_b, point_weights : ndarray (K, 2), (K, 2), (K,)
+        The pair's correspondences (detector positions, ``p`` in ``a`` and ``p - s`` in ``b``), weights.
+    block : int
+        Edge of a sample square in px.
+    calibration : Calibration, optional
+        What the strips were corrected with (default: nothing, flat 1 and dark 0 recorded).
+
+    Returns
+    -------
+    ndarray (N, 8) float64
+        One row per sample and channel, columns :data:`SEAM_SAMPLE_COLUMNS`; none without points.
+    """
+    a, b = np.asarray(strip_a), np.asarray(strip_b)
+    pa, pb = np.asarray(points_a, np.float64).reshape(-1, 2), np.asarray(points_b, np.float64).reshape(-1, 2)
+    empty = np.zeros((0, len(SEAM_SAMPLE_COLUMNS)))
+    if len(pa) == 0 or block < 1:
+        return empty
+    oa, ob = np.asarray(origin_a, np.float64), np.asarray(origin_b, np.float64)
+    shift_of = _shift_field(pa - oa, pa - pb, np.asarray(point_weights, np.float64).reshape(-1))
+    # The samples tile the reference pixels whose partner falls inside b's window (mean shift, inset 1 px)
+    # and that both tiles see: ``block`` px along the seam, across it a quarter of the seen width at most
+    # (the slope across the band is what pins the flat's even terms).
+    mean = np.average(pa - pb, axis=0) - oa + ob
+    (h, w), (hb, wb) = a.shape[1:], b.shape[1:]
+    y0, x0 = int(np.ceil(max(0.0, mean[0] + 1))), int(np.ceil(max(0.0, mean[1] + 1)))
+    y1, x1 = int(min(h, hb + mean[0] - 1)), int(min(w, wb + mean[1] - 1))
+    if y1 - y0 < 2 or x1 - x0 < 2:
+        return empty
+    d = np.rint(mean).astype(int)
+    seen = (np.asarray(weights_a)[y0:y1, x0:x1] > 0) & (
+        window_crop(np.asarray(weights_b), y0 - d[0], y1 - d[0], x0 - d[1], x1 - d[1]) > 0
+    )
+    across = 1 if y1 - y0 > x1 - x0 else 0  # a left-right pair's seam runs along y: across is x
+    lines = np.flatnonzero(seen.mean(axis=1 - across) >= 0.5)
+    if lines.size < 2:
+        return empty
+    lo, hi = (y0, x0)[across] + int(lines[0]), (y0, x0)[across] + int(lines[-1]) + 1
+    size = [block, block]
+    size[across] = int(max(2, min(block, (hi - lo) // 4)))
+    bounds = [[y0, y1], [x0, x1]]
+    bounds[across] = [lo, hi]
+    (sy_, sx_) = size
+    ny, nx = (bounds[0][1] - bounds[0][0]) // sy_, (bounds[1][1] - bounds[1][0]) // sx_
+    if ny < 1 or nx < 1:
+        return empty
+    grid = np.mgrid[bounds[0][0] : bounds[0][0] + ny * sy_ : sy_, bounds[1][0] : bounds[1][0] + nx * sx_ : sx_]
+    ty, tx = (v.ravel().astype(np.float64) for v in grid)
+    centre = ((sy_ - 1) / 2, (sx_ - 1) / 2)
+    sy, sx = shift_of(ty + centre[0], tx + centre[1])  # one shift per sample: it varies by << 1 px across one
+    by, bx = ty - sy + oa[0] - ob[0], tx - sx + oa[1] - ob[1]  # top-left of each sample in b's window
+    iy, ix = np.floor(by).astype(np.int_), np.floor(bx).astype(np.int_)
+    inside = (iy >= 0) & (ix >= 0) & (iy + sy_ + 1 <= hb) & (ix + sx_ + 1 <= wb)
+    iy, ix = np.where(inside, iy, 0), np.where(inside, ix, 0)
+    fy, fx = by - iy, bx - ix
+    corners = [((1 - fy) * (1 - fx), 0, 0), (fy * (1 - fx), 1, 0), ((1 - fy) * fx, 0, 1), (fy * fx, 1, 1)]
+    at, it = ty.astype(np.int_), tx.astype(np.int_)
+    bad_a = _box_sums(_integral(np.asarray(weights_a) <= 0), at, it, size)
+    sat_bad_b = _integral(np.asarray(weights_b) <= 0)
+    bad_b = sum(_box_sums(sat_bad_b, iy + dy, ix + dx, size) for _, dy, dx in corners)
+    keep = inside & (bad_a == 0) & (bad_b == 0)
+    if not keep.any():
+        return empty
+    area = float(sy_ * sx_)
+    cy, cx = ty + centre[0] + oa[0], tx + centre[1] + oa[1]
+    cols = [cy[keep], cx[keep], (cy - sy)[keep], (cx - sx)[keep]]
+    rows = []
+    for ch in range(a.shape[0]):
+        ma = _box_sums(_integral(a[ch]), at, it, size) / area
+        sat_b = _integral(b[ch])
+        mb = sum(wt * _box_sums(sat_b, iy + dy, ix + dx, size) for wt, dy, dx in corners) / area
+        n = int(keep.sum())
+        flats = [np.ones(n), np.ones(n)]
+        if calibration is not None and calibration.flat is not None:
+            flat = np.asarray(calibration.flat)[ch]
+            for k, (y, x) in enumerate(((cols[0], cols[1]), (cols[2], cols[3]))):
+                iy_, ix_ = (
+                    np.clip(np.rint(v).astype(np.int_), 0, m - 1) for v, m in ((y, flat.shape[0]), (x, flat.shape[1]))
+                )
+                flats[k] = flat[iy_, ix_].astype(np.float64)
+        dark = 0.0 if calibration is None else float(np.asarray(calibration.dark)[ch])
+        stacked = [np.full(n, float(ch)), *cols, ma[keep], mb[keep], *flats, np.full(n, dark), np.full(n, area)]
+        rows.append(np.stack(stacked, axis=1))
+    return np.concatenate(rows)
+
+
+def _integral(img: npt.ArrayLike) -> _Array:
+    """Summed-area table with a leading row and column of zeros: ``sat[y, x] = img[:y, :x].sum()``."""
+    arr = np.asarray(img, np.float64)
+    sat = np.zeros((arr.shape[0] + 1, arr.shape[1] + 1))
+    np.cumsum(np.cumsum(arr, axis=0), axis=1, out=sat[1:, 1:])
+    return sat
+
+
+def _box_sums(sat: _Array, y: npt.NDArray[np.int_], x: npt.NDArray[np.int_], size: Sequence[int]) -> _Array:
+    """Sums of the ``size`` (rows, cols) rectangles with top-left ``(y, x)`` from a summed-area table."""
+    u, v = y + size[0], x + size[1]
+    out: _Array = sat[u, v] - sat[y, v] - sat[u, x] + sat[y, x]
+    return out
+
+
+def _shift_field(at: _Array, shift: _Array, weights: _Array) -> Callable[[_Array, _Array], tuple[_Array, _Array]]:
+    """Smooth ``(y, x) -> shift`` through a pair's block shifts: quadratic, affine or constant as they allow.
+
+    Distortion makes the shift vary along a seam by up to a few px; within one seam it is smooth.
+    """
+    wts = np.where(np.isfinite(weights) & (weights > 0), weights, 0.0)
+    wts = wts if wts.sum() > 0 else np.ones(len(at))
+    centre, spread = np.average(at, axis=0, weights=wts), np.ptp(at, axis=0)
+    # Only axes the points span get terms (one row of blocks along a seam says nothing across it, and a
+    # fit across would extrapolate noise); quadratic where there are twice the points the terms need.
+    spanned = [k for k in (0, 1) if spread[k] >= 16.0]
+    linear = [(k,) for k in spanned]
+    quadratic = [(k, j) for i, k in enumerate(spanned) for j in spanned[i:]]
+    terms: list[tuple[int, ...]] = [(), *linear]
+    if len(at) >= 2 * (len(terms) + len(quadratic)):
+        terms += quadratic
+    while len(terms) > 1 and len(at) < 2 * len(terms):
+        terms.pop()
+    scale = np.maximum(spread, 1.0)
+
+    def design(y: _Array, x: _Array) -> _Array:
+        c = ((y - centre[0]) / scale[0], (x - centre[1]) / scale[1])
+        return np.stack([np.prod([c[k] for k in t], axis=0) if t else np.ones_like(y) for t in terms], axis=-1)
+
+    d = design(at[:, 0], at[:, 1])
+    sw = np.sqrt(wts)[:, None]
+    coef = np.linalg.lstsq(d * sw, shift * sw, rcond=None)[0]
+
+    def field(y: _Array, x: _Array) -> tuple[_Array, _Array]:
+        out = design(y, x) @ coef
+        return out[..., 0], out[..., 1]
+
+    return field

@@ -4,14 +4,19 @@ Pairwise registration of neighbouring tiles with point correspondences along the
 :class:`PairMatch`, :func:`adjacent_pairs`) and one weighted sparse least-squares solve for the positions
 and the distortion (:func:`solve_positions`, :class:`PositionSolution`), with each tile's position
 uncertainty and the tiles it could not place from the overlaps, in plain words (:func:`describe_flags`,
-:class:`TileFlag`). The distortion model itself is :class:`..optics.DistortionModel`.
+:class:`TileFlag`), and the magnification the overlaps cannot see, from the stage statistics with its
+sigma (:func:`stage_magnification`, :class:`MagnificationEstimate`). The distortion model itself is
+:class:`..optics.DistortionModel`.
 """
 
+from ._magnification import MagnificationEstimate, stage_magnification
 from ._overlap import PairMatch, adjacent_pairs, match_pair
 from ._positions import PositionSolution, solve_positions
+from ._subpixel import window_crop
 from ._uncertainty import TileFlag, describe_flags, rematch_plan, search_radius
 
 __all__ = [
+    "MagnificationEstimate",
     "PairMatch",
     "PositionSolution",
     "TileFlag",
@@ -21,4 +26,6 @@ __all__ = [
     "rematch_plan",
     "search_radius",
     "solve_positions",
+    "stage_magnification",
+    "window_crop",
 ]

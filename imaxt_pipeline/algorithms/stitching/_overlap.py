@@ -57,6 +57,9 @@ class PairMatch:
         Texture energy of the overlap: the Fisher information (1/px²) a shift measurement over the
         reference's side of the overlap can carry, ``Σ |∇a|² / σ_noise²`` (NaN when not measured).
         Near zero on empty agarose; it is what the matched shift's precision would be at best.
+    flat_samples : ndarray (N, 8) or None
+        Block means of both tiles over the seam, for the flat's refinement (rows of
+        :data:`...calibration.SEAM_SAMPLE_COLUMNS`), when the task that matched the pair took them.
     """
 
     reference: int
@@ -69,6 +72,7 @@ class PairMatch:
     points_mov: _Array = field(default_factory=lambda: np.zeros((0, 2)))
     point_weights: _Array = field(default_factory=lambda: np.zeros(0))
     information: float = float("nan")
+    flat_samples: _Array | None = None
 
     def __bool__(self) -> bool:
         return self.ok

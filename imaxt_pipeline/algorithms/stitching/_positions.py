@@ -22,22 +22,28 @@ residuals in the mosaic frame instead (``1 + mag`` times the detector ones)
 lets a fit shrink the world to shrink its residuals, which biases ``mag`` by
 about ``-chi2_data / (chi2_data + I_stage)``: several per cent on a 3 x 3 grid
 with hundreds of precise points.
+
+Unless ``fit_magnification`` asks for that joint fit, the solve keeps the nominal
+magnification, then estimates it from the stage statistics of all solved tiles
+(:mod:`._magnification`, sigma from the joint fit with the measured stage scatter)
+and solves again from it only where it is significant. The least-squares problem
+itself is :mod:`._lsq`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
-from scipy.sparse import linalg as splinalg
 
 from ..optics import DistortionModel
+from ._lsq import Problem, Solved
+from ._magnification import MagnificationEstimate, stage_magnification
 from ._overlap import PairMatch
-from ._uncertainty import TileFlag, components, flag_tiles, relative_sigma, stage_placement, unverified_tiles
+from ._uncertainty import TileFlag, components, flag_tiles, stage_placement, unverified_tiles
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,6 +83,10 @@ class PositionSolution:
     flags : tuple of TileFlag
         Tiles placed by the stage, or weakly constrained (3-sigma above
         ``WEAK_3SIGMA_PX``); :func:`describe_flags` words them.
+    magnification : MagnificationEstimate, optional
+        Magnification (and shear) from the stage statistics of all solved tiles, with its sigma, whether
+        it was applied (significant, distortion not from a file) and the position error it leaves
+        (:mod:`._magnification`).
     """
 
     positions: _Array
@@ -87,6 +97,7 @@ class PositionSolution:
     distortion_sigma: dict[str, float]
     position_sigma: _Array = field(default_factory=lambda: np.zeros(0))
     flags: tuple[TileFlag, ...] = ()
+    magnification: MagnificationEstimate | None = None
 
     @property
     def flagged(self) -> _Mask:
@@ -146,6 +157,9 @@ def solve_positions(
         constrain them: their error is about ``prior_sigma_px`` over the
         root-sum-square distance of the tiles from their centre, so with few
         tiles and a coarse stage it is wiser to fix them (from a calibration).
+        When False (and the distortion is estimated), the magnification is
+        still estimated from the stage statistics after the solve and applied
+        where it is significant (:func:`._magnification.stage_magnification`).
     prior_sigma_px : float
         Standard deviation of the stage positions' error.
     distortion_prior : float
@@ -179,7 +193,7 @@ def solve_positions(
     active = np.array([m.ok and len(m.point_weights) > 0 for m in matches], bool)
     point_keep = [np.ones(len(m.point_weights), bool) for m in matches]
     rejected = 0
-    problem = _Problem(matches, stage, tile_shape, base, estimate_distortion, fit_mag, prior_sigma_px, distortion_prior)
+    problem = Problem(matches, stage, tile_shape, base, estimate_distortion, fit_mag, prior_sigma_px, distortion_prior)
     for _ in range(max_rounds + 1):
         sol = problem.solve(active, point_keep)
         res = sol.residuals
@@ -210,6 +224,42 @@ def solve_positions(
                 changed = True
         if not changed:
             break
+    comp = components(n_tiles, [(m.reference, m.moving) for m in matches])
+    constrained = np.zeros(n_tiles, bool)
+    for i, m in enumerate(matches):
+        if active[i]:
+            constrained[[m.reference, m.moving]] = True
+    used_pairs = [(m.reference, m.moving) for m, a in zip(matches, active, strict=True) if a]
+    detector = (sol.positions - problem.centre) / (1.0 + sol.normal.mag)
+    # a tile no loop checks may sit px off: it must not set the scale
+    use = constrained & ~unverified_tiles(n_tiles, used_pairs)
+    nominal, allow = (base.mag_y, base.mag_x), estimate_distortion and not fit_mag
+
+    def regress(joint: tuple[tuple[float, float], tuple[float, float]] | None = None) -> MagnificationEstimate:
+        return stage_magnification(
+            detector, stage, comp, use, nominal=nominal, stage_sigma_px=prior_sigma_px, allow=allow, joint=joint
+        )
+
+    mag_est = regress()
+    if fit_mag:  # the joint fit already used the stage: report its estimate as applied
+        sig = problem.sigma(sol)
+        joint = ((sol.model.mag_y, sol.model.mag_x), (sig["mag_y"], sig["mag_x"]))
+        mag_est = regress(joint)
+        mag_est = replace(mag_est, applied=(True, True))
+    elif estimate_distortion and np.isfinite(mag_est.mag_sigma).all():
+        # the estimate and sigma of the joint fit, the stage weighted by the scatter just measured
+        probe = problem.variant(base, True, True, mag_est.stage_sigma_px)
+        psol = probe.solve(active, point_keep)
+        sig = probe.sigma(psol)
+        joint = ((psol.model.mag_y, psol.model.mag_x), (sig["mag_y"], sig["mag_x"]))
+        mag_est = regress(joint)
+    if not fit_mag and any(mag_est.applied):
+        # a significant magnification: solve again from it (k~ and Q do not depend on it, P and k do)
+        my, mx = (e if a else n for e, a, n in zip(mag_est.mag, mag_est.applied, mag_est.nominal, strict=True))
+        base = replace(base, mag_y=float(my), mag_x=float(mx))
+        problem = problem.variant(base, estimate_distortion, False, prior_sigma_px)
+        sol = problem.solve(active, point_keep)
+    placed = _place(problem, sol, matches, active, stage, constrained, comp, prior_sigma_px)
     pos = sol.positions
     rows = []
     for i, m in enumerate(matches):
@@ -234,235 +284,35 @@ def solve_positions(
                 "residual": float(np.hypot(*r[keep_i].mean(axis=0))) if keep_i.any() else np.nan,
             }
         )
-    constrained = np.zeros(n_tiles, bool)
-    for i, m in enumerate(matches):
-        if active[i]:
-            constrained[[m.reference, m.moving]] = True
-    comp = components(n_tiles, [(m.reference, m.moving) for m in matches])
-    pos, scatter = stage_placement(pos, stage, constrained, comp, prior_sigma_px)
-    psig = problem.position_sigma(sol, comp, constrained)
-    loose = unverified_tiles(n_tiles, [(m.reference, m.moving) for m, a in zip(matches, active, strict=True) if a])
-    psig = np.where(constrained & ~loose, psig, np.maximum(psig, scatter))
-    flags = flag_tiles(matches, active, constrained, psig, loose)
+    pos, psig, flags = placed
     # a single-tile section (an IMC acquisition, a one-field coverslip) has no pairs: keep the columns anyway
     # (and boolean flags: an empty object column used as a mask would select columns, not rows)
     table = pd.DataFrame(rows, columns=_PAIR_COLUMNS).astype({"ok": bool, "used": bool})
-    return PositionSolution(pos, sol.model, table, rejected, constrained, problem.sigma(sol), psig, tuple(flags))
+    return PositionSolution(
+        pos, sol.model, table, rejected, constrained, problem.sigma(sol), psig, tuple(flags), mag_est
+    )
+
+
+def _place(
+    problem: Problem,
+    sol: Solved,
+    matches: list[PairMatch],
+    active: _Mask,
+    stage: _Array,
+    constrained: _Mask,
+    comp: npt.NDArray[np.int_],
+    prior_sigma_px: float,
+) -> tuple[_Array, _Array, list[TileFlag]]:
+    """Positions with unconstrained tiles placed by the stage, each tile's sigma, and the flags."""
+    pos, scatter = stage_placement(sol.positions, stage, constrained, comp, prior_sigma_px)
+    psig = problem.position_sigma(sol, comp, constrained)
+    used = [(m.reference, m.moving) for m, a in zip(matches, active, strict=True) if a]
+    loose = unverified_tiles(len(stage), used)
+    psig = np.where(constrained & ~loose, psig, np.maximum(psig, scatter))
+    return pos, psig, list(flag_tiles(matches, active, constrained, psig, loose))
 
 
 _PAIR_COLUMNS = (
     "reference moving ok used n_points ncc expected_dy expected_dx measured_dy measured_dx "
     "solved_dy solved_dx residual_dy residual_dx residual"
 ).split()
-
-
-@dataclass(frozen=True)
-class _Normal:
-    """What :meth:`_Problem.sigma` needs of a solve."""
-
-    data: sparse.csc_matrix  # data normal matrix
-    prior: sparse.csc_matrix  # prior normal matrix at the solution
-    design: sparse.csr_matrix  # data design, right-hand side and weights
-    rhs: _Array
-    weights: _Array
-    x: _Array  # the solution vector
-    mag: _Array
-    kt: _Array
-
-
-@dataclass(frozen=True)
-class _Solved:
-    positions: _Array
-    model: DistortionModel
-    residuals: list[_Array]
-    normal: _Normal
-
-
-_K_COLUMNS = (DistortionModel.COEFFICIENTS.index("k_y"), DistortionModel.COEFFICIENTS.index("k_x"))
-
-
-def _cubic_design(points: _Array, shape: tuple[int, int]) -> _Array:
-    """``(D_y, D_x)`` per unit ``(k_y, k_x)`` at detector points (K, 2): the cubic columns of the model's design."""
-    gy, gx = DistortionModel.design(points[:, 0], points[:, 1], shape)
-    return np.stack([gy[:, _K_COLUMNS[0]], gx[:, _K_COLUMNS[1]]], axis=1)
-
-
-class _Problem:
-    """The least-squares problem in ``Q`` (2 per tile), ``k~`` (k_y, k_x) and ``mag`` (mag_y, mag_x).
-
-    Column layout: ``Q`` of tile t axis a at ``2 t + a``, then the fitted
-    ``k~`` per axis, then the fitted ``mag`` per axis.
-    """
-
-    def __init__(
-        self,
-        matches: list[PairMatch],
-        stage: _Array,
-        tile_shape: tuple[int, int],
-        base: DistortionModel,
-        fit_k: bool,
-        fit_mag: bool,
-        prior_sigma: float,
-        dist_prior: float,
-    ) -> None:
-        self.matches, self.tile_shape = matches, tile_shape
-        self.n_tiles = int(stage.shape[0])
-        self.centre: _Array = stage.mean(axis=0) if self.n_tiles else np.zeros(2)
-        self.stage_c = stage - self.centre
-        self.fit_k, self.fit_mag = fit_k, fit_mag
-        self.mag0, self.k0 = np.array([base.mag_y, base.mag_x]), np.array([base.k_y, base.k_x])
-        self.kt_fixed = np.array([base.k_y, base.k_x]) / (1 + self.mag0)
-        n = 2 * self.n_tiles
-        # Empty when the term is not fitted.
-        self.k_col: list[int] = [n, n + 1] if fit_k else []
-        self.mag_col: list[int] = [n + len(self.k_col), n + len(self.k_col) + 1] if fit_mag else []
-        self.n_unk = n + len(self.k_col) + len(self.mag_col)
-        self.w_prior, self.w_coef = 1.0 / prior_sigma**2, 1.0 / dist_prior**2
-        # Per match: D(p_b) - D(p_a) per unit k (the cubic columns of the design), y and x.
-        self.dg: list[_Array] = [
-            _cubic_design(m.points_mov, tile_shape) - _cubic_design(m.points_ref, tile_shape)
-            if len(m.point_weights)
-            else np.zeros((0, 2))
-            for m in matches
-        ]
-
-    def _data(self, active: _Mask, point_keep: list[_Mask]) -> tuple[sparse.csr_matrix, _Array, _Array]:
-        """Sparse design, right-hand side and weights of the seam equations."""
-        rows: list[npt.NDArray[np.int_]] = []
-        cols: list[npt.NDArray[np.int_]] = []
-        vals: list[_Array] = []
-        rhs: list[_Array] = []
-        wts: list[_Array] = []
-        eq = 0
-        for i, m in enumerate(self.matches):
-            if not active[i]:
-                continue
-            keep = point_keep[i]
-            k = int(keep.sum())
-            pa, pb, w, dg = m.points_ref[keep], m.points_mov[keep], m.point_weights[keep], self.dg[i][keep]
-            for axis in range(2):
-                r = eq + np.arange(k)
-                rows += [r, r]
-                cols += [np.full(k, 2 * m.moving + axis), np.full(k, 2 * m.reference + axis)]
-                vals += [np.ones(k), -np.ones(k)]
-                target = pa[:, axis] - pb[:, axis]
-                if self.fit_k:
-                    rows.append(r)
-                    cols.append(np.full(k, self.k_col[axis]))
-                    vals.append(dg[:, axis])
-                else:
-                    target = target - dg[:, axis] * self.kt_fixed[axis]
-                rhs.append(target)
-                wts.append(w)
-                eq += k
-
-        def cat(x: Sequence[npt.NDArray[Any]], dt: type = float) -> npt.NDArray[Any]:
-            return np.concatenate(x).astype(dt) if x else np.zeros(0, dt)
-
-        a = sparse.csr_matrix((cat(vals), (cat(rows, int), cat(cols, int))), shape=(eq, self.n_unk))
-        return a, cat(rhs), cat(wts)
-
-    def _prior(self, q0: _Array, mag0: _Array) -> tuple[sparse.csr_matrix, _Array, _Array]:
-        """Linearised stage priors ``(1 + mag) Q = stage - centre`` and the coefficient priors."""
-        n_t, idx = self.n_tiles, np.arange(2 * self.n_tiles)
-        axis = idx % 2
-        rows, cols, vals = [idx], [idx], [1.0 + mag0[axis]]
-        rhs = [self.stage_c.ravel().copy()]
-        if self.fit_mag:
-            # (1 + mag) Q ~ (1 + mag0) Q + Q0 (mag - mag0)
-            rows.append(idx)
-            cols.append(np.array(self.mag_col)[axis])
-            vals.append(q0.ravel())
-            rhs[0] = rhs[0] + q0.ravel() * mag0[axis]
-        wts = [np.full(2 * n_t, self.w_prior)]
-        coef_cols = self.k_col + self.mag_col
-        n = len(coef_cols)
-        rows.append(2 * n_t + np.arange(n))
-        cols.append(np.array(coef_cols, int))
-        vals.append(np.ones(n))
-        rhs.append(np.zeros(n))
-        wts.append(np.full(n, self.w_coef))
-        a = sparse.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(2 * n_t + n, self.n_unk)
-        )
-        return a, np.concatenate(rhs), np.concatenate(wts)
-
-    def solve(self, active: _Mask, point_keep: list[_Mask]) -> _Solved:
-        """Positions and distortion for the pairs and points kept (Gauss-Newton in ``mag`` when fitted)."""
-        ad, bd, wd = self._data(active, point_keep)
-        nd = (ad.T @ ad.multiply(wd[:, None]).tocsr()).tocsc()
-        rd = ad.T @ (wd * bd)
-        mag = self.mag0.copy()
-        q = self.stage_c / (1.0 + mag)
-        for _ in range(20 if self.fit_mag else 1):
-            ap, bp, wp = self._prior(q, mag)
-            npr = (ap.T @ ap.multiply(wp[:, None]).tocsr()).tocsc()
-            rhs = rd + ap.T @ (wp * bp)
-            x = np.atleast_1d(splinalg.spsolve((nd + npr).tocsc(), rhs)) if self.n_unk else np.zeros(0)
-            q = x[: 2 * self.n_tiles].reshape(-1, 2)
-            if not self.fit_mag:
-                break
-            new = x[self.mag_col]
-            step, mag = np.max(np.abs(new - mag)), new
-            if step < 1e-12:
-                break
-        kt = x[self.k_col] if self.fit_k else self.kt_fixed
-        positions = self.centre + (1.0 + mag) * q
-        k = (1.0 + mag) * kt if self.fit_k else self.k0
-        model = DistortionModel(mag_y=float(mag[0]), mag_x=float(mag[1]), k_y=float(k[0]), k_x=float(k[1]))
-        return _Solved(positions, model, self._residuals(q, kt), _Normal(nd, npr, ad, bd, wd, x, mag, kt))
-
-    def _residuals(self, q: _Array, kt: _Array) -> list[_Array]:
-        """Per match, measured minus model over *all* its points, in detector px."""
-        out = []
-        for m, dg in zip(self.matches, self.dg, strict=True):
-            if not len(m.point_weights):
-                out.append(np.zeros((0, 2)))
-                continue
-            pred = q[m.moving] - q[m.reference] + dg * kt
-            out.append(m.points_ref - m.points_mov - pred)
-        return out
-
-    def _scaled_normal(self, nm: _Normal) -> sparse.csc_matrix:
-        """Normal matrix with the data weights scaled to their observed scatter (reduced chi-square >= 1)."""
-        r = nm.design @ nm.x - nm.rhs
-        dof = max(len(nm.rhs) - self.n_unk, 1)
-        s2 = max(1.0, float(np.sum(nm.weights * r * r)) / dof) if len(nm.rhs) else 1.0
-        return (nm.data / s2 + nm.prior).tocsc()
-
-    def position_sigma(self, solved: _Solved, comp: npt.NDArray[np.int_], gauge: _Mask) -> _Array:
-        """1-sigma of each tile's position relative to its component (see :mod:`._uncertainty`)."""
-        if not self.n_tiles:
-            return np.zeros(0)
-        normal = self._scaled_normal(solved.normal)
-        return relative_sigma(normal, self.n_tiles, comp, 1.0 + solved.normal.mag, gauge)
-
-    def sigma(self, solved: _Solved) -> dict[str, float]:
-        """1-sigma of each coefficient from the normal matrix, data weights scaled to their scatter."""
-        nm = solved.normal
-        sigma = dict.fromkeys(DistortionModel.COEFFICIENTS, 0.0)
-        cols = self.k_col + self.mag_col
-        if not cols:
-            return sigma
-        # Point weights from match_pair are often optimistic: scale them to the observed scatter.
-        r = nm.design @ nm.x - nm.rhs
-        dof = max(len(nm.rhs) - self.n_unk, 1)
-        s2 = max(1.0, float(np.sum(nm.weights * r * r)) / dof) if len(nm.rhs) else 1.0
-        lu = splinalg.splu((nm.data / s2 + nm.prior).tocsc())
-        e = np.zeros((self.n_unk, len(cols)))
-        e[cols, np.arange(len(cols))] = 1.0
-        cov = lu.solve(e)[cols]
-        var = dict(zip(cols, np.diag(cov), strict=True))
-        mag, kt = nm.mag, nm.kt
-        for axis, (kn, mn) in enumerate((("k_y", "mag_y"), ("k_x", "mag_x"))):
-            if self.fit_mag:
-                sigma[mn] = float(np.sqrt(var[self.mag_col[axis]]))
-            if self.fit_k:
-                # k = (1 + mag) k~
-                kc = self.k_col[axis]
-                v = (1 + mag[axis]) ** 2 * var[kc]
-                if self.fit_mag:
-                    mc = self.mag_col[axis]
-                    v += kt[axis] ** 2 * var[mc] + 2 * (1 + mag[axis]) * kt[axis] * cov[cols.index(kc), cols.index(mc)]
-                sigma[kn] = float(np.sqrt(max(v, 0.0)))
-        return sigma

@@ -6,7 +6,8 @@ rectangle and its shift is the same over all of it, values and gradients at
 ``p - s`` are separable 4-tap filters of the spline coefficients (no
 per-pixel coordinate arrays), and the blocks of one seam are iterated
 together as arrays, so one iteration for a whole seam is a few array
-operations.
+operations. The per-pixel arrays are float32 (half the memory traffic of the taps and the Jacobian,
+which are most of a pair's time); the 4 x 4 systems are solved in float64.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from scipy import ndimage as ndi
 __all__ = ["MovingSpline", "ShiftEstimate", "refine_shift", "window_crop"]
 
 _Array = npt.NDArray[np.float64]
+_F32 = npt.NDArray[np.float32]
 _T = TypeVar("_T", bound=np.generic)
 
 
@@ -108,8 +110,8 @@ class MovingSpline:
         img = np.asarray(image, np.float64)
         self.shape = img.shape
         self.y0, self.y1, self.x0, self.x1 = window
-        self.coef = _padded_coefficients(img, *window)
-        wts = np.ones(img.shape) if weights is None else np.asarray(weights, np.float64)
+        self.coef = _padded_coefficients(img, *window).astype(np.float32)
+        wts = np.ones(img.shape, np.float32) if weights is None else np.asarray(weights, np.float32)
         self.weights = window_crop(wts, self.y0, self.y1 + 1, self.x0, self.x1 + 1)  # zero outside the tile
 
     def refine(
@@ -135,8 +137,8 @@ class MovingSpline:
         if ny < 2 or nx < 2:
             first = (float(start[0]), float(start[1]))
             return [ShiftEstimate(first, (np.inf, np.inf), -1.0, 0, False) for _ in regions]
-        refs = np.zeros((n, ny, nx))
-        wref = np.zeros((n, ny, nx))
+        refs = np.zeros((n, ny, nx), np.float32)
+        wref = np.zeros((n, ny, nx), np.float32)
         for i, (ys, xs) in enumerate(regions):
             h, w = ys.stop - ys.start, xs.stop - xs.start
             refs[i, :h, :w] = ref[ys, xs]
@@ -172,7 +174,7 @@ class MovingSpline:
         r, hess, _ = _linearise(model, refs, gain, offset)
         return [self._estimate(i, s[i], model, refs[i], r[i], hess[i], bool(converged[i]), origin[i]) for i in range(n)]
 
-    def _sample(self, refs: _Array, wref: _Array, first: _Array) -> _Samples:
+    def _sample(self, refs: _F32, wref: _F32, first: _Array) -> _Samples:
         """Spline value, gradient and combined weight at ``first + (i, j)`` for every block."""
         n, ny, nx = refs.shape
         y0, x0 = first[:, 0] - self.y0, first[:, 1] - self.x0  # window coordinates of each block's first sample
@@ -183,8 +185,8 @@ class MovingSpline:
         ty, tx = y0 - iy, x0 - ix
         # Each block's window of coefficients (and of the confidence) is a plain slice: copying n slices
         # is several times faster than one fancy-indexed gather of the same pixels.
-        win = np.empty((n, ny + 3, nx + 3))
-        lin = np.empty((n, ny + 1, nx + 1))
+        win = np.empty((n, ny + 3, nx + 3), np.float32)
+        lin = np.empty((n, ny + 1, nx + 1), np.float32)
         for i, (yy, xx) in enumerate(zip(iy.tolist(), ix.tolist(), strict=True)):
             win[i] = self.coef[yy - 1 : yy + ny + 2, xx - 1 : xx + nx + 2]
             lin[i] = self.weights[yy : yy + ny + 1, xx : xx + nx + 1]
@@ -205,11 +207,13 @@ class MovingSpline:
 
     @staticmethod
     def _estimate(
-        i: int, s: _Array, model: _Samples, ref: _Array, r: _Array, hess: _Array, converged: bool, origin: _Array
+        i: int, s: _Array, model: _Samples, ref32: _F32, r32: _F32, hess: _Array, converged: bool, origin: _Array
     ) -> ShiftEstimate:
         """Shift, its uncertainty (final linearisation) and the NCC of block ``i``."""
         fail = ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
-        wt, bq = model.weight[i], model.value[i]
+        # float64 here: the NCC decides whether a block is kept
+        wt, bq = model.weight[i].astype(np.float64), model.value[i].astype(np.float64)
+        ref, r = ref32.astype(np.float64), r32.astype(np.float64)
         wsum = float(wt.sum())
         if not model.valid[i] or wsum <= 0:
             return fail
@@ -234,30 +238,31 @@ class MovingSpline:
         )
 
 
-def _linearise(model: _Samples, refs: _Array, gain: _Array, offset: _Array) -> tuple[_Array, _Array, _Array]:
+def _linearise(model: _Samples, refs: _F32, gain: _Array, offset: _Array) -> tuple[_F32, _Array, _Array]:
     """Residuals ``ref - g·mov - o``, Gauss-Newton Hessian and gradient of every block.
 
     d r / d s = +g ∇mov(q) (q = p - s); d r / d g = -mov; d r / d o = -1. The Jacobian is built
     parameter-major, (n, 4, P), so the two products are batched matrix products with no transposed copy.
     """
     n = refs.shape[0]
-    g = gain[:, None, None]
-    r = refs - g * model.value - offset[:, None, None]
-    jac = np.empty((n, 4, refs[0].size))
+    g = gain[:, None, None].astype(refs.dtype)
+    r: _F32 = refs - g * model.value - offset[:, None, None].astype(refs.dtype)
+    jac = np.empty((n, 4, refs[0].size), refs.dtype)
     jac[:, 0] = (g * model.grad_y).reshape(n, -1)
     jac[:, 1] = (g * model.grad_x).reshape(n, -1)
     jac[:, 2] = -model.value.reshape(n, -1)
     jac[:, 3] = -1.0
     jw = jac * model.weight.reshape(n, 1, -1)
-    return r, jw @ jac.transpose(0, 2, 1), (jw @ r.reshape(n, -1, 1))[..., 0]
+    hess = (jw @ jac.transpose(0, 2, 1)).astype(np.float64)
+    return r, hess, (jw @ r.reshape(n, -1, 1))[..., 0].astype(np.float64)
 
 
 @dataclass(frozen=True)
 class _Samples:
-    value: _Array
-    grad_y: _Array
-    grad_x: _Array
-    weight: _Array
+    value: _F32
+    grad_y: _F32
+    grad_x: _F32
+    weight: _F32
     valid: npt.NDArray[np.bool_]
 
 
@@ -281,15 +286,16 @@ def _cubic_weights(t: _Array) -> tuple[_Array, _Array]:
     return w, dw
 
 
-def _taps(arr: _Array, weights: _Array, n: int, axis: int) -> _Array:
+def _taps(arr: _F32, weights: _Array, n: int, axis: int) -> _F32:
     """``Σ_k weights[b, k] * arr[b, ..., k : k + n, ...]`` along ``axis``, per block ``b``."""
     idx = [slice(None)] * arr.ndim
     shape = [-1] + [1] * (arr.ndim - 1)
     idx[axis] = slice(0, n)
-    out: _Array = arr[tuple(idx)] * weights[:, 0].reshape(shape)
-    for k in range(1, weights.shape[1]):
+    wts = weights.astype(arr.dtype)  # float32 arrays stay float32
+    out: _F32 = arr[tuple(idx)] * wts[:, 0].reshape(shape)
+    for k in range(1, wts.shape[1]):
         idx[axis] = slice(k, k + n)
-        out += arr[tuple(idx)] * weights[:, k].reshape(shape)
+        out += arr[tuple(idx)] * wts[:, k].reshape(shape)
     return out
 
 

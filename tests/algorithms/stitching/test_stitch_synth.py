@@ -83,3 +83,17 @@ def test_calibration_terms(stitched):
     # the flat shape: corners darker than the centre by about the simulated vignetting
     ratio = cal.flat[:, 8, 8] / cal.flat[:, 128, 128]
     assert np.all(np.abs(ratio - truth.flat[8, 8] / truth.flat[128, 128]) < 0.1)
+
+
+def test_magnification_from_the_stage_lies_within_its_sigma(stitched):
+    """The scale the overlaps cannot see, from the stage: within its sigma of the simulated one, and the
+    translation-only error of the nominal scale within what that sigma predicts (not significant on 9 tiles)."""
+    name, p, truth, tiles, stage, true, cal, sol = stitched
+    m, td = sol.magnification, truth.distortion
+    z = (np.array(m.mag) - [td.mag_y, td.mag_x]) / np.array(m.mag_sigma)
+    assert np.all(np.abs(z) < 4), (name, m)
+    assert m.applied == (False, False) and sol.distortion.mag_y == sol.distortion.mag_x == 0.0
+    keep = sol.constrained & ~sol.flagged
+    assert m.n_tiles == keep.sum()
+    err = _errors(sol.positions, true, keep)
+    assert np.median(err) < 3 * m.predicted_px, (name, err, m.predicted_px)

@@ -1,0 +1,251 @@
+"""The weighted sparse least-squares problem of :func:`._positions.solve_positions`.
+
+Unknowns: ``Q`` (the detector-frame position of every tile), ``k~`` (the cubic distortion per axis,
+in detector units) and optionally ``mag`` per axis; equations: every seam correspondence, the stage
+priors ``(1 + mag) Q = stage`` and zero-mean priors on the coefficients (see :mod:`._positions` for
+why the residuals are written in the detector frame). :class:`Problem` builds and solves it and gives
+the coefficients' and positions' sigmas.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+from scipy.sparse import linalg as splinalg
+
+from ..optics import DistortionModel
+from ._overlap import PairMatch
+from ._uncertainty import relative_sigma
+
+__all__ = ["Normal", "Problem", "Solved"]
+
+_Array = npt.NDArray[np.float64]
+_Mask = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Normal:
+    """What :meth:`Problem.sigma` needs of a solve."""
+
+    data: sparse.csc_matrix  # data normal matrix
+    prior: sparse.csc_matrix  # prior normal matrix at the solution
+    design: sparse.csr_matrix  # data design, right-hand side and weights
+    rhs: _Array
+    weights: _Array
+    x: _Array  # the solution vector
+    mag: _Array
+    kt: _Array
+
+
+@dataclass(frozen=True)
+class Solved:
+    positions: _Array
+    model: DistortionModel
+    residuals: list[_Array]
+    normal: Normal
+
+
+_K_COLUMNS = (DistortionModel.COEFFICIENTS.index("k_y"), DistortionModel.COEFFICIENTS.index("k_x"))
+
+
+def _cubic_design(points: _Array, shape: tuple[int, int]) -> _Array:
+    """``(D_y, D_x)`` per unit ``(k_y, k_x)`` at detector points (K, 2): the cubic columns of the model's design."""
+    gy, gx = DistortionModel.design(points[:, 0], points[:, 1], shape)
+    return np.stack([gy[:, _K_COLUMNS[0]], gx[:, _K_COLUMNS[1]]], axis=1)
+
+
+class Problem:
+    """The least-squares problem in ``Q`` (2 per tile), ``k~`` (k_y, k_x) and ``mag`` (mag_y, mag_x).
+
+    Column layout: ``Q`` of tile t axis a at ``2 t + a``, then the fitted
+    ``k~`` per axis, then the fitted ``mag`` per axis.
+    """
+
+    def __init__(
+        self,
+        matches: list[PairMatch],
+        stage: _Array,
+        tile_shape: tuple[int, int],
+        base: DistortionModel,
+        fit_k: bool,
+        fit_mag: bool,
+        prior_sigma: float,
+        dist_prior: float,
+    ) -> None:
+        self.matches, self.tile_shape = matches, tile_shape
+        self.n_tiles = int(stage.shape[0])
+        self.centre: _Array = stage.mean(axis=0) if self.n_tiles else np.zeros(2)
+        self.stage_c = stage - self.centre
+        self.w_coef = 1.0 / dist_prior**2
+        self._configure(base, fit_k, fit_mag, prior_sigma)
+        # Per match: D(p_b) - D(p_a) per unit k (the cubic columns of the design), y and x.
+        self.dg: list[_Array] = [
+            _cubic_design(m.points_mov, tile_shape) - _cubic_design(m.points_ref, tile_shape)
+            if len(m.point_weights)
+            else np.zeros((0, 2))
+            for m in matches
+        ]
+
+    def _configure(self, base: DistortionModel, fit_k: bool, fit_mag: bool, prior_sigma: float) -> None:
+        self.fit_k, self.fit_mag = fit_k, fit_mag
+        self.mag0, self.k0 = np.array([base.mag_y, base.mag_x]), np.array([base.k_y, base.k_x])
+        self.kt_fixed = np.array([base.k_y, base.k_x]) / (1 + self.mag0)
+        n = 2 * self.n_tiles
+        # Empty when the term is not fitted.
+        self.k_col: list[int] = [n, n + 1] if fit_k else []
+        self.mag_col: list[int] = [n + len(self.k_col), n + len(self.k_col) + 1] if fit_mag else []
+        self.n_unk = n + len(self.k_col) + len(self.mag_col)
+        self.w_prior = 1.0 / prior_sigma**2
+
+    def variant(self, base: DistortionModel, fit_k: bool, fit_mag: bool, prior_sigma: float) -> Problem:
+        """The same seams (their design is not recomputed) with another base model, terms or stage error."""
+        out = copy.copy(self)
+        out._configure(base, fit_k, fit_mag, prior_sigma)
+        return out
+
+    def _data(self, active: _Mask, point_keep: list[_Mask]) -> tuple[sparse.csr_matrix, _Array, _Array]:
+        """Sparse design, right-hand side and weights of the seam equations."""
+        rows: list[npt.NDArray[np.int_]] = []
+        cols: list[npt.NDArray[np.int_]] = []
+        vals: list[_Array] = []
+        rhs: list[_Array] = []
+        wts: list[_Array] = []
+        eq = 0
+        for i, m in enumerate(self.matches):
+            if not active[i]:
+                continue
+            keep = point_keep[i]
+            k = int(keep.sum())
+            pa, pb, w, dg = m.points_ref[keep], m.points_mov[keep], m.point_weights[keep], self.dg[i][keep]
+            for axis in range(2):
+                r = eq + np.arange(k)
+                rows += [r, r]
+                cols += [np.full(k, 2 * m.moving + axis), np.full(k, 2 * m.reference + axis)]
+                vals += [np.ones(k), -np.ones(k)]
+                target = pa[:, axis] - pb[:, axis]
+                if self.fit_k:
+                    rows.append(r)
+                    cols.append(np.full(k, self.k_col[axis]))
+                    vals.append(dg[:, axis])
+                else:
+                    target = target - dg[:, axis] * self.kt_fixed[axis]
+                rhs.append(target)
+                wts.append(w)
+                eq += k
+
+        def cat(x: Sequence[npt.NDArray[Any]], dt: type = float) -> npt.NDArray[Any]:
+            return np.concatenate(x).astype(dt) if x else np.zeros(0, dt)
+
+        a = sparse.csr_matrix((cat(vals), (cat(rows, int), cat(cols, int))), shape=(eq, self.n_unk))
+        return a, cat(rhs), cat(wts)
+
+    def _prior(self, q0: _Array, mag0: _Array) -> tuple[sparse.csr_matrix, _Array, _Array]:
+        """Linearised stage priors ``(1 + mag) Q = stage - centre`` and the coefficient priors."""
+        n_t, idx = self.n_tiles, np.arange(2 * self.n_tiles)
+        axis = idx % 2
+        rows, cols, vals = [idx], [idx], [1.0 + mag0[axis]]
+        rhs = [self.stage_c.ravel().copy()]
+        if self.fit_mag:
+            # (1 + mag) Q ~ (1 + mag0) Q + Q0 (mag - mag0)
+            rows.append(idx)
+            cols.append(np.array(self.mag_col)[axis])
+            vals.append(q0.ravel())
+            rhs[0] = rhs[0] + q0.ravel() * mag0[axis]
+        wts = [np.full(2 * n_t, self.w_prior)]
+        coef_cols = self.k_col + self.mag_col
+        n = len(coef_cols)
+        rows.append(2 * n_t + np.arange(n))
+        cols.append(np.array(coef_cols, int))
+        vals.append(np.ones(n))
+        rhs.append(np.zeros(n))
+        wts.append(np.full(n, self.w_coef))
+        a = sparse.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(2 * n_t + n, self.n_unk)
+        )
+        return a, np.concatenate(rhs), np.concatenate(wts)
+
+    def solve(self, active: _Mask, point_keep: list[_Mask]) -> Solved:
+        """Positions and distortion for the pairs and points kept (Gauss-Newton in ``mag`` when fitted)."""
+        ad, bd, wd = self._data(active, point_keep)
+        nd = (ad.T @ ad.multiply(wd[:, None]).tocsr()).tocsc()
+        rd = ad.T @ (wd * bd)
+        mag = self.mag0.copy()
+        q = self.stage_c / (1.0 + mag)
+        for _ in range(20 if self.fit_mag else 1):
+            ap, bp, wp = self._prior(q, mag)
+            npr = (ap.T @ ap.multiply(wp[:, None]).tocsr()).tocsc()
+            rhs = rd + ap.T @ (wp * bp)
+            x = np.atleast_1d(splinalg.spsolve((nd + npr).tocsc(), rhs)) if self.n_unk else np.zeros(0)
+            q = x[: 2 * self.n_tiles].reshape(-1, 2)
+            if not self.fit_mag:
+                break
+            new = x[self.mag_col]
+            step, mag = np.max(np.abs(new - mag)), new
+            if step < 1e-12:
+                break
+        kt = x[self.k_col] if self.fit_k else self.kt_fixed
+        positions = self.centre + (1.0 + mag) * q
+        k = (1.0 + mag) * kt if self.fit_k else self.k0
+        model = DistortionModel(mag_y=float(mag[0]), mag_x=float(mag[1]), k_y=float(k[0]), k_x=float(k[1]))
+        return Solved(positions, model, self._residuals(q, kt), Normal(nd, npr, ad, bd, wd, x, mag, kt))
+
+    def _residuals(self, q: _Array, kt: _Array) -> list[_Array]:
+        """Per match, measured minus model over *all* its points, in detector px."""
+        out = []
+        for m, dg in zip(self.matches, self.dg, strict=True):
+            if not len(m.point_weights):
+                out.append(np.zeros((0, 2)))
+                continue
+            pred = q[m.moving] - q[m.reference] + dg * kt
+            out.append(m.points_ref - m.points_mov - pred)
+        return out
+
+    def _scaled_normal(self, nm: Normal) -> sparse.csc_matrix:
+        """Normal matrix with the data weights scaled to their observed scatter (reduced chi-square >= 1)."""
+        r = nm.design @ nm.x - nm.rhs
+        dof = max(len(nm.rhs) - self.n_unk, 1)
+        s2 = max(1.0, float(np.sum(nm.weights * r * r)) / dof) if len(nm.rhs) else 1.0
+        return (nm.data / s2 + nm.prior).tocsc()
+
+    def position_sigma(self, solved: Solved, comp: npt.NDArray[np.int_], gauge: _Mask) -> _Array:
+        """1-sigma of each tile's position relative to its component (see :mod:`._uncertainty`)."""
+        if not self.n_tiles:
+            return np.zeros(0)
+        normal = self._scaled_normal(solved.normal)
+        return relative_sigma(normal, self.n_tiles, comp, 1.0 + solved.normal.mag, gauge)
+
+    def sigma(self, solved: Solved) -> dict[str, float]:
+        """1-sigma of each coefficient from the normal matrix, data weights scaled to their scatter."""
+        nm = solved.normal
+        sigma = dict.fromkeys(DistortionModel.COEFFICIENTS, 0.0)
+        cols = self.k_col + self.mag_col
+        if not cols:
+            return sigma
+        # Point weights from match_pair are often optimistic: scale them to the observed scatter.
+        r = nm.design @ nm.x - nm.rhs
+        dof = max(len(nm.rhs) - self.n_unk, 1)
+        s2 = max(1.0, float(np.sum(nm.weights * r * r)) / dof) if len(nm.rhs) else 1.0
+        lu = splinalg.splu((nm.data / s2 + nm.prior).tocsc())
+        e = np.zeros((self.n_unk, len(cols)))
+        e[cols, np.arange(len(cols))] = 1.0
+        cov = lu.solve(e)[cols]
+        var = dict(zip(cols, np.diag(cov), strict=True))
+        mag, kt = nm.mag, nm.kt
+        for axis, (kn, mn) in enumerate((("k_y", "mag_y"), ("k_x", "mag_x"))):
+            if self.fit_mag:
+                sigma[mn] = float(np.sqrt(var[self.mag_col[axis]]))
+            if self.fit_k:
+                # k = (1 + mag) k~
+                kc = self.k_col[axis]
+                v = (1 + mag[axis]) ** 2 * var[kc]
+                if self.fit_mag:
+                    mc = self.mag_col[axis]
+                    v += kt[axis] ** 2 * var[mc] + 2 * (1 + mag[axis]) * kt[axis] * cov[cols.index(kc), cols.index(mc)]
+                sigma[kn] = float(np.sqrt(max(v, 0.0)))
+        return sigma
