@@ -47,7 +47,7 @@ def synthetic_planes(quick: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray,
 
 def measure_plane(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, block: int) -> int:
     """The plane's catalogue from ``block``-px blocks (as ``steps/catalogue.py`` cuts them); returns its cells."""
-    from imaxt_pipeline.testing._catalogue import blockwise_catalogue
+    from imaxt_pipeline.testing import blockwise_catalogue
 
     cell_t, _ = blockwise_catalogue(cells, nuclei, image, block, channel_names=CHANNELS[: len(image)])
     return len(cell_t)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -60,21 +59,10 @@ REQUESTS = _RequestCounter()
 
 
 def _moto() -> tuple[Any, str]:
-    from moto.server import ThreadedMotoServer
+    from imaxt_pipeline.testing._s3 import start_moto_server
 
     logging.getLogger("werkzeug").addFilter(REQUESTS)
-
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        os.environ.setdefault(key, value)
-    os.environ.pop("AWS_PROFILE", None)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
+    return start_moto_server()
 
 
 def measure(url: str, options: dict[str, Any], data: np.ndarray, shard: int | None, repeats: int) -> dict[str, float]:

@@ -21,6 +21,7 @@ Truth comes from :mod:`imaxt_pipeline.synth` only, never from ``imaxt_pipeline.t
 from __future__ import annotations
 
 from ._beads import bead_scene, bead_score, synth_planes, synth_score
+from ._catalogue import blockwise_catalogue
 from ._coverslip import PeakRss, write_coverslip_grid
 from ._grids import band_error, grid_tiles, one_slice_grid, position_errors
 from ._pipeline import Sample, processed_sample, uploaded_sample
@@ -34,6 +35,7 @@ __all__ = [
     "band_error",
     "bead_scene",
     "bead_score",
+    "blockwise_catalogue",
     "grid_tiles",
     "one_slice_grid",
     "only_steps",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """Start ``moto.server.ThreadedMotoServer`` on 127.0.0.1 (free port); yield its URL."""
+def start_moto_server() -> tuple[Any, str]:
+    """Start ``moto.server.ThreadedMotoServer`` on 127.0.0.1 (free port), with dummy credentials; (server, URL).
+
+    The test fixture and the benchmarks that talk to a local S3 endpoint (``benchmarks/shards.py``) share it.
+    """
     from moto.server import ThreadedMotoServer
 
     for key, value in {
@@ -22,7 +25,14 @@ def s3_endpoint():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    return server, f"http://{host}:{port}"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto server for the whole test session (:func:`start_moto_server`); yield its URL."""
+    server, url = start_moto_server()
+    yield url
     server.stop()
 
 

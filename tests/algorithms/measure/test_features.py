@@ -9,7 +9,7 @@ from skimage.measure import regionprops
 
 from imaxt_pipeline.algorithms.measure import cell_catalogue
 from imaxt_pipeline.algorithms.measure._features import match_nuclei, region_features
-from imaxt_pipeline.testing._catalogue import blockwise_catalogue
+from imaxt_pipeline.testing import blockwise_catalogue
 from imaxt_pipeline.testing._segdata import two_channel_sample
 
 
