@@ -133,7 +133,7 @@ def main() -> None:
     finally:
         shutil.rmtree(local, ignore_errors=True)
         if server is not None:
-            server.stop()
+            server.shutdown()
 
 
 if __name__ == "__main__":

@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import pytest
 
 
+class _OneAtATime:
+    """A WSGI app that applies its requests one at a time.
+
+    moto checks a conditional PUT (``If-Match`` / ``If-None-Match``) and then writes, in two steps: two racing
+    writers can both win, where S3 itself decides atomically. The state store's compare-and-swap tests race
+    writers on purpose, so the endpoint must be as atomic as S3 (moto builds every response in full inside
+    the call, so holding the lock for the call covers the write).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.lock = app, threading.Lock()
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        with self.lock:
+            return self.app(environ, start_response)
+
+
 def start_moto_server() -> tuple[Any, str]:
-    """Start ``moto.server.ThreadedMotoServer`` on 127.0.0.1 (free port), with dummy credentials; (server, URL).
+    """Start moto's S3 server on 127.0.0.1 (free port), with dummy credentials; (server, URL).
 
     The test fixture and the benchmarks that talk to a local S3 endpoint (``benchmarks/shards.py``) share it.
+    Requests are served by threads but applied one at a time (:class:`_OneAtATime`).
     """
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler  # keeps S3 metadata headers as sent
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
 
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -22,10 +43,11 @@ def start_moto_server() -> tuple[Any, str]:
     }.items():
         os.environ.setdefault(key, value)
     os.environ.pop("AWS_PROFILE", None)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
+    app = _OneAtATime(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, name="moto-s3", daemon=True).start()
+    port = server.server_address[1]
+    return server, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +55,7 @@ def s3_endpoint():
     """A moto server for the whole test session (:func:`start_moto_server`); yield its URL."""
     server, url = start_moto_server()
     yield url
-    server.stop()
+    server.shutdown()
 
 
 def create_bucket(endpoint_url: str, name: str | None = None) -> str:
