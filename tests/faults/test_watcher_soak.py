@@ -184,6 +184,8 @@ def test_soak_kills_two_watchers_state_faults(tmp_path):
             fault = rng.choice(["watcher", "attempt", "state", "state", "none"])
             if figures["attempt_kills"] == 0 and rng.random() < 0.6:
                 fault = "attempt"  # samples finish in seconds: make sure one attempt dies before they all do
+            elif figures["watcher_kills"] < 2 and rng.random() < 0.6:
+                fault = "watcher"  # likewise two watcher kills (a CI run once finished all six after one)
             if fault in ("watcher", "attempt"):
                 wait_until = time.monotonic() + 3
                 while not quiet_moment(log) and time.monotonic() < wait_until:
