@@ -46,8 +46,16 @@ import numpy as np
 import pandas as pd
 
 from ..algorithms.calibration import SEAM_SAMPLE_COLUMNS, refine_flat_from_samples
-from ..algorithms.optics import Calibration
-from ..algorithms.stitching import PairMatch, adjacent_pairs, describe_flags, rematch_plan, solve_positions
+from ..algorithms.optics import Calibration, DistortionModel
+from ..algorithms.stitching import (
+    PairMatch,
+    adjacent_pairs,
+    describe_flags,
+    rematch_plan,
+    rewrite_plan,
+    section_move,
+    solve_positions,
+)
 from ..io import results
 from ..parallel.stitching import match_tiles
 from ._base import StepContext, StepResult
@@ -161,7 +169,20 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         slices[r // n_t] if r // n_t < len(slices) else old_slices[r // n_t - len(slices)]
         for r in pair_tab["reference"]
     ]
-    for k, s in enumerate(slices):
+    models = dict(meta.get("slice_distortion", {}))
+    moves = {
+        s: _section_move(ctx, sol, meta, models.get(str(s)), cal.distortion, len(slices) + j, s)
+        for j, s in enumerate(old_slices)
+    }
+    rewrite, pending = rewrite_plan(moves, tolerance=params.rewrite_tol_px, limit=params.rewrite_max_slices)
+    for s in rewrite:
+        # written under the new optics: its flags, sigmas and residuals are this solve's
+        for record in (unconstrained, sigmas, flags):
+            for key in [key for key in record if int(key.split("/")[0]) == s]:
+                del record[key]
+    index = {s: k for k, s in enumerate(slices)} | {s: len(slices) + old_slices.index(s) for s in rewrite}
+    for s, k in index.items():
+        models[str(s)] = sol.distortion.as_dict()
         pos = geom.to_mosaic(sol.positions[k * n_t : (k + 1) * n_t])
         for t in range(n_t):
             r, c = acq.tile_grid(t)
@@ -174,14 +195,24 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         tab = pair_tab[pair_tab["slice"] == s]
         used = tab[tab["used"]]
         res = used["residual"].to_numpy(float)
+        # an earlier slice is re-solved from its stored points (informative pairs only): keep its pair counts
+        counts = {"n_pairs": int(len(tab)), "n_informative": int(tab["ok"].sum())}
         residuals[str(s)] = {
-            "n_pairs": int(len(tab)),
-            "n_informative": int(tab["ok"].sum()),
+            **(counts if s in slices else {k: residuals.get(str(s), {}).get(k) for k in counts}),
             "n_used": int(len(used)),
             "median_px": float(np.median(res)) if res.size else None,
             "p95_px": float(np.percentile(res, 95)) if res.size else None,
             "max_px": float(res.max()) if res.size else None,
         }
+    if rewrite or pending:
+        ctx.log.info(
+            "stitch: the refined optics move earlier slices' pixels by %s px (translation apart; tolerance %.2f): "
+            "rewriting slices %s, pending %s",
+            {s: round(v, 3) for s, v in moves.items() if v > params.rewrite_tol_px},
+            params.rewrite_tol_px,
+            rewrite,
+            pending,
+        )
     results.write_stitch_record(
         ctx.output,
         {
@@ -194,6 +225,13 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             "distortion": sol.distortion.as_dict(),
             "magnification": magnification,
             "estimates": _provenance(sol, estimate, cal.source.get("distortion")),
+            "slice_distortion": models,
+            "rewrite": {
+                "moves_px": {str(s): round(v, 4) for s, v in moves.items()},
+                "rewritten": rewrite,
+                "pending": pending,
+                "tolerance_px": params.rewrite_tol_px,
+            },
             "frame": {"origin_px": list(geom.origin_px), "margin": geom.margin, "shape": list(geom.shape)},
         },
     )
@@ -220,7 +258,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             outputs.append(seams)
         outputs += results.write_calibration(ctx.output, cal, **extra)
     stats = sol.residual_stats()
-    current_flags = [flags[k] for k in sorted(flags) if int(k.split("/")[0]) in slices]
+    current_flags = [flags[k] for k in sorted(flags) if int(k.split("/")[0]) in index]
     for line in current_flags:
         ctx.log.warning("stitch: %s", line)
     ctx.log.info(
@@ -240,8 +278,38 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         "distortion": sol.distortion.as_dict(),
         "magnification": magnification,
         "flagged": current_flags,
+        "rewritten_slices": rewrite,
+        "pending_rewrite": pending,
     }
-    return StepResult(outputs=outputs, metrics=metrics)
+    return StepResult(outputs=outputs, metrics=metrics, rewritten_slices=rewrite)
+
+
+def _section_move(
+    ctx: StepContext,
+    sol: Any,
+    meta: dict[str, Any],
+    written_model: dict[str, float] | None,
+    fallback: DistortionModel,
+    k: int,
+    s: int,
+) -> float:
+    """How far this solve moves earlier slice ``s`` (solve block ``k``) from what was written for it.
+
+    Compared over its overlap-placed tiles, under the distortion it was written with (stores from
+    before that record: the calibration's as this run found it).
+    """
+    acq = ctx.raw.acquisition
+    n_t = acq.n_tiles
+    geom = results.mosaic_canvas(ctx.raw)
+    stored = meta.get("tile_positions_px", {})
+    keys = [results.position_key(s, *acq.tile_grid(t)) for t in range(n_t)]
+    keep = [t for t in range(n_t) if keys[t] in stored and sol.constrained[k * n_t + t]]
+    if not keep:
+        return 0.0
+    new = geom.to_mosaic(sol.positions[k * n_t : (k + 1) * n_t])[keep]
+    old = np.asarray([stored[keys[t]] for t in keep], np.float64)
+    before = DistortionModel(**written_model) if written_model else fallback
+    return section_move(old, new, before, sol.distortion, acq.tile_shape)
 
 
 def _match_slices(

@@ -17,14 +17,22 @@ ON = only_steps("calibrate", "stitch", "mosaic")
 PARAMS = SynthParams(slices=2, rows=ROWS, cols=COLS, seed=11, tile_shape=(256, 256))
 
 
+MOSAIC = {"steps.mosaic.levels": 2, "steps.mosaic.chunk": 64}
+
+
 @pytest.fixture(scope="module")
-def stitched(tmp_path_factory, dask_client):
+def live_sample(tmp_path_factory, dask_client):
     root = tmp_path_factory.mktemp("stitch")
     sample = uploaded_sample(root, PARAMS)
     # Live processing: slice 0 lands first, slice 1 later.
     for slices in ([0], [1]):
-        sample.run(slices=slices, client=dask_client, **{"steps.mosaic.levels": 2, "steps.mosaic.chunk": 64}, **ON)
-    return sample.truth, sample.out
+        sample.run(slices=slices, client=dask_client, **MOSAIC, **ON)
+    return sample
+
+
+@pytest.fixture(scope="module")
+def stitched(live_sample):
+    return live_sample.truth, live_sample.out
 
 
 def test_positions_match_truth(stitched):
@@ -122,3 +130,51 @@ def test_flagged_tiles_are_named_in_the_mosaic_qc(tmp_path, dask_client, monkeyp
     assert len(flags) == 4
     assert [p.slice_index for p in seen] == [0] and sorted(seen[0].flags) == sorted(flags.values())
     assert all("placed by stage" in line for line in seen[0].flags)
+
+
+def test_an_earlier_slice_the_refined_optics_moves_is_rewritten_and_redone(live_sample, tmp_path, dask_client):
+    """Slice 1 refines the distortion slice 0 was fused with: over the tolerance, slice 0 is re-placed and
+    every later step redoes it; over the per-run limit it stays pending, as written."""
+    import dataclasses
+    import shutil
+
+    shutil.copytree(live_sample.out, tmp_path / "out.zarr")
+    sample = dataclasses.replace(live_sample, out=str(tmp_path / "out.zarr"), summaries=[])
+    before = OutputStore(sample.out, mode="r").imaxt_attrs()["stitch"]
+    move = before["rewrite"]["moves_px"]["0"]  # what slice 1's landing moved slice 0 by (translation apart)
+    assert 0.001 < move < before["rewrite"]["tolerance_px"] and before["rewrite"]["rewritten"] == []
+    tol = move / 2
+    on = only_steps("stitch", "mosaic")
+    keys = [f"0/{t // COLS}/{t % COLS}" for t in range(ROWS * COLS)]
+
+    sample.run(
+        slices=[1],
+        client=dask_client,
+        **MOSAIC,
+        **on,
+        **{"steps.stitch.rewrite_tol_px": tol},
+        **{"steps.stitch.rewrite_max_slices": 0},
+    )
+    meta = OutputStore(sample.out, mode="r").imaxt_attrs()
+    assert meta["stitch"]["rewrite"]["pending"] == [0] and meta["stitch"]["rewrite"]["rewritten"] == []
+    assert [meta["stitch"]["tile_positions_px"][k] for k in keys] == [before["tile_positions_px"][k] for k in keys]
+    assert meta["provenance"][-1]["name"] == "mosaic" and meta["provenance"][-1]["slices"] == [1]
+
+    sample.run(slices=[1], client=dask_client, **MOSAIC, **on, **{"steps.stitch.rewrite_tol_px": tol})
+    meta = OutputStore(sample.out, mode="r").imaxt_attrs()
+    rec = meta["stitch"]
+    assert rec["rewrite"]["rewritten"] == [0] and rec["rewrite"]["pending"] == []
+    assert rec["rewrite"]["moves_px"]["0"] > tol  # not equal to `move`: each run re-refines the flat it matches with
+    new = np.array([rec["tile_positions_px"][k] for k in keys])
+    old = np.array([before["tile_positions_px"][k] for k in keys])
+    assert np.abs(new - old).max() > 0.001
+    # written under the optics slice 1 refined, and every later step redid it
+    assert rec["slice_distortion"]["0"] == rec["slice_distortion"]["1"] == meta["calibrate"]["distortion"]
+    assert meta["provenance"][-1]["name"] == "mosaic" and meta["provenance"][-1]["slices"] == [0, 1]
+    true = np.array([sample.truth.tile_positions_px[k] for k in keys])
+    for pos in (old, new):  # what the overlaps determine: all but a per-axis scale
+        d = pos - true
+        for ax in range(2):
+            design = np.stack([np.ones(len(true)), true[:, ax] - true[:, ax].mean()], axis=1)
+            d[:, ax] -= design @ np.linalg.lstsq(design, d[:, ax], rcond=None)[0]
+        assert np.median(np.hypot(*d.T)) <= 0.1

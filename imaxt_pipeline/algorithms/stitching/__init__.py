@@ -12,6 +12,7 @@ sigma (:func:`stage_magnification`, :class:`MagnificationEstimate`). The distort
 from ._magnification import MagnificationEstimate, stage_magnification
 from ._overlap import PairMatch, adjacent_pairs, match_pair
 from ._positions import PositionSolution, solve_positions
+from ._section_moves import rewrite_plan, section_move
 from ._subpixel import window_crop
 from ._uncertainty import TileFlag, describe_flags, rematch_plan, search_radius
 
@@ -24,7 +25,9 @@ __all__ = [
     "describe_flags",
     "match_pair",
     "rematch_plan",
+    "rewrite_plan",
     "search_radius",
+    "section_move",
     "solve_positions",
     "stage_magnification",
     "window_crop",
