@@ -37,7 +37,7 @@ from ..algorithms.calibration import TileStats, calibration_estimate, default_bl
 from ..algorithms.optics import Calibration, DistortionModel
 from ..io import results
 from ..io.calibration_file import read_calibration_file
-from ..parallel.calibration import tile_statistics
+from ..parallel.calibration import cluster_starmap, tile_statistics
 from ._base import StepContext, StepResult
 from .params import CalibrateParams as Params
 
@@ -104,6 +104,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             bootstrap=BOOTSTRAP,
             seed=params.seed,
             check_darks=dark is None,
+            starmap=cluster_starmap(ctx.client),
         )
         cal = estimate.calibration
         uncertainty = estimate.uncertainty()

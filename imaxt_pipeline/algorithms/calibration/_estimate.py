@@ -11,8 +11,9 @@ seams (:mod:`..stitching`) or a calibration acquisition
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,14 @@ from ._dark_check import DarkCheck, checked_darks
 from ._flatfield import TileModel, estimate_tile_model
 from ._summary import TileStats, summarise
 
-__all__ = ["CalibrationEstimate", "calibration_estimate", "estimate_calibration"]
+__all__ = ["CalibrationEstimate", "Starmap", "calibration_estimate", "estimate_calibration"]
+
+#: ``starmap(fn, argument_tuples) -> [fn(*a) for a in argument_tuples]``, in order, e.g. on a cluster.
+Starmap = Callable[[Callable[..., TileModel], Sequence[tuple[Any, ...]]], list[TileModel]]
+
+
+def _in_process(fn: Callable[..., TileModel], items: Sequence[tuple[Any, ...]]) -> list[TileModel]:
+    return [fn(*a) for a in items]
 
 
 def estimate_calibration(
@@ -135,6 +143,7 @@ def calibration_estimate(
     bootstrap: int = 0,
     seed: int = 0,
     check_darks: bool = False,
+    starmap: Starmap = _in_process,
 ) -> CalibrationEstimate:
     """Dark, flat, stray light and trim of every channel from the tiles' statistics, with uncertainties.
 
@@ -162,6 +171,10 @@ def calibration_estimate(
         uncertainty to the bounds' (the bootstrap sees the fit's scatter from tile to tile, not its
         biases: the bounds say how far the data let the dark move), the flat's by what that dark
         range does to the flat.
+    starmap : callable
+        Runs the channels' independent fits (with their bootstraps, the costly part): in process by
+        default, on a cluster's workers when given (:func:`...parallel.calibration.cluster_starmap`);
+        the result is the same either way.
 
     Returns
     -------
@@ -176,26 +189,27 @@ def calibration_estimate(
         raise ValueError("no channels to calibrate")
     given = None if dark is None else np.broadcast_to(np.asarray(dark, float), (c,))
 
-    def model(i: int, known_flat: npt.NDArray[np.float32] | None = None) -> TileModel:
-        return estimate_tile_model(
-            stats[i],
-            dark=None if given is None else float(given[i]),
-            flat=known_flat,
-            degree=degree,
-            trim_threshold=trim_threshold,
-            max_trim_px=max_trim_px,
-            bootstrap=bootstrap,
-            seed=seed + i,
-        )
+    fit = partial(
+        estimate_tile_model,
+        degree=degree,
+        trim_threshold=trim_threshold,
+        max_trim_px=max_trim_px,
+        bootstrap=bootstrap,
+    )
 
-    models = [model(i) for i in range(c)]
+    def items(channels: Sequence[int], known_flat: npt.NDArray[np.float32] | None) -> list[tuple[Any, ...]]:
+        return [(stats[i], None if given is None else float(given[i]), known_flat, seed + i) for i in channels]
+
+    models = starmap(partial(_fit_channel, fit), items(range(c), None))
     flat_sigma = [m.flat_sigma for m in models]
     if shared_flat and c > 1:
         # Vignetting is a property of the shared optics: take the flat of the channel that pins it
         # best (a speckled nuclear stain has few clean tissue blocks) and refit the others' dark.
         score = [m.support for m in models]
         ref = int(np.argmax(score))
-        models = [m if i == ref else model(i, models[ref].flat) for i, m in enumerate(models)]
+        others = [i for i in range(c) if i != ref]
+        refit = dict(zip(others, starmap(partial(_fit_channel, fit), items(others, models[ref].flat)), strict=True))
+        models = [refit.get(i, m) for i, m in enumerate(models)]
         flat_sigma = [flat_sigma[ref]] * c
     darks = np.array([m.dark for m in models])
     if given is None:
@@ -252,3 +266,14 @@ def calibration_estimate(
         dark_sigma_from=dark_from,
         stray_unmeasured=[m.stray_unmeasured if flat else () for m in models],
     )
+
+
+def _fit_channel(
+    fit: Callable[..., TileModel],
+    stats: TileStats,
+    dark: float | None,
+    known_flat: npt.NDArray[np.float32] | None,
+    seed: int,
+) -> TileModel:
+    """One channel's fit (module level, so that a cluster's workers can run it)."""
+    return fit(stats, dark=dark, flat=known_flat, seed=seed)

@@ -18,7 +18,7 @@ from ..workers import roomy_allocator
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["tile_statistics"]
+__all__ = ["cluster_starmap", "tile_statistics"]
 
 
 def _summarise(
@@ -66,3 +66,17 @@ def tile_statistics(
             raise result
     n_ch = len(per_tile[0])
     return [TileStats.concat([t[c] for t in per_tile]) for c in range(n_ch)]
+
+
+def cluster_starmap(client: Client) -> Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]:
+    """``starmap(fn, items)``: one task per item on ``client``'s workers, results in ``items`` order.
+
+    For the estimators' independent per-channel fits (:func:`...algorithms.calibration.calibration_estimate`),
+    which would otherwise run one after the other on the client while the workers wait.
+    """
+
+    def starmap(fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
+        futures = [client.submit(fn, *args, pure=False) for args in items]
+        return list(client.gather(futures))
+
+    return starmap
