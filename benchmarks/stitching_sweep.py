@@ -15,8 +15,10 @@ tile error in px after removing each section's translation (T) and translation +
 many tiles the solver flagged; how many flagged tiles lie within their reported 3 sigma; the largest dark
 error; the time. ``TAmed`` removes the whole linear map (scale and shear), which the overlaps cannot see
 either: what is left between TS and TA is the shear of the optics, set only by the stage. ``Tpred`` is
-the translation-only error the magnification's sigma from the stage statistics implies (``*``: the
-magnification was significant and applied), to read beside ``Tmed``. ASHLAR (``EdgeAligner`` on
+the translation-only error the linear map's sigma from the stage statistics implies (magnification and
+shear; ``*``: a term was significant and applied), to read beside ``Tmed``; ``shear`` is the estimated
+off-diagonal terms (yx / xy, units of 1e-3) over their 1-sigma, ``*`` where applied, ``-`` where the
+stage left them undetermined. ASHLAR (``EdgeAligner`` on
 channel 0 of the raw tiles, run per section in the interpreter ``--ashlar-python`` through
 ``benchmarks/stitching.py``'s worker) alongside where it runs.
 Rendered samples and ASHLAR's results are cached (``--cache``), so a rerun measures only our stitcher.
@@ -240,6 +242,25 @@ def _stats(pos, true, sigma, flagged):
     return np.median(e), e.max(), np.median(es), es_c.max(), int(fl.sum()), ok_fl, np.median(ea)
 
 
+def _predicted(mag):
+    """The translation-only error the stage estimate's sigma implies (the whole linear map where recorded)."""
+    if mag is None:
+        return np.inf
+    return float(getattr(mag, "linear_predicted_px", mag.predicted_px))
+
+
+def _linear_text(mag):
+    """``Tpred`` and ``shear`` columns of one sample (the code before issue 14's shear has no shear terms)."""
+    if mag is None:
+        return "-", "-"
+    applied = any(mag.applied) or any(getattr(mag, "shear_applied", ()))
+    tpred = f"{_predicted(mag):.3f}" + ("*" if applied else " ")
+    parts = []
+    for v, s, a in zip(mag.shear, mag.shear_sigma, getattr(mag, "shear_applied", (False, False)), strict=True):
+        parts.append("-" if not np.isfinite(s) else f"{v * 1e3:+.2f}({s * 1e3:.2f})" + ("*" if a else ""))
+    return tpred, " ".join(parts)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="4 small drawn samples and 2 real images")
@@ -258,12 +279,13 @@ def main(argv=None):
     jobs = [("draw", str(s)) for s in seeds] + [("real", r) for r in real]
     print("error px per tile vs truth; T: each section's translation removed; TS: translation + per-axis scale")
     print("TSmax counts every tile except a flagged one within its reported 3 sigma; flag = flagged tiles (in 3s)")
-    print("TAmed: translation + whole linear map removed; Tpred: T error the stage magnification sigma implies")
+    print("TAmed: translation + whole linear map removed; Tpred: T error the stage linear map's sigma implies")
+    print("shear: off-diagonal terms yx/xy of the stage estimate in 1e-3 (sigma; * applied)")
     hdr = (
         f"{'sample':>22s} {'Tmed':>6s} {'Tpred':>7s} {'Tmax':>6s} {'TSmed':>6s} {'TSmax':>6s} {'TAmed':>6s} "
         f"{'flag':>7s} {'dark':>6s} {'s':>6s}"
     )
-    print(hdr + f" | {'A TSmed':>7s} {'A TSmax':>7s} {'A s':>6s}  description")
+    print(hdr + f" | {'A TSmed':>7s} {'A TSmax':>7s} {'A s':>6s}  {'shear':>27s}  description")
     rows = []
     for kind, key in jobs:
         try:
@@ -273,7 +295,7 @@ def main(argv=None):
             continue
         pos, sigma, flagged, dark, notes, dt, mag = ours(d)
         tmed, tmax, tsmed, tsmax, nfl, okfl, tamed = _stats(pos, d["true"], sigma, flagged)
-        tpred = "-" if mag is None else f"{mag.predicted_px:.3f}" + ("*" if any(mag.applied) else " ")
+        tpred, shear = _linear_text(mag)
         dark_err = float(np.max(np.abs(dark - d["dark"])))
         a = ashlar(d, f"{kind}{key}_{max_px:.0f}", args.cache, args.ashlar_python)
         if "error" in a:
@@ -286,10 +308,10 @@ def main(argv=None):
         print(
             f"{label:>22s} {tmed:6.3f} {tpred:>7s} {tmax:6.3f} {tsmed:6.3f} {tsmax:6.3f} {tamed:6.3f} "
             f"{nfl:3d}({okfl:2d}) {dark_err:6.1f} "
-            f"{dt:6.1f} | {atxt}  {d['desc']}" + (f" [{'; '.join(notes[:3])}]" if notes else ""),
+            f"{dt:6.1f} | {atxt}  {shear:>27s}  {d['desc']}" + (f" [{'; '.join(notes[:3])}]" if notes else ""),
             flush=True,
         )
-        rows.append((label, kind, tmed, tmax, tsmed, tsmax, tamed, np.inf if mag is None else mag.predicted_px))
+        rows.append((label, kind, tmed, tmax, tsmed, tsmax, tamed, _predicted(mag)))
     reach = [r for r in rows if r[1] == "draw" and r[7] <= TARGET_MED]
     print(
         f"translation only: {len(reach)} drawn samples where the stage magnification sigma predicts Tmed <= "

@@ -2,13 +2,17 @@
 
 Keys (any subset): ``format_version`` (int scalar), ``dark`` (C,) or scalar,
 ``flat`` (C, H, W) or (H, W), ``stray`` (C, H, W) or (H, W) additive stray
-light in counts, ``trim`` (top, bottom, left, right), ``distortion`` (four
+light in counts, ``trim`` (top, bottom, left, right), ``distortion`` (the
 coefficients in the order of the file's version) and ``distortion_sigma``
 (same order, informative).
 
 Versions: 1 is every file without ``format_version`` (written before it was
-recorded), 2 adds the key; both store the distortion as (mag_y, mag_x, k_y,
-k_x). Each version's coefficient order is pinned here, not taken from
+recorded), 2 adds the key; all store the distortion as (mag_y, mag_x, k_y,
+k_x). 3 adds ``distortion_shear`` (shear_yx, shear_xy: the off-diagonal terms of
+the linear map, a camera turned against the stage) and ``distortion_shear_sigma``,
+written when the model has them or they were fitted; a file without them reads
+with no shear (the camera square to the stage). A version-2 reader refuses a
+version-3 file rather than drop its shear. Each version's coefficient order is pinned here, not taken from
 :attr:`DistortionModel.COEFFICIENTS`, so old files keep loading to the same
 model whatever the model's own order becomes. A newer version than this
 reader knows is an error, not a guess.
@@ -33,9 +37,11 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT_VERSION", "read_calibration_file", "write_calibration_file"]
 
 #: Version written by :func:`write_calibration_file`.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Order of the ``distortion`` (and ``distortion_sigma``) values in each file version.
-_DISTORTION_ORDER = {1: ("mag_y", "mag_x", "k_y", "k_x"), 2: ("mag_y", "mag_x", "k_y", "k_x")}
+_DISTORTION_ORDER = {v: ("mag_y", "mag_x", "k_y", "k_x") for v in (1, 2, 3)}
+#: Order of ``distortion_shear`` (and ``distortion_shear_sigma``), from version 3.
+_SHEAR_ORDER = ("shear_yx", "shear_xy")
 
 
 def read_calibration_file(
@@ -90,7 +96,13 @@ def read_calibration_file(
         d = [float(v) for v in np.asarray(data["distortion"]).ravel()]
         if len(d) != len(order):
             raise InputError(url, f"distortion must be ({', '.join(order)}), got {d}")
-        out["distortion"] = DistortionModel(**dict(zip(order, d, strict=True)))
+        terms = dict(zip(order, d, strict=True))
+        if version >= 3 and "distortion_shear" in data:
+            sh = [float(v) for v in np.asarray(data["distortion_shear"]).ravel()]
+            if len(sh) != len(_SHEAR_ORDER):
+                raise InputError(url, f"distortion_shear must be ({', '.join(_SHEAR_ORDER)}), got {sh}")
+            terms.update(zip(_SHEAR_ORDER, sh, strict=True))
+        out["distortion"] = DistortionModel.from_dict(terms)  # a term the file lacks: 0
     return out
 
 
@@ -101,7 +113,8 @@ def write_calibration_file(
 
     Keys: ``format_version`` (:data:`FORMAT_VERSION`), ``dark`` (C,), ``flat``
     (C, H, W), ``trim`` (top, bottom, left, right), ``distortion`` (mag_y,
-    mag_x, k_y, k_x), ``distortion_sigma`` (same order) and, when estimated,
+    mag_x, k_y, k_x), ``distortion_sigma`` (same order), ``distortion_shear`` and
+    ``distortion_shear_sigma`` (shear_yx, shear_xy; when the model has them or they were fitted) and, when estimated,
     ``stray`` (C, H, W); only the version and the distortion with
     ``distortion_only``. ``fit`` is the distortion fit ``cal`` carries. An existing ``path`` is
     replaced only with ``overwrite`` and only when it is a calibration file itself.
@@ -121,6 +134,9 @@ def write_calibration_file(
         "distortion": np.array([getattr(fit.model, k) for k in order], float),
         "distortion_sigma": np.array([sigmas[k] for k in order], float),
     }
+    if any(getattr(fit.model, k) or sigmas[k] for k in _SHEAR_ORDER):
+        arrays["distortion_shear"] = np.array([getattr(fit.model, k) for k in _SHEAR_ORDER], float)
+        arrays["distortion_shear_sigma"] = np.array([sigmas[k] for k in _SHEAR_ORDER], float)
     if not distortion_only:
         arrays.update(dark=np.asarray(cal.dark, float), trim=np.array([t.top, t.bottom, t.left, t.right], int))
         arrays.update(

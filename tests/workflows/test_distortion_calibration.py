@@ -99,7 +99,7 @@ def test_file_round_trips_through_the_calibrate_loader(calibration):
     data = np.load(out)
     terms = read_calibration_file(str(out), None, n_channels=len(params.channels), tile_shape=params.tile_shape)
     assert set(terms) == {"dark", "flat", "trim", "distortion"} | ({"stray"} & set(data.files))
-    assert terms["distortion"] == DistortionModel(*data["distortion"])
+    assert terms["distortion"] == DistortionModel(*data["distortion"], *data["distortion_shear"])
     assert terms["flat"].shape == (len(params.channels), *params.tile_shape)
     assert [terms["trim"].top, terms["trim"].bottom, terms["trim"].left, terms["trim"].right] == list(data["trim"])
     np.testing.assert_allclose(terms["dark"], data["dark"])
@@ -134,9 +134,8 @@ def test_pipeline_stitches_with_the_calibration_file(calibration, tmp_path, dask
     ).truth
     attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["imaxt"]
     assert attrs["calibrate"]["source"]["distortion"] == "file"
-    assert attrs["stitch"]["distortion"] == pytest.approx(
-        dict(zip(("mag_y", "mag_x", "k_y", "k_x"), np.load(out)["distortion"], strict=True))
-    )
+    file_model = DistortionModel(*np.load(out)["distortion"], *np.load(out)["distortion_shear"])
+    assert attrs["stitch"]["distortion"] == pytest.approx(file_model.as_dict())
     pos = attrs["stitch"]["tile_positions_px"]
     keys = [k for k in pos if k not in attrs["stitch"]["unconstrained"]]
     got = np.array([pos[k] for k in keys])

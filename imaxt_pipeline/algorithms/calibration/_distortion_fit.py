@@ -4,8 +4,10 @@ A calibration acquisition images a densely textured sample with a large tile
 overlap (40-45 %) and a slow, accurate stage. The large overlaps put every
 detector region in correspondence with several others, which pins the cubic
 terms; the magnification is a global scale that only the stage can measure
-(see :mod:`..stitching`), so its uncertainty is the stated stage accuracy over
-the lever arm of the grid, ``sigma_stage / sqrt(sum_t (x_t - x_mean)**2)``:
+(see :mod:`..stitching`), as are the off-diagonal terms of the linear map (a
+camera turned against the stage, ``shear_yx``, ``shear_xy``, fitted with it), so
+its uncertainty is the stated stage accuracy over the lever arm of the grid,
+``sigma_stage / sqrt(sum_t (x_t - x_mean)**2)``:
 1e-4 for 5 x 5 tiles of 256 px at 45 % overlap and a 0.1 px stage (0.02 px
 at 230 px from the centre of a normal sample), against 5e-3 for a normal
 3 x 3 acquisition with a 3 px stage.
@@ -82,7 +84,8 @@ class DistortionFit:
 
     def sigmas(self) -> npt.NDArray[np.float64]:
         """Uncertainties in the order of :meth:`coefficients`."""
-        return np.array([self.sigma[k] for k in DistortionModel.COEFFICIENTS], np.float64)
+        # a term the fit did not estimate (a record made before the shear terms) is fixed: sigma 0
+        return np.array([self.sigma.get(k, 0.0) for k in DistortionModel.COEFFICIENTS], np.float64)
 
     def describe(self) -> str:
         """Human-readable coefficients ± sigma and fit quality."""
@@ -105,7 +108,7 @@ def fit_calibration_distortion(
     stage_sigma_px: float,
     min_pairs: int = 4,
 ) -> DistortionFit:
-    """Fit ``mag_y, mag_x, k_y, k_x`` with uncertainties from a calibration acquisition.
+    """Fit ``mag_y, mag_x, k_y, k_x, shear_yx, shear_xy`` with uncertainties from a calibration acquisition.
 
     Parameters
     ----------
@@ -125,7 +128,7 @@ def fit_calibration_distortion(
     Returns
     -------
     DistortionFit
-        The magnification sigmas are scaled up when the observed stage scatter
+        The linear map's sigmas (magnification and shear) are scaled up when the observed stage scatter
         exceeds ``stage_sigma_px``; the cubic sigmas are scaled to the observed
         scatter of the correspondences (see :class:`..stitching.PositionSolution`).
 
@@ -157,11 +160,11 @@ def fit_calibration_distortion(
         raise ValueError(f"only {int(keep.sum())} tiles are tied to a neighbour: no lever arm for the magnification")
     d = sol.positions[keep] - stage[keep]
     d -= d.mean(axis=0)
-    dof = max(2 * int(keep.sum()) - 4, 1)  # translation and scale per axis
+    dof = max(2 * int(keep.sum()) - 6, 1)  # translation and the linear map's two terms per axis
     scatter = float(np.sqrt(np.sum(d * d) / dof))
     sigma = dict(sol.distortion_sigma)
     inflate = max(1.0, scatter / stage_sigma_px)
-    for k in ("mag_y", "mag_x"):
+    for k in DistortionModel.LINEAR:
         sigma[k] *= inflate
     return DistortionFit(
         model=sol.distortion,

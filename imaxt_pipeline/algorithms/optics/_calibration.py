@@ -118,7 +118,7 @@ class Calibration:
             dark=np.asarray(attrs["dark"], float),
             flat=flat,
             trim=Trim(**attrs.get("trim", {})),
-            distortion=DistortionModel(**attrs.get("distortion", {})),
+            distortion=DistortionModel.from_dict(attrs.get("distortion", {})),  # terms it lacks: 0
             source=dict(attrs.get("source", {})),
             stray=stray,
         )

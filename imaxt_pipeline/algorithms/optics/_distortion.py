@@ -1,18 +1,29 @@
 """Optical distortion model shared by the simulator, the calibration and the stitching solve.
 
 The model is a cubic polynomial in the normalised tile coordinates of
-:mod:`._coordinates` with separate x/y magnification::
+:mod:`._coordinates`, seen through a linear map of the camera against the stage::
 
     u = (x - cx) / cx,   v = (y - cy) / cy,   r2 = u**2 + v**2
-    dx = cx * (mag_x * u + k_x * u * r2)
-    dy = cy * (mag_y * v + k_y * v * r2)
+    w_y = (y - cy) + cy * k_y / (1 + mag_y) * v * r2     # the camera frame: radial terms
+    w_x = (x - cx) + cx * k_x / (1 + mag_x) * u * r2
+    (y - cy) + dy = (1 + mag_y) w_y + shear_yx w_x       # then the camera's map onto the stage
+    (x - cx) + dx = shear_xy w_y + (1 + mag_x) w_x
 
-where ``(cx, cy)`` is the tile centre. A detector pixel ``(y, x)`` of a
-distorted tile sees the undistorted scene at ``(y + dy, x + dx)``. With
-``k_x = k_y = 0.005`` and a 512 px tile the displacement is about 2.6 px at
-the corners and zero at the centre.
+where ``(cx, cy)`` is the tile centre. Without shear this is the separable cubic
+``dy = cy * (mag_y * v + k_y * v * r2)``, ``dx = cx * (mag_x * u + k_x * u * r2)``. A detector
+pixel ``(y, x)`` of a distorted tile sees the undistorted scene at ``(y + dy, x + dx)``. With
+``k_x = k_y = 0.005`` and a 512 px tile the displacement is about 2.6 px at the corners and zero
+at the centre.
 
-:class:`DistortionModel` is the one place that evaluates the polynomial
+The off-diagonal terms are a camera mounted turned (rotation ``(shear_yx - shear_xy) / 2`` rad, +x
+towards +y) or sheared against the stage axes: 0.2 degrees is 3.6 px at the edge of a 2048 px tile.
+They act on the camera-frame position, after the radial terms (a turned camera turns its own
+distortion with it), so ``p + D(p) = A (p + k~ g(p))`` with ``A = 1 + M`` the whole linear map and
+``k~ = k / (1 + mag)``: the stitching solve separates ``A`` (set by the stage only) from what the
+overlaps see exactly (:mod:`..stitching`). General off-diagonal terms rather than a rotation
+angle because they are what the stage regression estimates, linearly, each with its own sigma.
+
+:class:`DistortionModel` is the one place that evaluates the model
 (:meth:`DistortionModel.displacement`), writes it as a linear function of
 the coefficients (:meth:`DistortionModel.design`, what the stitching solve
 fits) and fixes the coefficient order (:attr:`DistortionModel.COEFFICIENTS`,
@@ -21,7 +32,7 @@ also the order of calibration files).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -37,34 +48,68 @@ _Array = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class DistortionModel:
-    """Coefficients of the cubic distortion polynomial (see module docstring).
+    """Coefficients of the distortion model (see module docstring).
 
     The fields are declared in :attr:`COEFFICIENTS` order, so positional
     construction ``DistortionModel(*values)`` and :meth:`from_coefficients`
-    agree.
+    agree; the off-diagonal terms come last, so the four values of a record
+    written before them (``mag_y, mag_x, k_y, k_x``) still construct the same model.
     """
 
     mag_y: float = 0.0
     mag_x: float = 0.0
     k_y: float = 0.0
     k_x: float = 0.0
+    shear_yx: float = 0.0
+    shear_xy: float = 0.0
 
     #: Order of the coefficients in :meth:`coefficients`, the columns of :meth:`design` and calibration files.
-    COEFFICIENTS: ClassVar[tuple[str, str, str, str]] = ("mag_y", "mag_x", "k_y", "k_x")
+    COEFFICIENTS: ClassVar[tuple[str, ...]] = ("mag_y", "mag_x", "k_y", "k_x", "shear_yx", "shear_xy")
+    #: The linear map's terms (the stage sets them; the overlaps cannot see them).
+    LINEAR: ClassVar[tuple[str, ...]] = ("mag_y", "mag_x", "shear_yx", "shear_xy")
+    #: The coefficients of records written before the off-diagonal terms (they read as 0 there).
+    LEGACY: ClassVar[tuple[str, ...]] = ("mag_y", "mag_x", "k_y", "k_x")
 
     @classmethod
     def from_coefficients(cls, values: Sequence[float] | npt.ArrayLike) -> DistortionModel:
-        """Model from four values in :attr:`COEFFICIENTS` order.
+        """Model from values in :attr:`COEFFICIENTS` order (or the four :attr:`LEGACY` ones: no shear).
 
         Raises
         ------
         ValueError
-            Unless exactly four values are given.
+            Unless four or six values are given.
         """
         vals = [float(v) for v in np.asarray(values, np.float64).ravel()]
-        if len(vals) != len(cls.COEFFICIENTS):
-            raise ValueError(f"distortion needs {len(cls.COEFFICIENTS)} coefficients {cls.COEFFICIENTS}, got {vals}")
-        return cls(**dict(zip(cls.COEFFICIENTS, vals, strict=True)))
+        if len(vals) not in (len(cls.LEGACY), len(cls.COEFFICIENTS)):
+            raise ValueError(
+                f"distortion needs {len(cls.COEFFICIENTS)} coefficients {cls.COEFFICIENTS} "
+                f"(or the {len(cls.LEGACY)} {cls.LEGACY}), got {vals}"
+            )
+        return cls(**dict(zip(cls.COEFFICIENTS, vals, strict=False)))
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, float | None]) -> DistortionModel:
+        """Inverse of :meth:`as_dict`; a term the record lacks (one written before it existed) is 0.
+
+        Raises
+        ------
+        ValueError
+            For a key that is not a coefficient.
+        """
+        unknown = set(record) - set(cls.COEFFICIENTS)
+        if unknown:
+            raise ValueError(f"unknown distortion coefficients {sorted(unknown)}; expected {cls.COEFFICIENTS}")
+        return cls(**{k: float(record.get(k) or 0.0) for k in cls.COEFFICIENTS})
+
+    @property
+    def linear(self) -> _Array:
+        """The whole linear map ``A = 1 + M`` (2, 2), rows the stage axes (y, x), columns the camera's."""
+        return np.array([[1.0 + self.mag_y, self.shear_yx], [self.shear_xy, 1.0 + self.mag_x]])
+
+    @property
+    def rotation_deg(self) -> float:
+        """The map's rotation (antisymmetric part of the off-diagonal terms), degrees, +x towards +y."""
+        return float(np.degrees(0.5 * (self.shear_yx - self.shear_xy)))
 
     def coefficients(self) -> _Array:
         """The coefficients as an array in :attr:`COEFFICIENTS` order."""
@@ -95,7 +140,15 @@ class DistortionModel:
         """
         (cy, cx), (v, u) = tile_centre(shape), tile_coordinates(y, x, shape)
         r2 = u * u + v * v
-        return cy * (self.mag_y * v + self.k_y * v * r2), cx * (self.mag_x * u + self.k_x * u * r2)
+        dy = cy * (self.mag_y * v + self.k_y * v * r2)
+        dx = cx * (self.mag_x * u + self.k_x * u * r2)
+        if self.shear_yx or self.shear_xy:
+            # the camera-frame position (radial terms applied), then the off-diagonal part of the map
+            wy = cy * v * (1.0 + self.k_y / (1.0 + self.mag_y) * r2)
+            wx = cx * u * (1.0 + self.k_x / (1.0 + self.mag_x) * r2)
+            dy = dy + self.shear_yx * wx
+            dx = dx + self.shear_xy * wy
+        return dy, dx
 
     @classmethod
     def design(cls, y: npt.ArrayLike, x: npt.ArrayLike, shape: tuple[int, int]) -> tuple[_Array, _Array]:
@@ -110,15 +163,17 @@ class DistortionModel:
 
         Returns
         -------
-        gy, gx : ndarray of float64, each ``S + (4,)``
+        gy, gx : ndarray of float64, each ``S + (6,)``
             ``dy = gy @ c`` and ``dx = gx @ c`` with ``c = model.coefficients()``
-            (columns in :attr:`COEFFICIENTS` order).
+            (columns in :attr:`COEFFICIENTS` order): exact without shear or without
+            radial terms; otherwise it leaves out the second-order product shear x k
+            (0.06 px at the corners for 0.3 degrees and 12 px of cubic distortion).
         """
         (cy, cx), (v, u) = tile_centre(shape), tile_coordinates(y, x, shape)
         r2 = u * u + v * v
         z = np.zeros_like(u)
-        columns_y = {"mag_y": cy * v, "k_y": cy * v * r2}
-        columns_x = {"mag_x": cx * u, "k_x": cx * u * r2}
+        columns_y = {"mag_y": cy * v, "k_y": cy * v * r2, "shear_yx": cx * u}
+        columns_x = {"mag_x": cx * u, "k_x": cx * u * r2, "shear_xy": cy * v}
         gy = np.stack([columns_y.get(k, z) for k in cls.COEFFICIENTS], axis=-1)
         gx = np.stack([columns_x.get(k, z) for k in cls.COEFFICIENTS], axis=-1)
         return gy, gx

@@ -1,10 +1,10 @@
 """The weighted sparse least-squares problem of :func:`._positions.solve_positions`.
 
 Unknowns: ``Q`` (the detector-frame position of every tile), ``k~`` (the cubic distortion per axis,
-in detector units) and optionally ``mag`` per axis; equations: every seam correspondence, the stage
-priors ``(1 + mag) Q = stage`` and zero-mean priors on the coefficients (see :mod:`._positions` for
-why the residuals are written in the detector frame). :class:`Problem` builds and solves it and gives
-the coefficients' and positions' sigmas.
+in detector units) and optionally the linear map ``A = 1 + M`` (mag_y, mag_x, shear_yx, shear_xy);
+equations: every seam correspondence, the stage priors ``A Q = stage`` and zero-mean priors on the
+coefficients (see :mod:`._positions` for why the residuals are written in the detector frame).
+:class:`Problem` builds and solves it and gives the coefficients' and positions' sigmas.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Normal:
     rhs: _Array
     weights: _Array
     x: _Array  # the solution vector
-    mag: _Array
+    mag: _Array  # (mag_y, mag_x)
     kt: _Array
 
 
@@ -49,9 +49,15 @@ class Solved:
     model: DistortionModel
     residuals: list[_Array]
     normal: Normal
+    detector: _Array  # Q: the detector-frame positions (T, 2) about the stage centre
 
 
 _K_COLUMNS = (DistortionModel.COEFFICIENTS.index("k_y"), DistortionModel.COEFFICIENTS.index("k_x"))
+
+
+def _matrix(lin: _Array) -> _Array:
+    """``A = 1 + M`` (2, 2) from the linear terms in :attr:`DistortionModel.LINEAR` order."""
+    return np.array([[1.0 + lin[0], lin[2]], [lin[3], 1.0 + lin[1]]])
 
 
 def _cubic_design(points: _Array, shape: tuple[int, int]) -> _Array:
@@ -61,11 +67,15 @@ def _cubic_design(points: _Array, shape: tuple[int, int]) -> _Array:
 
 
 class Problem:
-    """The least-squares problem in ``Q`` (2 per tile), ``k~`` (k_y, k_x) and ``mag`` (mag_y, mag_x).
+    """The least-squares problem in ``Q`` (2 per tile), ``k~`` (k_y, k_x) and the linear map.
 
     Column layout: ``Q`` of tile t axis a at ``2 t + a``, then the fitted
-    ``k~`` per axis, then the fitted ``mag`` per axis.
+    ``k~`` per axis, then the fitted linear terms in :attr:`LINEAR` order
+    (``fit_mag``: the whole map, magnification and shear, jointly).
     """
+
+    #: Fitted linear terms, in column order.
+    LINEAR = DistortionModel.LINEAR
 
     def __init__(
         self,
@@ -95,11 +105,12 @@ class Problem:
     def _configure(self, base: DistortionModel, fit_k: bool, fit_mag: bool, prior_sigma: float) -> None:
         self.fit_k, self.fit_mag = fit_k, fit_mag
         self.mag0, self.k0 = np.array([base.mag_y, base.mag_x]), np.array([base.k_y, base.k_x])
+        self.lin0 = np.array([getattr(base, k) for k in self.LINEAR])
         self.kt_fixed = np.array([base.k_y, base.k_x]) / (1 + self.mag0)
         n = 2 * self.n_tiles
         # Empty when the term is not fitted.
         self.k_col: list[int] = [n, n + 1] if fit_k else []
-        self.mag_col: list[int] = [n + len(self.k_col), n + len(self.k_col) + 1] if fit_mag else []
+        self.mag_col: list[int] = list(range(n + len(self.k_col), n + len(self.k_col) + 4)) if fit_mag else []
         self.n_unk = n + len(self.k_col) + len(self.mag_col)
         self.w_prior = 1.0 / prior_sigma**2
 
@@ -145,18 +156,25 @@ class Problem:
         a = sparse.csr_matrix((cat(vals), (cat(rows, int), cat(cols, int))), shape=(eq, self.n_unk))
         return a, cat(rhs), cat(wts)
 
-    def _prior(self, q0: _Array, mag0: _Array) -> tuple[sparse.csr_matrix, _Array, _Array]:
-        """Linearised stage priors ``(1 + mag) Q = stage - centre`` and the coefficient priors."""
+    def _prior(self, q0: _Array, lin0: _Array) -> tuple[sparse.csr_matrix, _Array, _Array]:
+        """Linearised stage priors ``A Q = stage - centre`` and the coefficient priors."""
         n_t, idx = self.n_tiles, np.arange(2 * self.n_tiles)
         axis = idx % 2
-        rows, cols, vals = [idx], [idx], [1.0 + mag0[axis]]
+        other = idx + 1 - 2 * axis  # the same tile's other axis
+        a0 = _matrix(lin0)
+        rows, cols, vals = [idx], [idx], [a0[axis, axis]]
+        if a0[0, 1] or a0[1, 0]:  # a sheared map ties each axis to the other
+            rows, cols, vals = rows + [idx], cols + [other], vals + [a0[axis, 1 - axis]]
         rhs = [self.stage_c.ravel().copy()]
         if self.fit_mag:
-            # (1 + mag) Q ~ (1 + mag0) Q + Q0 (mag - mag0)
-            rows.append(idx)
-            cols.append(np.array(self.mag_col)[axis])
-            vals.append(q0.ravel())
-            rhs[0] = rhs[0] + q0.ravel() * mag0[axis]
+            # A Q ~ A0 Q + (A - A0) Q0: mag_a multiplies Q0_a, the off-diagonal term of axis a the other axis
+            q0f = q0.ravel()
+            mag_cols, shear_cols = np.array(self.mag_col[:2]), np.array(self.mag_col[2:])
+            rows += [idx, idx]
+            cols += [mag_cols[axis], shear_cols[axis]]
+            vals += [q0f, q0f[other]]
+            lin_a = np.array([lin0[0], lin0[1]])[axis] * q0f + np.array([lin0[2], lin0[3]])[axis] * q0f[other]
+            rhs[0] = rhs[0] + lin_a
         wts = [np.full(2 * n_t, self.w_prior)]
         coef_cols = self.k_col + self.mag_col
         n = len(coef_cols)
@@ -175,10 +193,10 @@ class Problem:
         ad, bd, wd = self._data(active, point_keep)
         nd = (ad.T @ ad.multiply(wd[:, None]).tocsr()).tocsc()
         rd = ad.T @ (wd * bd)
-        mag = self.mag0.copy()
-        q = self.stage_c / (1.0 + mag)
+        lin = self.lin0.copy()
+        q = np.linalg.solve(_matrix(lin), self.stage_c.T).T if self.n_tiles else self.stage_c.copy()
         for _ in range(20 if self.fit_mag else 1):
-            ap, bp, wp = self._prior(q, mag)
+            ap, bp, wp = self._prior(q, lin)
             npr = (ap.T @ ap.multiply(wp[:, None]).tocsr()).tocsc()
             rhs = rd + ap.T @ (wp * bp)
             x = np.atleast_1d(splinalg.spsolve((nd + npr).tocsc(), rhs)) if self.n_unk else np.zeros(0)
@@ -186,14 +204,24 @@ class Problem:
             if not self.fit_mag:
                 break
             new = x[self.mag_col]
-            step, mag = np.max(np.abs(new - mag)), new
+            step, lin = np.max(np.abs(new - lin)), new
             if step < 1e-12:
                 break
         kt = x[self.k_col] if self.fit_k else self.kt_fixed
-        positions = self.centre + (1.0 + mag) * q
+        a = _matrix(lin)
+        positions = self.centre + q @ a.T
+        mag = lin[:2]
         k = (1.0 + mag) * kt if self.fit_k else self.k0
-        model = DistortionModel(mag_y=float(mag[0]), mag_x=float(mag[1]), k_y=float(k[0]), k_x=float(k[1]))
-        return Solved(positions, model, self._residuals(q, kt), Normal(nd, npr, ad, bd, wd, x, mag, kt))
+        model = DistortionModel(
+            mag_y=float(mag[0]),
+            mag_x=float(mag[1]),
+            k_y=float(k[0]),
+            k_x=float(k[1]),
+            shear_yx=float(lin[2]),
+            shear_xy=float(lin[3]),
+        )
+        normal = Normal(nd, npr, ad, bd, wd, x, mag, kt)
+        return Solved(positions, model, self._residuals(q, kt), normal, q)
 
     def _residuals(self, q: _Array, kt: _Array) -> list[_Array]:
         """Per match, measured minus model over *all* its points, in detector px."""
@@ -237,9 +265,10 @@ class Problem:
         cov = lu.solve(e)[cols]
         var = dict(zip(cols, np.diag(cov), strict=True))
         mag, kt = nm.mag, nm.kt
-        for axis, (kn, mn) in enumerate((("k_y", "mag_y"), ("k_x", "mag_x"))):
-            if self.fit_mag:
-                sigma[mn] = float(np.sqrt(var[self.mag_col[axis]]))
+        if self.fit_mag:
+            for name, col in zip(self.LINEAR, self.mag_col, strict=True):
+                sigma[name] = float(np.sqrt(var[col]))
+        for axis, kn in enumerate(("k_y", "k_x")):
             if self.fit_k:
                 # k = (1 + mag) k~
                 kc = self.k_col[axis]

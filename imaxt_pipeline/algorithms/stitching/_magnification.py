@@ -14,13 +14,16 @@ lever^2)`` per term, which falls with the square root of the number of tiles (an
 (:data:`PRIOR_DOF` degrees of freedom), because a 2 x 2 grid leaves two residual degrees of freedom
 per axis, too few to trust on their own.
 
-The diagonal (magnification) is applied when it is significant (:func:`significance_threshold`); the
-shear is reported only (the distortion model has no shear term). Either way the record says what
-error in the tile positions the magnification's sigma implies (:attr:`MagnificationEstimate.predicted_px`).
+Each term, the diagonal (magnification) and the off-diagonal ones (a camera turned or sheared against
+the stage: :attr:`..optics.DistortionModel.shear_yx`, ``shear_xy``), is applied when it is significant
+(:func:`significance_threshold`, the same Student-t rule for all four). Either way the record says what
+error in the tile positions each part's sigma implies (:attr:`MagnificationEstimate.predicted_px`,
+:attr:`MagnificationEstimate.shear_predicted_px`, both together :attr:`MagnificationEstimate.linear_predicted_px`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,15 +69,19 @@ class MagnificationEstimate:
     Attributes
     ----------
     mag, mag_sigma : (y, x) relative magnification (total, nominal included) and its 1-sigma.
-    shear, shear_sigma : (y from x, x from y) off-diagonal terms of ``M`` and their 1-sigma.
+    shear, shear_sigma : (y from x, x from y) off-diagonal terms of ``M`` (total, nominal included) and their
+        1-sigma: ``shear_yx``, ``shear_xy`` of :class:`..optics.DistortionModel`.
     nominal : (y, x) magnification the solve started from (calibration file or 0).
     applied : (y, x) whether the estimate replaced the nominal value (significant, and allowed).
+    shear_nominal, shear_applied : the same for the off-diagonal terms (yx, xy).
     stage_sigma_px : stage error used (measured scatter pooled with the stated one).
     n_tiles, dof : tiles in the regression and the residual degrees of freedom (both axes).
     predicted_px : median over tiles of the 1-sigma position error (relative to the section centre) that
         the magnification's sigma implies: the translation-only error reachable with the magnification
         from the stage (reached where applied; where not, the nominal one is kept and this is the
         dominant uncertainty of the positions' scale).
+    shear_predicted_px, linear_predicted_px : the same for the off-diagonal terms' sigma, and for the whole
+        linear map's (all four terms at each tile's lever arm): the translation-only error reachable.
     """
 
     mag: tuple[float, float]
@@ -87,6 +94,10 @@ class MagnificationEstimate:
     n_tiles: int
     dof: int
     predicted_px: float
+    shear_nominal: tuple[float, float] = (0.0, 0.0)
+    shear_applied: tuple[bool, bool] = (False, False)
+    shear_predicted_px: float = float("inf")
+    linear_predicted_px: float = float("inf")
 
     @property
     def significant(self) -> tuple[bool, bool]:
@@ -94,6 +105,19 @@ class MagnificationEstimate:
         k = significance_threshold(self.dof + PRIOR_DOF)
         y, x = (bool(abs(m - n) > k * s) for m, n, s in zip(self.mag, self.nominal, self.mag_sigma, strict=True))
         return y, x
+
+    @property
+    def shear_significant(self) -> tuple[bool, bool]:
+        """Per off-diagonal term (yx, xy), the rule of :attr:`significant`."""
+        k = significance_threshold(self.dof + PRIOR_DOF)
+        pairs = zip(self.shear, self.shear_nominal, self.shear_sigma, strict=True)
+        yx, xy = (bool(abs(m - n) > k * s) for m, n, s in pairs)
+        return yx, xy
+
+    @property
+    def rotation_deg(self) -> float:
+        """Rotation of the estimated map (antisymmetric off-diagonal part), degrees, +x towards +y."""
+        return float(np.degrees(0.5 * (self.shear[0] - self.shear[1])))
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready record (the stitch attrs and metrics); an undetermined value (infinite sigma) is None."""
@@ -118,6 +142,13 @@ class MagnificationEstimate:
             "n_tiles": self.n_tiles,
             "dof": self.dof,
             "predicted_translation_error_px": num(self.predicted_px),
+            "shear_nominal_yx": self.shear_nominal[0],
+            "shear_nominal_xy": self.shear_nominal[1],
+            "shear_significant": list(self.shear_significant),
+            "shear_applied": list(self.shear_applied),
+            "rotation_deg": num(self.rotation_deg),
+            "predicted_shear_error_px": num(self.shear_predicted_px),
+            "predicted_linear_error_px": num(self.linear_predicted_px),
             "source": "stage statistics of all solved tiles of all sections",
         }
 
@@ -131,7 +162,8 @@ def stage_magnification(
     nominal: tuple[float, float] = (0.0, 0.0),
     stage_sigma_px: float = 5.0,
     allow: bool = True,
-    joint: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    joint: tuple[Sequence[float], Sequence[float]] | None = None,
+    shear_nominal: tuple[float, float] = (0.0, 0.0),
 ) -> MagnificationEstimate:
     """Fit ``stage = (1 + M) detector`` per section-centred tile (see module docstring).
 
@@ -147,12 +179,14 @@ def stage_magnification(
         Tiles placed by their overlaps (a tile placed by the stage would pull ``M`` to 0).
     nominal : (y, x)
         Magnification the solve assumed (kept where the estimate is not significant).
+    shear_nominal : (yx, xy)
+        Off-diagonal terms the solve assumed (the same rule).
     stage_sigma_px : float
         Stated stage error, pooled with the measured scatter.
     allow : bool
         False where the magnification is fixed from elsewhere (a calibration file): report, never apply.
-    joint : ((mag_y, mag_x), (sigma_y, sigma_x)), optional
-        The magnification and its sigma from the joint solve of overlaps and stage priors
+    joint : (values, sigmas), optional
+        ``(mag_y, mag_x[, shear_yx, shear_xy])`` and their sigmas from the joint solve of overlaps and stage priors
         (:mod:`._positions`, stage error set to the scatter measured here). Preferred to the regression's:
         ``detector`` comes from a solve whose stage priors pulled it towards the stage's scale (a few %
         of the magnification with an accurate stage), and the joint sigma includes the overlaps' own error.
@@ -178,7 +212,10 @@ def stage_magnification(
         # one row or column only: the map is not determined in every direction
         big = (float("inf"), float("inf"))
         pred = float("inf")  # nothing said about the scale
-        return MagnificationEstimate(nominal, big, (0.0, 0.0), big, nominal, (False, False), stage_sigma_px, n, 0, pred)
+        no = (False, False)
+        return MagnificationEstimate(
+            nominal, big, shear_nominal, big, nominal, no, stage_sigma_px, n, 0, pred, shear_nominal, no
+        )
     coef = np.linalg.solve(xtx, xq[keep].T @ xs[keep])  # (2 in, 2 out): xs ~ xq @ coef
     resid = xs[keep] - xq[keep] @ coef
     dof = 2 * dof_axis
@@ -188,15 +225,40 @@ def stage_magnification(
     se = np.sqrt(np.diag(cov))  # same for both output axes: (sigma of the y-input term, of the x-input term)
     mag = (float(coef[0, 0] - 1.0), float(coef[1, 1] - 1.0))
     mag_sigma = (float(se[0]), float(se[1]))
+    shear = (float(coef[1, 0]), float(coef[0, 1]))  # y from x, x from y
+    shear_sigma = (float(se[1]), float(se[0]))
     if joint is not None:
         mag = (float(joint[0][0]), float(joint[0][1]))
         mag_sigma = (float(joint[1][0]), float(joint[1][1]))
-    shear = (float(coef[1, 0]), float(coef[0, 1]))  # y from x, x from y
-    shear_sigma = (float(se[1]), float(se[0]))
+        if len(joint[0]) == 4:
+            shear = (float(joint[0][2]), float(joint[0][3]))
+            shear_sigma = (float(joint[1][2]), float(joint[1][3]))
     k = significance_threshold(dof + PRIOR_DOF)
-    signif = [abs(m - n0) > k * sd for m, n0, sd in zip(mag, nominal, mag_sigma, strict=True)]
-    applied = (bool(allow and signif[0]), bool(allow and signif[1]))
-    # what a magnification from the stage can deliver: its sigma at each tile's lever arm
+
+    def applies(value: tuple[float, float], nom: tuple[float, float], sd: tuple[float, float]) -> tuple[bool, bool]:
+        a, b = (bool(allow and abs(m - n0) > k * s) for m, n0, s in zip(value, nom, sd, strict=True))
+        return a, b
+
+    # what the linear map from the stage can deliver: each term's sigma at each tile's lever arm
     lev = xq[keep]
-    predicted = float(np.median(np.hypot(mag_sigma[0] * lev[:, 0], mag_sigma[1] * lev[:, 1])))
-    return MagnificationEstimate(mag, mag_sigma, shear, shear_sigma, nominal, applied, sig, n, dof, predicted)
+    on_y = (mag_sigma[0] * lev[:, 0], shear_sigma[0] * lev[:, 1])  # y error: mag_y on y, shear_yx on x
+    on_x = (shear_sigma[1] * lev[:, 0], mag_sigma[1] * lev[:, 1])
+    predicted = float(np.median(np.hypot(on_y[0], on_x[1])))
+    shear_pred = float(np.median(np.hypot(on_y[1], on_x[0])))
+    linear_pred = float(np.median(np.sqrt(on_y[0] ** 2 + on_y[1] ** 2 + on_x[0] ** 2 + on_x[1] ** 2)))
+    return MagnificationEstimate(
+        mag,
+        mag_sigma,
+        shear,
+        shear_sigma,
+        nominal,
+        applies(mag, nominal, mag_sigma),
+        sig,
+        n,
+        dof,
+        predicted,
+        shear_nominal,
+        applies(shear, shear_nominal, shear_sigma),
+        shear_pred,
+        linear_pred,
+    )

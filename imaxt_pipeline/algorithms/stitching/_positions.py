@@ -23,11 +23,14 @@ lets a fit shrink the world to shrink its residuals, which biases ``mag`` by
 about ``-chi2_data / (chi2_data + I_stage)``: several per cent on a 3 x 3 grid
 with hundreds of precise points.
 
-Unless ``fit_magnification`` asks for that joint fit, the solve keeps the nominal
-magnification, then estimates it from the stage statistics of all solved tiles
-(:mod:`._magnification`, sigma from the joint fit with the measured stage scatter)
-and solves again from it only where it is significant. The least-squares problem
-itself is :mod:`._lsq`.
+The same holds for the whole linear map ``A = 1 + M`` (magnification and the
+off-diagonal terms of a camera turned against the stage, ``P = c + A Q``): the
+overlaps never see it. Unless ``fit_magnification`` asks for the joint fit (of all
+of ``A``), the solve keeps the nominal map, then estimates it from the stage
+statistics of all solved tiles (:mod:`._magnification`, estimate and sigma from the
+joint fit with the measured stage scatter) and solves again under the map with each
+significant term applied, so the positions and the recorded map agree. The
+least-squares problem itself is :mod:`._lsq`.
 """
 
 from __future__ import annotations
@@ -84,9 +87,9 @@ class PositionSolution:
         Tiles placed by the stage, or weakly constrained (3-sigma above
         ``WEAK_3SIGMA_PX``); :func:`describe_flags` words them.
     magnification : MagnificationEstimate, optional
-        Magnification (and shear) from the stage statistics of all solved tiles, with its sigma, whether
-        it was applied (significant, distortion not from a file) and the position error it leaves
-        (:mod:`._magnification`).
+        The linear map (magnification and shear) from the stage statistics of all solved tiles, with
+        its sigma, which terms were applied (significant, distortion not from a file) and the position
+        error each part leaves (:mod:`._magnification`).
     """
 
     positions: _Array
@@ -153,13 +156,13 @@ def solve_positions(
         Fixed model, or the model whose magnification is kept when
         ``fit_magnification`` is False.
     fit_magnification : bool
-        Include mag_y/mag_x among the fitted terms. Only the stage priors
+        Include the linear map (mag_y/mag_x and shear_yx/shear_xy) among the fitted terms. Only the stage priors
         constrain them: their error is about ``prior_sigma_px`` over the
         root-sum-square distance of the tiles from their centre, so with few
         tiles and a coarse stage it is wiser to fix them (from a calibration).
-        When False (and the distortion is estimated), the magnification is
-        still estimated from the stage statistics after the solve and applied
-        where it is significant (:func:`._magnification.stage_magnification`).
+        When False (and the distortion is estimated), the linear map is
+        still estimated from the stage statistics after the solve and each term
+        applied where it is significant (:func:`._magnification.stage_magnification`).
     prior_sigma_px : float
         Standard deviation of the stage positions' error.
     distortion_prior : float
@@ -230,33 +233,44 @@ def solve_positions(
         if active[i]:
             constrained[[m.reference, m.moving]] = True
     used_pairs = [(m.reference, m.moving) for m, a in zip(matches, active, strict=True) if a]
-    detector = (sol.positions - problem.centre) / (1.0 + sol.normal.mag)
     # a tile no loop checks may sit px off: it must not set the scale
     use = constrained & ~unverified_tiles(n_tiles, used_pairs)
-    nominal, allow = (base.mag_y, base.mag_x), estimate_distortion and not fit_mag
+    allow = estimate_distortion and not fit_mag
 
-    def regress(joint: tuple[tuple[float, float], tuple[float, float]] | None = None) -> MagnificationEstimate:
+    def regress(
+        detector: _Array, joint: tuple[Sequence[float], Sequence[float]] | None = None
+    ) -> MagnificationEstimate:
         return stage_magnification(
-            detector, stage, comp, use, nominal=nominal, stage_sigma_px=prior_sigma_px, allow=allow, joint=joint
+            detector,
+            stage,
+            comp,
+            use,
+            nominal=(base.mag_y, base.mag_x),
+            shear_nominal=(base.shear_yx, base.shear_xy),
+            stage_sigma_px=prior_sigma_px,
+            allow=allow,
+            joint=joint,
         )
 
-    mag_est = regress()
+    def linear(model: DistortionModel, sig: dict[str, float]) -> tuple[list[float], list[float]]:
+        return [getattr(model, k) for k in DistortionModel.LINEAR], [sig[k] for k in DistortionModel.LINEAR]
+
+    mag_est = regress(sol.detector)
     if fit_mag:  # the joint fit already used the stage: report its estimate as applied
-        sig = problem.sigma(sol)
-        joint = ((sol.model.mag_y, sol.model.mag_x), (sig["mag_y"], sig["mag_x"]))
-        mag_est = regress(joint)
-        mag_est = replace(mag_est, applied=(True, True))
+        mag_est = regress(sol.detector, linear(sol.model, problem.sigma(sol)))
+        mag_est = replace(mag_est, applied=(True, True), shear_applied=(True, True))
     elif estimate_distortion and np.isfinite(mag_est.mag_sigma).all():
-        # the estimate and sigma of the joint fit, the stage weighted by the scatter just measured
+        # the estimate and sigma of the joint fit (the whole map), the stage weighted by the scatter just measured
         probe = problem.variant(base, True, True, mag_est.stage_sigma_px)
         psol = probe.solve(active, point_keep)
-        sig = probe.sigma(psol)
-        joint = ((psol.model.mag_y, psol.model.mag_x), (sig["mag_y"], sig["mag_x"]))
-        mag_est = regress(joint)
-    if not fit_mag and any(mag_est.applied):
-        # a significant magnification: solve again from it (k~ and Q do not depend on it, P and k do)
-        my, mx = (e if a else n for e, a, n in zip(mag_est.mag, mag_est.applied, mag_est.nominal, strict=True))
-        base = replace(base, mag_y=float(my), mag_x=float(mx))
+        mag_est = regress(sol.detector, linear(psol.model, probe.sigma(psol)))
+    if not fit_mag and (any(mag_est.applied) or any(mag_est.shear_applied)):
+        # significant terms: solve again under that map (k~ and Q do not depend on it, P and k do)
+        est = (*mag_est.mag, *mag_est.shear)
+        nom = (*mag_est.nominal, *mag_est.shear_nominal)
+        use_est = (*mag_est.applied, *mag_est.shear_applied)
+        terms = {k: float(e if a else n) for k, e, n, a in zip(DistortionModel.LINEAR, est, nom, use_est, strict=True)}
+        base = replace(base, **terms)
         problem = problem.variant(base, estimate_distortion, False, prior_sigma_px)
         sol = problem.solve(active, point_keep)
     placed = _place(problem, sol, matches, active, stage, constrained, comp, prior_sigma_px)

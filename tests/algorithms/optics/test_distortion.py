@@ -65,19 +65,54 @@ def test_tile_coordinates_span_minus_one_to_one():
 
 
 def test_coefficient_order_is_one_for_files_fields_and_design():
-    model = DistortionModel(mag_y=1e-3, mag_x=-2e-3, k_y=4e-3, k_x=5e-3)
-    assert DistortionModel.COEFFICIENTS == ("mag_y", "mag_x", "k_y", "k_x")
-    np.testing.assert_array_equal(model.coefficients(), [1e-3, -2e-3, 4e-3, 5e-3])
+    model = DistortionModel(mag_y=1e-3, mag_x=-2e-3, k_y=4e-3, k_x=5e-3, shear_yx=3e-4, shear_xy=-6e-4)
+    assert DistortionModel.COEFFICIENTS == ("mag_y", "mag_x", "k_y", "k_x", "shear_yx", "shear_xy")
+    np.testing.assert_array_equal(model.coefficients(), [1e-3, -2e-3, 4e-3, 5e-3, 3e-4, -6e-4])
     assert DistortionModel.from_coefficients(model.coefficients()) == model == DistortionModel(*model.coefficients())
     assert list(model.as_dict()) == list(DistortionModel.COEFFICIENTS)
-    with pytest.raises(ValueError, match="4 coefficients"):
+    assert DistortionModel.from_dict(model.as_dict()) == model
+    with pytest.raises(ValueError, match="6 coefficients"):
         DistortionModel.from_coefficients([1.0, 2.0, 3.0])
-    # the linear design evaluates the same polynomial as the model
+    with pytest.raises(ValueError, match="unknown distortion"):
+        DistortionModel.from_dict({"mag_y": 1.0, "twist": 2.0})
+    # the linear design evaluates the same polynomial as the model (exact without shear or without k)
     rng = np.random.default_rng(0)
     y, x = rng.uniform(0, 191, (2, 50))
-    gy, gx = DistortionModel.design(y, x, (192, 256))
-    dy, dx = model.displacement(y, x, (192, 256))
-    np.testing.assert_allclose(gy @ model.coefficients(), dy, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(gx @ model.coefficients(), dx, rtol=1e-12, atol=1e-15)
-    # y terms only move y, x terms only move x
-    assert not gy[:, [1, 3]].any() and not gx[:, [0, 2]].any()
+    for m in (DistortionModel(*model.coefficients()[:4]), DistortionModel(mag_y=1e-3, shear_yx=3e-4, shear_xy=-6e-4)):
+        gy, gx = DistortionModel.design(y, x, (192, 256))
+        dy, dx = m.displacement(y, x, (192, 256))
+        np.testing.assert_allclose(gy @ m.coefficients(), dy, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(gx @ m.coefficients(), dx, rtol=1e-12, atol=1e-15)
+    # y terms only move y, x terms only move x (the off-diagonal term of an axis moves it by the other's position)
+    assert not gy[:, [1, 3, 5]].any() and not gx[:, [0, 2, 4]].any()
+
+
+def test_records_written_before_the_shear_terms_load_with_zero_shear():
+    """Four values (files, positional records) and dicts without the new keys (stored attrs) read as shear 0."""
+    old = {"mag_y": 1e-3, "mag_x": -2e-3, "k_y": 4e-3, "k_x": 5e-3}
+    model = DistortionModel.from_dict(old)
+    assert model == DistortionModel(**old) == DistortionModel.from_coefficients(list(old.values()))
+    assert model.shear_yx == model.shear_xy == 0.0 and model.rotation_deg == 0.0
+    assert DistortionModel.from_dict({**old, "shear_yx": None}) == model  # an undetermined term: nominal
+    assert set(model.as_dict()) == set(old) | {"shear_yx", "shear_xy"}  # records gain the keys
+
+
+def test_shear_turns_the_camera_frame_with_its_distortion():
+    """``p + D(p) = A (p + k~ g(p))``: the radial terms in the camera frame, then the whole linear map."""
+    theta = np.radians(0.3)
+    model = DistortionModel(mag_y=1e-3, mag_x=-2e-3, k_y=4e-3, k_x=5e-3, shear_yx=theta, shear_xy=-theta)
+    assert model.rotation_deg == pytest.approx(0.3)
+    shape = (128, 160)
+    rng = np.random.default_rng(1)
+    y, x = rng.uniform(0, 127, 40), rng.uniform(0, 159, 40)
+    cam = DistortionModel(k_y=4e-3 / (1 + 1e-3), k_x=5e-3 / (1 - 2e-3))  # k~ = k / (1 + mag)
+    cy, cx = (shape[0] - 1) / 2, (shape[1] - 1) / 2
+    wy, wx = cam.displacement(y, x, shape)
+    w = np.stack([y - cy + wy, x - cx + wx])
+    dy, dx = model.displacement(y, x, shape)
+    np.testing.assert_allclose(np.stack([y - cy + dy, x - cx + dx]), model.linear @ w, rtol=1e-12, atol=1e-9)
+    # 0.3 degrees moves the tile's x edge by 0.4 px in y: the inverse still recovers the detector pixel
+    py, px = detector_coordinates(y + dy, x + dx, shape, model, iterations=8)
+    np.testing.assert_allclose(py, y, atol=1e-3)
+    np.testing.assert_allclose(px, x, atol=1e-3)
+    assert max_displacement(shape, model) > max_displacement(shape, DistortionModel(*model.coefficients()[:4]))

@@ -214,3 +214,116 @@ def test_magnification_from_the_stage_is_applied_only_when_significant(stage_sig
             assert np.median(err) == pytest.approx(np.median(lever) * 0.0045, rel=0.5)
             assert mag.predicted_px > np.median(err)
     assert np.all(np.abs(z) < 4.5)
+
+
+def _rotated_grid(grid, step, seed, stage_sigma, sections=1):
+    """True top-left positions of ``sections`` jittered grids (each its own offset) and their stage positions."""
+    rng = np.random.default_rng(seed)
+    cells = np.stack(np.meshgrid(*[np.arange(grid) * step] * 2, indexing="ij"), -1).reshape(-1, 2)
+    true = np.concatenate([cells + rng.uniform(0, 300, 2) + rng.normal(0, 1.0, cells.shape) for _ in range(sections)])
+    return rng, true, true + rng.normal(0, stage_sigma, true.shape)
+
+
+def _section_errors(pos, true, n_t):
+    return np.concatenate([_errors(pos[k : k + n_t], true[k : k + n_t]) for k in range(0, len(true), n_t)])
+
+
+def _rotation_matches(true, model, shape, grid, sections, rng, noise_px=0.05):
+    """:func:`_exact_matches` for every pair of ``sections`` grids, all points inverted at once (fast)."""
+    from imaxt_pipeline.algorithms.optics import detector_coordinates
+
+    pairs = [(a + k * grid * grid, b + k * grid * grid) for k in range(sections) for a, b in adjacent_pairs(grid, grid)]
+    ab = np.array(pairs)
+    lo = np.maximum(true[ab[:, 0]], true[ab[:, 1]]) + 8
+    hi = np.minimum(true[ab[:, 0]], true[ab[:, 1]]) + np.array(shape) - 8
+    fy, fx = (f.ravel() for f in np.meshgrid(np.linspace(0, 1, 6), np.linspace(0, 1, 6), indexing="ij"))
+    ys = (lo[:, 0, None] + (hi - lo)[:, 0, None] * fy)[:, None]  # (pairs, 1, 36) scene points
+    xs = (lo[:, 1, None] + (hi - lo)[:, 1, None] * fx)[:, None]
+    py, px = detector_coordinates(ys - true[ab, 0][..., None], xs - true[ab, 1][..., None], shape, model, iterations=12)
+    out = []
+    for i, (a, b) in enumerate(pairs):
+        pa = np.stack([py[i, 0], px[i, 0]], axis=1)
+        pb = np.stack([py[i, 1], px[i, 1]], axis=1) + rng.normal(0, noise_px, pa.shape)
+        shift = tuple(np.mean(pa - pb, axis=0))
+        out.append(PairMatch(a, b, shift, shift, 1.0, True, pa, pb, np.full(len(pb), noise_px**-2)))
+    return out
+
+
+THETA = np.radians(0.3)  # a camera mounted 0.3 degrees off the stage axes: 2.4 px over a 460 px tile step
+ROTATED = DistortionModel(mag_y=0.001, k_y=0.004, k_x=0.005, shear_yx=THETA, shear_xy=-THETA)
+
+
+def test_camera_rotation_from_the_stage_is_applied_on_a_large_grid():
+    """6 x 6 tiles, 3 px stage: 0.3 degrees is ~8 sigma, applied; the positions then hold the error it predicts."""
+    shape, grid, sigma = (512, 512), 6, 3.0
+    rng, true, stage = _rotated_grid(grid, 460.0, 0, sigma)
+    ms = _rotation_matches(true, ROTATED, shape, grid, 1, rng)
+    sol = solve_positions(ms, stage, tile_shape=shape, fit_magnification=False, prior_sigma_px=sigma)
+    est = sol.magnification
+    assert est.shear_applied == (True, True) and est.shear_significant == (True, True)
+    assert (sol.distortion.shear_yx, sol.distortion.shear_xy) == est.shear  # the positions are solved under it
+    for got, true_v, s in zip(est.shear, (THETA, -THETA), est.shear_sigma, strict=True):
+        assert abs(got - true_v) < 4 * s
+    assert est.rotation_deg == pytest.approx(0.3, abs=4 * np.degrees(max(est.shear_sigma)))
+    err = _errors(sol.positions, true)
+    assert np.median(err) <= 3 * est.linear_predicted_px + 0.05
+    assert np.median(err) < 1.0 < 0.5 * np.median(np.hypot(*(true - true.mean(axis=0)).T)) * THETA
+    rec = est.as_dict()
+    assert rec["shear_applied"] == [True, True] and rec["rotation_deg"] == pytest.approx(est.rotation_deg)
+    assert rec["predicted_shear_error_px"] == pytest.approx(est.shear_predicted_px)
+    # the map from a calibration file is never replaced: reported, not applied, and the file's map gives truth
+    fixed = solve_positions(ms, stage, tile_shape=shape, estimate_distortion=False, distortion=ROTATED)
+    assert fixed.magnification.shear_applied == (False, False) and fixed.distortion == ROTATED
+    assert _errors(fixed.positions, true).max() < 0.05
+    # fit_magnification fits the whole linear map jointly, shear included
+    joint = solve_positions(ms, stage, tile_shape=shape, fit_magnification=True, prior_sigma_px=sigma)
+    assert joint.magnification.shear_applied == (True, True)
+    assert abs(joint.distortion.shear_yx - THETA) < 4 * joint.distortion_sigma["shear_yx"]
+
+
+def test_camera_rotation_on_a_2x2_grid_is_not_applied_and_its_error_is_reported():
+    """2 x 2 tiles, 3 px stage: the rotation's sigma (~6e-3) exceeds 0.3 degrees; nominal kept, error reported."""
+    shape, grid, sigma = (512, 512), 2, 3.0
+    for seed in range(3):
+        rng, true, stage = _rotated_grid(grid, 460.0, seed, sigma)
+        sol = solve_positions(
+            _rotation_matches(true, ROTATED, shape, grid, 1, rng),
+            stage,
+            tile_shape=shape,
+            fit_magnification=False,
+            prior_sigma_px=sigma,
+        )
+        est = sol.magnification
+        assert est.shear_applied == (False, False) and sol.distortion.shear_yx == sol.distortion.shear_xy == 0.0
+        assert min(est.shear_sigma) > THETA / 4.9
+        err = _errors(sol.positions, true)
+        # the rotation left in: 0.3 degrees at each tile's 325 px lever arm, and the reported error covers it
+        assert np.median(err) == pytest.approx(325 * THETA, rel=0.35)
+        assert est.shear_predicted_px > np.median(err) / 3 and np.isfinite(est.linear_predicted_px)
+        assert est.as_dict()["shear_significant"] == [False, False]
+
+
+def test_shear_sigma_of_the_solve_matches_its_scatter_over_random_grids():
+    """(estimate - truth) / sigma of the off-diagonal terms of the joint solve is a unit normal over 50 grids."""
+    shape, z = (256, 256), []
+    for seed in range(50):
+        rng = np.random.default_rng(100 + seed)
+        grid, sections = int(rng.integers(2, 5)), int(rng.integers(1, 4))
+        sigma = float(rng.uniform(1.0, 6.0))
+        shear = rng.uniform(-3e-3, 3e-3, 2)
+        model = DistortionModel(k_y=0.004, k_x=0.005, shear_yx=shear[0], shear_xy=shear[1])
+        rng, true, stage = _rotated_grid(grid, 230.0, seed, sigma, sections)
+        sol = solve_positions(
+            _rotation_matches(true, model, shape, grid, sections, rng),
+            stage,
+            tile_shape=shape,
+            fit_magnification=False,
+            prior_sigma_px=sigma,
+        )
+        est = sol.magnification
+        z.append((np.array(est.shear) - shear) / np.array(est.shear_sigma))
+    z = np.concatenate(z)
+    print(f"shear z over {len(z)} terms: mean {z.mean():+.3f}, std {z.std():.3f}, max |z| {np.abs(z).max():.2f}")
+    assert abs(z.mean()) < 0.25, z.mean()
+    assert 0.75 < z.std() < 1.25, z.std()
+    assert np.abs(z).max() < 4.5
