@@ -2,17 +2,20 @@
 
 Works per slice on the ``mosaic`` image. The bead channel is the one whose
 bright compact objects are largest (beads of ~90 µm are bright in every
-channel; a nuclear stain's brightest objects are thousands of ~10 µm nuclei);
-``channel`` forces it. The classical threshold of each slice sits half-way
-between the background and the bead plateau (measured on the coarsest
-pyramid level), well above tissue and nuclei in the bead channel. Beads are
+channel; a nuclear stain's brightest objects are thousands of ~10 µm nuclei),
+measured on the coarsest pyramid level that still resolves nuclei (pixels of
+at most 2.5 µm); ``channel`` forces it. The classical threshold of each slice
+sits half-way between the background and the bead plateau (measured on the
+coarsest pyramid level), well above tissue and nuclei in the bead channel.
+Both are one task per plane (and channel) on the workers, which read the
+level themselves; the client only combines the numbers. Beads are
 searched by size and shape in µm (``bead_diameter_um``, the acquisition's
 pixel size): the plane is cut into overlapping blocks, each block is
 block-averaged so the smallest cut searched is ~3 px in radius, its regions
 are screened (radius of a cut sphere, round, convex, standing out from their
 surroundings, flat inside) and only the survivors are fitted at full
 resolution by Poisson maximum likelihood on a ring around the rim, on a
-Dask worker. Rows of the processed slices replace any
+Dask worker that reads its own window of the plane. Rows of the processed slices replace any
 earlier rows of those slices in ``tables/beads.parquet``; ``bead_id`` is
 filled in by the ``register`` step.
 
@@ -37,7 +40,11 @@ from ._base import StepContext, StepResult
 from ._channels import check_channel, has_beads
 from .params import BeadsParams as Params
 
-__all__ = ["Params", "bead_spec", "empty_table", "pick_channel", "run", "slice_thresholds"]
+__all__ = ["Params", "bead_spec", "empty_table", "pick_channel", "run", "score_level", "slice_thresholds"]
+
+#: Coarsest pixel (µm) the channel scores are measured at: nuclei (radius >= ~4 µm) still span a few px,
+#: so a nuclear channel's brightest objects stay nuclei; on coarser pixels they blur below the bead plateau.
+SCORE_PIXEL_UM = 2.5
 
 
 def empty_table() -> pd.DataFrame:
@@ -55,21 +62,26 @@ def empty_table() -> pd.DataFrame:
     )
 
 
-def _coarse(image: OmeImage, plane: int, level: int | None = None) -> tuple[np.ndarray, float]:
-    """A pyramid level of a plane (C, h, w), default the coarsest, and its px size in full-resolution px."""
-    level = image.levels - 1 if level is None else min(level, image.levels - 1)
-    data = image.read_plane(plane, level=level)
-    full = image.shape[-1]
-    return data, full / max(data.shape[-1], 1)
+def score_level(image: OmeImage, pixel_size_um: float) -> int:
+    """The coarsest pyramid level whose pixels are at most :data:`SCORE_PIXEL_UM` (level 0 if none is)."""
+    full, level = image.shape[-1], 0
+    for lv in range(1, image.levels):
+        if pixel_size_um * full / max(image.level_shape(lv)[-1], 1) > SCORE_PIXEL_UM:
+            break
+        level = lv
+    return level
 
 
 def pick_channel(ctx: StepContext, image: OmeImage, params: Params) -> int:
     """Bead channel: the one whose bright compact objects are largest (see ``bead_channel_scores``).
 
     A channel chosen by an earlier run (``imaxt.beads.channel``) is kept so
-    that live processing uses one channel for every slice.
+    that live processing uses one channel for every slice. The scores of up
+    to three slices are computed on the workers, one task per slice and
+    channel, at :func:`score_level`.
     """
-    from ..algorithms.registration import bead_channel_scores, pick_bead_channel
+    from ..algorithms.registration import pick_bead_channel
+    from ..parallel.registration import channel_scores
 
     earlier = ctx.output.imaxt_attrs().get("beads", {})
     based_on = earlier.get("channel_slices", [])
@@ -78,37 +90,34 @@ def pick_channel(ctx: StepContext, image: OmeImage, params: Params) -> int:
     acq = ctx.raw.acquisition
     if len(acq.channels) == 1:
         return 0
-    scores = np.zeros(len(acq.channels))
     used = ctx.slices[:3]
-    for s in used:
-        data, scale = _coarse(image, s * acq.optical_sections + params.z, level=1)  # nuclei still resolved
-        scores += bead_channel_scores(data, scale=scale, sigma=1.0, rel=max(params.rel_threshold, 0.5))
-    ctx.log.info("beads: channel scores %s", np.round(scores / max(len(used), 1), 2).tolist())
+    planes = [s * acq.optical_sections + params.z for s in used]
+    level = score_level(image, acq.pixel_size_um)
+    lazy = channel_scores(image, planes, level=level, sigma=1.0, rel=max(params.rel_threshold, 0.5))
+    per_plane = ctx.client.gather(ctx.client.compute(lazy))
+    scores = np.sum(np.asarray(per_plane, dtype=np.float64).reshape(len(planes), -1), axis=0)
+    ctx.log.info("beads: channel scores %s (level %d)", np.round(scores / max(len(used), 1), 2).tolist(), level)
     ctx.output.update_imaxt_attrs("beads.channel_slices", [int(s) for s in used])
     ctx.output.update_imaxt_attrs("beads.channel_scores", (scores / max(len(used), 1)).round(3).tolist())
     return pick_bead_channel(scores)
 
 
 def slice_thresholds(
-    image: OmeImage, planes: list[int], channel: int, params: Params, peak: float | None
+    ctx: StepContext, image: OmeImage, planes: list[int], channel: int, params: Params, peak: float | None
 ) -> tuple[list[float], float]:
     """Classical threshold of each plane from its coarsest level, with one bead plateau for all of them.
 
     The plateau is the brightest smoothed coarse pixel over the planes (and
     earlier runs' ``peak``): beads have the same brightness in every slice,
-    so a slice without beads does not lower the bar down to its tissue.
+    so a slice without beads does not lower the bar down to its tissue. Each
+    plane's statistics are one task on the workers.
     """
-    from scipy import ndimage as ndi
+    from ..parallel.registration import threshold_levels
 
-    from ..algorithms.registration import bead_threshold
-
-    coarse = [_coarse(image, p)[0][channel] for p in planes]
-    tops = [
-        float(ndi.gaussian_filter(c.astype(np.float32), 1.0)[c != 0].max()) if np.any(c != 0) else 0.0 for c in coarse
-    ]
-    top = max(tops + ([peak] if peak else []))
-    thr = [bead_threshold(c, sigma=1.0, nsigma=params.nsigma, rel=params.rel_threshold, peak=top) for c in coarse]
-    return thr, top
+    lazy = threshold_levels(image, planes, channel, level=image.levels - 1, sigma=1.0, nsigma=params.nsigma)
+    levels = ctx.client.gather(ctx.client.compute(lazy))
+    top = max([lv.top for lv in levels] + ([peak] if peak else []))
+    return [lv.threshold(params.rel_threshold, peak=top) for lv in levels], top
 
 
 def bead_spec(params: Params, pixel_size_um: float) -> Any:
@@ -125,7 +134,7 @@ def bead_spec(params: Params, pixel_size_um: float) -> Any:
 
 def run(ctx: StepContext, params: Params) -> StepResult:
     from ..algorithms.registration import good_beads
-    from ..parallel.registration import find_beads
+    from ..parallel.registration import find_plane_beads
 
     acq = ctx.raw.acquisition
     if not has_beads(acq):
@@ -138,12 +147,13 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     channel = params.channel if params.channel is not None else pick_channel(ctx, image, params)
     planes = [s * acq.optical_sections + params.z for s in ctx.slices]
     earlier_peak = ctx.output.imaxt_attrs().get("beads", {}).get("peak")
-    thresholds, peak = slice_thresholds(image, planes, channel, params, earlier_peak)
-    stack = image.to_dask(0)
+    thresholds, peak = slice_thresholds(ctx, image, planes, channel, params, earlier_peak)
     spec = bead_spec(params, acq.pixel_size_um)
     lazy = [
-        find_beads(
-            stack[channel, p],
+        find_plane_beads(
+            image,
+            channel,
+            p,
             spec,
             block=params.block,
             detector=params.detector,

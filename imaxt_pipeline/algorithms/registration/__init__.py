@@ -4,7 +4,8 @@ Beads: :func:`find_beads_numpy` (classical detector or a loaded :class:`BeadUNet
 columns :data:`BEAD_COLUMNS`, :func:`good_beads`); the classical :func:`detect_beads` finds them by size and shape in µm
 (:class:`BeadSpec`: bead diameter, pixel size) on a :func:`block_mean` image; :func:`fit_bead`,
 :func:`disc_model`, bead-channel choice
-(:func:`bead_channel_scores`, :func:`pick_bead_channel`, :func:`bead_threshold`), :func:`radius_outliers`.
+(:func:`bead_channel_scores`, :func:`pick_bead_channel`, :func:`bead_threshold` and its parts
+:func:`threshold_levels`, :class:`ThresholdLevels`), :func:`radius_outliers`.
 Offsets: :func:`build_tracks`, :func:`solve_slice_offsets` (:class:`SliceOffsets`), :func:`canvas_padding`,
 :func:`apply_offset`. :class:`BeadUNet` (its input: :func:`normalise`) imports torch on first use.
 """
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING
 from ._bead_detect import BeadSpec, block_mean, detect_beads
 from ._bead_fit import BeadFit, disc_model, fit_bead, radius_outliers
 from ._bead_table import BEAD_COLUMNS, find_beads_numpy, good_beads
-from ._beads import bead_channel_scores, bead_threshold, normalise, pick_bead_channel
+from ._bead_threshold import ThresholdLevels, bead_threshold, threshold_levels
+from ._beads import bead_channel_scores, normalise, pick_bead_channel
 from ._slice_offsets import SliceOffsets, apply_offset, canvas_padding, solve_slice_offsets
 from ._tracks import build_tracks
 
@@ -29,6 +31,7 @@ __all__ = [
     "BeadSpec",
     "BeadUNet",
     "SliceOffsets",
+    "ThresholdLevels",
     "apply_offset",
     "bead_channel_scores",
     "bead_threshold",
@@ -44,6 +47,7 @@ __all__ = [
     "pick_bead_channel",
     "radius_outliers",
     "solve_slice_offsets",
+    "threshold_levels",
 ]
 
 _TORCH_NAMES = ("BeadUNet",)

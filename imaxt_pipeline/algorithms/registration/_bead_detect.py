@@ -17,8 +17,10 @@ round (tissue fragments, merged nuclei), not standing out from their own
 surroundings (a bright patch on bright tissue) and not flat inside (tissue
 texture). A region cut by the image edge or missing data is judged by the
 circle through the rim it shows (its centre must be in the image). The
-survivors are returned in full-resolution coordinates, with their labels
-expanded back to full resolution for the fit's neighbour masks.
+survivors are returned in full-resolution coordinates; their labels stay at
+the detection resolution (``label_factor``): every step after the block
+average runs on the coarse image, and the fit reads the labels it needs
+around each candidate only.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
 
-from ._beads import BeadCandidates, background_stats, bead_threshold, pixel_noise, smoothing_gain, split_beads
+from ._bead_threshold import background_stats, fill_holes, pixel_noise, smoothing_gain, threshold_levels
+from ._beads import BeadCandidates, split_beads
 
 __all__ = ["BeadSpec", "block_mean", "detect_beads"]
 
@@ -116,16 +119,24 @@ def block_mean(image: ArrayLike, factor: int) -> NDArray[np.float32]:
     if factor <= 1:
         return img
     h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
-    out: NDArray[np.float32] = img[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    # rows of blocks first (contiguous adds of whole rows), then the columns of a 1/factor-size array:
+    # ~3x faster than a mean over the two strided axes at once
+    rows = img[:h, :w].reshape(h // factor, factor, w).sum(axis=1, dtype=np.float32)
+    out: NDArray[np.float32] = rows.reshape(h // factor, w // factor, factor).sum(axis=2, dtype=np.float32)
+    out /= np.float32(factor * factor)
     return out
 
 
 def _block_all(mask: NDArray[np.bool_], factor: int) -> NDArray[np.bool_]:
     """Whether every pixel of each ``factor`` x ``factor`` block is set (``block_mean(mask) == 1``)."""
+    h, w = (mask.shape[0] // factor) * factor, (mask.shape[1] // factor) * factor
+    if mask.all():  # a block inside the tiles: nothing missing (the common case, a fraction of the cost)
+        return np.ones((h // max(factor, 1), w // max(factor, 1)), bool)
     if factor <= 1:
         return mask
-    h, w = (mask.shape[0] // factor) * factor, (mask.shape[1] // factor) * factor
-    out: NDArray[np.bool_] = mask[:h, :w].reshape(h // factor, factor, w // factor, factor).all(axis=(1, 3))
+    # any missing pixel over each block's rows (contiguous), then over its columns: ~3x faster than .all((1, 3))
+    missing = np.logical_or.reduce(~mask[:h, :w].reshape(h // factor, factor, w), axis=1)
+    out: NDArray[np.bool_] = ~np.logical_or.reduce(missing.reshape(h // factor, w // factor, factor), axis=2)
     return out
 
 
@@ -169,7 +180,8 @@ def detect_beads(
     Returns
     -------
     BeadCandidates
-        Centres and radii in full-resolution px; labels at full resolution.
+        Centres and radii in full-resolution px; labels at the detection resolution
+        (``label_factor = spec.factor``).
 
     Raises
     ------
@@ -183,6 +195,8 @@ def detect_beads(
     >>> cands = detect_beads(img, BeadSpec(pixel_size_um=1.0, diameter_um=90.0))
     >>> len(cands), np.round(cands.centres[0]).tolist(), abs(float(cands.radii[0]) - 40) <= 2  # coarse radius
     (1, [90.0, 110.0], True)
+    >>> cands.label_factor, cands.labels.shape  # the fit reads full-resolution labels around each candidate
+    (4, (50, 50))
     """
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
@@ -190,15 +204,16 @@ def detect_beads(
     f = spec.factor
     coarse = block_mean(img, f)
     valid = _block_all(img != 0, f)  # a block with any missing pixel is missing
-    empty = BeadCandidates(np.zeros(img.shape, np.int32), np.zeros((0, 2)), np.zeros(0))
+    empty = BeadCandidates(np.zeros(coarse.shape, np.int32), np.zeros((0, 2)), np.zeros(0), label_factor=f)
     if coarse.size == 0 or not valid.any():
         return empty
-    smooth = ndi.gaussian_filter(np.where(valid, coarse, 0.0), 1.0)
+    known = np.where(valid, coarse, np.float32(0.0))
+    smooth = ndi.gaussian_filter(known, 1.0)
     bg, _spread = background_stats(smooth, valid=valid)
     noise = pixel_noise(coarse, valid=valid) * smoothing_gain(1.0)
     if threshold is None:
-        threshold = bead_threshold(np.where(valid, coarse, 0.0), sigma=1.0, nsigma=nsigma, rel=rel)
-    mask = np.asarray(ndi.binary_fill_holes((smooth > threshold) & valid), bool)
+        threshold = threshold_levels(known, sigma=1.0, nsigma=nsigma, smooth=smooth).threshold(rel)
+    mask = fill_holes((smooth > threshold) & valid)
     # the threshold may sit above the half-height of a bead's blurred rim (a plateau raised by tissue brighter
     # than the beads): the detected radius can be a couple of px short, the fit's radius decides
     r_lo, r_hi = 0.75 * spec.min_radius_px / f - 0.5, spec.max_radius_px / f
@@ -232,13 +247,9 @@ def detect_beads(
     lut = np.zeros(len(area), np.int32)
     for n, (lab, *_rest) in enumerate(kept, start=1):
         lut[lab] = n
-    full = np.zeros(img.shape, np.int32)
-    ch, cw = labels.shape
-    # each coarse label fills its f x f block: one broadcast copy, no intermediate full-size arrays
-    full[: ch * f, : cw * f].reshape(ch, f, cw, f)[...] = lut[labels][:, None, :, None]
     arr = np.asarray([k[1:] for k in kept], dtype=np.float64)
     centres = (arr[:, :2] + 0.5) * f - 0.5  # coarse pixel centres to full-resolution coordinates
-    return BeadCandidates(full, centres, arr[:, 2] * f)
+    return BeadCandidates(lut[labels], centres, arr[:, 2] * f, label_factor=f)
 
 
 def _visible_circle(

@@ -267,9 +267,11 @@ def fit_beads(
     radii: ArrayLike,
     *,
     labels: ArrayLike | None = None,
+    label_factor: int = 1,
     margin: float = 1.25,
     min_margin: int = 8,
     valid: ArrayLike | None = None,
+    missing_margin: int | None = None,
     grow: int = 4,
     ring: float | None = None,
 ) -> list[BeadFit]:
@@ -287,6 +289,9 @@ def fit_beads(
         Label image of the candidates (label ``i + 1`` for candidate ``i``);
         pixels of other candidates, grown by ``grow`` px to cover their
         blurred rims, are masked out of each cutout.
+    label_factor : int, optional
+        Image px per ``labels`` px: pixel ``(y, x)`` has label
+        ``labels[y // label_factor, x // label_factor]`` (0 past its end).
     margin : float, optional
         Cutout half-size as a multiple of the radius.
     min_margin : int, optional
@@ -294,6 +299,11 @@ def fit_beads(
     valid : ndarray (H, W) of bool, optional
         Pixels holding data (e.g. ``image != 0`` in a mosaic whose area
         outside the tiles is 0); others are masked out of every cutout.
+    missing_margin : int, optional
+        Also mask the exact zeros of ``image`` (missing data) and the pixels
+        within this many 4-connected steps of one (a resampled data edge is
+        partial), found in each cutout only: the same pixels as
+        ``~ndimage.binary_erosion(image != 0, iterations=missing_margin, border_value=1)``.
     ring : float, optional
         Fit only the pixels within ``max(ring, 0.1 * radius)`` px of the rim
         (see :func:`fit_bead`), after refining each start from the
@@ -319,10 +329,14 @@ def fit_beads(
         x0, x1 = max(int(cx) - half, 0), min(int(cx) + half + 1, img.shape[1])
         cut = img[y0:y1, x0:x1]
         mask = None if valid_img is None else valid_img[y0:y1, x0:x1]
+        if missing_margin is not None:
+            near = _near_missing(img, (y0, y1, x0, x1), missing_margin)
+            if near is not None:
+                mask = ~near if mask is None else mask & ~near
         if lab_img is not None:
             # other candidates, grown over their blurred rims, in this cutout only (a whole-image
             # label expansion costs more than all the fits)
-            lab = lab_img[y0:y1, x0:x1]
+            lab = _label_window(lab_img, label_factor, y0, y1, x0, x1)
             other = (lab != 0) & (lab != i + 1)
             if grow > 0 and other.any():
                 other = ndi.binary_dilation(other, structure=_DISC3, iterations=grow)
@@ -344,6 +358,30 @@ def fit_beads(
         except ValueError:
             fit = BeadFit(*(np.nan,) * 11, success=False)
         out.append(fit)
+    return out
+
+
+def _near_missing(img: NDArray[Any], box: tuple[int, int, int, int], margin: int) -> NDArray[np.bool_] | None:
+    """Pixels of the cutout ``box`` that are missing (0) or within ``margin`` steps of a missing pixel; None if none."""
+    y0, y1, x0, x1 = box
+    py0, px0 = max(y0 - margin, 0), max(x0 - margin, 0)  # a pixel's neighbours up to margin steps away
+    zero = img[py0 : y1 + margin, px0 : x1 + margin] == 0
+    if not zero.any():
+        return None
+    if margin > 0:
+        zero = ndi.binary_dilation(zero, structure=_DISC3, iterations=margin)
+    out: NDArray[np.bool_] = zero[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+    return out
+
+
+def _label_window(labels: NDArray[Any], factor: int, y0: int, y1: int, x0: int, x1: int) -> NDArray[Any]:
+    """Image-resolution labels of ``[y0:y1, x0:x1]`` from labels at 1/``factor`` resolution (0 past their end)."""
+    if factor <= 1:
+        return labels[y0:y1, x0:x1]
+    ry, rx = np.arange(y0, y1) // factor, np.arange(x0, x1) // factor
+    inside = (ry < labels.shape[0])[:, None] & (rx < labels.shape[1])[None, :]
+    lab = labels[np.minimum(ry, labels.shape[0] - 1)[:, None], np.minimum(rx, labels.shape[1] - 1)[None, :]]
+    out: NDArray[Any] = np.where(inside, lab, 0)
     return out
 
 

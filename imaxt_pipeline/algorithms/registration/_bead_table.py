@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage as ndi
 
 from ._bead_detect import BeadSpec, detect_beads
 from ._bead_fit import fit_beads
@@ -125,8 +124,17 @@ def find_beads_numpy(
         pad = 2.0
         inner = (cy >= core[0] - pad) & (cy < core[1] + pad) & (cx >= core[2] - pad) & (cx < core[3] + pad)
         cands = _subset(cands, inner)
-    valid = ndi.binary_erosion(img != 0, iterations=2, border_value=1)  # resampled data edges are partial
-    fits = fit_beads(img, cands.centres, cands.radii, labels=cands.labels, valid=valid, grow=grow, ring=8.0)
+    # resampled data edges are partial: 2 px next to missing data (exact 0) are masked, looked at per cutout
+    fits = fit_beads(
+        img,
+        cands.centres,
+        cands.radii,
+        labels=cands.labels,
+        label_factor=cands.label_factor,
+        missing_margin=2,
+        grow=grow,
+        ring=8.0,
+    )
     rows = []
     for (dy, dx), dr, f in zip(cands.centres, cands.radii, fits, strict=True):
         rows.append(
@@ -165,8 +173,10 @@ def good_beads(
     min_snr: float = 3.0,
     max_chi2_ratio: float = 20.0,
     min_amplitude_ratio: float = 0.3,
+    max_radius_change: float = 0.5,
 ) -> NDArray[np.bool_]:
-    """Good fits of one section: converged, fitted radius a cut of the bead, bright, chi2 and amplitude near the median.
+    """Good fits of one section: converged, fitted radius a cut of the bead and the detected one's, bright, chi2 and
+    amplitude near the median.
 
     Parameters
     ----------
@@ -180,6 +190,12 @@ def good_beads(
         Largest chi2 over the section's median (a bead of the wrong shape).
     min_amplitude_ratio : float, optional
         Least amplitude over the section's median (beads are alike; a faint disc is not one).
+    max_radius_change : float, optional
+        Largest ``|fitted - detected radius|`` as a fraction of the detected radius, plus the
+        detection's block size (``spec.factor`` px). The detected region is the part of the object
+        above the threshold, half-way up a bead's plateau, where a bead's blurred rim is: its radius
+        is the bead's to a few px. A fit that settled on a disc twice as wide (a faint halo of tissue
+        around a bright patch) does not describe the object found.
 
     Returns
     -------
@@ -187,7 +203,14 @@ def good_beads(
     """
     ok: NDArray[np.bool_] = df["fit_ok"].to_numpy(bool) & np.isfinite(df["y_err"].to_numpy(float))
     r = df["radius_px"].to_numpy(float)
-    ok &= (r >= spec.min_radius_px) & (r <= spec.max_radius_px)
+    # the erfc edge's half height lies ~w^2 / 2r inside the rim of a blurred disc (its curvature): the cut's
+    # radius, compared with the range searched, is the fitted one plus that (a cut just above the smallest
+    # one searched is not lost to it)
+    width = np.nan_to_num(df["width_px"].to_numpy(float), nan=0.0)
+    cut = r + width**2 / (2.0 * np.maximum(r, 1e-9))
+    ok &= (cut >= spec.min_radius_px) & (cut <= spec.max_radius_px)
+    det = df["det_radius"].to_numpy(float)
+    ok &= np.abs(r - det) <= max_radius_change * det + spec.factor
     if not ok.any():
         return ok
     chi2 = df["chi2"].to_numpy(float)
@@ -207,4 +230,4 @@ def _subset(cands: BeadCandidates, keep: NDArray[np.bool_]) -> BeadCandidates:
     idx = np.flatnonzero(keep)
     lut = np.zeros(len(cands) + 1, np.int32)
     lut[idx + 1] = np.arange(1, len(idx) + 1)
-    return BeadCandidates(lut[cands.labels], cands.centres[idx], cands.radii[idx])
+    return BeadCandidates(lut[cands.labels], cands.centres[idx], cands.radii[idx], label_factor=cands.label_factor)

@@ -1,7 +1,7 @@
 """Bead-channel statistics and the pieces of bead detection shared by the classical detector and the U-Net.
 
-Beads are bright, round and much larger than nuclei: :func:`bead_threshold`
-separates them from background and tissue, :func:`split_beads` splits touching
+Beads are bright, round and much larger than nuclei: ``bead_threshold``
+(``_bead_threshold``) separates them from background and tissue, :func:`split_beads` splits touching
 discs with a watershed on the distance transform, :func:`candidates_from_labels`
 keeps round regions of a radius range (the U-Net's path; the classical
 detector's size and shape rules in µm are in ``_bead_detect``), and the bead
@@ -19,17 +19,14 @@ from skimage.feature import peak_local_max
 from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
+from ._bead_threshold import background_stats, bead_mask
+
 __all__ = [
     "BeadCandidates",
-    "background_stats",
     "bead_channel_scores",
-    "bead_mask",
-    "bead_threshold",
     "candidates_from_labels",
     "normalise",
     "pick_bead_channel",
-    "pixel_noise",
-    "smoothing_gain",
     "split_beads",
 ]
 
@@ -40,149 +37,24 @@ class BeadCandidates:
 
     Attributes
     ----------
-    labels : ndarray (H, W) of int32
-        Label image; candidate ``i`` has label ``i + 1``.
+    labels : ndarray (H // label_factor, W // label_factor) of int32
+        Label image; candidate ``i`` has label ``i + 1``. Pixel ``(y, x)`` of the
+        image has label ``labels[y // label_factor, x // label_factor]`` (0 past its end).
     centres : ndarray (N, 2)
-        Centroid (y, x) of each candidate.
+        Centroid (y, x) of each candidate, image px.
     radii : ndarray (N,)
-        Equivalent-disc radius ``sqrt(area / pi)``.
+        Equivalent-disc radius ``sqrt(area / pi)``, image px.
+    label_factor : int
+        Image px per label px (the classical detector labels its block-averaged image).
     """
 
     labels: NDArray[np.int32]
     centres: NDArray[np.float64]
     radii: NDArray[np.float64]
+    label_factor: int = 1
 
     def __len__(self) -> int:
         return len(self.radii)
-
-
-def background_stats(image: ArrayLike, *, valid: ArrayLike | None = None) -> tuple[float, float]:
-    """Robust background level and noise (median, 1.4826 x MAD).
-
-    Parameters
-    ----------
-    image : ndarray
-        Image; pixels equal to 0 (outside any tile) are ignored unless
-        ``valid`` is given.
-    valid : ndarray of bool, optional
-        Pixels to use.
-
-    Returns
-    -------
-    (float, float)
-        Background and its standard deviation.
-    """
-    img = np.asarray(image, dtype=np.float64)
-    sel = (img != 0) if valid is None else np.asarray(valid, bool)
-    vals = img[sel & np.isfinite(img)]
-    if vals.size < 16:
-        return 0.0, 1.0
-    if vals.size > 200_000:
-        vals = vals[:: vals.size // 200_000]
-    med = float(np.median(vals))
-    mad = float(np.median(np.abs(vals - med)))
-    return med, max(1.4826 * mad, 1e-6)
-
-
-def pixel_noise(image: ArrayLike, *, valid: ArrayLike | None = None) -> float:
-    """Per-pixel noise from horizontal neighbour differences (1.4826 x MAD / sqrt 2), blind to smooth structure.
-
-    Parameters
-    ----------
-    image : ndarray (H, W)
-    valid : ndarray of bool, optional
-        Pixels to use (default: not exactly 0).
-
-    Returns
-    -------
-    float
-    """
-    img = np.asarray(image, dtype=np.float64)
-    ok = (img != 0) if valid is None else np.asarray(valid, bool)
-    if img.ndim != 2 or img.shape[1] < 2:
-        return 1.0
-    pair = ok[:, 1:] & ok[:, :-1]
-    diff = (img[:, 1:] - img[:, :-1])[pair]
-    if diff.size < 16:
-        return 1.0
-    if diff.size > 400_000:
-        diff = diff[:: diff.size // 400_000]
-    return max(1.4826 * float(np.median(np.abs(diff))) / float(np.sqrt(2.0)), 1e-6)
-
-
-def smoothing_gain(sigma: float) -> float:
-    """Factor by which a 2-D Gaussian of ``sigma`` px reduces white noise (1 for no smoothing)."""
-    return 1.0 if sigma <= 0 else min(1.0, 1.0 / (2.0 * np.sqrt(np.pi) * sigma))
-
-
-def bead_threshold(
-    image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5, peak: float | None = None
-) -> float:
-    """Intensity separating beads from background and tissue.
-
-    Beads are uniformly filled discs far brighter than the tissue, so the
-    threshold is the larger of ``bg + nsigma * noise`` and the level a
-    fraction ``rel`` of the way from the background to the bead plateau
-    (``peak``, by default the maximum of the smoothed image).
-
-    Parameters
-    ----------
-    image : ndarray (H, W)
-        Bead-channel image (may be a binned/pyramid level; zeros = outside
-        the tiles).
-    sigma : float, optional
-        Gaussian smoothing in px before the statistics.
-    nsigma : float, optional
-        Minimum threshold in units of the background noise.
-    rel : float, optional
-        Fraction of the way from background to ``peak`` (0 disables).
-    peak : float, optional
-        Bead plateau level (default: maximum of the smoothed image).
-
-    Returns
-    -------
-    float
-    """
-    img = np.asarray(image, dtype=np.float32)
-    valid = img != 0
-    smooth = ndi.gaussian_filter(img, sigma) if sigma > 0 else img
-    bg, _spread = background_stats(smooth, valid=valid)
-    # the spread of the pixel values holds the tissue's structure; the noise is that of neighbour differences
-    level = bg + nsigma * pixel_noise(img, valid=valid) * smoothing_gain(sigma)
-    if rel > 0:
-        top = float(smooth[valid].max()) if peak is None and valid.any() else (peak or bg)
-        level = max(level, bg + rel * (top - bg))
-    return float(level)
-
-
-def bead_mask(
-    image: ArrayLike, *, sigma: float = 2.0, nsigma: float = 5.0, rel: float = 0.5, threshold: float | None = None
-) -> NDArray[np.bool_]:
-    """Pixels above the bead threshold after smoothing.
-
-    Parameters
-    ----------
-    image : ndarray (H, W)
-        Bead-channel image.
-    sigma : float, optional
-        Gaussian smoothing in px.
-    nsigma, rel : float, optional
-        See :func:`bead_threshold` (used when ``threshold`` is None).
-    threshold : float, optional
-        Absolute threshold (e.g. computed once per slice on a pyramid level,
-        so that every block of the slice uses the same one).
-
-    Returns
-    -------
-    ndarray of bool
-        Foreground with holes filled.
-    """
-    img = np.asarray(image, dtype=np.float32)
-    valid = img != 0
-    smooth = ndi.gaussian_filter(img, sigma) if sigma > 0 else img
-    if threshold is None:
-        threshold = bead_threshold(img, sigma=sigma, nsigma=nsigma, rel=rel)
-    return np.asarray(ndi.binary_fill_holes((smooth > threshold) & valid), bool)
 
 
 def split_beads(mask: ArrayLike, *, min_radius: float = 4.0) -> NDArray[np.int32]:
