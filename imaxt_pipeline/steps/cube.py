@@ -2,10 +2,10 @@
 
 Each plane of slice ``k`` is moved by ``-register.slice_offsets_px[k]``
 (sub-pixel) onto a canvas padded so that no shifted content is cut off, block
-by block: dask-image's ``affine_transform`` computes each output block from the
-mosaic window it needs
-(:func:`~imaxt_pipeline.parallel.registration.aligned_plane`) and one task per
-block writes its first pyramid levels
+by block: one task per block reads the mosaic window it needs and moves every
+channel with dask-image's per-chunk ``affine_transform`` kernel
+(:func:`~imaxt_pipeline.parallel.registration.aligned_plane`), and writes its
+first pyramid levels where it ran
 (:func:`~imaxt_pipeline.parallel.registration.write_blocks`); coarser levels of
 the full pyramid are reduced block by block afterwards. The padding
 is rounded up to ``margin_px`` so that refined offsets rarely change the
