@@ -27,7 +27,7 @@ import numpy as np
 from ..algorithms.optics import MosaicGeometry
 from ..io import results
 from ..io.ome import BLOCK_LEVELS, OmeImage, check_shard, pyramid_levels
-from ..parallel.fusion import fuse_blocks
+from ..parallel.fusion import MAX_CHAIN, fuse_blocks
 from ..parallel.progress import compute_with_progress
 from ..parallel.pyramid import reduce_levels
 from ..qc import StitchPanel, stitch_figure, to_png
@@ -102,6 +102,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     lazy: list[Any] = []
     stitched = results.read_tile_positions(ctx.output)
     scattered = ctx.client.scatter(cal, broadcast=True)  # flat fields: sent once, not in every graph
+    chain = _chain_length(ctx, geom.shape, params.chunk * 2 ** (in_block - 1))
     for s in ctx.slices:
         positions = tile_positions(ctx, geom, s, stitched)
         for z in range(acq.optical_sections):
@@ -117,6 +118,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
                 levels=in_block,
                 feather=params.feather,
                 n_channels=n_ch,
+                max_chain=chain,
             )
     compute_with_progress(ctx.client, lazy, "mosaic", unit="blocks", logger=ctx.log)
     planes = [s * acq.optical_sections + z for s in ctx.slices for z in range(acq.optical_sections)]
@@ -130,6 +132,15 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         outputs=outputs,
         metrics={"canvas": list(geom.shape), "blocks": len(lazy), "levels": levels, "calibration": cal.source},
     )
+
+
+def _chain_length(ctx: StepContext, canvas: tuple[int, int], block: int) -> int:
+    """Blocks of a row one task fuses (:func:`...parallel.fusion.block_chains`): as many as
+    :data:`...parallel.fusion.MAX_CHAIN` while every worker still gets two tasks or more, fewer when a
+    section or two land on a large cluster (a chain saves tile reads, not parallelism)."""
+    blocks = len(ctx.planes()) * -(-canvas[0] // block) * -(-canvas[1] // block)
+    workers = max(1, sum(ctx.client.nthreads().values()))
+    return max(1, min(MAX_CHAIN, blocks // (2 * workers)))
 
 
 def _stitch_qc(

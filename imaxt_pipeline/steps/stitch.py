@@ -67,17 +67,22 @@ __all__ = ["MAX_BATCH_BYTES", "Params", "batch_pairs", "run"]
 MAX_BATCH_BYTES = 32 * 2**20
 #: Pairs per task at most, and batches per slice at least (so that the cluster stays busy).
 MAX_BATCH_PAIRS, MIN_BATCHES = 64, 16
+#: Pairs per task whatever the tile size: consecutive pairs share tiles ((t, t+1), (t, t+cols), (t+1, t+2),
+#: ...), so a task of K pairs reads about K + 1 tiles, not 2K (a tile read is a third of a pair's time at
+#: 2048 px), and an LRU cache of three tiles holds all it needs.
+MIN_BATCH_PAIRS = 8
 #: Seam samples the flat's fit takes at most (every slice's; a degree-4 surface needs far fewer).
 MAX_FLAT_SAMPLES = 400_000
 
 
 def batch_pairs(n_pairs: int, tile_bytes: int) -> int:
-    """Pairs per matching task: 1 for large tiles or few pairs, up to ``MAX_BATCH_PAIRS`` for small tiles.
+    """Pairs per matching task: 1 for few pairs, up to ``MIN_BATCH_PAIRS`` for large tiles and
+    ``MAX_BATCH_PAIRS`` for small ones.
 
     >>> batch_pairs(12, 2 * 256 * 256), batch_pairs(1200, 2 * 64 * 64), batch_pairs(1200, 4 * 2 * 2048 * 2048)
-    (1, 64, 1)
+    (1, 64, 8)
     """
-    by_memory = max(1, MAX_BATCH_BYTES // max(8 * tile_bytes, 1))
+    by_memory = max(MIN_BATCH_PAIRS, MAX_BATCH_BYTES // max(8 * tile_bytes, 1))
     return int(max(1, min(MAX_BATCH_PAIRS, by_memory, -(-n_pairs // MIN_BATCHES))))
 
 
@@ -97,9 +102,17 @@ def _match_batch(
     # An estimated flat is refined from the seams: the task that holds the pair's strips samples them.
     estimated = calibration.flat is not None and calibration.source.get("flat") == "estimated"
     match_kwargs.setdefault("flat_samples", estimated)
+    memo: dict[Any, np.ndarray] = {}  # each tile's channel levels, the confidence map: once per task
     return [
         match_tiles(
-            lambda i: np.array(cached(i)), a, b, (ey, ex), calibration, index_offset=index_offset, **match_kwargs
+            lambda i: np.array(cached(i)),
+            a,
+            b,
+            (ey, ex),
+            calibration,
+            index_offset=index_offset,
+            memo=memo,
+            **match_kwargs,
         )
         for (a, b), (ey, ex) in zip(np.asarray(batch).tolist(), np.asarray(expected).tolist(), strict=True)
     ]
@@ -112,7 +125,7 @@ def _lazy_matches(
     from dask import delayed
 
     size = batch_pairs(len(pairs), tile_bytes)
-    cache = int(max(2, min(2 * cols + 2, MAX_BATCH_BYTES // max(tile_bytes, 1))))
+    cache = int(max(3, min(2 * cols + 2, MAX_BATCH_BYTES // max(tile_bytes, 1))))
     idx = np.asarray(pairs, np.int64).reshape(-1, 2)
     expected = stage[idx[:, 1]] - stage[idx[:, 0]]
     # Arrays, not lists of tuples: dask walks every list argument looking for tasks (seconds for 50 x 50 tiles).
@@ -273,6 +286,16 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             "applied" if any(m.applied) else "not significant, nominal kept (the dominant uncertainty)",
             m.predicted_px,
         )
+        ctx.log.info(
+            "stitch: camera shear against the stage (yx, xy) %s ± %s (rotation %.3f deg), %s; "
+            "translation error its sigma implies %.2f px (whole linear map %.2f px)",
+            [f"{v:+.2e}" for v in m.shear],
+            [f"{v:.1e}" for v in m.shear_sigma],
+            m.rotation_deg,
+            "applied" if any(m.shear_applied) else "not significant, nominal kept",
+            m.shear_predicted_px,
+            m.linear_predicted_px,
+        )
     metrics = {
         **stats,
         "distortion": sol.distortion.as_dict(),
@@ -424,6 +447,7 @@ def _provenance(sol: Any, estimated: bool, distortion_source: str | None) -> dic
     """Which of the solve's estimates came from the data, from what, and with what 1-sigma."""
     mag = sol.magnification
     applied = bool(mag is not None and any(mag.applied))
+    sheared = bool(mag is not None and any(mag.shear_applied))
     rec = mag.as_dict() if mag is not None else {}
     fixed = "calibration file" if distortion_source == "file" else "nominal"
     return {
@@ -435,6 +459,11 @@ def _provenance(sol: Any, estimated: bool, distortion_source: str | None) -> dic
         "magnification": {
             "source": "stage statistics" if applied else f"{fixed} (stage statistics not significant)",
             "sigma": None if mag is None else {"y": rec["mag_sigma_y"], "x": rec["mag_sigma_x"]},
+        },
+        "shear": {
+            "source": "stage statistics" if sheared else f"{fixed} (stage statistics not significant)",
+            "sigma": None if mag is None else {"yx": rec["shear_sigma_yx"], "xy": rec["shear_sigma_xy"]},
+            "predicted_translation_error_px": rec.get("predicted_shear_error_px"),
         },
     }
 

@@ -272,10 +272,30 @@ def seam_samples(
     iy, ix = np.where(inside, iy, 0), np.where(inside, ix, 0)
     fy, fx = by - iy, bx - ix
     corners = [((1 - fy) * (1 - fx), 0, 0), (fy * (1 - fx), 1, 0), ((1 - fy) * fx, 0, 1), (fy * fx, 1, 1)]
-    at, it = ty.astype(np.int_), tx.astype(np.int_)
-    bad_a = _box_sums(_integral(np.asarray(weights_a) <= 0), at, it, size)
-    sat_bad_b = _integral(np.asarray(weights_b) <= 0)
-    bad_b = sum(_box_sums(sat_bad_b, iy + dy, ix + dx, size) for _, dy, dx in corners)
+    # a's samples tile a regular grid (block sums by a reshape); b's move with the shift (summed-area
+    # tables, of the window the samples reach only: most of a strip is margin)
+    grid_a = (slice(bounds[0][0], bounds[0][0] + ny * sy_), slice(bounds[1][0], bounds[1][0] + nx * sx_))
+
+    def sums_a(img: npt.ArrayLike) -> _Array:
+        arr = np.asarray(np.asarray(img)[grid_a], np.float64)
+        out: _Array = arr.reshape(ny, sy_, nx, sx_).sum(axis=(1, 3)).ravel()
+        return out
+
+    if not inside.any():
+        return empty
+    reach = tuple(slice(int(v[inside].min()), int(v[inside].max()) + n + 1) for v, n in ((iy, sy_), (ix, sx_)))
+    iy, ix = (np.where(inside, v, r.start) - r.start for v, r in ((iy, reach[0]), (ix, reach[1])))
+
+    def sums_b(img: npt.ArrayLike, weights: Sequence[_Array | float]) -> _Array:
+        sat = _integral(np.asarray(img)[reach])
+        out: _Array = sum(
+            (wt * _box_sums(sat, iy + dy, ix + dx, size) for wt, (_, dy, dx) in zip(weights, corners, strict=True)),
+            np.zeros(len(iy)),
+        )
+        return out
+
+    bad_a = sums_a(np.asarray(weights_a) <= 0)
+    bad_b = sums_b(np.asarray(weights_b) <= 0, [1.0] * 4)
     keep = inside & (bad_a == 0) & (bad_b == 0)
     if not keep.any():
         return empty
@@ -284,9 +304,8 @@ def seam_samples(
     cols = [cy[keep], cx[keep], (cy - sy)[keep], (cx - sx)[keep]]
     rows = []
     for ch in range(a.shape[0]):
-        ma = _box_sums(_integral(a[ch]), at, it, size) / area
-        sat_b = _integral(b[ch])
-        mb = sum(wt * _box_sums(sat_b, iy + dy, ix + dx, size) for wt, dy, dx in corners) / area
+        ma = sums_a(a[ch]) / area
+        mb = sums_b(b[ch], [wt for wt, _, _ in corners]) / area
         n = int(keep.sum())
         flats = [np.ones(n), np.ones(n)]
         if calibration is not None and calibration.flat is not None:

@@ -70,6 +70,7 @@ def fuse_region(
     distortion: DistortionModel | None = None,
     order: int = 1,
     calibration: Calibration | None = None,
+    out: FusedRegion | None = None,
 ) -> FusedRegion:
     """Weighted average of the tiles covering one rectangular mosaic region.
 
@@ -93,6 +94,10 @@ def fuse_region(
     calibration : Calibration, optional
         Dark, stray and flat correction applied (:meth:`Calibration.apply`) to the part of each
         tile the region samples only: a block touching a tile's edge corrects a strip, not the tile.
+    out : FusedRegion, optional
+        Buffers of the region's shape (``image`` (C, h, w) with the tiles' C, ``weight`` (h, w)) to fuse
+        into, zeroed here: a caller fusing block after block reuses them instead of faulting in fresh
+        pages for every block. The result is then ``out`` (also when no tile touches the region).
 
     Returns
     -------
@@ -106,7 +111,14 @@ def fuse_region(
     get: Callable[[int], npt.ArrayLike] = tiles if callable(tiles) else tiles.__getitem__
     pos = np.asarray(positions, np.float64)
     acc: npt.NDArray[np.float32] | None = None
-    wsum = np.zeros((y1 - y0, x1 - x0), np.float32)
+    if out is not None:
+        if out.weight.shape != (y1 - y0, x1 - x0) or out.image.shape[1:] != out.weight.shape:
+            raise ValueError(f"out buffers of shape {out.image.shape} for a region of {(y1 - y0, x1 - x0)}")
+        acc, wsum = out.image, out.weight
+        acc.fill(0.0)
+        wsum.fill(0.0)
+    else:
+        wsum = np.zeros((y1 - y0, x1 - x0), np.float32)
     for i in indices if indices is not None else _touching_lazy(pos, get, region, model):
         tile = np.asarray(get(i))
         if tile.ndim == 2:
@@ -114,6 +126,8 @@ def fuse_region(
         c, h, w = tile.shape
         if acc is None:
             acc = np.zeros((c, y1 - y0, x1 - x0), np.float32)
+        elif acc.shape[0] != c:
+            raise ValueError(f"tile {i} has {c} channels, the region's buffers {acc.shape[0]}")
         base = None if weights is None else np.asarray(weights, np.float32)
         pad = 2.0 + max_displacement((h, w), model)
         py, px = pos[i]
@@ -179,26 +193,31 @@ def _add_bilinear(
     images = [np.ascontiguousarray(base).ravel(), *(np.ascontiguousarray(t).ravel() for t in tile)]
     # the 4 taps of every image: one index array into views shifted by 0, 1, wc and wc + 1
     shifted = [(im, im[1:], im[wc:], im[wc + 1 :]) for im in images]
+    strips = grid.strips((wy, wx))  # coordinates relative to the window: no per-pixel shift
+    # the detector [0, h - 1] x [0, w - 1] in window coordinates (outside it the weight is 0)
+    lo_y, hi_y, lo_x, hi_x = -wy, h - 1 - wy, -wx, w - 1 - wx
     n_rows = acc.shape[1]
     for r0 in range(0, n_rows, STRIP_ROWS):
         r1 = min(r0 + STRIP_ROWS, n_rows)
-        dy, dx = grid.rows(r0, r1)
-        inside = (dy >= 0) & (dy <= h - 1) & (dx >= 0) & (dx <= w - 1)
+        dy, dx = strips.rows(r0, r1)
+        inside = dy >= lo_y
+        inside &= dy <= hi_y
+        inside &= dx >= lo_x
+        inside &= dx <= hi_x
         if not inside.any():
             continue
-        dy -= wy
-        dx -= wx
         fy = np.floor(dy)
         np.clip(fy, 0, hc - 2, out=fy)
         fx = np.floor(dx)
         np.clip(fx, 0, wc - 2, out=fx)
-        index = fy.astype(np.intp)
-        index *= wc
-        index += fx.astype(np.intp)
         ty = np.subtract(dy, fy, out=dy).astype(np.float32)
         np.clip(ty, 0, 1, out=ty)
         tx = np.subtract(dx, fx, out=dx).astype(np.float32)
         np.clip(tx, 0, 1, out=tx)
+        # the flat index fy * wc + fx, exact in float64, converted once
+        fy *= wc
+        fy += fx
+        index = fy.astype(np.intp)
         wt = _lerp2(shifted[0], index, ty, tx)
         wt *= inside
         wsum[r0:r1] += wt
@@ -215,7 +234,8 @@ def _lerp2(
     tx: npt.NDArray[np.float32],
 ) -> npt.NDArray[np.float32]:
     """Bilinear value from the 4 tap views at ``index``: two lerps along x, one along y."""
-    a, b, c, d = (t.take(index, mode="clip") for t in taps)
+    # every index is valid by construction (taps clipped to the window): "wrap" is numpy's cheapest mode
+    a, b, c, d = (t.take(index, mode="wrap") for t in taps)
     b -= a
     b *= tx
     a += b
@@ -255,6 +275,8 @@ class _DetectorGrid:
         gy, gx = np.meshgrid(rows[ky], cols[kx], indexing="ij")
         py, px = detector_coordinates(gy, gx, shape, model)
         ey, ex = py - gy, px - gx
+        if not (np.isfinite(ey).all() and np.isfinite(ex).all()):  # the kernel's indices rely on finite taps
+            raise ValueError(f"the distortion model {model} maps the tile to non-finite detector coordinates")
         # knot rows interpolated along x once; a strip then blends two of them per row
         self._ey, self._ex = ey @ ax.T, ex @ ax.T
         self._lo = (float(ey.min()), float(ex.min()))
@@ -285,20 +307,61 @@ class _DetectorGrid:
 
     def rows(self, r0: int, r1: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Detector ``(y, x)`` of the grid rows ``r0:r1`` (fresh arrays)."""
+        return self.strips((0, 0)).rows(r0, r1)
+
+    def strips(self, origin: tuple[int, int]) -> _Strips:
+        """Row strips of the grid in detector coordinates less ``origin`` (a window's first pixel)."""
+        rows, cols = self._rows - origin[0], self._cols - origin[1]
+        if self._identity:
+            return _Strips(rows, cols, None)
+        # per knot interval: its lower knot row and the step to the next; the columns folded into x
+        fields = []
+        for field, coords in ((self._ey, None), (self._ex, cols)):
+            lower = field if coords is None else field + coords
+            step = np.zeros_like(field)
+            np.subtract(field[1:], field[:-1], out=step[:-1])
+            fields.append((lower, step))
+        return _Strips(rows, cols, (self._ky, self._ty, fields[0], fields[1]))
+
+
+#: A knot field of :class:`_Strips`: each knot row's values and the step to the next knot row.
+_Field = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+
+class _Strips:
+    """Coordinates of row strips of a :class:`_DetectorGrid`, relative to an origin (:meth:`_DetectorGrid.strips`).
+
+    A strip's rows fall in one or two knot intervals (``STRIP_ROWS`` is a small multiple of the knot
+    step): each interval's rows are ``lower + step * t`` (``+ row`` along y), two passes per axis.
+    """
+
+    def __init__(
+        self,
+        rows: npt.NDArray[np.float64],
+        cols: npt.NDArray[np.float64],
+        knots: tuple[npt.NDArray[np.intp], npt.NDArray[np.float64], _Field, _Field] | None,
+    ) -> None:
+        self._rows, self._cols, self._knots = rows, cols, knots
+
+    def rows(self, r0: int, r1: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``(y, x)`` of the grid rows ``r0:r1`` (fresh arrays)."""
         shape = (r1 - r0, self._cols.size)
         dy = np.empty(shape)
         dx = np.empty(shape)
-        if self._identity:
+        if self._knots is None:
             dy[:] = self._rows[r0:r1, None]
             dx[:] = self._cols[None, :]
             return dy, dx
-        k, t = self._ky[r0:r1], self._ty[r0:r1, None]
-        for out, field, coords in ((dy, self._ey, self._rows[r0:r1, None]), (dx, self._ex, self._cols[None, :])):
-            lower, upper = field[k], field[np.minimum(k + 1, field.shape[0] - 1)]
-            np.subtract(upper, lower, out=out)
-            out *= t
-            out += lower
-            out += coords
+        ky, ty, (ly, sy), (lx, sx) = self._knots
+        k = ky[r0:r1]
+        cuts = [0, *(np.flatnonzero(k[1:] != k[:-1]) + 1), k.size]
+        for a, b in zip(cuts[:-1], cuts[1:], strict=False):
+            j, t = int(k[a]), ty[r0 + a : r0 + b, None]
+            np.multiply(t, sy[j], out=dy[a:b])
+            dy[a:b] += ly[j]
+            dy[a:b] += self._rows[r0 + a : r0 + b, None]
+            np.multiply(t, sx[j], out=dx[a:b])
+            dx[a:b] += lx[j]
         return dy, dx
 
 

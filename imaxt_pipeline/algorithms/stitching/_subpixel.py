@@ -5,9 +5,9 @@ Minimises ``Σ w (ref(p) - g·mov(p - s) - o)^2`` over the shift ``s``, a gain
 rectangle and its shift is the same over all of it, values and gradients at
 ``p - s`` are separable 4-tap filters of the spline coefficients (no
 per-pixel coordinate arrays), and the blocks of one seam are iterated
-together as arrays, so one iteration for a whole seam is a few array
-operations. The per-pixel arrays are float32 (half the memory traffic of the taps and the Jacobian,
-which are most of a pair's time); the 4 x 4 systems are solved in float64.
+together. Each iteration's normal equations come from one compiled pass over
+every block's pixels (:mod:`._gauss_newton`, float64 sums of the float32
+coefficients); the 4 x 4 systems are solved here.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
+from ._gauss_newton import N_STATS, normal_equations
+
 __all__ = ["MovingSpline", "ShiftEstimate", "refine_shift", "window_crop"]
 
 _Array = npt.NDArray[np.float64]
-_F32 = npt.NDArray[np.float32]
 _T = TypeVar("_T", bound=np.generic)
 
 
@@ -127,9 +128,9 @@ class MovingSpline:
     ) -> list[ShiftEstimate]:
         """Gauss-Newton of :func:`refine_shift` for several regions of ``ref`` at once.
 
-        Each region gets its own shift, gain and offset; all are iterated
-        together as arrays (blocks of one seam differ by a pixel in size at
-        most: smaller ones are padded with zero weight).
+        Each region gets its own shift, gain and offset; all are iterated together (one compiled pass
+        over each block per iteration, :func:`._gauss_newton.normal_equations`; blocks that converged
+        stop costing anything).
         """
         n = len(regions)
         ny = max((r[0].stop - r[0].start for r in regions), default=0)
@@ -137,13 +138,14 @@ class MovingSpline:
         if ny < 2 or nx < 2:
             first = (float(start[0]), float(start[1]))
             return [ShiftEstimate(first, (np.inf, np.inf), -1.0, 0, False) for _ in regions]
-        refs = np.zeros((n, ny, nx), np.float32)
-        wref = np.zeros((n, ny, nx), np.float32)
-        for i, (ys, xs) in enumerate(regions):
-            h, w = ys.stop - ys.start, xs.stop - xs.start
-            refs[i, :h, :w] = ref[ys, xs]
-            wref[i, :h, :w] = 1.0 if ref_weights is None else ref_weights[ys, xs]
-        origin = np.array([(r[0].start, r[1].start) for r in regions], np.float64)
+        # contiguous once here, not at every iteration's call
+        ref = np.ascontiguousarray(ref, np.float64)
+        ref_w = np.ones(ref.shape) if ref_weights is None else np.ascontiguousarray(ref_weights, np.float64)
+        boxes = np.array([(r[0].start, r[0].stop, r[1].start, r[1].stop) for r in regions], np.int64)
+        origin = boxes[:, [0, 2]].astype(np.float64)
+        # a region reaching past ``ref`` takes part with the pixels it has (the kernel does not check bounds)
+        boxes[:, :2] = np.clip(boxes[:, :2], 0, ref.shape[0])
+        boxes[:, 2:] = np.clip(boxes[:, 2:], 0, ref.shape[1])
         s = np.tile(np.asarray(start, np.float64), (n, 1))
         gain, offset = np.ones(n), np.zeros(n)
         active, ok = np.ones(n, bool), np.ones(n, bool)
@@ -151,10 +153,11 @@ class MovingSpline:
             idx = np.flatnonzero(active)  # converged blocks stop costing anything
             if idx.size == 0:
                 break
-            model = self._sample(refs[idx], wref[idx], origin[idx] - s[idx])
-            _, hess, grad = _linearise(model, refs[idx], gain[idx], offset[idx])
+            hess, grad, _, valid = self._system(
+                ref, ref_w, boxes[idx], origin[idx] - s[idx], gain[idx], offset[idx], ny, nx, final=False
+            )
             trace = np.trace(hess, axis1=1, axis2=2)
-            good = model.valid & (trace > 0)
+            good = valid & (trace > 0)
             hess[~good] = np.eye(4)
             step = -np.linalg.solve(hess + 1e-9 * trace[:, None, None] * np.eye(4), grad[..., None])[..., 0]
             step[~good] = 0.0
@@ -168,102 +171,81 @@ class MovingSpline:
             )
             ok[idx] &= good & ~diverged
             active[idx] = ok[idx] & (np.max(np.abs(step[:, :2]), axis=1) >= tol)
-        model = self._sample(refs, wref, origin - s)  # the final linearisation, for every block
-        ok &= model.valid
+        hess, _, stats, valid = self._system(ref, ref_w, boxes, origin - s, gain, offset, ny, nx)  # final linearisation
+        ok &= valid
         converged = ok & ~active
-        r, hess, _ = _linearise(model, refs, gain, offset)
-        return [self._estimate(i, s[i], model, refs[i], r[i], hess[i], bool(converged[i]), origin[i]) for i in range(n)]
+        return [_estimate(s[i], stats[i], hess[i], bool(valid[i]), bool(converged[i]), origin[i]) for i in range(n)]
 
-    def _sample(self, refs: _F32, wref: _F32, first: _Array) -> _Samples:
-        """Spline value, gradient and combined weight at ``first + (i, j)`` for every block."""
-        n, ny, nx = refs.shape
+    def _system(
+        self,
+        ref: _Array,
+        ref_w: _Array,
+        boxes: npt.NDArray[np.int64],
+        first: _Array,
+        gain: _Array,
+        offset: _Array,
+        ny: int,
+        nx: int,
+        *,
+        final: bool = True,
+    ) -> tuple[_Array, _Array, _Array, npt.NDArray[np.bool_]]:
+        """Normal equations and statistics of every block whose partner ``first + (i, j)`` the window holds.
+
+        ``first`` is each block's first partner in tile coordinates; a block is valid when the window
+        holds it (``ny`` x ``nx``, the largest block, with the spline's margins) and at least 32 of its
+        pixels have weight.
+        """
         y0, x0 = first[:, 0] - self.y0, first[:, 1] - self.x0  # window coordinates of each block's first sample
-        valid = (y0 >= 1) & (y0 + ny + 2 < self.coef.shape[0]) & (x0 >= 1) & (x0 + nx + 2 < self.coef.shape[1])
-        y0 = np.where(valid, y0, 1.0)
-        x0 = np.where(valid, x0, 1.0)
-        iy, ix = np.floor(y0).astype(int), np.floor(x0).astype(int)
-        ty, tx = y0 - iy, x0 - ix
-        # Each block's window of coefficients (and of the confidence) is a plain slice: copying n slices
-        # is several times faster than one fancy-indexed gather of the same pixels.
-        win = np.empty((n, ny + 3, nx + 3), np.float32)
-        lin = np.empty((n, ny + 1, nx + 1), np.float32)
-        for i, (yy, xx) in enumerate(zip(iy.tolist(), ix.tolist(), strict=True)):
-            win[i] = self.coef[yy - 1 : yy + ny + 2, xx - 1 : xx + nx + 2]
-            lin[i] = self.weights[yy : yy + ny + 1, xx : xx + nx + 1]
-        wy, dwy = _cubic_weights(ty)
-        wx, dwx = _cubic_weights(tx)
-        along_y, d_along_y = _taps(win, wy, ny, 1), _taps(win, dwy, ny, 1)
-        value, grad_x, grad_y = _taps(along_y, wx, nx, 2), _taps(along_y, dwx, nx, 2), _taps(d_along_y, wx, nx, 2)
-        wlin = _taps(_taps(lin, np.stack([1 - ty, ty], 1), ny, 1), np.stack([1 - tx, tx], 1), nx, 2)
-        qy = y0[:, None] + self.y0 + np.arange(ny)  # tile coordinates of the samples
-        qx = x0[:, None] + self.x0 + np.arange(nx)
-        in_y = (qy >= 0) & (qy <= self.shape[0] - 1) & valid[:, None]
-        in_x = (qx >= 0) & (qx <= self.shape[1] - 1)
-        weight = wref * wlin
-        weight *= in_y[:, :, None]
-        weight *= in_x[:, None, :]
-        valid &= np.count_nonzero(weight.reshape(n, -1), axis=1) >= 32
-        return _Samples(value, grad_y, grad_x, weight, valid)
-
-    @staticmethod
-    def _estimate(
-        i: int, s: _Array, model: _Samples, ref32: _F32, r32: _F32, hess: _Array, converged: bool, origin: _Array
-    ) -> ShiftEstimate:
-        """Shift, its uncertainty (final linearisation) and the NCC of block ``i``."""
-        fail = ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
-        # float64 here: the NCC decides whether a block is kept
-        wt, bq = model.weight[i].astype(np.float64), model.value[i].astype(np.float64)
-        ref, r = ref32.astype(np.float64), r32.astype(np.float64)
-        wsum = float(wt.sum())
-        if not model.valid[i] or wsum <= 0:
-            return fail
-        sigma2 = float(np.sum(wt * r * r)) / max(wsum - 4.0, 1.0)
-        try:
-            sig = np.sqrt(np.maximum(np.diag(np.linalg.inv(hess) * sigma2)[:2], 0.0))
-        except np.linalg.LinAlgError:
-            return fail
-        am, bm = np.sum(wt * ref) / wsum, np.sum(wt * bq) / wsum
-        den = np.sqrt(np.sum(wt * (ref - am) ** 2) * np.sum(wt * (bq - bm) ** 2))
-        ncc = float(np.sum(wt * (ref - am) * (bq - bm)) / den) if den > 0 else -1.0
-        # Both tiles' confidences shape the weights (a trimmed border of either tile drops out).
-        cy = origin[0] + float(np.sum(wt.sum(axis=1) * np.arange(wt.shape[0]))) / wsum
-        cx = origin[1] + float(np.sum(wt.sum(axis=0) * np.arange(wt.shape[1]))) / wsum
-        return ShiftEstimate(
-            (float(s[0]), float(s[1])),
-            (float(sig[0]), float(sig[1])),
-            ncc,
-            int(np.count_nonzero(wt)),
-            converged and bool(np.all(np.isfinite(sig))),
-            (cy, cx),
-        )
+        rows, cols = self.coef.shape
+        valid = (y0 >= 1) & (y0 + ny + 2 < rows) & (x0 >= 1) & (x0 + nx + 2 < cols)
+        hess = np.zeros((len(boxes), 4, 4))
+        grad = np.zeros((len(boxes), 4))
+        stats = np.zeros((len(boxes), N_STATS))
+        if valid.any():
+            hv, gv, sv = normal_equations(
+                self.coef,
+                self.weights,
+                ref,
+                ref_w,
+                boxes[valid],
+                np.stack([y0, x0], axis=1)[valid],
+                gain[valid],
+                offset[valid],
+                (int(self.shape[0]), int(self.shape[1])),
+                (self.y0, self.x0),
+                final=final,
+            )
+            hess[valid], grad[valid], stats[valid] = hv, gv, sv
+        valid &= stats[:, 9] >= 32
+        return hess, grad, stats, valid
 
 
-def _linearise(model: _Samples, refs: _F32, gain: _Array, offset: _Array) -> tuple[_F32, _Array, _Array]:
-    """Residuals ``ref - g·mov - o``, Gauss-Newton Hessian and gradient of every block.
-
-    d r / d s = +g ∇mov(q) (q = p - s); d r / d g = -mov; d r / d o = -1. The Jacobian is built
-    parameter-major, (n, 4, P), so the two products are batched matrix products with no transposed copy.
-    """
-    n = refs.shape[0]
-    g = gain[:, None, None].astype(refs.dtype)
-    r: _F32 = refs - g * model.value - offset[:, None, None].astype(refs.dtype)
-    jac = np.empty((n, 4, refs[0].size), refs.dtype)
-    jac[:, 0] = (g * model.grad_y).reshape(n, -1)
-    jac[:, 1] = (g * model.grad_x).reshape(n, -1)
-    jac[:, 2] = -model.value.reshape(n, -1)
-    jac[:, 3] = -1.0
-    jw = jac * model.weight.reshape(n, 1, -1)
-    hess = (jw @ jac.transpose(0, 2, 1)).astype(np.float64)
-    return r, hess, (jw @ r.reshape(n, -1, 1))[..., 0].astype(np.float64)
-
-
-@dataclass(frozen=True)
-class _Samples:
-    value: _F32
-    grad_y: _F32
-    grad_x: _F32
-    weight: _F32
-    valid: npt.NDArray[np.bool_]
+def _estimate(s: _Array, stats: _Array, hess: _Array, valid: bool, converged: bool, origin: _Array) -> ShiftEstimate:
+    """Shift, its uncertainty (final linearisation), the NCC and the weighted centre of one block."""
+    fail = ShiftEstimate((float(s[0]), float(s[1])), (np.inf, np.inf), -1.0, 0, False)
+    wsum, wrr, wa, wb, waa, wbb, wab, wi, wj, nnz = (float(v) for v in stats)
+    if not valid or wsum <= 0:
+        return fail
+    sigma2 = wrr / max(wsum - 4.0, 1.0)
+    try:
+        sig = np.sqrt(np.maximum(np.diag(np.linalg.inv(hess) * sigma2)[:2], 0.0))
+    except np.linalg.LinAlgError:
+        return fail
+    # weighted (co)variances of ref and the resampled moving tile from the float64 sums
+    am, bm = wa / wsum, wb / wsum
+    vaa, vbb, vab = max(waa - wsum * am * am, 0.0), max(wbb - wsum * bm * bm, 0.0), wab - wsum * am * bm
+    den = np.sqrt(vaa * vbb)
+    ncc = float(vab / den) if den > 0 else -1.0
+    # Both tiles' confidences shape the weights (a trimmed border of either tile drops out).
+    cy, cx = origin[0] + wi / wsum, origin[1] + wj / wsum
+    return ShiftEstimate(
+        (float(s[0]), float(s[1])),
+        (float(sig[0]), float(sig[1])),
+        ncc,
+        int(nnz),
+        converged and bool(np.all(np.isfinite(sig))),
+        (float(cy), float(cx)),
+    )
 
 
 def _padded_coefficients(image: _Array, y0: int, y1: int, x0: int, x1: int) -> _Array:
@@ -276,27 +258,6 @@ def _padded_coefficients(image: _Array, y0: int, y1: int, x0: int, x1: int) -> _
         # Outside the tile the samples get zero weight; mirrored values only keep the taps defined.
         coef = np.pad(coef, pads, mode="reflect")
     return coef
-
-
-def _cubic_weights(t: _Array) -> tuple[_Array, _Array]:
-    """Cubic B-spline tap weights (B, 4) and their derivatives for samples ``t`` in [0, 1) past tap 1."""
-    u = 1.0 - t
-    w = np.stack([u**3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], axis=1) / 6.0
-    dw = np.stack([-(u**2), 3 * t**2 - 4 * t, -3 * t**2 + 2 * t + 1, t**2], axis=1) / 2.0
-    return w, dw
-
-
-def _taps(arr: _F32, weights: _Array, n: int, axis: int) -> _F32:
-    """``Σ_k weights[b, k] * arr[b, ..., k : k + n, ...]`` along ``axis``, per block ``b``."""
-    idx = [slice(None)] * arr.ndim
-    shape = [-1] + [1] * (arr.ndim - 1)
-    idx[axis] = slice(0, n)
-    wts = weights.astype(arr.dtype)  # float32 arrays stay float32
-    out: _F32 = arr[tuple(idx)] * wts[:, 0].reshape(shape)
-    for k in range(1, wts.shape[1]):
-        idx[axis] = slice(k, k + n)
-        out += arr[tuple(idx)] * wts[:, k].reshape(shape)
-    return out
 
 
 def window_crop(image: npt.NDArray[_T], y0: int, y1: int, x0: int, x1: int) -> npt.NDArray[_T]:
