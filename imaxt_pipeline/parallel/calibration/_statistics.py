@@ -76,7 +76,8 @@ def cluster_starmap(client: Client) -> Callable[[Callable[..., Any], Sequence[tu
     """
 
     def starmap(fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
-        futures = [client.submit(fn, *args, pure=False) for args in items]
+        # the arguments (a channel's statistics, a flat) travel as data, not inside the task graph
+        futures = [client.submit(fn, *client.scatter(list(args), hash=False), pure=False) for args in items]
         return list(client.gather(futures))
 
     return starmap
