@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..acquisition import Acquisition
 from ..algorithms.calibration import SEAM_SAMPLE_COLUMNS, refine_flat_from_samples
-from ..algorithms.optics import Calibration, DistortionModel
+from ..algorithms.optics import Calibration, DistortionModel, MosaicGeometry
 from ..algorithms.stitching import (
     PairMatch,
     adjacent_pairs,
@@ -168,11 +169,19 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     magnification = sol.magnification.as_dict() if sol.magnification is not None else None
     geom = results.mosaic_canvas(ctx.raw)
     meta = results.stitch_record(ctx.output)
+    models = dict(meta.get("slice_distortion", {}))
+    moves = {
+        s: _section_move(acq, geom, sol, meta, models.get(str(s)), cal.distortion, len(slices) + j, s)
+        for j, s in enumerate(old_slices)
+    }
+    rewrite, pending = rewrite_plan(moves, tolerance=params.rewrite_tol_px, limit=params.rewrite_max_slices)
+    # slices written now (this run's, and earlier ones re-placed): their flags, sigmas and residuals are this solve's
+    index = {s: k for k, s in enumerate(slices)} | {s: len(slices) + old_slices.index(s) for s in rewrite}
     positions = dict(meta.get("tile_positions_px", {}))
     residuals = dict(meta.get("residuals", {}))
-    unconstrained = {k: v for k, v in meta.get("unconstrained", {}).items() if int(k.split("/")[0]) not in slices}
-    sigmas = {k: v for k, v in meta.get("position_sigma_px", {}).items() if int(k.split("/")[0]) not in slices}
-    flags = {k: v for k, v in meta.get("flags", {}).items() if int(k.split("/")[0]) not in slices}
+    unconstrained = {k: v for k, v in meta.get("unconstrained", {}).items() if int(k.split("/")[0]) not in index}
+    sigmas = {k: v for k, v in meta.get("position_sigma_px", {}).items() if int(k.split("/")[0]) not in index}
+    flags = {k: v for k, v in meta.get("flags", {}).items() if int(k.split("/")[0]) not in index}
     flagged = sol.flagged
     words = describe_flags(sol.flags, lambda t: "({},{})".format(*acq.tile_grid(t % n_t)))
     flag_text = {f.tile: w for f, w in zip(sol.flags, words, strict=True)}
@@ -182,18 +191,6 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         slices[r // n_t] if r // n_t < len(slices) else old_slices[r // n_t - len(slices)]
         for r in pair_tab["reference"]
     ]
-    models = dict(meta.get("slice_distortion", {}))
-    moves = {
-        s: _section_move(ctx, sol, meta, models.get(str(s)), cal.distortion, len(slices) + j, s)
-        for j, s in enumerate(old_slices)
-    }
-    rewrite, pending = rewrite_plan(moves, tolerance=params.rewrite_tol_px, limit=params.rewrite_max_slices)
-    for s in rewrite:
-        # written under the new optics: its flags, sigmas and residuals are this solve's
-        for record in (unconstrained, sigmas, flags):
-            for key in [key for key in record if int(key.split("/")[0]) == s]:
-                del record[key]
-    index = {s: k for k, s in enumerate(slices)} | {s: len(slices) + old_slices.index(s) for s in rewrite}
     for s, k in index.items():
         models[str(s)] = sol.distortion.as_dict()
         pos = geom.to_mosaic(sol.positions[k * n_t : (k + 1) * n_t])
@@ -308,7 +305,8 @@ def run(ctx: StepContext, params: Params) -> StepResult:
 
 
 def _section_move(
-    ctx: StepContext,
+    acq: Acquisition,
+    geom: MosaicGeometry,
     sol: Any,
     meta: dict[str, Any],
     written_model: dict[str, float] | None,
@@ -316,14 +314,13 @@ def _section_move(
     k: int,
     s: int,
 ) -> float:
-    """How far this solve moves earlier slice ``s`` (solve block ``k``) from what was written for it.
+    """How far this solve moves earlier slice ``s`` (solve block ``k``) from what was written for it
+    (``acq`` its acquisition, ``geom`` the mosaic canvas).
 
     Compared over its overlap-placed tiles, under the distortion it was written with (stores from
     before that record: the calibration's as this run found it).
     """
-    acq = ctx.raw.acquisition
     n_t = acq.n_tiles
-    geom = results.mosaic_canvas(ctx.raw)
     stored = meta.get("tile_positions_px", {})
     keys = [results.position_key(s, *acq.tile_grid(t)) for t in range(n_t)]
     keep = [t for t in range(n_t) if keys[t] in stored and sol.constrained[k * n_t + t]]
@@ -331,7 +328,7 @@ def _section_move(
         return 0.0
     new = geom.to_mosaic(sol.positions[k * n_t : (k + 1) * n_t])[keep]
     old = np.asarray([stored[keys[t]] for t in keep], np.float64)
-    before = DistortionModel(**written_model) if written_model else fallback
+    before = DistortionModel.from_dict(written_model) if written_model else fallback
     return section_move(old, new, before, sol.distortion, acq.tile_shape)
 
 
