@@ -4,18 +4,18 @@
                                [--workers 1,2] [--steps calibrate,stitch,mosaic,beads,register,cube]
                                [--cache DIR] [--profile]
 
-The sample (default: 4x4 tiles of 2048 px at 0.56 µm/px, 4 channels, 3 sections, beads of 90 µm
-diameter) is simulated and uploaded once into ``--cache`` (default ``~/.cache/imaxt-bench``), keyed
-by its geometry, and reused. Each run is a fresh interpreter (``--_run``) that does what ``imaxt run``
-does: start a LocalCluster of ``n`` single-threaded workers (timed: cluster start is part of the run),
-``run_pipeline`` with only ``--steps`` enabled, then reads every worker's peak RSS (``VmHWM``, through
-``client.run``) and its own. Printed per worker count: seconds per step, the wall time, **MB/s per
-core** = raw uint16 bytes of every tile (all channels, optical layers; 1 MB = 1e6 B) / wall time /
-``os.cpu_count()``, peak RSS of each worker and of the client, and the speed-up from the first to the
-last worker count. On a shared machine the wall time measures the neighbours too: the CPU seconds of
-the workers and the client (``getrusage``) are printed as well, and raw MB per CPU-second is what
-MB/s per core would be with the cores to itself. ``--profile`` also prints the top functions of the
-workers' statistical profile (``distributed``'s own sampler, by self time) and of a cProfile of the client.
+The sample (default: 4x4 tiles of 2048 px at 0.56 µm/px, 4 channels, 3 sections, beads of 90 µm diameter) is
+simulated and uploaded once into ``--cache`` (default ``~/.cache/imaxt-bench``), keyed by its geometry, and
+reused. Each run is a fresh interpreter (``--_run``) that does what ``imaxt run`` does: start a LocalCluster
+of ``n`` single-threaded workers (timed: cluster start is part of the run), ``run_pipeline`` with only
+``--steps`` enabled, then reads every worker's peak RSS (``VmHWM``, through ``client.run``) and its own.
+Printed per worker count: seconds per step, the workers' busy fraction per step (from the task stream), the
+wall time, **MB/s per core** = raw uint16 bytes of every tile (all channels, optical layers; 1 MB = 1e6 B) /
+wall time / ``os.cpu_count()``, peak RSS of each worker and of the client, and the speed-up from the first to
+the last worker count. On a shared machine the wall time measures the neighbours too: the CPU seconds of the
+workers and the client (``getrusage``) are printed as well, and raw MB per CPU-second is what MB/s per core
+would be with the cores to itself. ``--profile`` also prints the top functions of the workers' statistical
+profile (``distributed``'s own sampler, by self time) and of a cProfile of the client.
 
 When ``stitch`` is among the steps, ASHLAR's alignment (``ashlar.reg.EdgeAligner``, through the worker of
 ``benchmarks/stitching.py``, in the interpreter ``--ashlar-python``, a fresh one per section) runs on the
@@ -132,6 +132,8 @@ def run_once(
     import pstats
     import shutil
 
+    from distributed import get_task_stream
+
     from imaxt_pipeline.config import load_config
     from imaxt_pipeline.pipeline import dask_client, run_pipeline
     from imaxt_pipeline.steps import STEP_ORDER
@@ -146,7 +148,10 @@ def run_once(
         t_cluster = time.perf_counter() - t0
         if prof:
             prof.enable()
-        summary = run_pipeline(config, client=client)
+        run_start = time.time()
+        with get_task_stream(client=client, plot=False) as ts:
+            summary = run_pipeline(config, client=client)
+        stream = ts.data
         if prof:
             prof.disable()
         wall = time.perf_counter() - t0
@@ -167,7 +172,28 @@ def run_once(
         "cpu_s": worker_cpu + _cpu_s(),
         "worker_profile": top,
         "client_profile": client_top,
+        "busy": step_busy(stream, summary.steps, run_start, n_workers),
     }
+
+
+def step_busy(stream: list[dict[str, Any]], steps: dict[str, float], start: float, n_workers: int) -> dict[str, float]:
+    """Per step, the fraction of its wall time the workers spent computing tasks (the task stream).
+
+    Steps run one after another; each step's window is placed by the cumulative step seconds from
+    ``start`` (the gaps between steps, provenance writes, are ~0.1 s).
+    """
+    windows, t = {}, start
+    for name, sec in steps.items():
+        windows[name] = (t, t + sec)
+        t += sec
+    busy = dict.fromkeys(windows, 0.0)
+    for task in stream:
+        for ss in task.get("startstops", ()):
+            if ss.get("action") != "compute":
+                continue
+            for name, (w0, w1) in windows.items():
+                busy[name] += max(0.0, min(ss["stop"], w1) - max(ss["start"], w0))
+    return {k: busy[k] / max((w1 - w0) * n_workers, 1e-9) for k, (w0, w1) in windows.items()}
 
 
 def _stitching_bench() -> Any:
@@ -279,6 +305,7 @@ def main() -> None:
             f"{', '.join(f'{v:.0f}' for v in res['worker_rss_mb'])} MB, client {res['client_rss_mb']:.0f} MB"
             f"{'; dask warned about a large graph' if warned else ''}"
         )
+        print("  workers busy per step: " + ", ".join(f"{k} {v:.0%}" for k, v in res["busy"].items()))
         if args.profile:
             print("  workers' profile (self time, fraction of samples):")
             for name, frac in res["worker_profile"]:
