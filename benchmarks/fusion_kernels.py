@@ -9,8 +9,10 @@ tile (random per seed); the block is ``tile`` px square, astride the tiles (four
 block and its right neighbour as one task fuses them (:func:`~imaxt_pipeline.parallel.fusion.fuse_block_chain`:
 the two tiles both touch are read once, 6 reads instead of 8). Printed:
 CPU seconds (``time.process_time``, one thread) per seed and the worst case, and
-output Mpx per CPU-second. No I/O: what the readers and the codec cost is measured by
-``benchmarks/scale.py`` (with the cube step's dask-image shift) and ``benchmarks/fusion_codecs.py``.
+output Mpx per CPU-second. Then the cube step's order-1 shift of one block
+(:func:`imaxt_pipeline.algorithms.registration.shift_linear`, every channel) in CPU ns per pixel and
+channel, beside scipy's order-1 ``affine_transform`` it replaced. No I/O: what the readers and the
+codec cost is measured by ``benchmarks/scale.py`` and ``benchmarks/fusion_codecs.py``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,31 @@ def _chain_once(tile: int, channels: int, seed: int) -> tuple[float, int, str]:
     return time.process_time() - t0, 2 * tile * tile, f"; {len(reads)} tile reads (8 block by block)"
 
 
+def _shift_ns_per_px(tile: int, channels: int, seed: int) -> tuple[float, float]:
+    """CPU ns per pixel and channel of the cube's order-1 shift (:func:`shift_linear`) of one ``tile`` px block,
+    and of scipy's order-1 ``affine_transform`` (diagonal matrix, the kernel it replaced) on the same window."""
+    from scipy import ndimage as ndi
+
+    from imaxt_pipeline.algorithms.registration import shift_linear
+
+    rng = np.random.default_rng(seed)
+    window = (rng.random((channels, tile + 1, tile + 1)) * 4000).astype(np.float32)
+    offset = rng.uniform(0, 1, 2)
+    shift_linear(window[:, :8, :8], offset, (4, 4))  # numba loads the kernel once per process
+    t0 = time.process_time()
+    shift_linear(window, offset, (tile, tile))
+    ours = time.process_time() - t0
+    out = np.empty((tile, tile), np.float32)
+    t0 = time.process_time()
+    for c in range(channels):
+        ndi.affine_transform(
+            window[c], np.ones(2), offset=offset, output=out, order=1, mode="constant", prefilter=False
+        )
+    theirs = time.process_time() - t0
+    px = channels * tile * tile
+    return ours / px * 1e9, theirs / px * 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="512 px tiles, 2 seeds")
@@ -75,6 +102,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
     tile, seeds = (512, 2) if args.quick else (args.tile, args.seeds)
+    _fuse_once(64, args.channels, 0)  # untimed: the compiled kernels load (or compile) once per process
     for name, kernel in (("fuse_block", _fuse_once), ("fuse_block_chain (2 blocks)", _chain_once)):
         runs = [kernel(tile, args.channels, seed) for seed in range(seeds)]
         worst = max(cpu for cpu, _, _ in runs)
@@ -84,6 +112,12 @@ def main() -> None:
             f"{name}: {tile} px block, {args.channels} channels: CPU s per seed {per_seed}; worst {worst:.2f} s, "
             f"{px / 1e6 / worst:.1f} output Mpx per CPU-second{note}"
         )
+    shifts = [_shift_ns_per_px(tile, args.channels, seed) for seed in range(seeds)]
+    print(
+        f"cube shift (order 1): {tile} px block, {args.channels} channels: CPU ns per px and channel per seed "
+        + ", ".join(f"{ours:.1f}" for ours, _ in shifts)
+        + f"; worst {max(o for o, _ in shifts):.1f} (scipy's affine_transform: worst {max(t for _, t in shifts):.1f})"
+    )
 
 
 if __name__ == "__main__":

@@ -182,6 +182,9 @@ def ours(d):
     dt = time.perf_counter() - t0
     sigma = getattr(sol, "position_sigma", None)
     flagged = getattr(sol, "flagged", ~sol.constrained)
+    k5 = [getattr(sol.distortion, k, 0.0) for k in ("k5_y", "k5_x")]
+    if any(k5):  # the quintic radial terms, fitted where significant
+        notes.append(f"quintic k5 y/x {k5[0] * 1e3:+.2f}/{k5[1] * 1e3:+.2f} e-3")
     if hasattr(sol, "flags"):
         from imaxt_pipeline.algorithms.stitching import describe_flags
 

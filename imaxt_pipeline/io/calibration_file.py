@@ -12,7 +12,10 @@ k_x). 3 adds ``distortion_shear`` (shear_yx, shear_xy: the off-diagonal terms of
 the linear map, a camera turned against the stage) and ``distortion_shear_sigma``,
 written when the model has them or they were fitted; a file without them reads
 with no shear (the camera square to the stage). A version-2 reader refuses a
-version-3 file rather than drop its shear. Each version's coefficient order is pinned here, not taken from
+version-3 file rather than drop its shear. 4 adds ``distortion_quintic`` (k5_y, k5_x: the 5th-order
+radial terms) and ``distortion_quintic_sigma``; a file is written as version 4 only when it has them
+(a version-3 reader would read it without them, silently: it refuses version 4), else as version 3,
+which every reader since the shear reads the same. Each version's coefficient order is pinned here, not taken from
 :attr:`DistortionModel.COEFFICIENTS`, so old files keep loading to the same
 model whatever the model's own order becomes. A newer version than this
 reader knows is an error, not a guess.
@@ -36,12 +39,16 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT_VERSION", "read_calibration_file", "write_calibration_file"]
 
-#: Version written by :func:`write_calibration_file`.
-FORMAT_VERSION = 3
+#: Newest version :func:`write_calibration_file` writes (4 with quintic terms, else 3) and this reader reads.
+FORMAT_VERSION = 4
+#: Version written when the distortion has no quintic terms (readable by readers from the shear on).
+_NO_QUINTIC_VERSION = 3
 #: Order of the ``distortion`` (and ``distortion_sigma``) values in each file version.
-_DISTORTION_ORDER = {v: ("mag_y", "mag_x", "k_y", "k_x") for v in (1, 2, 3)}
+_DISTORTION_ORDER = {v: ("mag_y", "mag_x", "k_y", "k_x") for v in (1, 2, 3, 4)}
 #: Order of ``distortion_shear`` (and ``distortion_shear_sigma``), from version 3.
 _SHEAR_ORDER = ("shear_yx", "shear_xy")
+#: Order of ``distortion_quintic`` (and ``distortion_quintic_sigma``), from version 4.
+_QUINTIC_ORDER = ("k5_y", "k5_x")
 
 
 def read_calibration_file(
@@ -102,6 +109,11 @@ def read_calibration_file(
             if len(sh) != len(_SHEAR_ORDER):
                 raise InputError(url, f"distortion_shear must be ({', '.join(_SHEAR_ORDER)}), got {sh}")
             terms.update(zip(_SHEAR_ORDER, sh, strict=True))
+        if version >= 4 and "distortion_quintic" in data:
+            q = [float(v) for v in np.asarray(data["distortion_quintic"]).ravel()]
+            if len(q) != len(_QUINTIC_ORDER):
+                raise InputError(url, f"distortion_quintic must be ({', '.join(_QUINTIC_ORDER)}), got {q}")
+            terms.update(zip(_QUINTIC_ORDER, q, strict=True))
         out["distortion"] = DistortionModel.from_dict(terms)  # a term the file lacks: 0
     return out
 
@@ -111,10 +123,11 @@ def write_calibration_file(
 ) -> None:
     """Write ``cal`` as the ``.npz`` that the calibrate step loads, atomically (temp file, then rename).
 
-    Keys: ``format_version`` (:data:`FORMAT_VERSION`), ``dark`` (C,), ``flat``
+    Keys: ``format_version`` (4 with quintic terms, else 3), ``dark`` (C,), ``flat``
     (C, H, W), ``trim`` (top, bottom, left, right), ``distortion`` (mag_y,
     mag_x, k_y, k_x), ``distortion_sigma`` (same order), ``distortion_shear`` and
-    ``distortion_shear_sigma`` (shear_yx, shear_xy; when the model has them or they were fitted) and, when estimated,
+    ``distortion_shear_sigma`` (shear_yx, shear_xy; when the model has them or they were fitted),
+    ``distortion_quintic`` and ``distortion_quintic_sigma`` (k5_y, k5_x; likewise) and, when estimated,
     ``stray`` (C, H, W); only the version and the distortion with
     ``distortion_only``. ``fit`` is the distortion fit ``cal`` carries. An existing ``path`` is
     replaced only with ``overwrite`` and only when it is a calibration file itself.
@@ -129,14 +142,18 @@ def write_calibration_file(
     t = cal.trim
     order = _DISTORTION_ORDER[FORMAT_VERSION]
     sigmas = dict(zip(DistortionModel.COEFFICIENTS, np.asarray(fit.sigmas(), float), strict=True))
+    quintic = any(getattr(fit.model, k) or sigmas[k] for k in _QUINTIC_ORDER)
     arrays = {
-        "format_version": np.array(FORMAT_VERSION),
+        "format_version": np.array(FORMAT_VERSION if quintic else _NO_QUINTIC_VERSION),
         "distortion": np.array([getattr(fit.model, k) for k in order], float),
         "distortion_sigma": np.array([sigmas[k] for k in order], float),
     }
     if any(getattr(fit.model, k) or sigmas[k] for k in _SHEAR_ORDER):
         arrays["distortion_shear"] = np.array([getattr(fit.model, k) for k in _SHEAR_ORDER], float)
         arrays["distortion_shear_sigma"] = np.array([sigmas[k] for k in _SHEAR_ORDER], float)
+    if quintic:
+        arrays["distortion_quintic"] = np.array([getattr(fit.model, k) for k in _QUINTIC_ORDER], float)
+        arrays["distortion_quintic_sigma"] = np.array([sigmas[k] for k in _QUINTIC_ORDER], float)
     if not distortion_only:
         arrays.update(dark=np.asarray(cal.dark, float), trim=np.array([t.top, t.bottom, t.left, t.right], int))
         arrays.update(

@@ -81,6 +81,7 @@ class OutputStore:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, mode: Mode = "a") -> None:
         self.location = Location(url, storage_options)
         self.mode = mode
+        self._attrs_store: Any = None
         self.root = zarr.open_group(self.location.zarr_store(read_only=mode == "r"), mode=mode)
         if mode != "r" and "imaxt" not in self.root.attrs:
             self.root.attrs["imaxt"] = {"format_version": FORMAT_VERSION, "provenance": [], "complete": False}
@@ -94,8 +95,12 @@ class OutputStore:
 
     # -- root attributes ---------------------------------------------------
     def imaxt_attrs(self) -> dict[str, Any]:
-        """A fresh copy of ``attrs["imaxt"]`` as stored."""
-        fresh = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
+        """A fresh copy of ``attrs["imaxt"]`` as stored (the root's ``zarr.json`` read again)."""
+        # one read-only store for every re-read: a new one is a new filesystem client per call, ~0.3 s
+        # on S3 (the steps read the attrs a dozen times per run)
+        if self._attrs_store is None:
+            self._attrs_store = self.location.zarr_store(read_only=True)
+        fresh = zarr.open_group(self._attrs_store, mode="r")
         return dict(cast(dict[str, Any], fresh.attrs.get("imaxt", {})))
 
     def update_imaxt_attrs(self, dotted: str, value: Any) -> None:

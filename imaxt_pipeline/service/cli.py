@@ -81,11 +81,15 @@ def _slices(text: str | None) -> list[int] | None:
     return slices
 
 
-def _output_url(url: str, flag: str = "--out", storage: dict[str, Any] | None = None) -> str:
-    """``url`` checked as a destination: a valid URL, and not an existing regular file (local or remote)."""
+def _output_url(url: str, flag: str = "--out", storage: dict[str, Any] | None = None, *, remote: bool = True) -> str:
+    """``url`` checked as a destination: a valid URL, and not an existing regular file (local, or remote
+    unless ``remote`` is false: a dry run prints objects for a cluster whose credentials this machine
+    may not hold, and an unreachable endpoint costs seconds of retries)."""
     check_url(url, flag)
     if "://" not in url and "::" not in url:
         is_file = Path(url).is_file()
+    elif not remote:
+        is_file = False
     else:
         from ..io.storage import url_to_fs
 
@@ -626,9 +630,9 @@ def _submit(args: argparse.Namespace) -> int:
 
     storage = args.storage_options
     check_url(args.raw_url, "RAW_URL")
-    _output_url(args.output_url, "--out", storage)
+    _output_url(args.output_url, "--out", storage, remote=not args.dry_run)
     if args.raw_store:
-        _output_url(args.raw_store, "--raw-store", storage)
+        _output_url(args.raw_store, "--raw-store", storage, remote=not args.dry_run)
     action = _action(args, storage)
     sample = args.raw_url.rstrip("/").rsplit("/", 1)[-1]
     job = Job(

@@ -3,8 +3,9 @@
 Each plane of slice ``k`` is moved by ``-register.slice_offsets_px[k]``
 (sub-pixel) onto a canvas padded so that no shifted content is cut off, block
 by block: one task per block reads the mosaic window it needs and moves every
-channel with dask-image's per-chunk ``affine_transform`` kernel
-(:func:`~imaxt_pipeline.parallel.registration.aligned_plane`), and writes its
+channel (order 1: the compiled bilinear shift
+:func:`~imaxt_pipeline.algorithms.registration.shift_linear`; other orders scipy's
+spline; :func:`~imaxt_pipeline.parallel.registration.aligned_plane`), and writes its
 first pyramid levels where it ran
 (:func:`~imaxt_pipeline.parallel.registration.write_blocks`); coarser levels of
 the full pyramid are reduced block by block afterwards. The padding

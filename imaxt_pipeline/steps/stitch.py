@@ -106,7 +106,7 @@ def _match_batch(
     memo: dict[Any, np.ndarray] = {}  # each tile's channel levels, the confidence map: once per task
     return [
         match_tiles(
-            lambda i: np.array(cached(i)),
+            cached,  # read-only there (strips are calibrated into new arrays): no copy of the tile per pair
             a,
             b,
             (ey, ex),

@@ -6,7 +6,8 @@ Every name used by more than one test module lives here (test modules never impo
   end-to-end tests (:class:`Sample` holds the paths and the truth);
 * :func:`only_steps`: config overrides that switch on exactly the named steps;
 * tile grids and stitching scores: :func:`one_slice_grid`, :func:`grid_tiles`,
-  :func:`position_errors`, :func:`band_error`;
+  :func:`position_errors`, :func:`band_error`; random pair-match grids scoring the stage-placed sigma:
+  :func:`stage_sigma_scores`;
 * beads: :func:`bead_scene`, :func:`bead_score`, :func:`synth_planes`, :func:`synth_score`;
 * segmentation data: :func:`two_channel_sample`, :func:`synth_plane`;
 * a raw-layout writer independent of the simulator: :func:`write_raw_sample`, :func:`rewrite_csv`;
@@ -27,11 +28,13 @@ from ._grids import band_error, grid_tiles, one_slice_grid, position_errors
 from ._pipeline import Sample, processed_sample, uploaded_sample
 from ._raw import rewrite_csv, write_raw_sample
 from ._segdata import synth_plane, two_channel_sample
+from ._stage_grids import StageSigmaScores, stage_sigma_scores
 from ._steps import only_steps
 
 __all__ = [
     "PeakRss",
     "Sample",
+    "StageSigmaScores",
     "band_error",
     "bead_scene",
     "bead_score",
@@ -42,6 +45,7 @@ __all__ = [
     "position_errors",
     "processed_sample",
     "rewrite_csv",
+    "stage_sigma_scores",
     "synth_plane",
     "synth_planes",
     "synth_score",

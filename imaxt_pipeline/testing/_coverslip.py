@@ -48,17 +48,29 @@ def nuclei_texture() -> np.ndarray:
 
 
 def _cut(texture: np.ndarray, y: float, x: float, shape: tuple[int, int]) -> np.ndarray:
-    """``texture`` (periodic) sampled at ``(y + i, x + j)``, bilinear."""
+    """``texture`` (periodic) sampled at ``(y + i, x + j)``, bilinear.
+
+    ``texture`` is the period extended by ``shape + 1`` rows and columns (:func:`_wrapped`), so that
+    every window is a view, not a gather (a third of the time it took to write 625 tiles of 512 px).
+
+    >>> period = np.arange(12, dtype=np.float32).reshape(3, 4)
+    >>> _cut(_wrapped(period, (2, 2)), 2.0, 3.5, (2, 2)).tolist()
+    [[9.5, 8.5], [1.5, 0.5]]
+    """
+    h, w = texture.shape[0] - shape[0] - 1, texture.shape[1] - shape[1] - 1  # the period
     iy, ix = int(np.floor(y)), int(np.floor(x))
     fy, fx = np.float32(y - iy), np.float32(x - ix)
-    h, w = texture.shape
-    rows = (iy + np.arange(shape[0] + 1)) % h
-    cols = (ix + np.arange(shape[1] + 1)) % w
-    win = texture[np.ix_(rows, cols)]
+    iy, ix = iy % h, ix % w
+    win = texture[iy : iy + shape[0] + 1, ix : ix + shape[1] + 1]
     top = (1 - fx) * win[:-1, :-1] + fx * win[:-1, 1:]
     bottom = (1 - fx) * win[1:, :-1] + fx * win[1:, 1:]
     out: np.ndarray = (1 - fy) * top + fy * bottom
     return out.astype(np.float32, copy=False)
+
+
+def _wrapped(period: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``period`` followed by its first ``shape + 1`` rows and columns again (what :func:`_cut` samples)."""
+    return np.pad(period, ((0, shape[0] + 1), (0, shape[1] + 1)), mode="wrap")
 
 
 def write_coverslip_grid(root: str | Path, *, rows: int, cols: int, tile: int = 512, seed: int = 0) -> CoverslipGrid:
@@ -76,6 +88,7 @@ def write_coverslip_grid(root: str | Path, *, rows: int, cols: int, tile: int = 
     texture = nuclei_texture() * np.float32(peak) + np.float32(background)
     step = tile * (1 - overlap)
     origin = rng.uniform(0, texture.shape[0], 2)  # where the grid starts in the periodic scene
+    wrapped = _wrapped(texture, (tile, tile))
     acq = {
         "sample": "coverslip",
         "modality": "coverslip",
@@ -102,7 +115,7 @@ def write_coverslip_grid(root: str | Path, *, rows: int, cols: int, tile: int = 
                 true[t] = nominal + rng.normal(0, 1.0, 2)
                 stage[t] = np.round(true[t] + rng.normal(0, stage_sigma, 2), 1)
                 y, x = origin + true[t]
-                clean = _cut(texture, float(y), float(x), (tile, tile))
+                clean = _cut(wrapped, float(y), float(x), (tile, tile))
                 noisy = clean + np.sqrt(clean) * rng.standard_normal(clean.shape, np.float32)
                 name = f"tiles/r{r:03d}_c{c:03d}.tif"
                 tifffile.imwrite(root / name, np.clip(noisy, 0, 65535).astype(np.uint16))

@@ -44,7 +44,7 @@ def _read(path):
 def test_written_file_is_versioned_and_round_trips(tmp_path):
     cal, path = _written(tmp_path)
     data = np.load(path)
-    assert int(data["format_version"]) == FORMAT_VERSION
+    assert int(data["format_version"]) == 3 < FORMAT_VERSION  # no quintic terms: the version readers since 3 read
     np.testing.assert_array_equal(data["distortion"], [MODEL.mag_y, MODEL.mag_x, MODEL.k_y, MODEL.k_x])
     np.testing.assert_array_equal(data["distortion_sigma"], [SIGMA[k] for k in ("mag_y", "mag_x", "k_y", "k_x")])
     terms = _read(path)

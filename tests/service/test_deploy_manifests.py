@@ -13,6 +13,7 @@ import yaml
 
 from imaxt_pipeline.service import k8s
 from imaxt_pipeline.service.cli import build_parser
+from imaxt_pipeline.testing._faults import cli_in_process
 from imaxt_pipeline.testing._k8s import kubectl_parse, pod_security_violations, pod_specs, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,13 +71,7 @@ def test_sample_daskjob_is_what_submit_generates():
     header = [line for line in (DEPLOY / "daskjob-sample.yaml").read_text().splitlines() if line.startswith("#")]
     command = " ".join(line.lstrip("# ").rstrip("\\ ") for line in header[2:4]).split()
     assert command[:2] == ["imaxt", "submit"], header
-    out = subprocess.run(
-        [sys.executable, "-m", "imaxt_pipeline.service.cli", *command[1:]],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    out = cli_in_process(*command[1:])  # what it prints is tested, not the process: no fresh interpreter
     assert out.returncode == 0, out.stderr
     generated = [d for d in yaml.safe_load_all(out.stdout) if d]
     shipped = [d for d in yaml.safe_load_all((DEPLOY / "daskjob-sample.yaml").read_text()) if d]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -13,6 +11,7 @@ import yaml
 
 from imaxt_pipeline.service import k8s
 from imaxt_pipeline.service.launcher import Job, PipelineAction
+from imaxt_pipeline.testing._faults import cli_in_process
 from imaxt_pipeline.testing._k8s import (
     RESTRICTED_CONTAINER_RULES,
     RESTRICTED_POD_RULES,
@@ -73,31 +72,23 @@ def test_schema_check_catches_mistakes():
 
 
 def test_kubectl_parses_dry_run_output(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imaxt_pipeline.service.cli",
-            "submit",
-            "s3://raw/incoming/s1",
-            "--out",
-            "s3://raw/out/s1.zarr",
-            "--backend",
-            "kubernetes",
-            "--dry-run",
-            "--gpu-workers",
-            "2",
-            "--image",
-            "registry.local:5000/imaxt/pipeline:1.2.3",
-            "--endpoint-url",
-            "http://minio:9000",
-            "--namespace",
-            "lab",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
+    # what submit prints is tested, not its process: main() in this interpreter
+    out = cli_in_process(
+        "submit",
+        "s3://raw/incoming/s1",
+        "--out",
+        "s3://raw/out/s1.zarr",
+        "--backend",
+        "kubernetes",
+        "--dry-run",
+        "--gpu-workers",
+        "2",
+        "--image",
+        "registry.local:5000/imaxt/pipeline:1.2.3",
+        "--endpoint-url",
+        "http://minio:9000",
+        "--namespace",
+        "lab",
     )
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))

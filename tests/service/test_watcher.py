@@ -22,6 +22,7 @@ import pytest
 from imaxt_pipeline.service.launcher import CommandAction
 from imaxt_pipeline.service.state import Ledger, RetryPolicy, open_state_store
 from imaxt_pipeline.service.watcher import Watcher, find_landed
+from imaxt_pipeline.testing._faults import cli_in_process
 from imaxt_pipeline.testing._s3 import create_bucket
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,20 +170,9 @@ def test_failing_sample_retried_then_failed(bucket, tmp_path):
     assert sum(e["event"] == "run_failed" for e in events) == 3
     assert [e["status"] for e in events if e["event"] == "run_failed"] == ["pending", "pending", "failed"]
 
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imaxt_pipeline.service.cli",
-            "status",
-            bucket.url,
-            "--json",
-            *(["--endpoint-url", bucket.opts["endpoint_url"]] if bucket.opts else []),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+    # what status lists is tested here, not its process: main() in this interpreter
+    out = cli_in_process(
+        "status", bucket.url, "--json", *(["--endpoint-url", bucket.opts["endpoint_url"]] if bucket.opts else [])
     )
     assert out.returncode == 0, out.stderr
     listed = {d["sample"]: d["status"] for d in map(json.loads, out.stdout.splitlines())}

@@ -3,7 +3,8 @@
 A calibration acquisition images a densely textured sample with a large tile
 overlap (40-45 %) and a slow, accurate stage. The large overlaps put every
 detector region in correspondence with several others, which pins the cubic
-terms; the magnification is a global scale that only the stage can measure
+terms (and the quintic ones, fitted where significant: :func:`..stitching.solve_positions`); the
+magnification is a global scale that only the stage can measure
 (see :mod:`..stitching`), as are the off-diagonal terms of the linear map (a
 camera turned against the stage, ``shear_yx``, ``shear_xy``, fitted with it), so
 its uncertainty is the stated stage accuracy over the lever arm of the grid,
@@ -108,7 +109,8 @@ def fit_calibration_distortion(
     stage_sigma_px: float,
     min_pairs: int = 4,
 ) -> DistortionFit:
-    """Fit ``mag_y, mag_x, k_y, k_x, shear_yx, shear_xy`` with uncertainties from a calibration acquisition.
+    """Fit ``mag_y, mag_x, k_y, k_x, shear_yx, shear_xy`` (and ``k5_y``, ``k5_x`` where significant) with
+    uncertainties from a calibration acquisition.
 
     Parameters
     ----------
@@ -147,6 +149,7 @@ def fit_calibration_distortion(
         tile_shape=tile_shape,
         estimate_distortion=True,
         fit_magnification=True,
+        quintic=True,  # the large overlaps separate it from the cubic (normal ones do not)
         prior_sigma_px=stage_sigma_px,
     )
     used = sol.pairs[sol.pairs["used"]]

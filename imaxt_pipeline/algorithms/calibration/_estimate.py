@@ -200,17 +200,24 @@ def calibration_estimate(
     def items(channels: Sequence[int], known_flat: npt.NDArray[np.float32] | None) -> list[tuple[Any, ...]]:
         return [(stats[i], None if given is None else float(given[i]), known_flat, seed + i) for i in channels]
 
-    models = starmap(partial(_fit_channel, fit), items(range(c), None))
+    shared = shared_flat and c > 1
+    # With a shared flat only the reference channel's first fit keeps its bootstrap (the others are refitted),
+    # so the first fits run without one and the reference's bootstrap runs beside the refits: one round of
+    # fits fewer for the workers, the same results (a bootstrap never changes the fitted values).
+    first = partial(_fit_channel, partial(fit, bootstrap=0) if shared else fit)
+    models = starmap(first, items(range(c), None))
     flat_sigma = [m.flat_sigma for m in models]
-    if shared_flat and c > 1:
+    if shared:
         # Vignetting is a property of the shared optics: take the flat of the channel that pins it
         # best (a speckled nuclear stain has few clean tissue blocks) and refit the others' dark.
         score = [m.support for m in models]
         ref = int(np.argmax(score))
         others = [i for i in range(c) if i != ref]
-        refit = dict(zip(others, starmap(partial(_fit_channel, fit), items(others, models[ref].flat)), strict=True))
+        again = ([ref] if bootstrap > 0 else []) + others
+        jobs = items(again[: len(again) - len(others)], None) + items(others, models[ref].flat)
+        refit = dict(zip(again, starmap(partial(_fit_channel, fit), jobs), strict=True))
         models = [refit.get(i, m) for i, m in enumerate(models)]
-        flat_sigma = [flat_sigma[ref]] * c
+        flat_sigma = [models[ref].flat_sigma] * c
     darks = np.array([m.dark for m in models])
     if given is None:
         kinds = {m.dark_source for m in models}

@@ -23,6 +23,8 @@ __all__ = ["FusedRegion", "fuse_region", "tiles_touching"]
 #: Knot spacing (px) of the inverse distortion map, interpolated in between (:func:`_detector_grid`).
 DISTORTION_STEP_PX = 16
 
+_Array = npt.NDArray[np.float64]
+
 
 @dataclass(frozen=True)
 class FusedRegion:
@@ -119,6 +121,7 @@ def fuse_region(
         wsum.fill(0.0)
     else:
         wsum = np.zeros((y1 - y0, x1 - x0), np.float32)
+    ones: npt.NDArray[np.float32] | None = None
     for i in indices if indices is not None else _touching_lazy(pos, get, region, model):
         tile = np.asarray(get(i))
         if tile.ndim == 2:
@@ -128,7 +131,11 @@ def fuse_region(
             acc = np.zeros((c, y1 - y0, x1 - x0), np.float32)
         elif acc.shape[0] != c:
             raise ValueError(f"tile {i} has {c} channels, the region's buffers {acc.shape[0]}")
-        base = None if weights is None else np.asarray(weights, np.float32)
+        if weights is not None:
+            base = np.asarray(weights, np.float32)
+        else:
+            ones = ones if ones is not None and ones.shape == (h, w) else np.ones((h, w), np.float32)
+            base = ones
         pad = 2.0 + max_displacement((h, w), model)
         py, px = pos[i]
         ys, ye = max(y0, int(np.floor(py - pad))), min(y1, int(np.ceil(py + h + pad)))
@@ -136,20 +143,17 @@ def fuse_region(
         if ys >= ye or xs >= xe:
             continue
         grid = _DetectorGrid(np.arange(ys, ye) - py, np.arange(xs, xe) - px, (h, w), model)
-        # order 1 samples only the part of the tile its taps reach; a spline's prefilter needs all of it
-        window = grid.window() if order == 1 else (slice(0, h), slice(0, w))
-        if window is None:
+        if grid.window() is None:
             continue
-        part = tile[(slice(None), *window)]
-        part = calibration.apply(part, window=window) if calibration is not None else np.asarray(part, np.float32)
-        wpart = np.ones(part.shape[1:], np.float32) if base is None else base[window]
         sl = (slice(ys - y0, ye - y0), slice(xs - x0, xe - x0))
         if order == 1:
-            _add_bilinear(acc[(slice(None), *sl)], wsum[sl], part, wpart, grid, (window[0].start, window[1].start))
+            _add_bilinear(acc, wsum, (ys - y0, xs - x0), tile, base, grid, calibration)
             continue
+        # a spline's prefilter needs the whole corrected tile
+        part = calibration.apply(tile) if calibration is not None else np.asarray(tile, np.float32)
         dy, dx = grid.rows(0, ye - ys)
         # Outside the detector the weight is 0 (cval), so seams blend honestly.
-        wt = ndi.map_coordinates(wpart, [dy, dx], order=1, mode="constant", cval=0.0)
+        wt = ndi.map_coordinates(base, [dy, dx], order=1, mode="constant", cval=0.0)
         if not np.any(wt > 0):
             continue
         for ch in range(c):
@@ -157,104 +161,72 @@ def fuse_region(
         wsum[sl] += wt
     if acc is None:
         return FusedRegion(np.zeros((0, y1 - y0, x1 - x0), np.float32), wsum)
-    # acc becomes the image in place: one block of temporaries less
-    np.divide(acc, wsum, out=acc, where=wsum > 0)
-    acc[:, wsum <= 0] = 0.0
+    from ._resample import normalise  # see _add_bilinear
+
+    normalise(acc, wsum)  # acc becomes the image in place: one block of temporaries less
     return FusedRegion(acc, wsum)
 
 
-#: Output rows resampled at a time: the temporaries of a strip (~20 arrays of a strip) stay in cache.
-STRIP_ROWS = 32
+_NONE = np.zeros((0, 0, 0), np.float32)
 
 
 def _add_bilinear(
     acc: npt.NDArray[np.float32],
     wsum: npt.NDArray[np.float32],
-    tile: npt.NDArray[np.float32],
+    offset: tuple[int, int],
+    tile: npt.NDArray[np.generic],
     base: npt.NDArray[np.float32],
     grid: _DetectorGrid,
-    start: tuple[int, int],
+    calibration: Calibration | None = None,
 ) -> None:
-    """``acc += w·tile(p)``, ``wsum += w`` with ``w = base(p)``, ``p`` the detector pixel of each output
-    pixel (``grid``), bilinear, in place, a strip of :data:`STRIP_ROWS` rows at a time.
+    """``acc += w·tile(p)``, ``wsum += w`` with ``w = base(p)``, ``p`` the detector pixel of each point of
+    ``grid``, bilinear, in place (:mod:`._resample`), the grid's first point at ``offset`` of ``acc``
+    (C-contiguous, as ``wsum``).
 
-    ``tile`` and ``base`` are the part ``grid.window()`` (starting at detector pixel ``start``) of
-    the detector. The values of
-    ``map_coordinates(order=1)`` on the whole detector (``mode="constant"`` for the weight: 0 off
-    the detector; ``"nearest"`` for the tile, irrelevant where the weight is 0), to float32
-    rounding, with the taps and their weights found once for the weight map and every channel.
+    ``tile`` is the whole detector (C, H, W), raw when ``calibration`` is given: its dark, stray and
+    flat correct the window the grid samples only (:meth:`_DetectorGrid.window`), so a block touching
+    a tile's edge corrects a strip, not the tile. The values of ``map_coordinates(order=1)`` of the
+    corrected tile (``mode="constant"`` for the weight: 0 off the detector; ``"nearest"`` for the
+    tile, irrelevant where the weight is 0), to float32 rounding.
     """
-    h, w = grid.shape
-    (wy, wx), (hc, wc) = start, base.shape
-    if hc < 2 or wc < 2:  # a one-pixel detector: replicate it so that every tap below exists
-        tile = np.pad(tile, ((0, 0), (0, max(0, 2 - hc)), (0, max(0, 2 - wc))), mode="edge")
-        base = np.pad(base, ((0, max(0, 2 - hc)), (0, max(0, 2 - wc))), mode="edge")
-        hc, wc = base.shape
-    images = [np.ascontiguousarray(base).ravel(), *(np.ascontiguousarray(t).ravel() for t in tile)]
-    # the 4 taps of every image: one index array into views shifted by 0, 1, wc and wc + 1
-    shifted = [(im, im[1:], im[wc:], im[wc + 1 :]) for im in images]
-    strips = grid.strips((wy, wx))  # coordinates relative to the window: no per-pixel shift
-    # the detector [0, h - 1] x [0, w - 1] in window coordinates (outside it the weight is 0)
-    lo_y, hi_y, lo_x, hi_x = -wy, h - 1 - wy, -wx, w - 1 - wx
-    n_rows = acc.shape[1]
-    for r0 in range(0, n_rows, STRIP_ROWS):
-        r1 = min(r0 + STRIP_ROWS, n_rows)
-        dy, dx = strips.rows(r0, r1)
-        inside = dy >= lo_y
-        inside &= dy <= hi_y
-        inside &= dx >= lo_x
-        inside &= dx <= hi_x
-        if not inside.any():
-            continue
-        fy = np.floor(dy)
-        np.clip(fy, 0, hc - 2, out=fy)
-        fx = np.floor(dx)
-        np.clip(fx, 0, wc - 2, out=fx)
-        ty = np.subtract(dy, fy, out=dy).astype(np.float32)
-        np.clip(ty, 0, 1, out=ty)
-        tx = np.subtract(dx, fx, out=dx).astype(np.float32)
-        np.clip(tx, 0, 1, out=tx)
-        # the flat index fy * wc + fx, exact in float64, converted once
-        fy *= wc
-        fy += fx
-        index = fy.astype(np.intp)
-        wt = _lerp2(shifted[0], index, ty, tx)
-        wt *= inside
-        wsum[r0:r1] += wt
-        for ch, taps in enumerate(shifted[1:]):
-            value = _lerp2(taps, index, ty, tx)
-            value *= wt
-            acc[ch, r0:r1] += value
+    # numba compiles (or loads) on first use: importing fusion (io, the CLI, the client) stays cheap
+    from ._resample import add_bilinear, correct_window
 
-
-def _lerp2(
-    taps: tuple[npt.NDArray[np.float32], ...],
-    index: npt.NDArray[np.intp],
-    ty: npt.NDArray[np.float32],
-    tx: npt.NDArray[np.float32],
-) -> npt.NDArray[np.float32]:
-    """Bilinear value from the 4 tap views at ``index``: two lerps along x, one along y."""
-    # every index is valid by construction (taps clipped to the window): "wrap" is numpy's cheapest mode
-    a, b, c, d = (t.take(index, mode="wrap") for t in taps)
-    b -= a
-    b *= tx
-    a += b
-    d -= c
-    d *= tx
-    c += d
-    c -= a
-    c *= ty
-    a += c
-    return a
+    window = grid.window()
+    if window is None:
+        return
+    c, h, w = tile.shape
+    dark = np.zeros(c, np.float32)
+    stray = flat = _NONE
+    if calibration is not None:
+        dark = np.array(np.broadcast_to(np.asarray(calibration.dark, np.float32), (c,)))  # writable: one signature
+        stray = _NONE if calibration.stray is None else np.asarray(calibration.stray, np.float32)
+        flat = _NONE if calibration.flat is None else np.asarray(calibration.flat, np.float32)
+        for term in (stray, flat):
+            if term.size and term.shape != tile.shape:
+                raise ValueError(f"tiles of shape {tile.shape[-2:]} do not match the calibration's {term.shape[-2:]}")
+    (wy, wx), origin = window, (int(window[0].start), int(window[1].start))
+    part = np.empty((c, wy.stop - wy.start, wx.stop - wx.start), np.float32)
+    correct_window(part, tile, origin, dark, stray, flat)
+    base = np.ascontiguousarray(base, np.float32)
+    if base.shape != (h, w):
+        raise ValueError(f"weights of shape {base.shape} for tiles of shape {(h, w)}")
+    if h < 2 or w < 2:  # a one-pixel detector: replicated so that every tap exists
+        grow = ((0, max(0, 2 - h)), (0, max(0, 2 - w)))
+        part, base = np.pad(part, ((0, 0), *grow), mode="edge"), np.pad(base, grow, mode="edge")
+    rows, knot, frac, fields = grid.fields()
+    at = (int(offset[0]), int(offset[1]))
+    add_bilinear(acc, wsum, at, part, origin, base, (h, w), rows, knot, frac, fields)
 
 
 class _DetectorGrid:
-    """:func:`detector_coordinates` of the grid ``rows x cols`` (tile frame), row strip by row strip.
+    """:func:`detector_coordinates` of the grid ``rows x cols`` (tile frame), as knot fields.
 
     The inverse is computed on knots every ``step`` px and its displacement interpolated
     linearly between them. The cubic model's curvature makes that error ``|D''| step² / 8``:
     about 1e-3 px for 12 px of corner distortion on a 2048 px tile at 16 px, for ~1/200 of the
-    work of inverting every pixel.
+    work of inverting every pixel. Row ``r`` at knot interval ``j``, fraction ``t``, is detector row
+    ``t·sy[j] + ly[j] + rows[r]`` and column ``t·sx[j] + lx[j]`` (:meth:`fields`).
     """
 
     def __init__(
@@ -266,21 +238,28 @@ class _DetectorGrid:
         step: int = DISTORTION_STEP_PX,
     ) -> None:
         self._rows, self._cols, self._shape = rows, cols, (int(shape[0]), int(shape[1]))
-        self._identity = model.is_identity
-        self._lo = self._hi = (0.0, 0.0)
-        if self._identity:
+        if model.is_identity:
+            zero = np.zeros((1, cols.size))
+            self._knot, self._frac = np.zeros(rows.size, np.intp), np.zeros(rows.size)
+            self._fields = (zero, zero, np.array(cols, np.float64)[None, :], zero)
+            self._lo = self._hi = (0.0, 0.0)
             return
-        ky, self._ky, self._ty = _knots(rows.size, step)
-        kx, ax = _knots_matrix(cols.size, step)
+        ky, self._knot, self._frac = _knots(rows.size, step)
+        kx, kx_k, kx_t = _knots(cols.size, step)
         gy, gx = np.meshgrid(rows[ky], cols[kx], indexing="ij")
         py, px = detector_coordinates(gy, gx, shape, model)
         ey, ex = py - gy, px - gx
         if not (np.isfinite(ey).all() and np.isfinite(ex).all()):  # the kernel's indices rely on finite taps
             raise ValueError(f"the distortion model {model} maps the tile to non-finite detector coordinates")
-        # knot rows interpolated along x once; a strip then blends two of them per row
-        self._ey, self._ex = ey @ ax.T, ex @ ax.T
         self._lo = (float(ey.min()), float(ex.min()))
         self._hi = (float(ey.max()), float(ex.max()))
+        # knot rows interpolated along x once (the columns folded into x); a row then blends two of them
+        fields = []
+        for lower in (_lerp_columns(ey, kx_k, kx_t), _lerp_columns(ex, kx_k, kx_t) + cols):
+            step_ = np.zeros_like(lower)
+            np.subtract(lower[1:], lower[:-1], out=step_[:-1])
+            fields += [lower, step_]
+        self._fields = (fields[0], fields[1], fields[2], fields[3])  # fresh arrays: C-contiguous
 
     def window(self) -> tuple[slice, slice] | None:
         """The detector part every inside sample's taps fall in (None: the grid misses the detector).
@@ -305,63 +284,17 @@ class _DetectorGrid:
         """The detector's (tile's) shape."""
         return self._shape
 
-    def rows(self, r0: int, r1: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Detector ``(y, x)`` of the grid rows ``r0:r1`` (fresh arrays)."""
-        return self.strips((0, 0)).rows(r0, r1)
+    def fields(self) -> tuple[_Array, npt.NDArray[np.intp], _Array, tuple[_Array, _Array, _Array, _Array]]:
+        """``rows``, each row's knot interval and fraction, and the knot fields ``(ly, sy, lx, sx)``
+        (the arguments of :func:`._resample.add_bilinear`)."""
+        return np.asarray(self._rows, np.float64), self._knot, self._frac, self._fields
 
-    def strips(self, origin: tuple[int, int]) -> _Strips:
-        """Row strips of the grid in detector coordinates less ``origin`` (a window's first pixel)."""
-        rows, cols = self._rows - origin[0], self._cols - origin[1]
-        if self._identity:
-            return _Strips(rows, cols, None)
-        # per knot interval: its lower knot row and the step to the next; the columns folded into x
-        fields = []
-        for field, coords in ((self._ey, None), (self._ex, cols)):
-            lower = field if coords is None else field + coords
-            step = np.zeros_like(field)
-            np.subtract(field[1:], field[:-1], out=step[:-1])
-            fields.append((lower, step))
-        return _Strips(rows, cols, (self._ky, self._ty, fields[0], fields[1]))
-
-
-#: A knot field of :class:`_Strips`: each knot row's values and the step to the next knot row.
-_Field = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
-
-
-class _Strips:
-    """Coordinates of row strips of a :class:`_DetectorGrid`, relative to an origin (:meth:`_DetectorGrid.strips`).
-
-    A strip's rows fall in one or two knot intervals (``STRIP_ROWS`` is a small multiple of the knot
-    step): each interval's rows are ``lower + step * t`` (``+ row`` along y), two passes per axis.
-    """
-
-    def __init__(
-        self,
-        rows: npt.NDArray[np.float64],
-        cols: npt.NDArray[np.float64],
-        knots: tuple[npt.NDArray[np.intp], npt.NDArray[np.float64], _Field, _Field] | None,
-    ) -> None:
-        self._rows, self._cols, self._knots = rows, cols, knots
-
-    def rows(self, r0: int, r1: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """``(y, x)`` of the grid rows ``r0:r1`` (fresh arrays)."""
-        shape = (r1 - r0, self._cols.size)
-        dy = np.empty(shape)
-        dx = np.empty(shape)
-        if self._knots is None:
-            dy[:] = self._rows[r0:r1, None]
-            dx[:] = self._cols[None, :]
-            return dy, dx
-        ky, ty, (ly, sy), (lx, sx) = self._knots
-        k = ky[r0:r1]
-        cuts = [0, *(np.flatnonzero(k[1:] != k[:-1]) + 1), k.size]
-        for a, b in zip(cuts[:-1], cuts[1:], strict=False):
-            j, t = int(k[a]), ty[r0 + a : r0 + b, None]
-            np.multiply(t, sy[j], out=dy[a:b])
-            dy[a:b] += ly[j]
-            dy[a:b] += self._rows[r0 + a : r0 + b, None]
-            np.multiply(t, sx[j], out=dx[a:b])
-            dx[a:b] += lx[j]
+    def rows(self, r0: int, r1: int) -> tuple[_Array, _Array]:
+        """Detector ``(y, x)`` of the grid rows ``r0:r1`` (fresh arrays; the kernel's arithmetic)."""
+        ly, sy, lx, sx = self._fields
+        j, t = self._knot[r0:r1], self._frac[r0:r1, None]
+        dy = t * sy[j] + ly[j] + np.asarray(self._rows, np.float64)[r0:r1, None]
+        dx = t * sx[j] + lx[j]
         return dy, dx
 
 
@@ -388,15 +321,16 @@ def _knots(n: int, step: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp
     return knots, k, t
 
 
-def _knots_matrix(n: int, step: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
-    """Knot indices (:func:`_knots`) and the (n, k) linear interpolation matrix."""
-    knots, k, t = _knots(n, step)
-    matrix = np.zeros((n, knots.size))
-    i = np.arange(n)
-    matrix[i, k] = 1 - t
-    if knots.size > 1:
-        matrix[i, k + 1] += t
-    return knots, matrix
+def _lerp_columns(field: _Array, k: npt.NDArray[np.intp], t: _Array) -> _Array:
+    """Knot columns of ``field`` (K, k) interpolated linearly to every column (:func:`_knots`' ``k``, ``t``).
+
+    Not a matrix product with the interpolation matrix: that is the same sum with zeros, and BLAS threads
+    contending on a busy worker made it most of a tile's set-up.
+    """
+    if field.shape[1] == 1:
+        return np.repeat(field, k.size, axis=1)
+    out: _Array = field[:, k] * (1 - t) + field[:, k + 1] * t
+    return out
 
 
 def _touching_lazy(

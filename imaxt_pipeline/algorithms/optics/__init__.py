@@ -1,6 +1,6 @@
 """Optics: what every concern (and the simulator) shares about a tile's detector and the mosaic frame.
 
-Normalised tile coordinates (:func:`tile_coordinates`), the cubic distortion model
+Normalised tile coordinates (:func:`tile_coordinates`), the radial (cubic, quintic) distortion model
 (:class:`DistortionModel`: coefficient order, evaluation, linear design; :func:`displacement_field`,
 :func:`detector_coordinates`, :func:`distort`, :func:`undistort`, :func:`max_displacement`), the calibration
 record applied to every tile (:class:`Calibration`, :func:`apply_flat`), border trim and tile confidence

@@ -1,19 +1,20 @@
 """Optical distortion model shared by the simulator, the calibration and the stitching solve.
 
-The model is a cubic polynomial in the normalised tile coordinates of
+The model is a radial polynomial (cubic and quintic) in the normalised tile coordinates of
 :mod:`._coordinates`, seen through a linear map of the camera against the stage::
 
     u = (x - cx) / cx,   v = (y - cy) / cy,   r2 = u**2 + v**2
-    w_y = (y - cy) + cy * k_y / (1 + mag_y) * v * r2     # the camera frame: radial terms
-    w_x = (x - cx) + cx * k_x / (1 + mag_x) * u * r2
+    w_y = (y - cy) + cy * (k_y * r2 + k5_y * r2**2) / (1 + mag_y) * v     # the camera frame: radial terms
+    w_x = (x - cx) + cx * (k_x * r2 + k5_x * r2**2) / (1 + mag_x) * u
     (y - cy) + dy = (1 + mag_y) w_y + shear_yx w_x       # then the camera's map onto the stage
     (x - cx) + dx = shear_xy w_y + (1 + mag_x) w_x
 
-where ``(cx, cy)`` is the tile centre. Without shear this is the separable cubic
-``dy = cy * (mag_y * v + k_y * v * r2)``, ``dx = cx * (mag_x * u + k_x * u * r2)``. A detector
+where ``(cx, cy)`` is the tile centre. Without shear this is the separable polynomial
+``dy = cy * (mag_y * v + k_y * v * r2 + k5_y * v * r2**2)`` (``dx`` likewise in ``u``). A detector
 pixel ``(y, x)`` of a distorted tile sees the undistorted scene at ``(y + dy, x + dx)``. With
 ``k_x = k_y = 0.005`` and a 512 px tile the displacement is about 2.6 px at the corners and zero
-at the centre.
+at the centre. The quintic terms ``k5_y``, ``k5_x`` (default 0) are the next order of a lens's radial
+distortion: the cubic alone leaves ~0.3 px on a wide field with a few px of 5th-order displacement.
 
 The off-diagonal terms are a camera mounted turned (rotation ``(shear_yx - shear_xy) / 2`` rad, +x
 towards +y) or sheared against the stage axes: 0.2 degrees is 3.6 px at the edge of a 2048 px tile.
@@ -52,8 +53,9 @@ class DistortionModel:
 
     The fields are declared in :attr:`COEFFICIENTS` order, so positional
     construction ``DistortionModel(*values)`` and :meth:`from_coefficients`
-    agree; the off-diagonal terms come last, so the four values of a record
-    written before them (``mag_y, mag_x, k_y, k_x``) still construct the same model.
+    agree; the off-diagonal terms, then the quintic ones, come last, so the four (six)
+    values of a record written before them (``mag_y, mag_x, k_y, k_x[, shear_yx, shear_xy]``)
+    still construct the same model.
     """
 
     mag_y: float = 0.0
@@ -62,25 +64,30 @@ class DistortionModel:
     k_x: float = 0.0
     shear_yx: float = 0.0
     shear_xy: float = 0.0
+    k5_y: float = 0.0
+    k5_x: float = 0.0
 
     #: Order of the coefficients in :meth:`coefficients`, the columns of :meth:`design` and calibration files.
-    COEFFICIENTS: ClassVar[tuple[str, ...]] = ("mag_y", "mag_x", "k_y", "k_x", "shear_yx", "shear_xy")
+    COEFFICIENTS: ClassVar[tuple[str, ...]] = ("mag_y", "mag_x", "k_y", "k_x", "shear_yx", "shear_xy", "k5_y", "k5_x")
     #: The linear map's terms (the stage sets them; the overlaps cannot see them).
     LINEAR: ClassVar[tuple[str, ...]] = ("mag_y", "mag_x", "shear_yx", "shear_xy")
     #: The coefficients of records written before the off-diagonal terms (they read as 0 there).
     LEGACY: ClassVar[tuple[str, ...]] = ("mag_y", "mag_x", "k_y", "k_x")
+    #: The radial terms per axis (y, x), in the camera frame: cubic, then quintic.
+    RADIAL: ClassVar[tuple[tuple[str, str], ...]] = (("k_y", "k_x"), ("k5_y", "k5_x"))
 
     @classmethod
     def from_coefficients(cls, values: Sequence[float] | npt.ArrayLike) -> DistortionModel:
-        """Model from values in :attr:`COEFFICIENTS` order (or the four :attr:`LEGACY` ones: no shear).
+        """Model from values in :attr:`COEFFICIENTS` order (or the first six: no quintic; or the four
+        :attr:`LEGACY` ones: no shear either).
 
         Raises
         ------
         ValueError
-            Unless four or six values are given.
+            Unless four, six or eight values are given.
         """
         vals = [float(v) for v in np.asarray(values, np.float64).ravel()]
-        if len(vals) not in (len(cls.LEGACY), len(cls.COEFFICIENTS)):
+        if len(vals) not in (len(cls.LEGACY), 6, len(cls.COEFFICIENTS)):
             raise ValueError(
                 f"distortion needs {len(cls.COEFFICIENTS)} coefficients {cls.COEFFICIENTS} "
                 f"(or the {len(cls.LEGACY)} {cls.LEGACY}), got {vals}"
@@ -142,10 +149,15 @@ class DistortionModel:
         r2 = u * u + v * v
         dy = cy * (self.mag_y * v + self.k_y * v * r2)
         dx = cx * (self.mag_x * u + self.k_x * u * r2)
+        ry, rx = self.k_y * r2, self.k_x * r2  # radial factor per axis
+        if self.k5_y or self.k5_x:  # only then: a model without them evaluates exactly as before they existed
+            r4 = r2 * r2
+            dy, dx = dy + cy * self.k5_y * v * r4, dx + cx * self.k5_x * u * r4
+            ry, rx = ry + self.k5_y * r4, rx + self.k5_x * r4
         if self.shear_yx or self.shear_xy:
             # the camera-frame position (radial terms applied), then the off-diagonal part of the map
-            wy = cy * v * (1.0 + self.k_y / (1.0 + self.mag_y) * r2)
-            wx = cx * u * (1.0 + self.k_x / (1.0 + self.mag_x) * r2)
+            wy = cy * v * (1.0 + ry / (1.0 + self.mag_y))
+            wx = cx * u * (1.0 + rx / (1.0 + self.mag_x))
             dy = dy + self.shear_yx * wx
             dx = dx + self.shear_xy * wy
         return dy, dx
@@ -163,17 +175,17 @@ class DistortionModel:
 
         Returns
         -------
-        gy, gx : ndarray of float64, each ``S + (6,)``
+        gy, gx : ndarray of float64, each ``S + (8,)``
             ``dy = gy @ c`` and ``dx = gx @ c`` with ``c = model.coefficients()``
             (columns in :attr:`COEFFICIENTS` order): exact without shear or without
             radial terms; otherwise it leaves out the second-order product shear x k
-            (0.06 px at the corners for 0.3 degrees and 12 px of cubic distortion).
+            (0.06 px at the corners for 0.3 degrees and 12 px of radial distortion).
         """
         (cy, cx), (v, u) = tile_centre(shape), tile_coordinates(y, x, shape)
         r2 = u * u + v * v
         z = np.zeros_like(u)
-        columns_y = {"mag_y": cy * v, "k_y": cy * v * r2, "shear_yx": cx * u}
-        columns_x = {"mag_x": cx * u, "k_x": cx * u * r2, "shear_xy": cy * v}
+        columns_y = {"mag_y": cy * v, "k_y": cy * v * r2, "shear_yx": cx * u, "k5_y": cy * v * r2 * r2}
+        columns_x = {"mag_x": cx * u, "k_x": cx * u * r2, "shear_xy": cy * v, "k5_x": cx * u * r2 * r2}
         gy = np.stack([columns_y.get(k, z) for k in cls.COEFFICIENTS], axis=-1)
         gx = np.stack([columns_x.get(k, z) for k in cls.COEFFICIENTS], axis=-1)
         return gy, gx
@@ -271,9 +283,10 @@ def detector_coordinates(
 
 
 def max_displacement(shape: tuple[int, int], model: DistortionModel) -> float:
-    """Largest |D| over the tile (reached at the corners), in px."""
+    """Largest |D| over the tile, in px: at the corners for a cubic, but a quintic term of the other
+    sign can turn the radial profile over inside the tile, so a coarse grid (corners included) is
+    searched."""
     h, w = shape
-    corners_y = np.array([0.0, 0.0, h - 1.0, h - 1.0])
-    corners_x = np.array([0.0, w - 1.0, 0.0, w - 1.0])
-    dy, dx = model.displacement(corners_y, corners_x, shape)
+    gy, gx = np.meshgrid(np.linspace(0.0, h - 1.0, 17), np.linspace(0.0, w - 1.0, 17), indexing="ij")
+    dy, dx = model.displacement(gy, gx, shape)
     return float(np.max(np.hypot(dy, dx)))

@@ -7,7 +7,8 @@ columns :data:`BEAD_COLUMNS`, :func:`good_beads`); the classical :func:`detect_b
 (:func:`bead_channel_scores`, :func:`pick_bead_channel`, :func:`bead_threshold` and its parts
 :func:`threshold_levels`, :class:`ThresholdLevels`), :func:`radius_outliers`.
 Offsets: :func:`build_tracks`, :func:`solve_slice_offsets` (:class:`SliceOffsets`), :func:`canvas_padding`,
-:func:`apply_offset`. :class:`BeadUNet` (its input: :func:`normalise`) imports torch on first use.
+:func:`apply_offset` (order 1: :func:`shift_linear`, the bilinear shift by a constant offset, split by
+:func:`split_shift`; :data:`SNAP`). :class:`BeadUNet` (its input: :func:`normalise`) imports torch on first use.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ._bead_fit import BeadFit, disc_model, fit_bead, radius_outliers
 from ._bead_table import BEAD_COLUMNS, find_beads_numpy, good_beads
 from ._bead_threshold import ThresholdLevels, bead_threshold, threshold_levels
 from ._beads import bead_channel_scores, normalise, pick_bead_channel
+from ._shift import SNAP, shift_linear, split_shift
 from ._slice_offsets import SliceOffsets, apply_offset, canvas_padding, solve_slice_offsets
 from ._tracks import build_tracks
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BEAD_COLUMNS",
+    "SNAP",
     "BeadFit",
     "BeadSpec",
     "BeadUNet",
@@ -46,7 +49,9 @@ __all__ = [
     "normalise",
     "pick_bead_channel",
     "radius_outliers",
+    "shift_linear",
     "solve_slice_offsets",
+    "split_shift",
     "threshold_levels",
 ]
 

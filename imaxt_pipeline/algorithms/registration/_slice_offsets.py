@@ -319,22 +319,26 @@ def apply_offset(
     out_shape : (int, int)
         Canvas height and width.
     order : int, optional
-        Spline order of :func:`scipy.ndimage.shift`.
+        Interpolation order: 1 is :func:`shift_linear` (bilinear, the cube's block kernel), others
+        the spline of :func:`scipy.ndimage.shift`; zero outside the plane (``grid-constant``).
 
     Returns
     -------
     ndarray (..., out_shape[0], out_shape[1]) of float32
     """
-    from scipy import ndimage as ndi
+    from ._shift import shift_linear
 
     data = np.asarray(plane, dtype=np.float32)
-    h, w = data.shape[-2:]
+    # the plane as the canvas holds it at its origin (cut to the canvas), sampled at (y, x) + src
+    data = data[..., : out_shape[0], : out_shape[1]]
+    src = np.asarray(offset, np.float64).ravel() - np.asarray(pad_before, np.float64).ravel()
+    if order == 1:
+        return shift_linear(data, src, out_shape)
+    from scipy import ndimage as ndi
+
     canvas = np.zeros((*data.shape[:-2], *out_shape), np.float32)
-    hh, ww = min(h, out_shape[0]), min(w, out_shape[1])
-    canvas[..., :hh, :ww] = data[..., :hh, :ww]
-    shift = (0.0,) * (data.ndim - 2) + tuple(
-        float(p) - float(o) for p, o in zip(np.ravel(pad_before), np.ravel(offset), strict=True)
-    )
+    canvas[..., : data.shape[-2], : data.shape[-1]] = data
+    shift = (0.0,) * (data.ndim - 2) + tuple(float(-v) for v in src)
     out: NDArray[np.float32] = ndi.shift(
         canvas, shift, order=order, mode="grid-constant", cval=0.0, prefilter=order > 1
     )

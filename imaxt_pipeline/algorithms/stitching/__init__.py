@@ -4,8 +4,9 @@ Pairwise registration of neighbouring tiles with point correspondences along the
 :class:`PairMatch`, :func:`adjacent_pairs`) and one weighted sparse least-squares solve for the positions
 and the distortion (:func:`solve_positions`, :class:`PositionSolution`), with each tile's position
 uncertainty and the tiles it could not place from the overlaps, in plain words (:func:`describe_flags`,
-:class:`TileFlag`), and the magnification the overlaps cannot see, from the stage statistics with its
-sigma (:func:`stage_magnification`, :class:`MagnificationEstimate`). The distortion model itself is
+:class:`TileFlag`; a stage-placed tile's sigma, honest with few solved tiles: :func:`stage_sigma`), and
+the magnification the overlaps cannot see, from the stage statistics with its sigma
+(:func:`stage_magnification`, :class:`MagnificationEstimate`). The distortion model itself is
 :class:`..optics.DistortionModel`.
 """
 
@@ -14,7 +15,7 @@ from ._overlap import PairMatch, adjacent_pairs, match_pair
 from ._positions import PositionSolution, solve_positions
 from ._section_moves import rewrite_plan, section_move
 from ._subpixel import window_crop
-from ._uncertainty import TileFlag, describe_flags, rematch_plan, search_radius
+from ._uncertainty import TileFlag, describe_flags, rematch_plan, search_radius, stage_sigma
 
 __all__ = [
     "MagnificationEstimate",
@@ -30,5 +31,6 @@ __all__ = [
     "section_move",
     "solve_positions",
     "stage_magnification",
+    "stage_sigma",
     "window_crop",
 ]

@@ -1,7 +1,8 @@
 """The weighted sparse least-squares problem of :func:`._positions.solve_positions`.
 
 Unknowns: ``Q`` (the detector-frame position of every tile), ``k~`` (the cubic distortion per axis,
-in detector units) and optionally the linear map ``A = 1 + M`` (mag_y, mag_x, shear_yx, shear_xy);
+in detector units, and the quintic where asked: ``k5~``) and optionally the linear map ``A = 1 + M``
+(mag_y, mag_x, shear_yx, shear_xy);
 equations: every seam correspondence, the stage priors ``A Q = stage`` and zero-mean priors on the
 coefficients (see :mod:`._positions` for why the residuals are written in the detector frame).
 :class:`Problem` builds and solves it and gives the coefficients' and positions' sigmas.
@@ -40,7 +41,7 @@ class Normal:
     weights: _Array
     x: _Array  # the solution vector
     mag: _Array  # (mag_y, mag_x)
-    kt: _Array
+    kt: _Array  # (axis, order): k~ of the cubic and quintic terms, detector units
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class Solved:
     detector: _Array  # Q: the detector-frame positions (T, 2) about the stage centre
 
 
-_K_COLUMNS = (DistortionModel.COEFFICIENTS.index("k_y"), DistortionModel.COEFFICIENTS.index("k_x"))
+#: Columns of the model's design per radial order (cubic, quintic) and axis (y, x).
+_K_COLUMNS = tuple(tuple(DistortionModel.COEFFICIENTS.index(k) for k in ks) for ks in DistortionModel.RADIAL)
 
 
 def _matrix(lin: _Array) -> _Array:
@@ -60,18 +62,19 @@ def _matrix(lin: _Array) -> _Array:
     return np.array([[1.0 + lin[0], lin[2]], [lin[3], 1.0 + lin[1]]])
 
 
-def _cubic_design(points: _Array, shape: tuple[int, int]) -> _Array:
-    """``(D_y, D_x)`` per unit ``(k_y, k_x)`` at detector points (K, 2): the cubic columns of the model's design."""
+def _radial_design(points: _Array, shape: tuple[int, int]) -> _Array:
+    """(K, axis, order): ``D_axis`` per unit radial term of each order (cubic, quintic) at detector points (K, 2)."""
     gy, gx = DistortionModel.design(points[:, 0], points[:, 1], shape)
-    return np.stack([gy[:, _K_COLUMNS[0]], gx[:, _K_COLUMNS[1]]], axis=1)
+    return np.stack([np.stack([gy[:, cy], gx[:, cx]], axis=1) for cy, cx in _K_COLUMNS], axis=2)
 
 
 class Problem:
     """The least-squares problem in ``Q`` (2 per tile), ``k~`` (k_y, k_x) and the linear map.
 
     Column layout: ``Q`` of tile t axis a at ``2 t + a``, then the fitted
-    ``k~`` per axis, then the fitted linear terms in :attr:`LINEAR` order
-    (``fit_mag``: the whole map, magnification and shear, jointly).
+    ``k~`` per axis, then the fitted quintic ``k5~`` (the axes in ``fit_k5``), then the fitted linear
+    terms in :attr:`LINEAR` order (``fit_mag``: the whole map, magnification and shear, jointly).
+    A radial term not fitted is held at the base model's value (in detector units).
     """
 
     #: Fitted linear terms, in column order.
@@ -87,46 +90,80 @@ class Problem:
         fit_mag: bool,
         prior_sigma: float,
         dist_prior: float,
+        fit_k5: tuple[bool, bool] = (False, False),
     ) -> None:
         self.matches, self.tile_shape = matches, tile_shape
         self.n_tiles = int(stage.shape[0])
         self.centre: _Array = stage.mean(axis=0) if self.n_tiles else np.zeros(2)
         self.stage_c = stage - self.centre
         self.w_coef = 1.0 / dist_prior**2
-        self._configure(base, fit_k, fit_mag, prior_sigma)
-        # Per match: D(p_b) - D(p_a) per unit k (the cubic columns of the design), y and x.
+        self._configure(base, fit_k, fit_mag, prior_sigma, fit_k5)
+        # Per match: D(p_b) - D(p_a) per unit radial term, (points, axis, order).
         self.dg: list[_Array] = [
-            _cubic_design(m.points_mov, tile_shape) - _cubic_design(m.points_ref, tile_shape)
+            _radial_design(m.points_mov, tile_shape) - _radial_design(m.points_ref, tile_shape)
             if len(m.point_weights)
-            else np.zeros((0, 2))
+            else np.zeros((0, 2, 2))
             for m in matches
         ]
 
-    def _configure(self, base: DistortionModel, fit_k: bool, fit_mag: bool, prior_sigma: float) -> None:
+    def _configure(
+        self, base: DistortionModel, fit_k: bool, fit_mag: bool, prior_sigma: float, fit_k5: tuple[bool, bool]
+    ) -> None:
         self.fit_k, self.fit_mag = fit_k, fit_mag
-        self.mag0, self.k0 = np.array([base.mag_y, base.mag_x]), np.array([base.k_y, base.k_x])
+        self.fit_k5 = (bool(fit_k and fit_k5[0]), bool(fit_k and fit_k5[1]))
+        self.mag0 = np.array([base.mag_y, base.mag_x])
+        self.k0 = np.array([[getattr(base, k) for k in axis] for axis in zip(*DistortionModel.RADIAL, strict=True)])
         self.lin0 = np.array([getattr(base, k) for k in self.LINEAR])
-        self.kt_fixed = np.array([base.k_y, base.k_x]) / (1 + self.mag0)
+        self.kt_fixed = self.k0 / (1 + self.mag0[:, None])  # (axis, order)
         n = 2 * self.n_tiles
-        # Empty when the term is not fitted.
-        self.k_col: list[int] = [n, n + 1] if fit_k else []
+        # Empty when the term is not fitted; (axis, order) -> column for the fitted radial terms.
+        self.radial_col: dict[tuple[int, int], int] = {}
+        if fit_k:
+            self.radial_col = {(0, 0): n, (1, 0): n + 1}
+            for axis in (0, 1):
+                if self.fit_k5[axis]:
+                    self.radial_col[(axis, 1)] = n + len(self.radial_col)
+        self.k_col: list[int] = list(self.radial_col.values())
         self.mag_col: list[int] = list(range(n + len(self.k_col), n + len(self.k_col) + 4)) if fit_mag else []
         self.n_unk = n + len(self.k_col) + len(self.mag_col)
         self.w_prior = 1.0 / prior_sigma**2
+        self._cached: tuple[bytes, tuple[sparse.csr_matrix, _Array, _Array, npt.NDArray[np.int_]]] | None = None
 
-    def variant(self, base: DistortionModel, fit_k: bool, fit_mag: bool, prior_sigma: float) -> Problem:
-        """The same seams (their design is not recomputed) with another base model, terms or stage error."""
+    def variant(
+        self,
+        base: DistortionModel,
+        fit_k: bool,
+        fit_mag: bool,
+        prior_sigma: float,
+        fit_k5: tuple[bool, bool] | None = None,
+    ) -> Problem:
+        """The same seams (their design is not recomputed) with another base model, terms or stage error
+        (the quintic axes fitted: this problem's unless given)."""
         out = copy.copy(self)
-        out._configure(base, fit_k, fit_mag, prior_sigma)
+        out._configure(base, fit_k, fit_mag, prior_sigma, self.fit_k5 if fit_k5 is None else fit_k5)
         return out
 
-    def _data(self, active: _Mask, point_keep: list[_Mask]) -> tuple[sparse.csr_matrix, _Array, _Array]:
-        """Sparse design, right-hand side and weights of the seam equations."""
+    def _data(
+        self, active: _Mask, point_keep: list[_Mask]
+    ) -> tuple[sparse.csr_matrix, _Array, _Array, npt.NDArray[np.int_]]:
+        """Sparse design, right-hand side, weights and pair index of the seam equations (the last kept:
+        a jackknife solves the same pairs and points with some pairs' weights set to 0)."""
+        key = active.tobytes() + b"".join(k.tobytes() for k in point_keep)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        out = self._build(active, point_keep)
+        self._cached = (key, out)
+        return out
+
+    def _build(
+        self, active: _Mask, point_keep: list[_Mask]
+    ) -> tuple[sparse.csr_matrix, _Array, _Array, npt.NDArray[np.int_]]:
         rows: list[npt.NDArray[np.int_]] = []
         cols: list[npt.NDArray[np.int_]] = []
         vals: list[_Array] = []
         rhs: list[_Array] = []
         wts: list[_Array] = []
+        pair: list[npt.NDArray[np.int_]] = []
         eq = 0
         for i, m in enumerate(self.matches):
             if not active[i]:
@@ -140,21 +177,24 @@ class Problem:
                 cols += [np.full(k, 2 * m.moving + axis), np.full(k, 2 * m.reference + axis)]
                 vals += [np.ones(k), -np.ones(k)]
                 target = pa[:, axis] - pb[:, axis]
-                if self.fit_k:
-                    rows.append(r)
-                    cols.append(np.full(k, self.k_col[axis]))
-                    vals.append(dg[:, axis])
-                else:
-                    target = target - dg[:, axis] * self.kt_fixed[axis]
+                for order in (0, 1):
+                    col = self.radial_col.get((axis, order))
+                    if col is not None:
+                        rows.append(r)
+                        cols.append(np.full(k, col))
+                        vals.append(dg[:, axis, order])
+                    elif self.kt_fixed[axis, order]:
+                        target = target - dg[:, axis, order] * self.kt_fixed[axis, order]
                 rhs.append(target)
                 wts.append(w)
+                pair.append(np.full(k, i))
                 eq += k
 
         def cat(x: Sequence[npt.NDArray[Any]], dt: type = float) -> npt.NDArray[Any]:
             return np.concatenate(x).astype(dt) if x else np.zeros(0, dt)
 
         a = sparse.csr_matrix((cat(vals), (cat(rows, int), cat(cols, int))), shape=(eq, self.n_unk))
-        return a, cat(rhs), cat(wts)
+        return a, cat(rhs), cat(wts), cat(pair, int)
 
     def _prior(self, q0: _Array, lin0: _Array) -> tuple[sparse.csr_matrix, _Array, _Array]:
         """Linearised stage priors ``A Q = stage - centre`` and the coefficient priors."""
@@ -188,9 +228,12 @@ class Problem:
         )
         return a, np.concatenate(rhs), np.concatenate(wts)
 
-    def solve(self, active: _Mask, point_keep: list[_Mask]) -> Solved:
-        """Positions and distortion for the pairs and points kept (Gauss-Newton in ``mag`` when fitted)."""
-        ad, bd, wd = self._data(active, point_keep)
+    def solve(self, active: _Mask, point_keep: list[_Mask], without: _Mask | None = None) -> Solved:
+        """Positions and distortion for the pairs and points kept (Gauss-Newton in ``mag`` when fitted);
+        ``without`` (per pair) leaves those pairs out of the active ones."""
+        ad, bd, wd, pair = self._data(active, point_keep)
+        if without is not None:
+            wd = np.where(without[pair], 0.0, wd)
         nd = (ad.T @ ad.multiply(wd[:, None]).tocsr()).tocsc()
         rd = ad.T @ (wd * bd)
         lin = self.lin0.copy()
@@ -207,18 +250,22 @@ class Problem:
             step, lin = np.max(np.abs(new - lin)), new
             if step < 1e-12:
                 break
-        kt = x[self.k_col] if self.fit_k else self.kt_fixed
+        kt = self.kt_fixed.copy()
+        for (axis, order), col in self.radial_col.items():
+            kt[axis, order] = x[col]
         a = _matrix(lin)
         positions = self.centre + q @ a.T
         mag = lin[:2]
-        k = (1.0 + mag) * kt if self.fit_k else self.k0
+        k = (1.0 + mag)[:, None] * kt if self.fit_k else self.k0
         model = DistortionModel(
             mag_y=float(mag[0]),
             mag_x=float(mag[1]),
-            k_y=float(k[0]),
-            k_x=float(k[1]),
+            k_y=float(k[0, 0]),
+            k_x=float(k[1, 0]),
             shear_yx=float(lin[2]),
             shear_xy=float(lin[3]),
+            k5_y=float(k[0, 1]),
+            k5_x=float(k[1, 1]),
         )
         normal = Normal(nd, npr, ad, bd, wd, x, mag, kt)
         return Solved(positions, model, self._residuals(q, kt), normal, q)
@@ -230,7 +277,7 @@ class Problem:
             if not len(m.point_weights):
                 out.append(np.zeros((0, 2)))
                 continue
-            pred = q[m.moving] - q[m.reference] + dg * kt
+            pred = q[m.moving] - q[m.reference] + np.einsum("kao,ao->ka", dg, kt)
             out.append(m.points_ref - m.points_mov - pred)
         return out
 
@@ -268,13 +315,11 @@ class Problem:
         if self.fit_mag:
             for name, col in zip(self.LINEAR, self.mag_col, strict=True):
                 sigma[name] = float(np.sqrt(var[col]))
-        for axis, kn in enumerate(("k_y", "k_x")):
-            if self.fit_k:
-                # k = (1 + mag) k~
-                kc = self.k_col[axis]
-                v = (1 + mag[axis]) ** 2 * var[kc]
-                if self.fit_mag:
-                    mc = self.mag_col[axis]
-                    v += kt[axis] ** 2 * var[mc] + 2 * (1 + mag[axis]) * kt[axis] * cov[cols.index(kc), cols.index(mc)]
-                sigma[kn] = float(np.sqrt(max(v, 0.0)))
+        for (axis, order), kc in self.radial_col.items():
+            # k = (1 + mag) k~
+            v = (1 + mag[axis]) ** 2 * var[kc]
+            if self.fit_mag:
+                mc, ktv = self.mag_col[axis], kt[axis, order]
+                v += ktv**2 * var[mc] + 2 * (1 + mag[axis]) * ktv * cov[cols.index(kc), cols.index(mc)]
+            sigma[DistortionModel.RADIAL[order][axis]] = float(np.sqrt(max(v, 0.0)))
         return sigma

@@ -31,6 +31,11 @@ statistics of all solved tiles (:mod:`._magnification`, estimate and sigma from 
 joint fit with the measured stage scatter) and solves again under the map with each
 significant term applied, so the positions and the recorded map agree. The
 least-squares problem itself is :mod:`._lsq`.
+
+The quintic radial terms (``k5_y``, ``k5_x``) are seen by the overlaps like the cubic ones, but with
+the cubic fitted they are weakly determined on normal overlaps: where asked (``quintic``), a probe
+fits them after the rejection rounds and each axis is kept only where significant
+(:func:`_significant_quintic`).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import numpy.typing as npt
 
 from ..optics import DistortionModel
 from ._lsq import Problem, Solved
-from ._magnification import MagnificationEstimate, stage_magnification
+from ._magnification import MagnificationEstimate, significance_threshold, stage_magnification
 from ._overlap import PairMatch
 from ._uncertainty import TileFlag, components, flag_tiles, stage_placement, unverified_tiles
 
@@ -133,6 +138,7 @@ def solve_positions(
     estimate_distortion: bool = True,
     distortion: DistortionModel | None = None,
     fit_magnification: bool = True,
+    quintic: bool = False,
     prior_sigma_px: float = 5.0,
     distortion_prior: float = 0.05,
     reject_px: float = 1.0,
@@ -163,6 +169,14 @@ def solve_positions(
         When False (and the distortion is estimated), the linear map is
         still estimated from the stage statistics after the solve and each term
         applied where it is significant (:func:`._magnification.stage_magnification`).
+    quintic : bool
+        With the distortion estimated, also probe the quintic radial terms (``k5_y``, ``k5_x``) and fit
+        each where it is significant (:func:`_significant_quintic`); else they stay at the base model's.
+        Off by default: on the seams of a normal overlap (5-20 %) the quintic and cubic columns correlate
+        at -0.99, so a smooth field outside the model (or noise) passes for a quintic and trades with the
+        cubic (on the sweep's 2 x 2 samples 8 and 20 it was applied, moved the scale, and made every tile's
+        sigma 3-4x larger); a calibration acquisition's large overlaps separate them
+        (:func:`..calibration.fit_calibration_distortion` turns it on).
     prior_sigma_px : float
         Standard deviation of the stage positions' error.
     distortion_prior : float
@@ -232,6 +246,11 @@ def solve_positions(
     for i, m in enumerate(matches):
         if active[i]:
             constrained[[m.reference, m.moving]] = True
+    if estimate_distortion and quintic:
+        k5 = _significant_quintic(problem, active, point_keep, base, prior_sigma_px)
+        if any(k5):  # solve again with the significant axes fitted (the pairs and points kept stay)
+            problem = problem.variant(base, True, fit_mag, prior_sigma_px, k5)
+            sol = problem.solve(active, point_keep)
     used_pairs = [(m.reference, m.moving) for m, a in zip(matches, active, strict=True) if a]
     # a tile no loop checks may sit px off: it must not set the scale
     use = constrained & ~unverified_tiles(n_tiles, used_pairs)
@@ -307,6 +326,49 @@ def solve_positions(
     )
 
 
+def _significant_quintic(
+    problem: Problem, active: _Mask, point_keep: list[_Mask], base: DistortionModel, prior_sigma_px: float
+) -> tuple[bool, bool]:
+    """Per axis, whether the quintic radial term of a probe fitting it departs from the base model's by
+    more than the Student-t threshold (the magnification's rule) in units of a pair-level sigma.
+
+    The cubic alone cannot follow a field with 5th-order terms (on 3 x 3 tiles of 512 px, 2-3 px of them at
+    the corners leave ~3 px of scale-like error); fitted where it is not there, the quintic only trades
+    variance with the cubic, so it must earn its place. The
+    seams' point errors are not independent (a smooth field the model does not have moves every point of
+    a pair together), so the normal matrix's sigma is optimistic: the sigma used is the larger of it and a
+    grouped jackknife over the used pairs (:data:`_JACKKNIFE_GROUPS` groups at most), with the jackknife's
+    degrees of freedom: 4.5 sigma with 8 groups; a 2 x 2 grid (4 pairs, 3 dof) needs 9.2.
+    """
+    probe = problem.variant(base, True, problem.fit_mag, prior_sigma_px, (True, True))
+    psol = probe.solve(active, point_keep)
+    sig = probe.sigma(psol)
+    names = DistortionModel.RADIAL[1]
+    est = np.array([getattr(psol.model, k) for k in names])
+    formal = np.array([sig[k] for k in names])
+    used = np.flatnonzero(active)
+    groups = min(len(used), _JACKKNIFE_GROUPS)
+    nominal = np.array([getattr(base, k) for k in names])
+    thr = significance_threshold(float(groups - 1))
+    if groups < 3 or not np.all(formal > 0) or not np.any(np.abs(est - nominal) > thr * formal):
+        return False, False  # not significant even by the (smaller) formal sigma: no jackknife needed
+    leave = []
+    for g in range(groups):
+        out = np.zeros(len(active), bool)
+        out[used[g::groups]] = True
+        m = probe.solve(active, point_keep, without=out).model
+        leave.append([getattr(m, k) for k in names])
+    jk = np.asarray(leave)
+    jk_sigma = np.sqrt((groups - 1) / groups * np.sum((jk - jk.mean(axis=0)) ** 2, axis=0))
+    sd = np.maximum(formal, jk_sigma)
+    y, x = (bool(v) for v in np.abs(est - nominal) > thr * sd)
+    return y, x
+
+
+#: Groups of used pairs the quintic's jackknife leaves out in turn (a solve each).
+_JACKKNIFE_GROUPS = 8
+
+
 def _place(
     problem: Problem,
     sol: Solved,
@@ -318,11 +380,14 @@ def _place(
     prior_sigma_px: float,
 ) -> tuple[_Array, _Array, list[TileFlag]]:
     """Positions with unconstrained tiles placed by the stage, each tile's sigma, and the flags."""
-    pos, scatter = stage_placement(sol.positions, stage, constrained, comp, prior_sigma_px)
-    psig = problem.position_sigma(sol, comp, constrained)
     used = [(m.reference, m.moving) for m, a in zip(matches, active, strict=True) if a]
+    islands = components(len(stage), used)
+    pos, scatter = stage_placement(sol.positions, stage, constrained, comp, prior_sigma_px, islands)
+    psig = problem.position_sigma(sol, comp, constrained)
     loose = unverified_tiles(len(stage), used)
-    psig = np.where(constrained & ~loose, psig, np.maximum(psig, scatter))
+    # placed by the stage: the stage's sigma alone (the solve's is the stated prior's, not the data's);
+    # on bridges only: a false match could be as far off as the stage, the solve's sigma cannot see it
+    psig = np.where(constrained, np.where(loose, np.maximum(psig, scatter), psig), scatter)
     return pos, psig, list(flag_tiles(matches, active, constrained, psig, loose))
 
 

@@ -56,11 +56,15 @@ def tile_statistics(
     """
     if not keys:
         raise ValueError("no tiles to summarise")
-    futures = [
-        client.submit(_summarise, read_tile, tuple(k), block, bool(n), pure=False)
-        for k, n in zip(keys, noise, strict=True)
-    ]
-    per_tile = client.gather(futures)
+    if len(noise) != len(keys):
+        raise ValueError(f"{len(noise)} noise flags for {len(keys)} tiles")
+    # The tiles with noise blocks (the costliest) go first, so that the last tasks are short ones: the workers
+    # finish together instead of one waiting on the other's last noise tile.
+    order = sorted(range(len(keys)), key=lambda i: not noise[i])
+    futures = {
+        i: client.submit(_summarise, read_tile, tuple(keys[i]), block, bool(noise[i]), pure=False) for i in order
+    }
+    per_tile = client.gather([futures[i] for i in range(len(keys))])
     for result in per_tile:
         if isinstance(result, ImaxtError):
             raise result
@@ -75,9 +79,20 @@ def cluster_starmap(client: Client) -> Callable[[Callable[..., Any], Sequence[tu
     which would otherwise run one after the other on the client while the workers wait.
     """
 
+    # Arguments already sent, by identity (a channel's statistics go to its first fit and its refit): each
+    # travels once. The objects are held with their futures, so that an identity is never reused.
+    sent: dict[int, tuple[Any, Any]] = {}
+
+    def send(arg: Any) -> Any:
+        if isinstance(arg, (int, float, str, type(None))):
+            return arg  # small values travel inside the task
+        if id(arg) not in sent:
+            sent[id(arg)] = (arg, client.scatter(arg, hash=False))
+        return sent[id(arg)][1]
+
     def starmap(fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
         # the arguments (a channel's statistics, a flat) travel as data, not inside the task graph
-        futures = [client.submit(fn, *client.scatter(list(args), hash=False), pure=False) for args in items]
+        futures = [client.submit(fn, *[send(a) for a in args], pure=False) for args in items]
         return list(client.gather(futures))
 
     return starmap

@@ -14,6 +14,7 @@ whatever the slice size.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,23 @@ class _ChainTiles:
         return tile
 
 
+#: The last confidence map this process made: ``(calibration, (shape, feather), map)``, calibration held weakly.
+_CONFIDENCE: list[tuple[weakref.ref[Calibration], tuple[tuple[int, int], float], np.ndarray]] = []
+
+
+def _confidence(calibration: Calibration, shape: tuple[int, int], feather: float) -> np.ndarray:
+    """:meth:`Calibration.confidence`, made once per process for the calibration every task of a step
+    shares (scattered: the same object on a worker), not once per chain (a min over the flat fields);
+    callers must not modify it."""
+    key = ((int(shape[0]), int(shape[1])), float(feather))
+    for ref, known, weights in list(_CONFIDENCE):
+        if ref() is calibration and known == key:
+            return weights
+    weights = calibration.confidence(key[0], feather=key[1])
+    _CONFIDENCE[:] = [(weakref.ref(calibration), key, weights)]
+    return weights
+
+
 def fuse_block(
     read_tile: Callable[[int], np.ndarray],
     write_block: Callable[..., None],
@@ -124,7 +142,7 @@ def fuse_block_chain(
     """Fuse blocks one after the other and write all their pyramid levels (the kernel of each task).
 
     A tile two neighbouring blocks need is read once (:class:`_ChainTiles`, at most ``tile_bytes``,
-    default :data:`CHAIN_TILE_BYTES`, kept), the confidence map is made once and the blocks of one
+    default :data:`CHAIN_TILE_BYTES`, kept), the confidence map is made once per process and the blocks of one
     shape fuse into the same buffers: ``write_block(level, (y0, y1, x0, x1), image_cyx, weight_yx)``
     receives level coordinates and must not keep the arrays past its call. Returns each block's mean
     weight (for metrics).
@@ -132,7 +150,7 @@ def fuse_block_chain(
     distortion = calibration.distortion
     wanted = [tiles_touching(positions, tile_shape, region, distortion=distortion) for region in regions]
     tiles = _ChainTiles(read_tile, wanted, CHAIN_TILE_BYTES if tile_bytes is None else int(tile_bytes))
-    weights = calibration.confidence(tile_shape, feather=feather)
+    weights = _confidence(calibration, tile_shape, feather)
     buffers: FusedRegion | None = None
     means = []
     for k, region in enumerate(regions):

@@ -65,26 +65,51 @@ def test_tile_coordinates_span_minus_one_to_one():
 
 
 def test_coefficient_order_is_one_for_files_fields_and_design():
-    model = DistortionModel(mag_y=1e-3, mag_x=-2e-3, k_y=4e-3, k_x=5e-3, shear_yx=3e-4, shear_xy=-6e-4)
-    assert DistortionModel.COEFFICIENTS == ("mag_y", "mag_x", "k_y", "k_x", "shear_yx", "shear_xy")
-    np.testing.assert_array_equal(model.coefficients(), [1e-3, -2e-3, 4e-3, 5e-3, 3e-4, -6e-4])
+    model = DistortionModel(
+        mag_y=1e-3, mag_x=-2e-3, k_y=4e-3, k_x=5e-3, shear_yx=3e-4, shear_xy=-6e-4, k5_y=1e-3, k5_x=-2e-3
+    )
+    assert DistortionModel.COEFFICIENTS == ("mag_y", "mag_x", "k_y", "k_x", "shear_yx", "shear_xy", "k5_y", "k5_x")
+    np.testing.assert_array_equal(model.coefficients(), [1e-3, -2e-3, 4e-3, 5e-3, 3e-4, -6e-4, 1e-3, -2e-3])
     assert DistortionModel.from_coefficients(model.coefficients()) == model == DistortionModel(*model.coefficients())
+    assert DistortionModel.from_coefficients(model.coefficients()[:6]) == DistortionModel(*model.coefficients()[:6])
     assert list(model.as_dict()) == list(DistortionModel.COEFFICIENTS)
     assert DistortionModel.from_dict(model.as_dict()) == model
-    with pytest.raises(ValueError, match="6 coefficients"):
+    with pytest.raises(ValueError, match="8 coefficients"):
         DistortionModel.from_coefficients([1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="unknown distortion"):
         DistortionModel.from_dict({"mag_y": 1.0, "twist": 2.0})
     # the linear design evaluates the same polynomial as the model (exact without shear or without k)
     rng = np.random.default_rng(0)
     y, x = rng.uniform(0, 191, (2, 50))
-    for m in (DistortionModel(*model.coefficients()[:4]), DistortionModel(mag_y=1e-3, shear_yx=3e-4, shear_xy=-6e-4)):
+    no_shear = DistortionModel(*model.coefficients()[:4], k5_y=1e-3, k5_x=-2e-3)
+    for m in (no_shear, DistortionModel(mag_y=1e-3, shear_yx=3e-4, shear_xy=-6e-4)):
         gy, gx = DistortionModel.design(y, x, (192, 256))
         dy, dx = m.displacement(y, x, (192, 256))
         np.testing.assert_allclose(gy @ m.coefficients(), dy, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(gx @ m.coefficients(), dx, rtol=1e-12, atol=1e-15)
     # y terms only move y, x terms only move x (the off-diagonal term of an axis moves it by the other's position)
-    assert not gy[:, [1, 3, 5]].any() and not gx[:, [0, 2, 4]].any()
+    assert not gy[:, [1, 3, 5, 7]].any() and not gx[:, [0, 2, 4, 6]].any()
+
+
+def test_quintic_terms_are_the_fifth_order_radial_displacement_and_old_records_read_without_them():
+    shape = (200, 300)
+    cy, cx = (shape[0] - 1) / 2, (shape[1] - 1) / 2
+    y, x = np.array([0.0, 50.0, 199.0]), np.array([0.0, 299.0, 10.0])
+    v, u = (y - cy) / cy, (x - cx) / cx
+    r4 = (u * u + v * v) ** 2
+    base = DistortionModel(mag_y=1e-3, k_y=4e-3, k_x=-3e-3)
+    dy0, dx0 = base.displacement(y, x, shape)
+    dy, dx = DistortionModel(mag_y=1e-3, k_y=4e-3, k_x=-3e-3, k5_y=2e-3, k5_x=-1e-3).displacement(y, x, shape)
+    np.testing.assert_allclose(dy - dy0, cy * 2e-3 * v * r4, rtol=1e-12)
+    np.testing.assert_allclose(dx - dx0, cx * -1e-3 * u * r4, rtol=1e-12)
+    # a record of six values or without the keys (attrs, calibration files before them) has no quintic
+    six = DistortionModel.from_coefficients(base.coefficients()[:6])
+    assert six == base == DistortionModel.from_dict({k: getattr(base, k) for k in DistortionModel.COEFFICIENTS[:6]})
+    assert six.k5_y == six.k5_x == 0.0
+    # a quintic of the other sign turns the radial profile over inside the tile: the largest |D| is not at a corner
+    folded = DistortionModel(k_y=0.02, k_x=0.02, k5_y=-0.01, k5_x=-0.01)  # r2 (k + k5 r2) = 0 at the corners
+    dy_c, dx_c = folded.displacement(np.array([0.0]), np.array([0.0]), shape)
+    assert float(np.hypot(dy_c, dx_c)[0]) < 1e-12 and max_displacement(shape, folded) > 1.4  # 1.5 px mid-edge
 
 
 def test_records_written_before_the_shear_terms_load_with_zero_shear():
@@ -94,7 +119,7 @@ def test_records_written_before_the_shear_terms_load_with_zero_shear():
     assert model == DistortionModel(**old) == DistortionModel.from_coefficients(list(old.values()))
     assert model.shear_yx == model.shear_xy == 0.0 and model.rotation_deg == 0.0
     assert DistortionModel.from_dict({**old, "shear_yx": None}) == model  # an undetermined term: nominal
-    assert set(model.as_dict()) == set(old) | {"shear_yx", "shear_xy"}  # records gain the keys
+    assert set(model.as_dict()) == set(old) | {"shear_yx", "shear_xy", "k5_y", "k5_x"}  # records gain the keys
 
 
 def test_shear_turns_the_camera_frame_with_its_distortion():

@@ -23,6 +23,7 @@ from imaxt_pipeline.algorithms.stitching import (
     search_radius,
     solve_positions,
     stage_magnification,
+    stage_sigma,
 )
 from imaxt_pipeline.parallel.stitching import match_tiles
 from imaxt_pipeline.synth import draw_instrument, render_random_sample
@@ -120,11 +121,16 @@ def test_tile_without_information_is_placed_by_stage_and_named() -> None:
     # tiles 0-2 hang on two pairs no loop checks: flagged unverified, with the stage's sigma, not the fit's
     assert kinds == {0: "unverified", 1: "unverified", 2: "unverified", 3: "stage"}
     flag = sol.flags[3]
-    # the stage's 3 px, relative to the mean of the three solved tiles: sqrt(9 + 9 / 3)
-    assert set(flag.empty) == {1, 2} and flag.sigma_px == pytest.approx(np.sqrt(12.0))
+    # the stage's sigma from the scatter of the three solved tiles (4 degrees of freedom) and the stated
+    # 3 px (4 more), widened for so few
+    off = sol.positions[:3] - stage[:3]
+    ss = float(np.sum((off - off.mean(axis=0)) ** 2))
+    assert set(flag.empty) == {1, 2} and flag.sigma_px == pytest.approx(stage_sigma(ss, 4, 3, 3.0))
+    assert flag.sigma_px > 1.6 * np.sqrt((ss + 4 * 3.0**2) / 8)  # the pooled scatter, widened for 8 dof
     words = describe_flags(sol.flags, lambda t: f"({t // 2},{t % 2})")
-    assert words[3] == "tile (1,1): overlaps with (0,1) and (1,0) empty — placed by stage, ±3.5 px"
+    assert words[3] == f"tile (1,1): overlaps with (0,1) and (1,0) empty — placed by stage, ±{flag.sigma_px:.1f} px"
     assert "no loop checks" in words[0] and all(f.sigma_px >= 3.0 for f in sol.flags)
+    assert np.hypot(*(sol.positions[3] - true[3] - (sol.positions[:3] - true[:3]).mean(axis=0))) < 3 * flag.sigma_px
 
 
 def test_search_radius_grows_with_the_measured_stage_error() -> None:
