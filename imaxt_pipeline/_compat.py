@@ -48,6 +48,7 @@ _PREFIX = "imaxt_pipeline."
 class _Alias(importlib.abc.Loader):
     def __init__(self, target: str) -> None:
         self.target = target
+        self.spec: importlib.machinery.ModuleSpec | None = None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         warnings.warn(
@@ -55,10 +56,18 @@ class _Alias(importlib.abc.Loader):
             DeprecationWarning,
             stacklevel=2,
         )
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target)
+        self.spec = module.__spec__  # before the import machinery overwrites it (see exec_module)
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """The target module is already executed."""
+        """The target module is already executed: give it back its own spec.
+
+        The import machinery sets ``__spec__`` to the old name's spec on the module ``create_module``
+        returned; its parent (the old package) would then disagree with ``__package__``, and every later
+        relative import inside the module's functions would warn (``__package__ != __spec__.parent``).
+        """
+        module.__spec__ = self.spec
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder):

@@ -16,6 +16,9 @@ def test_old_path_imports_the_new_module_with_a_warning(old, monkeypatch):
     with pytest.warns(DeprecationWarning, match=MOVED[old].replace(".", r"\.")):
         module = importlib.import_module(f"imaxt_pipeline.{old}")
     assert module is importlib.import_module(f"imaxt_pipeline.{MOVED[old]}")
+    # the module keeps its own spec, so relative imports inside its functions resolve without warning
+    assert module.__spec__.name == f"imaxt_pipeline.{MOVED[old]}"
+    assert module.__spec__.parent == module.__package__
 
 
 def test_old_names_are_reachable(monkeypatch):
