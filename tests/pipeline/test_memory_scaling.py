@@ -1,8 +1,8 @@
 """Peak memory of mosaic + cube, and of segment, is bounded by blocks, not by the section.
 
 Twice the tiles per section must not cost more than 1.2x the workers' peak RSS above their
-baseline. Blocks are made small (chunk 128 -> blocks of 512 px) and tiles large (1024 px, two
-channels), so a whole plane (8 tiles: ~60 MB of float32 per plane, more with the copies a
+baseline. Blocks are made small (chunk 128 -> blocks of 512 px) and tiles large (1024 px, four
+channels), so a whole plane (8 tiles: ~120 MB of float32 per plane, more with the copies a
 whole-plane task makes) is well above a block's working set: a step that gathered planes would
 show ~2x. Peaks are the workers' ``VmHWM``, reset through ``/proc/self/clear_refs`` before each run.
 Segment is measured on its own (the mosaic made first, unmeasured), on smaller tiles (watershed is
@@ -52,8 +52,13 @@ def _peak() -> float:
     return _status("VmHWM")
 
 
-def _growth(client, tmp_path: Path, cols: int, rows: int = 2, *, steps=("mosaic", "cube"), tile: int = 1024) -> float:
-    raw = write_raw_sample(tmp_path / f"raw{cols}", slices=1, rows=rows, cols=cols, tile=tile, seed=cols)
+def _growth(
+    client, tmp_path: Path, cols: int, rows: int = 2, *, steps=("mosaic", "cube"), tile: int = 1024, channels: int = 2
+) -> float:
+    names = tuple("abcd"[:channels])
+    raw = write_raw_sample(
+        tmp_path / f"raw{cols}", slices=1, rows=rows, cols=cols, tile=tile, seed=cols, channels=names
+    )
     store, out = str(tmp_path / f"raw{cols}.zarr"), str(tmp_path / f"out{cols}.zarr")
     upload(str(raw), store, progress=False)
     options = {
@@ -79,9 +84,11 @@ def _growth(client, tmp_path: Path, cols: int, rows: int = 2, *, steps=("mosaic"
 
 @pytest.mark.slow
 def test_twice_the_tiles_costs_at_most_1p2x_the_peak_rss(dask_client, tmp_path):
-    _growth(dask_client, tmp_path / "warm", 1, rows=1)  # imports and allocator pools of the workers
-    small = _growth(dask_client, tmp_path, 2)
-    large = _growth(dask_client, tmp_path, 4)
+    # 4 channels: the blocks' data (~55 MB of growth) dominate the few MB by which the peak of a shared
+    # worker varies from run to run (with 2 channels, +30 vs +37 MB once in CI: 1.24x, on noise alone)
+    _growth(dask_client, tmp_path / "warm", 1, rows=1, channels=4)  # imports and allocator pools of the workers
+    small = _growth(dask_client, tmp_path, 2, channels=4)
+    large = _growth(dask_client, tmp_path, 4, channels=4)
     print(f"peak growth: 2x2 tiles +{small:.0f} MB, 2x4 tiles +{large:.0f} MB")
     assert small > 20, f"the run should allocate data on the workers (peak +{small:.0f} MB)"
     assert large <= 1.2 * small, f"2x the tiles: peak +{large:.0f} MB vs +{small:.0f} MB (> 1.2x)"
