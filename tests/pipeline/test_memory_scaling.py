@@ -82,13 +82,20 @@ def _growth(
     return max(peak[w] - base[w] for w in peak)
 
 
+def _least_growth(client, tmp_path: Path, cols: int, **kw) -> float:
+    """The smaller peak growth of two identical runs: what else a shared worker does while a run is measured
+    only adds to its peak (CI saw +7-10 MB of it, once per run at most), and a step that gathered planes
+    would show ~2x in both runs."""
+    return min(_growth(client, tmp_path / f"repeat{i}", cols, **kw) for i in range(2))
+
+
 @pytest.mark.slow
 def test_twice_the_tiles_costs_at_most_1p2x_the_peak_rss(dask_client, tmp_path):
     # 4 channels: the blocks' data (~55 MB of growth) dominate the few MB by which the peak of a shared
     # worker varies from run to run (with 2 channels, +30 vs +37 MB once in CI: 1.24x, on noise alone)
     _growth(dask_client, tmp_path / "warm", 1, rows=1, channels=4)  # imports and allocator pools of the workers
-    small = _growth(dask_client, tmp_path, 2, channels=4)
-    large = _growth(dask_client, tmp_path, 4, channels=4)
+    small = _least_growth(dask_client, tmp_path, 2, channels=4)
+    large = _least_growth(dask_client, tmp_path, 4, channels=4)
     print(f"peak growth: 2x2 tiles +{small:.0f} MB, 2x4 tiles +{large:.0f} MB")
     assert small > 20, f"the run should allocate data on the workers (peak +{small:.0f} MB)"
     assert large <= 1.2 * small, f"2x the tiles: peak +{large:.0f} MB vs +{small:.0f} MB (> 1.2x)"
@@ -97,8 +104,8 @@ def test_twice_the_tiles_costs_at_most_1p2x_the_peak_rss(dask_client, tmp_path):
 @pytest.mark.slow
 def test_segment_twice_the_tiles_costs_at_most_1p2x_the_peak_rss(dask_client, tmp_path):
     _growth(dask_client, tmp_path / "warm", 1, rows=1, steps=("segment",), tile=128)
-    small = _growth(dask_client, tmp_path, 2, steps=("segment",), tile=512)
-    large = _growth(dask_client, tmp_path, 4, steps=("segment",), tile=512)
+    small = _least_growth(dask_client, tmp_path, 2, steps=("segment",), tile=512)
+    large = _least_growth(dask_client, tmp_path, 4, steps=("segment",), tile=512)
     print(f"segment peak growth: 2x2 tiles +{small:.0f} MB, 2x4 tiles +{large:.0f} MB")
     assert small > 20, f"the run should allocate data on the workers (peak +{small:.0f} MB)"
     assert large <= 1.2 * small, f"2x the tiles: peak +{large:.0f} MB vs +{small:.0f} MB (> 1.2x)"
