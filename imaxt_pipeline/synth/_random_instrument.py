@@ -8,7 +8,12 @@ the solver. :func:`draw_instrument` draws everything that differs between instru
 
 - distortion *outside* the solver's family: separate x/y cubic terms (up to ~3 % of the half-field at the
   corners, the IMAXT figure), a 5th-order radial term, a magnification error and a smooth random
-  displacement field (:func:`displacement`);
+  displacement field (:func:`displacement`). The field's own linear part (a change of magnification, a
+  rotation or a shear of the optics) is projected out unless ``field_linear``: the instrument's linear
+  optics are the drawn ``mag``, as the stitching issue lists them. No overlap can see a linear map of the
+  optics (only the stage can, to sigma_stage / lever), so a field that carried one would test the stage,
+  not the stitcher; ``benchmarks/camera_rotation.py`` draws a turned camera explicitly and
+  ``stitching_sweep.py --field-linear`` keeps the field's linear part to show what it costs;
 - per-channel dark (0-500 ADU), gain from a photon budget (100-5000 photons at the scene's peak), read
   noise, vignetting (10-50 %, off-centre), stray light entering at any edge or none;
 - stage jitter (1-10 px sigma, truncated at 3 sigma), overlap 5-20 %, tissue fraction 10-90 %, smooth to
@@ -23,7 +28,7 @@ image (tiles cut from real pictures, no distortion, independent noise).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +37,15 @@ from scipy import ndimage as ndi
 from ._params import SynthParams
 from ._scene import Scene
 
-__all__ = ["InstrumentDraw", "RandomSample", "cut_tiles", "displacement", "draw_instrument", "render_random_sample"]
+__all__ = [
+    "InstrumentDraw",
+    "RandomSample",
+    "calibration_draw",
+    "cut_tiles",
+    "displacement",
+    "draw_instrument",
+    "render_random_sample",
+]
 
 _Array = npt.NDArray[np.float64]
 EDGES = ("none", "top", "bottom", "left", "right")
@@ -68,6 +81,7 @@ class InstrumentDraw:
     psf_sigma_px: float
     bead_density: float
     empty_fraction: float
+    field_linear: bool = False  # keep the random field's linear part (magnification, rotation, shear)
 
     @property
     def corner_distortion_px(self) -> float:
@@ -79,10 +93,11 @@ class InstrumentDraw:
 
     def describe(self) -> str:
         """One line naming the draw."""
+        kept = " (linear kept)" if self.field_linear else ""
         return (
             f"seed {self.seed}: {self.sections}x {self.rows}x{self.cols} tiles of {self.tile} px, ov "
             f"{self.overlap:.2f}, jitter {self.jitter_px:.1f}, corner {self.corner_distortion_px:.1f} px, field "
-            f"{self.field_px:.2f}, tissue {self.tissue_fraction:.2f}, empty {self.empty_fraction:.2f}, "
+            f"{self.field_px:.2f}{kept}, tissue {self.tissue_fraction:.2f}, empty {self.empty_fraction:.2f}, "
             f"{self.photons_peak:.0f} ph, stray {self.stray_edge}, beads x{self.bead_density:.1f}"
         )
 
@@ -122,11 +137,13 @@ def draw_instrument(
     tile: int | None = None,
     sections: int | None = None,
     max_pixels: float | None = None,
+    field_linear: bool = False,
 ) -> InstrumentDraw:
     """Draw an instrument, a scene and a grid from ``seed``; ``grid``, ``tile``, ``sections`` fix those.
 
     ``max_pixels`` caps ``sections * rows * cols * tile**2`` by shrinking the grid (then the sections):
-    a 10 x 10 grid of 2048 px tiles is 420 Mpx per section.
+    a 10 x 10 grid of 2048 px tiles is 420 Mpx per section. ``field_linear`` keeps the random field's
+    linear part (see the module docstring); it draws nothing, so the rest of the draw is the same.
     """
     rng = np.random.default_rng(seed)
     rows, cols = grid if grid is not None else (int(rng.integers(2, 11)), int(rng.integers(2, 11)))
@@ -173,6 +190,45 @@ def draw_instrument(
         psf_sigma_px=float(rng.uniform(0.5, 2.5)),
         bead_density=float(rng.uniform(0.0, 10.0)),
         empty_fraction=float(rng.choice([0.0, 0.0, rng.uniform(0.1, 0.4)])),
+        field_linear=field_linear,
+    )
+
+
+def calibration_draw(
+    draw: InstrumentDraw,
+    *,
+    grid: tuple[int, int] | None = None,
+    max_pixels: float = 40e6,
+    overlap: float = 0.45,
+    stage_sigma_px: float = 0.1,
+) -> InstrumentDraw:
+    """A distortion-calibration acquisition through the optics of ``draw`` (:func:`.calibration_params`'s analogue).
+
+    Same seed, tile, magnification, cubic and quintic terms, random field (and ``field_linear``): the field is
+    drawn first from the seed (:func:`render_random_sample`), so the calibration sees the very displacement the
+    samples do. Same camera and light (dark, photons, vignetting, stray light, PSF, pixel size). What a lab sets
+    for a calibration differs: ``overlap`` (40-45 %), a precise stage (``stage_sigma_px``, the ruler of the
+    magnification), one section of one channel, dense tissue (0.9) with no empty strip and no beads. ``grid``
+    defaults to the largest square from 5 x 5 down to 3 x 3 within ``max_pixels``: 3 x 3 at 2048 px, whose
+    magnification sigma is ``stage_sigma_px / (sqrt(6) * step)``, 3.6e-5 for a 0.1 px stage.
+    """
+    if grid is None:
+        n = 5
+        while n > 3 and n * n * draw.tile * draw.tile > max_pixels:
+            n -= 1
+        grid = (n, n)
+    return replace(
+        draw,
+        rows=int(grid[0]),
+        cols=int(grid[1]),
+        sections=1,
+        channels=1,
+        dark=draw.dark[:1],
+        overlap=float(overlap),
+        jitter_px=float(stage_sigma_px),
+        tissue_fraction=0.9,
+        bead_density=0.0,
+        empty_fraction=0.0,
     )
 
 
@@ -188,7 +244,10 @@ def displacement(draw: InstrumentDraw, rng: np.random.Generator) -> tuple[_Array
         poly = c * (draw.mag[axis] * w + draw.cubic[axis] * w * r2 + draw.quintic[axis] * w * r2 * r2)
         coarse = rng.standard_normal((6, 6))
         field = ndi.zoom(coarse, n / 6.0, order=3, mode="nearest")[:n, :n]
-        field = field - field.mean()
+        design = np.stack([np.ones(n * n), vv.ravel(), uu.ravel()], axis=1)
+        coef, *_ = np.linalg.lstsq(design, field.ravel(), rcond=None)
+        # the mean is a translation (the truth's frame); the slopes are linear optics, kept only if asked
+        field = field - (coef[0] if draw.field_linear else (design @ coef).reshape(n, n))
         field *= draw.field_px / max(float(field.std()), 1e-12)
         out.append(poly + field)
     return out[0], out[1]

@@ -87,3 +87,29 @@ def test_stray_light_enters_at_the_drawn_edge() -> None:
         edge = {"top": prof[0], "bottom": prof[-1], "left": prof[:, 0], "right": prof[:, -1]}[d.stray_edge]
         assert np.allclose(edge, d.stray_amplitude)
     assert len(seen) >= 4
+
+
+def test_random_field_carries_no_linear_optics_unless_asked() -> None:
+    """The field's slopes (magnification, rotation, shear) are projected out; the drawn ``mag`` is the linear part."""
+    import dataclasses
+
+    d = draw_instrument(4, tile=256)
+    poly = dataclasses.replace(d, field_px=0.0)
+    v = (np.arange(256) - 127.5) / 127.5
+    vv, uu = np.meshgrid(v, v, indexing="ij")
+    design = np.stack([np.ones(vv.size), vv.ravel(), uu.ravel()], axis=1)
+    slopes = {}
+    for keep in (False, True):
+        drawn = dataclasses.replace(d, field_linear=keep)
+        fields = [
+            f - p
+            for f, p in zip(
+                displacement(drawn, np.random.default_rng(0)), displacement(poly, np.random.default_rng(0)), strict=True
+            )
+        ]
+        for f in fields:
+            assert f.std() == pytest.approx(d.field_px, rel=1e-6) and abs(f.mean()) < 1e-9
+        slopes[keep] = np.array([np.linalg.lstsq(design, f.ravel(), rcond=None)[0][1:] for f in fields])
+    assert np.abs(slopes[False]).max() < 1e-9
+    assert np.abs(slopes[True]).max() > 0.05 * d.field_px  # a 6 x 6 random field has slopes of its own
+    assert "linear kept" in dataclasses.replace(d, field_linear=True).describe() and "linear" not in d.describe()
