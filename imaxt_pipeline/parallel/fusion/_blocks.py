@@ -101,6 +101,7 @@ def _confidence(calibration: Calibration, shape: tuple[int, int], feather: float
         if ref() is calibration and known == key:
             return weights
     weights = calibration.confidence(key[0], feather=key[1])
+    weights.setflags(write=False)  # shared by every later task of this process: a write would corrupt them
     _CONFIDENCE[:] = [(weakref.ref(calibration), key, weights)]
     return weights
 

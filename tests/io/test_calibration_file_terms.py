@@ -1,4 +1,5 @@
-"""Calibration files and stored records with the linear map's off-diagonal terms (version 3), and older ones."""
+"""Calibration files with the linear map's off-diagonal terms (version 3) and the quintic radial terms
+(version 4), and the files and stored records from before them."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from imaxt_pipeline.errors import InputError
 from imaxt_pipeline.io.calibration_file import FORMAT_VERSION, read_calibration_file, write_calibration_file
 
 SHEARED = DistortionModel(mag_y=1.5e-3, mag_x=-1.2e-3, k_y=4.1e-3, k_x=5.3e-3, shear_yx=5.2e-3, shear_xy=-5.0e-3)
-SIGMA = {"mag_y": 1e-4, "mag_x": 2e-4, "k_y": 3e-5, "k_x": 4e-5, "shear_yx": 2e-4, "shear_xy": 1e-4}
+SHEAR_SIGMA = {"mag_y": 1e-4, "mag_x": 2e-4, "k_y": 3e-5, "k_x": 4e-5, "shear_yx": 2e-4, "shear_xy": 1e-4}
+QUINTIC = DistortionModel(mag_y=1.5e-3, k_y=4.1e-3, k_x=5.3e-3, shear_yx=5.2e-3, k5_y=-6e-4, k5_x=8e-4)
+QUINTIC_SIGMA = {"mag_y": 1e-4, "k_y": 3e-5, "k_x": 4e-5, "shear_yx": 2e-4, "k5_y": 5e-5, "k5_x": 6e-5}
 
 
-def _fit(model, sigma):
-    return DistortionFit(model, sigma, np.zeros((4, 2)), 4, 4, 40, 0.02, 0.1)
+def _write(path, model, sigma):
+    fit = DistortionFit(model, sigma, np.zeros((4, 2)), 4, 4, 40, 0.02, 0.1)
+    write_calibration_file(path, Calibration(dark=np.zeros(1)), fit, distortion_only=True)
 
 
 def _read(path):
@@ -24,7 +28,7 @@ def _read(path):
 
 def test_shear_round_trips_and_older_files_read_as_square_to_the_stage(tmp_path):
     path = tmp_path / "c.npz"
-    write_calibration_file(path, Calibration(dark=np.zeros(1)), _fit(SHEARED, SIGMA), distortion_only=True)
+    _write(path, SHEARED, SHEAR_SIGMA)
     data = np.load(path)
     assert int(data["format_version"]) == 3 and FORMAT_VERSION == 4  # 4 only with quintic terms
     np.testing.assert_array_equal(data["distortion"], [SHEARED.mag_y, SHEARED.mag_x, SHEARED.k_y, SHEARED.k_x])
@@ -40,19 +44,45 @@ def test_shear_round_trips_and_older_files_read_as_square_to_the_stage(tmp_path)
         assert got == DistortionModel(*data["distortion"]) and got.shear_yx == got.shear_xy == 0.0
     # a fit without the terms (sigma 0, no shear) writes none: the file is what a version-2 one held, plus the version
     plain = tmp_path / "plain.npz"
-    write_calibration_file(
-        plain, Calibration(dark=np.zeros(1)), _fit(DistortionModel(k_y=1e-3), {}), distortion_only=True
-    )
+    _write(plain, DistortionModel(k_y=1e-3), {})
     assert set(np.load(plain).files) == {"format_version", "distortion", "distortion_sigma"}
 
 
-def test_a_malformed_shear_is_one_line_naming_the_file(tmp_path):
+def test_quintic_terms_round_trip_as_version_4_and_without_them_the_file_stays_version_3(tmp_path):
+    path = tmp_path / "q.npz"
+    _write(path, QUINTIC, QUINTIC_SIGMA)
+    data = np.load(path)
+    # version 4: a version-3 reader refuses it rather than drop the terms
+    assert int(data["format_version"]) == 4
+    np.testing.assert_array_equal(data["distortion_quintic"], [-6e-4, 8e-4])
+    np.testing.assert_array_equal(data["distortion_quintic_sigma"], [5e-5, 6e-5])
+    assert _read(path)["distortion"] == QUINTIC
+    cubic = DistortionModel(*QUINTIC.coefficients()[:6])
+    plain = tmp_path / "c.npz"
+    _write(plain, cubic, {})
+    with np.load(plain) as old:
+        assert int(old["format_version"]) == 3 and "distortion_quintic" not in old.files
+    got = _read(plain)["distortion"]
+    assert got == cubic and got.k5_y == got.k5_x == 0.0
+
+
+@pytest.mark.parametrize(("version", "key"), [(3, "distortion_shear"), (4, "distortion_quintic")])
+def test_a_malformed_term_is_one_line_naming_the_file(tmp_path, version, key):
     bad = tmp_path / "bad.npz"
     with open(bad, "wb") as fh:
-        np.savez(fh, format_version=np.array(3), distortion=np.zeros(4), distortion_shear=np.zeros(3))
-    with pytest.raises(InputError, match="distortion_shear must be") as exc:
+        np.savez(fh, format_version=np.array(version), distortion=np.zeros(4), **{key: np.zeros(3)})
+    with pytest.raises(InputError, match=f"{key} must be") as exc:
         _read(bad)
     assert str(bad) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_newer_version_is_refused_in_one_line(tmp_path):
+    newer = tmp_path / "v5.npz"
+    with open(newer, "wb") as fh:
+        np.savez(fh, format_version=np.array(5), distortion=np.zeros(4))
+    with pytest.raises(InputError, match="newer than this reader") as exc:
+        _read(newer)
+    assert str(newer) in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_stored_attrs_without_the_shear_keys_load():
