@@ -53,12 +53,20 @@ def _bench():
     return mod
 
 
+#: the generator's revision in the cache keys of drawn samples (g3: the fine grain in the tissue only)
+GENERATOR = "g3"
+
+
+def _draw_tag(kind, field_linear):
+    return f"_{GENERATOR}" + ("_lin" if field_linear else "") if kind == "draw" else ""
+
+
 def load_sample(kind, key, cache, max_px, *, field_linear=False):
     """(tiles (S, C, T, H, W), stage_px, true_px (S, T, 2), rows, cols, dark truth, description), cached.
 
     ``field_linear`` keeps the random displacement field's linear part (drawn samples only).
     """
-    lin = "_lin" if field_linear and kind == "draw" else ""
+    lin = _draw_tag(kind, field_linear)
     path = Path(cache) / f"{kind}_{key}_{max_px:.0f}{lin}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
@@ -317,7 +325,7 @@ def main(argv=None):
         tmed, tmax, tsall, tsmed, tsmax, nfl, okfl, tamed = _stats(pos, d["true"], sigma, flagged)
         tpred, shear = _linear_text(mag)
         dark_err = float(np.max(np.abs(dark - d["dark"])))
-        lin = "_lin" if args.field_linear and kind == "draw" else ""
+        lin = _draw_tag(kind, args.field_linear)
         if args.ashlar_python == "none":
             a = {"error": "not run"}
         else:

@@ -316,11 +316,14 @@ def render_random_sample(draw: InstrumentDraw) -> RandomSample:
     pairs = adjacent_pairs(draw.rows, draw.cols)
     texture = np.zeros((draw.sections, len(pairs)))
     for k in range(draw.sections):
-        planes = scene.render(k, rng).planes
+        plane = scene.render(k, rng)
+        planes = plane.planes
         if draw.grain > 0:
             grain = ndi.gaussian_filter(rng.standard_normal(planes.shape[1:]), 0.8)
             grain *= draw.grain / max(float(grain.std()), 1e-12)
-            planes = planes * (1.0 + grain)[None]
+            # the fine texture is the tissue's: agarose and the (homogeneous) beads stay smooth
+            where = np.pad(plane.tissue.astype(np.float64), scene.pad) * (1.0 - scene.bead_cover(k))
+            planes = planes * (1.0 + grain * ndi.gaussian_filter(where, 1.0))[None]
         peak = float(np.percentile(planes[:, pad:-pad, pad:-pad], 99.9))
         gain = max(peak, 1.0) / draw.photons_peak
         for ch in range(draw.channels):
