@@ -37,180 +37,49 @@ sample at once (logged at ERROR); other failures are retried with back-off. A pe
 error of the watcher's own (its run configuration, its bucket or credentials) stops it
 with :class:`WatcherStopped` (``imaxt watch`` exits 2); transient storage errors while
 polling are retried with back-off.
+
+This module holds the loop (notifications, settling, claiming, polling); discovery of landed samples
+is :mod:`._watch_discovery`, running a claimed attempt :mod:`._watch_dispatch`, its lease
+:mod:`._watch_lease`, the structured events :mod:`._watch_events`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import io
 import logging
-import os
-import posixpath
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..io.storage import protocols, url_to_fs
+from ..io.storage import url_to_fs
+
+# Discovery, claiming (leases) and dispatch live in private modules; every name stays importable from here.
+from ._watch_discovery import MARKER as MARKER
+from ._watch_discovery import Landed as Landed
+from ._watch_discovery import _tiles_listed as _tiles_listed
+from ._watch_discovery import find_landed as find_landed
+from ._watch_discovery import listing_checksum as listing_checksum
+from ._watch_discovery import sample_landed as sample_landed
+from ._watch_dispatch import _AttemptRunner
+from ._watch_events import _describe as _describe
+from ._watch_events import emit as emit
+from ._watch_events import log as log
+from ._watch_lease import _LeaseKeeper as _LeaseKeeper
+from ._watch_lease import default_owner as default_owner
 from .launcher import Action, Job
-from .live import QuietClock, is_tissuecyte, landed_sections
+from .live import QuietClock
 from .notify import ObjectEvent
 from .slides import SlideStep
 from .state import Ledger, SampleState, is_permanent, is_transient
-
-log = logging.getLogger("imaxt.watcher")
-
-MARKER = "_COMPLETE"
 
 
 class WatcherStopped(ConfigError):
     """The watcher stopped on a permanent error of its own (configuration, bucket, credentials)."""
 
 
-def emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
-    """One structured log record: ``event`` plus fields (JSON lines: :class:`~.logs.EventJsonFormatter`)."""
-    log.log(level, event, extra={"fields": {"event": event, **fields}})
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
-
-
-@dataclass(frozen=True)
-class Landed:
-    """A sample folder that is complete, with the checksum of its listing."""
-
-    sample: str
-    url: str
-    checksum: str
-    marker: bool = False
-    sections: tuple[int, ...] | None = None
-    """TissueCyte acquisitions: the section numbers landed so far (else ``None``: the whole sample)."""
-    planned: int | None = None
-    """TissueCyte acquisitions: the sections requested (the root ``sections`` key)."""
-    ended: str | None = None
-    """TissueCyte acquisitions that ended short of ``planned``: why (``marker``, ``quiet``; :mod:`.live`)."""
-    action: Action | None = None
-    """Run instead of the watcher's action (a landed slide: :mod:`.slides`)."""
-
-    @property
-    def acquiring(self) -> bool:
-        """Whether sections are still to come (a TissueCyte acquisition not complete yet)."""
-        if self.sections is None or self.ended is not None:
-            return False
-        return self.planned is None or not set(range(1, self.planned + 1)) <= set(self.sections)
-
-
-def _tiles_listed(fs: Any, folder: str) -> list[str] | None:
-    try:
-        text = fs.cat_file(f"{folder}/tiles.csv").decode()
-        rows = list(csv.DictReader(io.StringIO(text)))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    files = [r.get("file") for r in rows]
-    if not files or any(not f for f in files):
-        return None
-    return [posixpath.normpath(str(f)) for f in files]
-
-
-def sample_landed(fs: Any, folder: str, listing: dict[str, dict[str, Any]]) -> bool:
-    """Whether the sample in ``folder`` is complete; ``listing`` maps relative paths to info."""
-    if MARKER in listing:
-        return True
-    if "acquisition.json" not in listing or "tiles.csv" not in listing:
-        return False
-    files = _tiles_listed(fs, folder)
-    return files is not None and all(f in listing for f in files)
-
-
-def listing_checksum(listing: dict[str, dict[str, Any]]) -> str:
-    h = hashlib.sha256()
-    for rel in sorted(listing):
-        info = listing[rel]
-        stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-        h.update(f"{rel}\0{info.get('size')}\0{stamp}\n".encode())
-    return h.hexdigest()
-
-
-def find_landed(
-    bucket_url: str,
-    storage_options: dict[str, Any] | None = None,
-    *,
-    only: Iterable[str] | None = None,
-    quiet: QuietClock | None = None,
-    quiet_seconds: float = 600.0,
-    acquisition_quiet_seconds: float | None = None,
-) -> list[Landed]:
-    """List the landed samples under ``bucket_url`` (optionally only the named ones).
-
-    TissueCyte folders are listed as soon as one section has landed (:func:`.live.landed_sections`,
-    ``quiet``/``quiet_seconds`` for a last section with a missing tile); one whose first section is
-    still being written is listed with ``sections=()``: not taken, but keeping the bucket unsettled.
-    """
-    fs, root = url_to_fs(bucket_url, storage_options)
-    root = root.rstrip("/")
-    fs.invalidate_cache()
-    protocol = protocols(fs)[0]
-    if only is not None:
-        folders = [f"{root}/{name}" for name in sorted(set(only))]
-    else:
-        try:
-            folders = [e["name"].rstrip("/") for e in fs.ls(root, detail=True) if e["type"] == "directory"]
-        except FileNotFoundError:
-            return []
-    landed = []
-    for folder in folders:
-        name = folder.rsplit("/", 1)[-1]
-        if not name or name[0] in "_.":
-            continue
-        try:
-            found = fs.find(folder, detail=True)
-        except FileNotFoundError:
-            continue
-        listing = {p[len(folder) + 1 :]: info for p, info in found.items() if p.startswith(folder + "/")}
-        url = folder if protocol in ("file", "local") else f"{protocol}://{folder}"
-        if listing and is_tissuecyte(listing):  # an _COMPLETE marker too: it ends the acquisition (.live)
-            sections = landed_sections(
-                fs,
-                folder,
-                listing,
-                quiet=quiet,
-                quiet_seconds=quiet_seconds,
-                acquisition_quiet_seconds=acquisition_quiet_seconds,
-            )
-            if sections is not None and sections.landed:
-                checksum = listing_checksum({k: listing[k] for k in sections.files})
-                if sections.ended is not None:  # one more run, which marks the output complete
-                    checksum = hashlib.sha256(f"{checksum}\0ended".encode()).hexdigest()
-                landed.append(
-                    Landed(
-                        name,
-                        url,
-                        checksum,
-                        sections=sections.landed,
-                        planned=sections.planned,
-                        ended=sections.ended,
-                    )
-                )
-            elif sections is not None:  # started, no section landed yet: nothing to take, but not settled either
-                landed.append(Landed(name, url, "", sections=(), planned=sections.planned))
-            continue
-        if listing and sample_landed(fs, folder, listing):
-            landed.append(Landed(sample=name, url=url, checksum=listing_checksum(listing), marker=MARKER in listing))
-    return landed
-
-
-def default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class Watcher:
+class Watcher(_AttemptRunner):
     """Poll a bucket (and accept notifications); run ``action`` once per landed sample.
 
     Parameters
@@ -393,102 +262,6 @@ class Watcher:
             raise WatcherStopped(f"{self.bucket_url}: {_describe(exc)}") from exc
         emit("storage_error", level=logging.WARNING, error=_describe(exc), transient=is_transient(exc), **fields)
 
-    def _run(self, item: Landed, state: SampleState, claimed_at: float) -> SampleState | None:
-        job = self.job_for(item, state)
-        token = state.lease_token
-        emit(
-            "started",
-            sample=job.sample,
-            attempt=state.attempts,
-            lease_token=token,
-            owner=self.owner,
-            output=job.output_url,
-            sections=list(job.sections) if job.sections is not None else None,
-        )
-        cancel = threading.Event()
-        errors: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                (item.action or self.action)(job, cancel)
-            except BaseException as exc:  # reported through the ledger, never lost
-                errors.append(exc)
-
-        t0 = time.monotonic()
-        lease = _LeaseKeeper(self, job.sample, token, claimed_at)
-        worker = threading.Thread(target=target, name=f"imaxt-run-{job.sample}", daemon=True)
-        worker.start()
-        lease.start()
-        try:
-            while worker.is_alive():
-                worker.join(0.05)
-                if worker.is_alive() and lease.lost():
-                    self._cancel(job, worker, cancel, lease, state)
-                    return None
-            error = _describe(errors[0]) if errors else None
-            permanent = bool(errors) and is_permanent(errors[0])
-            final = self._finish(job, lease, error=error, permanent=permanent)
-        finally:
-            lease.stop()
-        if final is None:
-            emit("lease_lost", level=logging.WARNING, sample=job.sample, lease_token=token, reason=lease.reason)
-            return None
-        if error is None:
-            level = logging.INFO
-        elif final.status == "failed":
-            level = logging.ERROR
-        else:
-            level = logging.WARNING
-        emit(
-            "finished" if error is None else "run_failed",
-            level=level,
-            sample=job.sample,
-            status=final.status,
-            attempt=state.attempts,
-            lease_token=token,
-            seconds=round(time.monotonic() - t0, 3),
-            error=error,
-            permanent=permanent if error is not None else None,
-            retry_at=final.next_attempt_at if final.status == "pending" else None,
-        )
-        if error is None and item.sections is not None and not item.acquiring:
-            never = max((item.planned or 0) - len(item.sections), 0)  # planned sections that never came
-            emit(
-                "acquisition_complete",
-                level=logging.WARNING if never else logging.INFO,
-                sample=job.sample,
-                sections=len(item.sections),
-                planned=item.planned,
-                never_acquired=never,
-                ended=item.ended,
-                output=job.output_url,
-            )
-        return final
-
-    def _cancel(
-        self, job: Job, worker: threading.Thread, cancel: threading.Event, lease: _LeaseKeeper, state: SampleState
-    ) -> None:
-        """Stop the attempt (the action returns once it is dead), then give the lease back if still ours."""
-        emit("lease_lost", level=logging.WARNING, sample=job.sample, lease_token=lease.token, reason=lease.reason)
-        cancel.set()
-        worker.join()
-        emit("cancelled", level=logging.WARNING, sample=job.sample, attempt=state.attempts, lease_token=lease.token)
-        lease.stop()
-        with contextlib.suppress(Exception):  # fenced: refused if another watcher took the sample over
-            self.ledger.finish(job.sample, self.owner, error=f"attempt cancelled: {lease.reason}", token=lease.token)
-
-    def _finish(self, job: Job, lease: _LeaseKeeper, *, error: str | None, permanent: bool) -> SampleState | None:
-        """Record the outcome, retrying storage errors while the lease is still safely ours."""
-        while True:
-            try:
-                return self.ledger.finish(job.sample, self.owner, error=error, permanent=permanent, token=lease.token)
-            except Exception as exc:
-                emit("finish_error", level=logging.WARNING, sample=job.sample, error=_describe(exc))
-                if lease.lost():
-                    lease.reason = f"outcome not recorded: {_describe(exc)}"
-                    return None
-                time.sleep(lease.retry_s)
-
     # -- loop --------------------------------------------------------------
     def all_settled(self) -> bool:
         """True when every landed sample is done or failed (and no acquisition is still adding sections)."""
@@ -551,63 +324,3 @@ class Watcher:
                     retry_in=round(delay, 3),
                 )
             self._wake.wait(delay)
-
-
-class _LeaseKeeper:
-    """Renews one attempt's lease in the background; says when it must be assumed lost.
-
-    The lease is renewed every ``ttl/3`` (fenced by the attempt's token); a failed renewal is
-    retried every ``retry_s``. The lease counts as lost when a renewal is refused, or when none
-    has succeeded for ``2/3 ttl`` since the last good one (measured from the moment that
-    renewal was sent, so conservatively): a third of the lease is left to stop the attempt.
-    """
-
-    def __init__(self, watcher: Watcher, sample: str, token: int, claimed_at: float) -> None:
-        self.watcher = watcher
-        self.sample = sample
-        self.token = token
-        ttl = watcher.lease_ttl
-        self.every = ttl / 3
-        self.retry_s = min(1.0, ttl / 10)
-        self.safe_for = ttl - ttl / 3
-        self._renewed_at = claimed_at
-        self._refused = False
-        self.reason = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"imaxt-lease-{sample}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def lost(self) -> bool:
-        if self._refused:
-            self.reason = self.reason or "lease taken over"
-            return True
-        if time.monotonic() >= self._renewed_at + self.safe_for:
-            self.reason = self.reason or f"lease not renewed for {self.safe_for:.3g} s"
-            return True
-        return False
-
-    def _loop(self) -> None:
-        wait = self.every
-        while not self._stop.wait(wait):
-            sent = time.monotonic()
-            try:
-                ok = self.watcher.ledger.renew(
-                    self.sample, self.watcher.owner, ttl=self.watcher.lease_ttl, token=self.token
-                )
-            except Exception as exc:
-                emit("renew_error", level=logging.WARNING, sample=self.sample, error=_describe(exc))
-                wait = self.retry_s
-                continue
-            if self._stop.is_set():
-                return
-            if not ok:
-                self.reason = "lease taken over (renewal refused)"
-                self._refused = True
-                return
-            self._renewed_at = sent
-            wait = self.every
