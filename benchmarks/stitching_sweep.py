@@ -108,24 +108,38 @@ def load_sample(kind, key, cache, max_px, *, field_linear=False):
     return d
 
 
-def errors(pos, true, *, scale, keep=None):
+def errors(pos, true, *, scale, keep=None, weights=None):
     """Per-tile distance from truth after removing translation (and per-axis scale) of this section.
 
     Translation and scale are fitted over the ``keep`` tiles (those the solver did not flag, when at
     least 3 per axis position spread; else all): a tile the solver says it could not place must not
-    drag the frame of the tiles it vouches for.
+    drag the frame of the tiles it vouches for. ``weights`` (per tile) replaces ``keep``: a weighted fit.
     """
     d = np.asarray(pos, float) - true
-    keep = np.ones(len(true), bool) if keep is None or keep.sum() < 3 else np.asarray(keep, bool)
+    if weights is None:
+        keep = np.ones(len(true), bool) if keep is None or keep.sum() < 3 else np.asarray(keep, bool)
+        weights = keep.astype(float)
+    w = np.asarray(weights, float)
+    sw = np.sqrt(w)
     if scale:
         for ax in range(2):
-            design = np.stack([np.ones(len(true)), true[:, ax] - true[keep, ax].mean()], axis=1)
-            if np.ptp(true[keep, ax]) < 1.0:
+            centre = np.average(true[:, ax], weights=w)
+            design = np.stack([np.ones(len(true)), true[:, ax] - centre], axis=1)
+            if np.ptp(true[w > 0, ax]) < 1.0:
                 design = design[:, :1]
-            coef, *_ = np.linalg.lstsq(design[keep], d[keep, ax], rcond=None)
+            coef, *_ = np.linalg.lstsq(design * sw[:, None], d[:, ax] * sw, rcond=None)
             d[:, ax] -= design @ coef
-    d -= d[keep].mean(axis=0)
+    d -= np.average(d, axis=0, weights=w)
     return np.hypot(d[:, 0], d[:, 1])
+
+
+def frame_weights(flagged, sigma):
+    """The tiles that set a section's frame: those not flagged (at least 3); else every tile by 1/sigma^2,
+    so that a section whose every tile is flagged is framed by its best-placed ones, not by the stage's."""
+    flagged = np.asarray(flagged, bool)
+    if (~flagged).sum() >= 3 or sigma is None:
+        return None
+    return 1.0 / np.maximum(np.asarray(sigma, float), 1e-3) ** 2
 
 
 def ours(d):
@@ -251,8 +265,9 @@ def affine_errors(pos, true, keep=None):
 
 
 def _stats(pos, true, sigma, flagged):
-    e = np.concatenate([errors(pos[k], true[k], scale=False, keep=~flagged[k]) for k in range(len(true))])
-    es = np.concatenate([errors(pos[k], true[k], scale=True, keep=~flagged[k]) for k in range(len(true))])
+    w = [frame_weights(flagged[k], None if sigma is None else sigma[k]) for k in range(len(true))]
+    e = np.concatenate([errors(pos[k], true[k], scale=False, keep=~flagged[k], weights=w[k]) for k in range(len(true))])
+    es = np.concatenate([errors(pos[k], true[k], scale=True, keep=~flagged[k], weights=w[k]) for k in range(len(true))])
     fl = flagged.ravel()
     ok_fl = int(np.sum(es[fl] <= 3 * sigma.ravel()[fl])) if sigma is not None and fl.any() else 0
     # a flagged tile within its reported 3 sigma passes; every other tile counts

@@ -51,7 +51,7 @@ from ..optics import DistortionModel
 from ._lsq import Problem, Solved
 from ._magnification import MagnificationEstimate, significance_threshold, stage_magnification
 from ._overlap import PairMatch
-from ._uncertainty import TileFlag, components, flag_tiles, stage_placement, unverified_tiles
+from ._uncertainty import TileFlag, components, flag_tiles, stage_placement, stage_tied_islands, unverified_tiles
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -388,7 +388,10 @@ def _place(
     # placed by the stage: the stage's sigma alone (the solve's is the stated prior's, not the data's);
     # on bridges only: a false match could be as far off as the stage, the solve's sigma cannot see it
     psig = np.where(constrained, np.where(loose, np.maximum(psig, scatter), psig), scatter)
-    return pos, psig, list(flag_tiles(matches, active, constrained, psig, loose))
+    # an island beside the main one of its section sits where the stage put it: its offset's sigma too
+    tied, group = stage_tied_islands(comp, islands, constrained, scatter)
+    psig = np.where(constrained & ~loose, np.hypot(psig, tied), psig)
+    return pos, psig, list(flag_tiles(matches, active, constrained, psig, loose, group))
 
 
 _PAIR_COLUMNS = (

@@ -39,6 +39,7 @@ __all__ = [
     "search_radius",
     "stage_placement",
     "stage_sigma",
+    "stage_tied_islands",
 ]
 
 if TYPE_CHECKING:
@@ -56,7 +57,9 @@ class TileFlag:
     (placed only by pairs no loop checks: its sigma is the stage's) or ``"weak"`` (3-sigma above 0.5 px).
 
     ``empty`` / ``rejected`` name the neighbours whose overlap carried no information / whose pair was
-    rejected as inconsistent; ``sigma_px`` is the reported 1-sigma position uncertainty.
+    rejected as inconsistent; ``sigma_px`` is the reported 1-sigma position uncertainty; ``group`` is the
+    number of tiles of the tile's island of used pairs when only the stage ties that island to the rest of
+    its section (0 otherwise).
     """
 
     tile: int
@@ -64,6 +67,7 @@ class TileFlag:
     sigma_px: float
     empty: tuple[int, ...] = ()
     rejected: tuple[int, ...] = ()
+    group: int = 0
 
 
 def components(n_tiles: int, pairs: Sequence[tuple[int, int]]) -> npt.NDArray[np.int_]:
@@ -204,6 +208,8 @@ def describe_flags(flags: Sequence[TileFlag], name: Callable[[int], str]) -> lis
                 f"±{f.sigma_px:.1f} px (stage)"
             )
         else:
+            if f.group:
+                why.append(f"its group of {f.group} tiles tied to the others by the stage only")
             reason = ", ".join(why) if why else "little texture in its overlaps"
             out.append(f"tile {name(f.tile)}: weakly constrained ({reason}), ±{f.sigma_px:.2f} px")
     return out
@@ -312,9 +318,15 @@ def bridges(n_nodes: int, edges: npt.NDArray[np.int_]) -> _Mask:
 
 
 def flag_tiles(
-    matches: Sequence[PairMatch], active: _Mask, constrained: _Mask, sigma: _Array, unverified: _Mask | None = None
+    matches: Sequence[PairMatch],
+    active: _Mask,
+    constrained: _Mask,
+    sigma: _Array,
+    unverified: _Mask | None = None,
+    group: npt.NDArray[np.int_] | None = None,
 ) -> list[TileFlag]:
-    """Tiles placed by the stage, unverified (on bridge pairs only) or weakly constrained, with the failed pairs."""
+    """Tiles placed by the stage, unverified (on bridge pairs only) or weakly constrained, with the failed pairs
+    (``group``: :func:`stage_tied_islands`' sizes)."""
     empty: dict[int, list[int]] = {}
     rejected: dict[int, list[int]] = {}
     for m, used in zip(matches, active, strict=True):
@@ -333,5 +345,35 @@ def flag_tiles(
         else:
             kind = "weak" if 3 * sigma[t] > WEAK_3SIGMA_PX else ""
         if kind:
-            out.append(TileFlag(t, kind, float(sigma[t]), tuple(empty.get(t, ())), tuple(rejected.get(t, ()))))
+            size = 0 if group is None else int(group[t])
+            out.append(TileFlag(t, kind, float(sigma[t]), tuple(empty.get(t, ())), tuple(rejected.get(t, ())), size))
     return out
+
+
+def stage_tied_islands(
+    comp: npt.NDArray[np.int_], islands: npt.NDArray[np.int_], constrained: _Mask, tile_sigma: _Array
+) -> tuple[_Array, npt.NDArray[np.int_]]:
+    """Per tile: the 1-sigma (px) of its island's offset from the largest island of its section, and the
+    island's size, where only the stage ties the two (0 and 0 elsewhere).
+
+    An island of ``n`` tiles placed by the stage beside the main one of ``m`` has its mean offset off by
+    the stage's scatter times ``sqrt(1/n + 1/m)``. ``tile_sigma`` is :func:`stage_placement`'s sigma of a
+    tile placed at the median of ``m`` solved tiles, ``s sqrt(1 + 1/m)`` widened for the scatter's few
+    degrees of freedom; it is rescaled, so the widening is kept. The solve's own sigma cannot see this:
+    between islands it has only the stated stage prior, not the stage's measured scatter.
+    """
+    off = np.zeros(len(comp), np.float64)
+    size = np.zeros(len(comp), int)
+    for c in np.unique(comp):
+        members = (comp == c) & constrained
+        ids, counts = np.unique(islands[members], return_counts=True)
+        if len(ids) < 2:
+            continue
+        m = int(counts.max())
+        for i, n in zip(ids, counts, strict=True):
+            tiles = members & (islands == i)
+            if n == m and i == ids[int(np.argmax(counts))]:
+                continue
+            off[tiles] = tile_sigma[tiles] * np.sqrt((1.0 / n + 1.0 / m) / (1.0 + 1.0 / m))
+            size[tiles] = int(n)
+    return off, size

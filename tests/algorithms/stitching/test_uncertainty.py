@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,3 +75,50 @@ def test_stage_placed_tiles_lie_within_their_3_sigma_over_random_grids() -> None
     # tight where the stage was measured on many tiles: the sigma within 30 % of the jitter drawn
     many = stage & (s.n_solved >= 15)
     assert many.any() and np.median(s.sigma[many] / s.true_sigma[many]) < 1.3
+
+
+def _two_island_grid(rng: np.random.Generator, jitter: float) -> tuple[Any, np.ndarray, np.ndarray]:
+    """2 x 4 tiles, the seams between columns 1 and 2 empty: two 2 x 2 islands, each with a loop."""
+    from imaxt_pipeline.algorithms.stitching import PairMatch, adjacent_pairs, solve_positions
+
+    step = 90.0
+    stage = np.array([[r * step, c * step] for r in range(2) for c in range(4)])
+    true = stage + rng.normal(0, jitter, stage.shape)
+    pts = np.stack([np.linspace(10, 90, 8), np.full(8, 95.0)], axis=1)
+    ms = []
+    for a, b in adjacent_pairs(2, 4):
+        exp = tuple(stage[b] - stage[a])
+        if {a % 4, b % 4} == {1, 2}:
+            ms.append(PairMatch(a, b, exp, exp, 0.1, False, information=0.0))
+            continue
+        shift = true[b] - true[a] + rng.normal(0, 0.02, 2)
+        pa = pts if abs(shift[1]) > abs(shift[0]) else pts[:, ::-1]
+        ms.append(PairMatch(a, b, exp, tuple(shift), 0.9, True, pa, pa - shift, np.full(8, 100.0)))
+    sol = solve_positions(ms, stage, tile_shape=(100, 100), estimate_distortion=False, prior_sigma_px=jitter)
+    return sol, stage, true
+
+
+def test_an_island_tied_by_the_stage_only_carries_the_stages_sigma_and_is_named() -> None:
+    from imaxt_pipeline.algorithms.stitching import describe_flags
+
+    rng = np.random.default_rng(3)
+    beyond, n = 0, 0
+    for _ in range(150):
+        sol, _stage, true = _two_island_grid(rng, jitter=4.0)
+        main = [0, 1, 4, 5]
+        other = [2, 3, 6, 7]
+        kinds = {f.tile: (f.kind, f.group) for f in sol.flags}
+        # the second island (of two alike) is flagged with its size; the first frames the section (its tiles
+        # weak too: the frame is the mean of both islands, which the stage ties)
+        assert all(kinds.get(t) == ("weak", 4) for t in other) and all(kinds.get(t, ("", 0))[1] == 0 for t in main)
+        frame = (sol.positions[main] - true[main]).mean(axis=0)
+        err = np.hypot(*(sol.positions[other] - true[other] - frame).T)
+        beyond += int(np.sum(err > 3 * sol.position_sigma[other]))
+        n += len(other)
+        # the solve alone would claim the island's tiles to about the stated prior / 2 only
+        assert np.all(sol.position_sigma[other] > 4.0 * np.sqrt(0.5) / np.sqrt(1.25))
+    assert beyond / n <= 0.03, beyond / n
+    words = describe_flags(sol.flags, lambda t: f"({t // 4},{t % 4})")
+    said = dict(zip([f.tile for f in sol.flags], words, strict=True))
+    assert "its group of 4 tiles tied to the others by the stage only" in said[2]
+    assert "stage only" not in said.get(0, "")
