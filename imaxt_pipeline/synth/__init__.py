@@ -22,7 +22,14 @@ from ._czi import synthesize_czi, write_axioscan, write_czi
 from ._imc import ImcAcquisition, write_imc, write_imc_txt, write_mcd
 from ._multimodal import ImcTruth, SlideTruth, render_imc, render_slide, write_slide_czi
 from ._params import SynthParams, calibration_params, demo_params
-from ._random_instrument import InstrumentDraw, RandomSample, cut_tiles, draw_instrument, render_random_sample
+from ._random_instrument import (
+    InstrumentDraw,
+    RandomSample,
+    calibration_draw,
+    cut_tiles,
+    draw_instrument,
+    render_random_sample,
+)
 from ._scene import AGAROSE, Scene
 from ._tissuecyte import synthesize_tissuecyte, write_tissuecyte
 from ._writer import Truth, load_truth, synthesize
@@ -37,6 +44,7 @@ __all__ = [
     "SlideTruth",
     "SynthParams",
     "Truth",
+    "calibration_draw",
     "calibration_params",
     "cut_tiles",
     "demo_params",

@@ -113,3 +113,33 @@ def test_random_field_carries_no_linear_optics_unless_asked() -> None:
     assert np.abs(slopes[False]).max() < 1e-9
     assert np.abs(slopes[True]).max() > 0.05 * d.field_px  # a 6 x 6 random field has slopes of its own
     assert "linear kept" in dataclasses.replace(d, field_linear=True).describe() and "linear" not in d.describe()
+
+
+def test_calibration_draw_sees_the_same_optics_through_a_calibration_acquisition() -> None:
+    """Same seed and tile, so the same displacement (the field is drawn first from ``[seed, 1]``); a lab's settings."""
+    from imaxt_pipeline.synth import calibration_draw
+
+    for seed, field_linear in ((1, False), (4, True)):
+        d = draw_instrument(seed, tile=256, max_pixels=2e6, field_linear=field_linear)
+        c = calibration_draw(d)
+        for got, want in zip(
+            displacement(c, np.random.default_rng([seed, 1])),
+            displacement(d, np.random.default_rng([seed, 1])),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(got, want)
+        same = ("seed", "tile", "mag", "cubic", "quintic", "field_px", "field_linear", "photons_peak", "psf_sigma_px")
+        assert [getattr(c, k) for k in same] == [getattr(d, k) for k in same] and c.dark == d.dark[:1]
+        assert (c.rows, c.cols, c.sections, c.channels) == (5, 5, 1, 1)
+        assert c.overlap == 0.45 and c.jitter_px == 0.1 and c.empty_fraction == 0.0 and c.bead_density == 0.0
+        assert c.tissue_fraction == 0.9
+    # the grid shrinks to what the render budget allows, never below 3 x 3
+    assert calibration_draw(draw_instrument(0, tile=1024)).rows == 5
+    assert (
+        calibration_draw(draw_instrument(0, tile=1536)).rows,
+        calibration_draw(draw_instrument(0, tile=2048)).rows,
+    ) == (4, 3)
+    assert calibration_draw(draw_instrument(0, tile=2048), grid=(4, 3)).cols == 3
+    s = render_random_sample(calibration_draw(draw_instrument(2, tile=128)))
+    assert s.tiles.shape[:3] == (1, 1, 25)
+    assert 0 < np.abs(s.true_px - s.stage_px).max() <= 0.3 + 1e-9  # the precise stage, truncated at 3 sigma
