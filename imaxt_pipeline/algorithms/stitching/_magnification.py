@@ -45,6 +45,11 @@ PRIOR_DOF = 4.0
 #: A magnification is applied when it differs from the nominal one by more than this many sigma (with
 #: many tiles; with few, the Student-t quantile of the same two-sided probability, 0.27 %).
 SIGNIFICANT_NSIGMA = 3.0
+#: A linear-map term further than this from its nominal value is never applied, however significant: a
+#: magnification 2 % off, or a camera turned by more than ~1.1 degrees, is outside what an instrument's
+#: nominal calibration allows, while stage statistics corrupted by a few false matches produce such slopes
+#: (a 3 x 3 grid of 256 px tiles once "found" -3.3 % at 4 sigma, against a true -0.13 %, 7 px off).
+PLAUSIBLE_LINEAR = 0.02
 
 
 def significance_threshold(dof: float) -> float:
@@ -73,7 +78,8 @@ class MagnificationEstimate:
     shear, shear_sigma : (y from x, x from y) off-diagonal terms of ``M`` (total, nominal included) and their
         1-sigma: ``shear_yx``, ``shear_xy`` of :class:`..optics.DistortionModel`.
     nominal : (y, x) magnification the solve started from (calibration file or 0).
-    applied : (y, x) whether the estimate replaced the nominal value (significant, and allowed).
+    applied : (y, x) whether the estimate replaced the nominal value (significant, plausible: within
+        :data:`PLAUSIBLE_LINEAR` of it, and allowed).
     shear_nominal, shear_applied : the same for the off-diagonal terms (yx, xy).
     stage_sigma_px : stage error used (measured scatter pooled with the stated one).
     n_tiles, dof : tiles in the regression and the residual degrees of freedom (both axes).
@@ -237,7 +243,9 @@ def stage_magnification(
     k = significance_threshold(dof + PRIOR_DOF)
 
     def applies(value: tuple[float, float], nom: tuple[float, float], sd: tuple[float, float]) -> tuple[bool, bool]:
-        a, b = (bool(allow and abs(m - n0) > k * s) for m, n0, s in zip(value, nom, sd, strict=True))
+        a, b = (
+            bool(allow and k * s < abs(m - n0) <= PLAUSIBLE_LINEAR) for m, n0, s in zip(value, nom, sd, strict=True)
+        )
         return a, b
 
     # what the linear map from the stage can deliver: each term's sigma at each tile's lever arm

@@ -73,6 +73,22 @@ def test_significant_magnification_is_applied_only_where_allowed() -> None:
     assert record["applied"] == [True, True] and record["predicted_translation_error_px"] == est.predicted_px
 
 
+def test_an_implausible_linear_map_is_never_applied_however_significant() -> None:
+    """Beyond 2 % (a magnification, or a camera turned ~1.1 degrees) the stage statistics are not believed."""
+    rng = np.random.default_rng(4)
+    q, groups = _grid(6, 6, 900.0, 2, rng)
+    turn = np.array([[1.0, 0.03], [-0.03, 1.0]])  # a 1.7 degree turn, and 3 % on y
+    stage = q @ turn.T * np.array([1.03, 1.0]) + rng.normal(0, 0.5, q.shape)
+    est = stage_magnification(q, stage, groups, np.ones(len(q), bool), stage_sigma_px=5.0)
+    assert est.significant[0] and est.shear_significant == (True, True)
+    assert est.applied == (False, False) and est.shear_applied == (False, False)
+    np.testing.assert_allclose(est.mag[0], 0.03, atol=5e-3)  # measured and reported, just not applied
+    plausible = stage_magnification(
+        q, q * np.array([1.015, 1.0]) + rng.normal(0, 0.5, q.shape), groups, np.ones(len(q), bool), stage_sigma_px=5.0
+    )
+    assert plausible.applied == (True, False)
+
+
 def test_tiles_placed_by_the_stage_are_left_out_and_a_single_row_fixes_one_axis() -> None:
     rng = np.random.default_rng(4)
     q, groups = _grid(3, 3, 500.0, 1, rng)
