@@ -22,8 +22,11 @@ noise); ``clip`` (good beads whose disc the mosaic's data edge cuts: their fits 
 (true discs the data hold whole, of a searched size, that a good fit matches / how many there are); ``Tmax`` (the
 sweep's per-tile stitching error, each section's translation removed, flagged tiles included) and ``fl``
 (tiles the stitcher flagged); seconds from fusion to offsets.
-A sample whose beads are too few to tie its sections together says so. Files in ``--cache`` are the
-sweep's (written only where missing, by its ``load_sample``): nothing is deleted or overwritten there.
+A sample whose beads are too few to tie its sections together says so; sections the register step reports
+as weakly tied (fewer than ``min_tie_beads`` good beads) are named, and the summary counts the samples
+whose solved sections are off by more than the target without any such flag (silently wrong). Files in
+``--cache`` are the sweep's (written only where missing, by its ``load_sample``): nothing is deleted or
+overwritten there.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def _row(label, kind, score, tmax, n_flag):
         verdict, note = "partial", f"no track reaches sections {missing}"
     else:
         verdict, note = ("ok" if s.spread <= TARGET_SPREAD else "MISS"), ""
+    if score.weak and not score.failure:
+        note = (note + "; " if note else "") + f"weakly tied (< {score.min_ties} beads): sections {score.weak}"
     if score.warnings:
         note = (note + "; " if note else "") + "; ".join(w[:90] for w in score.warnings)
 
@@ -86,7 +91,23 @@ def _row(label, kind, score, tmax, n_flag):
     return verdict
 
 
+def _flagged(score):
+    """Whether the step said something is wrong: nothing solved, a section unreached, or one weakly tied."""
+    return bool(score.failure) or bool(np.isnan(score.solved).any()) or bool(score.weak)
+
+
 def _summary(kind, rows):
+    scored = [(label, sc) for label, k, sc, _v in rows if k == kind and np.isfinite(sc.score.spread)]
+    silent = [
+        f"{label} ({sc.score.max:.2f} px)" for label, sc in scored if sc.score.max > TARGET_SPREAD and not _flagged(sc)
+    ]
+    flagged_bad = [label for label, sc in scored if sc.score.max > TARGET_SPREAD and _flagged(sc)]
+    print(
+        f"{kind}: sections solved > {TARGET_SPREAD} px off with no flag (silently wrong): {len(silent)}"
+        + (f" ({', '.join(silent)})" if silent else "")
+        + f"; off but flagged (unreached or weakly tied sections): {len(flagged_bad)}"
+        + (f" ({', '.join(flagged_bad)})" if flagged_bad else "")
+    )
     solved = [(label, sc) for label, k, sc, _v in rows if k == kind and _v in ("ok", "MISS")]
     few = [label for label, k, _sc, v in rows if k == kind and v in ("few beads", "partial")]
     part = [(label, sc) for label, k, sc, v in rows if k == kind and v == "partial"]

@@ -255,12 +255,16 @@ def write_slice_offsets(
     *,
     unconstrained: Sequence[int],
     chi2: Sequence[float | None],
+    weakly_tied: dict[int, int] | None = None,
 ) -> None:
-    """Write ``imaxt.register``: offsets and their 1-sigma errors (px, 4 decimals), unconstrained slices, chi2."""
+    """Write ``imaxt.register``: offsets and their 1-sigma errors (px, 4 decimals), unconstrained slices, chi2,
+    and (when given) the slices tied by too few good beads, ``{"slice": beads}``."""
     output.update_imaxt_attrs("register.slice_offsets_px", np.round(offsets, 4).tolist())
     output.update_imaxt_attrs("register.slice_offsets_err_px", np.round(errors, 4).tolist())
     output.update_imaxt_attrs("register.unconstrained", [int(s) for s in unconstrained])
     output.update_imaxt_attrs("register.chi2", list(chi2))
+    if weakly_tied is not None:
+        output.update_imaxt_attrs("register.weakly_tied", {str(int(s)): int(t) for s, t in weakly_tied.items()})
 
 
 # -- label images (step segment -> catalogue, crops) ----------------------------

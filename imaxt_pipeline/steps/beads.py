@@ -17,7 +17,8 @@ surroundings, flat inside) and only the survivors are fitted at full
 resolution by Poisson maximum likelihood on a ring around the rim, on a
 Dask worker that reads its own window of the plane. Rows of the processed slices replace any
 earlier rows of those slices in ``tables/beads.parquet``; ``bead_id`` is
-filled in by the ``register`` step.
+filled in by the ``register`` step. ``rim_valid`` is the fraction of a fit's rim on data: below 1 the
+mosaic's edge or pixels no tile covers cut the disc, its centre leans inwards, and ``register`` weighs it so.
 
 A single-channel sample's bead channel is its only channel. A sample whose
 acquisition says ``beads: false`` (a coverslip, a slide) is not searched: the
@@ -183,16 +184,26 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     ctx.output.update_imaxt_attrs("beads.channel", int(channel))
     ctx.output.update_imaxt_attrs("beads.detector", params.detector)
     ctx.output.update_imaxt_attrs("beads.peak", float(peak))
+    ctx.output.update_imaxt_attrs("beads.size_tolerance", float(params.bead_size_tolerance))  # register's radius test
     path = ctx.output.write_table(results.BEADS, new)
     this = new[new["slice"].isin(ctx.slices)]
     good = this[this["good"]]
+    # good fits whose disc the data's edge cuts (mosaic edge, no tile there) lean inwards: register weighs them so
+    cut = good["rim_valid"].to_numpy(float) < 1.0
     metrics: dict[str, Any] = {
         "channel": int(channel),
         "candidates": int(len(this)),
         "good": int(len(good)),
+        "cut_by_data_edge": int(cut.sum()),
         "median_centre_err_px": float(np.median(np.hypot(good["y_err"], good["x_err"]))) if len(good) else None,
     }
-    ctx.log.info("beads: %d candidates, %d good fits in slices %s", len(this), len(good), ctx.slices)
+    ctx.log.info(
+        "beads: %d candidates, %d good fits in slices %s (%d of them cut by the data's edge)",
+        len(this),
+        len(good),
+        ctx.slices,
+        int(cut.sum()),
+    )
     if not len(good):
         ctx.log.warning("beads: no bead found in slices %s (channel %d)", ctx.slices, channel)
     return StepResult(inputs=[results.MOSAIC], outputs=[path], metrics=metrics)

@@ -108,6 +108,15 @@ class RegisterParams(StepParams):
     max_gap: int = Field(default=1, ge=0, description="slices a track may skip")
     min_track: int = Field(default=2, ge=2, description="detections a bead needs to count")
     radius_nsigma: float = Field(default=5.0, gt=0, description="reject radii beyond this many robust sigmas")
+    min_tie_beads: int = Field(
+        default=3, ge=1, description="warn about slices tied to the others by fewer whole good beads than this"
+    )
+    edge_sigma_px: float = Field(
+        default=0.0,
+        ge=0,
+        description="least centring error of a bead half of whose rim the data's edge cuts, in proportion to "
+        "the part off the data (0: the fit's own; the robust clip and the whole-bead tie count guard instead)",
+    )
     clip: float = Field(default=4.0, gt=0, description="outlier rejection threshold (normalised residual)")
     max_iter: int = Field(default=10, ge=1)
     unconstrained: Literal["interpolate", "zero"] = Field(

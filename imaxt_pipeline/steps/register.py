@@ -9,6 +9,15 @@ an empty bead table gives zero offsets for every slice), the bead table with ``b
 ``qc/register.png`` (offsets with 1-sigma bands and the bead radius
 histogram).
 
+Fits whose disc the data's edge cuts (``rim_valid`` < 1) lean inwards: they tie nothing in
+the count below, and ``edge_sigma_px`` (default 0: off) gives them a centring error of at
+least that for half the rim off the data, in proportion to the part off. A slice tied to the
+others by fewer than ``min_tie_beads`` whole good beads keeps its offset but is listed in
+``register.weakly_tied`` (and the step's ``weakly_tied`` metric) with a logged warning saying
+so: one or two fits cannot be checked against each other, a wrong one moves the slice unseen.
+When no track reaches slice 0, the slices the tracks do tie together are solved relative to the
+largest group of them and slice 0 is listed as unconstrained.
+
 Samples without beads (``beads: false`` in the acquisition, or no bead found)
 get zero offsets with every slice but 0 flagged unconstrained, and one warning
 line; a single-section sample (a coverslip) has nothing to register: the step
@@ -28,21 +37,33 @@ from ..io import results
 from ..qc import register_figure, to_png
 from ._base import StepContext, StepResult
 from ._channels import has_beads
+from .params import BeadsParams
 from .params import RegisterParams as Params
 
-__all__ = ["Params", "fill_offsets", "n_slices", "register_table", "run"]
+__all__ = ["Params", "fill_offsets", "n_slices", "register_table", "run", "tie_counts"]
 
 
-def register_table(df: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, Any]:
-    """Flag radius outliers, build tracks and solve; returns (table, SliceOffsets)."""
+def register_table(
+    df: pd.DataFrame, params: Params, *, size_tolerance: float | None = None
+) -> tuple[pd.DataFrame, Any]:
+    """Flag radius outliers, build tracks and solve; returns (table, SliceOffsets).
+
+    ``size_tolerance`` (the beads' relative size spread, ``beads.bead_size_tolerance``, default its
+    default) is the least relative spread of honest radii the outlier test allows.
+    """
     from ..algorithms.registration import build_tracks, radius_outliers, solve_slice_offsets
+
+    if size_tolerance is None:
+        size_tolerance = BeadsParams().bead_size_tolerance
 
     if not len(df):
         raise NotEnoughOverlapError("the bead table is empty; cannot register slices")
     df = df.copy()
     good = df["good"].to_numpy(bool)
     outlier = np.zeros(len(df), bool)
-    outlier[good] = radius_outliers(df["radius_px"].to_numpy(float)[good], nsigma=params.radius_nsigma)
+    outlier[good] = radius_outliers(
+        df["radius_px"].to_numpy(float)[good], nsigma=params.radius_nsigma, rel_floor=size_tolerance
+    )
     df["radius_outlier"] = outlier
     use = np.flatnonzero(good & ~outlier)
     ids = np.full(len(df), -1, int)
@@ -55,13 +76,36 @@ def register_table(df: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, Any]
         min_length=params.min_track,
     )
     df["bead_id"] = ids
-    sigma = df[["y_err", "x_err"]].to_numpy(float)
+    sigma = np.array(df[["y_err", "x_err"]].to_numpy(float))  # a copy: pandas may hand out a read-only view
+    # a fit the data's edge cuts leans inwards, the more the more of its rim is off the data; edge_sigma_px (for half
+    # the rim off) weighs it so. Off by default: the same bead is cut alike in neighbouring sections, so the bias
+    # mostly cancels in the offsets (the demo and the sweep register better with the cut fits at full weight),
+    # a cut fit that disagrees with >= min_tie_beads whole ones is clipped, and fewer whole ones are reported.
+    cut = _cut_by_edge(df)
+    off_data = 1.0 - df["rim_valid"].to_numpy(float)[cut] if cut.any() else np.zeros(0)
+    sigma[cut] = np.maximum(sigma[cut], (2.0 * params.edge_sigma_px * off_data)[:, None])
     sol = solve_slice_offsets(
         df["slice"].to_numpy(int), yx, ids, sigma=sigma, clip=params.clip, max_iter=params.max_iter
     )
     df["inlier"] = sol.inlier
     df["resid_y"], df["resid_x"] = sol.residuals[:, 0], sol.residuals[:, 1]
     return df, sol
+
+
+def _cut_by_edge(df: pd.DataFrame) -> np.ndarray:
+    """Rows whose fitted disc the data's edge cuts (``rim_valid`` < 1; tables without the column: none)."""
+    if "rim_valid" not in df:
+        return np.zeros(len(df), bool)
+    cut: np.ndarray = df["rim_valid"].to_numpy(float) < 1.0  # NaN (rows of older tables) compares False
+    return cut
+
+
+def tie_counts(df: pd.DataFrame, slices: np.ndarray) -> np.ndarray:
+    """Whole beads (tracks) tying each of ``slices`` to the others in the final solve: the tracks of its inlier
+    detections whose disc the data hold whole (a cut one's centre is biased, it ties nothing for sure)."""
+    used = df[df["inlier"].to_numpy(bool) & (df["bead_id"].to_numpy(int) >= 0) & ~_cut_by_edge(df)]
+    per = used.groupby("slice")["bead_id"].nunique()
+    return np.array([int(per.get(int(s), 0)) for s in slices], int)
 
 
 def fill_offsets(
@@ -128,12 +172,22 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         )
     n = n_slices(ctx, df)
     reason = ""
+    weak: dict[int, int] = {}
+    solved = False
     try:
         if beadless:
             raise NotEnoughOverlapError("the sample has no beads (acquisition beads: false)")
-        df, sol = register_table(df, params)
+        tol = ctx.output.imaxt_attrs().get("beads", {}).get("size_tolerance")
+        df, sol = register_table(df, params, size_tolerance=None if tol is None else float(tol))
         offsets, errors, missing = fill_offsets(sol.slices, sol.offsets, sol.errors, n, mode=params.unconstrained)
         chi2 = sol.chi2.tolist()
+        solved = True
+        ties = tie_counts(df, sol.slices)
+        weak = {
+            int(s): int(t)
+            for s, t, ok in zip(sol.slices, ties, sol.constrained, strict=True)
+            if ok and t < params.min_tie_beads
+        }
     except NotEnoughOverlapError as exc:
         reason = f" ({exc})"
         for col, value in (("bead_id", -1), ("radius_outlier", False), ("inlier", False)):
@@ -141,14 +195,25 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         df["resid_y"], df["resid_x"] = np.nan, np.nan
         offsets, errors, missing = np.zeros((n, 2)), np.full((n, 2), np.nan), np.arange(n)
         chi2 = [None, None]
-    unconstrained = [int(m) for m in missing if m != 0]
+    # slice 0 is the reference by definition, unless the solve had to fix another slice (no track reaches 0)
+    unconstrained = [int(m) for m in missing if m != 0 or solved]
     if unconstrained:
         how = "set to 0" if params.unconstrained == "zero" or len(unconstrained) >= n - 1 else "interpolated"
         _warn(ctx, f"register: no bead track constrains slices {unconstrained}; their offsets are {how}{reason}")
     elif reason:
         ctx.log.warning("register: %s; offsets set to zero", reason.strip(" ()"))
+    if weak:  # logged and recorded, not a DataWarning: the offsets are solved, their support is thin
+        ties_txt = ", ".join(f"{s}: {t}" for s, t in weak.items())
+        ctx.log.warning(
+            "register: slices %s are tied to the others by fewer than %d good beads the data hold whole "
+            "(slice: beads %s); their offsets rest on those fits (or on beads the data's edge cuts, "
+            "whose centres lean inwards) and cannot be checked",
+            list(weak),
+            params.min_tie_beads,
+            ties_txt,
+        )
     outputs = [ctx.output.write_table(results.BEADS, df)]
-    results.write_slice_offsets(ctx.output, offsets, errors, unconstrained=unconstrained, chi2=chi2)
+    results.write_slice_offsets(ctx.output, offsets, errors, unconstrained=unconstrained, chi2=chi2, weakly_tied=weak)
     if params.qc and n:
         radii = df["radius_px"].to_numpy(float) if len(df) else np.zeros(0)
         outputs.append(ctx.output.write_png("register", to_png(register_figure(offsets, errors, radii))))
@@ -157,6 +222,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         "slices": n,
         "tracks": n_tracks,
         "unconstrained": unconstrained,
+        "weakly_tied": list(weak),
         "chi2": chi2,
         "median_err_px": float(np.nanmedian(errors[1:])) if n > 1 and np.isfinite(errors[1:]).any() else None,
     }

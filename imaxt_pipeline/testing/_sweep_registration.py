@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -301,7 +301,9 @@ class RegistrationScore:
     ``good`` beads per section, ``tracks``, the ``solved`` and ``truth`` offsets (S, 2; solved NaN where no
     track reaches a section), their :class:`OffsetScore`; ``beads``: the fits against the true beads
     (:class:`BeadView`); ``failure`` says why nothing was solved ("" when solved), ``warnings`` what the
-    steps warned, ``seconds`` the time from fusion to offsets.
+    steps warned, ``seconds`` the time from fusion to offsets; ``ties`` the beads tying each section
+    (:func:`...steps.register.tie_counts`, 0 where none), so :attr:`weak` lists what the step reports as
+    weakly tied.
     """
 
     good: list[int]
@@ -313,6 +315,14 @@ class RegistrationScore:
     failure: str
     warnings: list[str]
     seconds: float
+    ties: list[int] = field(default_factory=list)  # whole beads tying each section in the solve
+    min_ties: int = 3  # the register step's ``min_tie_beads``: fewer is reported as weakly tied
+
+    @property
+    def weak(self) -> list[int]:
+        """Solved sections tied by fewer than ``min_ties`` whole beads (the register step's ``weakly_tied``)."""
+        solved = np.all(np.isfinite(self.solved), axis=1)
+        return [k for k, t in enumerate(self.ties) if solved[k] and t < self.min_ties]
 
 
 def score_registration(
@@ -333,6 +343,7 @@ def score_registration(
     import warnings
 
     from imaxt_pipeline.errors import NotEnoughOverlapError
+    from imaxt_pipeline.steps.params import RegisterParams
 
     t0 = time.perf_counter()
     n_s = tiles.shape[0]
@@ -342,11 +353,12 @@ def score_registration(
         mosaic = fuse_sections(tiles, positions, stage, calibration, rows=rows, cols=cols)
         beads, channel = section_beads(mosaic, pixel_size_um)
         good = [int(beads[beads["slice"] == k]["good"].sum()) for k in range(n_s)]
-        solved, failure, tracks = np.full((n_s, 2), np.nan), "", 0
+        solved, failure, tracks, ties = np.full((n_s, 2), np.nan), "", 0, [0] * n_s
         try:
             table, sol = register_beads(beads)
             solved[np.asarray(sol.slices, int)] = sol.offsets
             tracks = int(table["bead_id"].max()) + 1
+            ties = _ties(table, n_s)
         except NotEnoughOverlapError as exc:
             failure = str(exc)
     view = bead_view(beads, truth, positions, mosaic, channel, pixel_size_um)
@@ -360,4 +372,13 @@ def score_registration(
         failure=failure,
         warnings=sorted({f"{w.category.__name__}: {w.message}" for w in caught}),
         seconds=time.perf_counter() - t0,
+        ties=ties,
+        min_ties=RegisterParams().min_tie_beads,
     )
+
+
+def _ties(table: pd.DataFrame, n_sections: int) -> list[int]:
+    """Beads tying each section 0..n-1 in the solve (the register step's count)."""
+    from imaxt_pipeline.steps.register import tie_counts
+
+    return [int(v) for v in tie_counts(table, np.arange(n_sections))]

@@ -254,24 +254,35 @@ def test_synth_end_to_end_beads_and_offsets(synth_run):
     assert meta["beads"]["channel"] == 1  # the nuclear channel 0 also shows the beads, but its nuclei lose
     n = len(truth.slice_offsets_px)
     frames = _frame_shifts(meta["stitch"]["tile_positions_px"], truth.tile_positions_px, n)
+    from imaxt_pipeline.steps.params import BeadsParams
+    from imaxt_pipeline.testing._sweep_beads import clipped_beads
+
     table = store.read_table("beads")
     good = table[table["good"]]
     det = truth.bead_detections
-    found_big = n_big = hits = relevant = 0
+    planes = np.asarray(store.open_image("mosaic").array(0)[meta["beads"]["channel"]])
+    searched = BeadsParams().min_cut_fraction * BeadsParams().bead_diameter_um / 2  # 1 um px: smallest cut sought
+    found_big = n_big = hits = relevant = n_cut = 0
     errs = []
     for k in range(n):
         t, f = det[det["slice"] == k], good[good["slice"] == k]
-        big = t["radius_px"].to_numpy() >= 5
-        dist, idx = cKDTree(_in_mosaic(t[["y_px", "x_px"]].to_numpy(), k, meta, truth)).query(
-            f[["y_px", "x_px"]].to_numpy().reshape(-1, 2), distance_upper_bound=3.0
+        yx = _in_mosaic(t[["y_px", "x_px"]].to_numpy(), k, meta, truth)
+        # recall over the discs the mosaic holds whole: a disc its data edge cuts is never a good fit
+        cut = clipped_beads(
+            pd.DataFrame({"slice": k, "y_px": yx[:, 0], "x_px": yx[:, 1], "radius_px": t["radius_px"].to_numpy()}),
+            planes,
+            margin_px=5.0,  # the rule's reach: the blurred rim's outer edge (2 widths) plus the 2 px next to no data
         )
+        big = (t["radius_px"].to_numpy() >= searched) & ~cut
+        n_cut += int(cut.sum())
+        dist, idx = cKDTree(yx).query(f[["y_px", "x_px"]].to_numpy().reshape(-1, 2), distance_upper_bound=3.0)
         hit = np.isfinite(dist)
         found_big += np.isin(np.flatnonzero(big), idx[hit]).sum()
         n_big += big.sum()
-        rel = ~hit | big[np.minimum(idx, len(t) - 1)]  # a find of a < 5 px cap is not a false positive
+        rel = ~hit | big[np.minimum(idx, len(t) - 1)]  # a find of a small or cut cap is no false positive
         hits, relevant = hits + hit[rel].sum(), relevant + rel.sum()
         errs.extend(dist[hit])
-    assert n_big >= 25
+    assert n_big >= 10 and n_cut >= 10  # a small mosaic: its edge cuts many discs
     assert found_big / n_big >= 0.9 and hits / relevant >= 0.95
     assert np.median(errs) <= 0.3
     offsets = np.array(meta["register"]["slice_offsets_px"])
@@ -279,3 +290,70 @@ def test_synth_end_to_end_beads_and_offsets(synth_run):
     assert (np.hypot(*(offsets - expected).T) <= 0.5).sum() >= 5
     assert meta["register"]["unconstrained"] == []
     assert store.open_image("cube").shape[1] == n
+
+
+def test_register_reports_an_untied_slice_0_and_weakly_tied_slices(tmp_path):
+    """Slice 0's beads are tied to nothing (no track: beads moved off by a big drift), slice 3 by one bead only:
+    slices 1-3 are solved against each other, slice 0 is unconstrained (a DataWarning), slice 3 weakly tied."""
+    from imaxt_pipeline.errors import DataWarning
+
+    rng = np.random.default_rng(7)
+    df, drift = _bead_table(rng, n_slices=4, n_beads=30)
+    df = df[df["radius_px"] < 100].reset_index(drop=True)  # drop the planted radius outlier
+    df.loc[df["slice"] == 0, ["y_px", "x_px"]] += 500.0  # no track reaches slice 0
+    first = df[df["slice"] == 3].index
+    keep3 = df.loc[first]
+    # slice 3 keeps one bead that slice 2 also shows (a lone tie), the others gone
+    shared = df[df["slice"] == 2][["y_px", "x_px"]].to_numpy() - drift[2]
+    own = keep3[["y_px", "x_px"]].to_numpy() - drift[3]
+    lone = keep3.index[np.argmin(np.min(np.hypot(*(own[:, None] - shared[None]).transpose(2, 0, 1)), axis=1))]
+    df = df.drop(index=[i for i in first if i != lone]).reset_index(drop=True)
+    ctx = _register_ctx(tmp_path, df, list(range(4)))
+    with pytest.warns(DataWarning, match=r"slices \[0\]"):
+        result = register.run(ctx, register.Params())
+    meta = ctx.output.imaxt_attrs()["register"]
+    off = np.array(meta["slice_offsets_px"])
+    assert meta["unconstrained"] == [0] and meta["slice_offsets_err_px"][0][0] is None
+    assert meta["weakly_tied"] == {"3": 1} and result.metrics["weakly_tied"] == [3]
+    # slices 1-3 relative to slice 1 (the new reference), slice 0 takes its neighbour's offset
+    np.testing.assert_allclose(off[1:] - off[1], drift[1:] - drift[1], atol=0.3)
+    np.testing.assert_allclose(off[0], off[1])
+
+
+def test_beads_cut_by_the_data_edge_are_clipped_or_weighed_and_tie_nothing():
+    """A fit the data's edge cuts (``rim_valid`` < 1) leans inwards: 3 px off here, the whole beads' robust clip
+    (or ``edge_sigma_px``) keeps it from moving the slice, and a slice tied by cut beads only is solved (with an
+    honest error when weighed) but 0 whole beads tie it: the step reports it weakly tied."""
+    rng = np.random.default_rng(11)
+    df, drift = _bead_table(rng, n_slices=3, n_beads=30)
+    df = df[df["radius_px"] < 100].reset_index(drop=True)
+    df["rim_valid"] = 1.0
+    # slice 1: one more bead, cut, fitted 3 px off (its track also runs through slices 0 and 2)
+    extra = [
+        dict(
+            slice=s,
+            y_px=3500.0 + drift[s][0] + 3.0 * (s == 1),
+            x_px=3500.0 + drift[s][1],
+            radius_px=30.0,
+            y_err=0.05,
+            x_err=0.05,
+            good=True,
+            rim_valid=0.6,
+        )
+        for s in range(3)
+    ]
+    biased = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
+    weighed = register.Params(edge_sigma_px=2.0)
+    _, sol = register.register_table(biased, weighed)
+    assert np.abs(sol.offsets - drift).max() < 0.1
+    _, plain = register.register_table(biased, register.Params())  # at its own sigma: clipped by the whole beads
+    assert np.abs(plain.offsets - drift).max() < 0.1
+    _, trusted = register.register_table(biased, register.Params(clip=1e9))  # neither weighed nor clipped
+    assert np.abs(trusted.offsets[1] - drift[1]).max() > np.abs(sol.offsets[1] - drift[1]).max()
+    # slice 2 keeps only cut fits: solved from them, with an honest error, and 0 whole beads tie it
+    cut2 = df["slice"] == 2
+    df.loc[cut2, "rim_valid"] = 0.7
+    table, sol = register.register_table(df, weighed)
+    assert sol.constrained.all() and np.abs(sol.offsets[2] - drift[2]).max() < 0.5
+    assert sol.errors[2].min() > 5 * sol.errors[1].max()
+    assert register.tie_counts(table, sol.slices)[2] == 0 and register.tie_counts(table, sol.slices)[1] > 10

@@ -409,15 +409,28 @@ def _moment_start(
     return float((fill * yy).sum() / area), float((fill * xx).sum() / area), float(np.sqrt(area / np.pi))
 
 
-def radius_outliers(radius: ArrayLike, *, nsigma: float = 5.0) -> NDArray[np.bool_]:
+def radius_outliers(
+    radius: ArrayLike, *, nsigma: float = 5.0, rel_floor: float = 0.15, min_count: int = 10
+) -> NDArray[np.bool_]:
     """Flag radii beyond ``nsigma`` robust standard deviations of the median.
+
+    The cut radius of a bead varies with the depth of the cut (``sqrt(R**2 - dz**2)``) and beads
+    differ in size, so honest radii spread by a good fraction of the radius: the spread used is
+    1.4826 x MAD but at least ``rel_floor`` x the median (and 0.5 px), and with fewer than
+    ``min_count`` finite radii a MAD says nothing (three cuts at three depths can agree to a px by
+    chance), so only non-finite radii are flagged then.
 
     Parameters
     ----------
     radius : ndarray (N,)
         Fitted radii of the sample's beads.
     nsigma : float, optional
-        Rejection threshold; the spread is 1.4826 x MAD (at least 0.5 px).
+        Rejection threshold.
+    rel_floor : float, optional
+        Least spread as a fraction of the median radius (the bead size tolerance,
+        :attr:`BeadSpec.size_tolerance <imaxt_pipeline.algorithms.registration.BeadSpec>`).
+    min_count : int, optional
+        Fewest finite radii the test is made on.
 
     Returns
     -------
@@ -426,9 +439,9 @@ def radius_outliers(radius: ArrayLike, *, nsigma: float = 5.0) -> NDArray[np.boo
     """
     r = np.asarray(radius, dtype=np.float64)
     good = np.isfinite(r)
-    if good.sum() < 3:
+    if good.sum() < max(min_count, 3):
         return ~good
     med = np.median(r[good])
-    sigma = max(1.4826 * np.median(np.abs(r[good] - med)), 0.5)
+    sigma = max(1.4826 * np.median(np.abs(r[good] - med)), rel_floor * abs(med), 0.5)
     flags: NDArray[np.bool_] = ~good | (np.abs(r - med) > nsigma * sigma)
     return flags

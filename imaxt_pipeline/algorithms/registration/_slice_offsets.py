@@ -11,7 +11,9 @@ With pair weights ``w_i w_j / W_b`` (``w = 1 / sigma**2``,
 ``W_b = sum of w over the track``) the pairwise normal equations equal
 exactly those of the full model with each ``P_b`` marginalised out, so the
 estimate is the maximum-likelihood one. Slice 0 (``reference``) is fixed at
-zero; the sparse normal equations are solved with
+zero (when no track reaches it, the slice of the largest group of slices the
+tracks tie together takes its place, and the slices outside that group get
+NaN rather than an error); the sparse normal equations are solved with
 :func:`scipy.sparse.linalg.spsolve` (:func:`~scipy.sparse.linalg.lsqr` as a
 fallback), the
 detections whose residual exceeds ``clip`` robust sigmas are dropped, and
@@ -54,6 +56,9 @@ class SliceOffsets:
         Reduced chi-square in y and x.
     iterations : int
         Solves performed.
+    reference : int
+        Slice number fixed at (0, 0): the one asked for, or, when no track
+        reaches it, the lowest slice of the largest group the tracks connect.
     """
 
     slices: NDArray[np.int_]
@@ -63,6 +68,7 @@ class SliceOffsets:
     residuals: NDArray[np.float64]
     chi2: NDArray[np.float64]
     iterations: int
+    reference: int = 0
 
     @property
     def constrained(self) -> NDArray[np.bool_]:
@@ -159,8 +165,12 @@ def _solve_axis(
 
 def _connected_slices(
     slice_idx: NDArray[np.intp], track: NDArray[np.intp], n_slices: int, ref: int
-) -> NDArray[np.bool_]:
-    """Slices linked to ``ref`` through shared tracks (graph components)."""
+) -> tuple[NDArray[np.bool_], int]:
+    """Slices linked to ``ref`` through shared tracks (graph components), and the reference used.
+
+    A reference no track reaches ties nothing: the lowest slice of the largest component (most slices)
+    takes its place, so the slices the tracks do tie together still get offsets (relative to it).
+    """
     from scipy.sparse.csgraph import connected_components
 
     n_tracks = int(track.max()) + 1 if len(track) else 0
@@ -168,8 +178,13 @@ def _connected_slices(
         (np.ones(len(track)), (slice_idx, n_slices + track)), shape=(n_slices + n_tracks, n_slices + n_tracks)
     )
     _, comp = connected_components(g, directed=False)
-    linked: NDArray[np.bool_] = comp[:n_slices] == comp[ref]
-    return linked
+    per_slice = comp[:n_slices]
+    if not np.isin(ref, slice_idx):
+        tied = np.unique(slice_idx)  # slices holding a detection of some track
+        sizes = np.bincount(per_slice[tied])
+        ref = int(tied[np.argmax(sizes[per_slice[tied]])])  # first (lowest) slice of the largest component
+    linked: NDArray[np.bool_] = per_slice == per_slice[ref]
+    return linked, ref
 
 
 def solve_slice_offsets(
@@ -196,7 +211,10 @@ def solve_slice_offsets(
     sigma : float or ndarray (N,) or (N, 2), optional
         Centring errors (px) used as weights; clipped below at ``min_sigma``.
     reference : int, optional
-        Slice fixed at (0, 0); default the lowest slice present.
+        Slice fixed at (0, 0); default the lowest slice present. When no track
+        reaches it, the lowest slice of the largest group of slices the tracks tie
+        together is fixed instead (:attr:`SliceOffsets.reference`) and the
+        reference's own offset is NaN.
     clip : float, optional
         Detections with a normalised residual beyond ``clip`` robust sigmas
         (on either axis) are rejected between iterations.
@@ -239,6 +257,7 @@ def solve_slice_offsets(
     ref = int(np.searchsorted(uniq, ref_slice))
     inlier = (ids >= 0) & np.all(np.isfinite(pos), axis=1) & np.all(np.isfinite(sig), axis=1)
     n_slices = len(uniq)
+    ref_asked = ref
     it = 0
     while it < max_iter:
         it += 1
@@ -249,7 +268,7 @@ def solve_slice_offsets(
         use, tr = use[keep], np.unique(tr[keep], return_inverse=True)[1]
         if len(use) == 0:
             raise NotEnoughOverlapError("no bead track spans two slices; cannot register slices")
-        connected = _connected_slices(slice_idx[use], tr, n_slices, ref)
+        connected, ref = _connected_slices(slice_idx[use], tr, n_slices, ref_asked)
         free = connected.copy()
         free[ref] = False
         free_index = np.full(n_slices, -1)
@@ -277,7 +296,14 @@ def solve_slice_offsets(
     final = np.zeros(n, bool)
     final[use] = True
     return SliceOffsets(
-        slices=uniq, offsets=offsets, errors=errors, inlier=final, residuals=resid, chi2=chi2, iterations=it
+        slices=uniq,
+        offsets=offsets,
+        errors=errors,
+        inlier=final,
+        residuals=resid,
+        chi2=chi2,
+        iterations=it,
+        reference=int(uniq[ref]),
     )
 
 

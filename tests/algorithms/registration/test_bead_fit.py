@@ -79,3 +79,33 @@ def test_radius_outliers():
     flags = radius_outliers(r, nsigma=5)
     assert flags[3] and flags[50] and flags.sum() <= 4
     assert radius_outliers(np.array([np.nan, 10, 10, 10]))[0]
+
+
+def test_radius_outliers_keep_few_honest_cuts_and_reject_a_real_outlier_among_many():
+    # three beads cut at three depths (the sweep's draws 18, 27): a MAD of three says nothing about them
+    assert not radius_outliers(np.array([57.9, 57.3, 50.7])).any()
+    # twelve alike and one cut nearer its pole: honest radii spread by the bead sizes at least (floor)
+    r = np.r_[np.random.default_rng(2).normal(57.3, 0.2, 12), 50.7]
+    assert not radius_outliers(r).any()
+    assert radius_outliers(r, rel_floor=0.0)[-1]  # without the floor the tiny MAD would reject it
+    # a real outlier (a merged pair, a tissue blob) among many is still rejected, with or without the floor
+    many = np.r_[np.random.default_rng(3).uniform(40, 60, 40), 150.0]
+    assert radius_outliers(many)[-1] and radius_outliers(many).sum() == 1
+    # below min_count only non-finite radii are flagged, however far apart
+    assert radius_outliers(np.array([20.0, 60.0, np.nan, 21.0]), min_count=10).tolist() == [False, False, True, False]
+
+
+def test_rim_on_data_sees_the_data_edge_and_missing_pixels():
+    from imaxt_pipeline.algorithms.registration._bead_rim import rim_on_data
+
+    yy, xx = np.indices((200, 300), dtype=float)
+    img = disc_model([100, 150, 30, 1.5, 100, 10], yy, xx)
+    centres = np.array([[100, 150], [20, 150], [100, 290], [np.nan, 1.0]])
+    cover = rim_on_data(img, centres, np.full(4, 30.0), np.full(4, 1.5))
+    assert cover[0] == 1.0 and 0.5 < cover[1] < 0.9 and 0.4 < cover[2] < 0.7 and cover[3] == 0.0
+    # pixels no tile covers (exact 0), and the 2 px next to them, are off the data too
+    holed = img.copy()
+    holed[:, 184:] = 0.0  # 34 px right of the centre: the rim at r + 3 = 33 px just clears it...
+    assert rim_on_data(holed, centres[:1], [30.0], [1.5])[0] == 1.0
+    assert rim_on_data(holed, centres[:1], [30.0], [1.5], missing_margin=2)[0] < 1.0  # ...its 2 px margin not
+    assert rim_on_data(img, centres[:1], [30.0], [1.5], valid=xx < 170)[0] < 1.0

@@ -101,6 +101,27 @@ def test_on_synth_truth_planes():
     assert err <= 0.3
 
 
+def test_fits_cut_by_the_data_edge_are_marked():
+    """The synthetic planes' beads the plane's edge (or a no-data region) cuts have ``rim_valid`` < 1, the
+    whole ones 1; ``min_rim_valid`` = 1 takes the cut ones (only those) out of the good fits."""
+    planes, _truth = synth_planes()
+    n_cut = n_whole = 0
+    for s in range(planes.shape[0]):
+        h, w = planes.shape[2:]
+        for plane in (planes[s, 1], np.where(np.arange(w) < w // 2, planes[s, 1], 0)):
+            df = _classical(plane)  # the right half blanked: beads there are gone or cut by the zeros
+            ok = df[df["good"]]
+            r = ok["radius_px"] + np.maximum(2 * ok["width_px"], 2.0) + 3.0  # the rim's reach, 2 px by no data, 1
+            x_end = w if plane is planes[s, 1] else w // 2
+            inside = (ok["y_px"] - r >= 0) & (ok["y_px"] + r < h) & (ok["x_px"] - r >= 0) & (ok["x_px"] + r < x_end)
+            cut = ok["rim_valid"] < 1.0
+            assert not (inside & cut).any()  # a disc whose rim is well inside the data is never marked cut
+            strict = good_beads(df, _SPEC, min_rim_valid=1.0)
+            assert not (strict & (df["rim_valid"] < 1.0)).any() and not (strict & ~df["good"]).any()
+            n_cut, n_whole = n_cut + int(cut.sum()), n_whole + int((~cut).sum())
+    assert n_cut >= 3 and n_whole >= 1
+
+
 def test_channel_pick_prefers_beads_over_nuclei():
     """Both channels show the beads; the nuclear channel's brightest objects are mostly nuclei."""
     planes, _ = synth_planes()

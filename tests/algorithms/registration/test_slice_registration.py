@@ -99,3 +99,29 @@ def test_apply_offset_places_content_and_canvas_padding():
     assert np.unravel_index(np.argmax(out[0]), out.shape[1:]) == (20 - 3 + 3, 30 + 4 + 0)
     half = apply_offset(img, [0.5, 0.0], pad_before=np.array([1, 0]), out_shape=(41, 50))
     np.testing.assert_allclose(half[0, 20:22, 30], [0.5, 0.5], atol=1e-6)
+
+
+def test_unconnected_reference_solves_the_tied_slices_without_warning():
+    """Slice 0 holds detections but no track (the sweep's 2 x 2 x 3 draw 0): slices 1 and 2, tied to each other,
+    are solved relative to slice 1 (the largest group's first slice), slice 0 is NaN; no empty-median warning."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    beads = rng.uniform(50, 450, (5, 2))
+    shift = np.array([1.5, -2.25])
+    yx = np.concatenate([rng.uniform(50, 450, (3, 2)), beads, beads + shift])
+    slices = np.repeat([0, 1, 2], [3, 5, 5])
+    ids = np.r_[-1, -1, -1, np.arange(5), np.arange(5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sol = solve_slice_offsets(slices, yx, ids, sigma=0.1)
+    assert sol.reference == 1 and np.isnan(sol.offsets[0]).all() and sol.constrained.tolist() == [False, True, True]
+    np.testing.assert_allclose(sol.offsets[1:], [[0.0, 0.0], shift], atol=1e-9)
+    assert not sol.inlier[:3].any() and sol.inlier[3:].all()
+    # slices 1-3 tied by one group of tracks, slice 0 by none: the reference moves to slice 1
+    slices2 = np.r_[slices, np.repeat(3, 5)]
+    sol2 = solve_slice_offsets(slices2, np.r_[yx, beads + 2 * shift], np.r_[ids, np.arange(5)], sigma=0.1, reference=0)
+    assert sol2.reference == 1 and np.isnan(sol2.offsets[0]).all()
+    np.testing.assert_allclose(sol2.offsets[3], 2 * shift, atol=1e-9)
+    # a connected reference stays the reference
+    assert solve_slice_offsets(slices[3:], yx[3:], ids[3:], sigma=0.1).reference == 1
