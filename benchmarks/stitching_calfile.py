@@ -113,62 +113,6 @@ def fit_calibration_file(tiles, stage, rows, cols, overlap, *, stage_sigma_px=ST
     return terms["distortion"], fit, dt
 
 
-def sample_matches(d):
-    """The sweep's ``ours`` up to the solve: (calibration, matches, stage of every tile of every section)."""
-    import dataclasses as dc
-
-    from imaxt_pipeline.algorithms.calibration import checked_darks, estimate_calibration
-    from imaxt_pipeline.algorithms.stitching import adjacent_pairs, rematch_plan
-    from imaxt_pipeline.parallel.stitching import match_tiles
-    from imaxt_pipeline.steps.params import StitchParams
-
-    p = StitchParams()
-    tiles, stage = d["tiles"], d["stage"]
-    n_s, n_c, n_t, h, w = tiles.shape
-    pool = tiles.transpose(1, 0, 2, 3, 4).reshape(n_c, n_s * n_t, h, w)
-    pick = np.sort(np.random.default_rng(0).choice(n_s * n_t, size=min(64, n_s * n_t), replace=False))
-    cal = estimate_calibration(pool[:, pick], max_trim_px=int(0.25 * 0.1 * min(h, w)))
-    cal = dc.replace(cal, dark=checked_darks(pool[:, pick], cal.dark)[0])
-
-    def match(k, a, b, radius):
-        return match_tiles(
-            lambda i: tiles[k, :, i],
-            a,
-            b,
-            tuple(stage[b] - stage[a]),
-            cal,
-            index_offset=k * n_t,
-            max_shift=radius,
-            block_size=p.block_px,
-            min_ncc=p.min_ncc,
-        )
-
-    ms = [match(k, a, b, p.max_shift_px) for k in range(n_s) for a, b in adjacent_pairs(int(d["rows"]), int(d["cols"]))]
-    radius, redo = rematch_plan(ms, p.max_shift_px)
-    for i in redo:
-        m = ms[i]
-        ms[i] = match(m.reference // n_t, m.reference % n_t, m.moving % n_t, radius)
-    return ms, np.concatenate([stage] * n_s), (h, w)
-
-
-def solve(ms, stage, shape, distortion=None):
-    """The stitch step's solve: the distortion estimated (no file) or fixed (``distortion`` from a file)."""
-    from imaxt_pipeline.algorithms.stitching import solve_positions
-    from imaxt_pipeline.steps.params import StitchParams
-
-    p = StitchParams()
-    return solve_positions(
-        ms,
-        stage,
-        tile_shape=shape,
-        estimate_distortion=distortion is None,
-        distortion=distortion,
-        fit_magnification=p.fit_magnification,
-        prior_sigma_px=p.prior_sigma_px,
-        reject_px=p.reject_px,
-    )
-
-
 def true_linear(draw):
     """The optics' true linear map (mag_y, mag_x, shear_yx, shear_xy): the drawn ``mag`` plus the field's slopes."""
     from imaxt_pipeline.synth._random_instrument import displacement
@@ -240,8 +184,9 @@ def main(argv=None):
         draw = draw_instrument(seed, max_pixels=max_px, field_linear=args.field_linear)
         ctiles, cstage, _, cdraw = calibration_render(draw, args.cache, cal_px, sweep.GENERATOR)
         model, fit, cal_s = fit_calibration_file(ctiles, cstage, cdraw.rows, cdraw.cols, cdraw.overlap)
-        ms, stage, shape = sample_matches(d)
-        plain, fixed = solve(ms, stage, shape), solve(ms, stage, shape, model)
+        _cal, _notes, ms, stage = sweep.sample_matches(d)
+        shape = tuple(d["tiles"].shape[-2:])
+        plain, fixed = sweep.solve(ms, stage, shape), sweep.solve(ms, stage, shape, model)
         n_s, n_t = d["tiles"].shape[0], d["tiles"].shape[2]
         stats = []
         for sol in (plain, fixed):

@@ -142,10 +142,14 @@ def frame_weights(flagged, sigma):
     return 1.0 / np.maximum(np.asarray(sigma, float), 1e-3) ** 2
 
 
-def ours(d):
-    """Positions (S, T, 2), per-tile sigma (S, T) or None, flagged (S, T), dark estimate, notes, seconds."""
+def sample_matches(d):
+    """The stitch step up to the solve: (calibration, notes, matches, stage of every tile of every section).
+
+    Calibration from (up to 64) tiles of all sections, darks checked; pairs matched with the step's defaults
+    and re-matched with the radius the matched pairs' stage error asks for.
+    """
     from imaxt_pipeline.algorithms.calibration import estimate_calibration
-    from imaxt_pipeline.algorithms.stitching import adjacent_pairs, solve_positions
+    from imaxt_pipeline.algorithms.stitching import adjacent_pairs
 
     try:
         from imaxt_pipeline.algorithms.calibration import checked_darks
@@ -158,7 +162,6 @@ def ours(d):
     p = StitchParams()
     tiles, stage = d["tiles"], d["stage"]
     n_s, n_c, n_t, h, w = tiles.shape
-    t0 = time.perf_counter()
     pool = tiles.transpose(1, 0, 2, 3, 4).reshape(n_c, n_s * n_t, h, w)
     pick = np.sort(np.random.default_rng(0).choice(n_s * n_t, size=min(64, n_s * n_t), replace=False))
     cal = estimate_calibration(pool[:, pick], max_trim_px=int(0.25 * 0.1 * min(h, w)))
@@ -169,47 +172,53 @@ def ours(d):
         darks, checks = checked_darks(pool[:, pick], cal.dark)
         notes += [f"dark ch{c} inconsistent, clipped" for c, ck in enumerate(checks) if not ck.consistent]
         cal = dataclasses.replace(cal, dark=darks)
-    ms = []
-    for k in range(n_s):
-        for a, b in adjacent_pairs(int(d["rows"]), int(d["cols"])):
-            ms.append(
-                match_tiles(
-                    lambda i, k=k: tiles[k, :, i],
-                    a,
-                    b,
-                    tuple(stage[b] - stage[a]),
-                    cal,
-                    index_offset=k * n_t,
-                    max_shift=p.max_shift_px,
-                    block_size=p.block_px,
-                    min_ncc=p.min_ncc,
-                )
-            )
+
+    def match(k, a, b, radius):
+        return match_tiles(
+            lambda i: tiles[k, :, i],
+            a,
+            b,
+            tuple(stage[b] - stage[a]),
+            cal,
+            index_offset=k * n_t,
+            max_shift=radius,
+            block_size=p.block_px,
+            min_ncc=p.min_ncc,
+        )
+
+    ms = [match(k, a, b, p.max_shift_px) for k in range(n_s) for a, b in adjacent_pairs(int(d["rows"]), int(d["cols"]))]
     if rematch_plan is not None:  # a second pass with the radius the matched pairs' stage error asks for
         radius, redo = rematch_plan(ms, p.max_shift_px)
         for i in redo:
             m = ms[i]
-            k, a, b = m.reference // n_t, m.reference % n_t, m.moving % n_t
-            ms[i] = match_tiles(
-                lambda j, k=k: tiles[k, :, j],
-                a,
-                b,
-                tuple(stage[b] - stage[a]),
-                cal,
-                index_offset=k * n_t,
-                max_shift=radius,
-                block_size=p.block_px,
-                min_ncc=p.min_ncc,
-            )
-    sol = solve_positions(
+            ms[i] = match(m.reference // n_t, m.reference % n_t, m.moving % n_t, radius)
+    return cal, notes, ms, np.concatenate([stage] * n_s)
+
+
+def solve(ms, stage, shape, distortion=None):
+    """The stitch step's solve: the distortion estimated (no file) or fixed (``distortion``, from a file)."""
+    from imaxt_pipeline.algorithms.stitching import solve_positions
+    from imaxt_pipeline.steps.params import StitchParams
+
+    p = StitchParams()
+    return solve_positions(
         ms,
-        np.concatenate([stage] * n_s),
-        tile_shape=(h, w),
-        estimate_distortion=True,
+        stage,
+        tile_shape=shape,
+        estimate_distortion=distortion is None,
+        distortion=distortion,
         fit_magnification=p.fit_magnification,
         prior_sigma_px=p.prior_sigma_px,
         reject_px=p.reject_px,
     )
+
+
+def ours(d):
+    """Positions (S, T, 2), per-tile sigma (S, T) or None, flagged (S, T), dark estimate, notes, seconds."""
+    n_s, _n_c, n_t, h, w = d["tiles"].shape
+    t0 = time.perf_counter()
+    cal, notes, ms, stage = sample_matches(d)
+    sol = solve(ms, stage, (h, w))
     dt = time.perf_counter() - t0
     sigma = getattr(sol, "position_sigma", None)
     flagged = getattr(sol, "flagged", ~sol.constrained)
