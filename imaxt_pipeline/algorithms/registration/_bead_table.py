@@ -215,8 +215,9 @@ def good_beads(
         Least fraction of the fitted rim on data (column ``rim_valid``; a table without it counts as whole);
         default 0 keeps every cut. A disc the mosaic's edge or a no-data region cuts is fitted from one side
         of that edge, where the data are partial, and its centre leans inwards by px (measured 1.7-3.5 px on
-        the randomised instruments' sweep): the ``register`` step weighs such fits by that error and does not
-        count them as ties, rather than lose the only beads a small or bead-poor section has.
+        the randomised instruments' sweep): the ``register`` step does not count them as ties (and weighs them
+        by that error when ``steps.register.edge_sigma_px`` is set), rather than lose the only beads a small or
+        bead-poor section has.
 
     Returns
     -------

@@ -369,11 +369,11 @@ def stage_tied_islands(
         ids, counts = np.unique(islands[members], return_counts=True)
         if len(ids) < 2:
             continue
-        m = int(counts.max())
+        main, m = ids[int(np.argmax(counts))], int(counts.max())
         for i, n in zip(ids, counts, strict=True):
-            tiles = members & (islands == i)
-            if n == m and i == ids[int(np.argmax(counts))]:
+            if i == main:
                 continue
+            tiles = members & (islands == i)
             off[tiles] = tile_sigma[tiles] * np.sqrt((1.0 / n + 1.0 / m) / (1.0 + 1.0 / m))
             size[tiles] = int(n)
     return off, size
