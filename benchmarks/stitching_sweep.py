@@ -133,11 +133,19 @@ def errors(pos, true, *, scale, keep=None, weights=None):
     return np.hypot(d[:, 0], d[:, 1])
 
 
-def frame_weights(flagged, sigma):
-    """The tiles that set a section's frame: those not flagged (at least 3); else every tile by 1/sigma^2,
-    so that a section whose every tile is flagged is framed by its best-placed ones, not by the stage's."""
+def frame_weights(flagged, sigma, true=None):
+    """The tiles that set a section's frame: those not flagged (at least 3, spanning every axis the section
+    spans when ``true`` is given, or the scale of that axis could not be fitted); else every tile by
+    1/sigma^2, so that a section whose every tile is flagged is framed by its best-placed ones, not by the
+    stage's."""
     flagged = np.asarray(flagged, bool)
-    if (~flagged).sum() >= 3 or sigma is None:
+    if sigma is None:
+        return None
+    keep = ~flagged
+    spans = true is None or all(
+        np.ptp(true[:, ax]) < 1.0 or (keep.any() and np.ptp(true[keep, ax]) >= 1.0) for ax in range(2)
+    )
+    if keep.sum() >= 3 and spans:
         return None
     return 1.0 / np.maximum(np.asarray(sigma, float), 1e-3) ** 2
 
@@ -274,7 +282,7 @@ def affine_errors(pos, true, keep=None):
 
 
 def _stats(pos, true, sigma, flagged):
-    w = [frame_weights(flagged[k], None if sigma is None else sigma[k]) for k in range(len(true))]
+    w = [frame_weights(flagged[k], None if sigma is None else sigma[k], true[k]) for k in range(len(true))]
     e = np.concatenate([errors(pos[k], true[k], scale=False, keep=~flagged[k], weights=w[k]) for k in range(len(true))])
     es = np.concatenate([errors(pos[k], true[k], scale=True, keep=~flagged[k], weights=w[k]) for k in range(len(true))])
     fl = flagged.ravel()

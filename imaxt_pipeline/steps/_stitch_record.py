@@ -52,6 +52,7 @@ def _provenance(sol: Any, estimated: bool, distortion_source: str | None) -> dic
     sheared = bool(mag is not None and any(mag.shear_applied))
     rec = mag.as_dict() if mag is not None else {}
     fixed = "calibration file" if distortion_source == "file" else "nominal"
+    var = np.asarray(getattr(sol, "seam_variation", np.zeros(2)), np.float64)
     return {
         "tile_positions": {"source": "overlaps", "sigma": "position_sigma_px"},
         "distortion": {
@@ -66,6 +67,12 @@ def _provenance(sol: Any, estimated: bool, distortion_source: str | None) -> dic
             "source": "stage statistics" if sheared else f"{fixed} (stage statistics not significant)",
             "sigma": None if mag is None else {"yx": rec["shear_sigma_yx"], "xy": rec["shear_sigma_xy"]},
             "predicted_translation_error_px": rec.get("predicted_shear_error_px"),
+        },
+        # the optics outside the model biases every seam of a direction alike; no loop sees it, so its size
+        # is taken from the residual's variation along the seams and carried in each tile's sigma
+        "seam_bias": {
+            "source": "residual variation along the seams (the bias itself is unseen)",
+            "sigma_px": {"horizontal_y": float(var[0]), "vertical_x": float(var[1])},
         },
     }
 

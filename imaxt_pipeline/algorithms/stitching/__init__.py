@@ -6,13 +6,16 @@ and the distortion (:func:`solve_positions`, :class:`PositionSolution`), with ea
 uncertainty and the tiles it could not place from the overlaps, in plain words (:func:`describe_flags`,
 :class:`TileFlag`; a stage-placed tile's sigma, honest with few solved tiles: :func:`stage_sigma`), and
 the magnification the overlaps cannot see, from the stage statistics with its sigma
-(:func:`stage_magnification`, :class:`MagnificationEstimate`). The distortion model itself is
-:class:`..optics.DistortionModel`.
+(:func:`stage_magnification`, :class:`MagnificationEstimate`), and the bias an optics field outside the
+model puts on every seam of a direction alike, which no loop sees: its size from the residual along the
+seams in each tile's sigma, and its calibrated value taken out (:func:`correct_seam_bias`). The
+distortion model itself is :class:`..optics.DistortionModel`.
 """
 
 from ._magnification import MagnificationEstimate, stage_magnification
 from ._overlap import PairMatch, adjacent_pairs, match_pair
 from ._positions import PositionSolution, solve_positions
+from ._seam_bias import correct_seam_bias
 from ._section_moves import rewrite_plan, section_move
 from ._subpixel import window_crop
 from ._uncertainty import TileFlag, describe_flags, rematch_plan, search_radius, stage_sigma
@@ -23,6 +26,7 @@ __all__ = [
     "PositionSolution",
     "TileFlag",
     "adjacent_pairs",
+    "correct_seam_bias",
     "describe_flags",
     "match_pair",
     "rematch_plan",

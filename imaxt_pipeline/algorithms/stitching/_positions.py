@@ -51,6 +51,7 @@ from ..optics import DistortionModel
 from ._lsq import Problem, Solved
 from ._magnification import MagnificationEstimate, significance_threshold, stage_magnification
 from ._overlap import PairMatch
+from ._seam_bias import seam_levers, seam_systematic, seam_variation
 from ._uncertainty import TileFlag, components, flag_tiles, stage_placement, stage_tied_islands, unverified_tiles
 
 if TYPE_CHECKING:
@@ -95,6 +96,11 @@ class PositionSolution:
         The linear map (magnification and shear) from the stage statistics of all solved tiles, with
         its sigma, which terms were applied (significant, distortion not from a file) and the position
         error each part leaves (:mod:`._magnification`).
+    seam_variation : ndarray (2,)
+        rms (px) of the residual the model leaves along the seams, across horizontal seams (``y``) and
+        vertical ones (``x``): the optics field outside the model, taken as the size of the bias it puts on
+        every seam of that direction alike; each tile's sigma carries it times its lever
+        (:mod:`._seam_bias`).
     """
 
     positions: _Array
@@ -106,6 +112,7 @@ class PositionSolution:
     position_sigma: _Array = field(default_factory=lambda: np.zeros(0))
     flags: tuple[TileFlag, ...] = ()
     magnification: MagnificationEstimate | None = None
+    seam_variation: _Array = field(default_factory=lambda: np.zeros(2))
 
     @property
     def flagged(self) -> _Mask:
@@ -144,6 +151,7 @@ def solve_positions(
     reject_px: float = 1.0,
     reject_nsigma: float = 4.0,
     max_rounds: int = 10,
+    seam_sigma: tuple[float, float] | None = None,
 ) -> PositionSolution:
     """Weighted least-squares tile positions with iterative outlier rejection.
 
@@ -187,6 +195,10 @@ def solve_positions(
         ``max(reject_px, reject_nsigma * robust sigma)``.
     max_rounds : int
         Rejection rounds.
+    seam_sigma : (float, float), optional
+        1-sigma (px) of the bias left on every horizontal / vertical seam (its ``y`` / ``x``) once a
+        calibration took the measured bias out (:func:`._seam_bias.correct_seam_bias`). It replaces the
+        variation measured along the seams as the size of that bias in each tile's sigma.
 
     Returns
     -------
@@ -292,7 +304,7 @@ def solve_positions(
         base = replace(base, **terms)
         problem = problem.variant(base, estimate_distortion, False, prior_sigma_px)
         sol = problem.solve(active, point_keep)
-    placed = _place(problem, sol, matches, active, stage, constrained, comp, prior_sigma_px)
+    placed = _place(problem, sol, matches, active, point_keep, stage, constrained, comp, prior_sigma_px, seam_sigma)
     pos = sol.positions
     rows = []
     for i, m in enumerate(matches):
@@ -317,12 +329,12 @@ def solve_positions(
                 "residual": float(np.hypot(*r[keep_i].mean(axis=0))) if keep_i.any() else np.nan,
             }
         )
-    pos, psig, flags = placed
+    pos, psig, flags, variation = placed
     # a single-tile section (an IMC acquisition, a one-field coverslip) has no pairs: keep the columns anyway
     # (and boolean flags: an empty object column used as a mask would select columns, not rows)
     table = pd.DataFrame(rows, columns=_PAIR_COLUMNS).astype({"ok": bool, "used": bool})
     return PositionSolution(
-        pos, sol.model, table, rejected, constrained, problem.sigma(sol), psig, tuple(flags), mag_est
+        pos, sol.model, table, rejected, constrained, problem.sigma(sol), psig, tuple(flags), mag_est, variation
     )
 
 
@@ -374,11 +386,13 @@ def _place(
     sol: Solved,
     matches: list[PairMatch],
     active: _Mask,
+    point_keep: list[_Mask],
     stage: _Array,
     constrained: _Mask,
     comp: npt.NDArray[np.int_],
     prior_sigma_px: float,
-) -> tuple[_Array, _Array, list[TileFlag]]:
+    seam_sigma: tuple[float, float] | None,
+) -> tuple[_Array, _Array, list[TileFlag], _Array]:
     """Positions with unconstrained tiles placed by the stage, each tile's sigma, and the flags."""
     used = [(m.reference, m.moving) for m, a in zip(matches, active, strict=True) if a]
     islands = components(len(stage), used)
@@ -391,7 +405,13 @@ def _place(
     # an island beside the main one of its section sits where the stage put it: its offset's sigma too
     tied, group = stage_tied_islands(comp, islands, constrained, scatter)
     psig = np.where(constrained & ~loose, np.hypot(psig, tied), psig)
-    return pos, psig, list(flag_tiles(matches, active, constrained, psig, loose, group))
+    # every seam of one direction biased alike by the optics the model lacks: a shear only the stage sees
+    variation = seam_variation(matches, sol.residuals, point_keep, active)
+    size = variation if seam_sigma is None else np.asarray(seam_sigma, np.float64)
+    seam = np.where(constrained, seam_systematic(size, seam_levers(len(stage), matches, active, islands)), 0.0)
+    psig = np.where(constrained & ~loose, np.hypot(psig, seam), psig)
+    flags = flag_tiles(matches, active, constrained, psig, loose, group, seam)
+    return pos, psig, list(flags), variation
 
 
 _PAIR_COLUMNS = (

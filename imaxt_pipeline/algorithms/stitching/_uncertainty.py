@@ -59,7 +59,8 @@ class TileFlag:
     ``empty`` / ``rejected`` name the neighbours whose overlap carried no information / whose pair was
     rejected as inconsistent; ``sigma_px`` is the reported 1-sigma position uncertainty; ``group`` is the
     number of tiles of the tile's island of used pairs when only the stage ties that island to the rest of
-    its section (0 otherwise).
+    its section (0 otherwise); ``seam_px`` the part of ``sigma_px`` from the seams' common bias
+    (:mod:`._seam_bias`).
     """
 
     tile: int
@@ -68,6 +69,7 @@ class TileFlag:
     empty: tuple[int, ...] = ()
     rejected: tuple[int, ...] = ()
     group: int = 0
+    seam_px: float = 0.0
 
 
 def components(n_tiles: int, pairs: Sequence[tuple[int, int]]) -> npt.NDArray[np.int_]:
@@ -210,6 +212,11 @@ def describe_flags(flags: Sequence[TileFlag], name: Callable[[int], str]) -> lis
         else:
             if f.group:
                 why.append(f"its group of {f.group} tiles tied to the others by the stage only")
+            if f.seam_px > 0.5 * f.sigma_px:
+                why.append(
+                    "the optics departs from the model along the seams, which biases every seam alike: "
+                    f"the mosaic's shear rests on the stage (±{f.seam_px:.2f} px of it)"
+                )
             reason = ", ".join(why) if why else "little texture in its overlaps"
             out.append(f"tile {name(f.tile)}: weakly constrained ({reason}), ±{f.sigma_px:.2f} px")
     return out
@@ -324,9 +331,10 @@ def flag_tiles(
     sigma: _Array,
     unverified: _Mask | None = None,
     group: npt.NDArray[np.int_] | None = None,
+    seam: _Array | None = None,
 ) -> list[TileFlag]:
     """Tiles placed by the stage, unverified (on bridge pairs only) or weakly constrained, with the failed pairs
-    (``group``: :func:`stage_tied_islands`' sizes)."""
+    (``group``: :func:`stage_tied_islands`' sizes; ``seam``: the seams' systematic, :mod:`._seam_bias`)."""
     empty: dict[int, list[int]] = {}
     rejected: dict[int, list[int]] = {}
     for m, used in zip(matches, active, strict=True):
@@ -346,7 +354,10 @@ def flag_tiles(
             kind = "weak" if 3 * sigma[t] > WEAK_3SIGMA_PX else ""
         if kind:
             size = 0 if group is None else int(group[t])
-            out.append(TileFlag(t, kind, float(sigma[t]), tuple(empty.get(t, ())), tuple(rejected.get(t, ())), size))
+            sys_px = 0.0 if seam is None or kind != "weak" else float(seam[t])
+            out.append(
+                TileFlag(t, kind, float(sigma[t]), tuple(empty.get(t, ())), tuple(rejected.get(t, ())), size, sys_px)
+            )
     return out
 
 
