@@ -134,8 +134,8 @@ def errors(pos, true, *, scale, keep=None, weights=None):
 
 
 def frame_weights(flagged, sigma, true=None):
-    """The tiles that set a section's frame: those not flagged (at least 3, spanning every axis the section
-    spans when ``true`` is given, or the scale of that axis could not be fitted); else every tile by
+    """The tiles that set a section's frame: those not flagged (at least 3, spanning at least half of every
+    axis the section spans when ``true`` is given, or that axis' scale is not fitted well); else every tile by
     1/sigma^2, so that a section whose every tile is flagged is framed by its best-placed ones, not by the
     stage's."""
     flagged = np.asarray(flagged, bool)
@@ -143,7 +143,8 @@ def frame_weights(flagged, sigma, true=None):
         return None
     keep = ~flagged
     spans = true is None or all(
-        np.ptp(true[:, ax]) < 1.0 or (keep.any() and np.ptp(true[keep, ax]) >= 1.0) for ax in range(2)
+        np.ptp(true[:, ax]) < 1.0 or (keep.any() and np.ptp(true[keep, ax]) >= 0.5 * np.ptp(true[:, ax]))
+        for ax in range(2)
     )
     if keep.sum() >= 3 and spans:
         return None

@@ -61,6 +61,7 @@ def seam_variation(
     (noise alone) or no pair has :data:`_MIN_POINTS` points.
     """
     prods: list[list[_Array]] = [[], []]
+    diffs: list[list[_Array]] = [[], []]
     for m, r, keep, used in zip(matches, residuals, point_keep, active, strict=True):
         if not used or keep.sum() < _MIN_POINTS:
             continue
@@ -72,19 +73,21 @@ def seam_variation(
         span = max(float(np.ptp(s)), 1.0)
         near = np.diff(s) <= _NEAR * span
         prods[o].append((v[:-1] * v[1:])[near])
+        diffs[o].append((np.diff(v) ** 2)[near])
     out = np.zeros(2)
-    for o, chunks in enumerate(prods):
-        p = np.concatenate(chunks) if chunks else np.zeros(0)
+    for o in range(2):
+        p = np.concatenate(prods[o]) if prods[o] else np.zeros(0)
         if len(p) < 2:
             continue
-        # noise alone gives products of either sign: a covariance within its noise is no field
-        # (neighbouring products share a factor, so their standard error is wider than iid: 3 of them)
-        cov, se = float(p.mean()), float(p.std(ddof=1)) / np.sqrt(len(p))
-        out[o] = np.sqrt(cov) if cov > _SIGNIFICANT * se else 0.0
+        # noise alone gives products of either sign, of standard error noise^2 / sqrt(n); the noise from
+        # the neighbours' differences, which a smooth field hardly moves: a covariance within it is no field
+        noise_var = 0.5 * float(np.concatenate(diffs[o]).mean())
+        cov = float(p.mean())
+        out[o] = np.sqrt(cov) if cov > _SIGNIFICANT * noise_var / np.sqrt(len(p)) else 0.0
     return out
 
 
-#: Standard errors the residuals' neighbour covariance must clear to count as a field.
+#: Standard errors (of noise alone) the residuals' neighbour covariance must clear to count as a field.
 _SIGNIFICANT = 3.0
 
 

@@ -214,8 +214,8 @@ def describe_flags(flags: Sequence[TileFlag], name: Callable[[int], str]) -> lis
                 why.append(f"its group of {f.group} tiles tied to the others by the stage only")
             if f.seam_px > 0.5 * f.sigma_px:
                 why.append(
-                    "the optics departs from the model along the seams, which biases every seam alike: "
-                    f"the mosaic's shear rests on the stage (±{f.seam_px:.2f} px of it)"
+                    "every seam biased alike by optics outside the model: "
+                    f"a shear only the stage sees, ±{f.seam_px:.2f} px"
                 )
             reason = ", ".join(why) if why else "little texture in its overlaps"
             out.append(f"tile {name(f.tile)}: weakly constrained ({reason}), ±{f.sigma_px:.2f} px")

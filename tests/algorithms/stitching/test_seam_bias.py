@@ -130,7 +130,7 @@ def test_a_common_seam_bias_shears_the_mosaic_within_each_tiles_reported_sigma(c
     assert np.mean(z > 3) <= 0.02, np.quantile(z, [0.5, 0.99])
     if not calibrated:
         assert np.mean(z_blind > 3) > 0.3  # the test can fail: without the seam term the sigma is dishonest
-        assert any("biases every seam alike" in w for w in words)
+        assert any("every seam biased alike by optics outside the model" in w for w in words)
 
 
 def test_correct_seam_bias_gives_back_the_unbiased_solve():
