@@ -66,14 +66,14 @@ def seam_variation(
         if not used or keep.sum() < _MIN_POINTS:
             continue
         o, _ = orientation(m)
-        along = m.points_ref[keep, 1 - o]  # y along a horizontal seam, x along a vertical one
+        along = m.points_ref[keep, o]  # y along a horizontal seam, x along a vertical one
         res = r[keep, o]  # the component across the pair: y on a horizontal seam
         order = np.argsort(along, kind="stable")
         s, v = along[order], res[order] - res.mean()
         span = max(float(np.ptp(s)), 1.0)
         near = np.diff(s) <= _NEAR * span
         prods[o].append((v[:-1] * v[1:])[near])
-        diffs[o].append((np.diff(v) ** 2)[near])
+        diffs[o].append(np.asarray(np.diff(v) ** 2, np.float64)[near])
     out = np.zeros(2)
     for o in range(2):
         p = np.concatenate(prods[o]) if prods[o] else np.zeros(0)
