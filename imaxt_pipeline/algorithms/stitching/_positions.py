@@ -404,12 +404,11 @@ def _place(
     psig = np.where(constrained, np.where(loose, np.maximum(psig, scatter), psig), scatter)
     # an island beside the main one of its section sits where the stage put it: its offset's sigma too
     tied, group = stage_tied_islands(comp, islands, constrained, scatter)
-    psig = np.where(constrained & ~loose, np.hypot(psig, tied), psig)
     # every seam of one direction biased alike by the optics the model lacks: a shear only the stage sees
     variation = seam_variation(matches, sol.residuals, point_keep, active)
     size = variation if seam_sigma is None else np.asarray(seam_sigma, np.float64)
-    seam = np.where(constrained, seam_systematic(size, seam_levers(len(stage), matches, active, islands)), 0.0)
-    psig = np.where(constrained & ~loose, np.hypot(psig, seam), psig)
+    seam = seam_systematic(size, seam_levers(len(stage), matches, active, islands))
+    psig = np.where(constrained & ~loose, np.sqrt(psig**2 + tied**2 + seam**2), psig)
     flags = flag_tiles(matches, active, constrained, psig, loose, group, seam)
     return pos, psig, list(flags), variation
 
