@@ -98,7 +98,12 @@ class LevelFit:
                 break
             prev = obj
             coef = np.linalg.lstsq(np.einsum("g,gij->ij", levels**2, self.m), levels @ ay, rcond=None)[0]
-            coef = coef / max(float(self.mean_basis @ coef), 1e-12)
+            mean = float(self.mean_basis @ coef)
+            if not (mean > 1e-6 and np.all(np.isfinite(coef))):
+                # no positive flat fits the levels at this dark (a dark up at the faintest blocks leaves them
+                # at or below zero): this dark is not a candidate, and the warm start is kept for the next
+                return (None if self.coef is None else self.coef), levels, np.inf
+            coef = coef / mean
         if not fixed:
             self.coef = coef
         return (None if self.coef is None else coef), levels, obj
