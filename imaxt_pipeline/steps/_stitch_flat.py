@@ -71,4 +71,5 @@ def _refine_flat(
         gain.min(),
         gain.max(),
     )
-    return replace(cal, flat=flat.astype(np.float32), source={**cal.source, "flat": "estimated+overlaps"}), written
+    refined = {**cal.source, "flat": cal.source["flat"] + "+overlaps"}  # keeps a refusal's words
+    return replace(cal, flat=flat.astype(np.float32), source=refined), written

@@ -240,7 +240,7 @@ def calibration_estimate(
         stray=strays,
         source={
             "dark": dark_src,
-            "flat": "estimated" if flat else "none",
+            "flat": _flat_source(models) if flat else "none",
             "trim": "estimated" if trim else "none",
             "distortion": "none",
         },
@@ -284,3 +284,10 @@ def _fit_channel(
 ) -> TileModel:
     """One channel's fit (module level, so that a cluster's workers can run it)."""
     return fit(stats, dark=dark, flat=known_flat, seed=seed)
+
+
+def _flat_source(models: Sequence[TileModel]) -> str:
+    """``"estimated"``, or ``"estimated: uniform (why)"`` where a fitted flat was refused for a uniform one (the
+    stitch step refines either from the seams: both start with ``"estimated"``)."""
+    refused = sorted({f"ch{c}: {m.flat_refused}" for c, m in enumerate(models) if m.flat_refused})
+    return "estimated" if not refused else "estimated: uniform (" + "; ".join(refused) + ")"

@@ -34,7 +34,7 @@ seams of the mosaic. Nothing here reads or writes storage.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,8 @@ class TileModel:
         when a side could not be measured).
     stray_unmeasured : tuple of str
         Sides without enough agarose next to them to measure stray light there (it may be there).
+    flat_refused : str
+        Why the fitted flat was refused and a uniform one used instead (empty when it was not).
     """
 
     dark: float
@@ -105,6 +107,13 @@ class TileModel:
     stray_amplitude: float = 0.0
     stray_sigma: float = float("nan")
     stray_unmeasured: tuple[str, ...] = ()
+    flat_refused: str = ""
+
+
+#: A fitted flat whose darkest point is under this fraction of its brightest is refused: that is 75 %
+#: vignetting, which no objective used for imaging has (STPT's are 10-50 %); such a flat is dim tissue
+#: taken for vignetting, and dividing by it multiplies the dim corners' scene (and beads) several times over.
+MIN_FLAT_RATIO = 0.25
 
 
 def estimate_dark(tiles: npt.ArrayLike, *, percentile: float = 0.5, smooth: float = 2.0) -> float:
@@ -263,6 +272,25 @@ def estimate_tile_model(
             stray_b = _block_means(stray[None], b)[0]
             # From now on the fit reaches the border lines, where the seams are, unless stray light rules them.
             region = stray_b <= 0.1 * max(background, stray_floor)
+    ratio = float(surface.min() / max(float(surface.max()), 1e-12))
+    if flat is None and coef is not None and ratio < MIN_FLAT_RATIO:
+        # refit with a uniform flat: dark, levels and stray light then come from a flat that can be
+        uniform = estimate_tile_model(
+            stats,
+            dark=dark,
+            flat=np.ones((h, w)),
+            edge_px=edge_px,
+            degree=degree,
+            stray_floor=stray_floor,
+            trim_threshold=trim_threshold,
+            max_trim_px=max_trim_px,
+            bead_factor=bead_factor,
+            passes=passes,
+            bootstrap=bootstrap,
+            seed=seed,
+        )
+        why = f"fitted flat refused: its darkest point is {ratio:.2f} of its brightest (under {MIN_FLAT_RATIO})"
+        return replace(uniform, flat_refused=why)
     cap = e // 2 if max_trim_px is None else int(max_trim_px)
     trim = trim_from_stray(stray, max(trim_threshold * background, stray_floor), cap)
     unmeasured = tuple(side for side in SIDES if side not in measured_sides(dim, b, e))

@@ -33,7 +33,7 @@ def _true_flat_blocks(draw, b: int, h: int, w: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_sigmas_cover_the_true_errors_on_drawn_instruments() -> None:
-    stray_z, flat_zrms = [], []
+    stray_z, flat_zrms, refused = [], [], 0
     for seed in SEEDS:
         draw = draw_instrument(seed, grid=(3, 3), tile=256, sections=2)
         s = render_random_sample(draw)
@@ -52,11 +52,17 @@ def test_sigmas_cover_the_true_errors_on_drawn_instruments() -> None:
                 assert np.isnan(est.stray_sigma[c])
             else:
                 stray_z.append((est.stray_amplitude[c] - truth) / est.stray_sigma[c])
-        if est.flat_sigma is not None:
+        if cal.source["flat"].startswith("estimated: uniform"):
+            # seed 2: the fitted flat's corners at 0.02 of its centre (1.57 off the truth), refused for a uniform
+            # one (0.20 off): no flat sigma then, the flat is not pinned
+            refused += 1
+            assert est.flat_sigma is None and np.ptp(cal.flat) == 0.0
+        elif est.flat_sigma is not None:
             b = stats[0].block
             fb = cal.flat[0][: (h // b) * b, : (w // b) * b].reshape(h // b, b, w // b, b).mean(axis=(1, 3))
             rel = (fb / fb.mean()) / _true_flat_blocks(draw, b, h, w) - 1.0
             flat_zrms.append(float(np.sqrt(np.mean((rel / est.flat_sigma[0]) ** 2))))
     z = np.abs(stray_z)
     assert len(z) >= 5 and np.mean(z <= 3.0) >= 0.8, stray_z  # measured: 5 of 6 within 2.1, the sixth -5.5
-    assert len(flat_zrms) == len(SEEDS) and max(flat_zrms) <= 3.0, flat_zrms  # measured 0.7, 1.4, 2.1
+    assert refused <= 1 and len(flat_zrms) + refused == len(SEEDS), (refused, flat_zrms)
+    assert max(flat_zrms) <= 3.0, flat_zrms  # measured 0.56, 0.70 (seed 2, refused, read 2.1)
