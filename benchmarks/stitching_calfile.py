@@ -136,11 +136,10 @@ def seam_calibration(tiles, stage, rows, cols, model, *, block_size=None):
 def solve_seam(ms, stage, shape, model, seam):
     """The stitch step's solve with the file's distortion fixed and, when it holds here, its seam bias taken out
     (``seam_sigma`` its sigma); returns (solution, the provenance line)."""
-    from imaxt_pipeline.algorithms.stitching import correct_seam_profile, solve_positions
+    from imaxt_pipeline.algorithms.stitching import correct_seam_profile, overlap_px, solve_positions
     from imaxt_pipeline.steps.params import StitchParams
 
-    overlap = _overlap_px(ms, shape)
-    ok, line = seam.applies(overlap, shape)
+    ok, line = seam.applies(overlap_px(ms, shape), shape)
     p = StitchParams()
     return solve_positions(
         correct_seam_profile(ms, seam) if ok else ms,
@@ -153,17 +152,6 @@ def solve_seam(ms, stage, shape, model, seam):
         reject_px=p.reject_px,
         seam_sigma=seam.seam_sigma() if ok else None,
     ), line
-
-
-def _overlap_px(ms, shape):
-    """(horizontal, vertical) overlap px from the stage steps of the pairs (their median)."""
-    from imaxt_pipeline.algorithms.stitching._seam_bias import orientation
-
-    out = [[], []]
-    for m in ms:
-        o, _ = orientation(m)
-        out[o].append((shape[1], shape[0])[o] - abs(m.expected[1 - o]))
-    return tuple(float(np.median(v)) if v else float("nan") for v in out)
 
 
 def true_linear(draw):
@@ -247,7 +235,8 @@ def main(argv=None):
     print("dk/dk5: fitted minus drawn cubic / quintic (y/x, 1e-4; the random field is outside the model)")
     print(
         f"{'seed':>4s} {'Tmed':>6s} {'TSmed':>6s} | {'F Tmed':>6s} {'F Tmax':>6s} {'F Tall':>6s} {'F TS':>6s} "
-        f"{'fl(3s)':>6s} {'Tlin':>6s} | {'S Tmed':>6s} {'S Tmax':>6s} {'S fl':>6s} | {'dmag y':>11s} {'dmag x':>11s} {'dshear yx':>11s} {'dshear xy':>11s} "
+        f"{'fl(3s)':>6s} {'Tlin':>6s} | {'S Tmed':>6s} {'S Tmax':>6s} {'S fl':>6s} | "
+        f"{'dmag y':>11s} {'dmag x':>11s} {'dshear yx':>11s} {'dshear xy':>11s} "
         f"{'cal':>5s} {'cal s':>6s}  sample"
     )
     rows = []
@@ -289,7 +278,8 @@ def main(argv=None):
         rad_txt = "dk {:+.1f}/{:+.1f} dk5 {:+.1f}/{:+.1f} e-4".format(*(radial * 1e4))
         print(
             f"{seed:4d} {tmed:6.3f} {tsmed:6.3f} | {f_txt} {np.median(e_all):6.3f} {fst[3]:6.3f} "
-            f"{n_fl:2d}({ok_fl:2d}) {tlin:6.3f} | {s_txt} | {lin_txt} {cdraw.rows}x{cdraw.cols} {cal_s:6.1f}  [{rad_txt}] "
+            f"{n_fl:2d}({ok_fl:2d}) {tlin:6.3f} | {s_txt} | {lin_txt} {cdraw.rows}x{cdraw.cols} {cal_s:6.1f} "
+            f" [{rad_txt}] "
             f"{d['desc']}",
             flush=True,
         )

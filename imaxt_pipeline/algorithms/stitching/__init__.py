@@ -17,7 +17,7 @@ from ._magnification import MagnificationEstimate, stage_magnification
 from ._overlap import PairMatch, adjacent_pairs, match_pair
 from ._positions import PositionSolution, solve_positions
 from ._seam_bias import correct_seam_bias
-from ._seam_calibration import SeamCalibration, correct_seam_profile, measure_seam_bias
+from ._seam_calibration import SeamCalibration, correct_seam_profile, measure_seam_bias, overlap_px
 from ._section_moves import rewrite_plan, section_move
 from ._subpixel import window_crop
 from ._uncertainty import TileFlag, describe_flags, rematch_plan, search_radius, stage_sigma
@@ -34,6 +34,7 @@ __all__ = [
     "describe_flags",
     "match_pair",
     "measure_seam_bias",
+    "overlap_px",
     "rematch_plan",
     "rewrite_plan",
     "search_radius",

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..optics import DistortionModel
     from ._overlap import PairMatch
 
-__all__ = ["SeamCalibration", "correct_seam_profile", "measure_seam_bias"]
+__all__ = ["SeamCalibration", "correct_seam_profile", "measure_seam_bias", "overlap_px"]
 
 _Array = npt.NDArray[np.float64]
 
@@ -79,7 +79,8 @@ class SeamCalibration:
                 f"{shape[0]} x {shape[1]}: not applied"
             )
         off = [abs(float(o) - c) / n for o, c, n in zip(overlap_px, self.overlap_px, (shape[1], shape[0]), strict=True)]
-        if max(off) > OVERLAP_TOLERANCE:
+        off = [x for x in off if np.isfinite(x)]  # a single row or column has one direction only
+        if not off or max(off) > OVERLAP_TOLERANCE:
             return False, f"calibrated at {cal:.1f} %, this acquisition has {here:.1f} %: not applied"
         sy, sx = self.seam_sigma()
         return True, (
@@ -187,3 +188,14 @@ def correct_seam_profile(matches: Sequence[PairMatch], calibration: SeamCalibrat
         shift = (float(m.shift[0] - mean[0]), float(m.shift[1] - mean[1])) if m.ok else m.shift
         out.append(replace(m, shift=shift, points_mov=m.points_mov + d))
     return out
+
+
+def overlap_px(matches: Sequence[PairMatch], tile_shape: tuple[int, int]) -> tuple[float, float]:
+    """(horizontal, vertical) overlap px of an acquisition from its pairs' stage steps (the median; NaN for a
+    direction without pairs): what :meth:`SeamCalibration.applies` compares."""
+    out: list[list[float]] = [[], []]
+    for m in matches:
+        o, _ = orientation(m)
+        out[o].append((tile_shape[1], tile_shape[0])[o] - abs(float(m.expected[1 - o])))
+    h, v = (float(np.median(x)) if x else float("nan") for x in out)
+    return h, v
