@@ -139,7 +139,7 @@ def solve_seam(ms, stage, shape, model, seam):
     from imaxt_pipeline.algorithms.stitching import correct_seam_profile, overlap_px, solve_positions
     from imaxt_pipeline.steps.params import StitchParams
 
-    ok, line = seam.applies(overlap_px(ms, shape), shape)
+    ok, line = seam.applies(overlap_px(ms, shape), shape) if seam is not None else (False, "none: not applied")
     p = StitchParams()
     return solve_positions(
         correct_seam_profile(ms, seam) if ok else ms,
@@ -246,11 +246,15 @@ def main(argv=None):
         ctiles, cstage, _, cdraw = calibration_render(draw, args.cache, cal_px, sweep.GENERATOR)
         model, fit, cal_s = fit_calibration_file(ctiles, cstage, cdraw.rows, cdraw.cols, cdraw.overlap)
         stiles, sstage, _, sdraw = calibration_render(draw, args.cache, cal_px, sweep.GENERATOR, seam=True)
-        seam = seam_calibration(stiles, sstage, sdraw.rows, sdraw.cols, model)
+        try:
+            seam = seam_calibration(stiles, sstage, sdraw.rows, sdraw.cols, model)
+        except ValueError as exc:  # what `imaxt calibrate-distortion --seam-acquisition` says as an InputError
+            seam, seam_error = None, f"no seam calibration: {exc}"
         _cal, _notes, ms, stage = sweep.sample_matches(d)
         shape = tuple(d["tiles"].shape[-2:])
         plain, fixed = sweep.solve(ms, stage, shape), sweep.solve(ms, stage, shape, model)
         seamed, seam_line = solve_seam(ms, stage, shape, model, seam)
+        seam_line = seam_line if seam is not None else seam_error
         n_s, n_t = d["tiles"].shape[0], d["tiles"].shape[2]
         stats = []
         for sol in (plain, fixed, seamed):
@@ -286,7 +290,7 @@ def main(argv=None):
         cnt = (float(np.median(e_cnt)), float(e_cnt.max())) if len(e_cnt) else (np.nan, np.nan)
         s_cnt_stats = (float(np.median(s_cnt)), float(s_cnt.max())) if len(s_cnt) else (np.nan, np.nan)
         rows.append((seed, tmed, *cnt, tlin, *s_cnt_stats))
-        if "not applied" in seam_line:
+        if seam is None or "not applied" in seam_line:
             print(f"     seam calibration: {seam_line}")
     if not rows:
         return 0

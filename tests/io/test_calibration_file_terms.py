@@ -77,9 +77,9 @@ def test_a_malformed_term_is_one_line_naming_the_file(tmp_path, version, key):
 
 
 def test_a_newer_version_is_refused_in_one_line(tmp_path):
-    newer = tmp_path / "v5.npz"
+    newer = tmp_path / f"v{FORMAT_VERSION + 1}.npz"
     with open(newer, "wb") as fh:
-        np.savez(fh, format_version=np.array(5), distortion=np.zeros(4))
+        np.savez(fh, format_version=np.array(FORMAT_VERSION + 1), distortion=np.zeros(4))
     with pytest.raises(InputError, match="newer than this reader") as exc:
         _read(newer)
     assert str(newer) in str(exc.value) and "\n" not in str(exc.value)
