@@ -1,4 +1,4 @@
-"""The seams' common bias measured on a seam acquisition (``measure_seam_bias``) and taken out (``correct_seam_profile``).
+"""The seams' common bias measured on a seam acquisition (``measure_seam_bias``), taken out (``correct_seam_profile``).
 
 Synthetic matches: a grid of tiles through a known distortion, a precise stage (0.1 px), correspondences along
 each seam carrying an injected bias profile (different per direction, varying along the seam) and matching
@@ -25,12 +25,14 @@ from imaxt_pipeline.algorithms.stitching import (
 STAGE_SIGMA = 0.1
 
 
-def seam_matches(rng, rows, cols, shape, overlap, model, bias, *, stage_sigma=STAGE_SIGMA, noise=0.05, block=16):
+def seam_matches(
+    rng, rows, cols, shape, overlap, model, bias, *, stage_sigma=STAGE_SIGMA, noise=0.05, block=16, jitter=2.0
+):
     """(matches, stage, true positions): ``bias(o, along)`` (K, 2) is the offset bias at points ``along`` the seam."""
     h, w = shape
     step = (h * (1 - overlap), w * (1 - overlap))
     true = np.array([(r * step[0], c * step[1]) for r in range(rows) for c in range(cols)])
-    true += rng.normal(0, 2.0, true.shape)  # where the stage meant to go is not where it went: the record is precise
+    true += rng.normal(0, jitter, true.shape)  # where the stage meant to go is not where it went: the record is precise
     stage = true + rng.normal(0, stage_sigma, true.shape)
     out = []
     for a, b in adjacent_pairs(rows, cols):
@@ -143,3 +145,60 @@ def test_too_few_pairs_is_refused():
     ms, stage, _ = seam_matches(rng, 1, 3, shape, overlap, model, bias)  # one row: no vertical pair
     with pytest.raises(ValueError, match="0 vertical"):
         measure_seam_bias(ms, stage, model, tile_shape=shape)
+
+
+# --- the stitch step's use of a file's seam bias (steps/_stitch_seam.py) ---
+
+
+@pytest.mark.parametrize("seed", range(12, 15))
+def test_the_stitch_step_applies_a_files_seam_bias_within_tolerance_and_says_so(tmp_path, seed):
+    from imaxt_pipeline.algorithms.calibration import DistortionFit
+    from imaxt_pipeline.algorithms.optics import Calibration
+    from imaxt_pipeline.io.calibration_file import write_calibration_file
+    from imaxt_pipeline.steps._stitch_seam import (
+        apply_seam_calibration,
+        calibration_file_url,
+        load_seam_calibration,
+        seam_estimate,
+    )
+
+    rng, shape, overlap, model, bias = random_case(seed)
+    cal = measure_seam_bias(*seam_matches(rng, 4, 4, shape, overlap, model, bias)[:2], model, tile_shape=shape)
+    path = tmp_path / "cal.npz"
+    fit = DistortionFit(model, {}, np.zeros((16, 2)), 24, 24, 100, 0.02, 0.1)
+    write_calibration_file(path, Calibration(dark=np.zeros(1)), fit, distortion_only=True, seam=cal)
+    prov = [
+        {"name": "calibrate", "status": "finished", "parameters": {"calibration_file": "old.npz"}},
+        {"name": "calibrate", "status": "finished", "parameters": {"calibration_file": str(path)}},
+        {"name": "stitch", "status": "running", "parameters": {}},
+    ]
+    url = calibration_file_url(prov)
+    assert url == str(path) and calibration_file_url(prov[2:]) is None
+    seam = load_seam_calibration(url, None, n_channels=1, tile_shape=shape)
+    assert seam is not None
+    # production: the overlap from the recorded steps (1 px stage) within 1 % of the tile of the calibrated one
+    ms, stage, true = seam_matches(rng, 3, 4, shape, overlap, model, bias, stage_sigma=1.0, jitter=0.3)
+    use = apply_seam_calibration(ms, seam, shape, file_distortion=True)
+    assert use.seam_sigma == seam.seam_sigma() and "not applied" not in use.line
+    assert seam_estimate(use)["source"] == "calibration file"
+    sol = solve_positions(
+        use.matches,
+        stage,
+        tile_shape=shape,
+        estimate_distortion=False,
+        distortion=model,
+        prior_sigma_px=1.0,
+        seam_sigma=use.seam_sigma,
+    )
+    d = sol.positions - true
+    d -= d.mean(axis=0)
+    assert np.median(np.hypot(*d.T)) < 0.1
+    # another overlap (2 % of the tile off), or the distortion estimated here: the matches untouched, said in a line
+    far, _, _ = seam_matches(rng, 3, 4, shape, overlap + 0.03, model, bias, stage_sigma=3.0)
+    for got in (
+        apply_seam_calibration(far, seam, shape, file_distortion=True),
+        apply_seam_calibration(ms, seam, shape, file_distortion=False),
+        apply_seam_calibration(ms, None, shape, file_distortion=True),
+    ):
+        assert got.seam_sigma is None and got.line.endswith("not applied") and seam_estimate(got) is None
+        assert all(a is b for a, b in zip(got.matches, far if got.matches[0] is far[0] else ms, strict=True))
