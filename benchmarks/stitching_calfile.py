@@ -239,7 +239,7 @@ def main(argv=None):
         f"{'dmag y':>11s} {'dmag x':>11s} {'dshear yx':>11s} {'dshear xy':>11s} "
         f"{'cal':>5s} {'cal s':>6s}  sample"
     )
-    rows, failed = [], []
+    rows, failed, zs = [], [], []
     for seed in seeds:
         d = sweep.load_sample("draw", str(seed), args.cache, max_px, field_linear=args.field_linear)
         draw = draw_instrument(seed, max_pixels=max_px, field_linear=args.field_linear)
@@ -286,7 +286,11 @@ def main(argv=None):
         tlin = _lever_error(err_lin, d["true"])
         lin_txt = " ".join(f"{e * 1e4:+6.2f}({s * 1e4:.2f})" for e, s in zip(err_lin, sigmas, strict=True))
         radial = np.array([model.k_y, model.k_x, model.k5_y, model.k5_x]) - np.array([*draw.cubic, *draw.quintic])
+        rad_sig = np.array([fit.sigma.get(k, np.nan) for k in ("k_y", "k_x", "k5_y", "k5_x")])
         rad_txt = "dk {:+.1f}/{:+.1f} dk5 {:+.1f}/{:+.1f} e-4".format(*(radial * 1e4))
+        rad_txt += " z {:.1f}/{:.1f} {:.1f}/{:.1f}".format(*np.abs(radial / rad_sig))
+        z_lin = np.abs(err_lin / sigmas)
+        zs.append([*z_lin, *np.abs(radial / rad_sig)])
         print(
             f"{seed:4d} {tmed:6.3f} {tsmed:6.3f} | {f_txt} {np.median(e_all):6.3f} {fst[3]:6.3f} "
             f"{n_fl:2d}({ok_fl:2d}) {tlin:6.3f} | {s_txt} | {lin_txt} {cdraw.rows}x{cdraw.cols} {cal_s:6.1f} "
@@ -299,6 +303,10 @@ def main(argv=None):
         rows.append((seed, tmed, *cnt, tlin, *s_cnt_stats))
         if seam is None or "not applied" in seam_line:
             print(f"     seam calibration: {seam_line}")
+    if zs:
+        z = np.nanmax(np.asarray(zs), axis=0)
+        names = ("mag_y", "mag_x", "shear_yx", "shear_xy", "k_y", "k_x", "k5_y", "k5_x")
+        print("worst |fitted - true| / sigma: " + ", ".join(f"{k} {v:.1f}" for k, v in zip(names, z, strict=True)))
     if failed:
         print(f"calibration acquisition failed (LinAlgError in _level_fit.best_dark) for seeds {failed}")
     if not rows:
