@@ -33,7 +33,14 @@ whose every tile passes so shows ``-`` and is counted apart);
 fitted minus true linear map in 1e-4 (mag y/x, shear yx/xy from the calibration; the truth is the drawn ``mag``
 plus, with ``--field-linear``, the random field's slopes) over the fit's 1-sigma; ``Tlin``: the
 translation-only error that linear-map error alone causes on this sample's true positions (the lever arm of its
-grid). Worst case and how many meet F Tmed <= 0.1 and F Tmax <= 0.5 px are printed last.
+grid). ``S Tmed``/``S Tmax``/``S fl``: as the F columns with the seam calibration too: a *seam acquisition* (the
+same optics at the sample's own overlap, a 0.1 px stage; cached as ``calfile_seam<overlap>_draw...``) measured
+as ``--seam-acquisition`` does (:func:`imaxt_pipeline.algorithms.stitching.measure_seam_bias` after the file's
+distortion), taken out of the sample's matches where it holds and its sigma given to the solve (what the
+stitch step does; a line says why where not). Worst case and how many meet Tmed <= 0.1 and Tmax <= 0.5 px are
+printed last for F and S, then the worst fitted-minus-true over sigma of each coefficient. A calibration
+acquisition whose dark/flat estimate fails (seed 22: ``LinAlgError`` in ``_level_fit.best_dark``) is reported
+and skipped.
 """
 
 from __future__ import annotations
