@@ -33,7 +33,14 @@ whose every tile passes so shows ``-`` and is counted apart);
 fitted minus true linear map in 1e-4 (mag y/x, shear yx/xy from the calibration; the truth is the drawn ``mag``
 plus, with ``--field-linear``, the random field's slopes) over the fit's 1-sigma; ``Tlin``: the
 translation-only error that linear-map error alone causes on this sample's true positions (the lever arm of its
-grid). Worst case and how many meet F Tmed <= 0.1 and F Tmax <= 0.5 px are printed last.
+grid). ``S Tmed``/``S Tmax``/``S fl``: as the F columns with the seam calibration too: a *seam acquisition* (the
+same optics at the sample's own overlap, a 0.1 px stage; cached as ``calfile_seam<overlap>_draw...``) measured
+as ``--seam-acquisition`` does (:func:`imaxt_pipeline.algorithms.stitching.measure_seam_bias` after the file's
+distortion), taken out of the sample's matches where it holds and its sigma given to the solve (what the
+stitch step does; a line says why where not). Worst case and how many meet Tmed <= 0.1 and Tmax <= 0.5 px are
+printed last for F and S, then the worst fitted-minus-true over sigma of each coefficient. A calibration
+acquisition whose dark/flat estimate fails (seed 22: ``LinAlgError`` in ``_level_fit.best_dark``) is reported
+and skipped.
 """
 
 from __future__ import annotations
@@ -60,16 +67,18 @@ def _sweep():
     return mod
 
 
-def calibration_render(draw, cache, max_px, generator):
+def calibration_render(draw, cache, max_px, generator, *, seam=False):
     """The calibration acquisition of ``draw``'s optics: (tiles (C, T, H, W), stage (T, 2), true (T, 2), cdraw).
 
-    Cached under the sweep's generator revision ``generator`` (its ``GENERATOR``), as its samples are.
+    With ``seam`` the seam acquisition instead: the same at the sample's own overlap. Cached under the sweep's
+    generator revision ``generator`` (its ``GENERATOR``), as its samples are.
     """
     from imaxt_pipeline.synth import calibration_draw, render_random_sample
 
-    cdraw = calibration_draw(draw, max_pixels=max_px)
+    cdraw = calibration_draw(draw, max_pixels=max_px, **({"overlap": draw.overlap} if seam else {}))
     lin = "_lin" if draw.field_linear else ""
-    path = Path(cache) / f"calfile_draw{draw.seed}_{draw.tile}_{cdraw.rows}x{cdraw.cols}_{generator}{lin}.npz"
+    kind = f"seam{round(1000 * draw.overlap)}_" if seam else ""
+    path = Path(cache) / f"calfile_{kind}draw{draw.seed}_{draw.tile}_{cdraw.rows}x{cdraw.cols}_{generator}{lin}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return z["tiles"], z["stage"], z["true"], cdraw
@@ -113,6 +122,45 @@ def fit_calibration_file(tiles, stage, rows, cols, overlap, *, stage_sigma_px=ST
     return terms["distortion"], fit, dt
 
 
+def seam_calibration(tiles, stage, rows, cols, model, *, block_size=None):
+    """``imaxt calibrate-distortion --seam-acquisition``'s measurement of one in-memory seam acquisition:
+    its pairs matched as the stitch step matches (block ``tile / 16`` by default), the seams' bias after ``model``.
+    """
+    from imaxt_pipeline.algorithms.calibration import estimate_calibration
+    from imaxt_pipeline.algorithms.stitching import adjacent_pairs, measure_seam_bias
+    from imaxt_pipeline.parallel.stitching import match_tiles
+
+    _n_c, n_t, h, w = tiles.shape
+    pick = np.unique(np.linspace(0, n_t - 1, min(64, n_t)).round().astype(int))
+    cal = estimate_calibration(tiles[:, pick], max_trim_px=0)
+    ms = [
+        match_tiles(lambda i: tiles[:, i], a, b, tuple(stage[b] - stage[a]), cal, max_shift=15, block_size=block_size)
+        for a, b in adjacent_pairs(rows, cols)
+    ]
+    return measure_seam_bias(ms, stage, model, tile_shape=(h, w))
+
+
+def solve_seam(ms, stage, shape, model, seam):
+    """The stitch step's solve with the file's distortion fixed and, when it holds here, its seam bias taken out
+    (``seam_sigma`` its sigma); returns (solution, the provenance line)."""
+    from imaxt_pipeline.algorithms.stitching import correct_seam_profile, overlap_px, solve_positions
+    from imaxt_pipeline.steps.params import StitchParams
+
+    ok, line = seam.applies(overlap_px(ms, shape), shape) if seam is not None else (False, "none: not applied")
+    p = StitchParams()
+    return solve_positions(
+        correct_seam_profile(ms, seam) if ok else ms,
+        stage,
+        tile_shape=shape,
+        estimate_distortion=False,
+        distortion=model,
+        fit_magnification=p.fit_magnification,
+        prior_sigma_px=p.prior_sigma_px,
+        reject_px=p.reject_px,
+        seam_sigma=seam.seam_sigma() if ok else None,
+    ), line
+
+
 def true_linear(draw):
     """The optics' true linear map (mag_y, mag_x, shear_yx, shear_xy): the drawn ``mag`` plus the field's slopes."""
     from imaxt_pipeline.synth._random_instrument import displacement
@@ -150,6 +198,25 @@ def _lever_error(err_lin, true):
     return float(np.median(np.concatenate(out)))
 
 
+def _summary(label, rows, col):
+    """One line: how many samples meet the target, the worst median and max (columns ``col``, ``col + 1``)."""
+    med, mx = np.array([r[col] for r in rows]), np.array([r[col + 1] for r in rows])
+    counted = np.isfinite(med)
+    flags_only = int((~counted).sum())
+    ok = int(np.sum(counted & (med <= TARGET_MED) & (mx <= TARGET_MAX)))
+    line = (
+        f"{label}: {ok}/{int(counted.sum())} samples with tiles that count meet T median <= "
+        f"{TARGET_MED} and max <= {TARGET_MAX} ({int(np.sum(counted & (med <= TARGET_MED)))} the median)"
+    )
+    if counted.any():
+        w_med, w_max = rows[int(np.nanargmax(med))], rows[int(np.nanargmax(mx))]
+        line += (
+            f"; median of medians {np.nanmedian(med):.3f}; worst median {w_med[col]:.3f} (seed {w_med[0]}), "
+            f"worst max {w_max[col + 1]:.3f} (seed {w_max[0]})"
+        )
+    return line + f"; {flags_only} more pass on the flags alone (every tile flagged within its 3 sigma)"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the sweep's 4 small drawn samples")
@@ -175,26 +242,46 @@ def main(argv=None):
     print("dk/dk5: fitted minus drawn cubic / quintic (y/x, 1e-4; the random field is outside the model)")
     print(
         f"{'seed':>4s} {'Tmed':>6s} {'TSmed':>6s} | {'F Tmed':>6s} {'F Tmax':>6s} {'F Tall':>6s} {'F TS':>6s} "
-        f"{'fl(3s)':>6s} {'Tlin':>6s} | {'dmag y':>11s} {'dmag x':>11s} {'dshear yx':>11s} {'dshear xy':>11s} "
+        f"{'fl(3s)':>6s} {'Tlin':>6s} | {'S Tmed':>6s} {'S Tmax':>6s} {'S fl':>6s} | "
+        f"{'dmag y':>11s} {'dmag x':>11s} {'dshear yx':>11s} {'dshear xy':>11s} "
         f"{'cal':>5s} {'cal s':>6s}  sample"
     )
-    rows = []
+    rows, failed, zs = [], [], []
     for seed in seeds:
         d = sweep.load_sample("draw", str(seed), args.cache, max_px, field_linear=args.field_linear)
         draw = draw_instrument(seed, max_pixels=max_px, field_linear=args.field_linear)
         ctiles, cstage, _, cdraw = calibration_render(draw, args.cache, cal_px, sweep.GENERATOR)
-        model, fit, cal_s = fit_calibration_file(ctiles, cstage, cdraw.rows, cdraw.cols, cdraw.overlap)
+        try:
+            model, fit, cal_s = fit_calibration_file(ctiles, cstage, cdraw.rows, cdraw.cols, cdraw.overlap)
+        except np.linalg.LinAlgError as exc:
+            # seed 22: NaN reaches an lstsq in the dark/flat level fit (algorithms/calibration/_level_fit.py,
+            # best_dark) of the calibration acquisition's estimate_calibration: reported, not hidden
+            print(f"{seed:4d} calibration acquisition: estimate_calibration failed ({exc}) in _level_fit.best_dark")
+            failed.append(seed)
+            continue
+        stiles, sstage, _, sdraw = calibration_render(draw, args.cache, cal_px, sweep.GENERATOR, seam=True)
+        try:
+            seam = seam_calibration(stiles, sstage, sdraw.rows, sdraw.cols, model)
+        except ValueError as exc:  # what `imaxt calibrate-distortion --seam-acquisition` says as an InputError
+            seam, seam_error = None, f"no seam calibration: {exc}"
         _cal, _notes, ms, stage = sweep.sample_matches(d)
         shape = tuple(d["tiles"].shape[-2:])
         plain, fixed = sweep.solve(ms, stage, shape), sweep.solve(ms, stage, shape, model)
+        seamed, seam_line = solve_seam(ms, stage, shape, model, seam)
+        seam_line = seam_line if seam is not None else seam_error
         n_s, n_t = d["tiles"].shape[0], d["tiles"].shape[2]
         stats = []
-        for sol in (plain, fixed):
+        for sol in (plain, fixed, seamed):
             pos = sol.positions.reshape(n_s, n_t, 2)
             sig, fl = np.asarray(sol.position_sigma).reshape(n_s, n_t), np.asarray(sol.flagged).reshape(n_s, n_t)
             stats.append((pos, sig, fl, sweep._stats(pos, d["true"], sig, fl)))
         tmed, tsmed = stats[0][3][0], stats[0][3][3]
         pos, sig, fl, fst = stats[1]
+        s_all, s_cnt = _counted_t(stats[2][0], d["true"], stats[2][1], stats[2][2], sweep)
+        s_fl = int(stats[2][2].sum())
+        s_ok = int(len(s_all) - len(s_cnt))
+        s_txt = f"{np.median(s_cnt):6.3f} {s_cnt.max():6.3f}" if len(s_cnt) else f"{'-':>6s} {'-':>6s}"
+        s_txt += f" {s_fl:2d}({s_ok:2d})"
         e_all, e_cnt = _counted_t(pos, d["true"], sig, fl, sweep)
         n_fl = int(fl.sum())
         ok_fl = int(len(e_all) - len(e_cnt))  # flagged tiles within their reported 3 sigma (they pass)
@@ -206,35 +293,34 @@ def main(argv=None):
         tlin = _lever_error(err_lin, d["true"])
         lin_txt = " ".join(f"{e * 1e4:+6.2f}({s * 1e4:.2f})" for e, s in zip(err_lin, sigmas, strict=True))
         radial = np.array([model.k_y, model.k_x, model.k5_y, model.k5_x]) - np.array([*draw.cubic, *draw.quintic])
+        rad_sig = np.array([fit.sigma.get(k, np.nan) for k in ("k_y", "k_x", "k5_y", "k5_x")])
         rad_txt = "dk {:+.1f}/{:+.1f} dk5 {:+.1f}/{:+.1f} e-4".format(*(radial * 1e4))
+        rad_txt += " z {:.1f}/{:.1f} {:.1f}/{:.1f}".format(*np.abs(radial / rad_sig))
+        z_lin = np.abs(err_lin / sigmas)
+        zs.append([*z_lin, *np.abs(radial / rad_sig)])
         print(
             f"{seed:4d} {tmed:6.3f} {tsmed:6.3f} | {f_txt} {np.median(e_all):6.3f} {fst[3]:6.3f} "
-            f"{n_fl:2d}({ok_fl:2d}) {tlin:6.3f} | {lin_txt} {cdraw.rows}x{cdraw.cols} {cal_s:6.1f}  [{rad_txt}] "
+            f"{n_fl:2d}({ok_fl:2d}) {tlin:6.3f} | {s_txt} | {lin_txt} {cdraw.rows}x{cdraw.cols} {cal_s:6.1f} "
+            f" [{rad_txt}] "
             f"{d['desc']}",
             flush=True,
         )
         cnt = (float(np.median(e_cnt)), float(e_cnt.max())) if len(e_cnt) else (np.nan, np.nan)
-        rows.append((seed, tmed, *cnt, tlin))
+        s_cnt_stats = (float(np.median(s_cnt)), float(s_cnt.max())) if len(s_cnt) else (np.nan, np.nan)
+        rows.append((seed, tmed, *cnt, tlin, *s_cnt_stats))
+        if seam is None or "not applied" in seam_line:
+            print(f"     seam calibration: {seam_line}")
+    if zs:
+        z = np.nanmax(np.asarray(zs), axis=0)
+        names = ("mag_y", "mag_x", "shear_yx", "shear_xy", "k_y", "k_x", "k5_y", "k5_x")
+        print("worst |fitted - true| / sigma: " + ", ".join(f"{k} {v:.1f}" for k, v in zip(names, z, strict=True)))
+    if failed:
+        print(f"calibration acquisition failed (LinAlgError in _level_fit.best_dark) for seeds {failed}")
     if not rows:
         return 0
-    med, mx = np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
-    counted = np.isfinite(med)
-    flags_only = int((~counted).sum())
-    ok = int(np.sum(counted & (med <= TARGET_MED) & (mx <= TARGET_MAX)))
-    line = (
-        f"with the calibration file: {ok}/{int(counted.sum())} samples with tiles that count meet T median <= "
-        f"{TARGET_MED} and max <= {TARGET_MAX} ({int(np.sum(counted & (med <= TARGET_MED)))} the median)"
-    )
-    if counted.any():
-        w_med, w_max = rows[int(np.nanargmax(med))], rows[int(np.nanargmax(mx))]
-        line += (
-            f"; median of medians {np.nanmedian(med):.3f}; worst median {w_med[2]:.3f} (seed {w_med[0]}), worst max "
-            f"{w_max[3]:.3f} (seed {w_max[0]})"
-        )
-    print(
-        line + f"; {flags_only} more pass on the flags alone (every tile flagged within its 3 sigma: see F Tall); "
-        f"without the file Tmed median {np.median([r[1] for r in rows]):.3f}, worst {max(r[1] for r in rows):.3f}"
-    )
+    for label, col in (("with the calibration file (F)", 2), ("with its seam calibration as well (S)", 5)):
+        print(_summary(label, rows, col))
+    print(f"without the file Tmed median {np.median([r[1] for r in rows]):.3f}, worst {max(r[1] for r in rows):.3f}")
     return 0
 
 

@@ -43,6 +43,12 @@ def add_calibrate_distortion(sub: SubParsers) -> None:
         help="write only the distortion (each sample's calibrate step then estimates dark and flat)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing calibration file at OUT")
+    p.add_argument(
+        "--seam-acquisition",
+        metavar="RAW",
+        help="raw folder of a seam acquisition (same optics, the production overlap, a precise stage): the bias "
+        "every seam carries, measured after the distortion fit and written into the file (format 5)",
+    )
     _add_storage(p)
     p.set_defaults(handler=_calibrate_distortion)
 
@@ -56,7 +62,7 @@ def _calibrate_distortion(args: argparse.Namespace) -> int:
     if not args.stage_sigma_px > 0:
         raise ConfigError(f"--stage-sigma-px must be > 0, got {args.stage_sigma_px}")
     from ..io.calibration_file import write_calibration_file
-    from ..workflows.calibration_acquisition import calibrate_from_acquisition
+    from ..workflows.calibration_acquisition import calibrate_from_acquisition, measure_seam_acquisition
 
     cal, fit = calibrate_from_acquisition(
         args.raw_dir,
@@ -67,15 +73,40 @@ def _calibrate_distortion(args: argparse.Namespace) -> int:
         block_size=args.block,
         max_tiles=args.max_tiles,
     )
-    write_calibration_file(out, cal, fit, distortion_only=args.distortion_only, overwrite=args.overwrite)
+    seam = None
+    if getattr(args, "seam_acquisition", None):
+        seam = measure_seam_acquisition(
+            args.seam_acquisition,
+            fit.model,
+            tile_shape=_tile_shape(args.raw_dir, args.storage_options),
+            storage_options=args.storage_options,
+            max_shift=args.max_shift,
+        )
+    write_calibration_file(out, cal, fit, distortion_only=args.distortion_only, overwrite=args.overwrite, seam=seam)
     if not args.distortion_only:
         print(
             f"dark {[round(float(d), 2) for d in cal.dark]} ({cal.source.get('dark')}), "
             f"trim {tuple(cal.trim.as_dict().values())} (top, bottom, left, right), flat from the data"
         )
     print(fit.describe())
+    if seam is not None:
+        sy, sx = seam.seam_sigma()
+        print(
+            f"seam bias from {seam.n_pairs[0]} horizontal and {seam.n_pairs[1]} vertical pairs at "
+            f"{seam.overlap_px[0]:.0f} / {seam.overlap_px[1]:.0f} px overlap: mean across the seams "
+            f"{seam.profile[0, :, 0].mean():+.3f} ± {sy:.3f} (horizontal, y), {seam.profile[1, :, 1].mean():+.3f} "
+            f"± {sx:.3f} px (vertical, x)"
+        )
     print(f"wrote {out}")
     return 0
+
+
+def _tile_shape(raw_dir: str, storage_options: dict | None) -> tuple[int, int]:
+    """The detector tile shape of a raw acquisition."""
+    from ..io.raw import read_raw_sample
+
+    shape = read_raw_sample(raw_dir, storage_options=storage_options).acquisition.tile_shape
+    return int(shape[0]), int(shape[1])
 
 
 def add_register_modality(sub: SubParsers) -> None:

@@ -27,6 +27,8 @@ Writes (results contract, ``spec/raw-layout.md``):
   scatter measured on the solved tiles);
 - ``imaxt.stitch.flags``: ``{"s/r/c": "tile (r,c): overlaps with ... empty — placed
   by stage, ±3.0 px"}``, one plain-words line per flagged tile (also logged);
+- ``imaxt.stitch.seam_calibration``: one line, whether the calibration file's seam bias was taken out
+  of the matches (:mod:`._stitch_seam`; then ``estimates.seam_bias`` says "calibration file");
 - ``imaxt.calibrate.distortion`` (when estimated) and ``calibration/flat``
   (when refined, source ``estimated+overlaps``);
 - ``tables/stitch_pairs`` (one row per pair, with residuals) and
@@ -62,6 +64,7 @@ from ._stitch_match import _match_batch as _match_batch
 from ._stitch_match import _match_slices, _rematch
 from ._stitch_match import batch_pairs as batch_pairs
 from ._stitch_record import _matches_from_points, _points_table, _provenance, _section_move
+from ._stitch_seam import apply_seam_calibration, calibration_file_url, load_seam_calibration, seam_estimate
 from .params import StitchParams as Params
 
 __all__ = ["MAX_BATCH_BYTES", "Params", "batch_pairs", "run"]
@@ -86,8 +89,13 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         matches += _matches_from_points(old[old["slice"] == s], offset=k * n_t)
         stage.append(ctx.raw.stage_px(s, z))
     stage_all = np.concatenate(stage) if stage else np.zeros((0, 2))
+    url = calibration_file_url(ctx.output.imaxt_attrs().get("provenance", []))
+    shape = (int(acq.tile_shape[0]), int(acq.tile_shape[1]))
+    seam_cal = load_seam_calibration(url, ctx.storage_options, n_channels=len(acq.channels), tile_shape=shape)
+    seam = apply_seam_calibration(matches, seam_cal, shape, file_distortion=not estimate)
+    ctx.log.info("stitch: seam calibration: %s", seam.line)
     sol = solve_positions(
-        matches,
+        seam.matches,
         stage_all,
         tile_shape=acq.tile_shape,
         estimate_distortion=estimate,
@@ -95,6 +103,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         fit_magnification=params.fit_magnification,
         prior_sigma_px=params.prior_sigma_px,
         reject_px=params.reject_px,
+        seam_sigma=seam.seam_sigma,
     )
     magnification = sol.magnification.as_dict() if sol.magnification is not None else None
     geom = results.mosaic_canvas(ctx.raw)
@@ -164,7 +173,9 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             "flags": flags,
             "distortion": sol.distortion.as_dict(),
             "magnification": magnification,
-            "estimates": _provenance(sol, estimate, cal.source.get("distortion")),
+            "estimates": _provenance(sol, estimate, cal.source.get("distortion"))
+            | ({"seam_bias": seam_estimate(seam)} if seam.seam_sigma is not None else {}),
+            "seam_calibration": seam.line,
             "slice_distortion": models,
             "rewrite": {
                 "moves_px": {str(s): round(v, 4) for s, v in moves.items()},

@@ -3,7 +3,9 @@
 Reads a raw sample (``spec/raw-layout.md``), estimates dark/flat/trim from
 its tiles, matches every neighbouring pair and fits the distortion with the
 stated stage accuracy as the ruler of the magnification
-(:func:`..algorithms.calibration.fit_calibration_distortion`).
+(:func:`..algorithms.calibration.fit_calibration_distortion`). A *seam acquisition* (the same optics at the
+production overlap, a precise stage) then gives the bias every seam of a direction carries from the optics
+outside the model (:func:`measure_seam_acquisition`, :func:`..algorithms.stitching.measure_seam_bias`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from functools import lru_cache
 import numpy as np
 
 from ..algorithms.calibration import DistortionFit, calibration_pairs, estimate_calibration, fit_calibration_distortion
-from ..algorithms.optics import Calibration
+from ..algorithms.optics import Calibration, DistortionModel
+from ..algorithms.stitching import SeamCalibration, adjacent_pairs, measure_seam_bias
 from ..errors import InputError
 from ..io.raw import read_raw_sample, read_tile
 from ..io.urls import Location
 from ..parallel.stitching import match_tiles
 
-__all__ = ["calibrate_from_acquisition"]
+__all__ = ["calibrate_from_acquisition", "measure_seam_acquisition"]
 
 
 def calibrate_from_acquisition(
@@ -84,3 +87,64 @@ def calibrate_from_acquisition(
     except ValueError as exc:
         raise InputError(raw.root, f"no distortion fit: {exc}") from None
     return cal.with_distortion(fit.model, "calibration-acquisition"), fit
+
+
+def measure_seam_acquisition(
+    raw_url: str,
+    distortion: DistortionModel,
+    *,
+    tile_shape: tuple[int, int],
+    storage_options: dict | None = None,
+    max_shift: int = 15,
+    block_size: int | None = None,
+    max_tiles: int = 64,
+) -> SeamCalibration:
+    """The seams' bias on a raw seam acquisition (all slices, z = 0) after ``distortion``, its stage the ruler.
+
+    Its pairs are matched as the stitch step matches them (blocks of ``tile / 16`` unless ``block_size``).
+
+    Raises
+    ------
+    InputError
+        Bad raw layout, tiles of another shape than ``tile_shape`` (the distortion acquisition's), or too few
+        matched pairs of either direction.
+    """
+    raw = read_raw_sample(raw_url, storage_options=storage_options)
+    acq = raw.acquisition
+    shape = (int(acq.tile_shape[0]), int(acq.tile_shape[1]))
+    if shape != tuple(tile_shape):
+        raise InputError(
+            raw.root,
+            f"seam acquisition tiles are {shape[0]} x {shape[1]} px, the distortion's {tile_shape[0]} x "
+            f"{tile_shape[1]}: the same optics and camera are needed",
+        )
+    loc = Location(raw.root, storage_options)
+    n_t = acq.n_tiles
+
+    @lru_cache(maxsize=acq.cols + 3)
+    def tile(i: int) -> np.ndarray:
+        s, t = divmod(i, n_t)
+        return np.stack([read_tile(loc, raw.record_for(s, 0, c, t), acq) for c in range(len(acq.channels))])
+
+    n_all = acq.slices * n_t
+    pick = np.unique(np.linspace(0, n_all - 1, min(max_tiles, n_all)).round().astype(int))
+    cal = estimate_calibration(np.stack([tile(int(i)) for i in pick], axis=1), max_trim_px=0)
+    tile.cache_clear()
+    stage = raw.stage_um[:, 0].reshape(-1, 2) / acq.pixel_size_um
+    matches = [
+        match_tiles(
+            tile,
+            a + s * n_t,
+            b + s * n_t,
+            tuple(stage[b + s * n_t] - stage[a + s * n_t]),
+            cal,
+            max_shift=max_shift,
+            block_size=block_size,
+        )
+        for s in range(acq.slices)
+        for a, b in adjacent_pairs(acq.rows, acq.cols)
+    ]
+    try:
+        return measure_seam_bias(matches, stage, distortion, tile_shape=shape)
+    except ValueError as exc:
+        raise InputError(raw.root, f"no seam bias: {exc}") from None
