@@ -10,13 +10,15 @@ outside the model (:func:`measure_seam_acquisition`, :func:`..algorithms.stitchi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
 
+from ..acquisition import RawSample
 from ..algorithms.calibration import DistortionFit, calibration_pairs, estimate_calibration, fit_calibration_distortion
 from ..algorithms.optics import Calibration, DistortionModel
-from ..algorithms.stitching import SeamCalibration, adjacent_pairs, measure_seam_bias
+from ..algorithms.stitching import PairMatch, SeamCalibration, adjacent_pairs, measure_seam_bias
 from ..errors import InputError
 from ..io.raw import read_raw_sample, read_tile
 from ..io.urls import Location
@@ -49,37 +51,16 @@ def calibrate_from_acquisition(
         Bad raw layout, or too few matched pairs for a distortion fit.
     """
     raw = read_raw_sample(raw_url, storage_options=storage_options)
-    acq = raw.acquisition
-    loc = Location(raw.root, storage_options)
-    n_t = acq.n_tiles
-
-    @lru_cache(maxsize=acq.cols + 3)  # pairs run in row-major order: a window of about one row of tiles
-    def tile(i: int) -> np.ndarray:
-        s, t = divmod(i, n_t)
-        return np.stack([read_tile(loc, raw.record_for(s, 0, c, t), acq) for c in range(len(acq.channels))])
-
-    n_all = acq.slices * n_t
-    pick = np.unique(np.linspace(0, n_all - 1, min(max_tiles, n_all)).round().astype(int))
-    cal = estimate_calibration(
-        np.stack([tile(int(i)) for i in pick], axis=1),
-        max_trim_px=int(max_trim_fraction * acq.overlap * min(acq.tile_shape)),
+    cal, stage, matches = _matched(
+        raw,
+        storage_options,
+        lambda rows, cols: calibration_pairs(rows, cols, diagonal=diagonal),
+        max_shift=max_shift,
+        block_size=block_size,
+        max_tiles=max_tiles,
+        max_trim_fraction=max_trim_fraction,
     )
-    tile.cache_clear()
-    pairs = calibration_pairs(acq.rows, acq.cols, diagonal=diagonal)
-    stage = raw.stage_um[:, 0].reshape(-1, 2) / acq.pixel_size_um  # (slices * tiles, 2), z = 0
-    matches = [
-        match_tiles(
-            tile,
-            a + s * n_t,
-            b + s * n_t,
-            tuple(stage[b + s * n_t] - stage[a + s * n_t]),
-            cal,
-            max_shift=max_shift,
-            block_size=block_size,
-        )
-        for s in range(acq.slices)
-        for a, b in pairs
-    ]
+    acq = raw.acquisition
     try:
         fit = fit_calibration_distortion(
             matches, stage, tile_shape=(int(acq.tile_shape[0]), int(acq.tile_shape[1])), stage_sigma_px=stage_sigma_px
@@ -118,19 +99,44 @@ def measure_seam_acquisition(
             f"seam acquisition tiles are {shape[0]} x {shape[1]} px, the distortion's {tile_shape[0]} x "
             f"{tile_shape[1]}: the same optics and camera are needed",
         )
+    _, stage, matches = _matched(
+        raw, storage_options, adjacent_pairs, max_shift=max_shift, block_size=block_size, max_tiles=max_tiles
+    )
+    try:
+        return measure_seam_bias(matches, stage, distortion, tile_shape=shape)
+    except ValueError as exc:
+        raise InputError(raw.root, f"no seam bias: {exc}") from None
+
+
+def _matched(
+    raw: RawSample,
+    storage_options: dict | None,
+    pairs_of: Callable[[int, int], list[tuple[int, int]]],
+    *,
+    max_shift: int,
+    block_size: int | None,
+    max_tiles: int,
+    max_trim_fraction: float = 0.0,
+) -> tuple[Calibration, np.ndarray, list[PairMatch]]:
+    """A raw acquisition's calibration (from up to ``max_tiles`` tiles of all slices, z = 0), stage (px) and the
+    matches of ``pairs_of(rows, cols)`` in every slice."""
+    acq = raw.acquisition
     loc = Location(raw.root, storage_options)
     n_t = acq.n_tiles
 
-    @lru_cache(maxsize=acq.cols + 3)
+    @lru_cache(maxsize=acq.cols + 3)  # pairs run in row-major order: a window of about one row of tiles
     def tile(i: int) -> np.ndarray:
         s, t = divmod(i, n_t)
         return np.stack([read_tile(loc, raw.record_for(s, 0, c, t), acq) for c in range(len(acq.channels))])
 
     n_all = acq.slices * n_t
     pick = np.unique(np.linspace(0, n_all - 1, min(max_tiles, n_all)).round().astype(int))
-    cal = estimate_calibration(np.stack([tile(int(i)) for i in pick], axis=1), max_trim_px=0)
+    cal = estimate_calibration(
+        np.stack([tile(int(i)) for i in pick], axis=1),
+        max_trim_px=int(max_trim_fraction * acq.overlap * min(acq.tile_shape)),
+    )
     tile.cache_clear()
-    stage = raw.stage_um[:, 0].reshape(-1, 2) / acq.pixel_size_um
+    stage = raw.stage_um[:, 0].reshape(-1, 2) / acq.pixel_size_um  # (slices * tiles, 2), z = 0
     matches = [
         match_tiles(
             tile,
@@ -142,9 +148,6 @@ def measure_seam_acquisition(
             block_size=block_size,
         )
         for s in range(acq.slices)
-        for a, b in adjacent_pairs(acq.rows, acq.cols)
+        for a, b in pairs_of(acq.rows, acq.cols)
     ]
-    try:
-        return measure_seam_bias(matches, stage, distortion, tile_shape=shape)
-    except ValueError as exc:
-        raise InputError(raw.root, f"no seam bias: {exc}") from None
+    return cal, stage, matches
