@@ -56,3 +56,39 @@ def test_a_seam_acquisition_of_another_camera_is_one_line(acquisitions, capsys):
     err = capsys.readouterr().err.strip()
     assert rc != 0 and "96 x 96" in err and str(root / "other") in err and len(err.splitlines()) == 1, err
     assert not (root / "bad.npz").exists()
+
+
+@pytest.mark.slow
+def test_the_pipeline_applies_it_at_its_overlap_and_says_not_elsewhere(acquisitions, tmp_path, dask_client):
+    """Through the runner: the stitch step takes the file's seam bias out at the calibrated overlap (and says
+    so, with ``estimates.seam_bias`` from the file), and leaves it at another overlap (and says why)."""
+    import zarr
+
+    from imaxt_pipeline.synth import SynthParams
+    from imaxt_pipeline.testing import processed_sample
+
+    root, seed, overlap = acquisitions
+    out = root / "cal_pipeline.npz"
+    rc, text = _run(
+        root / "dist", out, "--stage-sigma-px", 0.1, "--distortion-only", "--seam-acquisition", root / "seam"
+    )
+    assert rc == 0, text
+    for k, ov in enumerate((overlap, overlap + 0.05)):
+        p = SynthParams(slices=1, rows=3, cols=3, seed=seed + 1, tile_shape=SHAPE, overlap=ov)
+        where = tmp_path / f"run{k}"
+        processed_sample(
+            where,
+            p,
+            steps=("calibrate", "stitch"),
+            client=dask_client,
+            **{"steps.calibrate.calibration_file": str(out)},
+        )
+        stitch = zarr.open_group(str(where / "out.zarr"), mode="r").attrs["imaxt"]["stitch"]
+        line = stitch["seam_calibration"]
+        source = stitch["estimates"].get("seam_bias", {}).get("source")
+        if k == 0:
+            assert line.endswith(")") and ": applied (sigma" in line, (seed, line)
+            assert source == "calibration file", (seed, stitch["estimates"].get("seam_bias"))
+        else:
+            assert line.endswith(": not applied") and f"calibrated at {100 * overlap:.1f} %" in line, (seed, line)
+            assert source != "calibration file"
