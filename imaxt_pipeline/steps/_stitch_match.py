@@ -53,8 +53,7 @@ def _match_batch(
     once (an LRU cache of ``cache`` tiles)."""
     cached = lru_cache(maxsize=cache)(read_tile)
     # An estimated flat is refined from the seams: the task that holds the pair's strips samples them.
-    estimated = calibration.flat is not None and calibration.source.get("flat", "").startswith("estimated")
-    match_kwargs.setdefault("flat_samples", estimated)
+    match_kwargs.setdefault("flat_samples", calibration.flat_estimated)
     memo: dict[Any, np.ndarray] = {}  # each tile's channel levels, the confidence map: once per task
     return [
         match_tiles(

@@ -193,7 +193,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     for name, table in ((results.STITCH_PAIRS, current), (results.STITCH_POINTS, _points_table(matches, slices, n_t))):
         merged = results.replace_slices(ctx.output, name, table, slices, sort_by=("slice", "reference", "moving"))
         outputs.append(ctx.output.write_table(name, merged))
-    refine = params.refine_flat and cal.flat is not None and cal.source.get("flat", "").startswith("estimated")
+    refine = params.refine_flat and cal.flat_estimated
     if estimate or refine:
         extra = {
             k: v

@@ -89,6 +89,11 @@ class Calibration:
             correct(out, values.reshape(c, *extra, *values.shape[-2:]), out=out)
         return out
 
+    @property
+    def flat_estimated(self) -> bool:
+        """Whether the flat came from the data (its source starts "estimated"), so the seams may refine it."""
+        return self.flat is not None and self.source.get("flat", "").startswith("estimated")
+
     def confidence(self, shape: tuple[int, int], *, feather: float = 0.0) -> npt.NDArray[np.float32]:
         """Tile weight map (0 on the trimmed border)."""
         flat = None if self.flat is None else np.min(self.flat, axis=0)

@@ -1,4 +1,5 @@
-"""Calibration.apply: a window of the detector is corrected exactly as that part of the whole tile."""
+"""Calibration: a window of the detector is corrected exactly as that part of the whole tile; whether
+its flat came from the data."""
 
 from __future__ import annotations
 
@@ -29,3 +30,19 @@ def test_window_equals_part_of_whole_tile(seed):
     np.testing.assert_array_equal(stack[:, 1], whole)
     with pytest.raises(ValueError, match="window"):
         cal.apply(raw[:, :5, :5], window=window)
+
+
+@pytest.mark.parametrize(
+    ("source", "has_flat", "estimated"),
+    [
+        ("estimated", True, True),
+        ("estimated: uniform (ch0: fitted flat refused)", True, True),
+        ("file", True, False),
+        ("estimated", False, False),  # no flat at all: nothing for the seams to refine
+        (None, True, False),
+    ],
+)
+def test_flat_estimated_says_whether_the_seams_may_refine_the_flat(source, has_flat, estimated):
+    flat = np.ones((1, 4, 4)) if has_flat else None
+    cal = Calibration(dark=np.zeros(1), flat=flat, source={} if source is None else {"flat": source})
+    assert cal.flat_estimated is estimated
