@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._bead_detect import BeadSpec, block_mean, detect_beads
-from ._bead_fit import BeadFit, disc_model, fit_bead, radius_outliers
+from ._bead_fit import BeadFit, fit_bead, radius_outliers
+from ._bead_model import disc_model
 from ._bead_table import BEAD_COLUMNS, find_beads_numpy, good_beads
 from ._bead_threshold import ThresholdLevels, bead_threshold, threshold_levels
 from ._beads import bead_channel_scores, normalise, pick_bead_channel

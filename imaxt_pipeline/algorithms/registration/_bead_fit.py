@@ -1,20 +1,9 @@
 """Maximum-likelihood profile fit of beads cut by the imaged layer.
 
-A fluorescent sphere of radius ``R`` cut by a thin imaged layer at height
-``dz`` from its centre shows as a disc of radius ``sqrt(R**2 - dz**2)``; the
-optics blur its edge. The model of one cutout is
-
-.. math::
-
-    m(y, x) = b + A \\, \\tfrac12 \\operatorname{erfc}\\!\\left(
-        \\frac{\\rho - r}{\\sqrt 2\\, w}\\right),\\qquad
-    \\rho = \\sqrt{(y - y_c)^2 + (x - x_c)^2}
-
-with background ``b``, amplitude ``A``, projected radius ``r`` and edge
-width ``w``. The six parameters are found by minimising the Poisson negative
-log-likelihood with an analytic gradient (L-BFGS-B); standard errors come
-from the Fisher information, scaled by the Pearson dispersion so that data
-in arbitrary units (flat-fielded, gain != 1) still get honest errors.
+Each bead's cutout is fitted with :func:`._bead_model.disc_model` (a soft-edged disc on a flat background)
+by Poisson maximum likelihood (:func:`._bead_model.poisson_scoring`), started from the cutout's moments;
+standard errors come from the Fisher information, scaled by the Pearson dispersion so that data in arbitrary
+units (flat-fielded, gain != 1) still get honest errors.
 """
 
 from __future__ import annotations
@@ -25,12 +14,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage as ndi
-from scipy.special import erfc
 
-__all__ = ["BeadFit", "disc_model", "fit_bead", "fit_beads", "radius_outliers"]
+# disc_model: the 0.1 path ``algorithms.bead_fit`` (:mod:`imaxt_pipeline._compat`) answers with this module
+from ._bead_model import disc_model, model_and_jacobian, poisson_scoring  # noqa: F401
 
-_SQRT2 = np.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+__all__ = ["BeadFit", "fit_bead", "fit_beads", "radius_outliers"]
+
 _DISC3 = ndi.generate_binary_structure(2, 1)  # 4-connected steps: grown by ~grow px
 
 
@@ -72,96 +61,6 @@ class BeadFit:
 
     def __bool__(self) -> bool:
         return bool(self.success)
-
-
-def disc_model(params: ArrayLike, yy: NDArray[Any], xx: NDArray[Any]) -> NDArray[np.floating[Any]]:
-    """Soft-edged disc on a flat background (see module docstring).
-
-    Parameters
-    ----------
-    params : array-like of 6 floats
-        ``(y, x, radius, width, amplitude, background)``.
-    yy, xx : ndarray
-        Pixel coordinates (broadcastable).
-
-    Returns
-    -------
-    ndarray
-        Expected counts per pixel.
-    """
-    yc, xc, r, w, a, b = (float(p) for p in np.asarray(params).ravel())
-    rho = np.hypot(yy - yc, xx - xc)
-    out: NDArray[np.floating[Any]] = b + a * 0.5 * erfc((rho - r) / (_SQRT2 * w))
-    return out
-
-
-def _model_and_jacobian(
-    p: NDArray[np.float64], yy: NDArray[np.float64], xx: NDArray[np.float64]
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    yc, xc, r, w, a, b = p
-    dy, dx = yy - yc, xx - xc
-    rho = np.maximum(np.hypot(dy, dx), 1e-9)
-    u = (rho - r) / w
-    s = 0.5 * erfc(u / _SQRT2)
-    phi = _INV_SQRT_2PI * np.exp(-0.5 * u * u) / w  # -dS/drho
-    model = b + a * s
-    jac = np.empty((6, rho.size))
-    jac[0] = a * phi * dy / rho  # dm/dyc = a * (-phi) * (-(dy)/rho)
-    jac[1] = a * phi * dx / rho
-    jac[2] = a * phi
-    jac[3] = a * phi * u
-    jac[4] = s
-    jac[5] = 1.0
-    return model, jac
-
-
-def _poisson_scoring(
-    d: NDArray[np.float64],
-    yy: NDArray[np.float64],
-    xx: NDArray[np.float64],
-    start: NDArray[np.float64],
-    lower: NDArray[np.float64],
-    upper: NDArray[np.float64],
-    *,
-    max_iter: int = 100,
-) -> tuple[NDArray[np.float64], bool]:
-    """Poisson maximum likelihood by damped Fisher scoring (Levenberg-Marquardt on the Fisher matrix).
-
-    Each step solves ``(F + lam diag F) dp = J (d / m - 1)`` with ``F = J diag(1/m) J^T``,
-    accepted when the negative log-likelihood drops (then ``lam`` shrinks), refused otherwise
-    (``lam`` grows); parameters stay inside ``[lower, upper]``. A handful of steps suffice from a
-    start within a px of the rim, where quasi-Newton needed hundreds of function evaluations.
-    """
-
-    def nll(m: NDArray[np.float64]) -> float:
-        return float(np.sum(m - d * np.log(m)))
-
-    p = start.copy()
-    m, jac = _model_and_jacobian(p, yy, xx)
-    m = np.maximum(m, 1e-12)
-    cost, lam = nll(m), 1e-3
-    for _ in range(max_iter):
-        grad = jac @ (d / m - 1.0)
-        fisher = (jac / m) @ jac.T
-        diag = np.maximum(np.diag(fisher), 1e-300)
-        try:
-            step = np.linalg.solve(fisher + lam * np.diag(diag), grad)
-        except np.linalg.LinAlgError:
-            return p, False
-        trial = np.clip(p + step, lower, upper)
-        m_t, jac_t = _model_and_jacobian(trial, yy, xx)
-        m_t = np.maximum(m_t, 1e-12)
-        cost_t = nll(m_t)
-        if np.isfinite(cost_t) and cost_t <= cost:
-            moved = np.abs(trial - p)
-            p, m, jac, cost, lam = trial, m_t, jac_t, cost_t, max(lam * 0.2, 1e-9)
-            if np.all(moved[:4] < 1e-5) and np.all(moved[4:] <= 1e-7 * np.maximum(np.abs(p[4:]), 1e-12)):
-                return p, True
-        else:
-            lam *= 10.0
-            if lam > 1e8:  # no downhill step left: at the optimum to numerical precision
-                return p, bool(np.isfinite(cost))
-    return p, False
 
 
 def fit_bead(
@@ -231,8 +130,8 @@ def fit_bead(
     start = np.array([y0, x0, r0, width0, a0, max(b0, 1e-3 * a0)])
     lower = np.array([-0.25 * h, -0.25 * w, 0.5, 0.3, 1e-6 * a0, 1e-9 * a0])
     upper = np.array([1.25 * h, 1.25 * w, rmax, max(3.0, 0.3 * r0), np.inf, np.inf])
-    p, converged = _poisson_scoring(d, yy, xx, np.clip(start, lower, upper), lower, upper)
-    m, jac = _model_and_jacobian(p, yy, xx)
+    p, converged = poisson_scoring(d, yy, xx, np.clip(start, lower, upper), lower, upper)
+    m, jac = model_and_jacobian(p, yy, xx)
     m = np.maximum(m, 1e-12)
     dof = max(d.size - 6, 1)
     chi2 = float(np.sum((d - m) ** 2 / m) / dof)
