@@ -99,8 +99,9 @@ class DistortionFit:
             f"distortion from {self.n_used} of {self.n_pairs} pairs ({self.n_points} points), "
             f"median pair residual {self.residual_px:.3f} px, stage scatter {self.stage_scatter_px:.3f} px"
         ]
+        # sigma 0 is a term the fit held (a quintic not significant, a term the record lacks), not one it knows exactly
         lines += [
-            f"  {k:5} = {v:+.6f} ± {s:.6f}"
+            f"  {k:5} = {v:+.6f} " + (f"± {s:.6f}" if s > 0 else "(not fitted: held at this value)")
             for k, v, s in zip(DistortionModel.COEFFICIENTS, self.coefficients(), self.sigmas(), strict=True)
         ]
         return "\n".join(lines)

@@ -71,3 +71,18 @@ def test_the_stated_sigma_covers_the_error_where_the_formal_one_does_not():
             z_stated.append(err / fit.sigma[k])
     assert np.median(z_stated) < 2.0 and np.max(z_stated) < np.max(z_formal), (z_stated, z_formal)
     assert np.max(z_formal) > 3.0  # the case is one the formal sigma misses
+
+
+def test_describe_says_a_held_term_is_not_fitted_rather_than_exact():
+    rng = np.random.default_rng(5)
+    model = DistortionModel(mag_y=2e-3, mag_x=-1e-3, k_y=4e-3, k_x=-3e-3)
+    matches, stage = _matches(rng, model, 0.0)
+    fit = fit_calibration_distortion(matches, stage, tile_shape=SHAPE, stage_sigma_px=0.1, jackknife=0)
+    lines = {line.split("=")[0].strip(): line for line in fit.describe().splitlines()[1:]}
+    held = [k for k, s in zip(DistortionModel.COEFFICIENTS, fit.sigmas(), strict=True) if s == 0]
+    # no quintic in the field: the probe judges it not significant, and only it is held
+    assert held and set(held) <= set(DistortionModel.RADIAL[1]), held
+    for k in DistortionModel.COEFFICIENTS:
+        assert ("not fitted" in lines[k]) == (k in held), lines[k]
+        assert ("±" in lines[k]) == (k not in held), lines[k]
+    assert "± 0.000000" not in fit.describe()
