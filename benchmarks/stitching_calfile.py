@@ -293,6 +293,7 @@ def main(argv=None):
         lin_txt = " ".join(f"{e * 1e4:+6.2f}({s * 1e4:.2f})" for e, s in zip(err_lin, sigmas, strict=True))
         radial = np.array([model.k_y, model.k_x, model.k5_y, model.k5_x]) - np.array([*draw.cubic, *draw.quintic])
         rad_sig = np.array([fit.sigma.get(k, np.nan) for k in ("k_y", "k_x", "k5_y", "k5_x")])
+        rad_sig[rad_sig == 0] = np.nan  # a held term (a quintic not significant) has no z: shown as nan
         rad_txt = "dk {:+.1f}/{:+.1f} dk5 {:+.1f}/{:+.1f} e-4".format(*(radial * 1e4))
         rad_txt += " z {:.1f}/{:.1f} {:.1f}/{:.1f}".format(*np.abs(radial / rad_sig))
         z_lin = np.abs(err_lin / sigmas)
