@@ -19,9 +19,8 @@ from imaxt_pipeline.testing._s3 import (
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-@pytest.fixture(scope="session")
-def dask_client():
-    """LocalCluster with two worker processes, shared by the whole session.
+def _two_worker_client():
+    """A client of a LocalCluster with two worker processes of one thread each.
 
     The dashboard listens on a free port (``":0"``): ``None`` means distributed's default 8787, and a
     second session on the machine would then warn "Port 8787 is already in use" (an error here).
@@ -35,6 +34,18 @@ def dask_client():
         Client(cluster) as client,
     ):
         yield client
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """The two-worker cluster shared by the whole session."""
+    yield from _two_worker_client()
+
+
+@pytest.fixture
+def fresh_dask_client():
+    """A two-worker cluster of one test's own: for measuring the workers (their heaps hold no earlier test's)."""
+    yield from _two_worker_client()
 
 
 @pytest.fixture

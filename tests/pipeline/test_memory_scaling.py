@@ -27,21 +27,6 @@ from imaxt_pipeline.io.upload import upload
 from imaxt_pipeline.pipeline import run_pipeline
 from imaxt_pipeline.testing import only_steps, write_raw_sample
 
-
-@pytest.fixture
-def fresh_client():
-    """Two worker processes started for one test, as the session's shared cluster is (one thread each)."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="3GiB"
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
 # The workers cannot import this test module: its helpers travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -108,22 +93,22 @@ def _least_growth(client, tmp_path: Path, cols: int, **kw) -> float:
 
 
 @pytest.mark.slow
-def test_twice_the_tiles_costs_at_most_1p2x_the_peak_rss(fresh_client, tmp_path):
+def test_twice_the_tiles_costs_at_most_1p2x_the_peak_rss(fresh_dask_client, tmp_path):
     # 4 channels: the blocks' data (~55 MB of growth) dominate the few MB by which the peak of a
     # worker varies from run to run (with 2 channels, +30 vs +37 MB once in CI: 1.24x, on noise alone)
-    _growth(fresh_client, tmp_path / "warm", 1, rows=1, channels=4)  # imports and allocator pools of the workers
-    small = _least_growth(fresh_client, tmp_path, 2, channels=4)
-    large = _least_growth(fresh_client, tmp_path, 4, channels=4)
+    _growth(fresh_dask_client, tmp_path / "warm", 1, rows=1, channels=4)  # imports and allocator pools of the workers
+    small = _least_growth(fresh_dask_client, tmp_path, 2, channels=4)
+    large = _least_growth(fresh_dask_client, tmp_path, 4, channels=4)
     print(f"peak growth: 2x2 tiles +{small:.0f} MB, 2x4 tiles +{large:.0f} MB")
     assert small > 20, f"the run should allocate data on the workers (peak +{small:.0f} MB)"
     assert large <= 1.2 * small, f"2x the tiles: peak +{large:.0f} MB vs +{small:.0f} MB (> 1.2x)"
 
 
 @pytest.mark.slow
-def test_segment_twice_the_tiles_costs_at_most_1p2x_the_peak_rss(fresh_client, tmp_path):
-    _growth(fresh_client, tmp_path / "warm", 1, rows=1, steps=("segment",), tile=128)
-    small = _least_growth(fresh_client, tmp_path, 2, steps=("segment",), tile=512)
-    large = _least_growth(fresh_client, tmp_path, 4, steps=("segment",), tile=512)
+def test_segment_twice_the_tiles_costs_at_most_1p2x_the_peak_rss(fresh_dask_client, tmp_path):
+    _growth(fresh_dask_client, tmp_path / "warm", 1, rows=1, steps=("segment",), tile=128)
+    small = _least_growth(fresh_dask_client, tmp_path, 2, steps=("segment",), tile=512)
+    large = _least_growth(fresh_dask_client, tmp_path, 4, steps=("segment",), tile=512)
     print(f"segment peak growth: 2x2 tiles +{small:.0f} MB, 2x4 tiles +{large:.0f} MB")
     assert small > 20, f"the run should allocate data on the workers (peak +{small:.0f} MB)"
     assert large <= 1.2 * small, f"2x the tiles: peak +{large:.0f} MB vs +{small:.0f} MB (> 1.2x)"
