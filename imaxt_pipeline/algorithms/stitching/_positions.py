@@ -52,7 +52,15 @@ from ._lsq import Problem, Solved
 from ._magnification import MagnificationEstimate, significance_threshold, stage_magnification
 from ._overlap import PairMatch
 from ._seam_bias import seam_levers, seam_systematic, seam_variation
-from ._uncertainty import TileFlag, components, flag_tiles, stage_placement, stage_tied_islands, unverified_tiles
+from ._uncertainty import (
+    TileFlag,
+    components,
+    flag_tiles,
+    stage_disagreement,
+    stage_placement,
+    stage_tied_islands,
+    unverified_tiles,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -402,6 +410,8 @@ def _place(
     # placed by the stage: the stage's sigma alone (the solve's is the stated prior's, not the data's);
     # on bridges only: a false match could be as far off as the stage, the solve's sigma cannot see it
     psig = np.where(constrained, np.where(loose, np.maximum(psig, scatter), psig), scatter)
+    # ... and at least as far as the stage disagrees with it: which of the two is wrong, no loop says
+    psig = np.where(constrained & loose, np.maximum(psig, stage_disagreement(sol.positions, stage, islands)), psig)
     # an island beside the main one of its section sits where the stage put it: its offset's sigma too
     tied, group = stage_tied_islands(comp, islands, constrained, scatter)
     # every seam of one direction biased alike by the optics the model lacks: a shear only the stage sees

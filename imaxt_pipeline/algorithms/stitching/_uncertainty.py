@@ -37,6 +37,7 @@ __all__ = [
     "relative_sigma",
     "rematch_plan",
     "search_radius",
+    "stage_disagreement",
     "stage_placement",
     "stage_sigma",
     "stage_tied_islands",
@@ -180,6 +181,23 @@ def stage_placement(
     # one stage for every section: pool the deviations (a 2 x 2 section alone says little)
     by_n = {int(n): max(stage_sigma(sum_sq, dof, int(n), fallback_sigma), 0.1) for n in np.unique(n_ref)}
     return out, np.array([by_n[int(n)] for n in n_ref], np.float64)
+
+
+def stage_disagreement(positions: _Array, stage: _Array, islands: npt.NDArray[np.int_]) -> _Array:
+    """Per tile, how far (px) its solved position is from where the stage puts it, against its island's other
+    tiles: ``|(solved - stage) - median over the island|`` (0 for a tile alone in its island).
+
+    On a tile no loop checks this is the size of the error one of the two must have: a false match on its
+    bridge (a 25 px overlap searched 100 px wide) or a stage that slipped. Its sigma is at least that.
+    """
+    off = positions - stage
+    out = np.zeros(len(stage), np.float64)
+    for c in np.unique(islands):
+        members = islands == c
+        if members.sum() > 1:
+            d = off[members] - np.median(off[members], axis=0)
+            out[members] = np.hypot(d[:, 0], d[:, 1])
+    return out
 
 
 def describe_flags(flags: Sequence[TileFlag], name: Callable[[int], str]) -> list[str]:

@@ -106,3 +106,24 @@ def test_tiles_placed_by_the_stage_are_left_out_and_a_single_row_fixes_one_axis(
     assert row.applied == (False, True) and row.mag_sigma[0] > 10 * row.mag_sigma[1]
     one = stage_magnification(q[:1], stage[:1], groups[:1], np.ones(1, bool), stage_sigma_px=2.0)
     assert one.applied == (False, False) and np.isinf(one.mag_sigma).all() and one.mag == (0.0, 0.0)
+
+
+def test_a_joint_sigma_smaller_than_the_regressions_is_not_believed() -> None:
+    """The joint solve's value is kept, its sigma floored by the regression's over the tiles used: a joint
+    sigma made small by the stage priors of tiles on false matches (draw 70) must not apply a shear."""
+    rng = np.random.default_rng(5)
+    q, groups = _grid(2, 2, 486.0, 2, rng)
+    stage = q + rng.normal(0, 5.0, q.shape)
+    alone = stage_magnification(q, stage, groups, np.ones(len(q), bool), stage_sigma_px=5.0)
+    joint = ([0.0, 0.0, -0.012, 0.0], [1e-4, 1e-4, 1.6e-3, 1e-4])  # -1.2 % at "7.5 sigma"
+    est = stage_magnification(q, stage, groups, np.ones(len(q), bool), stage_sigma_px=5.0, joint=joint)
+    assert est.shear == (-0.012, 0.0)
+    np.testing.assert_allclose(est.shear_sigma, alone.shear_sigma)
+    np.testing.assert_allclose(est.mag_sigma, alone.mag_sigma)
+    assert est.shear_applied == (False, False) and est.applied == (False, False)
+    # a joint sigma larger than the regression's stands
+    wide = ([0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0])
+    assert stage_magnification(q, stage, groups, np.ones(len(q), bool), stage_sigma_px=5.0, joint=wide).mag_sigma == (
+        1.0,
+        1.0,
+    )

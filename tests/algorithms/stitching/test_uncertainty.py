@@ -122,3 +122,35 @@ def test_an_island_tied_by_the_stage_only_carries_the_stages_sigma_and_is_named(
     said = dict(zip([f.tile for f in sol.flags], words, strict=True))
     assert "its group of 4 tiles tied to the others by the stage only" in said[2]
     assert "stage only" not in said.get(0, "")
+
+
+def test_a_false_match_on_a_bridge_is_within_the_sigma_the_stage_disagreement_gives() -> None:
+    """2 x 3 tiles, one seam empty so that tile (0,2) hangs on one pair no loop checks, which a false match
+    (a 25 px overlap searched 100 px wide, draw 70 of the 12 Mpx sweep) puts 60-120 px off: the tile is flagged
+    unverified with a sigma at least its disagreement with the stage, so its error lies within 3 sigma."""
+    from imaxt_pipeline.algorithms.stitching import PairMatch, adjacent_pairs, solve_positions
+
+    rng = np.random.default_rng(7)
+    step = 90.0
+    pts = np.stack([np.linspace(10, 90, 8), np.full(8, 95.0)], axis=1)
+    for _ in range(20):
+        stage = np.array([[r * step, c * step] for r in range(2) for c in range(3)])
+        true = stage + rng.normal(0, 5.0, stage.shape)
+        false = rng.uniform(60, 120) * np.array([np.cos(a := rng.uniform(0, 2 * np.pi)), np.sin(a)])
+        ms = []
+        for a, b in adjacent_pairs(2, 3):
+            exp = tuple(stage[b] - stage[a])
+            if (a, b) == (2, 5):  # the empty seam: tile 2 hangs on its pair with tile 1
+                ms.append(PairMatch(a, b, exp, exp, 0.1, False, information=0.0))
+                continue
+            shift = true[b] - true[a] + rng.normal(0, 0.02, 2) + (false if (a, b) == (1, 2) else 0.0)
+            pa = pts if abs(shift[1]) > abs(shift[0]) else pts[:, ::-1]
+            ms.append(PairMatch(a, b, exp, tuple(shift), 0.9, True, pa, pa - shift, np.full(8, 100.0)))
+        sol = solve_positions(ms, stage, tile_shape=(100, 100), estimate_distortion=False, prior_sigma_px=5.0)
+        frame = (sol.positions[[0, 1, 3, 4]] - true[[0, 1, 3, 4]]).mean(axis=0)
+        err = float(np.hypot(*(sol.positions[2] - true[2] - frame)))
+        kinds = {f.tile: f.kind for f in sol.flags}
+        assert kinds.get(2) == "unverified" and err > 50
+        assert err <= 3 * sol.position_sigma[2], (err, sol.position_sigma[2])
+        # the tiles the loop checks keep their sub-pixel sigma
+        assert np.all(sol.position_sigma[[0, 1, 3, 4]] < 1.0)
