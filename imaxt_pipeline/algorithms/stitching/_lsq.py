@@ -302,11 +302,8 @@ class Problem:
         cols = self.k_col + self.mag_col
         if not cols:
             return sigma
-        # Point weights from match_pair are often optimistic: scale them to the observed scatter.
-        r = nm.design @ nm.x - nm.rhs
-        dof = max(len(nm.rhs) - self.n_unk, 1)
-        s2 = max(1.0, float(np.sum(nm.weights * r * r)) / dof) if len(nm.rhs) else 1.0
-        lu = splinalg.splu((nm.data / s2 + nm.prior).tocsc())
+        # Point weights from match_pair are often optimistic: scaled to the observed scatter.
+        lu = splinalg.splu(self._scaled_normal(nm))
         e = np.zeros((self.n_unk, len(cols)))
         e[cols, np.arange(len(cols))] = 1.0
         cov = lu.solve(e)[cols]
