@@ -411,7 +411,8 @@ def _place(
     # on bridges only: a false match could be as far off as the stage, the solve's sigma cannot see it
     psig = np.where(constrained, np.where(loose, np.maximum(psig, scatter), psig), scatter)
     # ... and at least as far as the stage disagrees with it: which of the two is wrong, no loop says
-    psig = np.where(constrained & loose, np.maximum(psig, stage_disagreement(sol.positions, stage, islands)), psig)
+    gap = np.where(constrained & loose, stage_disagreement(sol.positions, stage, islands), 0.0)
+    psig = np.maximum(psig, gap)
     # an island beside the main one of its section sits where the stage put it: its offset's sigma too
     tied, group = stage_tied_islands(comp, islands, constrained, scatter)
     # every seam of one direction biased alike by the optics the model lacks: a shear only the stage sees
@@ -419,7 +420,7 @@ def _place(
     size = variation if seam_sigma is None else np.asarray(seam_sigma, np.float64)
     seam = seam_systematic(size, seam_levers(len(stage), matches, active, islands))
     psig = np.where(constrained & ~loose, np.sqrt(psig**2 + tied**2 + seam**2), psig)
-    flags = flag_tiles(matches, active, constrained, psig, loose, group, seam)
+    flags = flag_tiles(matches, active, constrained, psig, loose, group, seam, gap)
     return pos, psig, list(flags), variation
 
 

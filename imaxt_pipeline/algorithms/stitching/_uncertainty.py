@@ -61,7 +61,8 @@ class TileFlag:
     rejected as inconsistent; ``sigma_px`` is the reported 1-sigma position uncertainty; ``group`` is the
     number of tiles of the tile's island of used pairs when only the stage ties that island to the rest of
     its section (0 otherwise); ``seam_px`` the part of ``sigma_px`` from the seams' common bias
-    (:mod:`._seam_bias`).
+    (:mod:`._seam_bias`); ``stage_gap_px`` how far the stage puts an unverified tile from where its pairs do
+    (:func:`stage_disagreement`), when that sets ``sigma_px``.
     """
 
     tile: int
@@ -71,6 +72,7 @@ class TileFlag:
     rejected: tuple[int, ...] = ()
     group: int = 0
     seam_px: float = 0.0
+    stage_gap_px: float = 0.0
 
 
 def components(n_tiles: int, pairs: Sequence[tuple[int, int]]) -> npt.NDArray[np.int_]:
@@ -223,9 +225,14 @@ def describe_flags(flags: Sequence[TileFlag], name: Callable[[int], str]) -> lis
             out.append(f"tile {name(f.tile)}: {reason} — placed by stage, ±{f.sigma_px:.1f} px")
         elif f.kind == "unverified":
             reason = (", ".join(why) + "; ") if why else ""
+            source = (
+                f"its pairs and the stage disagree by {f.stage_gap_px:.1f} px, a false match or a stage error"
+                if f.stage_gap_px
+                else "stage"
+            )
             out.append(
                 f"tile {name(f.tile)}: {reason}placed by pairs no loop checks (a false match would go unseen) — "
-                f"±{f.sigma_px:.1f} px (stage)"
+                f"±{f.sigma_px:.1f} px ({source})"
             )
         else:
             if f.group:
@@ -350,9 +357,11 @@ def flag_tiles(
     unverified: _Mask | None = None,
     group: npt.NDArray[np.int_] | None = None,
     seam: _Array | None = None,
+    stage_gap: _Array | None = None,
 ) -> list[TileFlag]:
     """Tiles placed by the stage, unverified (on bridge pairs only) or weakly constrained, with the failed pairs
-    (``group``: :func:`stage_tied_islands`' sizes; ``seam``: the seams' systematic, :mod:`._seam_bias`)."""
+    (``group``: :func:`stage_tied_islands`' sizes; ``seam``: the seams' systematic, :mod:`._seam_bias`;
+    ``stage_gap``: :func:`stage_disagreement`, named on an unverified tile whose sigma it sets)."""
     empty: dict[int, list[int]] = {}
     rejected: dict[int, list[int]] = {}
     for m, used in zip(matches, active, strict=True):
@@ -373,8 +382,18 @@ def flag_tiles(
         if kind:
             size = 0 if group is None else int(group[t])
             sys_px = 0.0 if seam is None or kind != "weak" else float(seam[t])
+            gap = 0.0 if stage_gap is None or kind != "unverified" else float(stage_gap[t])
             out.append(
-                TileFlag(t, kind, float(sigma[t]), tuple(empty.get(t, ())), tuple(rejected.get(t, ())), size, sys_px)
+                TileFlag(
+                    t,
+                    kind,
+                    float(sigma[t]),
+                    tuple(empty.get(t, ())),
+                    tuple(rejected.get(t, ())),
+                    size,
+                    sys_px,
+                    gap if gap >= sigma[t] else 0.0,
+                )
             )
     return out
 

@@ -128,7 +128,7 @@ def test_a_false_match_on_a_bridge_is_within_the_sigma_the_stage_disagreement_gi
     """2 x 3 tiles, one seam empty so that tile (0,2) hangs on one pair no loop checks, which a false match
     (a 25 px overlap searched 100 px wide, draw 70 of the 12 Mpx sweep) puts 60-120 px off: the tile is flagged
     unverified with a sigma at least its disagreement with the stage, so its error lies within 3 sigma."""
-    from imaxt_pipeline.algorithms.stitching import PairMatch, adjacent_pairs, solve_positions
+    from imaxt_pipeline.algorithms.stitching import PairMatch, adjacent_pairs, describe_flags, solve_positions
 
     rng = np.random.default_rng(7)
     step = 90.0
@@ -154,3 +154,6 @@ def test_a_false_match_on_a_bridge_is_within_the_sigma_the_stage_disagreement_gi
         assert err <= 3 * sol.position_sigma[2], (err, sol.position_sigma[2])
         # the tiles the loop checks keep their sub-pixel sigma
         assert np.all(sol.position_sigma[[0, 1, 3, 4]] < 1.0)
+        # and the QC line says where the sigma comes from
+        (line,) = [w for f, w in zip(sol.flags, describe_flags(sol.flags, str), strict=True) if f.tile == 2]
+        assert f"±{sol.position_sigma[2]:.1f} px (its pairs and the stage disagree by" in line, line
