@@ -35,9 +35,13 @@ def test_bridges_agree_with_the_definition_on_random_grids():
 
 def test_a_50x50_grid_is_checked_in_well_under_a_second():
     pairs = adjacent_pairs(50, 50)
-    t0 = time.perf_counter()
-    loose = unverified_tiles(2500, pairs)
-    assert time.perf_counter() - t0 < 2.0  # was quadratic: one connected-components pass per pair
+    times = []
+    for _ in range(3):  # the fastest of three: a loaded CI machine once stalled one call for 2.3 s
+        t0 = time.perf_counter()
+        loose = unverified_tiles(2500, pairs)
+        times.append(time.perf_counter() - t0)
+    # ~8 ms here; it was quadratic (one connected-components pass per pair: seconds)
+    assert min(times) < 1.0, times
     assert not loose.any()
     chain = [(i, i + 1) for i in range(49)]  # one row of tiles: every pair a bridge, every tile unverified
     assert unverified_tiles(50, chain).all()
