@@ -22,7 +22,8 @@ from scipy.sparse import linalg as splinalg
 
 from ..optics import DistortionModel
 from ._overlap import PairMatch
-from ._uncertainty import relative_sigma
+from ._pair_scatter import block_normal, excess_variance
+from ._uncertainty import components, relative_sigma
 
 __all__ = ["Normal", "Problem", "Solved"]
 
@@ -39,6 +40,7 @@ class Normal:
     design: sparse.csr_matrix  # data design, right-hand side and weights
     rhs: _Array
     weights: _Array
+    blocks: npt.NDArray[np.int_]  # per equation row: 2 * pair + axis (the points that share a pair's error)
     x: _Array  # the solution vector
     mag: _Array  # (mag_y, mag_x)
     kt: _Array  # (axis, order): k~ of the cubic and quintic terms, detector units
@@ -146,8 +148,8 @@ class Problem:
     def _data(
         self, active: _Mask, point_keep: list[_Mask]
     ) -> tuple[sparse.csr_matrix, _Array, _Array, npt.NDArray[np.int_]]:
-        """Sparse design, right-hand side, weights and pair index of the seam equations (the last kept:
-        a jackknife solves the same pairs and points with some pairs' weights set to 0)."""
+        """Sparse design, right-hand side, weights and block (``2 * pair + axis``) of the seam equations (the
+        last kept: a jackknife solves the same pairs and points with some pairs' weights set to 0)."""
         key = active.tobytes() + b"".join(k.tobytes() for k in point_keep)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
@@ -163,7 +165,7 @@ class Problem:
         vals: list[_Array] = []
         rhs: list[_Array] = []
         wts: list[_Array] = []
-        pair: list[npt.NDArray[np.int_]] = []
+        block: list[npt.NDArray[np.int_]] = []
         eq = 0
         for i, m in enumerate(self.matches):
             if not active[i]:
@@ -187,14 +189,14 @@ class Problem:
                         target = target - dg[:, axis, order] * self.kt_fixed[axis, order]
                 rhs.append(target)
                 wts.append(w)
-                pair.append(np.full(k, i))
+                block.append(np.full(k, 2 * i + axis))
                 eq += k
 
         def cat(x: Sequence[npt.NDArray[Any]], dt: type = float) -> npt.NDArray[Any]:
             return np.concatenate(x).astype(dt) if x else np.zeros(0, dt)
 
         a = sparse.csr_matrix((cat(vals), (cat(rows, int), cat(cols, int))), shape=(eq, self.n_unk))
-        return a, cat(rhs), cat(wts), cat(pair, int)
+        return a, cat(rhs), cat(wts), cat(block, int)
 
     def _prior(self, q0: _Array, lin0: _Array) -> tuple[sparse.csr_matrix, _Array, _Array]:
         """Linearised stage priors ``A Q = stage - centre`` and the coefficient priors."""
@@ -231,9 +233,9 @@ class Problem:
     def solve(self, active: _Mask, point_keep: list[_Mask], without: _Mask | None = None) -> Solved:
         """Positions and distortion for the pairs and points kept (Gauss-Newton in ``mag`` when fitted);
         ``without`` (per pair) leaves those pairs out of the active ones."""
-        ad, bd, wd, pair = self._data(active, point_keep)
+        ad, bd, wd, block = self._data(active, point_keep)
         if without is not None:
-            wd = np.where(without[pair], 0.0, wd)
+            wd = np.where(without[block // 2], 0.0, wd)
         nd = (ad.T @ ad.multiply(wd[:, None]).tocsr()).tocsc()
         rd = ad.T @ (wd * bd)
         lin = self.lin0.copy()
@@ -267,7 +269,7 @@ class Problem:
             k5_y=float(k[0, 1]),
             k5_x=float(k[1, 1]),
         )
-        normal = Normal(nd, npr, ad, bd, wd, x, mag, kt)
+        normal = Normal(nd, npr, ad, bd, wd, block, x, mag, kt)
         return Solved(positions, model, self._residuals(q, kt), normal, q)
 
     def _residuals(self, q: _Array, kt: _Array) -> list[_Array]:
@@ -282,11 +284,17 @@ class Problem:
         return out
 
     def _scaled_normal(self, nm: Normal) -> sparse.csc_matrix:
-        """Normal matrix with the data weights scaled to their observed scatter (reduced chi-square >= 1)."""
+        """Normal matrix with the data weights scaled to their observed scatter (reduced chi-square >= 1) and
+        each pair's common error, where the pairs' mean residuals show one (:mod:`._pair_scatter`)."""
         r = nm.design @ nm.x - nm.rhs
         dof = max(len(nm.rhs) - self.n_unk, 1)
         s2 = max(1.0, float(np.sum(nm.weights * r * r)) / dof) if len(nm.rhs) else 1.0
-        return (nm.data / s2 + nm.prior).tocsc()
+        used = np.unique(nm.blocks[nm.weights > 0] // 2)
+        comp = components(self.n_tiles, [(self.matches[i].reference, self.matches[i].moving) for i in used])
+        # what the pairs' means fix: each island's tiles relative to one another, and the radial terms
+        n_params = 2 * (self.n_tiles - len(np.unique(comp))) + len(self.radial_col)
+        tau2 = excess_variance(r, nm.weights, nm.blocks, s2, n_params)
+        return (block_normal(nm.data, nm.design, nm.weights, nm.blocks, s2, tau2) + nm.prior).tocsc()
 
     def position_sigma(self, solved: Solved, comp: npt.NDArray[np.int_], gauge: _Mask) -> _Array:
         """1-sigma of each tile's position relative to its component (see :mod:`._uncertainty`)."""

@@ -1,0 +1,82 @@
+"""A pair's points share an error their own scatter cannot show: the position sigma takes it from the loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from imaxt_pipeline.algorithms.stitching import PairMatch, adjacent_pairs, solve_positions
+from imaxt_pipeline.algorithms.stitching._pair_scatter import block_normal, excess_variance
+
+
+def test_the_block_normal_is_the_inverse_of_the_blocks_covariance():
+    rng = np.random.default_rng(0)
+    blocks = np.repeat(np.arange(5), [3, 4, 2, 6, 5])
+    n = len(blocks)
+    a = sparse.csr_matrix(rng.normal(size=(n, 4)))
+    w = rng.uniform(0.5, 2.0, n)
+    s2, tau2 = 1.7, 0.3
+    cov = np.zeros((n, n))
+    for b in range(5):
+        i = np.flatnonzero(blocks == b)
+        cov[np.ix_(i, i)] = s2 * np.diag(1.0 / w[i]) + tau2
+    dense = a.toarray().T @ np.linalg.inv(cov) @ a.toarray()
+    data = (a.T @ sparse.diags(w) @ a).tocsc()
+    got = block_normal(data, a, w, blocks, s2, tau2).toarray()
+    np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-12)
+    # no common error: the point-level normal, scaled
+    np.testing.assert_allclose(block_normal(data, a, w, blocks, s2, 0.0).toarray(), data.toarray() / s2)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.05, 0.2])
+def test_the_excess_variance_is_recovered_over_random_blocks(tau):
+    rng = np.random.default_rng(int(tau * 100))
+    sizes = rng.integers(2, 40, 600)
+    blocks = np.repeat(np.arange(600), sizes)
+    w = rng.uniform(50.0, 400.0, len(blocks))  # points of 0.05-0.14 px
+    r = rng.normal(0, 1 / np.sqrt(w)) + np.repeat(rng.normal(0, tau, 600), sizes)
+    got = excess_variance(r, w, blocks, 1.0, 0)
+    assert abs(np.sqrt(got) - tau) < 0.2 * tau + 0.02, np.sqrt(got)
+
+
+def _grid(rng, tau, rows=6, cols=6, points=30):
+    """Tiles on a grid whose pairs have precise points (0.02 px) and a common error of ``tau`` px each."""
+    step = 200.0
+    stage = np.array([[r * step, c * step] for r in range(rows) for c in range(cols)])
+    true = stage + rng.normal(0, 2.0, stage.shape)
+    ms = []
+    for a, b in adjacent_pairs(rows, cols):
+        shift = true[b] - true[a] + rng.normal(0, tau, 2)
+        along = np.linspace(10, 190, points)
+        pa = np.stack([along, np.full(points, 195.0)], 1) if abs(shift[1]) > abs(shift[0]) else None
+        if pa is None:
+            pa = np.stack([np.full(points, 195.0), along], 1)
+        noise = rng.normal(0, 0.02, (points, 2))
+        expected = tuple(stage[b] - stage[a])
+        ms.append(PairMatch(a, b, expected, tuple(shift), 0.9, True, pa, pa - shift + noise, np.full(points, 2500.0)))
+    sol = solve_positions(ms, stage, tile_shape=(200, 200), estimate_distortion=False, prior_sigma_px=2.0)
+    d = sol.positions - true
+    return np.hypot(*(d - d.mean(axis=0)).T), sol.position_sigma
+
+
+def test_tiles_stay_within_3_sigma_when_every_pair_carries_a_common_error():
+    rng = np.random.default_rng(1)
+    errs, sigmas = [], []
+    for _ in range(12):
+        e, s = _grid(rng, tau=0.15)
+        errs.append(e)
+        sigmas.append(s)
+    z = np.concatenate(errs) / np.concatenate(sigmas)
+    # the points alone (0.02 px, 30 per pair) claim ~0.01 px; the loops show 0.15 px per pair
+    assert np.median(np.concatenate(sigmas)) > 0.05
+    assert np.mean(z > 3.0) <= 0.02, np.mean(z > 3.0)
+    # and the sigma is not merely inflated: typical errors are a sizeable part of it
+    assert np.median(z) > 0.4
+
+
+def test_precise_pairs_without_a_common_error_keep_their_small_sigma():
+    rng = np.random.default_rng(2)
+    e, s = _grid(rng, tau=0.0)
+    assert np.median(s) < 0.02
+    assert np.mean(e > 3 * s) <= 0.05
