@@ -14,6 +14,7 @@ Nothing here reads or writes storage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -109,26 +110,140 @@ def stray_profiles(
             continue
         ti, bi = np.nonzero(ok)
         n = w if horizontal else h
-        # only the lines within 2 edge_px of this border count (the excess and the window it is measured
-        # against), inwards from the border
-        lines = np.arange(min(2 * e, n)) if side in ("left", "top") else n - 1 - np.arange(min(2 * e, n))
+        # the lines of this border's reach (the excess, the window it is measured against and the tail past it)
+        reach = max(min(_REACH * e, n // 2), min(2 * e, n))
+        lines = np.arange(reach) if side in ("left", "top") else n - 1 - np.arange(reach)
         # block rows (left/right) or columns (top/bottom) of the usable bands, minus the model
         data = stats.rows if horizontal else stats.cols
         model = dark + background * flat_band_means[0 if horizontal else 1][bi[:, None], lines[None, :]]
         picked = data[tiles[ti][:, None], bi[:, None], lines[None, :]] - model
+        # past the window a band counts only while it stays agarose (tissue further in is not stray light)
+        picked[~_dim_run(dims[ti], bi, side, horizontal, b, reach)] = np.nan
         # the median along the last, contiguous axis: numpy's partition across rows is several times slower
-        inward = np.median(np.ascontiguousarray(picked.T), axis=1)
-        near, window = inward[:e], inward[e : 2 * e]
-        near = near - np.median(window)
-        q = max(1, window.size // 4)
-        tail = max(tail, 2.0 * float(np.mean(window[:q]) - np.mean(window[-q:])))
-        excess = np.where(near > floor, near, 0.0)
-        excess[_run(excess > 0) :] = 0.0  # only the run touching the border
+        counted = np.isfinite(picked).sum(axis=0) >= 3
+        inward = np.full(reach, np.nan)
+        inward[counted] = np.nanmedian(np.ascontiguousarray(picked.T[counted]), axis=1)
+        excess, missed = _border_excess(inward, e, floor, _TAIL_LEVEL * background)
+        tail = max(tail, missed)
         if side in ("left", "top"):
-            profiles[horizontal][:e] += excess
+            profiles[horizontal][: len(excess)] += excess
         else:
-            profiles[horizontal][n - e :] += excess[::-1]
+            profiles[horizontal][n - len(excess) :] += excess[::-1]
     return profiles[True], profiles[False], max(tail, 0.0)
+
+
+#: Fall across the window, as a fraction of the agarose level, past which the stray light's tail is fitted.
+_TAIL_LEVEL = 0.1
+#: How far in (in border widths, up to half the tile) the stray light's tail is followed.
+_REACH = 6
+
+
+def _dim_run(
+    dims: npt.NDArray[np.bool_], bands: npt.NDArray[np.intp], side: str, horizontal: bool, b: int, reach: int
+) -> npt.NDArray[np.bool_]:
+    """(bands, reach): whether each line of each band lies before the band's first non-agarose block (the
+    block at the border itself, which the stray light may raise, does not count)."""
+    seq = dims[np.arange(len(bands)), bands, :] if horizontal else dims[np.arange(len(bands)), :, bands]
+    if side in ("right", "bottom"):
+        seq = seq[:, ::-1]
+    inside = seq.copy()
+    inside[:, 0] = True
+    run = np.where(inside.all(axis=1), inside.shape[1], np.argmin(inside, axis=1))  # dim blocks from the border
+    return np.asarray(np.arange(reach)[None, :] // b < run[:, None])
+
+
+def _border_excess(inward: _Float, e: int, floor: float, level: float) -> tuple[npt.NDArray[np.float64], float]:
+    """The stray light along one border, per line inwards, from the excess profile ``inward`` (NaN: not measured).
+
+    Within ``e`` lines of the border it is the excess over the window ``[e, 2 e)``'s median. Where that finds
+    stray light at the border and the light still falls across the window by more than ``level`` (a tenth of
+    the agarose's: what the flat's fit would take for vignetting), it reaches further in: then
+    an exponential tail is fitted with a sloped baseline (``c0 + c1 x + a exp(-x / s)``, the scale searched on
+    a grid) over the lines measured, and kept where it explains the profile far better than the baseline
+    alone (:data:`_TAIL_F`). Light that reaches tens of px in must not pass for vignetting: a flat fitted on it
+    made the sweep's draw 80 (stray light falling over 23 px) a 60 % ramp across the tile. Returns the profile
+    (0 below ``floor``; only the run touching the border) and what it may have missed: with a tail, twice its
+    value at the last line measured with what the baseline's slope leaves open; without one, twice the fall
+    across the window.
+    """
+    x = np.arange(len(inward), dtype=np.float64)
+    seen = np.isfinite(inward)
+    window = inward[e : 2 * e][seen[e : 2 * e]]
+    if not window.size:
+        return np.zeros(len(inward)), 0.0
+    q = max(1, window.size // 4)
+    fall = max(2.0 * float(np.mean(window[:q]) - np.mean(window[-q:])), 0.0)
+    near = np.where(x < e, np.nan_to_num(inward - float(np.median(window))), 0.0)
+    excess = _border_run(near, floor)
+    if not (excess.any() and fall > max(floor, level)):
+        return excess, fall
+    tail = _tail_fit(x[seen], inward[seen], int(np.flatnonzero(seen)[-1]), 2.0 * e)
+    # the window's estimate is short by the light inside the window, not by several times: a tail that would
+    # make the border far brighter traded with the baseline (seen: a 90 px "decay" of 8x the light)
+    if tail is None or tail[1] > _TAIL_AT_MOST * float(excess[0]) + floor:
+        return excess, fall
+    baseline, amplitude, scale, spread = tail
+    curve = amplitude * np.exp(-x / scale)
+    profile = _border_run(np.where(x < e, np.nan_to_num(inward - baseline(x)), curve), floor)
+    return profile, float(np.hypot(2.0 * curve[int(np.flatnonzero(seen)[-1])], spread))
+
+
+#: A tail's border value may be at most this multiple of the window's estimate there (which it corrects).
+_TAIL_AT_MOST = 2.5
+#: How much better (F statistic of the exponential's two extra terms) the tail must fit than the baseline alone.
+_TAIL_F = 20.0
+
+
+def _tail_fit(
+    xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64], last: int, longest: float
+) -> tuple[Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]], float, float, float] | None:
+    """Baseline, amplitude and scale of ``c0 + c1 x + a exp(-x / s)`` fitted to the profile, and how far the
+    baseline at the border moves without its slope (``c1 = 0``; what the choice of baseline leaves open, which
+    a bootstrap over tiles cannot see); None when the profile is too short (under 8 lines) or the exponential
+    does not earn its two terms (:data:`_TAIL_F`). Decays up to ``longest`` px are searched: a longer one trades
+    with the baseline over any reach a tile allows."""
+    if len(xs) < 8:
+        return None
+    lin = np.stack([np.ones_like(xs), xs / max(last, 1)], axis=1)
+    sse_lin = float(np.sum((lin @ np.linalg.lstsq(lin, ys, rcond=None)[0] - ys) ** 2))
+    sloped, level = _best_tail(lin, xs, ys, longest), _best_tail(lin[:, :1], xs, ys, longest)
+    if sloped is None:
+        return None
+    dof = len(xs) - 4
+    if dof <= 0 or (sse_lin - sloped[0]) / 2.0 < _TAIL_F * max(sloped[0], 1e-12) / dof:
+        return None
+    # the slope trades with a long tail: kept only where it earns its term
+    flat_enough = level is not None and level[0] - sloped[0] < _TAIL_F * max(sloped[0], 1e-12) / dof
+    sse, scale, coef = level if flat_enough and level is not None else sloped
+    c0, c1 = float(coef[0]), float(coef[1]) if len(coef) == 3 else 0.0
+    other = sloped if coef is not sloped[2] else level
+    spread = abs(c0 - float(other[2][0])) if other is not None else abs(float(coef[-1]))
+
+    def baseline(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return c0 + c1 * x / max(last, 1)
+
+    return baseline, float(coef[-1]), scale, spread
+
+
+def _best_tail(
+    base: npt.NDArray[np.float64], xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64], longest: float
+) -> tuple[float, float, npt.NDArray[np.float64]] | None:
+    """(sse, scale, coefficients) of ``base`` plus ``a exp(-x / s)`` with ``a > 0``, the scale on a grid."""
+    best: tuple[float, float, npt.NDArray[np.float64]] | None = None
+    for scale in np.geomspace(1.0, max(longest, 1.5), 32):
+        design = np.column_stack([base, np.exp(-xs / scale)])
+        coef = np.linalg.lstsq(design, ys, rcond=None)[0]
+        sse = float(np.sum((design @ coef - ys) ** 2))
+        if coef[-1] > 0 and (best is None or sse < best[0]):
+            best = (sse, float(scale), coef)
+    return best
+
+
+def _border_run(near: npt.NDArray[np.float64], floor: float) -> npt.NDArray[np.float64]:
+    """``near`` where it exceeds ``floor`` along the run touching the border, 0 elsewhere."""
+    excess = np.where(near > floor, near, 0.0)
+    excess[_run(excess > 0) :] = 0.0
+    return excess
 
 
 def measured_sides(dim: npt.NDArray[np.bool_], block: int, edge_px: int) -> tuple[str, ...]:
