@@ -22,7 +22,7 @@ from scipy.sparse import linalg as splinalg
 
 from ..optics import DistortionModel
 from ._overlap import PairMatch
-from ._pair_scatter import block_normal, excess_variance
+from ._pair_scatter import block_noise, block_normal, excess_variance
 from ._uncertainty import components, relative_sigma
 
 __all__ = ["Normal", "Problem", "Solved"]
@@ -293,8 +293,9 @@ class Problem:
         comp = components(self.n_tiles, [(self.matches[i].reference, self.matches[i].moving) for i in used])
         # what the pairs' means fix: each island's tiles relative to one another, and the radial terms
         n_params = 2 * (self.n_tiles - len(np.unique(comp))) + len(self.radial_col)
-        tau2 = excess_variance(r, nm.weights, nm.blocks, s2, n_params)
-        return (block_normal(nm.data, nm.design, nm.weights, nm.blocks, s2, tau2) + nm.prior).tocsc()
+        s2_b = block_noise(r, nm.weights, nm.blocks, s2)
+        tau2 = excess_variance(r, nm.weights, nm.blocks, s2_b, n_params)
+        return (block_normal(nm.data, nm.design, nm.weights, nm.blocks, s2_b, tau2) + nm.prior).tocsc()
 
     def position_sigma(self, solved: Solved, comp: npt.NDArray[np.int_], gauge: _Mask) -> _Array:
         """1-sigma of each tile's position relative to its component (see :mod:`._uncertainty`)."""

@@ -7,7 +7,7 @@ import pytest
 from scipy import sparse
 
 from imaxt_pipeline.algorithms.stitching import PairMatch, adjacent_pairs, solve_positions
-from imaxt_pipeline.algorithms.stitching._pair_scatter import block_normal, excess_variance
+from imaxt_pipeline.algorithms.stitching._pair_scatter import block_noise, block_normal, excess_variance
 
 
 def test_the_block_normal_is_the_inverse_of_the_blocks_covariance():
@@ -38,6 +38,37 @@ def test_the_excess_variance_is_recovered_over_random_blocks(tau):
     r = rng.normal(0, 1 / np.sqrt(w)) + np.repeat(rng.normal(0, tau, 600), sizes)
     got = excess_variance(r, w, blocks, 1.0, 0)
     assert abs(np.sqrt(got) - tau) < 0.2 * tau + 0.02, np.sqrt(got)
+
+
+def test_a_block_whose_points_scatter_more_than_their_weights_say_gets_a_larger_scale():
+    rng = np.random.default_rng(3)
+    sizes = np.r_[np.full(200, 40), np.full(200, 4)]  # many-point pairs, then few-point ones
+    blocks = np.repeat(np.arange(400), sizes)
+    w = np.ones(len(blocks))
+    sd = np.where(blocks < 200, 1.0, 3.0)  # the few-point pairs' points 3x noisier than claimed
+    r = rng.normal(0, sd) + np.repeat(rng.normal(0, 5.0, 400), sizes)  # each block's mean is its own business
+    pooled = float(np.mean(r**2))
+    got = block_noise(r, w, blocks, 1.0)
+    assert np.all(got >= 1.0)  # never below the pooled scale
+    assert 0.8 < np.median(got[:200]) < 1.3  # the many-point pairs keep it (their mean removed, not the 5 px)
+    # the few-point ones move towards their 9, by 3 of 11 points' worth: (3 * 9 + 8) / 11 ~ 3.2
+    assert 2.4 < np.median(got[200:]) < 4.2, np.median(got[200:])
+    assert pooled > 20  # what scaling by the raw scatter (means included) would have said
+
+
+def test_a_per_block_scale_enters_the_block_normal():
+    rng = np.random.default_rng(4)
+    blocks = np.repeat(np.arange(4), [3, 5, 2, 4])
+    a = sparse.csr_matrix(rng.normal(size=(14, 3)))
+    w = rng.uniform(0.5, 2.0, 14)
+    s2_b, tau2 = np.array([1.0, 2.0, 4.0, 1.5]), 0.2
+    cov = np.zeros((14, 14))
+    for b in range(4):
+        i = np.flatnonzero(blocks == b)
+        cov[np.ix_(i, i)] = s2_b[b] * np.diag(1.0 / w[i]) + tau2
+    dense = a.toarray().T @ np.linalg.inv(cov) @ a.toarray()
+    got = block_normal(None, a, w, blocks, s2_b, tau2).toarray()
+    np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-12)
 
 
 def _grid(rng, tau, rows=6, cols=6, points=30):
