@@ -177,7 +177,8 @@ def _border_excess(inward: _Float, e: int, floor: float, level: float) -> tuple[
     excess = _border_run(near, floor)
     if not (excess.any() and fall > max(floor, level)):
         return excess, fall
-    tail = _tail_fit(x[seen], inward[seen], int(np.flatnonzero(seen)[-1]), 2.0 * e)
+    last = int(np.flatnonzero(seen)[-1])
+    tail = _tail_fit(x[seen], inward[seen], last, 2.0 * e)
     # the window's estimate is short by the light inside the window, not by several times: a tail that would
     # make the border far brighter traded with the baseline (seen: a 90 px "decay" of 8x the light)
     if tail is None or tail[1] > _TAIL_AT_MOST * float(excess[0]) + floor:
@@ -185,7 +186,7 @@ def _border_excess(inward: _Float, e: int, floor: float, level: float) -> tuple[
     baseline, amplitude, scale, spread = tail
     curve = amplitude * np.exp(-x / scale)
     profile = _border_run(np.where(x < e, np.nan_to_num(inward - baseline(x)), curve), floor)
-    return profile, float(np.hypot(2.0 * curve[int(np.flatnonzero(seen)[-1])], spread))
+    return profile, float(np.hypot(2.0 * curve[last], spread))
 
 
 #: A tail's border value may be at most this multiple of the window's estimate there (which it corrects).
@@ -214,9 +215,9 @@ def _tail_fit(
         return None
     # the slope trades with a long tail: kept only where it earns its term
     flat_enough = level is not None and level[0] - sloped[0] < _TAIL_F * max(sloped[0], 1e-12) / dof
-    sse, scale, coef = level if flat_enough and level is not None else sloped
+    chosen, other = (level, sloped) if flat_enough and level is not None else (sloped, level)
+    _, scale, coef = chosen
     c0, c1 = float(coef[0]), float(coef[1]) if len(coef) == 3 else 0.0
-    other = sloped if coef is not sloped[2] else level
     spread = abs(c0 - float(other[2][0])) if other is not None else abs(float(coef[-1]))
 
     def baseline(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

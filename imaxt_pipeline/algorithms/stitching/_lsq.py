@@ -295,7 +295,7 @@ class Problem:
         n_params = 2 * (self.n_tiles - len(np.unique(comp))) + len(self.radial_col)
         s2_b = block_noise(r, nm.weights, nm.blocks, s2)
         tau2 = excess_variance(r, nm.weights, nm.blocks, s2_b, n_params)
-        return (block_normal(nm.data, nm.design, nm.weights, nm.blocks, s2_b, tau2) + nm.prior).tocsc()
+        return (block_normal(nm.design, nm.weights, nm.blocks, s2_b, tau2) + nm.prior).tocsc()
 
     def position_sigma(self, solved: Solved, comp: npt.NDArray[np.int_], gauge: _Mask) -> _Array:
         """1-sigma of each tile's position relative to its component (see :mod:`._uncertainty`)."""

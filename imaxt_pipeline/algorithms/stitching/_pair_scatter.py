@@ -95,25 +95,16 @@ _PRIOR_POINTS = 8.0
 
 
 def block_normal(
-    data: sparse.spmatrix | None,
-    design: sparse.spmatrix,
-    weights: _Array,
-    blocks: npt.NDArray[np.int_],
-    s2: float | _Array,
-    tau2: float,
+    design: sparse.spmatrix, weights: _Array, blocks: npt.NDArray[np.int_], s2: float | _Array, tau2: float
 ) -> sparse.csc_matrix:
-    """The data normal matrix under the blocks' covariance ``s2 W^-1 + tau2 1 1^T``: ``data / s2`` (``data`` is
-    ``A^T W A``) less, per block, ``c (A^T w)(A^T w)^T`` with ``c = tau2 / (s2 (s2 + tau2 W_b))`` (``W_b`` the
-    block's summed weight). ``s2`` may be one per block (:func:`block_noise`); ``data`` is then not used.
+    """The data normal matrix under the blocks' covariance ``s2 W^-1 + tau2 1 1^T`` (``s2`` one value, or one
+    per block: :func:`block_noise`): ``A^T diag(w / s2) A`` less, per block, ``c (A^T w)(A^T w)^T`` with
+    ``c = tau2 / (s2 (s2 + tau2 W_b))`` (``W_b`` the block's summed weight).
     """
     a = sparse.csr_matrix(design)
     n_blocks = int(blocks.max()) + 1 if len(blocks) else 0
-    if np.ndim(s2) == 0 and data is not None:
-        base = data / float(s2)
-        s2_b = np.full(n_blocks, float(s2))
-    else:
-        s2_b = np.broadcast_to(np.asarray(s2, np.float64), (n_blocks,))
-        base = a.T @ a.multiply((weights / s2_b[blocks])[:, None]).tocsr()
+    s2_b = np.broadcast_to(np.asarray(s2, np.float64), (n_blocks,))
+    base = a.T @ a.multiply((weights / s2_b[blocks])[:, None]).tocsr()
     if tau2 <= 0.0 or not len(blocks):
         return sparse.csc_matrix(base)
     w_sum = _block_sums(blocks, weights, n_blocks)

@@ -23,10 +23,10 @@ def test_the_block_normal_is_the_inverse_of_the_blocks_covariance():
         cov[np.ix_(i, i)] = s2 * np.diag(1.0 / w[i]) + tau2
     dense = a.toarray().T @ np.linalg.inv(cov) @ a.toarray()
     data = (a.T @ sparse.diags(w) @ a).tocsc()
-    got = block_normal(data, a, w, blocks, s2, tau2).toarray()
+    got = block_normal(a, w, blocks, s2, tau2).toarray()
     np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-12)
     # no common error: the point-level normal, scaled
-    np.testing.assert_allclose(block_normal(data, a, w, blocks, s2, 0.0).toarray(), data.toarray() / s2)
+    np.testing.assert_allclose(block_normal(a, w, blocks, s2, 0.0).toarray(), data.toarray() / s2)
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.05, 0.2])
@@ -67,7 +67,7 @@ def test_a_per_block_scale_enters_the_block_normal():
         i = np.flatnonzero(blocks == b)
         cov[np.ix_(i, i)] = s2_b[b] * np.diag(1.0 / w[i]) + tau2
     dense = a.toarray().T @ np.linalg.inv(cov) @ a.toarray()
-    got = block_normal(None, a, w, blocks, s2_b, tau2).toarray()
+    got = block_normal(a, w, blocks, s2_b, tau2).toarray()
     np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-12)
 
 
