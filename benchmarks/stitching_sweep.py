@@ -11,7 +11,8 @@ Real-image samples are tiles cut from images scikit-image ships (no download), s
 noise, no distortion.
 
 Our stitcher runs as the pipeline's steps do: calibration estimated from (up to 64) tiles of all sections,
-pairs matched with the `stitch` step's defaults, one joint solve over all sections. Per sample: median / max
+pairs matched with the `stitch` step's defaults, one joint solve over all sections, re-matched under the flat
+refined from the seams where that moved it by more than the step's ``flat_rematch_tol``. Per sample: median / max
 tile error in px after removing each section's translation (T) and translation + per-axis scale (TS: over
 the tiles that count, i.e. all but a flagged tile within its reported 3 sigma, which passes; TSall: every tile); how
 many tiles the solver flagged; how many flagged tiles lie within their reported 3 sigma; the largest dark
@@ -152,20 +153,19 @@ def frame_weights(flagged, sigma, true=None):
 
 
 def sample_matches(d):
-    """The stitch step up to the solve: (calibration, notes, matches, stage of every tile of every section).
+    """The stitch step up to its last solve: (calibration, notes, matches, stage of every tile of every section).
 
     Calibration from (up to 64) tiles of all sections, darks checked; pairs matched with the step's defaults
-    and re-matched with the radius the matched pairs' stage error asks for.
+    and re-matched with the radius the matched pairs' stage error asks for; then, as the step does, the flat
+    refined from the seams of the ``flat_pairs`` best used pairs of each section and every pair matched again
+    under it while that moves the flat by more than ``flat_rematch_tol`` (``flat_rematch_rounds`` at most).
     """
     from imaxt_pipeline.algorithms.calibration import estimate_calibration
-    from imaxt_pipeline.algorithms.stitching import adjacent_pairs
 
     try:
-        from imaxt_pipeline.algorithms.calibration import checked_darks
-        from imaxt_pipeline.algorithms.stitching import rematch_plan
+        from imaxt_pipeline.algorithms.calibration import checked_darks, flat_change
     except ImportError:  # the code before issue 14
-        checked_darks = rematch_plan = None
-    from imaxt_pipeline.parallel.stitching import match_tiles
+        checked_darks = flat_change = None
     from imaxt_pipeline.steps.params import StitchParams
 
     p = StitchParams()
@@ -181,6 +181,31 @@ def sample_matches(d):
         darks, checks = checked_darks(pool[:, pick], cal.dark)
         notes += [f"dark ch{c} inconsistent, clipped" for c, ck in enumerate(checks) if not ck.consistent]
         cal = dataclasses.replace(cal, dark=darks)
+    ms = _matched(d, cal, p)
+    stage_all = np.concatenate([stage] * n_s)
+    for k in range(p.flat_rematch_rounds if flat_change is not None and cal.flat_estimated else 0):
+        refined, change = _refined_flat(cal, ms, solve(ms, stage_all, (h, w)), n_s, n_t, (h, w), p.flat_pairs)
+        if change <= p.flat_rematch_tol:
+            break
+        notes.append(f"flat re-matched ({change * 100:.1f} % rms)" if k == 0 else f"again ({change * 100:.1f} %)")
+        cal = refined
+        ms = _matched(d, cal, p)
+    return cal, notes, ms, stage_all
+
+
+def _matched(d, cal, p):
+    """Every adjacent pair of every section matched as the stitch step does, with its re-match pass."""
+    from imaxt_pipeline.algorithms.stitching import adjacent_pairs
+
+    try:
+        from imaxt_pipeline.algorithms.stitching import rematch_plan
+    except ImportError:  # the code before issue 14
+        rematch_plan = None
+    from imaxt_pipeline.parallel.stitching import match_tiles
+
+    tiles, stage = d["tiles"], d["stage"]
+    n_t = tiles.shape[2]
+    extra = {"flat_samples": True} if getattr(cal, "flat_estimated", False) else {}
 
     def match(k, a, b, radius):
         return match_tiles(
@@ -193,15 +218,40 @@ def sample_matches(d):
             max_shift=radius,
             block_size=p.block_px,
             min_ncc=p.min_ncc,
+            **extra,
         )
 
-    ms = [match(k, a, b, p.max_shift_px) for k in range(n_s) for a, b in adjacent_pairs(int(d["rows"]), int(d["cols"]))]
+    pairs = adjacent_pairs(int(d["rows"]), int(d["cols"]))
+    ms = [match(k, a, b, p.max_shift_px) for k in range(tiles.shape[0]) for a, b in pairs]
     if rematch_plan is not None:  # a second pass with the radius the matched pairs' stage error asks for
         radius, redo = rematch_plan(ms, p.max_shift_px)
         for i in redo:
             m = ms[i]
             ms[i] = match(m.reference // n_t, m.reference % n_t, m.moving % n_t, radius)
-    return cal, notes, ms, np.concatenate([stage] * n_s)
+    return ms
+
+
+def _refined_flat(cal, ms, sol, n_s, n_t, shape, n_pairs):
+    """``cal`` with the flat refined from the seams of each section's ``n_pairs`` best used pairs, and the change."""
+    import dataclasses
+
+    from imaxt_pipeline.algorithms.calibration import flat_change, refine_flat_from_samples
+
+    used = [m for m, ok in zip(ms, sol.pairs["used"].to_numpy(bool), strict=True) if ok]
+    rows = []
+    for k in range(n_s):
+        mine = [m for m in used if m.reference // n_t == k and m.flat_samples is not None]
+        best = sorted((m for m in mine if len(m.flat_samples)), key=lambda m: (-len(m.point_weights), -m.ncc))
+        rows += [np.asarray(m.flat_samples) for m in best[:n_pairs]]
+    if not rows:
+        return cal, 0.0
+    try:
+        gain = refine_flat_from_samples(np.concatenate(rows), cal, shape)
+    except ValueError:
+        return cal, 0.0
+    flat = cal.flat * gain[None]
+    flat /= flat.mean(axis=(1, 2), keepdims=True)
+    return dataclasses.replace(cal, flat=flat.astype(np.float32)), flat_change(gain)
 
 
 def solve(ms, stage, shape, distortion=None):
@@ -227,7 +277,7 @@ def ours(d):
     n_s, _n_c, n_t, h, w = d["tiles"].shape
     t0 = time.perf_counter()
     cal, notes, ms, stage = sample_matches(d)
-    sol = solve(ms, stage, (h, w))
+    sol = solve(ms, stage, (h, w))  # the step's last solve (the re-match rounds' solves are inside the time)
     dt = time.perf_counter() - t0
     sigma = getattr(sol, "position_sigma", None)
     flagged = getattr(sol, "flagged", ~sol.constrained)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..algorithms.calibration import SEAM_SAMPLE_COLUMNS, refine_flat_from_samples
+from ..algorithms.calibration import SEAM_SAMPLE_COLUMNS, flat_change, refine_flat_from_samples
 from ..algorithms.optics import Calibration
 from ..algorithms.stitching import PairMatch
 from ..io import results
@@ -33,6 +33,13 @@ def _refine_flat(
     (:func:`..algorithms.calibration.refine_flat_from_samples`): one flat for the sample, improving as
     slices land, as the distortion does, and no tile is read here.
     """
+    table = _flat_table(ctx, sol, matches, slices, n_pairs)
+    written = ctx.output.write_table(results.STITCH_FLAT_SAMPLES, table)
+    return _refined(ctx, cal, table)[0], written
+
+
+def _flat_table(ctx: StepContext, sol: Any, matches: list[PairMatch], slices: list[int], n_pairs: int) -> Any:
+    """The seam samples of the ``n_pairs`` best used pairs of each slice of this run, beside the stored ones."""
     n_t = ctx.raw.acquisition.n_tiles
     used = sol.pairs["used"].to_numpy(bool)
     frames = []
@@ -47,12 +54,15 @@ def _refine_flat(
             frames.append(df.assign(slice=s, reference=m.reference % n_t, moving=m.moving % n_t))
     columns = ["slice", "reference", "moving", *SEAM_SAMPLE_COLUMNS]
     new = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
-    table = results.replace_slices(
+    return results.replace_slices(
         ctx.output, results.STITCH_FLAT_SAMPLES, new, slices, sort_by=("slice", "reference", "moving", "channel")
     )
-    written = ctx.output.write_table(results.STITCH_FLAT_SAMPLES, table)
+
+
+def _refined(ctx: StepContext, cal: Calibration, table: Any) -> tuple[Calibration, float]:
+    """``cal`` with its flat refined from the seam ``table``, and how far that moved it (:func:`flat_change`)."""
     if cal.flat is None or not len(table):  # the caller refines estimated flats only
-        return cal, written
+        return cal, 0.0
     samples = table[list(SEAM_SAMPLE_COLUMNS)].to_numpy(np.float64)
     # A fixed stride keeps the fit bounded on long samples (and is the same whichever run stored the rows).
     samples = samples[:: -(-len(samples) // MAX_FLAT_SAMPLES)]
@@ -60,7 +70,7 @@ def _refine_flat(
         gain = refine_flat_from_samples(samples, cal, ctx.raw.acquisition.tile_shape)
     except ValueError as exc:
         ctx.log.warning("stitch: flat not refined from the seams: %s", exc)
-        return cal, written
+        return cal, 0.0
     flat = cal.flat * gain[None]
     flat /= flat.mean(axis=(1, 2), keepdims=True)
     n_slices = int(table["slice"].nunique())
@@ -71,5 +81,6 @@ def _refine_flat(
         gain.min(),
         gain.max(),
     )
-    refined = {**cal.source, "flat": cal.source["flat"] + "+overlaps"}  # keeps a refusal's words
-    return replace(cal, flat=flat.astype(np.float32), source=refined), written
+    words = cal.source["flat"]  # keeps a refusal's words; refined again (a re-match round): said once
+    refined = {**cal.source, "flat": words if words.endswith("+overlaps") else words + "+overlaps"}
+    return replace(cal, flat=flat.astype(np.float32), source=refined), flat_change(gain)

@@ -59,6 +59,10 @@ class StitchParams(StepParams):
     reject_px: float = Field(default=1.0, gt=0, description="residual floor for outlier rejection")
     refine_flat: bool = Field(default=True, description="refine an estimated flat field from the solved overlaps")
     flat_pairs: int = Field(default=32, ge=1, description="most informative pairs used to refine the flat")
+    flat_rematch_tol: float = Field(
+        default=0.02, ge=0, description="re-match when the refined flat moves the one matched with more (rms log)"
+    )
+    flat_rematch_rounds: int = Field(default=2, ge=0, description="re-match rounds under a refined flat at most")
     rewrite_tol_px: float = Field(default=0.05, ge=0, description="rewrite earlier slices a re-solve moves more")
     rewrite_max_slices: int = Field(default=4, ge=0, description="earlier slices rewritten per run at most")
 

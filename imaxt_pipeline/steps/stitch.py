@@ -54,7 +54,7 @@ from ._base import StepContext, StepResult
 
 # The helpers live in private modules by concern; the names tests and callers use stay importable from here.
 from ._stitch_flat import MAX_FLAT_SAMPLES as MAX_FLAT_SAMPLES
-from ._stitch_flat import _refine_flat
+from ._stitch_flat import _flat_table, _refine_flat, _refined
 from ._stitch_match import MAX_BATCH_BYTES as MAX_BATCH_BYTES
 from ._stitch_match import MAX_BATCH_PAIRS as MAX_BATCH_PAIRS
 from ._stitch_match import MIN_BATCH_PAIRS as MIN_BATCH_PAIRS
@@ -77,34 +77,57 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     z = min(params.z, acq.optical_sections - 1)
     pairs = adjacent_pairs(acq.rows, acq.cols)
     slices = list(ctx.slices)
-    # flat fields (64 MiB for 2 channels of 2048 px): sent to the workers once, not inside each graph
-    cal_task = ctx.client.scatter(cal, broadcast=True)
-    matches = _match_slices(ctx, [pairs] * len(slices), slices, z, cal_task, params, params.max_shift_px)
-    matches = _rematch(ctx, matches, slices, z, cal_task, params)
-    stage = [ctx.raw.stage_px(s, z) for s in slices]
     estimate = params.estimate_distortion and cal.source.get("distortion") != "file"
     old = results.read_stitch_points(ctx.output, exclude=slices) if estimate else pd.DataFrame()
     old_slices = sorted(old["slice"].unique().tolist()) if len(old) else []
+    old_matches = []
+    stage = [ctx.raw.stage_px(s, z) for s in slices]
     for k, s in enumerate(old_slices, start=len(slices)):
-        matches += _matches_from_points(old[old["slice"] == s], offset=k * n_t)
+        old_matches += _matches_from_points(old[old["slice"] == s], offset=k * n_t)
         stage.append(ctx.raw.stage_px(s, z))
     stage_all = np.concatenate(stage) if stage else np.zeros((0, 2))
     url = calibration_file_url(ctx.output.imaxt_attrs().get("provenance", []))
     shape = (int(acq.tile_shape[0]), int(acq.tile_shape[1]))
     seam_cal = load_seam_calibration(url, ctx.storage_options, n_channels=len(acq.channels), tile_shape=shape)
-    seam = apply_seam_calibration(matches, seam_cal, shape, file_distortion=not estimate)
+    refine = params.refine_flat and cal.flat_estimated
+    changes: list[float] = []
+    while True:
+        # flat fields (64 MiB for 2 channels of 2048 px): sent to the workers once, not inside each graph
+        cal_task = ctx.client.scatter(cal, broadcast=True)
+        matches = _match_slices(ctx, [pairs] * len(slices), slices, z, cal_task, params, params.max_shift_px)
+        matches = _rematch(ctx, matches, slices, z, cal_task, params) + old_matches
+        seam = apply_seam_calibration(matches, seam_cal, shape, file_distortion=not estimate)
+        sol = solve_positions(
+            seam.matches,
+            stage_all,
+            tile_shape=acq.tile_shape,
+            estimate_distortion=estimate,
+            distortion=cal.distortion,
+            fit_magnification=params.fit_magnification,
+            prior_sigma_px=params.prior_sigma_px,
+            reject_px=params.reject_px,
+            seam_sigma=seam.seam_sigma,
+        )
+        if not refine or len(changes) >= params.flat_rematch_rounds:
+            break
+        # Matches taken under a flat far off what their own seams say are biased where the scene is sparse (a
+        # blob under a gain slope shifts to its brighter side, the other way in the other tile): re-take them
+        # under the refined flat, a bounded number of times.
+        refined, change = _refined(ctx, cal, _flat_table(ctx, sol, matches, slices, params.flat_pairs))
+        if change <= params.flat_rematch_tol:
+            break
+        changes.append(change)
+        ctx.log.info(
+            "stitch: the flat refined from the seams moves the one matched with by %.1f %% rms (tolerance %.1f %%): "
+            "re-matching slices %s with it (round %d of at most %d)",
+            100 * change,
+            100 * params.flat_rematch_tol,
+            slices,
+            len(changes),
+            params.flat_rematch_rounds,
+        )
+        cal = refined
     ctx.log.info("stitch: seam calibration: %s", seam.line)
-    sol = solve_positions(
-        seam.matches,
-        stage_all,
-        tile_shape=acq.tile_shape,
-        estimate_distortion=estimate,
-        distortion=cal.distortion,
-        fit_magnification=params.fit_magnification,
-        prior_sigma_px=params.prior_sigma_px,
-        reject_px=params.reject_px,
-        seam_sigma=seam.seam_sigma,
-    )
     magnification = sol.magnification.as_dict() if sol.magnification is not None else None
     geom = results.mosaic_canvas(ctx.raw)
     meta = results.stitch_record(ctx.output)
@@ -176,6 +199,11 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             "estimates": _provenance(sol, estimate, cal.source.get("distortion"))
             | ({"seam_bias": seam_estimate(seam)} if seam.seam_sigma is not None else {}),
             "seam_calibration": seam.line,
+            "flat_rematch": {
+                "changes": [round(c, 5) for c in changes],
+                "tolerance": params.flat_rematch_tol,
+                "rounds": len(changes),
+            },
             "slice_distortion": models,
             "rewrite": {
                 "moves_px": {str(s): round(v, 4) for s, v in moves.items()},
@@ -241,5 +269,6 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         "flagged": current_flags,
         "rewritten_slices": rewrite,
         "pending_rewrite": pending,
+        "flat_rematch_rounds": len(changes),
     }
     return StepResult(outputs=outputs, metrics=metrics, rewritten_slices=rewrite)

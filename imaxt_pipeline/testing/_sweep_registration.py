@@ -82,7 +82,8 @@ def capture_stitch() -> Iterator[dict[str, Any]]:
 
     Inside the block, :func:`...algorithms.stitching.solve_positions` and :func:`...parallel.stitching.match_tiles`
     (looked up at call time by the sweep) are wrapped: the record gets ``solution`` (the last solve) and
-    ``calibration`` (the one the pairs were matched with: the calibrate step's, dark checked).
+    ``calibration`` (the one the pairs were first matched with: the calibrate step's, dark checked, not the
+    seam-refined flat of a re-match round).
     """
     import imaxt_pipeline.algorithms.stitching as stitching
     import imaxt_pipeline.parallel.stitching as pstitching
@@ -95,7 +96,7 @@ def capture_stitch() -> Iterator[dict[str, Any]]:
         return record["solution"]
 
     def match_rec(read: Any, a: int, b: int, expected: Any, calibration: Any, *args: Any, **kw: Any) -> Any:
-        record["calibration"] = calibration
+        record.setdefault("calibration", calibration)
         return match(read, a, b, expected, calibration, *args, **kw)
 
     stitching.solve_positions, pstitching.match_tiles = solve_rec, match_rec  # type: ignore[assignment]

@@ -38,11 +38,23 @@ from ..optics import Calibration, DistortionModel, detector_coordinates, tile_co
 from ._basis import polynomial_basis, polynomial_surface, polynomial_terms
 from ._seams import SEAM_SAMPLE_COLUMNS, masked_smooth, resampled_overlaps
 
-__all__ = ["refine_flat", "refine_flat_from_samples"]
+__all__ = ["flat_change", "refine_flat", "refine_flat_from_samples"]
 
 _Array = npt.NDArray[np.float64]
 #: Seam samples further than this many sigma (MAD) from the fit are left out (:func:`refine_flat_from_samples`).
 _CLIP = 2.0
+
+
+def flat_change(gain: npt.ArrayLike) -> float:
+    """How far a refinement's gain ``G`` (:func:`refine_flat`) moves the flat: the rms of ``log G`` over the detector.
+
+    0 means not at all; 0.02 is a 2 % rms change. Matches taken under a flat this far off the refined one
+    are worth retaking (the stitch step re-matches above its ``flat_rematch_tol``).
+    """
+    g = np.asarray(gain, np.float64)
+    if g.size == 0 or not np.all(np.isfinite(g)) or np.any(g <= 0):
+        raise ValueError("a flat gain must be finite and positive")
+    return float(np.sqrt(np.mean(np.log(g) ** 2)))
 
 
 def refine_flat(

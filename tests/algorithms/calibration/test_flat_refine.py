@@ -17,7 +17,7 @@ import pytest
 from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
-from imaxt_pipeline.algorithms.calibration import estimate_calibration, overlap_mismatch, refine_flat
+from imaxt_pipeline.algorithms.calibration import estimate_calibration, flat_change, overlap_mismatch, refine_flat
 from imaxt_pipeline.algorithms.optics import DistortionModel, displacement_field
 from imaxt_pipeline.algorithms.stitching import adjacent_pairs, solve_positions
 from imaxt_pipeline.parallel.stitching import match_tiles
@@ -119,6 +119,18 @@ def test_no_vignetting_no_correction():
     tiles, pos, model = _grid_tiles(np.ones((128, 128)))
     gain = refine_flat(tiles, pos, distortion=model)
     assert np.abs(gain - 1).max() < 0.002
+    assert flat_change(gain) < 0.002  # a refinement that moves nothing reads as (almost) no change
+
+
+def test_flat_change_is_the_rms_log_gain():
+    truth = _known_gain((128, 128))
+    assert flat_change(truth) == pytest.approx(np.sqrt(np.mean(np.log(truth) ** 2)))
+    assert flat_change(np.full((4, 4), 1.05)) == pytest.approx(np.log(1.05))
+    # a gain and its inverse move the flat equally far
+    assert flat_change(1 / truth) == pytest.approx(flat_change(truth))
+    for bad in (np.zeros((2, 2)), np.full((2, 2), np.nan), np.ones(0)):
+        with pytest.raises(ValueError, match="finite and positive"):
+            flat_change(bad)
 
 
 def test_input_validation():
