@@ -22,7 +22,13 @@ MAX_FLAT_SAMPLES = 400_000
 
 
 def _refine_flat(
-    ctx: StepContext, cal: Calibration, sol: Any, matches: list[PairMatch], slices: list[int], n_pairs: int
+    ctx: StepContext,
+    cal: Calibration,
+    sol: Any,
+    matches: list[PairMatch],
+    slices: list[int],
+    n_pairs: int,
+    done: tuple[Calibration, Any] | None = None,
 ) -> tuple[Calibration, str]:
     """The calibration with its flat refined from every slice's seams, and the seam table written.
 
@@ -31,11 +37,15 @@ def _refine_flat(
     ``n_pairs`` best used pairs of each slice of this run are stored (``tables/stitch_flat_samples``)
     beside those of earlier slices, and the flat is fitted to all of them under the current calibration
     (:func:`..algorithms.calibration.refine_flat_from_samples`): one flat for the sample, improving as
-    slices land, as the distortion does, and no tile is read here.
+    slices land, as the distortion does, and no tile is read here. ``done`` is a refinement already made
+    from this solve (the re-match check's: the refined calibration and its table), taken as it is.
     """
-    table = _flat_table(ctx, sol, matches, slices, n_pairs)
+    table = _flat_table(ctx, sol, matches, slices, n_pairs) if done is None else done[1]
     written = ctx.output.write_table(results.STITCH_FLAT_SAMPLES, table)
-    return _refined(ctx, cal, table)[0], written
+    if done is None:
+        return _refined(ctx, cal, table)[0], written
+    # the flat depends on the flat and dark only: the distortion this run estimated since is kept
+    return replace(cal, flat=done[0].flat, source={**cal.source, "flat": done[0].source["flat"]}), written
 
 
 def _flat_table(ctx: StepContext, sol: Any, matches: list[PairMatch], slices: list[int], n_pairs: int) -> Any:

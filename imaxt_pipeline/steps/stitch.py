@@ -45,9 +45,12 @@ behind the rewrite plan, provenance and point tables (:mod:`._stitch_record`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
+from ..algorithms.optics import Calibration
 from ..algorithms.stitching import adjacent_pairs, describe_flags, rewrite_plan, solve_positions
 from ..io import results
 from ._base import StepContext, StepResult
@@ -91,6 +94,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
     seam_cal = load_seam_calibration(url, ctx.storage_options, n_channels=len(acq.channels), tile_shape=shape)
     refine = params.refine_flat and cal.flat_estimated
     changes: list[float] = []
+    last: tuple[Calibration, Any] | None = None  # the final solve's refinement, when the loop made one
     while True:
         # flat fields (64 MiB for 2 channels of 2048 px): sent to the workers once, not inside each graph
         cal_task = ctx.client.scatter(cal, broadcast=True)
@@ -113,8 +117,10 @@ def run(ctx: StepContext, params: Params) -> StepResult:
         # Matches taken under a flat far off what their own seams say are biased where the scene is sparse (a
         # blob under a gain slope shifts to its brighter side, the other way in the other tile): re-take them
         # under the refined flat, a bounded number of times.
-        refined, change = _refined(ctx, cal, _flat_table(ctx, sol, matches, slices, params.flat_pairs))
+        table = _flat_table(ctx, sol, matches, slices, params.flat_pairs)
+        refined, change = _refined(ctx, cal, table)
         if change <= params.flat_rematch_tol:
+            last = (refined, table)
             break
         changes.append(change)
         ctx.log.info(
@@ -233,7 +239,7 @@ def run(ctx: StepContext, params: Params) -> StepResult:
             extra["distortion_points"] = int(sum(len(m.point_weights) for m in matches if m.ok))
             outputs.append("attrs:imaxt.calibrate.distortion")
         if refine:
-            cal, seams = _refine_flat(ctx, cal, sol, matches, slices, params.flat_pairs)
+            cal, seams = _refine_flat(ctx, cal, sol, matches, slices, params.flat_pairs, done=last)
             outputs.append(seams)
         outputs += results.write_calibration(ctx.output, cal, **extra)
     stats = sol.residual_stats()

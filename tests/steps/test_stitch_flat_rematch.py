@@ -80,5 +80,11 @@ def test_no_rematch_when_rounds_are_off_or_the_flat_agrees(miscalibrated, tmp_pa
     assert meta["stitch"]["flat_rematch"] == {"changes": [], "tolerance": 0.02, "rounds": 0}
     # refined once after the solve all the same (for the later steps), from seams matched under the ramp
     assert max(band_error(flat[c], miscalibrated.truth.flat, PARAMS) for c in range(flat.shape[0])) < 0.01
-    meta, _ = _stitched(miscalibrated, tmp_path / "tol", dask_client, **{"steps.stitch.flat_rematch_tol": 0.5})
-    assert meta["stitch"]["flat_rematch"]["rounds"] == 0
+    tol_meta, tol_flat = _stitched(
+        miscalibrated, tmp_path / "tol", dask_client, **{"steps.stitch.flat_rematch_tol": 0.5}
+    )
+    assert tol_meta["stitch"]["flat_rematch"]["rounds"] == 0
+    # the refinement the re-match check made is the one stored: the same flat, its source said once
+    np.testing.assert_allclose(tol_flat, flat, rtol=1e-6)
+    assert tol_meta["calibrate"]["source"]["flat"] == meta["calibrate"]["source"]["flat"] == "estimated+overlaps"
+    assert tol_meta["calibrate"]["source"]["distortion"] == "estimated-from-overlaps"
