@@ -25,11 +25,21 @@ class DemoFigures:
     n_cells: int
     n_nuclei: int
     n_nuclei_truth: int
+    #: the same after removing each slice's per-axis scale too (what no overlap can measure)
+    tile_scale_median_px: float = float("nan")
+    tile_scale_max_px: float = float("nan")
+    #: the translation-only error the stitch's linear-map sigma from the stage statistics predicts
+    predicted_px: float = float("nan")
+    linear_applied: bool = False
 
     def describe(self) -> str:
+        linear = "applied" if self.linear_applied else "nominal kept: not significant"
         return (
             f"  tile error vs truth (translation removed per slice): median {self.tile_median_px:.3f} px, "
-            f"max {self.tile_max_px:.3f} px\n"
+            f"max {self.tile_max_px:.3f} px (the stage statistics predict {self.predicted_px:.2f} px: "
+            f"magnification and shear {linear})\n"
+            f"  tile error vs truth (translation and per-axis scale removed): median "
+            f"{self.tile_scale_median_px:.3f} px, max {self.tile_scale_max_px:.3f} px\n"
             f"  registration residual vs truth: rms {self.registration_rms_px:.3f} px, "
             f"max {self.registration_max_px:.3f} px\n"
             f"  cells {self.n_cells}, nuclei {self.n_nuclei} (truth nuclei {self.n_nuclei_truth})"
@@ -86,12 +96,16 @@ def demo_figures(output: str, truth_dir: str | Path, *, storage_options: dict[st
     solved = attrs["stitch"]["tile_positions_px"]
     true = truth["tile_positions_px"]
     errors: list[float] = []
+    scale_errors: list[float] = []
     frame: dict[int, np.ndarray[Any, Any]] = {}
     for s in sorted({int(k.split("/")[0]) for k in solved}):
         keys = [k for k in solved if int(k.split("/")[0]) == s]
-        diff = np.array([solved[k] for k in keys]) - np.array([true[k] for k in keys])
+        at = np.array([true[k] for k in keys], np.float64)
+        diff = np.array([solved[k] for k in keys]) - at
         frame[s] = diff.mean(axis=0)
         errors += np.hypot(*(diff - frame[s]).T).tolist()
+        scale_errors += np.hypot(*_scale_removed(diff, at).T).tolist()
+    mag = attrs["stitch"].get("magnification") or {}
     offsets = np.asarray(attrs["register"]["slice_offsets_px"], np.float64)
     drift = np.asarray(truth["slice_offsets_px"], np.float64)
     resid = np.array([offsets[s] - drift[s] - frame[s] for s in sorted(frame)])
@@ -107,4 +121,18 @@ def demo_figures(output: str, truth_dir: str | Path, *, storage_options: dict[st
         n_cells=n_cells,
         n_nuclei=n_nuclei,
         n_nuclei_truth=int(sum(truth["n_nuclei"])),
+        tile_scale_median_px=float(np.median(scale_errors)),
+        tile_scale_max_px=float(np.max(scale_errors)),
+        predicted_px=float(mag.get("predicted_linear_error_px", float("nan"))),
+        linear_applied=any(mag.get("applied", ())) or any(mag.get("shear_applied", ())),
     )
+
+
+def _scale_removed(diff: np.ndarray[Any, Any], at: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``diff`` (tiles, 2) less its least-squares translation and per-axis scale about the tiles ``at``."""
+    out = np.array(diff, np.float64)
+    for ax in range(2):
+        lever = at[:, ax] - at[:, ax].mean()
+        design = np.stack([np.ones(len(at)), lever], axis=1) if np.ptp(lever) > 0 else np.ones((len(at), 1))
+        out[:, ax] -= design @ np.linalg.lstsq(design, out[:, ax], rcond=None)[0]
+    return out
