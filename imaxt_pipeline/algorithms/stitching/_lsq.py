@@ -35,7 +35,6 @@ _Mask = npt.NDArray[np.bool_]
 class Normal:
     """What :meth:`Problem.sigma` needs of a solve."""
 
-    data: sparse.csc_matrix  # data normal matrix
     prior: sparse.csc_matrix  # prior normal matrix at the solution
     design: sparse.csr_matrix  # data design, right-hand side and weights
     rhs: _Array
@@ -236,22 +235,14 @@ class Problem:
         ad, bd, wd, block = self._data(active, point_keep)
         if without is not None:
             wd = np.where(without[block // 2], 0.0, wd)
-        nd = (ad.T @ ad.multiply(wd[:, None]).tocsr()).tocsc()
-        rd = ad.T @ (wd * bd)
-        lin = self.lin0.copy()
-        q = np.linalg.solve(_matrix(lin), self.stage_c.T).T if self.n_tiles else self.stage_c.copy()
-        for _ in range(20 if self.fit_mag else 1):
-            ap, bp, wp = self._prior(q, lin)
-            npr = (ap.T @ ap.multiply(wp[:, None]).tocsr()).tocsc()
-            rhs = rd + ap.T @ (wp * bp)
-            x = np.atleast_1d(splinalg.spsolve((nd + npr).tocsc(), rhs)) if self.n_unk else np.zeros(0)
-            q = x[: 2 * self.n_tiles].reshape(-1, 2)
-            if not self.fit_mag:
-                break
-            new = x[self.mag_col]
-            step, lin = np.max(np.abs(new - lin)), new
-            if step < 1e-12:
-                break
+        x, lin, npr = self._weighted(ad, bd, wd)
+        if len(bd):
+            # Feasible GLS, one step: a pair whose points scatter about their own mean beyond what their weights
+            # claim (few points, where texture is scarce) is weighted by that scatter (:func:`block_noise`) and
+            # the whole is solved again. The weights' overall scale is kept: only pairs' relative noise moves.
+            s2, s2_b = self._noise(ad @ x - bd, wd, block)
+            x, lin, npr = self._weighted(ad, bd, wd * (s2 / s2_b)[block])
+        q = x[: 2 * self.n_tiles].reshape(-1, 2)
         kt = self.kt_fixed.copy()
         for (axis, order), col in self.radial_col.items():
             kt[axis, order] = x[col]
@@ -269,8 +260,36 @@ class Problem:
             k5_y=float(k[0, 1]),
             k5_x=float(k[1, 1]),
         )
-        normal = Normal(nd, npr, ad, bd, wd, block, x, mag, kt)
+        normal = Normal(npr, ad, bd, wd, block, x, mag, kt)
         return Solved(positions, model, self._residuals(q, kt), normal, q)
+
+    def _weighted(self, ad: sparse.csr_matrix, bd: _Array, wd: _Array) -> tuple[_Array, _Array, sparse.csc_matrix]:
+        """Solution vector, linear map and prior normal matrix for the data weights ``wd`` (Gauss-Newton in the
+        linear map when it is fitted: the stage prior depends on it)."""
+        nd = (ad.T @ ad.multiply(wd[:, None]).tocsr()).tocsc()
+        rd = ad.T @ (wd * bd)
+        lin = self.lin0.copy()
+        q = np.linalg.solve(_matrix(lin), self.stage_c.T).T if self.n_tiles else self.stage_c.copy()
+        for _ in range(20 if self.fit_mag else 1):
+            ap, bp, wp = self._prior(q, lin)
+            npr = (ap.T @ ap.multiply(wp[:, None]).tocsr()).tocsc()
+            rhs = rd + ap.T @ (wp * bp)
+            x = np.atleast_1d(splinalg.spsolve((nd + npr).tocsc(), rhs)) if self.n_unk else np.zeros(0)
+            q = x[: 2 * self.n_tiles].reshape(-1, 2)
+            if not self.fit_mag:
+                break
+            new = x[self.mag_col]
+            step, lin = np.max(np.abs(new - lin)), new
+            if step < 1e-12:
+                break
+        return x, lin, npr
+
+    def _noise(self, r: _Array, weights: _Array, blocks: npt.NDArray[np.int_]) -> tuple[float, _Array]:
+        """The points' variance per unit weight (reduced chi-square, at least 1) and each block's own
+        (:func:`block_noise`) for residuals ``r``."""
+        dof = max(len(r) - self.n_unk, 1)
+        s2 = max(1.0, float(np.sum(weights * r * r)) / dof) if len(r) else 1.0
+        return s2, block_noise(r, weights, blocks, s2)
 
     def _residuals(self, q: _Array, kt: _Array) -> list[_Array]:
         """Per match, measured minus model over *all* its points, in detector px."""
@@ -287,13 +306,11 @@ class Problem:
         """Normal matrix with the data weights scaled to their observed scatter (reduced chi-square >= 1) and
         each pair's common error, where the pairs' mean residuals show one (:mod:`._pair_scatter`)."""
         r = nm.design @ nm.x - nm.rhs
-        dof = max(len(nm.rhs) - self.n_unk, 1)
-        s2 = max(1.0, float(np.sum(nm.weights * r * r)) / dof) if len(nm.rhs) else 1.0
+        _s2, s2_b = self._noise(r, nm.weights, nm.blocks)
         used = np.unique(nm.blocks[nm.weights > 0] // 2)
         comp = components(self.n_tiles, [(self.matches[i].reference, self.matches[i].moving) for i in used])
         # what the pairs' means fix: each island's tiles relative to one another, and the radial terms
         n_params = 2 * (self.n_tiles - len(np.unique(comp))) + len(self.radial_col)
-        s2_b = block_noise(r, nm.weights, nm.blocks, s2)
         tau2 = excess_variance(r, nm.weights, nm.blocks, s2_b, n_params)
         return (block_normal(nm.design, nm.weights, nm.blocks, s2_b, tau2) + nm.prior).tocsc()
 
