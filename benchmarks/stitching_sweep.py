@@ -335,10 +335,18 @@ def affine_errors(pos, true, keep=None):
     return np.hypot(r[:, 0], r[:, 1])
 
 
+def _section_errors(pos, true, sigma, flagged, *, scale):
+    """Every tile's error, each section in its own frame (:func:`frame_weights`), concatenated."""
+    out = []
+    for k in range(len(true)):
+        w = frame_weights(flagged[k], None if sigma is None else sigma[k], true[k])
+        out.append(errors(pos[k], true[k], scale=scale, keep=~flagged[k], weights=w))
+    return np.concatenate(out)
+
+
 def _stats(pos, true, sigma, flagged):
-    w = [frame_weights(flagged[k], None if sigma is None else sigma[k], true[k]) for k in range(len(true))]
-    e = np.concatenate([errors(pos[k], true[k], scale=False, keep=~flagged[k], weights=w[k]) for k in range(len(true))])
-    es = np.concatenate([errors(pos[k], true[k], scale=True, keep=~flagged[k], weights=w[k]) for k in range(len(true))])
+    e = _section_errors(pos, true, sigma, flagged, scale=False)
+    es = _section_errors(pos, true, sigma, flagged, scale=True)
     fl = flagged.ravel()
     ok_fl = int(np.sum(es[fl] <= 3 * sigma.ravel()[fl])) if sigma is not None and fl.any() else 0
     # a flagged tile within its reported 3 sigma passes; every other tile counts
@@ -355,8 +363,7 @@ def sigma_z(pos, true, sigma, flagged):
     1.18, 1.1 % beyond 3), or None without sigmas."""
     if sigma is None:
         return None
-    w = [frame_weights(flagged[k], sigma[k], true[k]) for k in range(len(true))]
-    es = np.concatenate([errors(pos[k], true[k], scale=True, keep=~flagged[k], weights=w[k]) for k in range(len(true))])
+    es = _section_errors(pos, true, sigma, flagged, scale=True)
     return es / np.maximum(np.asarray(sigma, float).ravel(), 1e-6)
 
 
