@@ -235,13 +235,13 @@ class Problem:
         ad, bd, wd, block = self._data(active, point_keep)
         if without is not None:
             wd = np.where(without[block // 2], 0.0, wd)
-        x, lin, npr = self._weighted(ad, bd, wd)
+        x, lin, npr = self._weighted(ad, bd, wd, self.lin0)
         if len(bd):
             # Feasible GLS, one step: a pair whose points scatter about their own mean beyond what their weights
             # claim (few points, where texture is scarce) is weighted by that scatter (:func:`block_noise`) and
             # the whole is solved again. The weights' overall scale is kept: only pairs' relative noise moves.
             s2, s2_b = self._noise(ad @ x - bd, wd, block)
-            x, lin, npr = self._weighted(ad, bd, wd * (s2 / s2_b)[block])
+            x, lin, npr = self._weighted(ad, bd, wd * (s2 / s2_b)[block], lin)
         q = x[: 2 * self.n_tiles].reshape(-1, 2)
         kt = self.kt_fixed.copy()
         for (axis, order), col in self.radial_col.items():
@@ -263,12 +263,14 @@ class Problem:
         normal = Normal(npr, ad, bd, wd, block, x, mag, kt)
         return Solved(positions, model, self._residuals(q, kt), normal, q)
 
-    def _weighted(self, ad: sparse.csr_matrix, bd: _Array, wd: _Array) -> tuple[_Array, _Array, sparse.csc_matrix]:
+    def _weighted(
+        self, ad: sparse.csr_matrix, bd: _Array, wd: _Array, lin: _Array
+    ) -> tuple[_Array, _Array, sparse.csc_matrix]:
         """Solution vector, linear map and prior normal matrix for the data weights ``wd`` (Gauss-Newton in the
-        linear map when it is fitted: the stage prior depends on it)."""
+        linear map when it is fitted, from ``lin``: the stage prior depends on it)."""
         nd = (ad.T @ ad.multiply(wd[:, None]).tocsr()).tocsc()
         rd = ad.T @ (wd * bd)
-        lin = self.lin0.copy()
+        lin = lin.copy()
         q = np.linalg.solve(_matrix(lin), self.stage_c.T).T if self.n_tiles else self.stage_c.copy()
         for _ in range(20 if self.fit_mag else 1):
             ap, bp, wp = self._prior(q, lin)
