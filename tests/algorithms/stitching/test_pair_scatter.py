@@ -81,24 +81,36 @@ def test_a_per_block_scale_enters_the_block_normal():
     np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-12)
 
 
-def _grid(rng, tau, rows=6, cols=6, points=30):
-    """Tiles on a grid whose pairs have precise points (0.02 px) and a common error of ``tau`` px each."""
-    step = 200.0
+def _stage_grid(rng, rows, cols, step=200.0):
+    """Stage and true positions of a grid of 200 px tiles, 2 px of stage error."""
     stage = np.array([[r * step, c * step] for r in range(rows) for c in range(cols)])
-    true = stage + rng.normal(0, 2.0, stage.shape)
-    ms = []
-    for a, b in adjacent_pairs(rows, cols):
-        shift = true[b] - true[a] + rng.normal(0, tau, 2)
-        along = np.linspace(10, 190, points)
-        pa = np.stack([along, np.full(points, 195.0)], 1) if abs(shift[1]) > abs(shift[0]) else None
-        if pa is None:
-            pa = np.stack([np.full(points, 195.0), along], 1)
-        noise = rng.normal(0, 0.02, (points, 2))
-        expected = tuple(stage[b] - stage[a])
-        ms.append(PairMatch(a, b, expected, tuple(shift), 0.9, True, pa, pa - shift + noise, np.full(points, 2500.0)))
+    return stage, stage + rng.normal(0, 2.0, stage.shape)
+
+
+def _seam_match(a, b, stage, shift, measured, noise, claimed):
+    """Pair (a, b) whose points run along their seam, the moving tile's off by ``shift`` plus ``noise``."""
+    n = len(noise)
+    along, across = np.linspace(10, 190, n), np.full(n, 195.0)
+    pa = np.stack([along, across], 1) if abs(shift[1]) > abs(shift[0]) else np.stack([across, along], 1)
+    weights = np.full(n, 1 / claimed**2)
+    return PairMatch(a, b, tuple(stage[b] - stage[a]), tuple(measured), 0.9, True, pa, pa - shift + noise, weights)
+
+
+def _solved_errors(ms, stage, true):
+    """Each tile's error (the grid's mean removed) and its reported sigma."""
     sol = solve_positions(ms, stage, tile_shape=(200, 200), estimate_distortion=False, prior_sigma_px=2.0)
     d = sol.positions - true
     return np.hypot(*(d - d.mean(axis=0)).T), sol.position_sigma
+
+
+def _grid(rng, tau, rows=6, cols=6, points=30):
+    """Tiles on a grid whose pairs have precise points (0.02 px) and a common error of ``tau`` px each."""
+    stage, true = _stage_grid(rng, rows, cols)
+    ms = []
+    for a, b in adjacent_pairs(rows, cols):
+        shift = true[b] - true[a] + rng.normal(0, tau, 2)
+        ms.append(_seam_match(a, b, stage, shift, shift, rng.normal(0, 0.02, (points, 2)), 0.02))
+    return _solved_errors(ms, stage, true)
 
 
 def test_tiles_stay_within_3_sigma_when_every_pair_carries_a_common_error():
@@ -125,24 +137,14 @@ def test_precise_pairs_without_a_common_error_keep_their_small_sigma():
 
 def _mixed_grid(rng, rows=6, cols=6, claimed=0.02, noisy=0.3, weak_fraction=0.3):
     """A grid where a third of the pairs hold 4 points 15x noisier than their weights claim, the rest 30 honest."""
-    step = 200.0
-    stage = np.array([[r * step, c * step] for r in range(rows) for c in range(cols)])
-    true = stage + rng.normal(0, 2.0, stage.shape)
+    stage, true = _stage_grid(rng, rows, cols)
     ms = []
     for a, b in adjacent_pairs(rows, cols):
         weak = rng.random() < weak_fraction
-        n = 4 if weak else 30
         shift = true[b] - true[a]
-        along = np.linspace(10, 190, n)
-        across = np.full(n, 195.0)
-        pa = np.stack([along, across], 1) if abs(shift[1]) > abs(shift[0]) else np.stack([across, along], 1)
-        noise = rng.normal(0, noisy if weak else claimed, (n, 2))
-        weights = np.full(n, 1 / claimed**2)
-        measured = tuple(shift + noise.mean(axis=0))
-        ms.append(PairMatch(a, b, tuple(stage[b] - stage[a]), measured, 0.9, True, pa, pa - shift + noise, weights))
-    sol = solve_positions(ms, stage, tile_shape=(200, 200), estimate_distortion=False, prior_sigma_px=2.0)
-    d = sol.positions - true
-    return np.hypot(*(d - d.mean(axis=0)).T), sol.position_sigma
+        noise = rng.normal(0, noisy if weak else claimed, (4 if weak else 30, 2))
+        ms.append(_seam_match(a, b, stage, shift, shift + noise.mean(axis=0), noise, claimed))
+    return _solved_errors(ms, stage, true)
 
 
 def test_pairs_noisier_than_their_weights_are_weighted_by_their_own_scatter():
