@@ -356,16 +356,10 @@ def _stats(pos, true, sigma, flagged):
     # flagged and within its 3 sigma has none, and passes on the flags alone (both read 0)
     es_c = es[count] if count.any() else np.zeros(1)
     ea = np.concatenate([affine_errors(pos[k], true[k], keep=~flagged[k]) for k in range(len(true))])
-    return np.median(e), e.max(), np.median(es), np.median(es_c), es_c.max(), int(fl.sum()), ok_fl, np.median(ea)
-
-
-def sigma_z(pos, true, sigma, flagged):
-    """Every tile's TS error over its reported sigma (per axis: an honest sigma gives a Rayleigh |z|, median
-    1.18, 1.1 % beyond 3), or None without sigmas."""
-    if sigma is None:
-        return None
-    es = _section_errors(pos, true, sigma, flagged, scale=True)
-    return es / np.maximum(np.asarray(sigma, float).ravel(), 1e-6)
+    # every tile's TS error over its reported sigma (per axis: an honest sigma gives a Rayleigh |z|, median
+    # 1.18, 1.1 % beyond 3), None without sigmas
+    z = None if sigma is None else es / np.maximum(np.asarray(sigma, float).ravel(), 1e-6)
+    return np.median(e), e.max(), np.median(es), np.median(es_c), es_c.max(), int(fl.sum()), ok_fl, np.median(ea), z
 
 
 def _predicted(mag):
@@ -427,9 +421,8 @@ def main(argv=None):
             print(f"{kind + ' ' + key:>22s} skipped: {type(exc).__name__}: {str(exc)[:80]}")
             continue
         pos, sigma, flagged, dark, notes, dt, mag = ours(d)
-        tmed, tmax, tsall, tsmed, tsmax, nfl, okfl, tamed = _stats(pos, d["true"], sigma, flagged)
+        tmed, tmax, tsall, tsmed, tsmax, nfl, okfl, tamed, z = _stats(pos, d["true"], sigma, flagged)
         tpred, shear = _linear_text(mag)
-        z = sigma_z(pos, d["true"], sigma, flagged)
         ztxt = f"{'-':>5s} {'-':>4s}" if z is None else f"{np.median(z):5.2f} {int(np.sum(z > 3)):4d}"
         dark_err = float(np.max(np.abs(dark - d["dark"])))
         lin = _draw_tag(kind, args.field_linear)
