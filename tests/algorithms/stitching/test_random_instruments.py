@@ -119,20 +119,34 @@ def test_a_field_that_biases_every_seam_is_flagged_and_covered() -> None:
 
 @pytest.mark.slow
 def test_a_seam_no_single_shift_fits_is_still_matched() -> None:
-    """Seed 903 at 2 x 2 tiles of 1024 px (13 px of corner distortion, 9 % overlap, 7.9 px of jitter): along
-    the seam of tiles 0 and 2 the distortion moves the overlap by px from end to end, so the whole-overlap
-    fit creeps past its iterations (NCC 0.79). Restarting it from the stage lost the pair, left the grid a
-    chain no loop checks and every tile at the stage's +-13-22 px; kept as the blocks' start, the loop closes
-    and the tiles are placed to a fraction of a px (as in the sweep's fresh draw 1001, 2 x 2 of 1536 px)."""
-    draw, s, sol, ms = _stitch(903, (2, 2), 1, 1024)
-    assert all(m.ok and len(m.point_weights) >= 8 for m in ms), [(m.ok, len(m.point_weights)) for m in ms]
-    assert np.all(sol.pairs["used"].to_numpy(bool)) and np.all(sol.pairs["residual"].to_numpy() < 0.1)
+    """Fresh draw 1001 of the sweep (2 x 2 tiles of 1536 px, 22 px of corner distortion, 6 % overlap, 8 px
+    of jitter): along the seam of tiles 2 and 3 the distortion moves the overlap by px from end to end, so
+    the whole-overlap fit hovers past its iterations next to the NCC peak (NCC 0.79). Restarting it from the
+    stage lost the pair, left the grid a chain no loop checks and every tile at the stage's +-12 px; kept as
+    the blocks' start, the loop closes and the tiles are placed to a fraction of a px."""
+    draw = draw_instrument(1001, max_pixels=12e6)
+    assert (draw.rows, draw.cols, draw.tile, draw.corner_distortion_px > 20) == (2, 2, 1536, True)
+    s = render_random_sample(dataclasses.replace(draw, sections=1))
+    _, n_c, n_t, h, w = s.tiles.shape
+    pool = s.tiles[0]
+    cal = estimate_calibration(pool, max_trim_px=int(0.25 * 0.1 * h))
+    cal = dataclasses.replace(cal, dark=checked_darks(pool, cal.dark)[0])
+
+    def match(a: int, b: int, radius: int) -> PairMatch:
+        expected = tuple(s.stage_px[b] - s.stage_px[a])
+        return match_tiles(lambda i: s.tiles[0, :, i], a, b, expected, cal, max_shift=radius)
+
+    ms = [match(a, b, 15) for a, b in adjacent_pairs(2, 2)]
+    radius, redo = rematch_plan(ms, 15)
+    for i in redo:
+        ms[i] = match(ms[i].reference, ms[i].moving, radius)
+    assert all(m.ok for m in ms), [(m.ok, m.ncc) for m in ms]
+    sol = solve_positions(ms, s.stage_px, tile_shape=(h, w), fit_magnification=False)
+    assert np.all(sol.pairs["used"].to_numpy(bool)) and np.all(sol.pairs["residual"].to_numpy() < 0.3)
     assert not {f.kind for f in sol.flags} & {"stage", "unverified"}, describe_flags(sol.flags, str)
-    e = _errors(sol.positions, s.true_px[0], ~sol.flagged)
-    sigma = sol.position_sigma
-    # measured: sigma 0.16-0.17 px; errors 0.10-0.15 px, and 0.44 px on the one tile flagged for the seam bias
-    assert np.all(sigma < 0.3) and np.all(e <= 3 * sigma), (draw.describe(), e, sigma)
-    assert np.median(e) <= 0.2, (draw.describe(), e)
+    e = _errors(sol.positions, s.true_px[0], np.ones(n_t, bool))
+    # measured: sigma 0.67-0.77 px (little texture in the overlaps), errors 0.17-0.53 px
+    assert np.all(sol.position_sigma < 1.5) and np.all(e <= 3 * sol.position_sigma), (e, sol.position_sigma)
 
 
 def test_tile_without_information_is_placed_by_stage_and_named() -> None:
